@@ -1,0 +1,1 @@
+"""Pure compute kernels (numpy or cupy); never imports engine."""
