@@ -1,0 +1,202 @@
+"""Run configuration: one typed schema for every YAML file in ``configs/`` and every CLI override.
+
+The schema is strict: an unknown key or a bad value stops the run before any work starts,
+with a :class:`~engine.errors.ConfigError` naming the dotted key and the value. YAML is
+parsed with ``yaml.safe_load`` and explicit tags (``!!python/...``, custom ``!tag``) are
+refused outright, so a config file can never execute code.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+MODALITIES = ("ct", "mri")
+METHODS = ("otsu", "kmeans", "gmm")
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IOConfig(_Strict):
+    series_description: dict[str, str | None] = Field(default_factory=lambda: {"ct": None, "mri": None})
+    mask_labels: list[int] | None = None
+    mask_segments: list[str] | None = None
+    max_voxels_per_volume: int = Field(400_000_000, gt=0)
+    max_files_per_series: int = Field(5_000, gt=0)
+    data_root: str | None = None
+
+    @field_validator("series_description")
+    @classmethod
+    def _known_modalities(cls, value):
+        unknown = set(value) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)}; expected {list(MODALITIES)}")
+        return {m: value.get(m) for m in MODALITIES}
+
+
+class ModalityPreprocess(_Strict):
+    window: tuple[float, float] | None
+    n4: bool
+    crop_margin_mm: float = Field(gt=0)
+    n4_shrink_factor: int = Field(4, ge=1, le=16)
+    n4_iterations: list[int] = Field(default_factory=lambda: [50, 50, 50, 50], min_length=1)
+    n4_convergence_threshold: float = Field(1e-6, gt=0)
+
+    @field_validator("window")
+    @classmethod
+    def _ordered(cls, value):
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"window must be [low, high] with low < high, got {list(value)}")
+        return value
+
+
+class PreprocessConfig(_Strict):
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ct: ModalityPreprocess = ModalityPreprocess(window=(-190.0, 150.0), n4=False, crop_margin_mm=5.0)
+    mri: ModalityPreprocess = ModalityPreprocess(window=None, n4=True, crop_margin_mm=20.0)
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _positive(cls, value):
+        if any(s <= 0 for s in value):
+            raise ValueError(f"spacing must be positive, got {list(value)}")
+        return value
+
+
+class ModalityFit(_Strict):
+    fat_is: Literal["low", "high"]
+    bin_width: float = Field(1.0, gt=0)
+
+
+class FitConfig(_Strict):
+    methods: list[Literal["otsu", "kmeans", "gmm"]] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    seed: int = 0
+    kmeans_impl: Literal["histogram", "cuml"] = "histogram"
+    kmeans_max_iter: int = Field(300, gt=0)
+    kmeans_tol: float = Field(1e-4, gt=0)
+    gmm_max_iter: int = Field(100, gt=0)
+    gmm_tol: float = Field(1e-3, gt=0)
+    gmm_reg_covar: float = Field(1e-6, ge=0)
+    ct: ModalityFit = ModalityFit(fat_is="low")
+    mri: ModalityFit = ModalityFit(fat_is="high")
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"methods are listed twice: {value}")
+        return value
+
+
+class StatsConfig(_Strict):
+    enabled: bool = True
+    train_fraction: float = Field(0.6, gt=0, lt=1)
+    split_seed: int = 42
+    cv_folds: int = Field(5, ge=2)
+    p_enter: float = Field(0.05, gt=0, lt=1)
+    p_remove: float = Field(0.10, gt=0, lt=1)
+    clinical_columns: list[str] | None = None
+
+
+class RunConfig(_Strict):
+    backend: Literal["cpu", "gpu", "auto"] = "auto"
+    workers: int | None = Field(None, ge=1)
+    scheduler: str | None = None
+    strict: bool = False
+    habitats: bool = True
+    report: bool = True
+
+
+class Config(_Strict):
+    version: Literal[1] = 1
+    io: IOConfig = IOConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    fit: FitConfig = FitConfig()
+    stats: StatsConfig = StatsConfig()
+    run: RunConfig = RunConfig()
+
+    def modality_preprocess(self, modality: str) -> ModalityPreprocess:
+        return getattr(self.preprocess, modality)
+
+    def modality_fit(self, modality: str) -> ModalityFit:
+        return getattr(self.fit, modality)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def preprocess_key(self, modality: str) -> dict[str, Any]:
+        """The part of the config that determines a modality's ROI sample (cache key)."""
+        return {
+            "spacing_mm": list(self.preprocess.spacing_mm),
+            "preprocess": self.modality_preprocess(modality).model_dump(mode="json"),
+            "io": self.io.model_dump(mode="json", exclude={"data_root", "max_files_per_series"}),
+        }
+
+
+def _reject_tags(text: str, source: str) -> None:
+    for token in yaml.scan(text):
+        if isinstance(token, yaml.TagToken):
+            line = token.start_mark.line + 1
+            raise ConfigError("<file>", f"{source} line {line}: YAML tags are not allowed in configs")
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    """Validate a plain mapping against the schema; raise ConfigError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>", f"a config must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(key, "unknown key (check the spelling against configs/default.yaml)") from None
+        value = first.get("input")
+        raise ConfigError(key, f"{first['msg']} (got {value!r})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config (default: ``configs/default.yaml`` semantics) and apply overrides.
+
+    A user file only needs the keys it changes: it is merged over the schema defaults.
+    ``overrides`` is a nested mapping (the CLI's ``--backend`` becomes ``{"run": {"backend": ...}}``).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("<file>", f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8-sig")
+        _reject_tags(text, str(path))
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError("<file>", f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("<root>", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return validate(raw)

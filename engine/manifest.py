@@ -1,0 +1,210 @@
+"""The cohort manifest (METHOD.md section 1): one CSV row per patient.
+
+Run-level problems (missing required column, duplicate column or patient_id, a label that is
+not 0/1) raise :class:`~engine.errors.ManifestError` naming the line and column, before any
+work starts. A stray non-numeric value in a numeric clinical column is a per-patient problem:
+the cell becomes missing and an ``errors.csv`` row says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ManifestError, PatientError
+
+SPLITS = ("train", "validation", "prospective")
+IMAGE_COLUMNS = {"ct": ("ct_image", "ct_roi"), "mri": ("mri_image", "mri_roi")}
+ENGINE_COLUMNS = ("patient_id", "label", "split", "ct_image", "ct_roi", "mri_image", "mri_roi",
+                  "ct_series_uid", "mri_series_uid")
+REQUIRED_COLUMNS = ("patient_id", "label")
+
+
+@dataclass
+class Manifest:
+    """A validated manifest.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per patient, indexed by ``patient_id`` (sorted), with ``label`` (float 1/0/NaN),
+        ``split`` (as given; ``""`` where empty), absolute image/ROI paths (``""`` where absent)
+        and the clinical columns.
+    clinical_columns : list of str
+        Every column that is not an engine column, in manifest order.
+    problems : list of PatientError
+        Per-patient cell problems (stage ``manifest``); the patient still runs.
+    """
+
+    table: pd.DataFrame
+    clinical_columns: list[str]
+    problems: list[PatientError] = field(default_factory=list)
+    source: Path | None = None
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return list(self.table.index)
+
+    def inputs(self, patient_id: str, modality: str) -> tuple[str, str] | None:
+        """(image path, ROI path) for one patient and modality, or None if it has none."""
+        image_col, roi_col = IMAGE_COLUMNS[modality]
+        row = self.table.loc[patient_id]
+        image, roi = row.get(image_col, ""), row.get(roi_col, "")
+        if not image and not roi:
+            return None
+        return image, roi
+
+
+def _read_header(text: str) -> list[str]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ManifestError("the file is empty") from None
+    header = [h.strip() for h in header]
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if not name:
+            raise ManifestError(f"column {position} has an empty name", line=1)
+        if name in seen:
+            raise ManifestError(f"column name '{name}' appears twice (columns {seen[name]} and {position})",
+                                line=1, column=name)
+        seen[name] = position
+    return header
+
+
+def _resolve(path_text: str, base: Path, data_root: Path | None, *, line: int, column: str) -> str:
+    if not path_text:
+        return ""
+    path = Path(os.path.expanduser(path_text))
+    if not path.is_absolute():
+        path = base / path
+    path = Path(os.path.abspath(path))
+    if data_root is not None:
+        root = Path(os.path.abspath(data_root))
+        if os.path.commonpath([root, path]) != str(root):
+            raise ManifestError(f"path '{path_text}' lies outside the data root {root}", line=line, column=column)
+    return str(path)
+
+
+def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> Manifest:
+    """Read and validate a manifest CSV.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted.
+    data_root : path-like, optional
+        If given, every image and ROI path must resolve inside it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8") from None
+    header = _read_header(text)
+    for column in REQUIRED_COLUMNS:
+        if column not in header:
+            raise ManifestError(f"required column '{column}' is missing (columns: {', '.join(header)})", column=column)
+    if not any(c in header for c in ("ct_image", "mri_image")):
+        raise ManifestError("needs at least one image column: ct_image or mri_image")
+
+    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    table.columns = header
+    table = table.apply(lambda col: col.str.strip())
+    base = path.parent
+    root = Path(data_root) if data_root else None
+    problems: list[PatientError] = []
+
+    seen_ids: dict[str, int] = {}
+    labels, splits = [], []
+    for offset, row in enumerate(table.itertuples(index=False)):
+        line = offset + 2  # header is line 1
+        record = dict(zip(header, row))
+        pid = record["patient_id"]
+        if not pid:
+            raise ManifestError("patient_id is empty", line=line, column="patient_id")
+        if pid in seen_ids:
+            raise ManifestError(f"patient_id '{pid}' also appears on line {seen_ids[pid]}", line=line,
+                                column="patient_id")
+        seen_ids[pid] = line
+        label_text = record["label"]
+        if label_text in ("", "NA", "nan"):
+            labels.append(np.nan)
+        elif label_text in ("0", "1", "0.0", "1.0"):
+            labels.append(float(label_text))
+        else:
+            raise ManifestError(f"label must be 1, 0 or empty, got '{label_text}'", line=line, column="label")
+        split_text = record.get("split", "").lower()
+        if split_text and split_text not in SPLITS:
+            raise ManifestError(f"split must be one of {', '.join(SPLITS)} or empty, got '{record['split']}'",
+                                line=line, column="split")
+        splits.append(split_text)
+        for columns in IMAGE_COLUMNS.values():
+            for column in columns:
+                if column in record:
+                    table.iat[offset, header.index(column)] = _resolve(record[column], base, root,
+                                                                      line=line, column=column)
+    table["label"] = labels
+    table["split"] = splits
+    for column in ENGINE_COLUMNS:
+        if column not in table.columns:
+            table[column] = ""
+
+    clinical = [c for c in header if c not in ENGINE_COLUMNS]
+    for column in clinical:
+        values = table[column].replace({"": np.nan, "NA": np.nan, "nan": np.nan})
+        numeric = pd.to_numeric(values, errors="coerce")
+        present = values.notna()
+        bad = present & numeric.isna()
+        # A column that is numeric apart from a few stray cells is numeric with missing cells;
+        # a column that is mostly text is categorical (sex, occupation, yes/no).
+        if present.sum() and bad.sum() <= 0.2 * present.sum():
+            for pid, value in zip(table.loc[bad, "patient_id"], values[bad]):
+                problems.append(PatientError(pid, "clinical", "manifest",
+                                             f"clinical column '{column}' has the non-numeric value '{value}'; "
+                                             "it is treated as missing"))
+            table[column] = numeric
+        else:
+            table[column] = values
+    table = table.set_index("patient_id", drop=False).sort_index()
+    table.index.name = None
+    return Manifest(table=table, clinical_columns=clinical, problems=problems, source=path)
+
+
+def assign_splits(table: pd.DataFrame, *, train_fraction: float = 0.6, seed: int = 42) -> pd.Series:
+    """The split of every patient: the manifest's where given, else a seeded stratified split.
+
+    Rows with an empty split and a label are divided ``train_fraction : 1 - train_fraction``
+    into train and validation, stratified on label. The draw depends only on the seed and the
+    set of patient ids (rows are sorted by id first), never on manifest row order. Rows with an
+    empty split and no label go to validation: they are scored, never fitted.
+    """
+    from sklearn.model_selection import train_test_split
+
+    split = table["split"].copy()
+    empty = split == ""
+    labelled = table.index[empty & table["label"].notna()]
+    labelled = sorted(labelled)
+    if labelled:
+        y = table.loc[labelled, "label"].astype(int).to_numpy()
+        counts = np.bincount(y, minlength=2)
+        stratify = y if counts.min() >= 2 else None
+        if len(labelled) >= 2:
+            train_ids, _ = train_test_split(labelled, train_size=train_fraction, random_state=seed,
+                                            stratify=stratify)
+        else:
+            train_ids = labelled
+        train_ids = set(train_ids)
+        for pid in labelled:
+            split.loc[pid] = "train" if pid in train_ids else "validation"
+    split[(split == "")] = "validation"
+    return split

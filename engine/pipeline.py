@@ -1,0 +1,466 @@
+"""The cohort run as a Dask graph (METHOD.md sections 2-6).
+
+    pass 1   per patient x modality: ingest -> preprocess -> ROI sample (cached on disk)
+    reduce   training patients' histograms, summed as a tree -> Otsu / K-means / GMM -> thresholds
+    pass 2   per patient x modality: classify with the frozen thresholds -> features, habitat maps
+    outputs  features.csv/.parquet, thresholds.json, split.csv, errors.csv, model.json,
+             provenance.json, then the statistics and report stages
+
+The same graph runs on an embedded local cluster (default), on an existing
+``dask.distributed`` scheduler (``scheduler="tcp://host:8786"``), or in this process
+(``scheduler="inline"``, for debugging and small tests). Results do not depend on which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .backend import array_module, resolve_backend, to_host
+from .config import MODALITIES, Config, load_config
+from .errors import PatientError, SarcoError
+from .manifest import Manifest, assign_splits, read_manifest
+from .outputs import write_csv, write_json, write_parquet
+from .tasks import classify_and_measure, feature_names, ingest_and_preprocess, patient_histogram, sum_histograms
+
+log = logging.getLogger("sarco")
+
+MODEL_FORMAT = "sarco-model"
+MODEL_FORMAT_VERSION = 1
+ERROR_COLUMNS = ["patient_id", "modality", "stage", "reason"]
+
+
+class RunFailed(SarcoError):
+    """The run could not complete (``--strict`` with a failed patient, no training data, ...)."""
+
+
+# ----------------------------------------------------------------------------- executors
+class _Done:
+    """A finished result that quacks like a distributed Future."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+class InlineExecutor:
+    """Runs every task in this process, in submission order (``scheduler="inline"``)."""
+
+    dashboard_link = None
+
+    def submit(self, fn, *args, key=None, **kwargs):
+        args = [a.result() if isinstance(a, _Done) else a for a in args]
+        return _Done(fn(*args, **kwargs))
+
+    def as_completed(self, futures):
+        yield from futures
+
+
+class DaskExecutor:
+    def __init__(self, client):
+        self.client = client
+        self.dashboard_link = getattr(client, "dashboard_link", None)
+
+    def submit(self, fn, *args, key=None, **kwargs):
+        return self.client.submit(fn, *args, key=key, pure=False, **kwargs)
+
+    def as_completed(self, futures):
+        from distributed import as_completed
+
+        yield from as_completed(futures)
+
+
+@contextmanager
+def open_executor(scheduler: str | None, workers: int | None, backend: str):
+    """The Dask client for a run: external scheduler, local (CUDA) cluster, or inline."""
+    if scheduler == "inline":
+        yield InlineExecutor()
+        return
+    from distributed import Client
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler, timeout="30s")
+    elif backend == "gpu":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as exc:
+            raise RunFailed("backend gpu needs dask-cuda for its local cluster: pip install 'sarco-engine[gpu]' "
+                            "(or pass --scheduler to use an existing cluster)") from exc
+        # One worker per GPU; DICOM decoding runs on the worker's CPU threads.
+        cluster = LocalCUDACluster(threads_per_worker=max(1, (os.cpu_count() or 2) // 2), silence_logs=logging.WARNING)
+        client = Client(cluster)
+    else:
+        from distributed import LocalCluster
+
+        n_workers = workers or os.cpu_count() or 1
+        # Processes, one thread each: pydicom decoding holds the GIL.
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":8787", silence_logs=logging.WARNING)
+        client = Client(cluster)
+    try:
+        yield DaskExecutor(client)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _progress(futures, executor, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(futures), desc=desc, unit="task", disable=not sys.stderr.isatty(), leave=True)
+    try:
+        for future in executor.as_completed(futures):
+            bar.update(1)
+            yield future.result()
+    finally:
+        bar.close()
+
+
+def tree_reduce(executor, futures: list, fn, fan_in: int = 8):
+    """Combine partial results as a tree of tasks (each combine sees at most ``fan_in`` inputs)."""
+    while len(futures) > 1:
+        futures = [executor.submit(fn, *futures[i:i + fan_in]) for i in range(0, len(futures), fan_in)]
+    return futures[0].result()
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class RunResult:
+    out_dir: Path
+    features: pd.DataFrame
+    thresholds: dict
+    errors: pd.DataFrame
+    backend: str
+    n_patients: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.errors[["patient_id", "modality"]].drop_duplicates().shape[0])
+
+
+def _error_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=ERROR_COLUMNS)
+    return frame.sort_values(["patient_id", "modality", "stage"], kind="stable").reset_index(drop=True)
+
+
+def _jobs(manifest: Manifest) -> list[dict]:
+    jobs = []
+    for pid in manifest.patient_ids:
+        row = manifest.table.loc[pid]
+        for modality in MODALITIES:
+            inputs = manifest.inputs(pid, modality)
+            if inputs is None:
+                continue
+            jobs.append({"patient_id": pid, "modality": modality, "image": inputs[0], "roi": inputs[1],
+                         "series_uid": row.get(f"{modality}_series_uid", "") or None})
+    return jobs
+
+
+# ----------------------------------------------------------------------------- cohort fit
+def histogram_range(modality: str, cfg: Config, summaries: list[dict]) -> tuple[float, float]:
+    """The explicit value range of a modality's pooled histogram.
+
+    CT: the intensity window. Without a window (MRI): the training voxels' min and max, snapped
+    outward to the bin grid; this is itself a partial -> combine -> finalize reduction.
+    """
+    window = cfg.modality_preprocess(modality).window
+    if window is not None:
+        return float(window[0]), float(window[1])
+    width = cfg.modality_fit(modality).bin_width
+    low = math.floor(min(s["min"] for s in summaries) / width) * width
+    high = math.ceil(max(s["max"] for s in summaries) / width) * width
+    return float(low), float(high) if high > low else float(low + width)
+
+
+def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config, backend: str) -> dict:
+    """The thresholds of every configured method on one modality's pooled histogram."""
+    from kernels import bin_centers, fit_threshold
+
+    xp = array_module(backend)
+    width = cfg.modality_fit(modality).bin_width
+    counts_xp = xp.asarray(counts)
+    centers = bin_centers(lo, hi, width, xp=xp)
+    options = {
+        "otsu": {},
+        "kmeans": {"seed": cfg.fit.seed, "max_iter": cfg.fit.kmeans_max_iter, "tol": cfg.fit.kmeans_tol},
+        "gmm": {"max_iter": cfg.fit.gmm_max_iter, "tol": cfg.fit.gmm_tol, "reg_covar": cfg.fit.gmm_reg_covar},
+    }
+    fits = {}
+    for method in cfg.fit.methods:
+        result = fit_threshold((counts_xp, centers), method, **options[method])
+        fits[method] = dataclasses.asdict(result)
+    return fits
+
+
+def _fit_modality(executor, modality, train, cfg, backend) -> dict:
+    lo, hi = histogram_range(modality, cfg, train)
+    width = cfg.modality_fit(modality).bin_width
+    futures = [executor.submit(patient_histogram, s["sample"], lo, hi, width, backend,
+                               key=f"histogram-{s['patient_id']}-{modality}") for s in train]
+    counts = tree_reduce(executor, futures, sum_histograms)
+    fits = fit_cohort(counts, lo, hi, modality, cfg, backend)
+    return {
+        "fat_is": cfg.modality_fit(modality).fat_is,
+        "unit": "HU" if modality == "ct" else "signal",
+        "n_patients": len(train),
+        "n_voxels": int(counts.sum()),
+        "histogram": {"lo": lo, "hi": hi, "bin_width": width, "counts": [int(c) for c in counts]},
+        "methods": fits,
+    }
+
+
+def threshold_values(thresholds: dict, modality: str) -> dict[str, float]:
+    return {m: float(fit["threshold"]) for m, fit in thresholds["modalities"][modality]["methods"].items()}
+
+
+# ----------------------------------------------------------------------------- the passes
+def _pass1(executor, jobs, cfg, cache_dir, force) -> list[dict]:
+    config = cfg.to_dict()
+    futures = [executor.submit(ingest_and_preprocess, job, config, str(cache_dir), force,
+                               key=f"pass1-{job['patient_id']}-{job['modality']}") for job in jobs]
+    return list(_progress(futures, executor, "pass 1: ingest + preprocess"))
+
+
+def _pass2(executor, summaries, thresholds, cfg, out_dir, cache_dir, backend, force) -> list[dict]:
+    config = cfg.to_dict()
+    habitat_dir = str(out_dir / "habitats") if cfg.run.habitats else None
+    futures = []
+    for summary in summaries:
+        modality = summary["modality"]
+        if modality not in thresholds["modalities"]:
+            continue
+        futures.append(executor.submit(classify_and_measure, summary, threshold_values(thresholds, modality), config,
+                                       habitat_dir, str(cache_dir), backend, force,
+                                       key=f"pass2-{summary['patient_id']}-{modality}"))
+    return list(_progress(futures, executor, "pass 2: classify + measure"))
+
+
+def _feature_table(manifest: Manifest, splits: pd.Series, rows: list[dict], modalities, methods) -> pd.DataFrame:
+    table = pd.DataFrame({"patient_id": manifest.patient_ids,
+                          "split": [splits[p] for p in manifest.patient_ids],
+                          "label": manifest.table["label"].to_numpy()})
+    columns = [name for modality in modalities for name in feature_names(modality, methods)]
+    values = {pid: {} for pid in manifest.patient_ids}
+    for row in rows:
+        if row["status"] == "ok":
+            values[row["patient_id"]].update(row["features"])
+    feature_frame = pd.DataFrame([[values[p].get(c, np.nan) for c in columns] for p in manifest.patient_ids],
+                                 columns=columns, dtype=float)
+    return pd.concat([table, feature_frame], axis=1)
+
+
+def _write_tables(out_dir: Path, features: pd.DataFrame, errors: pd.DataFrame, splits: pd.Series,
+                  manifest: Manifest) -> None:
+    write_csv(out_dir / "features.csv", features)
+    write_parquet(out_dir / "features.parquet", features)
+    write_csv(out_dir / "errors.csv", errors)
+    split_frame = pd.DataFrame({"patient_id": manifest.patient_ids,
+                                "split": [splits[p] for p in manifest.patient_ids],
+                                "label": manifest.table["label"].to_numpy()})
+    write_csv(out_dir / "split.csv", split_frame)
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "sarco-engine": __version__}
+    for name in ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "SimpleITK", "pydicom", "pylibjpeg",
+                 "dask", "distributed", "cupy-cuda12x", "cuml-cu12"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _provenance(cfg: Config, backend: str, summaries: list[dict], started: float, mode: str) -> dict:
+    inputs = {f"{s['patient_id']}/{s['modality']}": s.get("input_sha256") for s in summaries if s.get("input_sha256")}
+    return {"engine_version": __version__, "mode": mode, "backend": backend, "config": cfg.to_dict(),
+            "versions": _versions(), "platform": platform.platform(), "input_sha256": dict(sorted(inputs.items())),
+            "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}
+
+
+def _check_strict(cfg: Config, errors: list[dict]) -> None:
+    if cfg.run.strict and errors:
+        first = errors[0]
+        raise RunFailed(f"--strict: {len(errors)} failure(s); first: patient {first['patient_id']} "
+                        f"({first['modality']}) [{first['stage']}]: {first['reason']}")
+
+
+def _prepare(manifest_path, cfg, out_dir):
+    manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return manifest, out_dir
+
+
+def _setup_logging(out_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = False) -> RunResult:
+    """Run the whole study on a cohort (``sarco run``).
+
+    Parameters
+    ----------
+    manifest_path : path-like
+        The cohort manifest (METHOD.md section 1).
+    out_dir : path-like
+        The run folder. A rerun into the same folder recomputes only what is missing or stale.
+    config : Config, optional
+        Validated config (:func:`engine.config.load_config`); default: the schema defaults.
+    force : bool
+        Recompute every patient, ignoring the cache.
+    """
+    cfg = config or load_config()
+    started = time.time()
+    manifest, out_dir = _prepare(manifest_path, cfg, out_dir)
+    handler = _setup_logging(out_dir)
+    try:
+        return _run(manifest, cfg, out_dir, force, started)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(manifest: Manifest, cfg: Config, out_dir: Path, force: bool, started: float) -> RunResult:
+    backend = resolve_backend(cfg.run.backend)
+    splits = assign_splits(manifest.table, train_fraction=cfg.stats.train_fraction, seed=cfg.stats.split_seed)
+    jobs = _jobs(manifest)
+    cache_dir = out_dir / "cache"
+    error_rows = [p.as_row() for p in manifest.problems]
+    notes: list[str] = []
+    log.info("sarco-engine %s: %d patients, %d series, backend %s", __version__, len(manifest.patient_ids),
+             len(jobs), backend)
+    with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
+        if executor.dashboard_link:
+            print(f"Dask dashboard: {executor.dashboard_link}", file=sys.stderr)
+        summaries = _pass1(executor, jobs, cfg, cache_dir, force)
+        failed = [s for s in summaries if s["status"] == "error"]
+        error_rows += [{k: s[k] for k in ERROR_COLUMNS} for s in failed]
+        _check_strict(cfg, error_rows)
+        ok = [s for s in summaries if s["status"] == "ok"]
+
+        thresholds = {"engine_version": __version__, "modalities": {}}
+        for modality in MODALITIES:
+            train = sorted((s for s in ok if s["modality"] == modality and splits[s["patient_id"]] == "train"
+                            and not np.isnan(manifest.table.loc[s["patient_id"], "label"])),
+                           key=lambda s: s["patient_id"])
+            if not train:
+                if any(s["modality"] == modality for s in summaries):
+                    notes.append(f"no usable {modality.upper()} training patient: no {modality.upper()} thresholds "
+                                 "and no features for this modality")
+                continue
+            thresholds["modalities"][modality] = _fit_modality(executor, modality, train, cfg, backend)
+            for method, fit in thresholds["modalities"][modality]["methods"].items():
+                log.info("%s %s threshold %.3f from %d training patients", modality, method, fit["threshold"],
+                         len(train))
+        if not thresholds["modalities"]:
+            raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
+                            "see errors.csv" if error_rows else "no training patient in the manifest")
+        write_json(out_dir / "thresholds.json", thresholds)
+
+        rows = _pass2(executor, ok, thresholds, cfg, out_dir, cache_dir / "features", backend, force)
+    pass2_failed = [r for r in rows if r["status"] == "error"]
+    error_rows += [{k: r[k] for k in ERROR_COLUMNS} for r in pass2_failed]
+    _check_strict(cfg, error_rows)
+    modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
+    features = _feature_table(manifest, splits, rows, modalities, cfg.fit.methods)
+    errors = _error_frame(error_rows)
+    _write_tables(out_dir, features, errors, splits, manifest)
+
+    bundle = None
+    if cfg.stats.enabled:
+        from .study import run_statistics
+
+        bundle = run_statistics(out_dir, features, manifest, cfg, modalities, notes)
+    model = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
+             "config": cfg.to_dict(), "thresholds": thresholds, "statistics": bundle,
+             "feature_columns": [c for m in modalities for c in feature_names(m, cfg.fit.methods)],
+             "clinical_columns": manifest.clinical_columns}
+    write_json(out_dir / "model.json", model)
+    write_json(out_dir / "provenance.json", _provenance(cfg, backend, summaries, started, "run"))
+    result = RunResult(out_dir, features, thresholds, errors, backend, len(manifest.patient_ids), notes)
+    if cfg.run.report:
+        _render_report(out_dir, notes)
+    return result
+
+
+def _render_report(out_dir: Path, notes: list[str]) -> None:
+    try:
+        from .report import render_report
+    except ImportError:
+        notes.append("report stage not available in this build")
+        return
+    render_report(out_dir)
+
+
+def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, force: bool = False) -> RunResult:
+    """Score new patients with a frozen ``model.json`` (``sarco apply``): no refit of anything.
+
+    Thresholds, preprocessing and statistical models all come from the bundle. Patients already
+    processed in ``out_dir`` (same inputs) are taken from its cache: a nightly batch only does
+    the new ones.
+    """
+    import json
+
+    started = time.time()
+    model = json.loads(Path(model_path).read_text())
+    if model.get("format") != MODEL_FORMAT:
+        raise RunFailed(f"{model_path} is not a sarco model bundle (format {model.get('format')!r})")
+    if model.get("format_version", 0) > MODEL_FORMAT_VERSION:
+        raise RunFailed(f"{model_path} has format version {model['format_version']}; this engine reads "
+                        f"<= {MODEL_FORMAT_VERSION}: upgrade sarco-engine")
+    from .config import _deep_merge, validate
+
+    cfg = validate(_deep_merge(model["config"], overrides or {}))
+    thresholds = model["thresholds"]
+    manifest, out_dir = _prepare(manifest_path, cfg, out_dir)
+    handler = _setup_logging(out_dir)
+    try:
+        backend = resolve_backend(cfg.run.backend)
+        splits = manifest.table["split"].where(manifest.table["split"] != "", "prospective")
+        jobs = [j for j in _jobs(manifest) if j["modality"] in thresholds["modalities"]]
+        cache_dir = out_dir / "cache"
+        error_rows = [p.as_row() for p in manifest.problems]
+        with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
+            summaries = _pass1(executor, jobs, cfg, cache_dir, force)
+            error_rows += [{k: s[k] for k in ERROR_COLUMNS} for s in summaries if s["status"] == "error"]
+            ok = [s for s in summaries if s["status"] == "ok"]
+            rows = _pass2(executor, ok, thresholds, cfg, out_dir, cache_dir / "features", backend, force)
+        error_rows += [{k: r[k] for k in ERROR_COLUMNS} for r in rows if r["status"] == "error"]
+        _check_strict(cfg, error_rows)
+        modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
+        features = _feature_table(manifest, splits, rows, modalities, cfg.fit.methods)
+        errors = _error_frame(error_rows)
+        _write_tables(out_dir, features, errors, splits, manifest)
+        if model.get("statistics"):
+            from .study import score_new_patients
+
+            score_new_patients(out_dir, features, manifest, model["statistics"])
+        write_json(out_dir / "provenance.json", _provenance(cfg, backend, summaries, started, "apply"))
+        return RunResult(out_dir, features, thresholds, errors, backend, len(manifest.patient_ids))
+    finally:
+        log.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,276 @@
+"""The work of one patient and modality, as plain functions a Dask worker runs.
+
+Arguments and results are small and picklable (paths, dicts, numbers); volumes and ROI samples
+never travel through the scheduler: pass 1 writes the ROI sample to the cache and returns a
+summary, the histogram task reads it back and returns counts (a few thousand int64), pass 2
+reads it again and returns one feature row. Memory therefore stays flat in the number of
+patients. Every result is cached on disk under a key that covers its inputs, so a rerun
+recomputes only what is missing or stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+
+TISSUES = ("fat", "muscle")
+STATS = ("mean", "volume", "percent")
+HABITAT_LABELS = {"outside_roi": 0, "muscle": 1, "fat": 2, "outside_window": 3}
+EXPECTED_DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
+
+
+def feature_names(modality: str, methods) -> list[str]:
+    """The feature columns of one modality, in canonical order (METHOD.md section 4)."""
+    names = [f"{modality}_{method}_{tissue}_{stat}" for method in methods for tissue in TISSUES for stat in STATS]
+    return names + [f"{modality}_roi_volume", f"{modality}_excluded_voxels"]
+
+
+def _hash(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _files_under(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = []
+        for root, dirs, names in os.walk(path, followlinks=False):
+            dirs.sort()
+            files.extend(Path(root) / name for name in sorted(names))
+        return files
+    return [path]
+
+
+def stat_signature(*paths: str) -> list:
+    """(relative name, size, mtime) of every input file: the cache's staleness check.
+
+    Like make and rsync, a file that changed has a new size or mtime; reading every byte of a
+    2,000-patient export on each nightly rerun would cost more than the work it saves.
+    """
+    signature = []
+    for text in paths:
+        if not text:
+            signature.append(None)
+            continue
+        path = Path(text)
+        if not path.exists():
+            signature.append([text, "missing"])
+            continue
+        entries = []
+        for file in _files_under(path):
+            try:
+                st = file.stat()
+                entries.append([os.path.relpath(file, path) if path.is_dir() else file.name, st.st_size,
+                                st.st_mtime_ns])
+            except OSError:
+                entries.append([str(file), "unreadable"])
+        signature.append(entries)
+    return signature
+
+
+def content_sha256(*paths: str) -> str:
+    """SHA-256 over the bytes of every input file in a stable order (for provenance.json)."""
+    digest = hashlib.sha256()
+    for text in paths:
+        if not text or not Path(text).exists():
+            continue
+        for file in _files_under(Path(text)):
+            digest.update(file.name.encode())
+            try:
+                with open(file, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError:
+                digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data) -> None:
+    from .outputs import write_json
+
+    write_json(path, data)
+
+
+def _select_series_uid(image_path: str, pattern: str | None, max_files: int) -> str | None:
+    """The series to read from a folder: the manifest's UID, else the config's description regex."""
+    if not pattern or not Path(image_path).is_dir():
+        return None
+    import re
+
+    from .io import scan_dicom_folder
+
+    series = scan_dicom_folder(image_path, max_files=max_files)
+    matches = [s for s in series if re.search(pattern, s.description or "")]
+    if len(matches) != 1:
+        found = "; ".join(f"'{s.description}' ({s.n_files} files)" for s in series) or "none"
+        raise InputError("ingest", f"io.series_description '{pattern}' matches {len(matches)} series, "
+                                   f"expected exactly 1 (series found: {found})")
+    return matches[0].series_uid
+
+
+def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
+    """Pass 1 for one patient and modality: read, check, resample, N4, window -> cached ROI sample.
+
+    Returns a summary dict: ``status`` ``ok`` (with the sample path and its size and value range)
+    or ``error`` (with ``stage`` and ``reason``). Errors are cached too, under the same key: a
+    broken study is not re-read every night until its files change.
+    """
+    from .config import validate
+
+    cfg = validate(config)
+    pid, modality = job["patient_id"], job["modality"]
+    key = _hash({"inputs": stat_signature(job["image"], job["roi"]), "series_uid": job.get("series_uid"),
+                 "config": cfg.preprocess_key(modality), "engine": __version__})
+    cache = Path(cache_dir)
+    stem = f"{pid}__{modality}"
+    summary_path = cache / f"{stem}.json"
+    sample_path = cache / f"{stem}.npz"
+    if not force:
+        cached = _read_json(summary_path)
+        if cached and cached.get("key") == key and (cached["status"] == "error" or sample_path.exists()):
+            cached["cached"] = True
+            return cached
+
+    base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
+    stage = "ingest"
+    try:
+        if not job["image"]:
+            raise InputError("ingest", f"no {modality.upper()} image path in the manifest although an ROI is given")
+        if not job["roi"]:
+            raise InputError("mask", f"no {modality.upper()} ROI path in the manifest although an image is given")
+        from .io import read_image, read_mask
+        from .preprocess import preprocess
+
+        series_uid = job.get("series_uid") or _select_series_uid(
+            job["image"], cfg.io.series_description.get(modality), cfg.io.max_files_per_series)
+        image, info = read_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume)
+        found = (info or {}).get("modality")
+        expected = EXPECTED_DICOM_MODALITY[modality]
+        if found and found in ("CT", "MR") and found != expected:
+            raise InputError("ingest", f"the {modality.upper()} column points to a {found} series")
+        stage = "mask"
+        mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments)
+        stage = "preprocess"
+        prep = cfg.modality_preprocess(modality)
+        sample = preprocess(image, mask, spacing_mm=cfg.preprocess.spacing_mm, margin_mm=prep.crop_margin_mm,
+                            window=prep.window, n4=prep.n4, n4_shrink_factor=prep.n4_shrink_factor,
+                            n4_iterations=prep.n4_iterations,
+                            n4_convergence_threshold=prep.n4_convergence_threshold)
+        in_window = sample.window_values
+        if in_window.size == 0:
+            low, high = prep.window
+            raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
+                                           f"({sample.roi_voxels} ROI voxels, all excluded)")
+        cache.mkdir(parents=True, exist_ok=True)
+        sample.save(sample_path)
+        summary = {**base, "status": "ok", "sample": str(sample_path), "roi_voxels": sample.roi_voxels,
+                   "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
+                   "min": float(in_window.min()), "max": float(in_window.max()),
+                   "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
+                   "input_sha256": content_sha256(job["image"], job["roi"]),
+                   "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax")
+                             if info and k in info}}
+    except InputError as exc:
+        summary = {**base, "status": "error", "stage": exc.stage, "reason": exc.reason}
+    except MemoryError:
+        summary = {**base, "status": "error", "stage": stage, "reason": "ran out of memory reading this study"}
+    except Exception as exc:  # an input we did not foresee must not stop the night's batch
+        summary = {**base, "status": "error", "stage": stage,
+                   "reason": f"unexpected {type(exc).__name__} while reading this study: {exc}"}
+    cache.mkdir(parents=True, exist_ok=True)
+    _write_json(summary_path, summary)
+    return summary
+
+
+def patient_histogram(sample_path: str, lo: float, hi: float, bin_width: float, backend: str = "cpu") -> np.ndarray:
+    """The in-window ROI histogram of one patient on the cohort's bins (int64, host memory)."""
+    from kernels import histogram
+
+    from .backend import to_device, to_host
+    from .preprocess import RoiSample
+
+    values = RoiSample.load(sample_path).window_values
+    counts = histogram(to_device(values, backend), lo=lo, hi=hi, bin_width=bin_width)
+    return to_host(counts).astype(np.int64)
+
+
+def sum_histograms(*histograms: np.ndarray) -> np.ndarray:
+    """Partial histograms add exactly (int64): the combine step of the cohort reduction."""
+    total = np.zeros_like(histograms[0])
+    for counts in histograms:
+        total += counts
+    return total
+
+
+def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_dir: str | None,
+                         cache_dir: str, backend: str = "cpu", force: bool = False) -> dict:
+    """Pass 2 for one patient and modality: frozen thresholds -> features (+ habitat maps).
+
+    ``thresholds`` maps method -> threshold for this modality. Returns ``{"status": "ok",
+    "features": {...}}`` or an error dict as pass 1 does.
+    """
+    from kernels import classify, tissue_stats
+
+    from .backend import to_device, to_host
+    from .config import validate
+    from .outputs import write_image
+    from .preprocess import RoiSample
+
+    cfg = validate(config)
+    pid, modality = summary["patient_id"], summary["modality"]
+    methods = list(cfg.fit.methods)
+    fat_is = cfg.modality_fit(modality).fat_is
+    key = _hash({"sample": summary["key"], "thresholds": {m: thresholds[m] for m in methods}, "fat_is": fat_is,
+                 "habitats": habitat_dir is not None, "engine": __version__})
+    cache_path = Path(cache_dir) / f"{pid}__{modality}.features.json"
+    base = {"patient_id": pid, "modality": modality, "key": key}
+    if not force:
+        cached = _read_json(cache_path)
+        if cached and cached.get("key") == key:
+            cached["cached"] = True
+            return cached
+    stage = "classify"
+    try:
+        sample = RoiSample.load(summary["sample"])
+        voxel_mm3 = sample.grid.voxel_volume_mm3
+        window_values = to_device(sample.window_values, backend)  # one host-to-device copy per patient
+        n_window = int(sample.window_values.size)
+        features: dict[str, float] = {}
+        for method in methods:
+            threshold = float(thresholds[method])
+            stats = tissue_stats(window_values, threshold, fat_is=fat_is)
+            for tissue in TISSUES:
+                count = int(getattr(stats, f"{tissue}_count"))
+                total = float(getattr(stats, f"{tissue}_sum"))
+                features[f"{modality}_{method}_{tissue}_mean"] = total / count if count else float("nan")
+                features[f"{modality}_{method}_{tissue}_volume"] = count * voxel_mm3
+                features[f"{modality}_{method}_{tissue}_percent"] = 100.0 * count / n_window
+            if habitat_dir is not None:
+                stage = "write"
+                labels = np.full(sample.roi_voxels, HABITAT_LABELS["outside_window"], np.uint8)
+                labels[sample.in_window] = to_host(classify(window_values, threshold, fat_is=fat_is))
+                write_image(Path(habitat_dir) / f"{pid}_{modality}_{method}.nii.gz", sample.label_volume(labels))
+                stage = "classify"
+        features[f"{modality}_roi_volume"] = sample.roi_voxels * voxel_mm3
+        features[f"{modality}_excluded_voxels"] = float(sample.excluded_voxels)
+        result = {**base, "status": "ok", "features": features}
+    except InputError as exc:
+        result = {**base, "status": "error", "stage": exc.stage, "reason": exc.reason}
+    except Exception as exc:
+        result = {**base, "status": "error", "stage": stage,
+                  "reason": f"unexpected {type(exc).__name__} while measuring: {exc}"}
+    _write_json(cache_path, result)
+    result["cached"] = False
+    return result

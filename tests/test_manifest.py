@@ -1,0 +1,99 @@
+"""Manifest validation and the seeded, stratified split (METHOD.md section 1)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.errors import ManifestError
+from engine.manifest import assign_splits, read_manifest
+
+
+def _write(tmp_path, text, name="manifest.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_paths_resolve_relative_to_the_manifest(tmp_path):
+    path = _write(tmp_path, "patient_id,label,split,ct_image,ct_roi,age\nP1,1,train,p1/ct,p1/roi.nii.gz,70\n")
+    manifest = read_manifest(path)
+    assert manifest.inputs("P1", "ct") == (str(tmp_path / "p1/ct"), str(tmp_path / "p1/roi.nii.gz"))
+    assert manifest.inputs("P1", "mri") is None
+    assert manifest.clinical_columns == ["age"]
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = _write(tmp_path, "\ufeffpatient_id,label,ct_image,ct_roi\nP1,0,a,b\n")
+    assert read_manifest(path).patient_ids == ["P1"]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("patient_id,label,ct_image,ct_image\nP1,0,a,b\n", "appears twice"),
+        ("label,ct_image\n0,a\n", "'patient_id' is missing"),
+        ("patient_id,label,ct_image\nP1,0,a\nP1,1,b\n", "also appears on line 2"),
+        ("patient_id,label,ct_image\nP1,yes,a\n", "label must be 1, 0 or empty"),
+        ("patient_id,label,ct_image\n,1,a\n", "patient_id is empty"),
+        ("patient_id,label,split,ct_image\nP1,1,test,a\n", "split must be one of"),
+        ("patient_id,label,age\nP1,1,3\n", "ct_image or mri_image"),
+    ],
+)
+def test_manifest_problems_stop_before_work(tmp_path, text, needle):
+    with pytest.raises(ManifestError, match=needle):
+        read_manifest(_write(tmp_path, text))
+
+
+def test_duplicate_id_names_the_line(tmp_path):
+    with pytest.raises(ManifestError) as info:
+        read_manifest(_write(tmp_path, "patient_id,label,ct_image\nA,0,x\nB,1,y\nA,1,z\n"))
+    assert info.value.line == 4
+
+
+def test_stray_non_numeric_clinical_value_is_a_patient_problem(tmp_path):
+    rows = "\n".join(f"P{i},{i % 2},a,{60 + i}" for i in range(9))
+    path = _write(tmp_path, "patient_id,label,ct_image,age\n" + rows + "\nP9,1,a,seventy\n")
+    manifest = read_manifest(path)
+    assert np.isnan(manifest.table.loc["P9", "age"])
+    assert manifest.table["age"].dtype.kind == "f"
+    [problem] = manifest.problems
+    assert problem.patient_id == "P9" and "seventy" in problem.reason
+
+
+def test_data_root_refuses_paths_outside(tmp_path):
+    path = _write(tmp_path, "patient_id,label,ct_image\nP1,0,/etc/passwd\n")
+    with pytest.raises(ManifestError, match="outside the data root"):
+        read_manifest(path, data_root=tmp_path)
+
+
+def _table(n=100, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f"P{i:03d}" for i in range(n)]
+    return pd.DataFrame({"patient_id": ids, "label": rng.integers(0, 2, n).astype(float), "split": [""] * n},
+                        index=ids)
+
+
+def test_split_is_stratified_six_to_four_and_seeded():
+    table = _table()
+    split = assign_splits(table, train_fraction=0.6, seed=42)
+    assert (split == "train").sum() == 60
+    for label in (0, 1):
+        group = split[table["label"] == label]
+        assert abs((group == "train").mean() - 0.6) < 0.05
+    assert split.equals(assign_splits(table, train_fraction=0.6, seed=42))
+    assert not split.equals(assign_splits(table, train_fraction=0.6, seed=7))
+
+
+def test_split_does_not_depend_on_row_order():
+    table = _table()
+    shuffled = table.sample(frac=1.0, random_state=3)
+    assert assign_splits(table, seed=1).sort_index().equals(assign_splits(shuffled, seed=1).sort_index())
+
+
+def test_given_splits_are_kept_and_unlabelled_rows_never_train():
+    table = _table(20)
+    table.loc["P000", "split"] = "prospective"
+    table.loc["P001", "label"] = np.nan
+    split = assign_splits(table, seed=0)
+    assert split["P000"] == "prospective"
+    assert split["P001"] == "validation"
