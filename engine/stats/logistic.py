@@ -1,0 +1,277 @@
+"""Univariate and multivariable logistic regression, as in the paper's Tables 3 and 4.
+
+Univariate: one statsmodels ``Logit`` per candidate on the rows where that candidate and the
+label are present. Multivariable: candidates with univariate p < ``p_enter`` enter; exactly
+collinear variables are dropped (fat_percent + muscle_percent = 100 makes the pair collinear
+with the intercept); then backward elimination removes the variable with the largest p while
+that p exceeds ``p_remove``, keeping at least one. If nothing enters, the single best univariate
+candidate is used (noted). The multivariable rows are the complete cases over the entered
+variables, fixed for the whole elimination so the p-values of successive steps compare the
+same patients (SPSS's listwise deletion).
+
+Variable-level p-values (entry, elimination) are joint Wald tests over a variable's terms, which
+for a numeric or binary variable is the coefficient's p. Separation handling: see
+:mod:`engine.stats._fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from ._design import build_encoding, design_columns, design_matrix, missing_rows, resolve_categorical
+from ._fit import TERM_COLUMNS, constant_columns
+from .models import LogisticModel, fit_logistic_model, label_vector
+
+UNIVARIATE_COLUMNS = [
+    "variable", "term", "n", "n_events", "coef", "se", "or", "or_ci_low", "or_ci_high", "p",
+    "p_variable", "or_per_sd", "or_per_sd_ci_low", "or_per_sd_ci_high", "status", "note",
+]
+
+#: Residual SD (in SD units of the column) below which a column is an exact linear combination.
+COLLINEAR_TOL = 1e-7
+
+
+def _empty_row(variable: str, n: int, n_events: int, status: str, note: str) -> dict:
+    return {"variable": variable, "term": variable, "n": n, "n_events": n_events, "status": status, "note": note}
+
+
+def univariate_logistic(
+    df: pd.DataFrame,
+    label: str,
+    candidates: Iterable[str],
+    *,
+    categorical: Iterable[str] | None = None,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """One logistic regression per candidate.
+
+    Returns
+    -------
+    DataFrame
+        One row per term (one per numeric/binary variable; one per non-reference level of a
+        multi-level categorical), columns :data:`UNIVARIATE_COLUMNS`. ``or`` is per unit (per
+        presence for a level), ``or_per_sd`` per one sample SD. ``status``: ``ok``,
+        ``separation`` (OR NaN; p from Firth's penalised fit), ``constant`` (one value: not
+        fitted) or ``failed`` (column missing, one outcome class, optimiser failure).
+    """
+    candidates = list(candidates)
+    categorical = resolve_categorical(df, candidates, categorical)
+    y_all = label_vector(df[label])
+    rows: list[dict] = []
+    for variable in candidates:
+        if variable not in df.columns:
+            rows.append(_empty_row(variable, 0, 0, "failed", f"column '{variable}' not in the table"))
+            continue
+        kind = {variable: {"kind": "categorical" if variable in categorical else "numeric"}}
+        keep = ~np.isnan(y_all) & ~missing_rows(df, [variable], kind)
+        sub = df.loc[keep]
+        y = y_all[keep]
+        n, n_events = int(keep.sum()), int(y.sum())
+        if n == 0:
+            rows.append(_empty_row(variable, 0, 0, "failed", "no rows with both the label and this variable"))
+            continue
+        encoding = build_encoding(sub, [variable], categorical)
+        X = design_matrix(sub, [variable], encoding)
+        if X.shape[1] == 0 or constant_columns(X).all():
+            rows.append(_empty_row(variable, n, n_events, "constant", "a single value among the rows; not fitted"))
+            continue
+        if n_events in (0, n):
+            rows.append(_empty_row(variable, n, n_events, "failed", "only one outcome class among the rows"))
+            continue
+        outcome = fit_logistic_model(sub, label, [variable], name=variable, categorical=categorical, alpha=alpha)
+        terms = outcome.summary.iloc[1:]  # drop the intercept
+        status = outcome.fit.status
+        note = outcome.fit.note
+        for _, term in terms.iterrows():
+            row = term.to_dict()
+            row.update(n=n, n_events=n_events, status=status, note=note)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in UNIVARIATE_COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan
+    return table[UNIVARIATE_COLUMNS].reset_index(drop=True)
+
+
+@dataclass
+class MultivariableResult:
+    """Outcome of :func:`multivariable_logistic`.
+
+    ``summary`` holds the final model's terms in original units (intercept first; columns
+    ``variable, term, coef, se, z, p, p_variable, or, or_ci_low, or_ci_high, or_per_sd,
+    or_per_sd_ci_low, or_per_sd_ci_high``). ``removed`` lists the elimination steps
+    (``step, variable, p``); ``dropped_collinear`` the exactly collinear variables
+    (``variable, partners, note``).
+    """
+
+    name: str
+    candidates: list[str]
+    univariate: pd.DataFrame
+    entered: list[str]
+    selected: list[str]
+    summary: pd.DataFrame
+    model: LogisticModel | None
+    status: str
+    n: int = 0
+    n_events: int = 0
+    fallback: bool = False
+    dropped_collinear: list[dict] = field(default_factory=list)
+    removed: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _variable_p(univariate: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """Per variable: (variable-level p, status) from a univariate table."""
+    out: dict[str, tuple[float, str]] = {}
+    for variable, group in univariate.groupby("variable", sort=False):
+        p = group["p_variable"].iloc[0]
+        out[variable] = (float(p) if pd.notna(p) else float("nan"), str(group["status"].iloc[0]))
+    return out
+
+
+def drop_collinear(
+    df: pd.DataFrame, variables: list[str], categorical: Iterable[str]
+) -> tuple[list[str], list[dict]]:
+    """Drop variables that are exact linear combinations of the intercept and earlier variables.
+
+    Variables are considered in order; a variable any of whose design columns is (to
+    :data:`COLLINEAR_TOL`) in the span of the intercept and the kept columns is dropped, and the
+    kept variables it depends on are named. ``df`` must hold complete rows.
+    """
+    categorical = list(categorical)
+    encoding = build_encoding(df, variables, categorical)
+    n = len(df)
+    kept: list[str] = []
+    kept_columns: list[np.ndarray] = []
+    kept_owner: list[str] = []
+    dropped: list[dict] = []
+    for variable in variables:
+        X = design_matrix(df, [variable], encoding)
+        basis = np.column_stack([np.ones(n)] + kept_columns) if n else np.zeros((0, 1))
+        partners: set[str] = set()
+        collinear = False
+        for j in range(X.shape[1]):
+            column = X[:, j]
+            sd = column.std(ddof=1) if n > 1 else 0.0
+            if not np.isfinite(sd) or sd == 0:
+                continue  # constant: handled by the fit (not fitted)
+            target = (column - column.mean()) / sd
+            coef, *_ = np.linalg.lstsq(basis, target, rcond=None)
+            residual = target - basis @ coef
+            if np.sqrt(np.mean(residual**2)) < COLLINEAR_TOL:
+                collinear = True
+                for c, owner in zip(coef[1:], kept_owner):
+                    if abs(c) > 1e-6:
+                        partners.add(owner)
+        if collinear:
+            partners_list = [v for v in kept if v in partners]
+            dropped.append(
+                {
+                    "variable": variable,
+                    "partners": partners_list,
+                    "note": (
+                        f"'{variable}' dropped: perfectly collinear, an exact linear combination of "
+                        + (" + ".join(f"'{p}'" for p in partners_list) + " and " if partners_list else "")
+                        + "the intercept (e.g. fat_percent + muscle_percent = 100)"
+                    ),
+                }
+            )
+            continue
+        kept.append(variable)
+        for j in range(X.shape[1]):
+            column = X[:, j]
+            sd = column.std(ddof=1) if n > 1 else 0.0
+            if np.isfinite(sd) and sd > 0:
+                kept_columns.append((column - column.mean()) / sd)
+                kept_owner.append(variable)
+    return kept, dropped
+
+
+def multivariable_logistic(
+    df: pd.DataFrame,
+    label: str,
+    candidates: Iterable[str],
+    *,
+    p_enter: float = 0.05,
+    p_remove: float = 0.10,
+    categorical: Iterable[str] | None = None,
+    alpha: float = 0.05,
+    name: str = "model",
+    univariate: pd.DataFrame | None = None,
+) -> MultivariableResult:
+    """Univariate screening (p < ``p_enter``) then backward elimination (remove while p > ``p_remove``).
+
+    Parameters
+    ----------
+    df : DataFrame
+        Rows to fit on (e.g. the training split); rows without a label are ignored.
+    candidates : list of str
+        Candidate columns, in the order collinearity is resolved (the later one is dropped).
+    univariate : DataFrame, optional
+        A precomputed :func:`univariate_logistic` table of the same rows and candidates.
+    """
+    candidates = list(candidates)
+    categorical = resolve_categorical(df, candidates, categorical)
+    notes: list[str] = []
+    if univariate is None:
+        univariate = univariate_logistic(df, label, candidates, categorical=categorical, alpha=alpha)
+    per_variable = _variable_p(univariate)
+    usable = {v: p for v, (p, status) in per_variable.items() if status in ("ok", "separation") and np.isfinite(p)}
+    entered = [v for v in candidates if v in usable and usable[v] < p_enter]
+    fallback = False
+    empty = pd.DataFrame(columns=TERM_COLUMNS)
+    if not entered:
+        if not usable:
+            notes.append(f"{name}: no candidate could be fitted; no model")
+            return MultivariableResult(name, candidates, univariate, [], [], empty, None, "failed", notes=notes)
+        best = min((v for v in candidates if v in usable), key=lambda v: usable[v])
+        entered = [best]
+        fallback = True
+        notes.append(
+            f"{name}: no candidate had univariate p < {p_enter:g}; fell back to the single best "
+            f"candidate '{best}' (p = {usable[best]:.3g})"
+        )
+    y_all = label_vector(df[label])
+    kinds = {v: {"kind": "categorical" if v in categorical else "numeric"} for v in entered}
+    keep = ~np.isnan(y_all) & ~missing_rows(df, entered, kinds)
+    rows = df.loc[keep]
+    n_labelled = int((~np.isnan(y_all)).sum())
+    if len(rows) < n_labelled:
+        notes.append(
+            f"{name}: {n_labelled - len(rows)} labelled patient(s) missing an entered variable "
+            f"excluded from the multivariable model (complete cases: {len(rows)})"
+        )
+    current, dropped = drop_collinear(rows, entered, categorical)
+    notes.extend(f"{name}: {d['note']}" for d in dropped)
+    removed: list[dict] = []
+    step = 0
+    while True:
+        outcome = fit_logistic_model(rows, label, current, name=name, categorical=categorical, alpha=alpha)
+        if len(current) <= 1 or not outcome.fit.usable:
+            if not outcome.fit.usable and len(current) > 1:
+                notes.append(f"{name}: fit failed during elimination ({outcome.fit.note}); stopped")
+            break
+        p_by_variable = (
+            outcome.summary.iloc[1:].groupby("variable", sort=False)["p_variable"].first().reindex(current)
+        )
+        # a variable whose terms were all constant among these rows has p NaN: remove it first
+        p_values = p_by_variable.fillna(np.inf)
+        worst = p_values.idxmax()
+        if not p_values[worst] > p_remove:
+            break
+        step += 1
+        removed.append({"step": step, "variable": worst, "p": float(p_by_variable[worst])})
+        current = [v for v in current if v != worst]
+    if outcome.fit.status == "separation":
+        notes.append(f"{name}: {outcome.fit.note}")
+    status = outcome.fit.status if outcome.model is not None else "failed"
+    notes.extend(n for n in outcome.notes if n not in notes and "separation" not in n)
+    return MultivariableResult(
+        name=name, candidates=candidates, univariate=univariate, entered=entered, selected=list(current),
+        summary=outcome.summary, model=outcome.model, status=status, n=outcome.n, n_events=outcome.n_events,
+        fallback=fallback, dropped_collinear=dropped, removed=removed, notes=notes,
+    )
