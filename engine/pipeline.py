@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .backend import array_module, resolve_backend, to_host
+from .backend import resolve_backend, to_host
 from .config import MODALITIES, Config, load_config
 from .errors import PatientError, SarcoError
 from .manifest import Manifest, assign_splits, read_manifest
@@ -189,14 +189,19 @@ def histogram_range(modality: str, cfg: Config, summaries: list[dict]) -> tuple[
     return float(low), float(high) if high > low else float(low + width)
 
 
-def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config, backend: str) -> dict:
-    """The thresholds of every configured method on one modality's pooled histogram."""
+def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config) -> dict:
+    """The thresholds of every configured method on one modality's pooled histogram.
+
+    The fits run on the host on both backends: the histogram is a few thousand int64 counts
+    (microseconds of work), and reductions in a different order on a GPU could move a threshold
+    by 1e-12, which is enough to flip a voxel that sits on it. Host fits make CPU and GPU runs
+    give bit-identical thresholds and therefore identical habitat labels.
+    """
     from kernels import bin_centers, fit_threshold
 
-    xp = array_module(backend)
     width = cfg.modality_fit(modality).bin_width
-    counts_xp = xp.asarray(counts)
-    centers = bin_centers(lo, hi, width, xp=xp)
+    counts_xp = to_host(counts)
+    centers = bin_centers(lo, hi, width)
     options = {
         "otsu": {},
         "kmeans": {"seed": cfg.fit.seed, "max_iter": cfg.fit.kmeans_max_iter, "tol": cfg.fit.kmeans_tol},
@@ -215,7 +220,7 @@ def _fit_modality(executor, modality, train, cfg, backend) -> dict:
     futures = [executor.submit(patient_histogram, s["sample"], lo, hi, width, backend,
                                key=f"histogram-{s['patient_id']}-{modality}") for s in train]
     counts = tree_reduce(executor, futures, sum_histograms)
-    fits = fit_cohort(counts, lo, hi, modality, cfg, backend)
+    fits = fit_cohort(counts, lo, hi, modality, cfg)
     return {
         "fat_is": cfg.modality_fit(modality).fat_is,
         "unit": "HU" if modality == "ct" else "signal",

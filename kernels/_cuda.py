@@ -1,0 +1,75 @@
+"""Loading the ``.cu`` kernels of this package into CuPy (GPU path only).
+
+Nothing here runs on a CPU-only install: cupy is imported inside the functions, which are
+called only once a cupy array has reached a kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+
+# NVRTC options: C++17 for ``if constexpr``; no fast-math, so that double division and floor
+# round exactly as numpy does and GPU bins equal CPU bins.
+_NVRTC_OPTIONS = ("--std=c++17",)
+
+
+#: dtypes with a dedicated entry point (``<kernel>_<dtype>``) in every ``.cu`` of this package.
+KERNEL_DTYPES = ("float32", "float64", "int16", "uint16", "int32")
+
+#: Lossless casts for the other real dtypes (int64/uint32/uint64 are exact in float64 up to
+#: 2**53, far beyond any image intensity).
+KERNEL_CASTS = {
+    "int8": "int16",
+    "uint8": "int16",
+    "float16": "float32",
+    "uint32": "float64",
+    "int64": "float64",
+    "uint64": "float64",
+}
+
+
+def as_kernel_dtype(array):
+    """Return ``array`` cast (losslessly) to a dtype that the ``.cu`` kernels handle."""
+    name = array.dtype.name
+    if name in KERNEL_CASTS:
+        return array.astype(KERNEL_CASTS[name])
+    if name not in KERNEL_DTYPES:
+        raise TypeError(f"no CUDA kernel for dtype={array.dtype}")
+    return array
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_source(filename: str) -> str:
+    """Return the text of ``kernels/<filename>`` (a package resource, shipped as package data)."""
+    return importlib.resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def raw_module(filename: str):
+    """Return a ``cupy.RawModule`` compiled from ``kernels/<filename>`` with NVRTC (cached)."""
+    import cupy  # noqa: PLC0415  (lazy: CPU installs never import cupy)
+
+    return cupy.RawModule(code=cuda_source(filename), options=_NVRTC_OPTIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_attributes(device_id: int) -> tuple[int, int]:
+    import cupy  # noqa: PLC0415
+
+    attributes = cupy.cuda.Device(device_id).attributes
+    return int(attributes["MultiProcessorCount"]), int(attributes["MaxSharedMemoryPerBlock"])
+
+
+def multiprocessor_count() -> int:
+    """Number of SMs of the current CUDA device."""
+    import cupy  # noqa: PLC0415
+
+    return _device_attributes(cupy.cuda.Device().id)[0]
+
+
+def shared_memory_per_block() -> int:
+    """Shared memory a block may use without opting in (bytes, 48 KiB on current GPUs)."""
+    import cupy  # noqa: PLC0415
+
+    return _device_attributes(cupy.cuda.Device().id)[1]

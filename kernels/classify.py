@@ -1,0 +1,260 @@
+"""Apply frozen thresholds to voxels: habitat labels and per-tissue counts and sums.
+
+This is the per-patient, per-voxel half of the method (the cohort fit is
+:mod:`kernels.fits`). With a threshold ``t``:
+
+* ``fat_is='low'`` (CT): fat is ``x <= t``, muscle ``x > t``;
+* ``fat_is='high'`` (non-fat-suppressed T2 MRI, fat is bright): fat is ``x > t``, muscle
+  ``x <= t``.
+
+Labels are 1 = muscle, 2 = fat (the habitat map codes of the contract; 0 and 3 for "outside the
+ROI" and "outside the window" are the caller's, who passes only windowed ROI voxels). A NaN
+value is neither ``<= t`` nor ``> t``: it gets label 0 and is in no tissue.
+
+Comparisons are made in float64 (the value converted exactly, the threshold as given) on
+both backends, so CPU and GPU labels are identical voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy
+
+from kernels.xp import array_namespace, is_cupy_namespace
+
+__all__ = ["TissueStats", "classify", "tissue_stats", "MUSCLE", "FAT"]
+
+MUSCLE = 1
+FAT = 2
+
+_FAT_IS = ("low", "high")
+_CHUNK = 1 << 18  # host path: float64 temporaries in cache-sized pieces
+_MAX_THRESHOLDS_PER_PASS = 4  # MAX_THRESHOLDS in classify.cu (3 methods fit in one pass)
+_THREADS = 256
+
+
+@dataclass(frozen=True)
+class TissueStats:
+    """Voxel counts and intensity sums of the two tissues at one threshold.
+
+    Attributes
+    ----------
+    threshold : float
+        The threshold applied, intensity units.
+    fat_is : str
+        ``'low'`` or ``'high'``.
+    fat_count, muscle_count : int
+        Number of voxels in each tissue (NaN voxels are in neither).
+    fat_sum, muscle_sum : float
+        Sum of the tissue's intensities (float64), intensity units.
+    fat_mean, muscle_mean : float
+        ``sum / count``; NaN when the tissue has no voxel.
+    """
+
+    threshold: float
+    fat_is: str
+    fat_count: int
+    muscle_count: int
+    fat_sum: float
+    muscle_sum: float
+    fat_mean: float
+    muscle_mean: float
+
+
+def _check_values(values):
+    if values.dtype.kind not in "iuf":
+        raise TypeError(
+            f"values must have a real integer or floating dtype, got dtype={values.dtype}"
+        )
+
+
+def _thresholds_tuple(threshold) -> tuple[tuple[float, ...], bool]:
+    """(thresholds, was_scalar); accepts a real number or a 1-D sequence/array of them."""
+    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+        values, scalar = (float(threshold),), True
+    else:
+        if hasattr(threshold, "tolist"):  # numpy or cupy array; cupy: device sync (m floats)
+            threshold = threshold.tolist()
+        if not isinstance(threshold, (list, tuple)) or not threshold or not all(
+            isinstance(t, numbers.Real) and not isinstance(t, bool) for t in threshold
+        ):
+            raise TypeError(
+                f"threshold must be a real number or a non-empty 1-D sequence of them, got "
+                f"{threshold!r}"
+            )
+        values, scalar = tuple(float(t) for t in threshold), False
+    bad = [t for t in values if not math.isfinite(t)]
+    if bad:
+        raise ValueError(f"threshold must be finite, got {bad[0]!r}")
+    return values, scalar
+
+
+def _check_fat_is(fat_is: str) -> bool:
+    if fat_is not in _FAT_IS:
+        raise ValueError(f"fat_is must be 'low' or 'high', got {fat_is!r}")
+    return fat_is == "high"
+
+
+def classify(values, threshold, *, fat_is: str = "low"):
+    """Label each voxel muscle (1) or fat (2) by a threshold.
+
+    Parameters
+    ----------
+    values : ndarray (numpy or cupy), any shape, integer or floating dtype
+        Windowed ROI intensities (HU for CT).
+    threshold : float or (m,) sequence of float
+        Frozen cohort threshold(s), intensity units. Several thresholds (e.g. Otsu, K-means
+        and GMM) are applied in one read of ``values`` (on the GPU, up to 4 per read).
+    fat_is : {'low', 'high'}, keyword-only
+        ``'low'``: fat is ``x <= t`` (CT). ``'high'``: fat is ``x > t`` (T2 MRI).
+
+    Returns
+    -------
+    labels : uint8 ndarray of the input's backend
+        Shape ``values.shape`` for a scalar threshold, ``(m, *values.shape)`` for ``m``
+        thresholds. 1 = muscle, 2 = fat, 0 = NaN value.
+
+    Raises
+    ------
+    TypeError
+        Non-array values, a non-real dtype, or a threshold that is not a number.
+    ValueError
+        Non-finite threshold or unknown ``fat_is``.
+    """
+    xp = array_namespace(values)
+    _check_values(values)
+    thresholds, scalar = _thresholds_tuple(threshold)
+    fat_is_high = _check_fat_is(fat_is)
+    if is_cupy_namespace(xp):
+        labels, _, _ = _run_cupy(values, thresholds, fat_is_high, want_labels=True,
+                                 want_stats=False)
+    else:
+        labels, _, _ = _run_numpy(values, thresholds, fat_is_high, want_labels=True,
+                                  want_stats=False)
+    shape = values.shape if scalar else (len(thresholds), *values.shape)
+    return labels.reshape(shape)
+
+
+def tissue_stats(values, threshold, *, fat_is: str = "low"):
+    """Fat and muscle voxel counts, intensity sums and means, in one pass over the voxels.
+
+    Parameters
+    ----------
+    values : ndarray (numpy or cupy), any shape, integer or floating dtype
+        Windowed ROI intensities (HU for CT).
+    threshold : float or (m,) sequence of float
+        Frozen cohort threshold(s), intensity units.
+    fat_is : {'low', 'high'}, keyword-only
+        ``'low'``: fat is ``x <= t`` (CT). ``'high'``: fat is ``x > t`` (T2 MRI).
+
+    Returns
+    -------
+    TissueStats or tuple of TissueStats
+        One per threshold (a tuple when ``threshold`` is a sequence). Counts are exact; sums
+        are float64 (the GPU sums in another order: equal to about 1e-15 relative).
+        Volumes and percentages are the caller's (count x voxel volume).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`classify`.
+
+    Notes
+    -----
+    On CuPy the counts and sums come back to the host (one device sync).
+    """
+    xp = array_namespace(values)
+    _check_values(values)
+    thresholds, scalar = _thresholds_tuple(threshold)
+    fat_is_high = _check_fat_is(fat_is)
+    if is_cupy_namespace(xp):
+        _, counts, sums = _run_cupy(values, thresholds, fat_is_high, want_labels=False,
+                                    want_stats=True)
+    else:
+        _, counts, sums = _run_numpy(values, thresholds, fat_is_high, want_labels=False,
+                                     want_stats=True)
+    stats = tuple(
+        _tissue_stats(t, fat_is, counts[j], sums[j]) for j, t in enumerate(thresholds)
+    )
+    return stats[0] if scalar else stats
+
+
+def _tissue_stats(threshold, fat_is, counts, sums) -> TissueStats:
+    fat_count, muscle_count = int(counts[0]), int(counts[1])
+    fat_sum, muscle_sum = float(sums[0]), float(sums[1])
+    return TissueStats(
+        threshold=threshold,
+        fat_is=fat_is,
+        fat_count=fat_count,
+        muscle_count=muscle_count,
+        fat_sum=fat_sum,
+        muscle_sum=muscle_sum,
+        fat_mean=fat_sum / fat_count if fat_count else math.nan,
+        muscle_mean=muscle_sum / muscle_count if muscle_count else math.nan,
+    )
+
+
+# --------------------------------------------------------------------------------------- numpy
+
+
+def _run_numpy(values, thresholds, fat_is_high, *, want_labels, want_stats):
+    flat = values.reshape(-1)
+    n, m = flat.size, len(thresholds)
+    labels = numpy.empty((m, n), dtype=numpy.uint8) if want_labels else None
+    counts = numpy.zeros((m, 2), dtype=numpy.int64)
+    sums = numpy.zeros((m, 2), dtype=numpy.float64)
+    for start in range(0, n, _CHUNK):
+        chunk = flat[start:start + _CHUNK].astype(numpy.float64)  # exact for every dtype
+        for j, t in enumerate(thresholds):
+            low = chunk <= t
+            high = chunk > t  # not ~low: NaN is in neither class
+            fat, muscle = (high, low) if fat_is_high else (low, high)
+            if want_labels:
+                # 2 * fat + muscle: fat -> 2, muscle -> 1, NaN -> 0 (never both)
+                out = labels[j, start:start + chunk.size]
+                out[...] = fat
+                out <<= 1
+                out |= muscle
+            if want_stats:
+                counts[j, 0] += numpy.count_nonzero(fat)
+                counts[j, 1] += numpy.count_nonzero(muscle)
+                sums[j, 0] += numpy.sum(chunk, where=fat)
+                sums[j, 1] += numpy.sum(chunk, where=muscle)
+    return labels, counts, sums
+
+
+# ---------------------------------------------------------------------------------------- cupy
+
+
+def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
+    import cupy  # noqa: PLC0415  (lazy)
+
+    from kernels import _cuda  # noqa: PLC0415
+
+    flat = cupy.ascontiguousarray(_cuda.as_kernel_dtype(values.reshape(-1)))
+    n, m = flat.size, len(thresholds)
+    kernel = _cuda.raw_module("classify.cu").get_function(f"classify_{flat.dtype.name}")
+
+    labels = cupy.empty((m, n), dtype=cupy.uint8) if want_labels else cupy.empty((1, 1), cupy.uint8)
+    counts = cupy.zeros((m, 2), dtype=cupy.uint64)
+    sums = cupy.zeros((m, 2), dtype=cupy.float64)
+    thresholds_device = cupy.asarray(thresholds, dtype=cupy.float64)
+    blocks = max(1, min(8 * _cuda.multiprocessor_count(), -(-n // _THREADS)))
+    if n:
+        for first in range(0, m, _MAX_THRESHOLDS_PER_PASS):
+            group = slice(first, min(first + _MAX_THRESHOLDS_PER_PASS, m))
+            n_group = group.stop - group.start
+            kernel(
+                (blocks,), (_THREADS,),
+                (flat, numpy.int64(n), thresholds_device[group], numpy.int32(n_group),
+                 numpy.int32(fat_is_high), numpy.int32(want_labels),
+                 labels[group] if want_labels else labels, numpy.int32(want_stats),
+                 counts[group], sums[group]),
+            )
+    if not want_stats:
+        return labels, None, None
+    # tiny (m, 2) arrays; the caller wants Python numbers
+    return labels, counts.get(), sums.get()  # device sync

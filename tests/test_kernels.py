@@ -1,0 +1,537 @@
+"""kernels/: histogram, threshold fits, classification, array namespace, hygiene.
+
+One body per test over the ``xp`` fixture (numpy always; cupy where a GPU is present). The
+numpy path is checked against independent references (numpy's own histogram/bincount,
+scikit-image's ``threshold_otsu``, scikit-learn's ``KMeans`` and ``GaussianMixture`` on the raw
+voxels); the cupy path against the same references, hence against the numpy path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import (
+    array_namespace,
+    bin_centers,
+    classify,
+    fit_threshold,
+    gmm_threshold,
+    histogram,
+    kmeans_threshold,
+    otsu_threshold,
+    tissue_stats,
+)
+from kernels.fits import equal_density_point
+from tests.conftest import to_numpy
+
+KERNELS_DIR = Path(kernels.__file__).resolve().parent
+CT_WINDOW = (-190.0, 150.0)
+N_RAW = 200_000  # raw-sample size: big enough to be realistic, small enough for sklearn
+
+
+# ------------------------------------------------------------------------------------ samples
+
+
+def ct_voxels(fat_fraction: float, seed: int = 0, n: int = N_RAW) -> np.ndarray:
+    """CT-like pooled ROI: muscle ~ N(45, 15) HU, fat ~ N(-90, 25) HU, int16, windowed."""
+    rng = np.random.default_rng(seed)
+    n_fat = int(round(n * fat_fraction))
+    hu = np.concatenate([rng.normal(45, 15, n - n_fat), rng.normal(-90, 25, n_fat)])
+    return np.clip(np.rint(hu), *CT_WINDOW).astype(np.int16)
+
+
+# Two vendor scales of non-fat-suppressed T2 (fat bright): (muscle mean, sd, fat mean, sd, hi)
+MRI_VENDORS = {"vendor_a": (320.0, 45.0, 820.0, 110.0, 1500.0),
+               "vendor_b": (1300.0, 180.0, 3000.0, 380.0, 5000.0)}
+
+
+def mri_voxels(fat_fraction: float, vendor: str, seed: int = 0, n: int = N_RAW) -> np.ndarray:
+    """MRI-like pooled ROI: float32 after N4, two Gaussian tissues on a vendor's scale."""
+    muscle_mean, muscle_sd, fat_mean, fat_sd, hi = MRI_VENDORS[vendor]
+    rng = np.random.default_rng(seed)
+    n_fat = int(round(n * fat_fraction))
+    signal = np.concatenate([rng.normal(muscle_mean, muscle_sd, n - n_fat),
+                             rng.normal(fat_mean, fat_sd, n_fat)])
+    return np.clip(signal, 0.0, hi).astype(np.float32)
+
+
+# name -> (voxels, lo, hi)
+def _sample(name: str):
+    kind, fraction, *vendor = name.split(":")
+    if kind == "ct":
+        return ct_voxels(float(fraction)), *CT_WINDOW
+    voxels = mri_voxels(float(fraction), vendor[0])
+    return voxels, 0.0, MRI_VENDORS[vendor[0]][4]
+
+
+SAMPLES = ["ct:0.02", "ct:0.6", "mri:0.02:vendor_a", "mri:0.6:vendor_a",
+           "mri:0.02:vendor_b", "mri:0.6:vendor_b"]
+
+
+@functools.lru_cache(maxsize=None)
+def sample(name: str):
+    return _sample(name)
+
+
+@functools.lru_cache(maxsize=None)
+def sklearn_kmeans_threshold(name: str) -> float:
+    from sklearn.cluster import KMeans
+
+    voxels = sample(name)[0].reshape(-1, 1).astype(np.float64)
+    model = KMeans(n_clusters=2, n_init=10, random_state=0).fit(voxels)
+    return float(model.cluster_centers_.ravel().mean())
+
+
+@functools.lru_cache(maxsize=None)
+def sklearn_gmm_threshold(name: str) -> float:
+    """Equal weighted-density point of sklearn's GaussianMixture, found independently (brentq)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+    from sklearn.mixture import GaussianMixture
+
+    voxels = sample(name)[0].reshape(-1, 1).astype(np.float64)
+    model = GaussianMixture(2, random_state=0).fit(voxels)
+    means = model.means_.ravel()
+    sds = np.sqrt(model.covariances_.ravel())
+    weights = model.weights_
+
+    def log_ratio(x):
+        return (np.log(weights[0]) + norm.logpdf(x, means[0], sds[0])
+                - np.log(weights[1]) - norm.logpdf(x, means[1], sds[1]))
+
+    return float(brentq(log_ratio, means.min(), means.max(), xtol=1e-10))
+
+
+def device_histogram(xp, name: str, bin_width: float = 1.0):
+    voxels, lo, hi = sample(name)
+    counts = histogram(xp.asarray(voxels), lo=lo, hi=hi, bin_width=bin_width)
+    return counts, bin_centers(lo, hi, bin_width, xp=xp)
+
+
+# ---------------------------------------------------------------------------------- histogram
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "int64",
+                                   "float16", "float32", "float64"])
+def test_histogram_integer_values_land_on_their_own_bin(xp, dtype):
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (max(info.min, -190), min(info.max, 150)) if info else (-190, 150)
+    values = rng.integers(low - 20, high + 21, size=100_003).astype(np.int64)
+    if info:
+        values = np.clip(values, info.min, info.max)
+    values = values.astype(dtype)
+    counts = histogram(xp.asarray(values), lo=low, hi=high)
+    as_int = values.astype(np.int64)
+    inside = as_int[(as_int >= low) & (as_int <= high)]
+    expected = np.bincount(inside - low, minlength=high - low + 1)
+    assert counts.dtype == xp.int64
+    assert type(counts) is type(xp.asarray(values))
+    np.testing.assert_array_equal(to_numpy(counts), expected)
+
+
+@pytest.mark.parametrize("bin_width", [0.5, 1.0, 2.5, 7.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_histogram_matches_numpy_histogram_on_floats(xp, dtype, bin_width):
+    # numpy.histogram with the edges lo - w/2 + k w is an independent reference; random
+    # floats never sit exactly on an edge, where the two could round differently.
+    rng = np.random.default_rng(4)
+    lo, hi = -100.0, 250.0
+    values = rng.uniform(-150, 300, size=200_001).astype(dtype)
+    n_bins = int(round((hi - lo) / bin_width)) + 1
+    edges = lo - bin_width / 2 + bin_width * np.arange(n_bins + 1)
+    expected, _ = np.histogram(values.astype(np.float64), bins=edges)
+    counts = histogram(xp.asarray(values), lo=lo, hi=hi, bin_width=bin_width)
+    np.testing.assert_array_equal(to_numpy(counts), expected)
+
+
+def test_histogram_bin_edges_are_half_open_and_centred(xp):
+    # bins centred on 0, 1, 2: bin k covers [k - 0.5, k + 0.5)
+    values = np.array([-0.5000001, -0.5, 0.0, 0.4999999, 0.5, 1.5, 2.4999999, 2.5, np.inf,
+                       -np.inf])
+    counts = histogram(xp.asarray(values), lo=0, hi=2)
+    np.testing.assert_array_equal(to_numpy(counts), [3, 1, 2])
+
+
+def test_histogram_partials_add_up_to_the_pooled_histogram(xp):
+    # The cohort fit pools per-patient histograms: the sum must equal the histogram of the
+    # concatenated voxels exactly, whatever the dtype of each patient.
+    patients = [ct_voxels(0.1, seed=s, n=10_000 + 137 * s) for s in range(5)]
+    patients[2] = patients[2].astype(np.float32)
+    patients[3] = patients[3].astype(np.int32)
+    partials = [histogram(xp.asarray(p), lo=-190, hi=150) for p in patients]
+    pooled = histogram(xp.asarray(np.concatenate([p.astype(np.float64) for p in patients])),
+                       lo=-190, hi=150)
+    np.testing.assert_array_equal(to_numpy(sum(partials)), to_numpy(pooled))
+    assert int(to_numpy(pooled).sum()) == sum(p.size for p in patients)
+
+
+def test_histogram_ignores_values_outside_the_grid(xp):
+    values = np.array([-1000, -191, -190, 0, 150, 151, 3000], dtype=np.int16)
+    counts = to_numpy(histogram(xp.asarray(values), lo=-190, hi=150))
+    assert counts.sum() == 3
+    assert counts[0] == 1 and counts[190] == 1 and counts[-1] == 1
+
+
+def test_histogram_many_bins_unaligned_and_odd_lengths(xp):
+    # 20001 bins do not fit in 48 KiB of shared memory (global-atomic path on the GPU);
+    # values[1:] is not 16-byte aligned (scalar loads); odd length exercises the tail.
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 20001, size=300_007).astype(np.int16)
+    expected = np.bincount(values[1:].astype(np.int64), minlength=20001)
+    device_values = xp.asarray(values)
+    np.testing.assert_array_equal(to_numpy(histogram(device_values[1:], lo=0, hi=20000)),
+                                  expected)
+    floats = xp.asarray(values.astype(np.float32))
+    np.testing.assert_array_equal(to_numpy(histogram(floats[1:], lo=0, hi=20000)), expected)
+
+
+def test_histogram_of_multidimensional_and_empty_arrays(xp):
+    volume = ct_voxels(0.3, n=4 * 5 * 6).reshape(4, 5, 6)
+    flat = histogram(xp.asarray(volume.ravel()), lo=-190, hi=150)
+    np.testing.assert_array_equal(to_numpy(histogram(xp.asarray(volume), lo=-190, hi=150)),
+                                  to_numpy(flat))
+    empty = histogram(xp.asarray(np.zeros(0, np.float32)), lo=0, hi=9)
+    np.testing.assert_array_equal(to_numpy(empty), np.zeros(10, np.int64))
+
+
+def test_histogram_rejects_nan_and_bad_grids(xp):
+    with pytest.raises(ValueError, match="NaN"):
+        histogram(xp.asarray(np.array([1.0, np.nan, 2.0])), lo=0, hi=5)
+    values = xp.asarray(np.arange(5, dtype=np.float32))
+    with pytest.raises(ValueError, match="bin_width"):
+        histogram(values, lo=0, hi=5, bin_width=0)
+    with pytest.raises(ValueError, match="hi must be >= lo"):
+        histogram(values, lo=5, hi=0)
+    with pytest.raises(ValueError, match="lo must be finite"):
+        histogram(values, lo=-np.inf, hi=0)
+    with pytest.raises(ValueError, match="bins"):
+        histogram(values, lo=0, hi=1e9)
+    with pytest.raises(TypeError, match="dtype=bool"):
+        histogram(xp.asarray(np.array([True, False])), lo=0, hi=1)
+    with pytest.raises(TypeError, match="list"):
+        histogram([1, 2, 3], lo=0, hi=5)
+
+
+def test_bin_centers(xp):
+    centers = bin_centers(-190, 150, xp=xp)
+    assert centers.dtype == xp.float64 and centers.shape == (341,)
+    np.testing.assert_array_equal(to_numpy(centers), np.arange(-190, 151, dtype=np.float64))
+    np.testing.assert_allclose(to_numpy(bin_centers(0, 10, 2.5, xp=xp)),
+                               [0, 2.5, 5, 7.5, 10])
+
+
+# ---------------------------------------------------------------------------------------- fits
+
+
+@pytest.mark.parametrize("bin_width", [1.0, 2.5])
+@pytest.mark.parametrize("name", SAMPLES)
+def test_otsu_equals_skimage_threshold_otsu(xp, name, bin_width):
+    from skimage.filters import threshold_otsu
+
+    counts, centers = device_histogram(xp, name, bin_width)
+    expected = threshold_otsu(hist=(to_numpy(counts), to_numpy(centers)))
+    result = otsu_threshold(counts, centers)
+    assert result.threshold == float(expected)
+    assert isinstance(result.threshold, float)
+    low_mean, high_mean = result.class_means
+    assert low_mean < result.threshold < high_mean
+    assert math.isclose(sum(result.class_fractions), 1.0)
+
+
+def test_otsu_on_integer_ct_equals_skimage_on_raw_voxels(xp):
+    # bin width 1 on integer HU: the histogram is the voxels, so the raw-voxel definition
+    # (skimage bins integer images by value) gives the same threshold.
+    from skimage.filters import threshold_otsu
+
+    voxels, lo, hi = sample("ct:0.6")
+    result = fit_threshold(xp.asarray(voxels), "otsu", lo=lo, hi=hi)
+    assert result.threshold == float(threshold_otsu(voxels))
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_kmeans_within_one_bin_of_sklearn_on_raw_voxels(xp, name):
+    counts, centers = device_histogram(xp, name)
+    result = kmeans_threshold(counts, centers)
+    assert abs(result.threshold - sklearn_kmeans_threshold(name)) <= 1.0
+    assert result.converged and result.centroids[0] < result.threshold < result.centroids[1]
+    assert result.threshold == pytest.approx(sum(result.centroids) / 2)
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_gmm_within_one_bin_of_sklearn_on_raw_voxels(xp, name):
+    counts, centers = device_histogram(xp, name)
+    result = gmm_threshold(counts, centers)
+    assert abs(result.threshold - sklearn_gmm_threshold(name)) <= 1.0
+    assert result.converged
+    assert result.means[0] < result.threshold < result.means[1]
+    assert math.isclose(sum(result.weights), 1.0)
+    # the reported threshold is where the weighted densities are equal
+    (m1, m2), (v1, v2), (w1, w2) = result.means, result.variances, result.weights
+    t = result.threshold
+
+    def log_density(w, m, v):
+        return math.log(w) - 0.5 * math.log(2 * math.pi * v) - (t - m) ** 2 / (2 * v)
+
+    assert log_density(w1, m1, v1) == pytest.approx(log_density(w2, m2, v2), abs=1e-9)
+
+
+def test_kmeans_is_deterministic_and_seeded(xp):
+    counts, centers = device_histogram(xp, "ct:0.02")
+    first = kmeans_threshold(counts, centers, seed=7)
+    again = kmeans_threshold(counts, centers, seed=7)
+    assert first == again
+    several = kmeans_threshold(counts, centers, seed=7, n_init=5)
+    assert several.inertia <= first.inertia * (1 + 1e-12)
+    assert abs(several.threshold - first.threshold) <= 1.0
+
+
+def test_kmeans_converges_to_a_fixed_point_with_zero_tol(xp):
+    # tol=0: stop only when the partition no longer changes (the exact Lloyd fixed point):
+    # each centroid is then the weighted mean of its side of the cut.
+    counts, centers = device_histogram(xp, "mri:0.6:vendor_b")
+    result = kmeans_threshold(counts, centers, tol=0.0)
+    counts, centers = to_numpy(counts).astype(float), to_numpy(centers)
+    low = centers <= result.threshold
+    assert result.converged
+    assert result.centroids[0] == pytest.approx(np.average(centers[low], weights=counts[low]))
+    assert result.centroids[1] == pytest.approx(np.average(centers[~low], weights=counts[~low]))
+
+
+def test_results_are_json_serialisable(xp):
+    counts, centers = device_histogram(xp, "ct:0.6")
+    for method in ("otsu", "kmeans", "gmm"):
+        result = fit_threshold((counts, centers), method)
+        record = dataclasses.asdict(result)
+        assert record["method"] == method
+        assert json.loads(json.dumps(record)) == json.loads(json.dumps(record))
+        assert all(not hasattr(v, "dtype") for v in record.values())
+
+
+def test_fit_threshold_raw_values_equals_histogram_route(xp):
+    voxels, lo, hi = sample("mri:0.6:vendor_a")
+    counts, centers = device_histogram(xp, "mri:0.6:vendor_a")
+    for method in ("otsu", "kmeans", "gmm"):
+        from_values = fit_threshold(xp.asarray(voxels), method, lo=lo, hi=hi)
+        from_histogram = fit_threshold((counts, centers), method)
+        assert from_values == from_histogram
+
+
+def test_equal_density_point():
+    # equal variances and weights: the midpoint (linear case)
+    assert equal_density_point((0.0, 10.0), (4.0, 4.0), (0.5, 0.5)) == pytest.approx(5.0)
+    # order of the components does not matter
+    assert equal_density_point((10.0, 0.0), (9.0, 4.0), (0.3, 0.7)) == pytest.approx(
+        equal_density_point((0.0, 10.0), (4.0, 9.0), (0.7, 0.3)))
+    # unequal variances: check the densities directly
+    from scipy.stats import norm
+
+    t = equal_density_point((-90.0, 45.0), (625.0, 225.0), (0.02, 0.98))
+    assert -90 < t < 45
+    assert 0.02 * norm.pdf(t, -90, 25) == pytest.approx(0.98 * norm.pdf(t, 45, 15), rel=1e-9)
+    with pytest.raises(ValueError, match="do not cross"):
+        # a tiny, very wide low component is dominated everywhere between the means
+        equal_density_point((0.0, 1.0), (1e6, 1.0), (1e-9, 1.0 - 1e-9))
+
+
+# ------------------------------------------------------------------------------ degenerate input
+
+
+def test_degenerate_inputs_raise_value_error_naming_the_problem(xp):
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_threshold(xp.asarray(np.arange(10.0)), "median", lo=0, hi=9)
+    with pytest.raises(ValueError, match="empty sample"):
+        fit_threshold(xp.asarray(np.zeros(0)), "otsu", lo=0, hi=9)
+    with pytest.raises(ValueError, match="lo and hi are required"):
+        fit_threshold(xp.asarray(np.arange(10.0)), "otsu")
+    with pytest.raises(ValueError, match="excludes all 10 values"):
+        fit_threshold(xp.asarray(np.arange(10.0)), "kmeans", lo=100, hi=200)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_threshold(xp.asarray(np.array([1.0, np.nan, 3.0])), "gmm", lo=0, hi=9)
+    for method in ("otsu", "kmeans", "gmm"):
+        with pytest.raises(ValueError, match="single distinct value"):
+            fit_threshold(xp.asarray(np.full(100, 42, np.int16)), method, lo=0, hi=100)
+        with pytest.raises(ValueError, match="empty histogram"):
+            fit_threshold((xp.zeros(5, dtype=xp.int64), xp.arange(5.0)), method)
+    centers = xp.arange(4.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        otsu_threshold(xp.asarray(np.array([1, -1, 2, 3])), centers)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        kmeans_threshold(xp.asarray(np.array([1, 1, 2, 3])), xp.asarray([0.0, 2, 1, 3]))
+    with pytest.raises(ValueError, match="same length"):
+        gmm_threshold(xp.asarray(np.array([1, 1, 2])), centers)
+    with pytest.raises(ValueError, match="pair"):
+        fit_threshold((centers,), "otsu")
+    with pytest.raises(ValueError, match="init must be"):
+        gmm_threshold(xp.asarray(np.array([1, 1, 2, 3])), centers, init="random")
+
+
+# ----------------------------------------------------------------------------------- classify
+
+
+def reference_labels(values, threshold, fat_is):
+    v = values.astype(np.float64)
+    fat = v <= threshold if fat_is == "low" else v > threshold
+    muscle = v > threshold if fat_is == "low" else v <= threshold
+    return np.where(fat, 2, np.where(muscle, 1, 0)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fat_is", ["low", "high"])
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "float64", "uint8"])
+def test_classify_and_tissue_stats_match_numpy_reference(xp, dtype, fat_is):
+    voxels = ct_voxels(0.3, seed=11, n=30 * 7 * 1001)
+    if np.dtype(dtype).kind == "u":  # shift into the unsigned range (uint8 saturates)
+        voxels = np.clip(voxels.astype(np.int32) + 190, 0, np.iinfo(dtype).max)
+    values = voxels.astype(dtype).reshape(30, 7, -1)
+    threshold = -23.5 if np.dtype(dtype).kind != "u" else 100.25
+    expected = reference_labels(values, threshold, fat_is)
+
+    labels = classify(xp.asarray(values), threshold, fat_is=fat_is)
+    assert labels.dtype == xp.uint8 and labels.shape == values.shape
+    np.testing.assert_array_equal(to_numpy(labels), expected)
+
+    stats = tissue_stats(xp.asarray(values), threshold, fat_is=fat_is)
+    v = values.astype(np.float64)
+    assert stats.fat_count == int((expected == 2).sum())
+    assert stats.muscle_count == int((expected == 1).sum())
+    assert stats.fat_count + stats.muscle_count == values.size
+    assert stats.fat_sum == pytest.approx(v[expected == 2].sum(), rel=1e-9)
+    assert stats.muscle_sum == pytest.approx(v[expected == 1].sum(), rel=1e-9)
+    assert stats.fat_mean == pytest.approx(v[expected == 2].mean(), rel=1e-9)
+    assert stats.muscle_mean == pytest.approx(v[expected == 1].mean(), rel=1e-9)
+    assert stats.fat_is == fat_is and stats.threshold == threshold
+
+
+def test_classify_several_thresholds_in_one_pass(xp):
+    values = mri_voxels(0.4, "vendor_a", n=50_001)
+    thresholds = np.linspace(300.0, 900.0, 10)  # > 4: three passes of the GPU kernel
+    labels = classify(xp.asarray(values), thresholds, fat_is="high")
+    stats = tissue_stats(xp.asarray(values), list(thresholds), fat_is="high")
+    assert labels.shape == (10, values.size) and len(stats) == 10
+    for j, t in enumerate(thresholds):
+        np.testing.assert_array_equal(to_numpy(labels[j]), reference_labels(values, t, "high"))
+        single = tissue_stats(xp.asarray(values), float(t), fat_is="high")
+        assert stats[j].fat_count == single.fat_count
+        assert stats[j].muscle_count == single.muscle_count
+        assert stats[j].fat_sum == pytest.approx(single.fat_sum, rel=1e-12)
+
+
+def test_classify_edge_cases(xp):
+    values = np.array([-1.0, 0.0, 1.0, np.nan])
+    # exactly at the threshold is the low class; NaN is in neither class
+    np.testing.assert_array_equal(to_numpy(classify(xp.asarray(values), 0.0)), [2, 2, 1, 0])
+    np.testing.assert_array_equal(to_numpy(classify(xp.asarray(values), 0.0, fat_is="high")),
+                                  [1, 1, 2, 0])
+    stats = tissue_stats(xp.asarray(values[:2]), 5.0)
+    assert stats.muscle_count == 0 and math.isnan(stats.muscle_mean)
+    # float32 values compare in float64: 0.1f is > 0.1 (double), so it is muscle
+    assert int(to_numpy(classify(xp.asarray(np.float32([0.1])), 0.1))[0]) == 1
+    with pytest.raises(ValueError, match="fat_is"):
+        classify(xp.asarray(values), 0.0, fat_is="bright")
+    with pytest.raises(ValueError, match="finite"):
+        classify(xp.asarray(values), float("nan"))
+    with pytest.raises(TypeError, match="threshold"):
+        tissue_stats(xp.asarray(values), "0.5")
+    empty = tissue_stats(xp.asarray(np.zeros(0, np.int16)), 0.0)
+    assert empty.fat_count == 0 and empty.muscle_count == 0
+
+
+# ----------------------------------------------------------------------------- namespace, hygiene
+
+
+def test_array_namespace():
+    assert array_namespace(np.zeros(3), 1.0, None, np.float64(2)) is np
+    assert array_namespace(1, 2.0) is np
+    with pytest.raises(TypeError, match="list"):
+        array_namespace(np.zeros(3), [1, 2])
+
+    class NotAnArray:
+        pass
+
+    with pytest.raises(TypeError, match="NotAnArray"):
+        array_namespace(NotAnArray())
+
+
+def test_array_namespace_refuses_mixed_backends(xp):
+    if xp is np:
+        pytest.skip("needs cupy")
+    with pytest.raises(TypeError, match="mixed array types"):
+        array_namespace(np.zeros(3), xp.zeros(3))
+    assert array_namespace(xp.zeros(3), np.float64(1.0)) is xp
+
+
+def test_importing_kernels_pulls_in_no_heavy_or_engine_module():
+    code = (
+        "import sys, kernels, kernels.fits, kernels.histogram, kernels.classify, "
+        "kernels.cuml_kmeans, kernels.xp\n"
+        "bad = [m for m in ('engine', 'dask', 'SimpleITK', 'pydicom', 'yaml', 'cupy', 'cuml', "
+        "'sklearn', 'skimage', 'scipy', 'logging') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=KERNELS_DIR.parent, check=True)
+    assert done.stdout.strip() == "", f"kernels imported: {done.stdout.strip()}"
+
+
+def test_kernels_sources_do_not_import_forbidden_modules():
+    forbidden = ("engine", "dask", "SimpleITK", "pydicom", "yaml", "logging")
+    for source in sorted(KERNELS_DIR.glob("*.py")):
+        for line in source.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ", "from ")):
+                module = stripped.split()[1].split(".")[0]
+                assert module not in forbidden, f"{source.name}: {stripped}"
+
+
+@pytest.mark.parametrize("cu_file", sorted(KERNELS_DIR.glob("*.cu")), ids=lambda p: p.name)
+def test_cu_files_compile(cu_file, tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on PATH")
+    done = subprocess.run(
+        [nvcc, "--ptx", "-arch=compute_90", "-o", str(tmp_path / "out.ptx"), str(cu_file)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, f"nvcc failed on {cu_file.name}:\n{done.stderr}"
+    ptx = (tmp_path / "out.ptx").read_text()
+    stem = cu_file.stem
+    for dtype in ("float32", "float64", "int16", "uint16", "int32"):
+        assert f".entry {stem}_{dtype}" in ptx, f"{cu_file.name} lacks {stem}_{dtype}"
+
+
+def test_cuml_kmeans_matches_histogram_kmeans(xp):
+    try:
+        from kernels.cuml_kmeans import kmeans_threshold_cuml
+
+        import cuml  # noqa: F401
+    except ImportError:
+        pytest.skip("cuML is not installed")
+    if xp is np:
+        pytest.skip("cuML runs on the GPU case")
+    voxels, lo, hi = sample("ct:0.6")
+    ours = fit_threshold(xp.asarray(voxels), "kmeans", lo=lo, hi=hi)
+    theirs = kmeans_threshold_cuml(xp.asarray(voxels), seed=0)
+    assert abs(ours.threshold - theirs.threshold) <= 1.0
+
+
+def test_cuml_kmeans_raises_clear_import_error_without_cuml():
+    try:
+        import cuml  # noqa: F401
+    except ImportError:
+        from kernels.cuml_kmeans import kmeans_threshold_cuml
+
+        with pytest.raises(ImportError, match="cuML"):
+            kmeans_threshold_cuml(np.zeros(10))
+    else:
+        pytest.skip("cuML is installed")
