@@ -1,0 +1,807 @@
+"""DICOM series discovery and reading into SimpleITK images in physical space.
+
+Discovery (:func:`scan_dicom_folder`) reads headers only and groups files by
+SeriesInstanceUID; a ``DICOMDIR`` found in a folder replaces the walk of that folder's subtree
+by the files it references. Reading (:func:`read_dicom_series`) checks the geometry of the
+chosen series before decoding any pixel data:
+
+* slices are sorted by their position along the slice normal
+  ``n = row_cosine x column_cosine`` (position ``d = IPP . n``), never by file name or
+  InstanceNumber (DICOM PS3.3 C.7.6.2.1.1);
+* the stack must be regular: no duplicated position, no missing slice (a gap larger than
+  1.5 x the median spacing), uniform spacing, one orientation, slice offsets along the normal
+  (no gantry tilt), one Rows/Columns/PixelSpacing;
+* a header claiming more voxels than ``max_voxels`` is refused before decoding.
+
+Pixel data are decoded by pydicom (the pylibjpeg/pyjpegls plugins decode JPEG Lossless,
+JPEG-LS, JPEG 2000 and RLE), the Modality LUT or Rescale Slope/Intercept is applied
+(:func:`pydicom.pixels.apply_rescale`; for enhanced multi-frame objects the Pixel Value
+Transformation functional group), and the result is a float32 SimpleITK image: CT in HU.
+
+Geometry conventions: spacing ``(x, y, z)`` = (column spacing, row spacing, measured slice
+spacing), DICOM PixelSpacing being ``[row spacing, column spacing]``; origin = the
+ImagePositionPatient of the first sorted slice; direction = the columns row cosine,
+column cosine and slice normal, as a row-major 9-tuple (SimpleITK ``SetDirection``).
+
+Every per-input problem raises :class:`engine.errors.InputError` (stage ``ingest``) with a
+sentence that never quotes a DICOM identifier (names, IDs, dates, accession, institution).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import InputError
+
+__all__ = ["SeriesInfo", "scan_dicom_folder", "read_dicom_series", "format_mm"]
+
+STAGE = "ingest"
+
+# Modalities and SOP classes that carry no image to read (DICOM-SEG, SR, RT objects, ...).
+_NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "PR", "KO", "REG", "DOC", "RWV", "AU", "ECG", "PLAN", "FID"}
+)
+_NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",  # segmentation, registration, fiducials, surface seg
+    "1.2.840.10008.5.1.4.1.1.88",  # structured reports
+    "1.2.840.10008.5.1.4.1.1.481",  # radiotherapy objects
+    "1.2.840.10008.5.1.4.1.1.11",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated documents
+    "1.2.840.10008.1.3.10",  # media storage directory (DICOMDIR)
+)
+
+# Geometry tolerances. DS strings round cosines and positions (often to 1e-3..1e-4), so the
+# checks are lenient with rounding and strict with real defects.
+_ORIENTATION_TOL = 1e-3  # max abs difference between direction cosines of two slices
+_DUPLICATE_TOL_MM = 0.01  # two slices closer than this along the normal are the same position
+_GAP_FACTOR = 1.5  # a step larger than this x the median spacing is a missing slice
+_SPACING_REL_TOL = 0.01  # relative deviation from the median spacing allowed
+_SPACING_ABS_TOL_MM = 0.005
+_TILT_ABS_TOL_MM = 0.02  # in-plane drift of slice positions allowed ...
+_TILT_REL_TOL = 0.005  # ... plus this fraction of the distance along the normal (~0.3 degree)
+_MAX_NOTES = 8  # skipped-file notes kept in full; the rest are counted
+
+
+def format_mm(value: float) -> str:
+    """A position or length for a message: two decimals at most, at least one (``-12.0``, ``-6.25``)."""
+    text = f"{value:.2f}".rstrip("0")
+    if text.endswith("."):
+        text += "0"
+    if text in ("-0.0", "-0."):
+        text = "0.0"
+    return text
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What the engine knows about one DICOM series; no patient-identifying field.
+
+    Geometry fields (``spacing``, ``origin``, ``direction``) are filled by
+    :func:`read_dicom_series`; :func:`scan_dicom_folder` leaves them ``None``.
+
+    Attributes
+    ----------
+    series_uid : str
+        SeriesInstanceUID.
+    modality : str
+        Modality (``CT``, ``MR``, ``SEG``, ...).
+    description : str
+        SeriesDescription (may be empty).
+    n_files : int
+        Number of files in the series.
+    rows, cols : int or None
+        Rows and Columns of the (first) image; None for non-image objects.
+    n_slices : int
+        Number of 2-D frames (files x frames per file).
+    transfer_syntax : str
+        ``"<name> (<UID>)"``; several joined by ``"; "`` when the files differ.
+    spacing, origin, direction : tuples or None
+        SimpleITK (x, y, z) spacing (mm) and origin (mm, LPS); direction row-major 9-tuple.
+    notes : tuple of str
+        Files skipped while scanning (not DICOM, empty, truncated...) and other remarks.
+    is_image : bool
+        False for DICOM-SEG, SR, RT and other objects without an image to read.
+    sop_class : str
+        SOP class name (``CT Image Storage``...).
+    files : tuple of pathlib.Path
+        The series' files (not shown in ``repr``; not part of :meth:`as_dict`).
+    """
+
+    series_uid: str
+    modality: str
+    description: str
+    n_files: int
+    rows: int | None
+    cols: int | None
+    n_slices: int
+    transfer_syntax: str
+    spacing: tuple[float, float, float] | None = None
+    origin: tuple[float, float, float] | None = None
+    direction: tuple[float, ...] | None = None
+    notes: tuple[str, ...] = ()
+    is_image: bool = True
+    sop_class: str = ""
+    files: tuple[pathlib.Path, ...] = field(default=(), repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict of every field except ``files``."""
+        out = dataclasses.asdict(self)
+        out.pop("files")
+        for key in ("spacing", "origin", "direction", "notes"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    def summary(self) -> str:
+        """One line: UID, modality, description, number of files."""
+        description = self.description or "no description"
+        return f"{self.series_uid} ({self.modality}, '{description}', {self.n_files} files)"
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@dataclass
+class _Scan:
+    groups: dict[str, list[tuple[pathlib.Path, object]]]  # series uid -> [(file, header dataset)]
+    notes: list[str]
+
+
+def _relative(path: pathlib.Path, root: pathlib.Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return path.name
+
+
+def _summarise_notes(notes: list[str]) -> list[str]:
+    if len(notes) <= _MAX_NOTES:
+        return notes
+    return notes[:_MAX_NOTES] + [f"... and {len(notes) - _MAX_NOTES} more skipped files"]
+
+
+def _dicomdir_files(dicomdir: pathlib.Path, notes: list[str], root: pathlib.Path) -> list[pathlib.Path] | None:
+    """Files referenced by a DICOMDIR (``ReferencedFileID``), or None when it cannot be parsed."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(dicomdir), force=False)
+        records = ds.DirectoryRecordSequence
+    except Exception as exc:  # noqa: BLE001 - any parse failure falls back to walking the folder
+        notes.append(f"{_relative(dicomdir, root)}: DICOMDIR could not be read ({type(exc).__name__}); folder scanned instead")
+        return None
+    files = []
+    base = dicomdir.parent
+    for record in records:
+        file_id = record.get("ReferencedFileID")
+        if not file_id:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else list(file_id)
+        candidate = base.joinpath(*[str(p) for p in parts])
+        if not candidate.is_file():
+            # ISO 9660 media are case-insensitive: try a case-insensitive match before giving up
+            matched = _case_insensitive(base, [str(p) for p in parts])
+            if matched is None:
+                notes.append(f"{_relative(candidate, root)}: referenced by DICOMDIR but missing")
+                continue
+            candidate = matched
+        files.append(candidate)
+    return files
+
+
+def _case_insensitive(base: pathlib.Path, parts: list[str]) -> pathlib.Path | None:
+    current = base
+    for part in parts:
+        try:
+            entries = {entry.lower(): entry for entry in os.listdir(current)}
+        except OSError:
+            return None
+        name = entries.get(part.lower())
+        if name is None:
+            return None
+        current = current / name
+    return current if current.is_file() else None
+
+
+def _collect_files(root: pathlib.Path, max_files: int, notes: list[str]) -> list[pathlib.Path]:
+    """Every candidate file under ``root``; DICOMDIR subtrees contribute their referenced files."""
+    files: list[pathlib.Path] = []
+
+    def add(paths: Iterable[pathlib.Path]) -> None:
+        for path in paths:
+            files.append(path)
+            if len(files) > max_files:
+                raise InputError(
+                    STAGE,
+                    f"the folder holds more than {max_files} files; point the manifest at a single series "
+                    "folder (or raise io.max_files in the config)",
+                )
+
+    if root.is_file():
+        add([root])
+        return files
+    walk_errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=walk_errors.append):
+        dirnames.sort()
+        here = pathlib.Path(dirpath)
+        if "DICOMDIR" in filenames:
+            referenced = _dicomdir_files(here / "DICOMDIR", notes, root)
+            if referenced is not None:
+                add(referenced)
+                dirnames[:] = []  # the DICOMDIR describes this subtree
+                continue
+        add(here / name for name in sorted(filenames) if name != "DICOMDIR")
+    for error in walk_errors:
+        notes.append(f"{_relative(pathlib.Path(error.filename or root), root)}: folder not readable ({error.strerror})")
+    return files
+
+
+def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str]):
+    """Header of one file (no pixel data), or None with a note saying why it was skipped."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    label = _relative(path, root)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        notes.append(f"{label}: skipped, cannot be accessed ({exc.strerror or type(exc).__name__})")
+        return None
+    if size == 0:
+        notes.append(f"{label}: skipped, empty file (0 bytes)")
+        return None
+    try:
+        with warnings.catch_warnings(), open(path, "rb") as handle:
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False)
+            # pydicom stops silently at the end of a truncated file; reading stops before the
+            # pixel data otherwise, so a header that ran to the end of the file is suspect
+            at_end = handle.tell() >= size
+    except InvalidDicomError:
+        notes.append(f"{label}: skipped, not a DICOM file")
+        return None
+    except PermissionError:
+        notes.append(f"{label}: skipped, not readable (permission denied)")
+        return None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt headers raise many types
+        notes.append(f"{label}: skipped, truncated or corrupt DICOM header ({type(exc).__name__})")
+        return None
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if sop_class == "1.2.840.10008.1.3.10":  # a DICOMDIR under another name
+        notes.append(f"{label}: skipped, a DICOMDIR (directory) file")
+        return None
+    if not ds.get("SeriesInstanceUID"):
+        if at_end:
+            notes.append(f"{label}: skipped, truncated or corrupt DICOM header (file ends inside the header)")
+            return None
+        notes.append(f"{label}: skipped, DICOM file without SeriesInstanceUID")
+        return None
+    return ds
+
+
+def _scan(path, max_files: int) -> _Scan:
+    root = pathlib.Path(path)
+    if not root.exists():
+        raise InputError(STAGE, f"image file not found: {path}")
+    if not os.access(root, os.R_OK):
+        raise InputError(STAGE, f"image path is not readable (permission denied): {path}")
+    notes: list[str] = []
+    files = _collect_files(root, max_files, notes)
+    base = root if root.is_dir() else root.parent
+    groups: dict[str, list[tuple[pathlib.Path, object]]] = {}
+    for file in files:
+        header = _read_header(file, base, notes)
+        if header is None:
+            continue
+        groups.setdefault(str(header.SeriesInstanceUID), []).append((file, header))
+    return _Scan(groups=groups, notes=notes)
+
+
+def _ts_label(uid) -> str:
+    from pydicom.uid import UID
+
+    uid = UID(str(uid)) if uid else None
+    if uid is None:
+        return "unknown transfer syntax"
+    name = uid.name if uid.name != str(uid) else "unknown transfer syntax"
+    return f"{name} ({uid})"
+
+
+def _is_image(header) -> bool:
+    modality = str(header.get("Modality", "") or "").upper()
+    sop_class = str(header.get("SOPClassUID", "") or "")
+    if modality in _NON_IMAGE_MODALITIES or sop_class.startswith(_NON_IMAGE_SOP_PREFIXES):
+        return False
+    return header.get("Rows") is not None and header.get("Columns") is not None
+
+
+def _frames_in(header) -> int:
+    try:
+        return max(1, int(header.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Sequence[str]) -> SeriesInfo:
+    first = members[0][1]
+    syntaxes = sorted({_ts_label(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", None)) for _, h in members})
+    sop = first.get("SOPClassUID")
+    try:
+        sop_name = sop.name if sop else ""
+    except AttributeError:
+        sop_name = str(sop)
+    rows = first.get("Rows")
+    cols = first.get("Columns")
+    return SeriesInfo(
+        series_uid=uid,
+        modality=str(first.get("Modality", "") or ""),
+        description=str(first.get("SeriesDescription", "") or ""),
+        n_files=len(members),
+        rows=int(rows) if rows is not None else None,
+        cols=int(cols) if cols is not None else None,
+        n_slices=sum(_frames_in(h) for _, h in members),
+        transfer_syntax="; ".join(syntaxes),
+        notes=tuple(notes),
+        is_image=all(_is_image(h) for _, h in members),
+        sop_class=sop_name,
+        files=tuple(f for f, _ in members),
+    )
+
+
+def scan_dicom_folder(path, *, max_files: int = 5000) -> list[SeriesInfo]:
+    """Find the DICOM series under a folder (or in one file) from their headers only.
+
+    Parameters
+    ----------
+    path : path-like
+        A folder of loose files (any names, any depth), a folder holding a ``DICOMDIR``
+        (its referenced files are used), or a single DICOM file.
+    max_files : int
+        Refuse folders with more files than this (a whole PACS export instead of a series).
+
+    Returns
+    -------
+    list of SeriesInfo
+        One per SeriesInstanceUID, image series first, sorted by modality, description and
+        UID. Every entry carries the same ``notes``: the files skipped and why.
+
+    Raises
+    ------
+    InputError
+        The path does not exist, is unreadable, or holds more than ``max_files`` files.
+    """
+    scan = _scan(path, max_files)
+    notes = _summarise_notes(scan.notes)
+    infos = [_series_info(uid, members, notes) for uid, members in scan.groups.items()]
+    infos.sort(key=lambda s: (not s.is_image, s.modality, s.description, s.series_uid))
+    return infos
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Frame:
+    """One 2-D frame: where it comes from and where it lies."""
+
+    file_index: int
+    frame_index: int | None  # None for single-frame files
+    position: np.ndarray  # ImagePositionPatient, mm
+    orientation: np.ndarray  # 6 direction cosines
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    rows: int
+    cols: int
+    slope: float | None = None  # from functional groups (enhanced multi-frame)
+    intercept: float | None = None
+
+
+def _floats(value, count: int, what: str, modality: str) -> np.ndarray:
+    try:
+        array = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        array = np.asarray([])
+    if array.size != count or not np.all(np.isfinite(array)):
+        raise InputError(STAGE, f"{modality} series has an invalid {what} value; the geometry cannot be determined")
+    return array
+
+
+def _modality_word(modality: str) -> str:
+    return modality if modality else "DICOM"
+
+
+def _first_item(dataset, sequence: str):
+    seq = dataset.get(sequence) if dataset is not None else None
+    return seq[0] if seq else None
+
+
+def _frames_of_multiframe(header, file_index: int, modality: str) -> list[_Frame]:
+    """Frames of an enhanced multi-frame object, placed by its functional groups."""
+    n_frames = _frames_in(header)
+    shared = _first_item(header, "SharedFunctionalGroupsSequence")
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame or len(per_frame) != n_frames:
+        raise InputError(
+            STAGE,
+            f"{modality} multi-frame file has {n_frames} frames but no per-frame positions "
+            "(PerFrameFunctionalGroupsSequence / PlanePositionSequence); the frames cannot be placed "
+            "in physical space: export the series as single-frame files",
+        )
+    frames = []
+    for index, item in enumerate(per_frame):
+
+        def lookup(sequence: str, keyword: str):
+            for group in (item, shared):
+                sub = _first_item(group, sequence)
+                if sub is not None and keyword in sub:
+                    return sub.get(keyword)
+            return header.get(keyword)
+
+        position = lookup("PlanePositionSequence", "ImagePositionPatient")
+        orientation = lookup("PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = lookup("PixelMeasuresSequence", "PixelSpacing")
+        if position is None or orientation is None:
+            raise InputError(
+                STAGE,
+                f"{modality} multi-frame file has no position/orientation for frame {index + 1}; "
+                "the frames cannot be placed in physical space: export the series as single-frame files",
+            )
+        if spacing is None:
+            raise InputError(STAGE, f"{modality} multi-frame file has no PixelSpacing; the voxel size is unknown")
+        slope = lookup("PixelValueTransformationSequence", "RescaleSlope")
+        intercept = lookup("PixelValueTransformationSequence", "RescaleIntercept")
+        spacing_values = _floats(spacing, 2, "PixelSpacing", modality)
+        frames.append(
+            _Frame(
+                file_index=file_index,
+                frame_index=index,
+                position=_floats(position, 3, "ImagePositionPatient", modality),
+                orientation=_floats(orientation, 6, "ImageOrientationPatient", modality),
+                pixel_spacing=(float(spacing_values[0]), float(spacing_values[1])),
+                rows=int(header.Rows),
+                cols=int(header.Columns),
+                slope=float(slope) if slope is not None else None,
+                intercept=float(intercept) if intercept is not None else None,
+            )
+        )
+    return frames
+
+
+def _frames_of(headers: Sequence, modality: str) -> list[_Frame]:
+    multi = [i for i, h in enumerate(headers) if _frames_in(h) > 1]
+    if multi and len(headers) > 1:
+        raise InputError(
+            STAGE,
+            f"{modality} series mixes {len(multi)} multi-frame file(s) with other files; "
+            "export it as one multi-frame file or as single-frame files",
+        )
+    if multi:
+        return _frames_of_multiframe(headers[0], 0, modality)
+    frames = []
+    for index, header in enumerate(headers):
+        if header.get("ImagePositionPatient") is None or header.get("ImageOrientationPatient") is None:
+            raise InputError(
+                STAGE,
+                f"{modality} image has no ImagePositionPatient/ImageOrientationPatient; it cannot be placed "
+                "in physical space (secondary capture or an anonymiser removed the geometry)",
+            )
+        if header.get("PixelSpacing") is None:
+            raise InputError(STAGE, f"{modality} image has no PixelSpacing; the voxel size is unknown")
+        spacing_values = _floats(header.PixelSpacing, 2, "PixelSpacing", modality)
+        frames.append(
+            _Frame(
+                file_index=index,
+                frame_index=None,
+                position=_floats(header.ImagePositionPatient, 3, "ImagePositionPatient", modality),
+                orientation=_floats(header.ImageOrientationPatient, 6, "ImageOrientationPatient", modality),
+                pixel_spacing=(float(spacing_values[0]), float(spacing_values[1])),
+                rows=int(header.Rows),
+                cols=int(header.Columns),
+            )
+        )
+    return frames
+
+
+@dataclass
+class _Geometry:
+    order: list[int]  # frame indices in slice order
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    notes: list[str]
+
+
+def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _Geometry:
+    """Sort frames along the slice normal and check that they form a regular stack."""
+    notes: list[str] = []
+    first = frames[0]
+    shapes = {(f.rows, f.cols) for f in frames}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{r} x {c}" for r, c in sorted(shapes))
+        raise InputError(STAGE, f"{modality} series mixes image sizes (Rows x Columns: {listed}); it is not one volume")
+    spacings = np.array([f.pixel_spacing for f in frames])
+    if np.max(np.abs(spacings - spacings[0])) > 1e-4:
+        listed = ", ".join(f"{format_mm(r)} x {format_mm(c)}" for r, c in sorted({tuple(s) for s in spacings.tolist()}))
+        raise InputError(STAGE, f"{modality} series mixes pixel spacings ({listed} mm); it is not one volume")
+    row_spacing, col_spacing = first.pixel_spacing
+    if not (row_spacing > 0 and col_spacing > 0):
+        raise InputError(STAGE, f"{modality} series has a non-positive PixelSpacing")
+
+    orientations = np.array([f.orientation for f in frames])
+    deviation = float(np.max(np.abs(orientations - orientations[0])))
+    if deviation > _ORIENTATION_TOL:
+        raise InputError(
+            STAGE,
+            f"{modality} series has slices with different orientations (gantry tilt, a localizer or "
+            "several stacks in one series); export the axial stack alone",
+        )
+    row_cosine = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
+    col_cosine = first.orientation[3:] / np.linalg.norm(first.orientation[3:])
+    if abs(float(np.dot(row_cosine, col_cosine))) > 1e-3:
+        raise InputError(STAGE, f"{modality} series has non-orthogonal ImageOrientationPatient cosines")
+    normal = np.cross(row_cosine, col_cosine)
+    normal /= np.linalg.norm(normal)
+
+    distances = np.array([float(np.dot(f.position, normal)) for f in frames])
+    # stable sort with a deterministic tie-break (file, frame) for the duplicate check below
+    order = sorted(range(len(frames)), key=lambda i: (distances[i], frames[i].file_index, frames[i].frame_index or 0))
+    sorted_d = distances[order]
+
+    if len(frames) == 1:
+        header = headers[first.file_index]
+        z_spacing = None
+        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+            value = header.get(keyword)
+            try:
+                if value is not None and float(value) > 0:
+                    z_spacing = float(value)
+                    notes.append(f"single slice: z spacing taken from {keyword}")
+                    break
+            except (TypeError, ValueError):
+                pass
+        if z_spacing is None:
+            z_spacing = 1.0
+            notes.append("single slice: z spacing unknown, 1.0 mm assumed")
+    else:
+        steps = np.diff(sorted_d)
+        duplicated = np.nonzero(steps < _DUPLICATE_TOL_MM)[0]
+        if duplicated.size:
+            at = sorted_d[duplicated[0]]
+            count = int(np.sum(np.abs(sorted_d - at) < _DUPLICATE_TOL_MM))
+            raise InputError(
+                STAGE,
+                f"{modality} series has duplicated slice positions ({count} slices at z={format_mm(at)} mm, "
+                f"{duplicated.size} duplicate(s) in all): duplicated files, or several acquisitions/echoes "
+                "in one series; export a single acquisition",
+            )
+        # in-plane drift of the positions: slice offsets must lie along the normal (no gantry tilt)
+        offsets = np.array([frames[i].position for i in order]) - frames[order[0]].position
+        along = sorted_d - sorted_d[0]
+        sideways = offsets - along[:, None] * normal[None, :]
+        drift = np.linalg.norm(sideways, axis=1)
+        allowed = _TILT_ABS_TOL_MM + _TILT_REL_TOL * np.abs(along)
+        if np.any(drift > allowed):
+            worst = int(np.argmax(drift - allowed))
+            angle = math.degrees(math.atan2(drift[worst], abs(along[worst]))) if along[worst] else 90.0
+            raise InputError(
+                STAGE,
+                f"{modality} series has gantry tilt: slice positions drift {format_mm(drift[worst])} mm sideways "
+                f"over {format_mm(abs(along[worst]))} mm along the slice normal (about {angle:.1f} degrees); "
+                "export a tilt-corrected (resampled) reconstruction",
+            )
+        median = float(np.median(steps))
+        gaps = np.nonzero(steps > _GAP_FACTOR * median)[0]
+        if gaps.size:
+            k = int(gaps[0])
+            more = f" ({gaps.size} gaps in all)" if gaps.size > 1 else ""
+            raise InputError(
+                STAGE,
+                f"{modality} series has a missing slice between z={format_mm(sorted_d[k])} and "
+                f"z={format_mm(sorted_d[k + 1])} mm{more}; re-export the complete series",
+            )
+        tolerance = max(_SPACING_ABS_TOL_MM, _SPACING_REL_TOL * median)
+        if np.max(np.abs(steps - median)) > tolerance:
+            raise InputError(
+                STAGE,
+                f"{modality} series has non-uniform slice spacing (steps from {format_mm(steps.min())} to "
+                f"{format_mm(steps.max())} mm, median {format_mm(median)} mm); re-export it with one spacing",
+            )
+        # the average step is the best estimate of the spacing on a regular stack
+        z_spacing = float((sorted_d[-1] - sorted_d[0]) / (len(frames) - 1))
+
+    origin = frames[order[0]].position
+    axes = np.column_stack([row_cosine, col_cosine, normal])
+    return _Geometry(
+        order=order,
+        spacing=(col_spacing, row_spacing, z_spacing),
+        origin=tuple(float(v) for v in origin),
+        direction=tuple(float(v) for v in axes.reshape(-1)),
+        notes=notes,
+    )
+
+
+def _select_series(scan: _Scan, series_uid: str | None, where) -> tuple[str, list]:
+    image_series = {uid: m for uid, m in scan.groups.items() if all(_is_image(h) for _, h in m)}
+    notes = _summarise_notes(scan.notes)
+
+    def listing(groups) -> str:
+        infos = sorted((_series_info(uid, m, ()) for uid, m in groups.items()), key=lambda s: (s.modality, s.description, s.series_uid))
+        return "; ".join(info.summary() for info in infos)
+
+    if series_uid is not None:
+        if series_uid in image_series:
+            return series_uid, image_series[series_uid]
+        available = listing(image_series) if image_series else "none"
+        raise InputError(STAGE, f"series {series_uid} (io.series_uid) is not among the image series found: {available}")
+    if not image_series:
+        skipped = f" ({len(scan.notes)} files skipped: {'; '.join(notes)})" if scan.notes else ""
+        others = f"; non-image objects found: {listing(scan.groups)}" if scan.groups else ""
+        raise InputError(STAGE, f"no DICOM image series found at {where}{others}{skipped}")
+    if len(image_series) > 1:
+        raise InputError(
+            STAGE,
+            f"{len(image_series)} image series found at {where}: {listing(image_series)}; "
+            "set io.series_uid in the config to the one to use",
+        )
+    uid = next(iter(image_series))
+    return uid, image_series[uid]
+
+
+def _is_native(transfer_syntax) -> bool:
+    from pydicom.uid import UID
+
+    try:
+        return not UID(str(transfer_syntax)).is_compressed
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _decode(path: pathlib.Path, frames_expected: int, rows: int, cols: int, modality: str, where: str) -> tuple[np.ndarray, object]:
+    """Decoded stored values of one file, (frames, rows, cols), and its dataset."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path), force=False)
+    except PermissionError:
+        raise InputError(STAGE, f"{modality} file is not readable (permission denied): {path.name}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(STAGE, f"{modality} file {path.name} could not be read ({type(exc).__name__}); it may be truncated") from None
+    ts_uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts = _ts_label(ts_uid)
+    if "PixelData" not in ds:
+        raise InputError(STAGE, f"{modality} slice at {where} has no pixel data (file {path.name})")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "")
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(
+            STAGE, f"{modality} series is a colour image ({photometric}, {samples} samples per pixel); a grayscale CT/MR series is needed"
+        )
+    if _is_native(ts_uid):
+        bits_allocated = int(ds.get("BitsAllocated", 16) or 16)
+        expected = rows * cols * frames_expected * bits_allocated // 8
+        if len(ds.PixelData) < expected:
+            raise InputError(
+                STAGE,
+                f"{modality} slice at {where} has pixel data shorter than Rows x Columns "
+                f"({len(ds.PixelData)} of {expected} bytes; file {path.name}): the file is truncated, re-export it",
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            STAGE,
+            f"{modality} pixel data in transfer syntax {ts} could not be decoded (file {path.name}: {detail}); "
+            "export the series uncompressed or as JPEG Lossless, JPEG-LS, JPEG 2000 or RLE",
+        ) from None
+    stored = np.asarray(stored)
+    if stored.ndim == 2:
+        stored = stored[None]
+    if stored.shape != (frames_expected, rows, cols):
+        raise InputError(
+            STAGE,
+            f"{modality} pixel data of file {path.name} decode to shape {stored.shape}, "
+            f"expected {(frames_expected, rows, cols)} from the header",
+        )
+    return stored, ds
+
+
+def _rescaled(stored: np.ndarray, ds, frame: _Frame) -> np.ndarray:
+    """Real-world values (float32) of one frame: Modality LUT or Rescale Slope/Intercept."""
+    from pydicom.pixels import apply_rescale
+
+    if frame.slope is not None or frame.intercept is not None:
+        slope = 1.0 if frame.slope is None else frame.slope
+        intercept = 0.0 if frame.intercept is None else frame.intercept
+        return (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    return np.asarray(apply_rescale(stored, ds), dtype=np.float64).astype(np.float32)
+
+
+def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000):
+    """Read one DICOM series into a float32 SimpleITK image in physical space.
+
+    Parameters
+    ----------
+    path : path-like
+        A series folder (loose files or a DICOMDIR tree) or a single DICOM file.
+    series_uid : str, optional
+        The SeriesInstanceUID to read when the folder holds several image series
+        (config ``io.series_uid``). DICOM-SEG, SR and other non-image objects are ignored.
+    max_voxels : int
+        Refuse (before decoding any pixel data) a series whose headers claim more voxels.
+    max_files : int
+        Refuse folders with more files than this.
+
+    Returns
+    -------
+    image : SimpleITK.Image
+        float32, real-world values (HU for CT) after the Modality LUT / rescale;
+        ``GetArrayFromImage`` gives (Z, Y, X) with slices sorted along the slice normal.
+    info : SeriesInfo
+        With ``spacing``, ``origin`` and ``direction`` filled.
+
+    Raises
+    ------
+    InputError
+        With a sentence naming the problem (stage ``ingest``).
+    """
+    import SimpleITK as sitk
+
+    scan = _scan(path, max_files)
+    uid, members = _select_series(scan, series_uid, path)
+    headers = [h for _, h in members]
+    files = [f for f, _ in members]
+    modality = _modality_word(str(headers[0].get("Modality", "") or "").upper())
+
+    rows, cols = int(headers[0].Rows), int(headers[0].Columns)
+    n_frames = sum(_frames_in(h) for h in headers)
+    claimed = rows * cols * n_frames
+    if claimed > max_voxels:
+        raise InputError(
+            STAGE,
+            f"{modality} series headers claim {rows} x {cols} x {n_frames} = {claimed} voxels, more than the "
+            f"limit of {max_voxels} (io.max_voxels); the header is corrupt or the series is not a lumbar volume",
+        )
+    if rows <= 0 or cols <= 0:
+        raise InputError(STAGE, f"{modality} series headers claim an empty image ({rows} x {cols})")
+
+    frames = _frames_of(headers, modality)
+    geometry = _check_geometry(frames, modality, headers)
+
+    volume = np.empty((len(frames), rows, cols), dtype=np.float32)
+    position_of_frame = {id(frames[i]): slot for slot, i in enumerate(geometry.order)}
+    for file_index, file in enumerate(files):
+        file_frames = [f for f in frames if f.file_index == file_index]
+        if not file_frames:
+            continue
+        normal = np.asarray(geometry.direction).reshape(3, 3)[:, 2]
+        where = f"z={format_mm(float(np.dot(file_frames[0].position, normal)))} mm"
+        stored, ds = _decode(file, len(file_frames), rows, cols, modality, where)
+        for frame in file_frames:
+            index = frame.frame_index or 0
+            volume[position_of_frame[id(frame)]] = _rescaled(stored[index], ds, frame)
+        del stored, ds
+
+    image = sitk.GetImageFromArray(volume, isVector=False)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+
+    info = _series_info(uid, members, tuple(_summarise_notes(scan.notes)) + tuple(geometry.notes))
+    info = dataclasses.replace(
+        info, spacing=tuple(geometry.spacing), origin=geometry.origin, direction=geometry.direction, n_slices=len(frames)
+    )
+    return image, info
