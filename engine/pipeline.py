@@ -200,7 +200,7 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
     from kernels import bin_centers, fit_threshold
 
     width = cfg.modality_fit(modality).bin_width
-    counts_xp = to_host(counts)
+    host_counts = to_host(counts)
     centers = bin_centers(lo, hi, width)
     options = {
         "otsu": {},
@@ -209,7 +209,7 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
     }
     fits = {}
     for method in cfg.fit.methods:
-        result = fit_threshold((counts_xp, centers), method, **options[method])
+        result = fit_threshold((host_counts, centers), method, **options[method])
         fits[method] = dataclasses.asdict(result)
     return fits
 
@@ -316,6 +316,46 @@ def _prepare(manifest_path, cfg, out_dir):
     return manifest, out_dir
 
 
+@contextmanager
+def _run_lock(out_dir: Path):
+    """One run at a time per folder; temp files of a killed earlier run are removed first.
+
+    Outputs are written under hidden temporary names and renamed into place, so a killed run
+    leaves at most such temp files, never a half-written output; they are swept here.
+    """
+    lock = out_dir / ".sarco.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and _alive(pid):
+            raise RunFailed(f"another sarco process (pid {pid}) is writing into {out_dir}; wait for it or "
+                            "choose another --out") from None
+        lock.unlink(missing_ok=True)  # left by a killed run
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        for stale in list(out_dir.rglob(".tmp-*")) + list(out_dir.rglob(".*.tmp")):
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
 def _setup_logging(out_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -343,7 +383,8 @@ def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = F
     manifest, out_dir = _prepare(manifest_path, cfg, out_dir)
     handler = _setup_logging(out_dir)
     try:
-        return _run(manifest, cfg, out_dir, force, started)
+        with _run_lock(out_dir):
+            return _run(manifest, cfg, out_dir, force, started)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -444,6 +485,14 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
     manifest, out_dir = _prepare(manifest_path, cfg, out_dir)
     handler = _setup_logging(out_dir)
     try:
+        return _apply(model, manifest, cfg, thresholds, out_dir, force, started)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _apply(model, manifest, cfg, thresholds, out_dir, force, started) -> RunResult:
+    with _run_lock(out_dir):
         backend = resolve_backend(cfg.run.backend)
         splits = manifest.table["split"].where(manifest.table["split"] != "", "prospective")
         jobs = [j for j in _jobs(manifest) if j["modality"] in thresholds["modalities"]]
@@ -466,6 +515,3 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
             score_new_patients(out_dir, features, manifest, model["statistics"])
         write_json(out_dir / "provenance.json", _provenance(cfg, backend, summaries, started, "apply"))
         return RunResult(out_dir, features, thresholds, errors, backend, len(manifest.patient_ids))
-    finally:
-        log.removeHandler(handler)
-        handler.close()

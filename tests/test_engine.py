@@ -1,0 +1,248 @@
+"""The Dask engine end to end on a synthetic cohort (issue 4).
+
+The cohort is small (12 patients, `small` size) and generated once per session. Tests that
+compare schedulers use the CT-only view of the manifest (N4 on MRI dominates the run time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from engine.config import load_config
+from engine.pipeline import apply, run
+
+pytestmark = pytest.mark.slow
+
+N_PATIENTS = 12
+IDENTICAL_FILES = ("features.csv", "thresholds.json", "split.csv", "errors.csv")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _config(**run):
+    run.setdefault("backend", "cpu")
+    run.setdefault("scheduler", "inline")
+    run.setdefault("report", False)
+    return load_config(overrides={"run": run, "stats": {"enabled": False}})
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory) -> Path:
+    from engine.synth import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    return synthesize_cohort(root, n_patients=N_PATIENTS, seed=11, size="small", workers=2)
+
+
+@pytest.fixture(scope="session")
+def ct_manifest(cohort) -> Path:
+    table = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    path = cohort.parent / "manifest_ct.csv"
+    table.drop(columns=["mri_image", "mri_roi"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_run(cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_full")
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False}})
+    run(cohort, out_dir=out, config=cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ct_reference(ct_manifest, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_ct_inline")
+    run(ct_manifest, out_dir=out, config=_config())
+    return out
+
+
+def test_ct_fat_percent_tracks_truth(full_run, cohort):
+    features = pd.read_csv(full_run / "features.csv")
+    truth = pd.read_csv(cohort.parent / "truth.csv")
+    merged = features.merge(truth, on="patient_id")
+    assert len(merged) == N_PATIENTS
+    for method in ("otsu", "kmeans", "gmm"):
+        r = np.corrcoef(merged[f"ct_{method}_fat_percent"], merged["ct_true_fat_fraction"])[0, 1]
+        assert r >= 0.95, f"{method}: Pearson r {r:.3f} against truth.csv"
+
+
+def test_run_folder_contents(full_run):
+    for name in ("features.csv", "features.parquet", "thresholds.json", "model.json", "errors.csv",
+                 "provenance.json", "split.csv", "predictions.csv"):
+        assert (full_run / name).is_file(), name
+    features = pd.read_csv(full_run / "features.csv")
+    expected = [f"{m}_{meth}_{t}_{s}" for m in ("ct", "mri") for meth in ("otsu", "kmeans", "gmm")
+                for t in ("fat", "muscle") for s in ("mean", "volume", "percent")]
+    assert set(expected) <= set(features.columns)
+    assert len(expected) == 36
+    # fat + muscle = every in-window ROI voxel
+    for m in ("ct", "mri"):
+        total = features[f"{m}_otsu_fat_percent"] + features[f"{m}_otsu_muscle_percent"]
+        np.testing.assert_allclose(total, 100.0, rtol=1e-12)
+    pd.testing.assert_frame_equal(pd.read_parquet(full_run / "features.parquet"), features, check_dtype=False)
+    assert not list(full_run.rglob(".tmp-*"))
+
+
+def test_habitat_maps_match_features(full_run):
+    features = pd.read_csv(full_run / "features.csv").set_index("patient_id")
+    pid = features.index[0]
+    habitat = sitk.ReadImage(str(full_run / "habitats" / f"{pid}_ct_otsu.nii.gz"))
+    labels = sitk.GetArrayFromImage(habitat)
+    voxel_mm3 = float(np.prod(habitat.GetSpacing()))
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert (labels == 2).sum() * voxel_mm3 == pytest.approx(features.loc[pid, "ct_otsu_fat_volume"])
+    assert (labels == 1).sum() * voxel_mm3 == pytest.approx(features.loc[pid, "ct_otsu_muscle_volume"])
+    assert (labels == 3).sum() == features.loc[pid, "ct_excluded_voxels"]
+
+
+def test_thresholds_come_from_training_patients_only(full_run):
+    import json
+
+    thresholds = json.loads((full_run / "thresholds.json").read_text())
+    split = pd.read_csv(full_run / "split.csv")
+    n_train = int(((split["split"] == "train") & split["label"].notna()).sum())
+    assert thresholds["modalities"]["ct"]["n_patients"] == n_train
+    assert n_train == round(0.6 * N_PATIENTS)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_cluster_gives_byte_identical_outputs(ct_manifest, ct_reference, tmp_path, workers):
+    run(ct_manifest, out_dir=tmp_path, config=_config(scheduler=None, workers=workers))
+    for name in IDENTICAL_FILES:
+        assert _digest(tmp_path / name) == _digest(ct_reference / name), name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_external_dask_cluster_gives_byte_identical_outputs(ct_manifest, ct_reference, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nworkers", "1",
+                                           "--nthreads", "1", "--no-dashboard"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        run(ct_manifest, out_dir=tmp_path, config=_config(scheduler=address))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    for name in IDENTICAL_FILES:
+        assert _digest(tmp_path / name) == _digest(ct_reference / name), name
+
+
+def test_sigkill_then_rerun_resumes_without_redoing_work(ct_manifest, ct_reference, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "engine.cli", "run", "--manifest", str(ct_manifest), "--out", str(out),
+               "--scheduler", "inline", "--backend", "cpu"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cache = out / "cache"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("*__ct.npz"))) < 4:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p: p.stat().st_mtime_ns for p in cache.glob("*__ct.npz")}
+    assert 4 <= len(done_before) < N_PATIENTS, "the kill should land part-way through pass 1"
+    assert not (out / "features.csv").exists()
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for path, mtime in done_before.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path.name} was recomputed"
+    for name in IDENTICAL_FILES:
+        assert _digest(out / name) == _digest(ct_reference / name), name
+    assert not list(out.rglob(".tmp-*")) and not (out / ".sarco.lock").exists()
+
+
+def test_rerun_is_incremental_and_force_recomputes(ct_manifest, tmp_path):
+    run(ct_manifest, out_dir=tmp_path, config=_config())
+    samples = sorted((tmp_path / "cache").glob("*.npz"))
+    before = {p: p.stat().st_mtime_ns for p in samples}
+    run(ct_manifest, out_dir=tmp_path, config=_config())
+    assert {p: p.stat().st_mtime_ns for p in samples} == before
+    run(ct_manifest, out_dir=tmp_path, config=_config(), force=True)
+    assert all(p.stat().st_mtime_ns != before[p] for p in samples)
+
+
+def test_apply_uses_frozen_thresholds_and_only_new_patients(ct_manifest, ct_reference, tmp_path):
+    table = pd.read_csv(ct_manifest, dtype=str, keep_default_na=False)
+    # manifest paths are relative to the manifest's folder: keep the nightly manifests beside the cohort
+    first = ct_manifest.parent / "night1.csv"
+    table.iloc[:5].to_csv(first, index=False)
+    out = tmp_path / "apply"
+    apply(ct_reference / "model.json", first, out_dir=out, overrides={"run": {"scheduler": "inline"}})
+    done = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.npz")}
+    assert len(done) == 5
+    second = ct_manifest.parent / "night2.csv"
+    table.to_csv(second, index=False)
+    apply(ct_reference / "model.json", second, out_dir=out, overrides={"run": {"scheduler": "inline"}})
+    assert all(p.stat().st_mtime_ns == m for p, m in done.items())
+    applied = pd.read_csv(out / "features.csv").set_index("patient_id")
+    reference = pd.read_csv(ct_reference / "features.csv").set_index("patient_id")
+    feature_columns = [c for c in reference.columns if c.startswith("ct_")]
+    pd.testing.assert_frame_equal(applied[feature_columns], reference[feature_columns])
+    assert not (out / "thresholds.json").exists()  # nothing was refitted
+
+
+def test_bad_patient_is_recorded_and_the_batch_goes_on(ct_manifest, ct_reference, tmp_path):
+    table = pd.read_csv(ct_manifest, dtype=str, keep_default_na=False)
+    broken = table.copy()
+    victim = broken.loc[broken.index[-1], "patient_id"]
+    broken.loc[broken.index[-1], "ct_image"] = "patients/does-not-exist/ct"
+    path = ct_manifest.parent / "manifest_broken.csv"
+    broken.to_csv(path, index=False)
+    run(path, out_dir=tmp_path, config=_config())
+    errors = pd.read_csv(tmp_path / "errors.csv")
+    assert errors["patient_id"].tolist() == [victim]
+    assert errors.loc[0, "stage"] == "ingest" and "not found" in errors.loc[0, "reason"]
+    features = pd.read_csv(tmp_path / "features.csv").set_index("patient_id")
+    reference = pd.read_csv(ct_reference / "features.csv").set_index("patient_id")
+    assert features.loc[victim].filter(like="ct_").isna().all()
+    others = [p for p in reference.index if p != victim]
+    split = pd.read_csv(tmp_path / "split.csv").set_index("patient_id")
+    if split.loc[victim, "split"] != "train":  # the thresholds are unchanged, so every other row is too
+        pd.testing.assert_frame_equal(features.loc[others], reference.loc[others])
+
+
+def test_strict_makes_a_failure_fatal(ct_manifest, tmp_path):
+    from engine.pipeline import RunFailed
+
+    table = pd.read_csv(ct_manifest, dtype=str, keep_default_na=False)
+    table.loc[table.index[0], "ct_roi"] = "missing_roi.nii.gz"
+    path = tmp_path / "m.csv"
+    shutil.copy(ct_manifest, path)
+    table.to_csv(path, index=False)
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "strict": True, "report": False},
+                                 "stats": {"enabled": False}})
+    with pytest.raises(RunFailed, match="strict"):
+        run(path, out_dir=tmp_path / "out", config=cfg)
