@@ -72,12 +72,18 @@ class RoiSample:
         Whether the voxel lies inside the intensity window (all True without a window).
     grid : Grid
         The resampled crop grid (the space of habitat maps).
+    preview : (Y, X) float32 ndarray
+        The resampled crop's axial slice with the most ROI voxels (for report overlays).
+    preview_z : int
+        Its z index in the crop grid.
     """
 
     values: np.ndarray
     flat_index: np.ndarray
     in_window: np.ndarray
     grid: Grid
+    preview: np.ndarray
+    preview_z: int
 
     @property
     def roi_voxels(self) -> int:
@@ -98,7 +104,8 @@ class RoiSample:
         with open(tmp, "wb") as handle:
             np.savez(handle, values=self.values, flat_index=self.flat_index, in_window=self.in_window,
                      size=np.asarray(self.grid.size, np.int64), spacing=np.asarray(self.grid.spacing),
-                     origin=np.asarray(self.grid.origin), direction=np.asarray(self.grid.direction))
+                     origin=np.asarray(self.grid.origin), direction=np.asarray(self.grid.direction),
+                     preview=self.preview, preview_z=np.int64(self.preview_z))
         tmp.replace(path)
 
     @classmethod
@@ -106,7 +113,8 @@ class RoiSample:
         with np.load(path, allow_pickle=False) as data:
             grid = Grid(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),
                         tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))
-            return cls(data["values"], data["flat_index"], data["in_window"], grid)
+            return cls(data["values"], data["flat_index"], data["in_window"], grid, data["preview"],
+                       int(data["preview_z"]))
 
     def label_volume(self, labels: np.ndarray) -> sitk.Image:
         """A (Z, Y, X) uint8 image on :attr:`grid`, 0 outside the ROI, ``labels`` inside."""
@@ -253,13 +261,17 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
     if flat_index.size == 0:
         raise InputError("preprocess", "the ROI vanishes after resampling to "
                          f"{'x'.join(f'{s:g}' for s in spacing_mm)} mm (thinner than one output voxel)")
-    values = sitk.GetArrayViewFromImage(resampled).ravel()[flat_index].astype(np.float32)
+    volume = sitk.GetArrayViewFromImage(resampled)
+    values = volume.ravel()[flat_index].astype(np.float32)
+    roi_per_slice = sitk.GetArrayViewFromImage(resampled_mask).reshape(volume.shape[0], -1).astype(bool).sum(axis=1)
+    preview_z = int(np.argmax(roi_per_slice))
     if window is None:
         in_window = np.ones(values.size, bool)
     else:
         low, high = window
         in_window = (values >= low) & (values <= high)
-    return RoiSample(values, flat_index, in_window, Grid.of(resampled))
+    return RoiSample(values, flat_index, in_window, Grid.of(resampled), np.array(volume[preview_z], np.float32),
+                     preview_z)
 
 
 
