@@ -189,7 +189,8 @@ def histogram_range(modality: str, cfg: Config, summaries: list[dict]) -> tuple[
     return float(low), float(high) if high > low else float(low + width)
 
 
-def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config) -> dict:
+def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config,
+               notes: list[str] | None = None) -> dict:
     """The thresholds of every configured method on one modality's pooled histogram.
 
     The fits run on the host on both backends: the histogram is a few thousand int64 counts
@@ -209,18 +210,27 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
     }
     fits = {}
     for method in cfg.fit.methods:
-        result = fit_threshold((host_counts, centers), method, **options[method])
+        try:
+            result = fit_threshold((host_counts, centers), method, **options[method])
+        except ValueError as exc:
+            # A degenerate pooled histogram for one method must not cost the other methods'
+            # results: its features stay empty and the run says why.
+            if notes is None:
+                raise
+            notes.append(f"{modality.upper()} {method}: no threshold ({exc}); its features are left empty")
+            log.warning("%s %s fit failed: %s", modality, method, exc)
+            continue
         fits[method] = dataclasses.asdict(result)
     return fits
 
 
-def _fit_modality(executor, modality, train, cfg, backend) -> dict:
+def _fit_modality(executor, modality, train, cfg, backend, notes) -> dict:
     lo, hi = histogram_range(modality, cfg, train)
     width = cfg.modality_fit(modality).bin_width
     futures = [executor.submit(patient_histogram, s["sample"], lo, hi, width, backend,
                                key=f"histogram-{s['patient_id']}-{modality}") for s in train]
     counts = tree_reduce(executor, futures, sum_histograms)
-    fits = fit_cohort(counts, lo, hi, modality, cfg)
+    fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
     return {
         "fat_is": cfg.modality_fit(modality).fat_is,
         "unit": "HU" if modality == "ct" else "signal",
@@ -418,7 +428,7 @@ def _run(manifest: Manifest, cfg: Config, out_dir: Path, force: bool, started: f
                     notes.append(f"no usable {modality.upper()} training patient: no {modality.upper()} thresholds "
                                  "and no features for this modality")
                 continue
-            thresholds["modalities"][modality] = _fit_modality(executor, modality, train, cfg, backend)
+            thresholds["modalities"][modality] = _fit_modality(executor, modality, train, cfg, backend, notes)
             for method, fit in thresholds["modalities"][modality]["methods"].items():
                 log.info("%s %s threshold %.3f from %d training patients", modality, method, fit["threshold"],
                          len(train))

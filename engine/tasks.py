@@ -230,7 +230,7 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
 
     cfg = validate(config)
     pid, modality = summary["patient_id"], summary["modality"]
-    methods = list(cfg.fit.methods)
+    methods = [m for m in cfg.fit.methods if m in thresholds]  # a method whose fit failed has no threshold
     fat_is = cfg.modality_fit(modality).fat_is
     key = _hash({"sample": summary["key"], "thresholds": {m: thresholds[m] for m in methods}, "fat_is": fat_is,
                  "habitats": habitat_dir is not None, "engine": __version__})

@@ -465,6 +465,11 @@ def equal_density_point(means, variances, weights) -> float:
     variances are equal), and keeps the root between the means where the density ratio
     turns from favouring the low component to favouring the high one.
 
+    When the densities do not cross between the means (a wide component swallowing a narrow
+    one, seen on pooled multi-vendor MRI), the threshold is the low-to-high decision boundary
+    of the mixture nearest to the midpoint of the means, wherever it lies: still the point
+    where the GMM's maximum-a-posteriori label switches from the low to the high class.
+
     Parameters
     ----------
     means, variances, weights : pairs of float
@@ -478,8 +483,8 @@ def equal_density_point(means, variances, weights) -> float:
     Raises
     ------
     ValueError
-        If the means coincide or the weighted densities do not cross between the means (one
-        component dominates the other everywhere between them).
+        If the means coincide or the mixture never switches from the low to the high class
+        (one weighted density dominates everywhere).
     """
     order = sorted(range(2), key=lambda j: means[j])
     m1, m2 = (float(means[j]) for j in order)
@@ -501,12 +506,13 @@ def equal_density_point(means, variances, weights) -> float:
             # numerically stable pair of roots (no cancellation in -b +- sqrt(disc))
             q = -0.5 * (b + math.copysign(math.sqrt(discriminant), b))
             roots = [q / a, c / q] if q != 0 else [0.0]
-    crossings = [r for r in roots if m1 <= r <= m2 and 2.0 * a * r + b >= 0.0]
+    switches = [r for r in roots if math.isfinite(r) and 2.0 * a * r + b >= 0.0]
+    crossings = [r for r in switches if m1 <= r <= m2] or switches
     if not crossings:
         raise ValueError(
-            f"the weighted Gaussian densities do not cross between the means {m1!r} and "
-            f"{m2!r} (weights {w1!r}, {w2!r}; variances {v1!r}, {v2!r}): one component "
-            "dominates; no GMM threshold"
+            f"the weighted Gaussian densities never cross from the low to the high component "
+            f"(means {m1!r}, {m2!r}; weights {w1!r}, {w2!r}; variances {v1!r}, {v2!r}): one "
+            "component dominates everywhere; no GMM threshold"
         )
     midpoint = 0.5 * (m1 + m2)
     return min(crossings, key=lambda r: abs(r - midpoint))

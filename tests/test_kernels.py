@@ -340,9 +340,16 @@ def test_equal_density_point():
     t = equal_density_point((-90.0, 45.0), (625.0, 225.0), (0.02, 0.98))
     assert -90 < t < 45
     assert 0.02 * norm.pdf(t, -90, 25) == pytest.approx(0.98 * norm.pdf(t, 45, 15), rel=1e-9)
-    with pytest.raises(ValueError, match="do not cross"):
-        # a tiny, very wide low component is dominated everywhere between the means
-        equal_density_point((0.0, 1.0), (1e6, 1.0), (1e-9, 1.0 - 1e-9))
+    # A tiny, very wide low component is dominated everywhere between the means: the threshold
+    # is then the mixture's low-to-high decision boundary nearest the means (outside them).
+    t = equal_density_point((0.0, 1.0), (1e6, 1.0), (1e-9, 1.0 - 1e-9))
+    low = lambda x: 1e-9 * norm.pdf(x, 0.0, 1e3)  # noqa: E731
+    high = lambda x: (1.0 - 1e-9) * norm.pdf(x, 1.0, 1.0)  # noqa: E731
+    assert low(t) == pytest.approx(high(t), rel=1e-6)
+    assert low(t - 0.01) > high(t - 0.01) and low(t + 0.01) < high(t + 0.01)
+    with pytest.raises(ValueError, match="never cross"):
+        # a narrow low component with a negligible weight never wins anywhere
+        equal_density_point((0.0, 1.0), (1.0, 100.0), (1e-10, 1.0 - 1e-10))
 
 
 # ------------------------------------------------------------------------------ degenerate input
