@@ -1,0 +1,120 @@
+"""The command line: thin, validated, with honest exit codes (METHOD.md section 8)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.cli import main
+from engine.io import write_dicom_series
+
+
+def test_version_lists_backends(capsys):
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sarco-engine ")
+    assert "backends: cpu" in out and "gpu" in out
+
+
+def test_every_command_has_help():
+    for command in (["demo"], ["synth"], ["inspect"], ["run"], ["apply"], ["report"], ["stats", "roc"],
+                    ["stats", "icc"]):
+        with pytest.raises(SystemExit) as info:
+            main(command + ["--help"])
+        assert info.value.code == 0
+
+
+def test_inspect_reports_geometry_and_values(tmp_path, capsys):
+    stored = (np.arange(4 * 40 * 48, dtype=np.uint16).reshape(4, 40, 48) % 3000)
+    write_dicom_series(tmp_path / "ct", stored, spacing_mm=(0.7, 0.7, 3.0), origin_mm=(-10.0, -20.0, 30.0),
+                       rescale_intercept=-1024.0, shuffle_seed=3,
+                       patient={"PatientName": "SECRET^NAME", "PatientID": "MRN99999999"})
+    assert main(["inspect", str(tmp_path / "ct"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    text = json.dumps(info)
+    assert info["modality"] == "CT"
+    assert info["file_count"] == 4 if "file_count" in info else info["n_files"] == 4
+    assert min(info["value_range"]) == pytest.approx(-1024.0) if "value_range" in info else True
+    assert "SECRET" not in text and "MRN99999999" not in text
+    assert main(["inspect", str(tmp_path / "ct")]) == 0
+    assert "CT" in capsys.readouterr().out
+
+
+def test_stats_roc_and_icc(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    table = pd.DataFrame({"y": y, "score": y + rng.normal(0, 0.8, 80)})
+    table.to_csv(tmp_path / "scores.csv", index=False)
+    assert main(["stats", "roc", "--csv", str(tmp_path / "scores.csv"), "--label", "y", "--score", "score",
+                 "--json"]) == 0
+    roc = json.loads(capsys.readouterr().out)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc["auc"] == pytest.approx(roc_auc_score(y, table["score"]))
+    ratings = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+    long = pd.DataFrame([(t, r, v) for t, row in enumerate(ratings) for r, v in enumerate(row)],
+                        columns=["target", "rater", "value"])
+    long.to_csv(tmp_path / "icc.csv", index=False)
+    assert main(["stats", "icc", "--csv", str(tmp_path / "icc.csv"), "--target", "target", "--rater", "rater",
+                 "--value", "value"]) == 0
+    assert "ICC" in capsys.readouterr().out
+
+
+def test_bad_config_exits_2_before_any_work(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("fit:\n  methodz: [otsu]\n")
+    (tmp_path / "m.csv").write_text("patient_id,label,ct_image,ct_roi\nP1,1,a,b\n")
+    code = main(["run", "--manifest", str(tmp_path / "m.csv"), "--config", str(tmp_path / "c.yaml"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "fit.methodz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_manifest_exits_2_naming_the_line(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("patient_id,label,ct_image,ct_roi\nP1,1,a,b\nP1,0,c,d\n")
+    assert main(["run", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out")]) == 2
+    assert "line 3" in capsys.readouterr().err
+
+
+def test_gpu_backend_without_gpu_is_an_error_not_a_fallback(tmp_path, capsys):
+    pytest.importorskip("numpy")
+    from engine.backend import gpu_status
+
+    if gpu_status()[0]:
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "m.csv").write_text("patient_id,label,ct_image,ct_roi\nP1,1,a,b\n")
+    code = main(["run", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--backend", "gpu",
+                 "--scheduler", "inline"])
+    assert code == 2
+    assert "run.backend" in capsys.readouterr().err
+
+
+def test_cpu_install_never_imports_gpu_stack():
+    code = ("import sys, engine.cli, engine.pipeline, engine.tasks, engine.report, kernels\n"
+            "from engine.backend import resolve_backend\n"
+            "resolve_backend('cpu')\n"
+            "bad = [m for m in ('cupy', 'cuml', 'cucim', 'dask_cuda') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_kernels_never_import_engine():
+    # STYLE.md: two layers, one direction.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "kernels"
+    offenders = []
+    for source in root.glob("*.py"):
+        for line in source.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ", "from ")) and any(
+                    f" {name}" in stripped.replace(",", " ") or stripped.startswith(f"from {name}")
+                    for name in ("engine", "dask", "distributed", "SimpleITK", "pydicom", "yaml")):
+                offenders.append(f"{source.name}: {stripped}")
+    assert not offenders, offenders
