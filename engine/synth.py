@@ -57,7 +57,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,8 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage
+
+from engine.outputs import write_text
 
 __all__ = ["synthesize_cohort", "ROI_LABELS", "MANIFEST_COLUMNS", "CLINICAL_COLUMNS"]
 
@@ -897,18 +898,6 @@ def _stream_int(seed: int, index: int, stream: int) -> int:
 # =========================================================================================
 # Cohort
 # =========================================================================================
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_text(rows: list[dict], columns) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
@@ -997,7 +986,7 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     planted = sorted({s for i in range(n_patients) for s in results[i][2]})
 
     manifest_path = out_dir / "manifest.csv"
-    _atomic_write_text(out_dir / "truth.csv", _csv_text(truth_rows, truth_rows[0].keys()))
-    _atomic_write_text(out_dir / "phi_planted.json", json.dumps(planted, indent=1) + "\n")
-    _atomic_write_text(manifest_path, _csv_text(manifest_rows, MANIFEST_COLUMNS))
+    write_text(out_dir / "truth.csv", _csv_text(truth_rows, truth_rows[0].keys()))
+    write_text(out_dir / "phi_planted.json", json.dumps(planted, indent=1) + "\n")
+    write_text(manifest_path, _csv_text(manifest_rows, MANIFEST_COLUMNS))
     return manifest_path
