@@ -1,0 +1,163 @@
+"""Benchmark: one clinical-size CT series from DICOM files to ROI histogram and tissue statistics.
+
+Three contenders on the same files, side by side in one process (files in the page cache after
+the warm-up call, so all three pay decoding, not the disk):
+
+* ``floor``: ``pydicom.dcmread`` of every file + ``pixel_array`` + ``pydicom.pixels.apply_rescale``,
+  sorted on z and stacked into a (Z, Y, X) float32 HU array. Nothing else: no checks, no
+  geometry, no mask, no resampling. A reader that does useful work cannot beat it by much.
+* ``ours``: :func:`engine.tasks.ingest_and_preprocess` for the CT job (series scan and checks,
+  decode, mask read, crop to the ROI + 5 mm, 1 mm resample of the crop, window, cached ROI sample
+  with input SHA-256), then :func:`engine.tasks.patient_histogram` and
+  :func:`kernels.tissue_stats` on the cached sample: what pass 1, the histogram task and pass 2
+  cost for one series.
+* ``naive``: SimpleITK ``ImageSeriesReader`` (GDCM) of the whole series, ``sitk.Resample`` of the
+  whole volume to 1 mm (linear) and of the mask onto the same grid (nearest), numpy masking and
+  window, then the same histogram and tissue statistics.
+
+Goals: ours / floor <= 1.5 (the checks and the crop-resample cost little beyond decoding) and
+naive / ours >= 5 (resampling only the ROI neighbourhood instead of the whole volume). The row
+also checks that ours and naive agree: the same ROI voxel count and the same mean HU inside the
+window (the crop-resample is the whole-volume resample restricted to the crop).
+
+Run ``python -m bench --only e2e [--quick]``. ``--quick``: one series, 3 repeats; full: two
+series (explicit VR little endian and RLE), 7 repeats.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ._common import cohort_manifest, cohort_series, default_cache_dir, median_time, ratio
+
+SPACING_MM = (1.0, 1.0, 1.0)
+# Any fixed threshold times the same work; this one sits between fat and muscle HU.
+THRESHOLD_HU = -30.0
+MEAN_HU_TOLERANCE = 0.01
+GOAL_OURS_VS_FLOOR = 1.5
+GOAL_NAIVE_VS_OURS = 5.0
+
+
+def floor_read(ct_dir: str) -> np.ndarray:
+    """(Z, Y, X) float32 HU: pydicom decode + rescale of every file, stacked in z order."""
+    import pydicom
+    from pydicom.pixels import apply_rescale
+
+    slices = []
+    for path in sorted(Path(ct_dir).iterdir()):
+        if not path.is_file():
+            continue
+        dataset = pydicom.dcmread(path)
+        hu = apply_rescale(dataset.pixel_array, dataset).astype(np.float32)
+        slices.append((float(dataset.ImagePositionPatient[2]), hu))
+    slices.sort(key=lambda item: item[0])
+    return np.stack([hu for _, hu in slices])
+
+
+def _measure(window_values: np.ndarray, roi_voxels: int, window) -> dict:
+    from kernels import histogram, tissue_stats
+
+    counts = histogram(window_values, lo=window[0], hi=window[1], bin_width=1.0)
+    stats = tissue_stats(window_values, THRESHOLD_HU, fat_is="low")
+    return {"roi_voxels": roi_voxels, "window_voxels": int(counts.sum()),
+            "mean_hu": float(window_values.mean(dtype=np.float64)) if window_values.size else math.nan,
+            "fat_count": stats.fat_count}
+
+
+def ours(job: dict, config: dict, cache_dir: str) -> dict:
+    """Pass 1 + histogram + tissue statistics of one series, as the pipeline runs them."""
+    from engine.preprocess import RoiSample
+    from engine.tasks import ingest_and_preprocess, patient_histogram
+    from kernels import tissue_stats
+
+    summary = ingest_and_preprocess(job, config, cache_dir, force=True)
+    if summary["status"] != "ok":
+        raise RuntimeError(f"ours failed on {job['patient_id']}: [{summary['stage']}] {summary['reason']}")
+    low, high = config["preprocess"]["ct"]["window"]
+    counts = patient_histogram(summary["sample"], low, high, 1.0, "cpu")
+    window_values = RoiSample.load(summary["sample"]).window_values
+    stats = tissue_stats(window_values, THRESHOLD_HU, fat_is="low")
+    return {"roi_voxels": int(summary["roi_voxels"]), "window_voxels": int(counts.sum()),
+            "mean_hu": float(window_values.mean(dtype=np.float64)), "fat_count": stats.fat_count}
+
+
+def _naive_mask(roi_path: str, image):
+    import SimpleITK as sitk
+
+    name = Path(roi_path).name.lower()
+    if name.endswith((".nii", ".nii.gz", ".nrrd")) and not name.endswith(".seg.nrrd"):
+        return sitk.ReadImage(roi_path)
+    # Slicer segmentations and DICOM-SEG need more than ReadImage: borrow the engine's reader.
+    from engine.io import read_mask
+
+    return read_mask(roi_path, image)
+
+
+def naive(ct_dir: str, roi_path: str, window) -> dict:
+    """Whole-series GDCM read, whole-volume 1 mm resample of image and mask, numpy masking."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(ct_dir))
+    image = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+    mask = _naive_mask(roi_path, image)
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), SPACING_MM)]
+    background = float(np.min(sitk.GetArrayViewFromImage(image)))
+    resampled = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), SPACING_MM,
+                              image.GetDirection(), background, sitk.sitkFloat32)
+    resampled_mask = sitk.Resample(mask, size, sitk.Transform(), sitk.sitkNearestNeighbor, image.GetOrigin(),
+                                   SPACING_MM, image.GetDirection(), 0, mask.GetPixelID())
+    volume = sitk.GetArrayViewFromImage(resampled)
+    roi = sitk.GetArrayViewFromImage(resampled_mask) != 0
+    values = volume[roi]
+    window_values = values[(values >= window[0]) & (values <= window[1])]
+    return _measure(window_values, int(values.size), window)
+
+
+def _series_facts(ct_dir: str) -> dict:
+    import pydicom
+
+    files = [p for p in Path(ct_dir).iterdir() if p.is_file()]
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return {"n_files": len(files), "matrix": f"{header.Rows}x{header.Columns}",
+            "transfer_syntax": header.file_meta.TransferSyntaxUID.name}
+
+
+def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_series: int | None = None,
+        repeats: int | None = None) -> list[dict]:
+    """Time floor / ours / naive on ``n_series`` clinical-size CT series (quick 1, full 2)."""
+    from engine.config import load_config
+
+    n_series = n_series or (1 if quick else 2)
+    repeats = repeats or (3 if quick else 7)
+    manifest = cohort_manifest(cache_dir or default_cache_dir(), "clinical", n_series)
+    config = load_config(overrides={"run": {"backend": "cpu"}}).to_dict()
+    window = tuple(config["preprocess"]["ct"]["window"])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sarco-bench-e2e-") as work_dir:
+        for job in cohort_series(manifest, "ct"):
+            t_floor = median_time(lambda: floor_read(job["image"]), repeats=repeats, warmup=1)
+            t_ours = median_time(lambda: ours(job, config, work_dir), repeats=repeats, warmup=1)
+            t_naive = median_time(lambda: naive(job["image"], job["roi"], window), repeats=repeats, warmup=1)
+            mine, theirs = t_ours.result, t_naive.result
+            mean_diff = mine["mean_hu"] - theirs["mean_hu"]
+            ours_vs_floor = ratio(t_ours.median_s, t_floor.median_s)
+            naive_vs_ours = ratio(t_naive.median_s, t_ours.median_s)
+            rows.append({
+                "bench": "e2e", "series": f"{job['patient_id']}/ct", **_series_facts(job["image"]),
+                "repeats": repeats,
+                "floor_s": t_floor.median_s, "ours_s": t_ours.median_s, "naive_s": t_naive.median_s,
+                "ours_vs_floor": ours_vs_floor, "goal_ours_vs_floor_max": GOAL_OURS_VS_FLOOR,
+                "naive_vs_ours": naive_vs_ours, "goal_naive_vs_ours_min": GOAL_NAIVE_VS_OURS,
+                "goals_met": ours_vs_floor <= GOAL_OURS_VS_FLOOR and naive_vs_ours >= GOAL_NAIVE_VS_OURS,
+                "roi_voxels_ours": mine["roi_voxels"], "roi_voxels_naive": theirs["roi_voxels"],
+                "mean_hu_ours": mine["mean_hu"], "mean_hu_diff": mean_diff,
+                "same_result": (mine["roi_voxels"] == theirs["roi_voxels"]
+                                and mine["window_voxels"] == theirs["window_voxels"]
+                                and abs(mean_diff) <= MEAN_HU_TOLERANCE),
+            })
+    return rows

@@ -1,0 +1,97 @@
+"""Smoke tests of the benchmark suite: it runs, writes bench.json and bench.md, and its rows
+have the expected keys. No assertion on any timing: speed lives in bench/, never in a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench.__main__ as bench_main
+from bench import _common, e2e, synth_time
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_median_time_calls_warmup_then_repeats():
+    calls = []
+    timing = _common.median_time(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
+    assert len(calls) == 5
+    assert len(timing.times_s) == 3
+    assert timing.result == 5
+    assert timing.min_s <= timing.median_s
+    with pytest.raises(ValueError, match="repeats"):
+        _common.median_time(lambda: None, repeats=0)
+
+
+def test_markdown_table_takes_the_union_of_keys_in_order():
+    table = _common.markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "c": "x|y", "d": float("nan"), "e": True}])
+    lines = table.splitlines()
+    assert lines[0] == "| a | b | c | d | e |"
+    assert lines[2] == "| 1 | 0.5 |  |  |  |"
+    assert lines[3] == "| 2 |  | x\\|y | n/a | yes |"
+
+
+def test_machine_info_has_the_header_fields():
+    machine = _common.machine_info()
+    assert {"cpu", "cores", "ram_gib", "gpu", "versions", "date_utc"} <= set(machine)
+    assert machine["versions"]["python"]
+    assert "numpy" in machine["versions"]
+
+
+def test_suite_writes_json_and_markdown_and_survives_a_failing_bench(tmp_path, monkeypatch):
+    def tiny_synth(quick: bool) -> list[dict]:
+        """Tiny synthesis bench."""
+        return synth_time.run(quick, n_patients=1, sizes=("small",), workers=(1,))
+
+    def broken(quick: bool) -> list[dict]:
+        raise RuntimeError("deliberately broken")
+
+    monkeypatch.setattr(bench_main, "BENCHES", {"synth_time": tiny_synth, "broken": broken})
+    out = tmp_path / "results"
+    status = bench_main.main(["--quick", "--out", str(out)])
+    assert status == 1  # the broken bench fails the run, after the other wrote its rows
+
+    report = json.loads((out / "bench.json").read_text())
+    assert report["quick"] is True
+    assert {"cpu", "cores", "ram_gib", "versions", "date_utc"} <= set(report["machine"])
+    assert report["benches"]["broken"]["error"] == "RuntimeError: deliberately broken"
+    (row,) = report["rows"]
+    assert {"bench", "size", "workers", "n_patients", "total_s", "s_per_patient", "extrapolated_200_s"} <= set(row)
+    assert row["bench"] == "synth_time" and row["n_patients"] == 1
+
+    markdown = (out / "bench.md").read_text()
+    assert "## Machine" in markdown and "## synth_time" in markdown and "## broken" in markdown
+    assert "| size | workers | n_patients |" in markdown
+    assert "**Failed**: RuntimeError: deliberately broken" in markdown
+
+
+def test_only_selects_benchmarks(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench_main, "BENCHES", {name: (lambda quick, name=name: ran.append(name) or [])
+                                                for name in ("one", "two", "three")})
+    assert bench_main.main(["--only", "three", "one", "--out", str(tmp_path)]) == 0
+    assert ran == ["one", "three"]  # suite order, not command-line order
+
+
+def test_e2e_contenders_agree_on_one_series(tmp_path):
+    (row,) = e2e.run(quick=True, cache_dir=tmp_path / "cache", n_series=1, repeats=1)
+    assert {"floor_s", "ours_s", "naive_s", "ours_vs_floor", "naive_vs_ours", "roi_voxels_ours",
+            "roi_voxels_naive", "mean_hu_diff", "same_result"} <= set(row)
+    # Equivalence, not speed: the crop-resample is the whole-volume resample inside the crop.
+    assert row["roi_voxels_ours"] == row["roi_voxels_naive"]
+    assert row["same_result"] is True
+
+
+def test_command_line_entry_point_parses():
+    done = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    for option in ("--quick", "--only", "--out", "--scaling-sizes"):
+        assert option in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
