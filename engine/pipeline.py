@@ -186,7 +186,9 @@ def histogram_range(modality: str, cfg: Config, summaries: list[dict]) -> tuple[
     width = cfg.modality_fit(modality).bin_width
     low = math.floor(min(s["min"] for s in summaries) / width) * width
     high = math.ceil(max(s["max"] for s in summaries) / width) * width
-    return float(low), float(high) if high > low else float(low + width)
+    if high <= low:  # every training voxel has the same value: one bin
+        high = low + width
+    return float(low), float(high)
 
 
 def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config,
