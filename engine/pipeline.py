@@ -37,6 +37,11 @@ from .tasks import classify_and_measure, feature_names, ingest_and_preprocess, p
 
 log = logging.getLogger("sarco")
 
+# The run-level outputs a finished run publishes. A new run into the same folder retracts them
+# before it writes its first one, so a folder never shows one run's thresholds.json beside
+# another run's model.json; habitat maps and the cache are per patient and keyed, not retracted.
+PUBLISHED_OUTPUTS = ("thresholds.json", "features.csv", "features.parquet", "errors.csv", "split.csv",
+                     "predictions.csv", "model.json", "provenance.json", "report.html")
 MODEL_FORMAT = "sarco-model"
 MODEL_FORMAT_VERSION = 1
 ERROR_COLUMNS = ["patient_id", "modality", "stage", "reason"]
@@ -358,6 +363,16 @@ def _run_lock(out_dir: Path):
         lock.unlink(missing_ok=True)
 
 
+def _retract_outputs(out_dir: Path) -> None:
+    """Remove the previous run's published outputs (cheap to rebuild from the cache)."""
+    for name in PUBLISHED_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    tables = out_dir / "tables"
+    if tables.is_dir():
+        for table in tables.glob("*.csv"):
+            table.unlink()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -437,6 +452,7 @@ def _run(manifest: Manifest, cfg: Config, out_dir: Path, force: bool, started: f
         if not thresholds["modalities"]:
             raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
                             "see errors.csv" if error_rows else "no training patient in the manifest")
+        _retract_outputs(out_dir)
         write_json(out_dir / "thresholds.json", thresholds)
 
         rows = _pass2(executor, ok, thresholds, cfg, out_dir, cache_dir / "features", backend, force)
@@ -520,6 +536,7 @@ def _apply(model, manifest, cfg, thresholds, out_dir, force, started) -> RunResu
         modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
         features = _feature_table(manifest, splits, rows, modalities, cfg.fit.methods)
         errors = _error_frame(error_rows)
+        _retract_outputs(out_dir)
         _write_tables(out_dir, features, errors, splits, manifest)
         if model.get("statistics"):
             from .study import score_new_patients
