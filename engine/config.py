@@ -197,6 +197,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(loaded, dict):
             raise ConfigError("<root>", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
         raw = loaded
+    # Merge over the schema's defaults, not just over the file, so a partial section
+    # (preprocess: {mri: {n4: false}}) keeps the defaults of its siblings.
+    raw = _deep_merge(Config().model_dump(mode="json"), raw)
     if overrides:
         raw = _deep_merge(raw, overrides)
     return validate(raw)

@@ -61,12 +61,40 @@ class Manifest:
         return image, roi
 
 
-def _read_header(text: str) -> list[str]:
-    reader = csv.reader(io.StringIO(text))
+def _read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the (first physical line, cells) of every non-blank record.
+
+    Line numbers are the file's, so a quoted cell spanning two lines does not shift the lines
+    named in later errors. A row with more or fewer cells than the header is refused: its
+    values would land in the wrong columns (a stray comma in a path, a cell lost in an edit).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     try:
-        header = next(reader)
+        header = _check_header(next(reader))
     except StopIteration:
         raise ManifestError("the file is empty") from None
+    except csv.Error as exc:
+        raise ManifestError(f"not a readable CSV ({exc})", line=1) from None
+    rows = []
+    line = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ManifestError(f"not a readable CSV ({exc})", line=line) from None
+        if cells and any(c.strip() for c in cells):
+            if len(cells) != len(header):
+                raise ManifestError(f"the row has {len(cells)} cells but the header has {len(header)} columns; "
+                                    "check for a stray or missing comma (quote cells that contain commas)",
+                                    line=line)
+            rows.append((line, [c.strip() for c in cells]))
+        line = reader.line_num + 1
+    return header, rows
+
+
+def _check_header(header: list[str]) -> list[str]:
     header = [h.strip() for h in header]
     seen: dict[str, int] = {}
     for position, name in enumerate(header, start=1):
@@ -87,8 +115,9 @@ def _resolve(path_text: str, base: Path, data_root: Path | None, *, line: int, c
         path = base / path
     path = Path(os.path.abspath(path))
     if data_root is not None:
-        root = Path(os.path.abspath(data_root))
-        if os.path.commonpath([root, path]) != str(root):
+        # real paths: a symbolic link inside the root that points outside it is outside
+        root = Path(os.path.realpath(data_root))
+        if os.path.commonpath([root, os.path.realpath(path)]) != str(root):
             raise ManifestError(f"path '{path_text}' lies outside the data root {root}", line=line, column=column)
     return str(path)
 
@@ -110,25 +139,24 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8") from None
-    header = _read_header(text)
+    header, records = _read_rows(text)
     for column in REQUIRED_COLUMNS:
         if column not in header:
             raise ManifestError(f"required column '{column}' is missing (columns: {', '.join(header)})", column=column)
     if not any(c in header for c in ("ct_image", "mri_image")):
         raise ManifestError("needs at least one image column: ct_image or mri_image")
 
-    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
-    table.columns = header
-    table = table.apply(lambda col: col.str.strip())
+    if not records:
+        raise ManifestError("the manifest has no patient rows (only a header)")
+    table = pd.DataFrame([cells for _, cells in records], columns=header, dtype=str)
     base = path.parent
     root = Path(data_root) if data_root else None
     problems: list[PatientError] = []
 
     seen_ids: dict[str, int] = {}
     labels, splits = [], []
-    for offset, row in enumerate(table.itertuples(index=False)):
-        line = offset + 2  # header is line 1
-        record = dict(zip(header, row))
+    for offset, (line, cells) in enumerate(records):
+        record = dict(zip(header, cells))
         pid = record["patient_id"]
         if not pid:
             raise ManifestError("patient_id is empty", line=line, column="patient_id")

@@ -174,7 +174,9 @@ def _jobs(manifest: Manifest) -> list[dict]:
             if inputs is None:
                 continue
             jobs.append({"patient_id": pid, "modality": modality, "image": inputs[0], "roi": inputs[1],
-                         "series_uid": row.get(f"{modality}_series_uid", "") or None})
+                         "series_uid": row.get(f"{modality}_series_uid", "") or None,
+                         # error messages show paths as the manifest wrote them
+                         "manifest_dir": str(manifest.source.parent) if manifest.source else None})
     return jobs
 
 
@@ -450,6 +452,7 @@ def _run(manifest: Manifest, cfg: Config, out_dir: Path, force: bool, started: f
                 log.info("%s %s threshold %.3f from %d training patients", modality, method, fit["threshold"],
                          len(train))
         if not thresholds["modalities"]:
+            write_csv(out_dir / "errors.csv", _error_frame(error_rows))
             raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
                             "see errors.csv" if error_rows else "no training patient in the manifest")
         _retract_outputs(out_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +74,28 @@ def stat_signature(*paths: str) -> list:
     return signature
 
 
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def content_sha256(*paths: str) -> str:
-    """SHA-256 over the bytes of every input file in a stable order (for provenance.json)."""
+    """SHA-256 over the bytes of every input file in a stable order (for provenance.json).
+
+    Only regular files are read: opening a named pipe left in a series folder would block the
+    worker for ever (the ingest skips such files too).
+    """
     digest = hashlib.sha256()
     for text in paths:
         if not text or not Path(text).exists():
             continue
         for file in _files_under(Path(text)):
             digest.update(file.name.encode())
+            if not _is_regular_file(file):
+                digest.update(b"<not a regular file>")
+                continue
             try:
                 with open(file, "rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
@@ -101,6 +116,26 @@ def _write_json(path: Path, data) -> None:
     from .outputs import write_json
 
     write_json(path, data)
+
+
+def _as_written(reason: str, job: dict) -> str:
+    """A reason with the job's absolute input paths shown relative to the manifest's folder.
+
+    The manifest's paths were written relative to its folder (METHOD.md section 1), so that is
+    how a radiographer finds them again. Applies when the job carries ``manifest_dir``.
+    """
+    base = job.get("manifest_dir")
+    if not base:
+        return reason
+    for path in sorted((job.get("image") or "", job.get("roi") or ""), key=len, reverse=True):
+        if path and os.path.isabs(path) and path in reason:
+            try:
+                shown = os.path.relpath(path, base)
+            except ValueError:  # another drive (Windows)
+                continue
+            if not shown.startswith(".."):
+                reason = reason.replace(path, shown)
+    return reason
 
 
 def _select_series_uid(image_path: str, pattern: str | None, max_files: int) -> str | None:
@@ -141,6 +176,8 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
         cached = _read_json(summary_path)
         if cached and cached.get("key") == key and (cached["status"] == "error" or sample_path.exists()):
             cached["cached"] = True
+            if cached["status"] == "ok":
+                cached["sample"] = str(sample_path)  # where it is now: a run folder may have been moved
             return cached
 
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
@@ -155,13 +192,20 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
 
         series_uid = job.get("series_uid") or _select_series_uid(
             job["image"], cfg.io.series_description.get(modality), cfg.io.max_files_per_series)
-        image, info = read_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume)
+        hint = (f"write the SeriesInstanceUID of the one to use in the manifest's {modality}_series_uid column, "
+                f"or set io.series_description.{modality} in the config to a pattern of its description")
+        image, info = read_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume,
+                                 max_files=cfg.io.max_files_per_series, series_hint=hint)
         found = (info or {}).get("modality")
         expected = EXPECTED_DICOM_MODALITY[modality]
         if found and found in ("CT", "MR") and found != expected:
-            raise InputError("ingest", f"the {modality.upper()} column points to a {found} series")
+            article = "an" if found == "MR" else "a"
+            raise InputError("ingest", f"the {modality.upper()} column points to {article} {found} series; "
+                                       f"give the {expected} series in {modality}_image")
         stage = "mask"
-        mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments)
+        mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments,
+                         max_voxels=cfg.io.max_voxels_per_volume,
+                         frame_of_reference_uid=(info or {}).get("frame_of_reference_uid") or None)
         stage = "preprocess"
         prep = cfg.modality_preprocess(modality)
         sample = preprocess(image, mask, spacing_mm=cfg.preprocess.spacing_mm, margin_mm=prep.crop_margin_mm,
@@ -183,12 +227,12 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
                    "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax")
                              if info and k in info}}
     except InputError as exc:
-        summary = {**base, "status": "error", "stage": exc.stage, "reason": exc.reason}
+        summary = {**base, "status": "error", "stage": exc.stage, "reason": _as_written(exc.reason, job)}
     except MemoryError:
         summary = {**base, "status": "error", "stage": stage, "reason": "ran out of memory reading this study"}
     except Exception as exc:  # an input we did not foresee must not stop the night's batch
         summary = {**base, "status": "error", "stage": stage,
-                   "reason": f"unexpected {type(exc).__name__} while reading this study: {exc}"}
+                   "reason": _as_written(f"unexpected {type(exc).__name__} while reading this study: {exc}", job)}
     cache.mkdir(parents=True, exist_ok=True)
     _write_json(summary_path, summary)
     return summary

@@ -70,3 +70,12 @@ def test_partial_file_merges_over_defaults(tmp_path):
     assert cfg.fit.methods == ["gmm"]
     assert cfg.fit.ct.fat_is == "low"
     assert cfg.run.backend == "cpu"
+
+
+def test_partial_section_keeps_sibling_defaults(tmp_path):
+    # Regression (found by the bad-input corpus): a partial modality block failed validation.
+    path = tmp_path / "c.yaml"
+    path.write_text("preprocess:\n  mri:\n    n4: false\n")
+    cfg = load_config(path)
+    assert cfg.preprocess.mri.n4 is False
+    assert cfg.preprocess.mri.crop_margin_mm == Config().preprocess.mri.crop_margin_mm

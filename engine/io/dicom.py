@@ -33,6 +33,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,9 @@ class SeriesInfo:
         False for DICOM-SEG, SR, RT and other objects without an image to read.
     sop_class : str
         SOP class name (``CT Image Storage``...).
+    frame_of_reference_uid : str
+        FrameOfReferenceUID of the first file (empty when absent): masks stored as DICOM-SEG
+        must share it.
     files : tuple of pathlib.Path
         The series' files (not shown in ``repr``; not part of :meth:`as_dict`).
     """
@@ -129,6 +133,7 @@ class SeriesInfo:
     notes: tuple[str, ...] = ()
     is_image: bool = True
     sop_class: str = ""
+    frame_of_reference_uid: str = ""
     files: tuple[pathlib.Path, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict:
@@ -224,7 +229,7 @@ def _collect_files(root: pathlib.Path, max_files: int, notes: list[str]) -> list
                 raise InputError(
                     STAGE,
                     f"the folder holds more than {max_files} files; point the manifest at a single series "
-                    "folder (or raise io.max_files in the config)",
+                    "folder (or raise io.max_files_per_series in the config)",
                 )
 
     if root.is_file():
@@ -253,9 +258,13 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str]):
 
     label = _relative(path, root)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         notes.append(f"{label}: skipped, cannot be accessed ({exc.strerror or type(exc).__name__})")
+        return None
+    size = st.st_size
+    if not stat.S_ISREG(st.st_mode):  # a named pipe would block the read for ever
+        notes.append(f"{label}: skipped, not a regular file (a named pipe, socket or device)")
         return None
     if size == 0:
         notes.append(f"{label}: skipped, empty file (0 bytes)")
@@ -354,6 +363,7 @@ def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Se
         notes=tuple(notes),
         is_image=all(_is_image(h) for _, h in members),
         sop_class=sop_name,
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
         files=tuple(f for f, _ in members),
     )
 
@@ -629,7 +639,11 @@ def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _
     )
 
 
-def _select_series(scan: _Scan, series_uid: str | None, where) -> tuple[str, list]:
+#: How a caller of the reader chooses one series among several (ends the "several series" message).
+DEFAULT_SERIES_HINT = "set io.series_uid in the config to the one to use"
+
+
+def _select_series(scan: _Scan, series_uid: str | None, where, hint: str = DEFAULT_SERIES_HINT) -> tuple[str, list]:
     image_series = {uid: m for uid, m in scan.groups.items() if all(_is_image(h) for _, h in m)}
     notes = _summarise_notes(scan.notes)
 
@@ -641,16 +655,18 @@ def _select_series(scan: _Scan, series_uid: str | None, where) -> tuple[str, lis
         if series_uid in image_series:
             return series_uid, image_series[series_uid]
         available = listing(image_series) if image_series else "none"
-        raise InputError(STAGE, f"series {series_uid} (io.series_uid) is not among the image series found: {available}")
+        raise InputError(STAGE, f"series {series_uid} (the series UID asked for) is not among the image series found: "
+                                f"{available}")
     if not image_series:
         skipped = f" ({len(scan.notes)} files skipped: {'; '.join(notes)})" if scan.notes else ""
+        if not scan.groups and not scan.notes:
+            skipped = " (the folder is empty)" if pathlib.Path(where).is_dir() else ""
         others = f"; non-image objects found: {listing(scan.groups)}" if scan.groups else ""
         raise InputError(STAGE, f"no DICOM image series found at {where}{others}{skipped}")
     if len(image_series) > 1:
         raise InputError(
             STAGE,
-            f"{len(image_series)} image series found at {where}: {listing(image_series)}; "
-            "set io.series_uid in the config to the one to use",
+            f"{len(image_series)} image series found at {where}: {listing(image_series)}; {hint}",
         )
     uid = next(iter(image_series))
     return uid, image_series[uid]
@@ -701,7 +717,9 @@ def _decode(path: pathlib.Path, frames_expected: int, rows: int, cols: int, moda
             warnings.simplefilter("ignore")
             stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        # pydicom lists every decoder's complaint on its own line after a generic first line
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = " ".join(lines)[:240] if lines else type(exc).__name__
         raise InputError(
             STAGE,
             f"{modality} pixel data in transfer syntax {ts} could not be decoded (file {path.name}: {detail}); "
@@ -730,7 +748,8 @@ def _rescaled(stored: np.ndarray, ds, frame: _Frame) -> np.ndarray:
     return np.asarray(apply_rescale(stored, ds), dtype=np.float64).astype(np.float32)
 
 
-def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000):
+def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
+                      series_hint: str = DEFAULT_SERIES_HINT):
     """Read one DICOM series into a float32 SimpleITK image in physical space.
 
     Parameters
@@ -744,6 +763,9 @@ def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         Refuse (before decoding any pixel data) a series whose headers claim more voxels.
     max_files : int
         Refuse folders with more files than this.
+    series_hint : str
+        How the caller chooses a series, said when the folder holds several (the engine names
+        the manifest's ``ct_series_uid``/``mri_series_uid`` column).
 
     Returns
     -------
@@ -761,10 +783,18 @@ def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
     import SimpleITK as sitk
 
     scan = _scan(path, max_files)
-    uid, members = _select_series(scan, series_uid, path)
+    uid, members = _select_series(scan, series_uid, path, series_hint)
     headers = [h for _, h in members]
     files = [f for f, _ in members]
     modality = _modality_word(str(headers[0].get("Modality", "") or "").upper())
+    modalities = [str(h.get("Modality", "") or "?").upper() for h in headers]
+    if len(set(modalities)) > 1:
+        counts = ", ".join(f"{m}: {modalities.count(m)} files" for m in sorted(set(modalities)))
+        raise InputError(
+            STAGE,
+            f"DICOM series mixes modalities ({counts}) under one SeriesInstanceUID; the export merged "
+            "files of different acquisitions: re-export the series alone",
+        )
 
     rows, cols = int(headers[0].Rows), int(headers[0].Columns)
     n_frames = sum(_frames_in(h) for h in headers)
@@ -773,13 +803,21 @@ def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         raise InputError(
             STAGE,
             f"{modality} series headers claim {rows} x {cols} x {n_frames} = {claimed} voxels, more than the "
-            f"limit of {max_voxels} (io.max_voxels); the header is corrupt or the series is not a lumbar volume",
+            f"limit of {max_voxels} (io.max_voxels_per_volume); the header is corrupt or the series is not a lumbar volume",
         )
     if rows <= 0 or cols <= 0:
         raise InputError(STAGE, f"{modality} series headers claim an empty image ({rows} x {cols})")
 
     frames = _frames_of(headers, modality)
-    geometry = _check_geometry(frames, modality, headers)
+    try:
+        geometry = _check_geometry(frames, modality, headers)
+    except InputError as error:
+        if not scan.notes:
+            raise
+        # a skipped file (empty, truncated, unreadable) is the usual cause of a hole in the stack
+        notes = [note.replace(": skipped, ", ": ") for note in _summarise_notes(scan.notes)]
+        skipped = f"{len(scan.notes)} file{'s' if len(scan.notes) > 1 else ''} skipped"
+        raise InputError(STAGE, f"{error.reason} ({skipped}: {'; '.join(notes)})") from None
 
     volume = np.empty((len(frames), rows, cols), dtype=np.float32)
     position_of_frame = {id(frames[i]): slot for slot, i in enumerate(geometry.order)}

@@ -274,10 +274,20 @@ def _seg_item(group, sequence: str):
     return seq[0] if seq else None
 
 
-def _read_dicom_seg(path, labels, segments, max_voxels):
+def _read_dicom_seg(path, labels, segments, max_voxels, frame_of_reference_uid=None):
     import SimpleITK as sitk
 
     ds = _dicom_seg_dataset(path)
+    seg_frame = str(ds.get("FrameOfReferenceUID", "") or "")
+    if frame_of_reference_uid and seg_frame and seg_frame != frame_of_reference_uid:
+        # positions in another frame of reference are not comparable with the image's, even
+        # when they happen to overlap
+        raise InputError(
+            STAGE,
+            "ROI mask (DICOM-SEG) was drawn in another frame of reference than the image "
+            "(FrameOfReferenceUID differs): it belongs to another series or study; export the "
+            "segmentation of this series",
+        )
     available = [
         {"name": str(item.get("SegmentLabel", "")), "number": int(item.SegmentNumber), "id": str(item.SegmentNumber)}
         for item in ds.get("SegmentSequence", [])
@@ -287,7 +297,8 @@ def _read_dicom_seg(path, labels, segments, max_voxels):
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     rows, cols = int(ds.Rows), int(ds.Columns)
     if max_voxels is not None and rows * cols * n_frames > max_voxels:
-        raise InputError(STAGE, f"DICOM-SEG header claims {rows} x {cols} x {n_frames} voxels, more than io.max_voxels")
+        raise InputError(STAGE, f"DICOM-SEG header claims {rows} x {cols} x {n_frames} voxels, more than the limit "
+                                f"of {max_voxels} (io.max_voxels_per_volume)")
     shared = _seg_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame or len(per_frame) != n_frames:
@@ -394,8 +405,12 @@ def _seg_file_in_folder(folder: pathlib.Path) -> pathlib.Path:
     return files[0]
 
 
-def read_mask_native(path, *, labels: Sequence | None = None, segments: Sequence[str] | None = None, max_voxels: int | None = 400_000_000):
-    """Read and select a mask on its own grid: uint8 0/1 SimpleITK image (no resampling, no emptiness check)."""
+def read_mask_native(path, *, labels: Sequence | None = None, segments: Sequence[str] | None = None, max_voxels: int | None = 400_000_000,
+                     frame_of_reference_uid: str | None = None):
+    """Read and select a mask on its own grid: uint8 0/1 SimpleITK image (no resampling, no emptiness check).
+
+    ``frame_of_reference_uid``: the image's; a DICOM-SEG of another frame of reference is refused.
+    """
     target = _check_access(path, STAGE, "ROI mask file")
     kind = mask_format(target)
     if kind == "dicom-folder":
@@ -404,11 +419,12 @@ def read_mask_native(path, *, labels: Sequence | None = None, segments: Sequence
     if kind == "seg.nrrd":
         return _read_seg_nrrd(target, labels, segments, max_voxels)
     if kind == "dicom-seg":
-        return _read_dicom_seg(target, labels, segments, max_voxels)
+        return _read_dicom_seg(target, labels, segments, max_voxels, frame_of_reference_uid)
     return _read_label_map(target, labels, max_voxels)
 
 
-def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequence[str] | None = None, max_voxels: int | None = 400_000_000):
+def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequence[str] | None = None, max_voxels: int | None = 400_000_000,
+              frame_of_reference_uid: str | None = None):
     """Read an ROI mask and return it as uint8 0/1 on the reference image's grid.
 
     Parameters
@@ -427,6 +443,9 @@ def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequ
         ignore this argument.
     max_voxels : int, optional
         Refuse masks whose header claims more voxels.
+    frame_of_reference_uid : str, optional
+        The image's FrameOfReferenceUID (DICOM series): a DICOM-SEG drawn in another frame of
+        reference is refused even where its positions overlap the image.
 
     Returns
     -------
@@ -449,9 +468,11 @@ def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequ
 
     if reference.GetDimension() != 3:
         raise ValueError(f"reference must be a 3-D image; got {reference.GetDimension()}-D")
-    native = read_mask_native(path, labels=labels, segments=segments, max_voxels=max_voxels)
+    native = read_mask_native(path, labels=labels, segments=segments, max_voxels=max_voxels,
+                              frame_of_reference_uid=frame_of_reference_uid)
     if not sitk.GetArrayViewFromImage(native).any():
-        raise InputError(STAGE, "ROI mask is empty")
+        raise InputError(STAGE, "ROI mask is empty (every voxel is 0): the segmentation was not saved, or another "
+                                "file was exported; re-export the ROI")
     if same_grid(native, reference):
         on_reference = sitk.Image(native)
         on_reference.CopyInformation(reference)

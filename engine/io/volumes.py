@@ -6,8 +6,10 @@ and a small dict describing it (no patient identifiers).
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+import stat
 
 import numpy as np
 
@@ -39,11 +41,87 @@ def _check_access(path, stage: str, what: str) -> pathlib.Path:
     target = pathlib.Path(path)
     if not os.path.lexists(target):
         raise InputError(stage, f"{what} not found: {path}")
-    if not target.exists():
-        raise InputError(stage, f"{what} is a broken link: {path}")
-    if not os.access(target, os.R_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+    try:
+        mode = target.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(stage, f"{what} is a symbolic link that loops back on itself: {path}") from None
+        raise InputError(stage, f"{what} is a broken symbolic link (its target does not exist): {path}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        # a named pipe or a device would block or never end when read
+        raise InputError(stage, f"{what} is not a regular file or folder (a named pipe, socket or device): {path}")
+    if not os.access(target, os.R_OK) or (stat.S_ISDIR(mode) and not os.access(target, os.X_OK)):
         raise InputError(stage, f"{what} is not readable (permission denied): {path}")
     return target
+
+
+def _nifti_opener(path):
+    import gzip
+
+    return gzip.open if str(path).lower().endswith(".gz") else open
+
+
+def _nifti_header(header: bytes):
+    """(byte order, dims, datatype, bits per voxel, data offset) of a single-file NIfTI-1/2 header, or None."""
+    if len(header) < 348:
+        return None
+    for order in ("<", ">"):
+        sizeof_hdr = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
+        if sizeof_hdr == 348 and header[344:347] == b"n+1":
+            dims = np.frombuffer(header[40:56], dtype=f"{order}i2").astype(np.int64)
+            datatype = int(np.frombuffer(header[70:72], dtype=f"{order}i2")[0])
+            bitpix = int(np.frombuffer(header[72:74], dtype=f"{order}i2")[0])
+            offset = int(float(np.frombuffer(header[108:112], dtype=f"{order}f4")[0]))
+            return order, dims, datatype, bitpix, offset
+        if sizeof_hdr == 540 and len(header) >= 540 and header[4:7] == b"n+2":
+            dims = np.frombuffer(header[16:80], dtype=f"{order}i8").astype(np.int64)
+            datatype = int(np.frombuffer(header[12:14], dtype=f"{order}i2")[0])
+            bitpix = int(np.frombuffer(header[14:16], dtype=f"{order}i2")[0])
+            offset = int(np.frombuffer(header[168:176], dtype=f"{order}i8")[0])
+            return order, dims, datatype, bitpix, offset
+    return None
+
+
+def _nifti_voxel_count(dims) -> int | None:
+    n_dims = int(dims[0])
+    if not 1 <= n_dims <= 7:
+        return None
+    return int(np.prod(np.maximum(dims[1 : n_dims + 1], 1)))
+
+
+def _nifti_short_by(path) -> str | None:
+    """Why a NIfTI file is incomplete (it ends before the voxel data its header describes), or None.
+
+    ITK's NIfTI reader fills the missing end of a truncated ``.nii`` or ``.nii.gz`` with zeros
+    without telling, which turns an interrupted copy into a smaller ROI or a black slab of
+    image; so the data length is checked here (a gzip stream is read to its end, which also
+    checks its CRC). None when the file is complete or its header is not understood.
+    """
+    import zlib
+
+    opener = _nifti_opener(path)
+    expected, found = None, 0
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+            parsed = _nifti_header(header)
+            if parsed is None:
+                return None
+            _, dims, _, bitpix, offset = parsed
+            count = _nifti_voxel_count(dims)
+            if count is None or bitpix <= 0:
+                return None
+            expected = max(offset, 348) + count * bitpix // 8
+            found = len(header)
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                found += len(block)
+    except (EOFError, OSError, zlib.error):  # a gzip stream cut short, or a bad CRC
+        if expected is None:
+            return None  # the header itself is unreadable: ITK says so
+        return f"its compressed data are cut short or corrupt (the header describes {expected} bytes)"
+    if found < expected:
+        return f"its header describes {expected} bytes, the file holds only {found}"
+    return None
 
 
 def _nifti_nonfinite(path) -> tuple[int, int] | None:
@@ -54,32 +132,15 @@ def _nifti_nonfinite(path) -> tuple[int, int] | None:
     NIfTI data are scanned here. Returns None for non-float data or a header this parser does
     not understand (SimpleITK has read the file already, so it is not an error).
     """
-    import gzip
-
-    opener = gzip.open if str(path).lower().endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        header = handle.read(540)
-        if len(header) < 348:
+    with _nifti_opener(path)(path, "rb") as handle:
+        parsed = _nifti_header(handle.read(540))
+        if parsed is None:
             return None
-        for order in ("<", ">"):
-            sizeof_hdr = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
-            if sizeof_hdr == 348:
-                dims = np.frombuffer(header[40:56], dtype=f"{order}i2").astype(np.int64)
-                datatype = int(np.frombuffer(header[70:72], dtype=f"{order}i2")[0])
-                offset = int(float(np.frombuffer(header[108:112], dtype=f"{order}f4")[0]))
-                break
-            if sizeof_hdr == 540:
-                dims = np.frombuffer(header[16:80], dtype=f"{order}i8").astype(np.int64)
-                datatype = int(np.frombuffer(header[12:14], dtype=f"{order}i2")[0])
-                offset = int(np.frombuffer(header[168:176], dtype=f"{order}i8")[0])
-                break
-        else:
-            return None
+        order, dims, datatype, _, offset = parsed
         dtype = {16: "f4", 64: "f8"}.get(datatype)
-        n_dims = int(dims[0])
-        if dtype is None or not 1 <= n_dims <= 7:
+        count = _nifti_voxel_count(dims)
+        if dtype is None or count is None:
             return None
-        count = int(np.prod(dims[1 : n_dims + 1]))
         handle.seek(offset)  # gzip files seek by decompressing: fine for one pass
         data = np.frombuffer(handle.read(count * int(dtype[1])), dtype=f"{order}{dtype}")
     n_nan = int(np.isnan(data).sum())
@@ -93,7 +154,8 @@ def _nonfinite_message(n_nan: int, n_inf: int) -> str:
         parts.append(f"{n_nan} NaN voxels")
     if n_inf:
         parts.append(f"{n_inf} infinite voxels")
-    return f"image contains {' and '.join(parts)}"
+    return (f"image contains {' and '.join(parts)} (no-data markers of a converter or a registration step); "
+            "re-export it with real intensities everywhere")
 
 
 def read_volume_file(path, *, stage: str = STAGE, what: str = "image file", max_voxels: int | None = None):
@@ -116,15 +178,22 @@ def read_volume_file(path, *, stage: str = STAGE, what: str = "image file", max_
         raise InputError(
             stage,
             f"{what} header claims {' x '.join(str(s) for s in size)} voxels, more than the limit of "
-            f"{max_voxels} (io.max_voxels): {path}",
+            f"{max_voxels} (io.max_voxels_per_volume); the header is corrupt or the file is not a lumbar "
+            f"volume: {path}",
         )
+    if image_format(target) in (".nii", ".nii.gz"):
+        short = _nifti_short_by(target)
+        if short is not None:
+            raise InputError(stage, f"{what} is truncated or damaged: {short} (an interrupted copy or export); "
+                                    f"re-export it: {path}")
     try:
         return reader.Execute()
     except RuntimeError:
         raise InputError(stage, f"{what} could not be read (truncated or corrupt data): {path}") from None
 
 
-def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000):
+def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
+               series_hint: str | None = None):
     """Read an image in physical space as float32.
 
     Parameters
@@ -136,6 +205,10 @@ def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
         Which DICOM series to read when a folder holds several (config ``io.series_uid``).
     max_voxels : int
         Refuse volumes whose header claims more voxels (before reading the data).
+    max_files : int
+        Refuse DICOM folders holding more files (a whole PACS export instead of one series).
+    series_hint : str, optional
+        How the caller chooses one DICOM series among several (said in that error).
 
     Returns
     -------
@@ -158,7 +231,9 @@ def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
     target = _check_access(path, STAGE, "image file")
     kind = image_format(target)
     if kind in ("dicom-folder", "dicom-file"):
-        image, series = read_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels)
+        hint = {} if series_hint is None else {"series_hint": series_hint}
+        image, series = read_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files,
+                                          **hint)
         info = {"format": kind, **series.as_dict()}
     else:
         image = read_volume_file(target, max_voxels=max_voxels)
