@@ -243,7 +243,7 @@ def test_two_series_need_series_uid(tmp_path):
         read_dicom_series(tmp_path)
     reason = error.value.reason
     assert "2 image series" in reason and uid_a in reason and uid_b in reason
-    assert "io.series_uid" in reason and "AX T2" in reason and "12 files" in reason
+    assert "series_uid column" in reason and "AX T2" in reason and "12 files" in reason
     _assert_no_phi(reason)
 
     image, info = read_dicom_series(tmp_path, series_uid=uid_b)
@@ -479,7 +479,7 @@ def test_inspect_dicom_folder_and_volume(tmp_path):
 
     _write(tmp_path / "ct", stored, series_description="second")
     several = inspect_path(tmp_path / "ct")
-    assert len(several["series"]) == 2 and "io.series_uid" in several["error"]
+    assert len(several["series"]) == 2 and "series_uid column" in several["error"]
     assert "series found (2)" in format_inspection(several)
 
     image, _ = read_image(tmp_path / "ct", series_uid=several["series"][0]["series_uid"])

@@ -640,7 +640,7 @@ def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _
 
 
 #: How a caller of the reader chooses one series among several (ends the "several series" message).
-DEFAULT_SERIES_HINT = "set io.series_uid in the config to the one to use"
+DEFAULT_SERIES_HINT = "name the one to use in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
 
 
 def _select_series(scan: _Scan, series_uid: str | None, where, hint: str = DEFAULT_SERIES_HINT) -> tuple[str, list]:
@@ -758,7 +758,7 @@ def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         A series folder (loose files or a DICOMDIR tree) or a single DICOM file.
     series_uid : str, optional
         The SeriesInstanceUID to read when the folder holds several image series
-        (config ``io.series_uid``). DICOM-SEG, SR and other non-image objects are ignored.
+        (the manifest's ``ct_series_uid``/``mri_series_uid`` column). DICOM-SEG, SR and other non-image objects are ignored.
     max_voxels : int
         Refuse (before decoding any pixel data) a series whose headers claim more voxels.
     max_files : int

@@ -61,7 +61,7 @@ def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> d
         elif series_uid is not None:
             out["error"] = f"series {series_uid} not found among the image series"
         else:
-            out["error"] = f"{len(image_series)} image series found; set io.series_uid to choose one"
+            out["error"] = f"{len(image_series)} image series found; name one in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
         return out
     out.update({"kind": "dicom", "modality": chosen.modality, "series_uid": chosen.series_uid, "description": chosen.description,
                 "n_files": chosen.n_files, "transfer_syntax": chosen.transfer_syntax, "notes": notes})

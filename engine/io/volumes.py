@@ -202,7 +202,7 @@ def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
         A DICOM series folder (or DICOMDIR tree), a single DICOM file, or a
         ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha`` volume.
     series_uid : str, optional
-        Which DICOM series to read when a folder holds several (config ``io.series_uid``).
+        Which DICOM series to read when a folder holds several (the manifest's ``ct_series_uid``/``mri_series_uid`` column).
     max_voxels : int
         Refuse volumes whose header claims more voxels (before reading the data).
     max_files : int
