@@ -166,8 +166,8 @@ def test_sigkill_then_rerun_resumes_without_redoing_work(ct_manifest, ct_referen
                "--scheduler", "inline", "--backend", "cpu"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     cache = out / "cache"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.glob("*__ct.npz"))) < 4:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(cache.glob("*__ct.npz"))) < 4:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
