@@ -292,20 +292,24 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
         window_values = to_device(sample.window_values, backend)  # one host-to-device copy per patient
         n_window = int(sample.window_values.size)
         features: dict[str, float] = {}
-        for method in methods:
-            threshold = float(thresholds[method])
-            stats = tissue_stats(window_values, threshold, fat_is=fat_is)
-            for tissue in TISSUES:
-                count = int(getattr(stats, f"{tissue}_count"))
-                total = float(getattr(stats, f"{tissue}_sum"))
-                features[f"{modality}_{method}_{tissue}_mean"] = total / count if count else float("nan")
-                features[f"{modality}_{method}_{tissue}_volume"] = count * voxel_mm3
-                features[f"{modality}_{method}_{tissue}_percent"] = 100.0 * count / n_window
+        if methods:
+            # One read of the voxels for every method's threshold (the kernels take a sequence).
+            method_thresholds = [float(thresholds[m]) for m in methods]
+            all_stats = tissue_stats(window_values, method_thresholds, fat_is=fat_is)
+            for method, stats in zip(methods, all_stats):
+                for tissue in TISSUES:
+                    count = int(getattr(stats, f"{tissue}_count"))
+                    total = float(getattr(stats, f"{tissue}_sum"))
+                    features[f"{modality}_{method}_{tissue}_mean"] = total / count if count else float("nan")
+                    features[f"{modality}_{method}_{tissue}_volume"] = count * voxel_mm3
+                    features[f"{modality}_{method}_{tissue}_percent"] = 100.0 * count / n_window
             if habitat_dir is not None:
                 stage = "write"
-                labels = np.full(sample.roi_voxels, HABITAT_LABELS["outside_window"], np.uint8)
-                labels[sample.in_window] = to_host(classify(window_values, threshold, fat_is=fat_is))
-                write_image(Path(habitat_dir) / f"{pid}_{modality}_{method}.nii.gz", sample.label_volume(labels))
+                all_labels = to_host(classify(window_values, method_thresholds, fat_is=fat_is))
+                for method, method_labels in zip(methods, all_labels):
+                    labels = np.full(sample.roi_voxels, HABITAT_LABELS["outside_window"], np.uint8)
+                    labels[sample.in_window] = method_labels
+                    write_image(Path(habitat_dir) / f"{pid}_{modality}_{method}.nii.gz", sample.label_volume(labels))
                 stage = "classify"
         features[f"{modality}_roi_volume"] = sample.roi_voxels * voxel_mm3
         features[f"{modality}_excluded_voxels"] = float(sample.excluded_voxels)

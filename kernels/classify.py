@@ -124,16 +124,8 @@ def classify(values, threshold, *, fat_is: str = "low"):
     ValueError
         Non-finite threshold or unknown ``fat_is``.
     """
-    xp = array_namespace(values)
-    _check_values(values)
     thresholds, scalar = _thresholds_tuple(threshold)
-    fat_is_high = _check_fat_is(fat_is)
-    if is_cupy_namespace(xp):
-        labels, _, _ = _run_cupy(values, thresholds, fat_is_high, want_labels=True,
-                                 want_stats=False)
-    else:
-        labels, _, _ = _run_numpy(values, thresholds, fat_is_high, want_labels=True,
-                                  want_stats=False)
+    labels, _, _ = _run(values, thresholds, fat_is, want_labels=True, want_stats=False)
     shape = values.shape if scalar else (len(thresholds), *values.shape)
     return labels.reshape(shape)
 
@@ -166,20 +158,21 @@ def tissue_stats(values, threshold, *, fat_is: str = "low"):
     -----
     On CuPy the counts and sums come back to the host (one device sync).
     """
-    xp = array_namespace(values)
-    _check_values(values)
     thresholds, scalar = _thresholds_tuple(threshold)
-    fat_is_high = _check_fat_is(fat_is)
-    if is_cupy_namespace(xp):
-        _, counts, sums = _run_cupy(values, thresholds, fat_is_high, want_labels=False,
-                                    want_stats=True)
-    else:
-        _, counts, sums = _run_numpy(values, thresholds, fat_is_high, want_labels=False,
-                                     want_stats=True)
+    _, counts, sums = _run(values, thresholds, fat_is, want_labels=False, want_stats=True)
     stats = tuple(
         _tissue_stats(t, fat_is, counts[j], sums[j]) for j, t in enumerate(thresholds)
     )
     return stats[0] if scalar else stats
+
+
+def _run(values, thresholds, fat_is, *, want_labels: bool, want_stats: bool):
+    """Check the inputs and run the one-pass classification on the input's backend."""
+    xp = array_namespace(values)
+    _check_values(values)
+    fat_is_high = _check_fat_is(fat_is)
+    backend = _run_cupy if is_cupy_namespace(xp) else _run_numpy
+    return backend(values, thresholds, fat_is_high, want_labels=want_labels, want_stats=want_stats)
 
 
 def _tissue_stats(threshold, fat_is, counts, sums) -> TissueStats:
