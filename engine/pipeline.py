@@ -315,9 +315,9 @@ def _versions() -> dict:
 
 
 def _provenance(cfg: Config, backend: str, summaries: list[dict], started: float, mode: str) -> dict:
-    inputs = {f"{s['patient_id']}/{s['modality']}": s.get("input_sha256") for s in summaries if s.get("input_sha256")}
+    inputs = {f"{s['patient_id']}/{s['modality']}": s.get("input_blake3") for s in summaries if s.get("input_blake3")}
     return {"engine_version": __version__, "mode": mode, "backend": backend, "config": cfg.to_dict(),
-            "versions": _versions(), "platform": platform.platform(), "input_sha256": dict(sorted(inputs.items())),
+            "versions": _versions(), "platform": platform.platform(), "input_blake3": dict(sorted(inputs.items())),
             "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}
 
 

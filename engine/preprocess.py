@@ -133,10 +133,12 @@ def whole_volume_grid(image: sitk.Image, spacing_mm) -> Grid:
 
 def _bbox_index(mask_array_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive (x, y, z) index bounds of the non-zero voxels."""
-    nonzero = [np.flatnonzero(mask_array_zyx.any(axis=axes)) for axes in ((0, 1), (0, 2), (1, 2))]
-    lower = np.array([nonzero[0][0], nonzero[1][0], nonzero[2][0]])
-    upper = np.array([nonzero[0][-1], nonzero[1][-1], nonzero[2][-1]])
-    return lower, upper
+    # z first, then y and x inside the z-range: a ROI on a few slices of a long series costs little
+    z = np.flatnonzero(mask_array_zyx.reshape(mask_array_zyx.shape[0], -1).any(axis=1))
+    slab = mask_array_zyx[z[0]:z[-1] + 1]
+    y = np.flatnonzero(slab.any(axis=(0, 2)))
+    x = np.flatnonzero(slab[:, y[0]:y[-1] + 1].any(axis=(0, 1)))
+    return np.array([x[0], y[0], z[0]]), np.array([x[-1], y[-1], z[-1]])
 
 
 def _corners(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -184,15 +186,24 @@ def resample_to(image: sitk.Image, grid: Grid, *, interpolator, default_value: f
                          list(grid.spacing), list(grid.direction), default_value, image.GetPixelID())
 
 
-def crop_and_resample(image: sitk.Image, mask: sitk.Image, spacing_mm, margin_mm: float,
-                      *, default_value: float = 0.0) -> tuple[sitk.Image, sitk.Image]:
+def crop_and_resample(image, mask: sitk.Image, spacing_mm, margin_mm: float,
+                      *, default_value: float | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Resample the ROI neighbourhood of ``image`` (linear) and ``mask`` (nearest) to ``spacing_mm``.
 
     Equal, inside the crop, to resampling the whole volume onto :func:`whole_volume_grid`.
+    ``image`` is a SimpleITK image or an :class:`engine.io.ImageSource`, of which only the
+    crop's input box is read (a DICOM series decodes those slices alone). Output points beyond
+    the image's edge take ``default_value``, by default the lowest intensity of that box (air
+    for CT, so such voxels fall outside the window).
     """
     grid = crop_grid(image, mask, spacing_mm, margin_mm)
     index, size = _input_region(image, grid)
-    image_crop = sitk.RegionOfInterest(image, size, index)
+    if isinstance(image, sitk.Image):
+        image_crop = sitk.RegionOfInterest(image, size, index)
+    else:
+        image_crop = image.read(index, size)
+    if default_value is None:
+        default_value = float(np.min(sitk.GetArrayViewFromImage(image_crop)))
     mask_crop = sitk.RegionOfInterest(mask, size, index)
     resampled = resample_to(image_crop, grid, interpolator=sitk.sitkLinear, default_value=default_value)
     resampled_mask = resample_to(mask_crop, grid, interpolator=sitk.sitkNearestNeighbor)
@@ -234,8 +245,8 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
 
     Parameters
     ----------
-    image : sitk.Image
-        float32, HU for CT.
+    image : sitk.Image or engine.io.ImageSource
+        float32, HU for CT; of a source, only the ROI's neighbourhood is read.
     mask : sitk.Image
         uint8 on the image grid, non-zero = ROI (see :func:`engine.io.read_mask`).
     spacing_mm : (3,) floats
@@ -250,8 +261,6 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
     mask_array = sitk.GetArrayViewFromImage(mask)
     if not mask_array.any():
         raise InputError("mask", "ROI mask is empty")
-    if default_value is None:
-        default_value = float(np.min(sitk.GetArrayViewFromImage(image)))
     resampled, resampled_mask = crop_and_resample(image, mask, spacing_mm, margin_mm, default_value=default_value)
     if n4:
         resampled = n4_correct(resampled, shrink_factor=n4_shrink_factor, iterations=n4_iterations,

@@ -722,7 +722,7 @@ def _provenance_section(provenance: dict | None) -> dict | None:
         duration = f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
     except (TypeError, ValueError):
         pass
-    hashes = provenance.get("input_sha256") or {}
+    hashes = provenance.get("input_blake3") or {}
     return {
         "config": _config_text(provenance.get("config")),
         "versions": _table(["Package", "Version"], [[str(k), str(v)] for k, v in versions.items()], [False, False]),

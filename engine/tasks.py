@@ -81,13 +81,18 @@ def _is_regular_file(path: Path) -> bool:
         return False
 
 
-def content_sha256(*paths: str) -> str:
-    """SHA-256 over the bytes of every input file in a stable order (for provenance.json).
+def content_digest(*paths: str) -> str:
+    """BLAKE3 over the names and bytes of every input file in a stable order (for provenance.json).
+
+    BLAKE3 rather than SHA-256: as collision-resistant, and 4-5x faster on one core (about
+    10 GB/s against 2), which matters when the digest costs as much as decoding the series.
 
     Only regular files are read: opening a named pipe left in a series folder would block the
     worker for ever (the ingest skips such files too).
     """
-    digest = hashlib.sha256()
+    import blake3
+
+    digest = blake3.blake3()
     for text in paths:
         if not text or not Path(text).exists():
             continue
@@ -103,6 +108,24 @@ def content_sha256(*paths: str) -> str:
             except OSError:
                 digest.update(b"<unreadable>")
     return digest.hexdigest()
+
+
+def _one_itk_thread_on_dask_workers() -> None:
+    """On a Dask worker every task already has a core: ITK's filters must not spread over all of them.
+
+    Dask runs one task per worker thread and as many worker threads as cores, so ITK's default
+    (a thread per core for each filter) would oversubscribe the machine. Inline runs keep it.
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    import SimpleITK as sitk
+
+    if sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() != 1:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _read_json(path: Path):
@@ -182,20 +205,23 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
 
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
     stage = "ingest"
+    _one_itk_thread_on_dask_workers()
     try:
         if not job["image"]:
             raise InputError("ingest", f"no {modality.upper()} image path in the manifest although an ROI is given")
         if not job["roi"]:
             raise InputError("mask", f"no {modality.upper()} ROI path in the manifest although an image is given")
-        from .io import read_image, read_mask
+        from .io import open_image, read_mask
         from .preprocess import preprocess
 
         series_uid = job.get("series_uid") or _select_series_uid(
             job["image"], cfg.io.series_description.get(modality), cfg.io.max_files_per_series)
         hint = (f"write the SeriesInstanceUID of the one to use in the manifest's {modality}_series_uid column, "
                 f"or set io.series_description.{modality} in the config to a pattern of its description")
-        image, info = read_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume,
-                                 max_files=cfg.io.max_files_per_series, series_hint=hint)
+        # a DICOM series is checked now and decoded later, only where the ROI's crop needs it
+        image = open_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume,
+                           max_files=cfg.io.max_files_per_series, series_hint=hint)
+        info = image.info
         found = (info or {}).get("modality")
         expected = EXPECTED_DICOM_MODALITY[modality]
         if found and found in ("CT", "MR") and found != expected:
@@ -223,7 +249,7 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
                    "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
                    "min": float(in_window.min()), "max": float(in_window.max()),
                    "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
-                   "input_sha256": content_sha256(job["image"], job["roi"]),
+                   "input_blake3": content_digest(job["image"], job["roi"]),
                    "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax")
                              if info and k in info}}
     except InputError as exc:

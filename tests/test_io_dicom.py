@@ -319,14 +319,15 @@ def test_header_of_a_million_rows_refused(tmp_path, monkeypatch):
     _write(tmp_path, _stored(shape=(2, 8, 8)))
     real_read_header = dicom_module._read_header
 
-    def huge_header(path, root, notes):
-        header = real_read_header(path, root, notes)
+    def huge_header(path, root, notes, *args):
+        header = real_read_header(path, root, notes, *args)
         header.Rows = 10**6
         header.Columns = 10**6
         return header
 
     monkeypatch.setattr(dicom_module, "_read_header", huge_header)
     monkeypatch.setattr(dicom_module, "_decode", lambda *a, **k: pytest.fail("decoded before the voxel check"))
+    monkeypatch.setattr(dicom_module, "_decode_native", lambda *a, **k: pytest.fail("decoded before the voxel check"))
     with pytest.raises(InputError, match="1000000 x 1000000 x 2"):
         read_dicom_series(tmp_path)
 
@@ -344,6 +345,96 @@ def test_pixel_data_shorter_than_rows_times_columns(tmp_path):
     ds.save_as(files[2])
     with pytest.raises(InputError, match="shorter than Rows x Columns"):
         read_dicom_series(tmp_path)
+
+
+def test_file_cut_inside_its_pixel_data_is_refused_before_any_decode(tmp_path, monkeypatch):
+    # an interrupted copy: the header is whole, the pixel data end early; found from file sizes
+    files = _write(tmp_path, _stored(shape=(6, 16, 16)))
+    files[4].write_bytes(files[4].read_bytes()[:-200])
+    monkeypatch.setattr(dicom_module, "_decode", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(dicom_module, "_decode_native", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(InputError, match=r"shorter than Rows x Columns \(312 of 512 bytes"):
+        dicom_module.open_dicom_series(tmp_path)
+
+
+def _native_slices(folder, *, allocated: int, stored_bits: int, signed: bool, explicit: bool, n: int = 3):
+    """Slices written by pydicom with garbage in the unused high bits (PS3.5 8.1.1 allows any)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(allocated * 100 + stored_bits + signed)
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    info = np.iinfo(dtype)
+    series, frame = generate_uid(), generate_uid()
+    paths = []
+    for k in range(n):
+        values = rng.integers(info.min, info.max, size=(5, 7), endpoint=True).astype(dtype)
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if explicit else ImplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "CT", series, frame
+        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * (n - 1 - k)]  # written in reverse z order
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [0.5, 0.5]
+        ds.Rows, ds.Columns = values.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored_bits, stored_bits - 1
+        ds.PixelRepresentation = int(signed)
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-1024"
+        ds.PixelData = values.tobytes()
+        if explicit:
+            ds["PixelData"].VR = "OB" if allocated == 8 else "OW"
+        path = pathlib.Path(folder) / f"slice{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit", "implicit"])
+@pytest.mark.parametrize("allocated,stored_bits,signed", [
+    (16, 12, False), (16, 12, True), (16, 16, True), (8, 8, False), (8, 6, True), (32, 20, True), (32, 32, False),
+])
+def test_native_read_equals_pydicom_pixel_array(tmp_path, allocated, stored_bits, signed, explicit, monkeypatch):
+    # the reader takes native pixel data straight from the file; pydicom's pixel_array and
+    # apply_rescale are the reference, unused high bits included
+    from pydicom.pixels import apply_rescale
+
+    paths = _native_slices(tmp_path, allocated=allocated, stored_bits=stored_bits, signed=signed, explicit=explicit)
+    expected = []
+    for path in reversed(paths):  # ascending z
+        ds = pydicom.dcmread(path)
+        expected.append(np.asarray(apply_rescale(ds.pixel_array, ds), np.float64).astype(np.float32))
+    monkeypatch.setattr(dicom_module, "_decode", lambda *a, **k: pytest.fail("fell back to a pydicom decode"))
+    image, _ = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), np.stack(expected))
+
+
+@pytest.mark.parametrize("transfer_syntax", ["explicit_le", "rle"])
+def test_box_read_decodes_only_the_slices_it_covers(tmp_path, transfer_syntax, monkeypatch):
+    stored = _stored(shape=(12, 20, 24))
+    _write(tmp_path, stored, transfer_syntax=transfer_syntax, shuffle_seed=3)
+    whole, _ = read_dicom_series(tmp_path)
+    series = dicom_module.open_dicom_series(tmp_path)
+    decoded = []
+    for name in ("_decode", "_decode_native"):
+        real = getattr(dicom_module, name)
+
+        def counting(path, *args, _real=real, **kwargs):
+            decoded.append(path)
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(dicom_module, name, counting)
+    box = series.read((3, 5, 4), (10, 11, 4))
+    assert len(set(decoded)) == 4
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(box),
+                                  sitk.GetArrayViewFromImage(whole)[4:8, 5:16, 3:13])
+    assert box.GetOrigin() == pytest.approx(whole.TransformIndexToPhysicalPoint((3, 5, 4)), abs=1e-9)
+    assert box.GetSpacing() == whole.GetSpacing() and box.GetDirection() == whole.GetDirection()
+    with pytest.raises(ValueError, match="outside the series"):
+        series.read((0, 0, 10), (24, 20, 3))
 
 
 def test_undecodable_compressed_data_names_the_transfer_syntax(tmp_path):

@@ -121,7 +121,7 @@ def make_run(root, *, modalities=("ct", "mri"), tables=True, errors=ERRORS, seed
                                                                "ct": {"window": [-190, 150]}},
                    "fit": {"methods": ["otsu", "kmeans", "gmm"], "bin_width": 1.0}},
         "versions": {"python": "3.11.9", "numpy": "2.1.0", "sarco-engine": "0.1.0"},
-        "platform": "Linux-6.1-x86_64", "input_sha256": {f"{p}/ct": "ab" * 32 for p in ids},
+        "platform": "Linux-6.1-x86_64", "input_blake3": {f"{p}/ct": "ab" * 32 for p in ids},
         "started_unix": 1732380000.0, "finished_unix": 1732380312.5}))
     (run / "model.json").write_text(json.dumps({
         "format": "sarco-model", "engine_version": "0.1.0", "config": {},

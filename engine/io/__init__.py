@@ -6,15 +6,19 @@ Images come back as float32 SimpleITK images in physical space (CT in HU); masks
 on the image's grid.
 """
 
-from engine.io.dicom import SeriesInfo, read_dicom_series, scan_dicom_folder
+from engine.io.dicom import DicomSeries, SeriesInfo, open_dicom_series, read_dicom_series, scan_dicom_folder
 from engine.io.inspect import format_inspection, inspect_path
 from engine.io.masks import read_mask, read_mask_native, same_grid
-from engine.io.volumes import read_image
+from engine.io.volumes import ImageSource, open_image, read_image
 from engine.io.write import write_dicom_seg, write_dicom_series, write_mask
 
 __all__ = [
+    "DicomSeries",
+    "ImageSource",
     "SeriesInfo",
     "scan_dicom_folder",
+    "open_dicom_series",
+    "open_image",
     "read_dicom_series",
     "read_image",
     "read_mask",

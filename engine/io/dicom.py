@@ -42,7 +42,7 @@ import numpy as np
 
 from engine.errors import InputError
 
-__all__ = ["SeriesInfo", "scan_dicom_folder", "read_dicom_series", "format_mm"]
+__all__ = ["DicomSeries", "SeriesInfo", "format_mm", "open_dicom_series", "read_dicom_series", "scan_dicom_folder"]
 
 STAGE = "ingest"
 
@@ -158,6 +158,8 @@ class SeriesInfo:
 class _Scan:
     groups: dict[str, list[tuple[pathlib.Path, object]]]  # series uid -> [(file, header dataset)]
     notes: list[str]
+    # file -> (offset of its top-level PixelData element, file size): where a native decode seeks to
+    pixel_at: dict[pathlib.Path, tuple[int, int]] = field(default_factory=dict)
 
 
 def _relative(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -251,8 +253,30 @@ def _collect_files(root: pathlib.Path, max_files: int, notes: list[str]) -> list
     return files
 
 
-def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str]):
-    """Header of one file (no pixel data), or None with a note saying why it was skipped."""
+#: The attributes the scan parses (with every item of the sequences named); the rest of a header,
+#: names and dates included, is stepped over unread. Whatever the reader, inspection or the
+#: series choice consult must be listed here.
+HEADER_KEYWORDS = (
+    "SOPClassUID", "Modality", "SeriesDescription", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+    "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+)
+
+#: (7FE0,0010) Pixel Data, as its tag is written in a little-endian data set.
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+
+
+def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str],
+                 pixel_at: dict[pathlib.Path, tuple[int, int]] | None = None):
+    """Header of one file (no pixel data), or None with a note saying why it was skipped.
+
+    ``pixel_at`` receives ``(offset, size)`` when the header stopped at a little-endian Pixel
+    Data element: ``offset`` is where that element starts, so a decode can seek straight to
+    it instead of parsing the header a second time.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -272,10 +296,13 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str]):
     try:
         with warnings.catch_warnings(), open(path, "rb") as handle:
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False)
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False, specific_tags=list(HEADER_KEYWORDS))
             # pydicom stops silently at the end of a truncated file; reading stops before the
             # pixel data otherwise, so a header that ran to the end of the file is suspect
-            at_end = handle.tell() >= size
+            stopped_at = handle.tell()
+            at_end = stopped_at >= size
+            # pydicom rewinds to the start of the element it stopped before
+            at_pixels = not at_end and handle.read(4) == _PIXEL_DATA_TAG_LE
     except InvalidDicomError:
         notes.append(f"{label}: skipped, not a DICOM file")
         return None
@@ -295,6 +322,8 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str]):
             return None
         notes.append(f"{label}: skipped, DICOM file without SeriesInstanceUID")
         return None
+    if at_pixels and pixel_at is not None:
+        pixel_at[path] = (stopped_at, size)
     return ds
 
 
@@ -307,13 +336,13 @@ def _scan(path, max_files: int) -> _Scan:
     notes: list[str] = []
     files = _collect_files(root, max_files, notes)
     base = root if root.is_dir() else root.parent
-    groups: dict[str, list[tuple[pathlib.Path, object]]] = {}
+    scan = _Scan(groups={}, notes=notes)
     for file in files:
-        header = _read_header(file, base, notes)
+        header = _read_header(file, base, notes, scan.pixel_at)
         if header is None:
             continue
-        groups.setdefault(str(header.SeriesInstanceUID), []).append((file, header))
-    return _Scan(groups=groups, notes=notes)
+        scan.groups.setdefault(str(header.SeriesInstanceUID), []).append((file, header))
+    return scan
 
 
 def _ts_label(uid) -> str:
@@ -672,6 +701,11 @@ def _select_series(scan: _Scan, series_uid: str | None, where, hint: str = DEFAU
     return uid, image_series[uid]
 
 
+# Native little-endian transfer syntaxes whose Pixel Data the reader takes straight from the
+# file: UID -> explicit VR. Everything else (compressed, deflated, big endian) goes through pydicom.
+_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}
+
+
 def _is_native(transfer_syntax) -> bool:
     from pydicom.uid import UID
 
@@ -681,8 +715,96 @@ def _is_native(transfer_syntax) -> bool:
         return False
 
 
+def _check_grayscale(header, modality: str) -> None:
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2") or "")
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(
+            STAGE, f"{modality} series is a colour image ({photometric}, {samples} samples per pixel); a grayscale CT/MR series is needed"
+        )
+
+
+@dataclass(frozen=True)
+class _NativeLayout:
+    """Where and how the stored values of a native little-endian file lie."""
+
+    offset: int  # of the Pixel Data element (its tag)
+    header_length: int  # 12 (explicit VR OB/OW) or 8 (implicit VR)
+    file_size: int
+    dtype: np.dtype
+    unused_bits: int  # BitsAllocated - BitsStored
+
+    def value_bytes(self, frames: int, rows: int, cols: int) -> int:
+        return frames * rows * cols * self.dtype.itemsize
+
+
+def _native_layout(header, pixel_at: tuple[int, int] | None) -> _NativeLayout | None:
+    """The layout of a file the reader can decode itself; None sends the file to pydicom."""
+    if pixel_at is None:
+        return None
+    ts = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
+    explicit = _NATIVE_LITTLE_ENDIAN.get(ts)
+    if explicit is None:
+        return None
+    try:
+        allocated = int(header.get("BitsAllocated") or 0)
+        stored = int(header.get("BitsStored") or allocated)
+        signed = int(header.get("PixelRepresentation") or 0) == 1
+    except (TypeError, ValueError):
+        return None
+    if allocated not in (8, 16, 32) or not 0 < stored <= allocated:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    return _NativeLayout(pixel_at[0], 12 if explicit else 8, pixel_at[1], dtype, allocated - stored)
+
+
+def _short_pixel_data(modality: str, where: str, found: int, expected: int, name: str) -> InputError:
+    return InputError(
+        STAGE,
+        f"{modality} slice at {where} has pixel data shorter than Rows x Columns "
+        f"({found} of {expected} bytes; file {name}): the file is truncated, re-export it",
+    )
+
+
+def _decode_native(path: pathlib.Path, layout: _NativeLayout, frames: int, rows: int, cols: int, modality: str,
+                   where: str) -> np.ndarray | None:
+    """Stored values (frames, rows, cols) read straight from the file, or None to let pydicom decode.
+
+    The values are those of pydicom's ``pixel_array`` for native data: little-endian integers
+    of BitsAllocated bits with the unused high bits cleared (unsigned) or sign-extended (signed).
+    """
+    expected = layout.value_bytes(frames, rows, cols)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(layout.offset)
+            head = handle.read(layout.header_length)
+            if len(head) < layout.header_length or head[:4] != _PIXEL_DATA_TAG_LE:
+                return None
+            if layout.header_length == 12:
+                if head[4:6] not in (b"OB", b"OW"):
+                    return None
+                length = int.from_bytes(head[8:12], "little")
+            else:
+                length = int.from_bytes(head[4:8], "little")
+            if length == 0xFFFFFFFF:  # encapsulated data under a native transfer syntax: pydicom's problem
+                return None
+            data = handle.read(min(length, expected))
+    except PermissionError:
+        raise InputError(STAGE, f"{modality} file is not readable (permission denied): {path.name}") from None
+    except OSError as exc:
+        raise InputError(STAGE, f"{modality} file {path.name} could not be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) < expected:
+        raise _short_pixel_data(modality, where, len(data), expected, path.name)
+    stored = np.frombuffer(data, dtype=layout.dtype).reshape(frames, rows, cols)
+    if layout.unused_bits:
+        stored = stored.copy()
+        np.left_shift(stored, layout.unused_bits, out=stored)
+        np.right_shift(stored, layout.unused_bits, out=stored)
+    return stored
+
+
 def _decode(path: pathlib.Path, frames_expected: int, rows: int, cols: int, modality: str, where: str) -> tuple[np.ndarray, object]:
-    """Decoded stored values of one file, (frames, rows, cols), and its dataset."""
+    """Decoded stored values of one file by pydicom, (frames, rows, cols), and its dataset."""
     import pydicom
 
     try:
@@ -697,21 +819,11 @@ def _decode(path: pathlib.Path, frames_expected: int, rows: int, cols: int, moda
     ts = _ts_label(ts_uid)
     if "PixelData" not in ds:
         raise InputError(STAGE, f"{modality} slice at {where} has no pixel data (file {path.name})")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "")
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(
-            STAGE, f"{modality} series is a colour image ({photometric}, {samples} samples per pixel); a grayscale CT/MR series is needed"
-        )
     if _is_native(ts_uid):
         bits_allocated = int(ds.get("BitsAllocated", 16) or 16)
         expected = rows * cols * frames_expected * bits_allocated // 8
         if len(ds.PixelData) < expected:
-            raise InputError(
-                STAGE,
-                f"{modality} slice at {where} has pixel data shorter than Rows x Columns "
-                f"({len(ds.PixelData)} of {expected} bytes; file {path.name}): the file is truncated, re-export it",
-            )
+            raise _short_pixel_data(modality, where, len(ds.PixelData), expected, path.name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -748,40 +860,125 @@ def _rescaled(stored: np.ndarray, ds, frame: _Frame) -> np.ndarray:
     return np.asarray(apply_rescale(stored, ds), dtype=np.float64).astype(np.float32)
 
 
-def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
-                      series_hint: str = DEFAULT_SERIES_HINT):
-    """Read one DICOM series into a float32 SimpleITK image in physical space.
+class DicomSeries:
+    """One checked DICOM series whose pixel data are decoded on demand, box by box.
 
-    Parameters
+    :func:`open_dicom_series` reads the headers, chooses the series and checks its geometry;
+    :meth:`read` decodes the slices a box covers and no others, so a caller that needs the
+    ROI's neighbourhood of a 300-slice CT decodes those slices only. Files in a native
+    little-endian transfer syntax are read straight from the Pixel Data offset the header
+    scan found (no second parse); compressed and unusual files are decoded by pydicom.
+
+    Attributes
     ----------
-    path : path-like
-        A series folder (loose files or a DICOMDIR tree) or a single DICOM file.
-    series_uid : str, optional
-        The SeriesInstanceUID to read when the folder holds several image series
-        (the manifest's ``ct_series_uid``/``mri_series_uid`` column). DICOM-SEG, SR and other non-image objects are ignored.
-    max_voxels : int
-        Refuse (before decoding any pixel data) a series whose headers claim more voxels.
-    max_files : int
-        Refuse folders with more files than this.
-    series_hint : str
-        How the caller chooses a series, said when the folder holds several (the engine names
-        the manifest's ``ct_series_uid``/``mri_series_uid`` column).
-
-    Returns
-    -------
-    image : SimpleITK.Image
-        float32, real-world values (HU for CT) after the Modality LUT / rescale;
-        ``GetArrayFromImage`` gives (Z, Y, X) with slices sorted along the slice normal.
     info : SeriesInfo
         With ``spacing``, ``origin`` and ``direction`` filled.
+    size : (x, y, z) ints
+        Columns, rows and slices.
+    """
+
+    def __init__(self, *, info: SeriesInfo, files: Sequence[pathlib.Path], headers: Sequence, frames: list[_Frame],
+                 geometry: _Geometry, modality: str, pixel_at: dict):
+        self.info = info
+        self._files = list(files)
+        self._headers = list(headers)
+        self._frames = frames
+        self._geometry = geometry
+        self._modality = modality
+        first = frames[0]
+        self.size = (first.cols, first.rows, len(frames))
+        self._carrier = None
+        self._layouts = [_native_layout(h, pixel_at.get(f)) for f, h in zip(self._files, self._headers)]
+
+    def physical_point(self, index: Sequence[int]) -> tuple[float, float, float]:
+        """Physical position (mm, LPS) of voxel ``index`` (x, y, z), by ITK's own arithmetic."""
+        import SimpleITK as sitk
+
+        if self._carrier is None:  # one voxel with the series geometry: ITK does not bound-check
+            self._carrier = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+            self._carrier.SetSpacing(self._geometry.spacing)
+            self._carrier.SetOrigin(self._geometry.origin)
+            self._carrier.SetDirection(self._geometry.direction)
+        return self._carrier.TransformIndexToPhysicalPoint([int(v) for v in index])
+
+    def _where(self, frame: _Frame) -> str:
+        normal = np.asarray(self._geometry.direction).reshape(3, 3)[:, 2]
+        return f"z={format_mm(float(np.dot(frame.position, normal)))} mm"
+
+    def check_lengths(self) -> None:
+        """Refuse a native file cut short inside its pixel data, from file sizes alone (no read)."""
+        rows, cols = self.size[1], self.size[0]
+        for file_index, file in enumerate(self._files):
+            layout = self._layouts[file_index]
+            if layout is None:
+                continue
+            n_frames = _frames_in(self._headers[file_index])
+            expected = layout.value_bytes(n_frames, rows, cols)
+            found = layout.file_size - layout.offset - layout.header_length
+            if found < expected:
+                frame = next(f for f in self._frames if f.file_index == file_index)
+                raise _short_pixel_data(self._modality, self._where(frame), max(found, 0), expected, file.name)
+
+    def _stored(self, file_index: int, frames: int) -> tuple[np.ndarray, object]:
+        rows, cols = self.size[1], self.size[0]
+        file = self._files[file_index]
+        where = self._where(next(f for f in self._frames if f.file_index == file_index))
+        layout = self._layouts[file_index]
+        if layout is not None:
+            stored = _decode_native(file, layout, frames, rows, cols, self._modality, where)
+            if stored is not None:
+                return stored, self._headers[file_index]
+        return _decode(file, frames, rows, cols, self._modality, where)
+
+    def read(self, index: Sequence[int] = (0, 0, 0), size: Sequence[int] | None = None):
+        """The float32 SimpleITK image of the box ``index`` .. ``index + size`` (x, y, z; default everything).
+
+        Real-world values (HU for CT); the box keeps the series' spacing and direction, its
+        origin is the physical position of ``index``.
+        """
+        import SimpleITK as sitk
+
+        x0, y0, z0 = (int(v) for v in index)
+        nx, ny, nz = (int(v) for v in (size if size is not None else self.size))
+        if min(x0, y0, z0) < 0 or min(nx, ny, nz) < 1 or x0 + nx > self.size[0] or y0 + ny > self.size[1] \
+                or z0 + nz > self.size[2]:
+            raise ValueError(f"box {tuple(index)} + {(nx, ny, nz)} lies outside the series ({self.size})")
+        slot_of = {self._geometry.order[z0 + k]: k for k in range(nz)}
+        by_file: dict[int, list[int]] = {}
+        for frame_index in slot_of:
+            by_file.setdefault(self._frames[frame_index].file_index, []).append(frame_index)
+        volume = np.empty((nz, ny, nx), dtype=np.float32)
+        for file_index in sorted(by_file):
+            stored, ds = self._stored(file_index, _frames_in(self._headers[file_index]))
+            for frame_index in by_file[file_index]:
+                frame = self._frames[frame_index]
+                plane = stored[frame.frame_index or 0, y0:y0 + ny, x0:x0 + nx]
+                volume[slot_of[frame_index]] = _rescaled(plane, ds, frame)
+            del stored, ds
+        if not np.isfinite(volume).all():
+            raise InputError(STAGE, f"{self._modality} series gives non-finite values after its Rescale Slope/Intercept "
+                                    "or Modality LUT; the header is corrupt, re-export the series")
+        image = sitk.GetImageFromArray(volume, isVector=False)
+        image.SetSpacing(self._geometry.spacing)
+        image.SetOrigin(self.physical_point((x0, y0, z0)))
+        image.SetDirection(self._geometry.direction)
+        return image
+
+
+def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
+                      series_hint: str = DEFAULT_SERIES_HINT) -> DicomSeries:
+    """Find, choose and check one DICOM series from its headers; decode nothing yet.
+
+    Parameters are those of :func:`read_dicom_series`. Every check that needs no pixel value
+    happens here: one modality, a regular stack, grayscale, the voxel limit, and native files
+    cut short inside their pixel data. What only decoding can show (a corrupt compressed
+    frame) is found by :meth:`DicomSeries.read`, for the slices it is asked to decode.
 
     Raises
     ------
     InputError
         With a sentence naming the problem (stage ``ingest``).
     """
-    import SimpleITK as sitk
-
     scan = _scan(path, max_files)
     uid, members = _select_series(scan, series_uid, path, series_hint)
     headers = [h for _, h in members]
@@ -818,28 +1015,51 @@ def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         notes = [note.replace(": skipped, ", ": ") for note in _summarise_notes(scan.notes)]
         skipped = f"{len(scan.notes)} file{'s' if len(scan.notes) > 1 else ''} skipped"
         raise InputError(STAGE, f"{error.reason} ({skipped}: {'; '.join(notes)})") from None
-
-    volume = np.empty((len(frames), rows, cols), dtype=np.float32)
-    position_of_frame = {id(frames[i]): slot for slot, i in enumerate(geometry.order)}
-    for file_index, file in enumerate(files):
-        file_frames = [f for f in frames if f.file_index == file_index]
-        if not file_frames:
-            continue
-        normal = np.asarray(geometry.direction).reshape(3, 3)[:, 2]
-        where = f"z={format_mm(float(np.dot(file_frames[0].position, normal)))} mm"
-        stored, ds = _decode(file, len(file_frames), rows, cols, modality, where)
-        for frame in file_frames:
-            index = frame.frame_index or 0
-            volume[position_of_frame[id(frame)]] = _rescaled(stored[index], ds, frame)
-        del stored, ds
-
-    image = sitk.GetImageFromArray(volume, isVector=False)
-    image.SetSpacing(geometry.spacing)
-    image.SetOrigin(geometry.origin)
-    image.SetDirection(geometry.direction)
+    for header in headers:
+        _check_grayscale(header, modality)
 
     info = _series_info(uid, members, tuple(_summarise_notes(scan.notes)) + tuple(geometry.notes))
     info = dataclasses.replace(
         info, spacing=tuple(geometry.spacing), origin=geometry.origin, direction=geometry.direction, n_slices=len(frames)
     )
-    return image, info
+    series = DicomSeries(info=info, files=files, headers=headers, frames=frames, geometry=geometry, modality=modality,
+                         pixel_at=scan.pixel_at)
+    series.check_lengths()
+    return series
+
+
+def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
+                      series_hint: str = DEFAULT_SERIES_HINT):
+    """Read one DICOM series into a float32 SimpleITK image in physical space.
+
+    Parameters
+    ----------
+    path : path-like
+        A series folder (loose files or a DICOMDIR tree) or a single DICOM file.
+    series_uid : str, optional
+        The SeriesInstanceUID to read when the folder holds several image series
+        (the manifest's ``ct_series_uid``/``mri_series_uid`` column). DICOM-SEG, SR and other non-image objects are ignored.
+    max_voxels : int
+        Refuse (before decoding any pixel data) a series whose headers claim more voxels.
+    max_files : int
+        Refuse folders with more files than this.
+    series_hint : str
+        How the caller chooses a series, said when the folder holds several (the engine names
+        the manifest's ``ct_series_uid``/``mri_series_uid`` column).
+
+    Returns
+    -------
+    image : SimpleITK.Image
+        float32, real-world values (HU for CT) after the Modality LUT / rescale;
+        ``GetArrayFromImage`` gives (Z, Y, X) with slices sorted along the slice normal.
+    info : SeriesInfo
+        With ``spacing``, ``origin`` and ``direction`` filled.
+
+    Raises
+    ------
+    InputError
+        With a sentence naming the problem (stage ``ingest``).
+    """
+    series = open_dicom_series(path, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files,
+                               series_hint=series_hint)
+    return series.read(), series.info

@@ -432,8 +432,9 @@ def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequ
     path : path-like
         NIfTI/NRRD/MetaImage label map, 3D Slicer ``.seg.nrrd``, or DICOM-SEG file (or a
         folder holding exactly one DICOM-SEG).
-    reference : SimpleITK.Image
-        The image the mask belongs to; the result has its size, spacing, origin and direction.
+    reference : SimpleITK.Image or engine.io.ImageSource
+        The image the mask belongs to (only its geometry is used); the result has its size,
+        spacing, origin and direction.
     labels : sequence of int, optional
         Label values to keep (label maps: voxel values; ``.seg.nrrd``: ``Segment{i}_LabelValue``;
         DICOM-SEG: SegmentNumber). Default: every non-zero value / every segment.
@@ -474,10 +475,14 @@ def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequ
         raise InputError(STAGE, "ROI mask is empty (every voxel is 0): the segmentation was not saved, or another "
                                 "file was exported; re-export the ROI")
     if same_grid(native, reference):
-        on_reference = sitk.Image(native)
-        on_reference.CopyInformation(reference)
-        return on_reference
-    on_reference = sitk.Resample(native, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        # the mask is freshly read and ours: take the reference's exact geometry in place, no copy
+        native.SetSpacing(reference.GetSpacing())
+        native.SetOrigin(reference.GetOrigin())
+        native.SetDirection(reference.GetDirection())
+        return native
+    on_reference = sitk.Resample(native, list(reference.GetSize()), sitk.Transform(), sitk.sitkNearestNeighbor,
+                                 reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection(), 0,
+                                 sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(on_reference).any():
         mask_low, mask_high = _roi_bounds(native)
         image_low, image_high = physical_bounds(reference)

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.errors import InputError
 
-__all__ = ["read_image", "image_format", "VOLUME_SUFFIXES"]
+__all__ = ["ImageSource", "open_image", "read_image", "image_format", "VOLUME_SUFFIXES"]
 
 STAGE = "ingest"
 
@@ -89,35 +89,61 @@ def _nifti_voxel_count(dims) -> int | None:
     return int(np.prod(np.maximum(dims[1 : n_dims + 1], 1)))
 
 
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Bytes (header, extensions and voxel data) the NIfTI header describes, or None if not understood."""
+    parsed = _nifti_header(header)
+    if parsed is None:
+        return None
+    _, dims, _, bitpix, offset = parsed
+    count = _nifti_voxel_count(dims)
+    if count is None or bitpix <= 0:
+        return None
+    return max(offset, 348) + count * bitpix // 8
+
+
+def _gzip_trailer_size(path) -> int | None:
+    """ISIZE of a gzip file: its last 4 bytes, the uncompressed length modulo 2**32 (RFC 1952)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            tail = handle.read(4)
+    except OSError:
+        return None
+    return int.from_bytes(tail, "little") if len(tail) == 4 else None
+
+
 def _nifti_short_by(path) -> str | None:
     """Why a NIfTI file is incomplete (it ends before the voxel data its header describes), or None.
 
     ITK's NIfTI reader fills the missing end of a truncated ``.nii`` or ``.nii.gz`` with zeros
     without telling, which turns an interrupted copy into a smaller ROI or a black slab of
-    image; so the data length is checked here (a gzip stream is read to its end, which also
-    checks its CRC). None when the file is complete or its header is not understood.
+    image; so the data length is checked here. For ``.nii`` the file size says it. For
+    ``.nii.gz``, a complete stream ends with its uncompressed length (the gzip trailer): when
+    that matches the header the file is whole, as a cut stream ends in compressed data that
+    match by a 1-in-2**32 chance; otherwise the stream is read to its end (which also checks
+    its CRC) to say what is wrong. None when the file is complete or its header is not understood.
     """
     import zlib
 
     opener = _nifti_opener(path)
-    expected, found = None, 0
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(540)
-            parsed = _nifti_header(header)
-            if parsed is None:
-                return None
-            _, dims, _, bitpix, offset = parsed
-            count = _nifti_voxel_count(dims)
-            if count is None or bitpix <= 0:
-                return None
-            expected = max(offset, 348) + count * bitpix // 8
-            found = len(header)
+            expected = _nifti_expected_bytes(handle.read(540))
+    except (EOFError, OSError, zlib.error):
+        return None  # the header itself is unreadable: ITK says so
+    if expected is None:
+        return None
+    if opener is open:
+        found = os.path.getsize(path)
+        return f"its header describes {expected} bytes, the file holds only {found}" if found < expected else None
+    if _gzip_trailer_size(path) == expected % 2**32:
+        return None
+    found = 0
+    try:
+        with opener(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 found += len(block)
     except (EOFError, OSError, zlib.error):  # a gzip stream cut short, or a bad CRC
-        if expected is None:
-            return None  # the header itself is unreadable: ITK says so
         return f"its compressed data are cut short or corrupt (the header describes {expected} bytes)"
     if found < expected:
         return f"its header describes {expected} bytes, the file holds only {found}"
@@ -192,6 +218,119 @@ def read_volume_file(path, *, stage: str = STAGE, what: str = "image file", max_
         raise InputError(stage, f"{what} could not be read (truncated or corrupt data): {path}") from None
 
 
+class ImageSource:
+    """An image in physical space whose voxels are read on demand, one box at a time.
+
+    A DICOM series is checked when opened (headers, geometry) and decoded only where
+    :meth:`read` asks: the ROI's neighbourhood, not the whole series. Other formats are read
+    whole when opened (their readers cannot read part of a file). The geometry getters follow
+    SimpleITK, so grid arithmetic treats a source like an image.
+
+    Attributes
+    ----------
+    info : dict
+        As :func:`read_image` returns it.
+    """
+
+    def __init__(self, info: dict, *, series=None, image=None):
+        import SimpleITK as sitk
+
+        self.info = info
+        self._series = series
+        self._image = image
+        self._size = tuple(int(v) for v in (series.size if series is not None else image.GetSize()))
+        # one voxel carrying the geometry: index <-> physical transforms by ITK's own arithmetic
+        # (ITK does not bound-check them), without allocating the whole grid
+        self._carrier = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        if series is not None:
+            info = series.info
+            self._carrier.SetSpacing(info.spacing)
+            self._carrier.SetOrigin(info.origin)
+            self._carrier.SetDirection(info.direction)
+        else:
+            self._carrier.SetSpacing(image.GetSpacing())
+            self._carrier.SetOrigin(image.GetOrigin())
+            self._carrier.SetDirection(image.GetDirection())
+
+    def GetDimension(self):  # noqa: N802 - SimpleITK's names
+        return 3
+
+    def GetSize(self):  # noqa: N802
+        return self._size
+
+    def GetSpacing(self):  # noqa: N802
+        return self._carrier.GetSpacing()
+
+    def GetOrigin(self):  # noqa: N802
+        return self._carrier.GetOrigin()
+
+    def GetDirection(self):  # noqa: N802
+        return self._carrier.GetDirection()
+
+    def TransformIndexToPhysicalPoint(self, index):  # noqa: N802
+        return self._carrier.TransformIndexToPhysicalPoint([int(v) for v in index])
+
+    def TransformContinuousIndexToPhysicalPoint(self, index):  # noqa: N802
+        return self._carrier.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
+
+    def read(self, index=(0, 0, 0), size=None):
+        """float32 SimpleITK image of the box ``index`` .. ``index + size`` (x, y, z; default all)."""
+        import SimpleITK as sitk
+
+        if self._series is not None:
+            return self._series.read(index, size)
+        if size is None and tuple(index) == (0, 0, 0):
+            return self._image
+        size = list(self._image.GetSize()) if size is None else [int(v) for v in size]
+        return sitk.RegionOfInterest(self._image, size, [int(v) for v in index])
+
+
+def _geometry_info(image) -> dict:
+    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "origin": list(image.GetOrigin()),
+            "direction": list(image.GetDirection())}
+
+
+def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
+               series_hint: str | None = None) -> ImageSource:
+    """Open an image for reading by boxes; a DICOM series is checked now and decoded later.
+
+    Parameters and errors are those of :func:`read_image`, except that pixel-level problems of
+    a DICOM series (a corrupt compressed frame) surface when :meth:`ImageSource.read` decodes
+    the slices concerned.
+    """
+    import SimpleITK as sitk
+
+    from engine.io.dicom import open_dicom_series
+
+    target = _check_access(path, STAGE, "image file")
+    kind = image_format(target)
+    if kind in ("dicom-folder", "dicom-file"):
+        hint = {} if series_hint is None else {"series_hint": series_hint}
+        series = open_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files, **hint)
+        info = {"format": kind, **series.info.as_dict(), "size": list(series.size)}
+        return ImageSource(info, series=series)
+    image = read_volume_file(target, max_voxels=max_voxels)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            STAGE, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel; a grayscale volume is needed: {path}"
+        )
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise InputError(STAGE, f"image is {image.GetDimension()}-D; a 3-D volume is needed: {path}")
+    if kind in (".nii", ".nii.gz") and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        counts = _nifti_nonfinite(target)
+        if counts is not None and (counts[0] or counts[1]):
+            raise InputError(STAGE, _nonfinite_message(*counts))
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(values)
+    if not finite.all():
+        n_nan = int(np.isnan(values).sum())
+        raise InputError(STAGE, _nonfinite_message(n_nan, int(values.size - finite.sum() - n_nan)))
+    return ImageSource({"format": kind, **_geometry_info(image)}, image=image)
+
+
 def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
                series_hint: str | None = None):
     """Read an image in physical space as float32.
@@ -224,42 +363,6 @@ def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
         Missing or unreadable path, a DICOM problem (see :func:`engine.io.dicom.read_dicom_series`),
         a non-3-D or multi-component volume, or NaN/Inf voxels.
     """
-    import SimpleITK as sitk
-
-    from engine.io.dicom import read_dicom_series
-
-    target = _check_access(path, STAGE, "image file")
-    kind = image_format(target)
-    if kind in ("dicom-folder", "dicom-file"):
-        hint = {} if series_hint is None else {"series_hint": series_hint}
-        image, series = read_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files,
-                                          **hint)
-        info = {"format": kind, **series.as_dict()}
-    else:
-        image = read_volume_file(target, max_voxels=max_voxels)
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            raise InputError(
-                STAGE, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel; a grayscale volume is needed: {path}"
-            )
-        if image.GetDimension() == 2:
-            image = sitk.JoinSeries(image)
-        if image.GetDimension() != 3:
-            raise InputError(STAGE, f"image is {image.GetDimension()}-D; a 3-D volume is needed: {path}")
-        if kind in (".nii", ".nii.gz") and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-            counts = _nifti_nonfinite(target)
-            if counts is not None and (counts[0] or counts[1]):
-                raise InputError(STAGE, _nonfinite_message(*counts))
-        image = sitk.Cast(image, sitk.sitkFloat32)
-        info = {"format": kind}
-    values = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(values)
-    if not finite.all():
-        n_nan = int(np.isnan(values).sum())
-        raise InputError(STAGE, _nonfinite_message(n_nan, int(values.size - finite.sum() - n_nan)))
-    info.update(
-        size=list(image.GetSize()),
-        spacing=list(image.GetSpacing()),
-        origin=list(image.GetOrigin()),
-        direction=list(image.GetDirection()),
-    )
-    return image, info
+    source = open_image(path, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files,
+                        series_hint=series_hint)
+    return source.read(), source.info
