@@ -78,12 +78,17 @@ def test_only_selects_benchmarks(tmp_path, monkeypatch):
 
 
 def test_e2e_contenders_agree_on_one_series(tmp_path):
-    (row,) = e2e.run(quick=True, cache_dir=tmp_path / "cache", n_series=1, repeats=1)
-    assert {"floor_s", "ours_s", "naive_s", "ours_vs_floor", "naive_vs_ours", "roi_voxels_ours",
-            "roi_voxels_naive", "mean_hu_diff", "same_result"} <= set(row)
-    # Equivalence, not speed: the crop-resample is the whole-volume resample inside the crop.
-    assert row["roi_voxels_ours"] == row["roi_voxels_naive"]
-    assert row["same_result"] is True
+    slab, lumbar = e2e.run(quick=True, cache_dir=tmp_path / "cache", n_series=1, repeats=1)
+    for row in (slab, lumbar):
+        assert {"floor_s", "ours_s", "naive_s", "ours_vs_floor", "naive_vs_ours", "roi_voxels_ours",
+                "roi_voxels_naive", "mean_hu_diff", "same_result"} <= set(row)
+        # Equivalence, not speed: the crop-resample is the whole-volume resample inside the crop.
+        assert row["roi_voxels_ours"] == row["roi_voxels_naive"]
+        assert row["same_result"] is True
+    # the lumbar series is the slab padded with slices outside the ROI: the same ROI, more files
+    assert (slab["n_files"], lumbar["n_files"]) == (17, e2e.LUMBAR_SLICES)
+    assert lumbar["roi_voxels_ours"] == slab["roi_voxels_ours"]
+    assert lumbar["mean_hu_ours"] == pytest.approx(slab["mean_hu_ours"], abs=1e-9)
 
 
 def test_command_line_entry_point_parses():
