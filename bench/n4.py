@@ -29,18 +29,14 @@ SHRINK_FACTORS = (4, 2)
 
 
 def resampled_crop(job: dict, config):
-    """The MRI crop N4 sees in pass 1: read, mask, crop + margin, 1 mm resample (untimed)."""
-    import SimpleITK as sitk
-
-    from engine.io import read_image, read_mask
+    """The MRI crop N4 sees in pass 1: open, mask, crop + margin, 1 mm resample (untimed)."""
+    from engine.io import open_image, read_mask
     from engine.preprocess import crop_and_resample
 
-    image, _ = read_image(job["image"])
+    image = open_image(job["image"])
     mask = read_mask(job["roi"], image)
     prep = config.modality_preprocess("mri")
-    background = float(np.min(sitk.GetArrayViewFromImage(image)))
-    crop, _ = crop_and_resample(image, mask, config.preprocess.spacing_mm, prep.crop_margin_mm,
-                                default_value=background)
+    crop, _ = crop_and_resample(image, mask, config.preprocess.spacing_mm, prep.crop_margin_mm)
     return crop
 
 
