@@ -860,6 +860,18 @@ def _rescaled(stored: np.ndarray, ds, frame: _Frame) -> np.ndarray:
     return np.asarray(apply_rescale(stored, ds), dtype=np.float64).astype(np.float32)
 
 
+def geometry_carrier(spacing, origin, direction):
+    """A 1-voxel SimpleITK image with this geometry: index <-> physical transforms by ITK's own
+    arithmetic (ITK does not bound-check them) without allocating the whole grid."""
+    import SimpleITK as sitk
+
+    carrier = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    carrier.SetSpacing(tuple(spacing))
+    carrier.SetOrigin(tuple(origin))
+    carrier.SetDirection(tuple(direction))
+    return carrier
+
+
 class DicomSeries:
     """One checked DICOM series whose pixel data are decoded on demand, box by box.
 
@@ -875,6 +887,8 @@ class DicomSeries:
         With ``spacing``, ``origin`` and ``direction`` filled.
     size : (x, y, z) ints
         Columns, rows and slices.
+    carrier : SimpleITK.Image
+        1 voxel with the series geometry (:func:`geometry_carrier`).
     """
 
     def __init__(self, *, info: SeriesInfo, files: Sequence[pathlib.Path], headers: Sequence, frames: list[_Frame],
@@ -887,19 +901,11 @@ class DicomSeries:
         self._modality = modality
         first = frames[0]
         self.size = (first.cols, first.rows, len(frames))
-        self._carrier = None
+        self.carrier = geometry_carrier(geometry.spacing, geometry.origin, geometry.direction)
         self._layouts = [_native_layout(h, pixel_at.get(f)) for f, h in zip(self._files, self._headers)]
-
-    def physical_point(self, index: Sequence[int]) -> tuple[float, float, float]:
-        """Physical position (mm, LPS) of voxel ``index`` (x, y, z), by ITK's own arithmetic."""
-        import SimpleITK as sitk
-
-        if self._carrier is None:  # one voxel with the series geometry: ITK does not bound-check
-            self._carrier = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-            self._carrier.SetSpacing(self._geometry.spacing)
-            self._carrier.SetOrigin(self._geometry.origin)
-            self._carrier.SetDirection(self._geometry.direction)
-        return self._carrier.TransformIndexToPhysicalPoint([int(v) for v in index])
+        self._first_frame: dict[int, _Frame] = {}  # file index -> its first frame, for messages
+        for frame in frames:
+            self._first_frame.setdefault(frame.file_index, frame)
 
     def _where(self, frame: _Frame) -> str:
         normal = np.asarray(self._geometry.direction).reshape(3, 3)[:, 2]
@@ -916,13 +922,13 @@ class DicomSeries:
             expected = layout.value_bytes(n_frames, rows, cols)
             found = layout.file_size - layout.offset - layout.header_length
             if found < expected:
-                frame = next(f for f in self._frames if f.file_index == file_index)
+                frame = self._first_frame[file_index]
                 raise _short_pixel_data(self._modality, self._where(frame), max(found, 0), expected, file.name)
 
     def _stored(self, file_index: int, frames: int) -> tuple[np.ndarray, object]:
         rows, cols = self.size[1], self.size[0]
         file = self._files[file_index]
-        where = self._where(next(f for f in self._frames if f.file_index == file_index))
+        where = self._where(self._first_frame[file_index])
         layout = self._layouts[file_index]
         if layout is not None:
             stored = _decode_native(file, layout, frames, rows, cols, self._modality, where)
@@ -960,7 +966,7 @@ class DicomSeries:
                                     "or Modality LUT; the header is corrupt, re-export the series")
         image = sitk.GetImageFromArray(volume, isVector=False)
         image.SetSpacing(self._geometry.spacing)
-        image.SetOrigin(self.physical_point((x0, y0, z0)))
+        image.SetOrigin(self.carrier.TransformIndexToPhysicalPoint((x0, y0, z0)))
         image.SetDirection(self._geometry.direction)
         return image
 

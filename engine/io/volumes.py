@@ -233,24 +233,16 @@ class ImageSource:
     """
 
     def __init__(self, info: dict, *, series=None, image=None):
-        import SimpleITK as sitk
+        from engine.io.dicom import geometry_carrier
 
         self.info = info
         self._series = series
         self._image = image
-        self._size = tuple(int(v) for v in (series.size if series is not None else image.GetSize()))
-        # one voxel carrying the geometry: index <-> physical transforms by ITK's own arithmetic
-        # (ITK does not bound-check them), without allocating the whole grid
-        self._carrier = sitk.Image([1, 1, 1], sitk.sitkUInt8)
         if series is not None:
-            info = series.info
-            self._carrier.SetSpacing(info.spacing)
-            self._carrier.SetOrigin(info.origin)
-            self._carrier.SetDirection(info.direction)
+            self._size, self._carrier = tuple(series.size), series.carrier
         else:
-            self._carrier.SetSpacing(image.GetSpacing())
-            self._carrier.SetOrigin(image.GetOrigin())
-            self._carrier.SetDirection(image.GetDirection())
+            self._size = tuple(int(v) for v in image.GetSize())
+            self._carrier = geometry_carrier(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
     def GetDimension(self):  # noqa: N802 - SimpleITK's names
         return 3
