@@ -71,6 +71,9 @@ class InlineExecutor:
         args = [a.result() if isinstance(a, _Done) else a for a in args]
         return _Done(fn(*args, **kwargs))
 
+    def map(self, fn, *iterables, keys, **kwargs):
+        return [self.submit(fn, *args, **kwargs) for args in zip(*iterables, strict=True)]
+
     def as_completed(self, futures):
         yield from futures
 
@@ -82,6 +85,14 @@ class DaskExecutor:
 
     def submit(self, fn, *args, key=None, **kwargs):
         return self.client.submit(fn, *args, key=key, pure=False, **kwargs)
+
+    def map(self, fn, *iterables, keys, **kwargs):
+        """One task per element, sent to the scheduler as one graph.
+
+        A ``submit`` per task costs the scheduler a graph update (and its bookkeeping) per task;
+        one ``map`` per pass halves the scheduler's memory per task (bench/results, #4).
+        """
+        return self.client.map(fn, *iterables, key=list(keys), pure=False, **kwargs)
 
     def as_completed(self, futures):
         from distributed import as_completed
@@ -95,8 +106,14 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
     if scheduler == "inline":
         yield InlineExecutor()
         return
+    import dask
     from distributed import Client
 
+    # A local cluster's workers run without Dask's statistical profiler: it samples every thread's
+    # stack every 10 ms and keeps up to 1,000 one-second profiles per worker, so a worker's memory
+    # grew with the batch's duration, and it costs CPU (measured, README "Memory"). The dashboard
+    # works without it; an external cluster keeps its own setting.
+    no_profiler = {"distributed.worker.profile.enabled": False}
     cluster = None
     if scheduler:
         client = Client(scheduler, timeout="30s")
@@ -107,15 +124,17 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
             raise RunFailed("backend gpu needs dask-cuda for its local cluster: pip install 'sarco-engine[gpu]' "
                             "(or pass --scheduler to use an existing cluster)") from exc
         # One worker per GPU; DICOM decoding runs on the worker's CPU threads.
-        cluster = LocalCUDACluster(threads_per_worker=max(1, (os.cpu_count() or 2) // 2), silence_logs=logging.WARNING)
+        with dask.config.set(no_profiler):
+            cluster = LocalCUDACluster(threads_per_worker=max(1, (os.cpu_count() or 2) // 2),
+                                       silence_logs=logging.WARNING)
         client = Client(cluster)
     else:
         from distributed import LocalCluster
 
-        n_workers = workers or os.cpu_count() or 1
         # Processes, one thread each: pydicom decoding holds the GIL.
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":8787", silence_logs=logging.WARNING)
+        with dask.config.set(no_profiler):
+            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                   dashboard_address=":8787", silence_logs=logging.WARNING)
         client = Client(cluster)
     try:
         yield DaskExecutor(client)
@@ -236,8 +255,8 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
 def _fit_modality(executor, modality, train, cfg, backend, notes) -> dict:
     lo, hi = histogram_range(modality, cfg, train)
     width = cfg.modality_fit(modality).bin_width
-    futures = [executor.submit(patient_histogram, s["sample"], lo, hi, width, backend,
-                               key=f"histogram-{s['patient_id']}-{modality}") for s in train]
+    futures = executor.map(patient_histogram, [s["sample"] for s in train], lo=lo, hi=hi, bin_width=width,
+                           backend=backend, keys=[f"histogram-{s['patient_id']}-{modality}" for s in train])
     counts = tree_reduce(executor, futures, sum_histograms)
     fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
     return {
@@ -257,22 +276,19 @@ def threshold_values(thresholds: dict, modality: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the passes
 def _pass1(executor, jobs, cfg, cache_dir, force) -> list[dict]:
     config = cfg.to_dict()
-    futures = [executor.submit(ingest_and_preprocess, job, config, str(cache_dir), force,
-                               key=f"pass1-{job['patient_id']}-{job['modality']}") for job in jobs]
+    futures = executor.map(ingest_and_preprocess, jobs, config=config, cache_dir=str(cache_dir), force=force,
+                           keys=[f"pass1-{job['patient_id']}-{job['modality']}" for job in jobs])
     return list(_progress(futures, executor, "pass 1: ingest + preprocess"))
 
 
 def _pass2(executor, summaries, thresholds, cfg, out_dir, cache_dir, backend, force) -> list[dict]:
     config = cfg.to_dict()
     habitat_dir = str(out_dir / "habitats") if cfg.run.habitats else None
-    futures = []
-    for summary in summaries:
-        modality = summary["modality"]
-        if modality not in thresholds["modalities"]:
-            continue
-        futures.append(executor.submit(classify_and_measure, summary, threshold_values(thresholds, modality), config,
-                                       habitat_dir, str(cache_dir), backend, force,
-                                       key=f"pass2-{summary['patient_id']}-{modality}"))
+    todo = [s for s in summaries if s["modality"] in thresholds["modalities"]]
+    frozen = {modality: threshold_values(thresholds, modality) for modality in thresholds["modalities"]}
+    futures = executor.map(classify_and_measure, todo, [frozen[s["modality"]] for s in todo], config=config,
+                           habitat_dir=habitat_dir, cache_dir=str(cache_dir), backend=backend, force=force,
+                           keys=[f"pass2-{s['patient_id']}-{s['modality']}" for s in todo])
     return list(_progress(futures, executor, "pass 2: classify + measure"))
 
 

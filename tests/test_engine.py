@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,6 +127,21 @@ def test_local_cluster_gives_byte_identical_outputs(ct_manifest, ct_reference, t
     run(ct_manifest, out_dir=tmp_path, config=_config(scheduler=None, workers=workers))
     for name in IDENTICAL_FILES:
         assert _digest(tmp_path / name) == _digest(ct_reference / name), name
+
+
+def test_local_cluster_workers_run_without_the_profiler():
+    """The statistical profiler grows each worker's memory with the batch's duration (#4)."""
+    from engine.pipeline import open_executor, sum_histograms
+
+    with open_executor(None, 1, "cpu") as executor:
+        settings = executor.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        assert list(settings.values()) == [False]
+        # a pass is one graph of readable per-patient keys
+        futures = executor.map(sum_histograms, [np.ones(3, np.int64)] * 2, [np.ones(3, np.int64)] * 2,
+                               keys=["histogram-P1-ct", "histogram-P2-ct"])
+        assert [f.key for f in futures] == ["histogram-P1-ct", "histogram-P2-ct"]
+        assert [list(f.result()) for f in futures] == [[2, 2, 2]] * 2
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # the caller's setting is untouched
 
 
 def _free_port() -> int:
