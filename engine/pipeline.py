@@ -75,7 +75,7 @@ class InlineExecutor:
         return [self.submit(fn, *args, **kwargs) for args in zip(*iterables, strict=True)]
 
     def as_completed(self, futures):
-        yield from futures
+        return iter(list(futures))
 
 
 class DaskExecutor:
@@ -97,7 +97,7 @@ class DaskExecutor:
     def as_completed(self, futures):
         from distributed import as_completed
 
-        yield from as_completed(futures)
+        return as_completed(futures)
 
 
 @contextmanager
@@ -148,10 +148,16 @@ def _progress(futures, executor, desc: str):
     from tqdm import tqdm
 
     bar = tqdm(total=len(futures), desc=desc, unit="task", disable=not sys.stderr.isatty(), leave=True)
+    completed = executor.as_completed(futures)
+    # The iterator holds the futures now: each one is dropped once its result is taken, so the
+    # scheduler forgets finished tasks during the pass instead of at its end.
+    futures.clear()
     try:
-        for future in executor.as_completed(futures):
+        for future in completed:
             bar.update(1)
-            yield future.result()
+            result = future.result()
+            del future
+            yield result
     finally:
         bar.close()
 

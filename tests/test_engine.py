@@ -183,11 +183,12 @@ def test_sigkill_then_rerun_resumes_without_redoing_work(ct_manifest, ct_referen
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     cache = out / "cache"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(cache.glob("*__ct.npz"))) < 4:
+    while time.monotonic() < deadline and len(list(cache.glob("*__ct.json"))) < 4:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {p: p.stat().st_mtime_ns for p in cache.glob("*__ct.npz")}
+    # finished = its summary is written (after its sample); the kill may land between the two
+    done_before = {p: p.stat().st_mtime_ns for p in cache.glob("*__ct.npz") if p.with_suffix(".json").exists()}
     assert 4 <= len(done_before) < N_PATIENTS, "the kill should land part-way through pass 1"
     assert not (out / "features.csv").exists()
 
