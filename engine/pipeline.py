@@ -33,7 +33,7 @@ from .config import MODALITIES, Config, load_config
 from .errors import PatientError, SarcoError
 from .manifest import Manifest, assign_splits, read_manifest
 from .outputs import write_csv, write_json, write_parquet
-from .tasks import classify_and_measure, feature_names, ingest_and_preprocess, patient_histogram, sum_histograms
+from .tasks import classify_and_measure, feature_names, group_histogram, ingest_and_preprocess, sum_histograms
 
 log = logging.getLogger("sarco")
 
@@ -45,6 +45,9 @@ PUBLISHED_OUTPUTS = ("thresholds.json", "features.csv", "features.parquet", "err
 MODEL_FORMAT = "sarco-model"
 MODEL_FORMAT_VERSION = 1
 ERROR_COLUMNS = ["patient_id", "modality", "stage", "reason"]
+# Leaves of the cohort histogram reduction: enough tasks to keep every worker busy, few enough
+# that the partial histograms alive at once stay small whatever the cohort's size.
+MAX_HISTOGRAM_GROUPS = 64
 
 
 class RunFailed(SarcoError):
@@ -90,7 +93,7 @@ class DaskExecutor:
         """One task per element, sent to the scheduler as one graph.
 
         A ``submit`` per task costs the scheduler a graph update (and its bookkeeping) per task;
-        one ``map`` per pass halves the scheduler's memory per task (bench/results, #4).
+        one ``map`` per pass halved the scheduler process's growth per task in a probe (README "Performance").
         """
         return self.client.map(fn, *iterables, key=list(keys), pure=False, **kwargs)
 
@@ -111,7 +114,7 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
 
     # A local cluster's workers run without Dask's statistical profiler: it samples every thread's
     # stack every 10 ms and keeps up to 1,000 one-second profiles per worker, so a worker's memory
-    # grew with the batch's duration, and it costs CPU (measured, README "Memory"). The dashboard
+    # grew with the batch's duration, and it costs CPU (measured, README "Performance"). The dashboard
     # works without it; an external cluster keeps its own setting.
     no_profiler = {"distributed.worker.profile.enabled": False}
     cluster = None
@@ -258,11 +261,24 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
     return fits
 
 
+def histogram_groups(train: list[dict], max_groups: int = MAX_HISTOGRAM_GROUPS) -> list[list[dict]]:
+    """The training summaries cut into at most ``max_groups`` contiguous groups of near-equal size.
+
+    Each group's histogram is one partial of the cohort reduction, so the partials alive at once
+    (one int64 per bin each) are bounded by ``max_groups``, whatever the cohort's size.
+    """
+    n_groups = min(len(train), max_groups)
+    edges = [round(i * len(train) / n_groups) for i in range(n_groups + 1)]
+    return [train[a:b] for a, b in zip(edges, edges[1:])]
+
+
 def _fit_modality(executor, modality, train, cfg, backend, notes) -> dict:
     lo, hi = histogram_range(modality, cfg, train)
     width = cfg.modality_fit(modality).bin_width
-    futures = executor.map(patient_histogram, [s["sample"] for s in train], lo=lo, hi=hi, bin_width=width,
-                           backend=backend, keys=[f"histogram-{s['patient_id']}-{modality}" for s in train])
+    groups = histogram_groups(train)
+    futures = executor.map(group_histogram, [[s["sample"] for s in group] for group in groups], lo=lo, hi=hi,
+                           bin_width=width, backend=backend,
+                           keys=[f"histogram-{modality}-{group[0]['patient_id']}" for group in groups])
     counts = tree_reduce(executor, futures, sum_histograms)
     fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
     return {

@@ -263,3 +263,28 @@ def test_strict_makes_a_failure_fatal(ct_manifest, tmp_path):
                                  "stats": {"enabled": False}})
     with pytest.raises(RunFailed, match="strict"):
         run(path, out_dir=tmp_path / "out", config=cfg)
+
+
+def test_histogram_groups_bound_the_partials_and_cover_every_patient():
+    from engine.pipeline import histogram_groups
+
+    for n in (1, 7, 64, 65, 1200):
+        train = [{"patient_id": f"P{i:04d}"} for i in range(n)]
+        groups = histogram_groups(train, max_groups=64)
+        assert len(groups) == min(n, 64)
+        assert [s for group in groups for s in group] == train  # every patient once, in order
+        sizes = [len(group) for group in groups]
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_group_histogram_is_the_histogram_of_the_pooled_voxels(ct_reference):
+    from engine.preprocess import RoiSample
+    from engine.tasks import group_histogram
+
+    paths = sorted(str(p) for p in (ct_reference / "cache").glob("*__ct.npz"))[:5]
+    assert len(paths) == 5
+    pooled = np.concatenate([RoiSample.load(p).window_values for p in paths])
+    expected, _ = np.histogram(pooled, bins=np.arange(-190.5, 151.0, 1.0))  # 1 HU bins centred on integers
+    counts = group_histogram(paths, -190.0, 150.0, 1.0, "cpu")
+    assert counts.dtype == np.int64 and counts.sum() == pooled.size
+    np.testing.assert_array_equal(counts, expected)
