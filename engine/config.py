@@ -9,6 +9,7 @@ refused outright, so a config file can never execute code.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,12 @@ class IOConfig(_Strict):
         unknown = set(value) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modality {sorted(unknown)}; expected {list(MODALITIES)}")
+        for modality, pattern in value.items():
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{modality}: '{pattern}' is not a regular expression ({exc})") from None
         return {m: value.get(m) for m in MODALITIES}
 
 

@@ -161,23 +161,6 @@ def _as_written(reason: str, job: dict) -> str:
     return reason
 
 
-def _select_series_uid(image_path: str, pattern: str | None, max_files: int) -> str | None:
-    """The series to read from a folder: the manifest's UID, else the config's description regex."""
-    if not pattern or not Path(image_path).is_dir():
-        return None
-    import re
-
-    from .io import scan_dicom_folder
-
-    series = scan_dicom_folder(image_path, max_files=max_files)
-    matches = [s for s in series if re.search(pattern, s.description or "")]
-    if len(matches) != 1:
-        found = "; ".join(f"'{s.description}' ({s.n_files} files)" for s in series) or "none"
-        raise InputError("ingest", f"io.series_description '{pattern}' matches {len(matches)} series, "
-                                   f"expected exactly 1 (series found: {found})")
-    return matches[0].series_uid
-
-
 def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
     """Pass 1 for one patient and modality: read, check, resample, N4, window -> cached ROI sample.
 
@@ -214,13 +197,13 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
         from .io import open_image, read_mask
         from .preprocess import preprocess
 
-        series_uid = job.get("series_uid") or _select_series_uid(
-            job["image"], cfg.io.series_description.get(modality), cfg.io.max_files_per_series)
+        series_uid = job.get("series_uid")
         hint = (f"write the SeriesInstanceUID of the one to use in the manifest's {modality}_series_uid column, "
                 f"or set io.series_description.{modality} in the config to a pattern of its description")
         # a DICOM series is checked now and decoded later, only where the ROI's crop needs it
         image = open_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume,
-                           max_files=cfg.io.max_files_per_series, series_hint=hint)
+                           max_files=cfg.io.max_files_per_series, series_hint=hint,
+                           series_description=None if series_uid else cfg.io.series_description.get(modality))
         info = image.info
         found = (info or {}).get("modality")
         expected = EXPECTED_DICOM_MODALITY[modality]

@@ -301,3 +301,52 @@ def test_the_errors_table_parses_as_csv(corrupted):
         rows = list(csv.reader(handle))
     assert rows[0] == ["patient_id", "modality", "stage", "reason"]
     assert all(len(row) == 4 for row in rows)
+
+
+def test_series_description_chooses_in_one_scan_of_the_folder(cohort, tmp_path, monkeypatch):
+    """io.series_description picks the series of a two-series folder; the folder's headers are read once."""
+    import shutil
+
+    from engine.config import load_config
+    from engine.io import dicom, write_dicom_series
+    from engine.tasks import ingest_and_preprocess
+
+    job = _job(cohort, "SYN0001")
+    alone = ingest_and_preprocess(job, load_config(overrides=corpus.RUN_OVERRIDES).to_dict(), str(tmp_path / "c0"))
+    assert alone["status"] == "ok"
+    folder = tmp_path / "ct"
+    shutil.copytree(job["image"], folder)
+    scout = np.full((3, 64, 64), 1024, np.uint16)
+    write_dicom_series(folder / "scout", scout, spacing_mm=(4.0, 4.0, 10.0), origin_mm=(0.0, 0.0, 0.0),
+                       rescale_intercept=-1024.0, series_description="SCOUT AX")
+    job = {**job, "image": str(folder)}
+
+    def config(pattern):
+        return load_config(overrides={**corpus.RUN_OVERRIDES,
+                                      "io": {**corpus.RUN_OVERRIDES["io"], "series_description": {"ct": pattern}}})
+
+    unchosen = ingest_and_preprocess(job, config(None).to_dict(), str(tmp_path / "c1"))
+    assert (unchosen["status"], unchosen["stage"]) == ("error", "ingest")
+    assert "2 image series found" in unchosen["reason"] and "io.series_description.ct" in unchosen["reason"]
+
+    scans = []
+    real_scan = dicom._scan
+    monkeypatch.setattr(dicom, "_scan", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
+    chosen = ingest_and_preprocess(job, config("L3-L4").to_dict(), str(tmp_path / "c2"))
+    assert chosen["status"] == "ok", chosen.get("reason")
+    assert chosen["roi_voxels"] == alone["roi_voxels"] and chosen["min"] == alone["min"]
+    assert len(scans) == 1
+
+    for pattern, matches in (("AX", 2), ("SAG", 0)):
+        summary = ingest_and_preprocess(job, config(pattern).to_dict(), str(tmp_path / f"c-{pattern}"))
+        assert (summary["status"], summary["stage"]) == ("error", "ingest")
+        assert f"io.series_description '{pattern}' matches {matches} image series, expected exactly 1" \
+            in summary["reason"]
+        assert "'SCOUT AX' (3 files)" in summary["reason"] and "'AX ABD L3-L4 3mm' (17 files)" in summary["reason"]
+
+
+def test_a_series_description_that_is_not_a_regular_expression_is_a_config_error():
+    from engine.config import load_config
+
+    with pytest.raises(ConfigError, match=r"'AX\[' is not a regular expression"):
+        load_config(overrides={"io": {"series_description": {"ct": "AX["}}})

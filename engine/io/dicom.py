@@ -33,6 +33,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import re
 import stat
 import warnings
 from collections.abc import Iterable, Sequence
@@ -672,9 +673,25 @@ def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _
 DEFAULT_SERIES_HINT = "name the one to use in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
 
 
-def _select_series(scan: _Scan, series_uid: str | None, where, hint: str = DEFAULT_SERIES_HINT) -> tuple[str, list]:
+def _series_by_description(scan: _Scan, image_series: dict, pattern: str) -> str:
+    """The UID of the one image series whose SeriesDescription matches ``pattern`` (``re.search``)."""
+    matches = [uid for uid, members in image_series.items()
+               if re.search(pattern, str(members[0][1].get("SeriesDescription", "") or ""))]
+    if len(matches) == 1:
+        return matches[0]
+    infos = sorted((_series_info(uid, m, ()) for uid, m in scan.groups.items()),
+                   key=lambda s: (not s.is_image, s.modality, s.description, s.series_uid))
+    found = "; ".join(f"'{s.description}' ({s.n_files} files)" for s in infos) or "none"
+    raise InputError(STAGE, f"io.series_description '{pattern}' matches {len(matches)} image series, "
+                            f"expected exactly 1 (series found: {found})")
+
+
+def _select_series(scan: _Scan, series_uid: str | None, where, hint: str = DEFAULT_SERIES_HINT,
+                   series_description: str | None = None) -> tuple[str, list]:
     image_series = {uid: m for uid, m in scan.groups.items() if all(_is_image(h) for _, h in m)}
     notes = _summarise_notes(scan.notes)
+    if series_uid is None and series_description and pathlib.Path(where).is_dir():
+        series_uid = _series_by_description(scan, image_series, series_description)
 
     def listing(groups) -> str:
         infos = sorted((_series_info(uid, m, ()) for uid, m in groups.items()), key=lambda s: (s.modality, s.description, s.series_uid))
@@ -972,10 +989,13 @@ class DicomSeries:
 
 
 def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
-                      series_hint: str = DEFAULT_SERIES_HINT) -> DicomSeries:
+                      series_hint: str = DEFAULT_SERIES_HINT, series_description: str | None = None) -> DicomSeries:
     """Find, choose and check one DICOM series from its headers; decode nothing yet.
 
-    Parameters are those of :func:`read_dicom_series`. Every check that needs no pixel value
+    Parameters are those of :func:`read_dicom_series`, and ``series_description``: when no
+    ``series_uid`` is given and ``path`` is a folder, the series is the one image series whose
+    SeriesDescription matches this regular expression (``re.search``); none or several is an
+    error listing the series found. The folder is scanned once either way. Every check that needs no pixel value
     happens here: one modality, a regular stack, grayscale, the voxel limit, and native files
     cut short inside their pixel data. What only decoding can show (a corrupt compressed
     frame) is found by :meth:`DicomSeries.read`, for the slices it is asked to decode.
@@ -986,7 +1006,7 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         With a sentence naming the problem (stage ``ingest``).
     """
     scan = _scan(path, max_files)
-    uid, members = _select_series(scan, series_uid, path, series_hint)
+    uid, members = _select_series(scan, series_uid, path, series_hint, series_description)
     headers = [h for _, h in members]
     files = [f for f, _ in members]
     modality = _modality_word(str(headers[0].get("Modality", "") or "").upper())

@@ -283,12 +283,13 @@ def _geometry_info(image) -> dict:
 
 
 def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
-               series_hint: str | None = None) -> ImageSource:
+               series_hint: str | None = None, series_description: str | None = None) -> ImageSource:
     """Open an image for reading by boxes; a DICOM series is checked now and decoded later.
 
     Parameters and errors are those of :func:`read_image`, except that pixel-level problems of
     a DICOM series (a corrupt compressed frame) surface when :meth:`ImageSource.read` decodes
-    the slices concerned.
+    the slices concerned. ``series_description`` chooses a DICOM folder's series by a regular
+    expression on its description (:func:`engine.io.dicom.open_dicom_series`).
     """
     import SimpleITK as sitk
 
@@ -298,7 +299,8 @@ def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
     kind = image_format(target)
     if kind in ("dicom-folder", "dicom-file"):
         hint = {} if series_hint is None else {"series_hint": series_hint}
-        series = open_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files, **hint)
+        series = open_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files,
+                                   series_description=series_description, **hint)
         info = {"format": kind, **series.info.as_dict(), "size": list(series.size)}
         return ImageSource(info, series=series)
     image = read_volume_file(target, max_voxels=max_voxels)
