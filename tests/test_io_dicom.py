@@ -437,6 +437,24 @@ def test_box_read_decodes_only_the_slices_it_covers(tmp_path, transfer_syntax, m
         series.read((0, 0, 10), (24, 20, 3))
 
 
+@pytest.mark.parametrize("transfer_syntax", ["explicit_le", "rle"])
+def test_a_decoder_failing_unforeseen_is_an_ingest_error_naming_the_file(tmp_path, transfer_syntax, monkeypatch):
+    # not a pydicom error the reader knows: a decoder plugin's bug, a library mismatch
+    files = _write(tmp_path, _stored(shape=(3, 16, 16)), transfer_syntax=transfer_syntax)
+    series = dicom_module.open_dicom_series(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder plugin exploded")
+
+    monkeypatch.setattr(dicom_module, "_decode", broken)
+    monkeypatch.setattr(dicom_module, "_decode_native", broken)
+    with pytest.raises(InputError, match="unexpected RuntimeError: decoder plugin exploded") as error:
+        series.read()
+    assert error.value.stage == "ingest"
+    assert "could not be decoded" in error.value.reason and "slice at z=" in error.value.reason
+    assert any(f.name in error.value.reason for f in files)
+
+
 def test_undecodable_compressed_data_names_the_transfer_syntax(tmp_path):
     files = _write(tmp_path, _stored(shape=(3, 16, 16)), transfer_syntax="jpeg_ls")
     ds = pydicom.dcmread(files[1])

@@ -972,7 +972,15 @@ class DicomSeries:
             by_file.setdefault(self._frames[frame_index].file_index, []).append(frame_index)
         volume = np.empty((nz, ny, nx), dtype=np.float32)
         for file_index in sorted(by_file):
-            stored, ds = self._stored(file_index, _frames_in(self._headers[file_index]))
+            try:
+                stored, ds = self._stored(file_index, _frames_in(self._headers[file_index]))
+            except (InputError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a decoder failing in a way nobody foresaw is still a bad file
+                frame = self._first_frame[file_index]
+                raise InputError(STAGE, f"{self._modality} slice at {self._where(frame)} could not be decoded "
+                                        f"(file {self._files[file_index].name}: unexpected {type(exc).__name__}: "
+                                        f"{str(exc)[:200]})") from None
             for frame_index in by_file[file_index]:
                 frame = self._frames[frame_index]
                 plane = stored[frame.frame_index or 0, y0:y0 + ny, x0:x0 + nx]
