@@ -14,6 +14,7 @@ The same graph runs on an embedded local cluster (default), on an existing
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -48,6 +49,9 @@ ERROR_COLUMNS = ["patient_id", "modality", "stage", "reason"]
 # Leaves of the cohort histogram reduction: enough tasks to keep every worker busy, few enough
 # that the partial histograms alive at once stay small whatever the cohort's size.
 MAX_HISTOGRAM_GROUPS = 64
+# A pass reaches the scheduler in chunks of at least this many tasks, at most two chunks in flight:
+# the scheduler's state for waiting tasks (~10 KB each) stays bounded whatever the cohort's size.
+MIN_STREAM_CHUNK = 256
 
 
 class RunFailed(SarcoError):
@@ -77,8 +81,9 @@ class InlineExecutor:
     def map(self, fn, *iterables, keys, **kwargs):
         return [self.submit(fn, *args, **kwargs) for args in zip(*iterables, strict=True)]
 
-    def as_completed(self, futures):
-        return iter(list(futures))
+    def stream(self, fn, *iterables, keys, **kwargs):
+        for args in zip(*iterables, strict=True):
+            yield fn(*args, **kwargs)
 
 
 class DaskExecutor:
@@ -90,17 +95,48 @@ class DaskExecutor:
         return self.client.submit(fn, *args, key=key, pure=False, **kwargs)
 
     def map(self, fn, *iterables, keys, **kwargs):
-        """One task per element, sent to the scheduler as one graph.
+        """One task per element, sent to the scheduler as one graph (the cohort histogram's groups).
 
         A ``submit`` per task costs the scheduler a graph update (and its bookkeeping) per task;
-        one ``map`` per pass halved the scheduler process's growth per task in a probe (README "Performance").
+        one ``map`` halved the scheduler process's growth per task in a probe (README "Performance").
+        The passes use :meth:`stream`, whose chunks are each one ``map``.
         """
         return self.client.map(fn, *iterables, key=list(keys), pure=False, **kwargs)
 
-    def as_completed(self, futures):
+    def stream_chunk(self) -> int:
+        """Tasks per chunk of :meth:`stream`: enough that every worker thread has two waiting."""
+        threads = sum(self.client.nthreads().values())
+        return max(MIN_STREAM_CHUNK, 2 * threads)
+
+    def stream(self, fn, *iterables, keys, chunk: int | None = None, **kwargs):
+        """The results of one task per element, in completion order, with at most two chunks in flight.
+
+        A pass sent as one graph holds the scheduler's state for every one of its tasks at once
+        (~10 KB per waiting task, and the allocator keeps those pages once they are free), so the
+        scheduler process grew with the cohort: +55 MiB for the 4,000 tasks of 2,000 patients'
+        pass 1 (README "Performance"). Chunks of ``chunk`` tasks (:meth:`stream_chunk`), the next
+        sent each time a chunk's worth has finished, bound it; each chunk is one ``client.map``.
+        """
         from distributed import as_completed
 
-        return as_completed(futures)
+        chunk = chunk or self.stream_chunk()
+        todo = zip(*iterables, keys, strict=True)
+        completed = as_completed()
+
+        def send(n: int) -> None:
+            batch = list(itertools.islice(todo, n))
+            if batch:
+                *columns, batch_keys = zip(*batch)
+                for future in self.client.map(fn, *columns, key=list(batch_keys), pure=False, **kwargs):
+                    completed.add(future)
+
+        send(2 * chunk)
+        for taken, future in enumerate(completed, start=1):
+            result = future.result()
+            del future  # the scheduler forgets a finished task once its result is taken
+            if taken % chunk == 0:
+                send(chunk)  # at least one chunk is still in flight, so ``completed`` never runs dry early
+            yield result
 
 
 @contextmanager
@@ -147,19 +183,14 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
             cluster.close()
 
 
-def _progress(futures, executor, desc: str):
+def _progress(results, total: int, desc: str):
+    """``results`` passed through, with a progress bar on a terminal."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(futures), desc=desc, unit="task", disable=not sys.stderr.isatty(), leave=True)
-    completed = executor.as_completed(futures)
-    # The iterator holds the futures now: each one is dropped once its result is taken, so the
-    # scheduler forgets finished tasks during the pass instead of at its end.
-    futures.clear()
+    bar = tqdm(total=total, desc=desc, unit="task", disable=not sys.stderr.isatty(), leave=True)
     try:
-        for future in completed:
+        for result in results:
             bar.update(1)
-            result = future.result()
-            del future
             yield result
     finally:
         bar.close()
@@ -298,9 +329,9 @@ def threshold_values(thresholds: dict, modality: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the passes
 def _pass1(executor, jobs, cfg, cache_dir, force) -> list[dict]:
     config = cfg.to_dict()
-    futures = executor.map(ingest_and_preprocess, jobs, config=config, cache_dir=str(cache_dir), force=force,
-                           keys=[f"pass1-{job['patient_id']}-{job['modality']}" for job in jobs])
-    return list(_progress(futures, executor, "pass 1: ingest + preprocess"))
+    results = executor.stream(ingest_and_preprocess, jobs, config=config, cache_dir=str(cache_dir), force=force,
+                              keys=[f"pass1-{job['patient_id']}-{job['modality']}" for job in jobs])
+    return list(_progress(results, len(jobs), "pass 1: ingest + preprocess"))
 
 
 def _pass2(executor, summaries, thresholds, cfg, out_dir, cache_dir, backend, force) -> list[dict]:
@@ -308,10 +339,10 @@ def _pass2(executor, summaries, thresholds, cfg, out_dir, cache_dir, backend, fo
     habitat_dir = str(out_dir / "habitats") if cfg.run.habitats else None
     todo = [s for s in summaries if s["modality"] in thresholds["modalities"]]
     frozen = {modality: threshold_values(thresholds, modality) for modality in thresholds["modalities"]}
-    futures = executor.map(classify_and_measure, todo, [frozen[s["modality"]] for s in todo], config=config,
-                           habitat_dir=habitat_dir, cache_dir=str(cache_dir), backend=backend, force=force,
-                           keys=[f"pass2-{s['patient_id']}-{s['modality']}" for s in todo])
-    return list(_progress(futures, executor, "pass 2: classify + measure"))
+    results = executor.stream(classify_and_measure, todo, [frozen[s["modality"]] for s in todo], config=config,
+                              habitat_dir=habitat_dir, cache_dir=str(cache_dir), backend=backend, force=force,
+                              keys=[f"pass2-{s['patient_id']}-{s['modality']}" for s in todo])
+    return list(_progress(results, len(todo), "pass 2: classify + measure"))
 
 
 def _feature_table(manifest: Manifest, splits: pd.Series, rows: list[dict], modalities, methods) -> pd.DataFrame:

@@ -144,6 +144,36 @@ def test_local_cluster_workers_run_without_the_profiler():
     assert dask.config.get("distributed.worker.profile.enabled") is True  # the caller's setting is untouched
 
 
+def _square(value: int, offset: int = 0) -> int:
+    return value * value + offset
+
+
+def test_a_pass_streams_in_bounded_chunks_and_returns_every_result():
+    """The scheduler holds at most two chunks of a pass at once, whatever the cohort's size (#4)."""
+    from engine.pipeline import InlineExecutor, open_executor
+
+    values = list(range(53))
+    keys = [f"pass1-P{v}-ct" for v in values]
+    expected = [v * v + 7 for v in values]
+    assert list(InlineExecutor().stream(_square, values, keys=keys, offset=7)) == expected
+    with open_executor(None, 1, "cpu") as executor:
+        real_map, sent, in_flight = executor.client.map, [], []
+
+        def counting_map(fn, *columns, key, **kwargs):
+            sent.extend(key)
+            return real_map(fn, *columns, key=key, **kwargs)
+
+        executor.client.map = counting_map
+        results = []
+        for result in executor.stream(_square, values, keys=keys, chunk=5, offset=7):
+            results.append(result)
+            in_flight.append(len(sent) - len(results))  # sent, not yet taken
+        assert sorted(results) == expected
+        assert sorted(sent) == sorted(keys)  # every task sent once, under its readable key
+        assert max(in_flight) == 2 * 5 and in_flight[-1] == 0
+        assert executor.stream_chunk() >= 256
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
