@@ -197,13 +197,12 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
         from .io import open_image, read_mask
         from .preprocess import preprocess
 
-        series_uid = job.get("series_uid")
         hint = (f"write the SeriesInstanceUID of the one to use in the manifest's {modality}_series_uid column, "
                 f"or set io.series_description.{modality} in the config to a pattern of its description")
         # a DICOM series is checked now and decoded later, only where the ROI's crop needs it
-        image = open_image(job["image"], series_uid=series_uid, max_voxels=cfg.io.max_voxels_per_volume,
+        image = open_image(job["image"], series_uid=job.get("series_uid"), max_voxels=cfg.io.max_voxels_per_volume,
                            max_files=cfg.io.max_files_per_series, series_hint=hint,
-                           series_description=None if series_uid else cfg.io.series_description.get(modality))
+                           series_description=cfg.io.series_description.get(modality))
         info = image.info
         found = (info or {}).get("modality")
         expected = EXPECTED_DICOM_MODALITY[modality]
