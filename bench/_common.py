@@ -249,7 +249,7 @@ def cohort_manifest(cache_dir: str | Path, size: str, n_patients: int, *, worker
     for; a smaller cohort is a manifest of its first rows (``manifest-<n>.csv``, paths relative to
     it). ``<code>`` hashes the synthesizer's source, so a changed phantom is not read from a stale cache.
     """
-    from engine.synth import synthesize_cohort
+    from engine.synthetic import synthesize_cohort
 
     root = Path(cache_dir) / f"synth-{size}-seed{SYNTH_SEED}-{synth_code_hash()}"
     full = root / "manifest.csv"
@@ -272,12 +272,13 @@ def cohort_manifest(cache_dir: str | Path, size: str, n_patients: int, *, worker
 
 
 def synth_code_hash() -> str:
-    """First 10 hex digits of SHA-256 over the synthesizer's source files (engine.synth, its writers)."""
-    import engine.io.write
-    import engine.synth
+    """First 10 hex digits of SHA-256 over the synthesizer's source files (engine.synthetic)."""
+    import engine.synthetic.cohort
+    import engine.synthetic.dicom_writer
+    import engine.synthetic.jpeg_lossless
 
     digest = hashlib.sha256()
-    for module in (engine.synth, engine.io.write):
+    for module in (engine.synthetic.cohort, engine.synthetic.dicom_writer, engine.synthetic.jpeg_lossless):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:10]
 

@@ -135,7 +135,7 @@ def lumbar_job(job: dict, out_dir: Path, n_slices: int = LUMBAR_SLICES) -> dict:
     import SimpleITK as sitk
 
     from engine.io import read_dicom_series, read_mask
-    from engine.io.write import TRANSFER_SYNTAXES, write_dicom_series
+    from engine.synthetic.dicom_writer import TRANSFER_SYNTAXES, write_dicom_series
 
     image, info = read_dicom_series(job["image"])
     first = pydicom.dcmread(next(p for p in sorted(Path(job["image"]).iterdir()) if p.is_file()),

@@ -1,6 +1,6 @@
 """Benchmark: ``sarco synth`` time per patient, and the 200-patient time it implies.
 
-:func:`engine.synth.synthesize_cohort` (what ``sarco synth`` calls) writes N patients (CT and
+:func:`engine.synthetic.synthesize_cohort` (what ``sarco synth`` calls) writes N patients (CT and
 MRI DICOM series, ROI masks, manifest, truth) into a fresh temporary folder, once per size and
 worker count. Rows give the wall time, the time per patient and ``extrapolated_200_s``, the
 time of ``sarco synth --patients 200`` at that rate (``total_s * 200 / N``). With 2 workers the
@@ -29,7 +29,7 @@ def run(quick: bool = False, *, n_patients: int | None = None, sizes=("small", "
     ``cache_dir`` is accepted for a uniform interface and unused: synthesis is what is timed,
     so it always writes into a fresh temporary folder.
     """
-    from engine.synth import synthesize_cohort
+    from engine.synthetic import synthesize_cohort
 
     n_patients = n_patients or (2 if quick else 20)
     rows = []

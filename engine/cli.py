@@ -71,7 +71,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .synth import synthesize_cohort
+    from .synthetic import synthesize_cohort
 
     manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
                                  workers=args.workers)
@@ -82,7 +82,7 @@ def cmd_synth(args) -> int:
 def cmd_demo(args) -> int:
     from .config import load_config
     from .pipeline import run
-    from .synth import synthesize_cohort
+    from .synthetic import synthesize_cohort
 
     out = Path(args.out)
     print(f"synthesizing {args.patients} patients (small size) into {out / 'cohort'} ...", file=sys.stderr)

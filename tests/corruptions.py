@@ -584,7 +584,7 @@ def run_config():
 def synthetic_cohort(tmp_path_factory) -> Path:
     """The session's clean cohort folder (8 small CT + MRI patients), synthesized once."""
     if "cohort" not in _SESSION:
-        from engine.synth import synthesize_cohort
+        from engine.synthetic import synthesize_cohort
 
         root = tmp_path_factory.mktemp("corpus_cohort")
         _SESSION["cohort"] = synthesize_cohort(root, n_patients=N_CLEAN, seed=SEED, size="small", workers=2).parent

@@ -308,7 +308,8 @@ def test_series_description_chooses_in_one_scan_of_the_folder(cohort, tmp_path, 
     import shutil
 
     from engine.config import load_config
-    from engine.io import dicom, write_dicom_series
+    from engine.io import dicom
+    from engine.synthetic import write_dicom_series
     from engine.tasks import ingest_and_preprocess
 
     job = _job(cohort, "SYN0001")

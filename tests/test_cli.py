@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
-from engine.io import write_dicom_series
+from engine.synthetic import write_dicom_series
 
 
 def test_version_lists_backends(capsys):

@@ -1,4 +1,4 @@
-"""DICOM series ingest on synthetic series written by engine.io.write.
+"""DICOM series ingest on synthetic series written by engine.synthetic.dicom_writer.
 
 Each defect a PACS export can carry (missing, duplicated or tilted slices, several series,
 stray files, corrupt headers, compressed transfer syntaxes) is written on purpose and must give
@@ -25,12 +25,9 @@ from engine.io import (
     read_dicom_series,
     read_image,
     scan_dicom_folder,
-    write_dicom_seg,
-    write_dicom_series,
-    write_mask,
 )
 from engine.io import dicom as dicom_module
-from engine.io.write import TRANSFER_SYNTAXES
+from engine.synthetic import TRANSFER_SYNTAXES, write_dicom_seg, write_dicom_series, write_mask
 
 SHAPE = (12, 64, 64)  # (Z, Y, X)
 SPACING = (0.7, 0.8, 2.5)  # x, y, z mm

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from engine.errors import InputError
-from engine.io import read_dicom_series, read_mask, read_mask_native, same_grid, write_dicom_seg, write_dicom_series, write_mask
+from engine.io import read_dicom_series, read_mask, read_mask_native, same_grid
+from engine.synthetic import write_dicom_seg, write_dicom_series, write_mask
 
 SHAPE = (10, 32, 40)  # (Z, Y, X)
 SPACING = (0.8, 0.9, 2.5)

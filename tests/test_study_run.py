@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from engine.synth import synthesize_cohort
+    from engine.synthetic import synthesize_cohort
 
     root = tmp_path_factory.mktemp("study")
     manifest = synthesize_cohort(root / "cohort", n_patients=40, seed=5, size="small", workers=2)

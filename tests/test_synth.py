@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from engine.synth import CLINICAL_COLUMNS, MANIFEST_COLUMNS, ROI_LABELS, synthesize_cohort
+from engine.synthetic import CLINICAL_COLUMNS, MANIFEST_COLUMNS, ROI_LABELS, synthesize_cohort
 
 SEED = 7
 

@@ -1,4 +1,5 @@
-"""Ingest layer: DICOM series, NIfTI/NRRD volumes, ROI masks, inspection, and synthetic writers.
+"""Ingest layer: DICOM series, NIfTI/NRRD volumes, ROI masks, inspection (readers only; the
+synthetic writers live in :mod:`engine.synthetic`).
 
 Every per-input problem raises :class:`engine.errors.InputError` (stage ``ingest`` for images,
 ``mask`` for masks) with a sentence a radiographer can act on and no patient identifier.
@@ -10,7 +11,6 @@ from engine.io.dicom import DicomSeries, SeriesInfo, open_dicom_series, read_dic
 from engine.io.inspect import format_inspection, inspect_path
 from engine.io.masks import read_mask, read_mask_native, same_grid
 from engine.io.volumes import ImageSource, open_image, read_image
-from engine.io.write import write_dicom_seg, write_dicom_series, write_mask
 
 __all__ = [
     "DicomSeries",
@@ -26,7 +26,4 @@ __all__ = [
     "same_grid",
     "inspect_path",
     "format_inspection",
-    "write_dicom_series",
-    "write_mask",
-    "write_dicom_seg",
 ]

@@ -8,7 +8,7 @@ paraspinal, Frontiers 2025) drawn by a slightly imperfect "reader" on each grid.
 
 Usage
 -----
->>> from engine.synth import synthesize_cohort
+>>> from engine.synthetic import synthesize_cohort
 >>> manifest_path = synthesize_cohort("cohort", n_patients=20, seed=0, size="small")
 
 Output layout (``out_dir``)::
@@ -804,7 +804,7 @@ def _truth_fractions(rendered: _Rendered, roi: np.ndarray, grid: _Grid) -> dict:
 
 def _write_patient(out_dir: Path, seed: int, index: int, size: str) -> tuple[dict, dict, list]:
     """Simulate and write one patient; returns (manifest row, truth row, planted PHI strings)."""
-    from engine.io.write import write_dicom_seg, write_dicom_series, write_mask  # noqa: PLC0415
+    from engine.synthetic.dicom_writer import write_dicom_seg, write_dicom_series, write_mask  # noqa: PLC0415
 
     sim = _simulate(seed, index, size)
     pid = f"SYN{index + 1:04d}"
@@ -906,17 +906,16 @@ def _csv_text(rows: list[dict], columns) -> str:
     return buffer.getvalue()
 
 
-def _assign_splits(labels: list[int], seed: int) -> list[str]:
-    """Stratified seeded 6:4 train/validation assignment."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B17]))
-    splits = [""] * len(labels)
-    for value in sorted(set(labels)):
-        members = [i for i, lab in enumerate(labels) if lab == value]
-        order = rng.permutation(len(members))
-        n_train = int(round(0.6 * len(members)))
-        for rank, j in enumerate(order):
-            splits[members[j]] = "train" if rank < n_train else "validation"
-    return splits
+def _assign_splits(rows: list[dict], seed: int) -> list[str]:
+    """The engine's own seeded, stratified 6:4 train/validation split (:func:`engine.manifest.assign_splits`)."""
+    import pandas as pd
+
+    from engine.manifest import assign_splits
+
+    table = pd.DataFrame({"split": [""] * len(rows), "label": [float(r["label"]) for r in rows]},
+                         index=[r["patient_id"] for r in rows])
+    split = assign_splits(table, train_fraction=0.6, seed=seed)
+    return [split[r["patient_id"]] for r in rows]
 
 
 def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "clinical", workers: int = 1,
@@ -981,7 +980,7 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     manifest_rows = [results[i][0] for i in range(n_patients)]
     truth_rows = [results[i][1] for i in range(n_patients)]
     if splits:
-        for row, split in zip(manifest_rows, _assign_splits([r["label"] for r in manifest_rows], seed)):
+        for row, split in zip(manifest_rows, _assign_splits(manifest_rows, seed)):
             row["split"] = split
     planted = sorted({s for i in range(n_patients) for s in results[i][2]})
 

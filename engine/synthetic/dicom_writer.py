@@ -11,24 +11,26 @@ the readers are exercised on realistic files:
 * ``InstanceNumber`` assigned in a scrambled order, so a reader that sorts by it fails;
 * optionally meaningless file names written in shuffled order (``shuffle_seed``).
 
-Every file is written under a temporary name in its target folder and moved into place with
-:func:`os.replace`, so an interrupted run never leaves a half-written file under the final name.
+Every file is written through :func:`engine.outputs.atomic_path`, so an interrupted run never
+leaves a half-written file under the final name. Test-data generation only: no reader in
+:mod:`engine.io` imports this module.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
+
+from engine.outputs import atomic_path
+from engine.synthetic.jpeg_lossless import encode_sv1
 
 __all__ = ["write_dicom_series", "write_mask", "write_dicom_seg", "TRANSFER_SYNTAXES"]
 
 #: Short names accepted by :func:`write_dicom_series` and the transfer syntax UID each writes.
 #: ``jpeg_lossless`` (JPEG Lossless, Non-Hierarchical, First-Order Prediction, Selection Value 1)
-#: is encoded by a small baseline encoder in this module, since pydicom ships no encoder for it.
+#: is encoded by :mod:`engine.synthetic.jpeg_lossless`, since pydicom ships no encoder for it.
 TRANSFER_SYNTAXES = {
     "explicit_le": "1.2.840.10008.1.2.1",
     "implicit_le": "1.2.840.10008.1.2",
@@ -45,20 +47,6 @@ _IMPLEMENTATION_VERSION = "SARCO_ENGINE_01"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _atomic_target(final_path: pathlib.Path, suffix: str = "") -> pathlib.Path:
-    """A fresh temporary path in the folder of ``final_path`` (same file system: os.replace is atomic).
-
-    ``suffix`` keeps the extension that SimpleITK uses to choose its image IO.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".partial" + suffix, dir=final_path.parent)
-    os.close(fd)
-    return pathlib.Path(tmp)
-
-
-def _replace_into_place(tmp: pathlib.Path, final_path: pathlib.Path) -> None:
-    os.replace(tmp, final_path)
 
 
 def _direction_matrix(direction: Sequence[float]) -> np.ndarray:
@@ -104,146 +92,6 @@ def _segment_name_map(segment_names) -> dict[int, str]:
     return {index + 1: str(name) for index, name in enumerate(segment_names)}
 
 
-# --------------------------------------------------------------------------- JPEG Lossless SV1 encoder
-
-
-def _jpeg_lossless_sv1_encode(frame: np.ndarray, precision: int) -> bytes:
-    """Encode one 2-D frame as JPEG Lossless, Process 14, first-order prediction (SV1).
-
-    ITU-T T.81 Annex H: predictor 1 (Ra, the left neighbour); the first row uses Ra, the first
-    column of each later row uses Rb (above), the first sample uses 2**(P-1). Differences are
-    taken modulo 2**16 and coded with one Huffman table (DC-style categories 0..16) built from
-    the frame's category histogram (Annex K.2), so the stream is small and self-contained.
-
-    Parameters
-    ----------
-    frame : (Y, X) ndarray of unsigned stored values, < 2**precision
-    precision : int
-        Sample precision P (2..16).
-    """
-    samples = frame.astype(np.int64)
-    rows, cols = samples.shape
-    predicted = np.empty_like(samples)
-    predicted[0, 0] = 1 << (precision - 1)
-    predicted[0, 1:] = samples[0, :-1]
-    predicted[1:, 0] = samples[:-1, 0]
-    predicted[1:, 1:] = samples[1:, :-1]
-    diff = (samples - predicted) % 65536
-    diff = np.where(diff >= 32768, diff - 65536, diff)  # in [-32768, 32767]
-    magnitude = np.abs(diff)
-    category = np.zeros_like(magnitude)
-    nonzero = magnitude > 0
-    category[nonzero] = np.floor(np.log2(magnitude[nonzero])).astype(np.int64) + 1
-    # -32768 is coded as category 16 with no extra bits (H.1.2.2)
-    category = np.where(diff == -32768, 16, category)
-
-    # Huffman table (Annex K.2) from the category frequencies; one reserved code point.
-    freq = np.bincount(category.ravel(), minlength=17).astype(np.int64).tolist() + [1]  # 17 = reserved
-    code_size = [0] * 18
-    others = [-1] * 18
-    freq = list(freq)
-    while True:
-        v1 = -1
-        for i in range(18):
-            if freq[i] > 0 and (v1 < 0 or freq[i] <= freq[v1]):
-                v1 = i
-        v2 = -1
-        for i in range(18):
-            if i != v1 and freq[i] > 0 and (v2 < 0 or freq[i] <= freq[v2]):
-                v2 = i
-        if v2 < 0:
-            break
-        freq[v1] += freq[v2]
-        freq[v2] = 0
-        code_size[v1] += 1
-        while others[v1] >= 0:
-            v1 = others[v1]
-            code_size[v1] += 1
-        others[v1] = v2
-        code_size[v2] += 1
-        while others[v2] >= 0:
-            v2 = others[v2]
-            code_size[v2] += 1
-    bits = [0] * 33
-    for i in range(18):
-        if code_size[i]:
-            bits[code_size[i]] += 1
-    i = 32
-    while i > 16:  # limit code lengths to 16 bits (K.2, Figure K.3)
-        while bits[i] > 0:
-            j = i - 2
-            while bits[j] == 0:
-                j -= 1
-            bits[i] -= 2
-            bits[i - 1] += 1
-            bits[j + 1] += 2
-            bits[j] -= 1
-        i -= 1
-    while bits[i] == 0:
-        i -= 1
-    bits[i] -= 1  # drop the reserved code point
-    huffval = []
-    for size in range(1, 33):
-        for value in range(17):
-            if code_size[value] == size:
-                huffval.append(value)
-    # canonical codes (Annex C)
-    huffsize = []
-    for length in range(1, 17):
-        huffsize += [length] * bits[length]
-    codes_list = []
-    code = 0
-    size = huffsize[0] if huffsize else 0
-    k = 0
-    while k < len(huffsize):
-        while k < len(huffsize) and huffsize[k] == size:
-            codes_list.append(code)
-            code += 1
-            k += 1
-        code <<= 1
-        size += 1
-    ehufco = {v: c for v, c in zip(huffval, codes_list)}
-    ehufsi = {v: s for v, s in zip(huffval, huffsize)}
-
-    # bit stream: per sample, Huffman code of the category then `category` extra bits
-    cat = category.ravel()
-    d = diff.ravel()
-    code_of = np.zeros(17, dtype=np.int64)
-    size_of = np.zeros(17, dtype=np.int64)
-    for v in ehufco:
-        code_of[v] = ehufco[v]
-        size_of[v] = ehufsi[v]
-    extra_bits = np.where(d >= 0, d, d + (1 << cat) - 1) & ((1 << cat) - 1)
-    extra_bits = np.where(cat == 16, 0, extra_bits)
-    extra_len = np.where(cat == 16, 0, cat)
-    words = (code_of[cat] << extra_len) | extra_bits
-    lengths = size_of[cat] + extra_len
-    # pack variable-length words into a bit array (MSB first)
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    bit_array = np.zeros(total + 7, dtype=np.uint8)
-    max_len = int(lengths.max()) if lengths.size else 0
-    for b in range(max_len):
-        has = lengths > b
-        positions = starts[has] + b
-        shift = lengths[has] - 1 - b
-        bit_array[positions] = (words[has] >> shift) & 1
-    pad = (-total) % 8
-    bit_array[total : total + pad] = 1  # pad with 1-bits (F.1.2.3)
-    packed = np.packbits(bit_array[: total + pad]).tobytes()
-    # byte stuffing after 0xFF
-    packed = packed.replace(b"\xff", b"\xff\x00")
-
-    def segment(marker: int, payload: bytes) -> bytes:
-        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
-
-    sof = bytes([precision]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
-    dht = bytes([0x00]) + bytes(bits[1:17]) + bytes(huffval)
-    sos = bytes([1, 1, 0x00, 1, 0, 0])  # Ns=1, Cs=1 Td=0, Ss=predictor 1, Se=0, Ah/Al=0
-    return b"\xff\xd8" + segment(0xC3, sof) + segment(0xC4, dht) + segment(0xDA, sos) + packed + b"\xff\xd9"
-
-
 # --------------------------------------------------------------------------- DICOM series
 
 
@@ -261,6 +109,7 @@ def write_dicom_series(
     slice_thickness_mm=None,
     transfer_syntax="explicit_le",
     patient=None,
+    header=None,
     series_description="",
     series_uid=None,
     study_uid=None,
@@ -296,6 +145,9 @@ def write_dicom_series(
         One of :data:`TRANSFER_SYNTAXES`.
     patient : mapping, optional
         DICOM keywords and values (PatientName, PatientID, StudyDate, ...) written into every file.
+    header : mapping, optional
+        Further DICOM keywords and values that override the defaults (an MR scanner's
+        ManufacturerModelName, MagneticFieldStrength, RepetitionTime, EchoTime, ...).
     series_description, series_number, manufacturer : optional header values
     series_uid, study_uid : str, optional
         Generated when absent. When both are given the output is deterministic (SOP and
@@ -308,10 +160,36 @@ def write_dicom_series(
     list of pathlib.Path
         The file paths, in slice order (slice 0 first).
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import UID
+    values, modality, bits_stored = _checked_series(stored_values, modality, bits_stored, transfer_syntax)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or _uid()
+    series_uid = series_uid or _uid()
+    axes = _direction_matrix(direction)
+    spacing = [float(s) for s in spacing_mm]
+    series = {
+        "modality": modality, "spacing": spacing, "origin": np.asarray(origin_mm, dtype=float), "axes": axes,
+        "thickness": float(spacing[2] if slice_thickness_mm is None else slice_thickness_mm),
+        "bits_stored": bits_stored, "signed": values.dtype == np.int16, "transfer_syntax": transfer_syntax,
+        "rescale": (float(rescale_slope), float(rescale_intercept)), "study_uid": study_uid,
+        "series_uid": series_uid, "frame_of_reference_uid": _uid([study_uid, "frame-of-reference"]),
+        "series_number": int(series_number), "series_description": series_description,
+        "manufacturer": manufacturer, "rows": values.shape[1], "cols": values.shape[2],
+    }
+    names, write_order, instance_numbers = _file_plan(values.shape[0], shuffle_seed)
+    paths = [out / name for name in names]
+    for k in write_order:
+        ds = _slice_dataset(series, k, int(instance_numbers[k]))
+        for keyword, value in {**(patient or {}), **(header or {})}.items():
+            setattr(ds, keyword, value)
+        _set_pixels(ds, np.ascontiguousarray(values[k]), transfer_syntax, bits_stored)
+        with atomic_path(paths[k]) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+    return paths
 
+
+def _checked_series(stored_values, modality, bits_stored, transfer_syntax) -> tuple[np.ndarray, str, int]:
+    """The stored values as an array, the modality upper-cased and BitsStored as int, all checked."""
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(f"transfer_syntax={transfer_syntax!r}; expected one of {sorted(TRANSFER_SYNTAXES)}")
     modality = str(modality).upper()
@@ -332,119 +210,125 @@ def write_dicom_series(
             f"stored values [{int(values.min())}, {int(values.max())}] do not fit bits_stored={bits_stored}"
             f" ({'signed' if signed else 'unsigned'})"
         )
-    n_slices, rows, cols = values.shape
-    spacing = [float(s) for s in spacing_mm]
-    origin = np.asarray(origin_mm, dtype=float)
-    axes = _direction_matrix(direction)
-    row_cosine, col_cosine, slice_axis = axes[:, 0], axes[:, 1], axes[:, 2]
-    thickness = float(spacing[2] if slice_thickness_mm is None else slice_thickness_mm)
-    ts_uid = UID(TRANSFER_SYNTAXES[transfer_syntax])
-    if transfer_syntax == "jpeg2000" and min(rows, cols) < 32:
+    if transfer_syntax == "jpeg2000" and min(values.shape[1:]) < 32:
         # pylibjpeg-openjpeg always uses 6 DWT resolutions, which needs >= 32 pixels per side
-        raise ValueError(f"jpeg2000 needs Rows and Columns >= 32; got {rows} x {cols}")
+        raise ValueError(f"jpeg2000 needs Rows and Columns >= 32; got {values.shape[1]} x {values.shape[2]}")
+    return values, modality, bits_stored
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or _uid()
-    series_uid = series_uid or _uid()
-    frame_of_reference_uid = _uid([study_uid, "frame-of-reference"])
+
+def _file_plan(n_slices: int, shuffle_seed) -> tuple[list[str], list[int], np.ndarray]:
+    """File names, the order they are written in, and InstanceNumbers (scrambled: readers must not sort by it)."""
     rng = np.random.default_rng(12345 if shuffle_seed is None else shuffle_seed)
-    instance_numbers = rng.permutation(n_slices) + 1  # scrambled on purpose: readers must not sort by it
+    instance_numbers = rng.permutation(n_slices) + 1
     if shuffle_seed is None:
-        names = [f"IM{k + 1:05d}.dcm" for k in range(n_slices)]
-        write_order = list(range(n_slices))
-    else:
-        names = [rng.bytes(8).hex() for _ in range(n_slices)]
-        write_order = [int(k) for k in rng.permutation(n_slices)]
+        return [f"IM{k + 1:05d}.dcm" for k in range(n_slices)], list(range(n_slices)), instance_numbers
+    names = [rng.bytes(8).hex() for _ in range(n_slices)]
+    return names, [int(k) for k in rng.permutation(n_slices)], instance_numbers
 
+
+def _slice_dataset(series: dict, k: int, instance_number: int):
+    """The header of slice ``k`` (no pixel data yet)."""
+    from pydicom.dataset import Dataset
+
+    modality = series["modality"]
     sop_class = _CT_IMAGE_STORAGE if modality == "CT" else _MR_IMAGE_STORAGE
-    paths = [out / name for name in names]
-    for k in write_order:
-        sop_uid = _uid([series_uid, "instance", k])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class)
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = ts_uid
-        meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ""
-        ds.StudyTime = ""
-        ds.AccessionNumber = ""
-        ds.Modality = modality
-        ds.Manufacturer = manufacturer
-        ds.ReferringPhysicianName = ""
-        ds.SeriesDescription = series_description
-        ds.PatientName = ""
-        ds.PatientID = ""
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.BodyPartExamined = "LSPINE"
-        if modality == "CT":
-            ds.KVP = "120"
-        else:
-            ds.ScanningSequence = "SE"
-            ds.SequenceVariant = "SK"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "2D"
-            ds.RepetitionTime = "3000"
-            ds.EchoTime = "100"
-            ds.EchoTrainLength = "16"
-            ds.MagneticFieldStrength = "1.5"
-        ds.SliceThickness = _ds(thickness)
-        ds.SpacingBetweenSlices = _ds(spacing[2])
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = ""
-        ds.SeriesNumber = int(series_number)
-        ds.InstanceNumber = int(instance_numbers[k])
-        position = origin + k * spacing[2] * slice_axis
-        ds.ImagePositionPatient = [_ds(v) for v in position]
-        ds.ImageOrientationPatient = [_ds(v) for v in (*row_cosine, *col_cosine)]
-        ds.FrameOfReferenceUID = frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = _ds(float(np.dot(position, np.cross(row_cosine, col_cosine))))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # [row spacing (y), column spacing (x)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        if modality == "CT" or float(rescale_slope) != 1.0 or float(rescale_intercept) != 0.0:
-            ds.RescaleIntercept = _ds(rescale_intercept)
-            ds.RescaleSlope = _ds(rescale_slope)
-            ds.RescaleType = "HU" if modality == "CT" else "US"
-        for keyword, value in (patient or {}).items():
-            setattr(ds, keyword, value)
+    sop_uid = _uid([series["series_uid"], "instance", k])
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_class, sop_uid, series["transfer_syntax"])
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    for keyword in ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "PatientName",
+                    "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "PositionReferenceIndicator"):
+        setattr(ds, keyword, "")
+    ds.Modality = modality
+    ds.Manufacturer = series["manufacturer"]
+    ds.SeriesDescription = series["series_description"]
+    ds.BodyPartExamined = "LSPINE"
+    _set_acquisition(ds, modality)
+    _set_geometry(ds, series, k)
+    ds.StudyInstanceUID = series["study_uid"]
+    ds.SeriesInstanceUID = series["series_uid"]
+    ds.SeriesNumber = series["series_number"]
+    ds.InstanceNumber = instance_number
+    ds.FrameOfReferenceUID = series["frame_of_reference_uid"]
+    _set_pixel_module(ds, series)
+    return ds
 
-        frame = np.ascontiguousarray(values[k])
-        if transfer_syntax in ("explicit_le", "implicit_le", "big_endian"):
-            byte_order = ">" if transfer_syntax == "big_endian" else "<"
-            ds.PixelData = frame.astype(frame.dtype.newbyteorder(byte_order)).tobytes()
-            ds["PixelData"].VR = "OW"
-        elif transfer_syntax == "jpeg_lossless":
-            unsigned = frame.astype(np.int64) & ((1 << bits_stored) - 1)  # two's complement in P bits
-            ds.PixelData = pydicom.encaps.encapsulate([_jpeg_lossless_sv1_encode(unsigned, bits_stored)])
-            ds["PixelData"].VR = "OB"
-        else:
-            ds.PixelData = frame.tobytes()
-            ds["PixelData"].VR = "OW"
-            ds.compress(ts_uid, frame, generate_instance_uid=False)
-        tmp = _atomic_target(paths[k])
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-            _replace_into_place(tmp, paths[k])
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return paths
+
+def _file_meta(sop_class: str, sop_uid: str, transfer_syntax: str):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(TRANSFER_SYNTAXES[transfer_syntax])
+    meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
+    return meta
+
+
+def _set_acquisition(ds, modality: str) -> None:
+    """Typical lumbar-spine acquisition values (``header`` overrides them per scanner)."""
+    if modality == "CT":
+        ds.KVP = "120"
+        return
+    ds.ScanningSequence = "SE"
+    ds.SequenceVariant = "SK"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.RepetitionTime = "3000"
+    ds.EchoTime = "100"
+    ds.EchoTrainLength = "16"
+    ds.MagneticFieldStrength = "1.5"
+
+
+def _set_geometry(ds, series: dict, k: int) -> None:
+    """Image plane module of slice ``k``: position, orientation, spacing, thickness."""
+    axes, spacing = series["axes"], series["spacing"]
+    row_cosine, col_cosine, slice_axis = axes[:, 0], axes[:, 1], axes[:, 2]
+    position = series["origin"] + k * spacing[2] * slice_axis
+    ds.SliceThickness = _ds(series["thickness"])
+    ds.SpacingBetweenSlices = _ds(spacing[2])
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.ImageOrientationPatient = [_ds(v) for v in (*row_cosine, *col_cosine)]
+    ds.SliceLocation = _ds(float(np.dot(position, np.cross(row_cosine, col_cosine))))
+    ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # [row spacing (y), column spacing (x)]
+
+
+def _set_pixel_module(ds, series: dict) -> None:
+    modality, (slope, intercept) = series["modality"], series["rescale"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = series["rows"]
+    ds.Columns = series["cols"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = series["bits_stored"]
+    ds.HighBit = series["bits_stored"] - 1
+    ds.PixelRepresentation = 1 if series["signed"] else 0
+    if modality == "CT" or slope != 1.0 or intercept != 0.0:
+        ds.RescaleIntercept = _ds(intercept)
+        ds.RescaleSlope = _ds(slope)
+        ds.RescaleType = "HU" if modality == "CT" else "US"
+
+
+def _set_pixels(ds, frame: np.ndarray, transfer_syntax: str, bits_stored: int) -> None:
+    """PixelData of one frame in ``transfer_syntax`` (native, JPEG Lossless SV1, or pydicom's encoders)."""
+    import pydicom
+
+    if transfer_syntax in ("explicit_le", "implicit_le", "big_endian"):
+        byte_order = ">" if transfer_syntax == "big_endian" else "<"
+        ds.PixelData = frame.astype(frame.dtype.newbyteorder(byte_order)).tobytes()
+        ds["PixelData"].VR = "OW"
+    elif transfer_syntax == "jpeg_lossless":
+        unsigned = frame.astype(np.int64) & ((1 << bits_stored) - 1)  # two's complement in P bits
+        ds.PixelData = pydicom.encaps.encapsulate([encode_sv1(unsigned, bits_stored)])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = frame.tobytes()
+        ds["PixelData"].VR = "OW"
+        ds.compress(ds.file_meta.TransferSyntaxUID, frame, generate_instance_uid=False)
 
 
 # --------------------------------------------------------------------------- masks
@@ -512,13 +396,8 @@ def write_mask(
             image.SetMetaData(prefix + "LabelValue", str(label))
             image.SetMetaData(prefix + "Layer", "0")
             image.SetMetaData(prefix + "Tags", "|")
-    tmp = _atomic_target(target, suffix=".nrrd" if suffix == ".seg.nrrd" else suffix)
-    try:
+    with atomic_path(target) as tmp:  # the temp name keeps the suffix SimpleITK chooses its IO by
         sitk.WriteImage(image, str(tmp), useCompression=True)
-        _replace_into_place(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
 
 
@@ -589,11 +468,6 @@ def write_dicom_seg(path, mask, source_files, *, segment_names=None) -> pathlib.
         device_serial_number="0",
         omit_empty_frames=False,
     )
-    tmp = _atomic_target(target)
-    try:
+    with atomic_path(target) as tmp:
         seg.save_as(tmp)
-        _replace_into_place(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
