@@ -30,7 +30,6 @@ sentence that never quotes a DICOM identifier (names, IDs, dates, accession, ins
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 import re
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import InputError
+from engine.io.geometry import first_item, functional_group_value, same_orientation, slice_axes, worst_tilt
 
 __all__ = ["DicomSeries", "SeriesInfo", "format_mm", "open_dicom_series", "read_dicom_series", "scan_dicom_folder"]
 
@@ -62,13 +62,10 @@ _NON_IMAGE_SOP_PREFIXES = (
 
 # Geometry tolerances. DS strings round cosines and positions (often to 1e-3..1e-4), so the
 # checks are lenient with rounding and strict with real defects.
-_ORIENTATION_TOL = 1e-3  # max abs difference between direction cosines of two slices
 _DUPLICATE_TOL_MM = 0.01  # two slices closer than this along the normal are the same position
 _GAP_FACTOR = 1.5  # a step larger than this x the median spacing is a missing slice
 _SPACING_REL_TOL = 0.01  # relative deviation from the median spacing allowed
 _SPACING_ABS_TOL_MM = 0.005
-_TILT_ABS_TOL_MM = 0.02  # in-plane drift of slice positions allowed ...
-_TILT_REL_TOL = 0.005  # ... plus this fraction of the distance along the normal (~0.3 degree)
 _MAX_NOTES = 8  # skipped-file notes kept in full; the rest are counted
 
 
@@ -459,15 +456,10 @@ def _modality_word(modality: str) -> str:
     return modality if modality else "DICOM"
 
 
-def _first_item(dataset, sequence: str):
-    seq = dataset.get(sequence) if dataset is not None else None
-    return seq[0] if seq else None
-
-
 def _frames_of_multiframe(header, file_index: int, modality: str) -> list[_Frame]:
     """Frames of an enhanced multi-frame object, placed by its functional groups."""
     n_frames = _frames_in(header)
-    shared = _first_item(header, "SharedFunctionalGroupsSequence")
+    shared = first_item(header, "SharedFunctionalGroupsSequence")
     per_frame = header.get("PerFrameFunctionalGroupsSequence")
     if not per_frame or len(per_frame) != n_frames:
         raise InputError(
@@ -480,11 +472,7 @@ def _frames_of_multiframe(header, file_index: int, modality: str) -> list[_Frame
     for index, item in enumerate(per_frame):
 
         def lookup(sequence: str, keyword: str):
-            for group in (item, shared):
-                sub = _first_item(group, sequence)
-                if sub is not None and keyword in sub:
-                    return sub.get(keyword)
-            return header.get(keyword)
+            return functional_group_value(item, shared, sequence, keyword, fallback=header)
 
         position = lookup("PlanePositionSequence", "ImagePositionPatient")
         orientation = lookup("PlaneOrientationSequence", "ImageOrientationPatient")
@@ -562,8 +550,28 @@ class _Geometry:
 
 def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _Geometry:
     """Sort frames along the slice normal and check that they form a regular stack."""
+    row_spacing, col_spacing = _check_frame_sizes(frames, modality)
+    row_cosine, col_cosine, normal = _stack_axes(frames, modality)
+    distances = np.array([float(np.dot(f.position, normal)) for f in frames])
+    # stable sort with a deterministic tie-break (file, frame) for the duplicate check
+    order = sorted(range(len(frames)), key=lambda i: (distances[i], frames[i].file_index, frames[i].frame_index or 0))
     notes: list[str] = []
-    first = frames[0]
+    if len(frames) == 1:
+        z_spacing = _single_slice_spacing(headers[frames[0].file_index], notes)
+    else:
+        z_spacing = _stack_spacing(frames, order, distances[order], normal, modality)
+    axes = np.column_stack([row_cosine, col_cosine, normal])
+    return _Geometry(
+        order=order,
+        spacing=(col_spacing, row_spacing, z_spacing),
+        origin=tuple(float(v) for v in frames[order[0]].position),
+        direction=tuple(float(v) for v in axes.reshape(-1)),
+        notes=notes,
+    )
+
+
+def _check_frame_sizes(frames: list[_Frame], modality: str) -> tuple[float, float]:
+    """One Rows x Columns and one positive PixelSpacing for every frame; returns (row, column) spacing."""
     shapes = {(f.rows, f.cols) for f in frames}
     if len(shapes) > 1:
         listed = ", ".join(f"{r} x {c}" for r, c in sorted(shapes))
@@ -572,101 +580,82 @@ def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _
     if np.max(np.abs(spacings - spacings[0])) > 1e-4:
         listed = ", ".join(f"{format_mm(r)} x {format_mm(c)}" for r, c in sorted({tuple(s) for s in spacings.tolist()}))
         raise InputError(STAGE, f"{modality} series mixes pixel spacings ({listed} mm); it is not one volume")
-    row_spacing, col_spacing = first.pixel_spacing
+    row_spacing, col_spacing = frames[0].pixel_spacing
     if not (row_spacing > 0 and col_spacing > 0):
         raise InputError(STAGE, f"{modality} series has a non-positive PixelSpacing")
+    return row_spacing, col_spacing
 
-    orientations = np.array([f.orientation for f in frames])
-    deviation = float(np.max(np.abs(orientations - orientations[0])))
-    if deviation > _ORIENTATION_TOL:
+
+def _stack_axes(frames: list[_Frame], modality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stack's row, column and normal unit vectors; every frame must share the orientation."""
+    if not same_orientation([f.orientation for f in frames]):
         raise InputError(
             STAGE,
             f"{modality} series has slices with different orientations (gantry tilt, a localizer or "
             "several stacks in one series); export the axial stack alone",
         )
-    row_cosine = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
-    col_cosine = first.orientation[3:] / np.linalg.norm(first.orientation[3:])
-    if abs(float(np.dot(row_cosine, col_cosine))) > 1e-3:
+    axes = slice_axes(frames[0].orientation)
+    if axes is None:
         raise InputError(STAGE, f"{modality} series has non-orthogonal ImageOrientationPatient cosines")
-    normal = np.cross(row_cosine, col_cosine)
-    normal /= np.linalg.norm(normal)
+    return axes
 
-    distances = np.array([float(np.dot(f.position, normal)) for f in frames])
-    # stable sort with a deterministic tie-break (file, frame) for the duplicate check below
-    order = sorted(range(len(frames)), key=lambda i: (distances[i], frames[i].file_index, frames[i].frame_index or 0))
-    sorted_d = distances[order]
 
-    if len(frames) == 1:
-        header = headers[first.file_index]
-        z_spacing = None
-        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-            value = header.get(keyword)
-            try:
-                if value is not None and float(value) > 0:
-                    z_spacing = float(value)
-                    notes.append(f"single slice: z spacing taken from {keyword}")
-                    break
-            except (TypeError, ValueError):
-                pass
-        if z_spacing is None:
-            z_spacing = 1.0
-            notes.append("single slice: z spacing unknown, 1.0 mm assumed")
-    else:
-        steps = np.diff(sorted_d)
-        duplicated = np.nonzero(steps < _DUPLICATE_TOL_MM)[0]
-        if duplicated.size:
-            at = sorted_d[duplicated[0]]
-            count = int(np.sum(np.abs(sorted_d - at) < _DUPLICATE_TOL_MM))
-            raise InputError(
-                STAGE,
-                f"{modality} series has duplicated slice positions ({count} slices at z={format_mm(at)} mm, "
-                f"{duplicated.size} duplicate(s) in all): duplicated files, or several acquisitions/echoes "
-                "in one series; export a single acquisition",
-            )
-        # in-plane drift of the positions: slice offsets must lie along the normal (no gantry tilt)
-        offsets = np.array([frames[i].position for i in order]) - frames[order[0]].position
-        along = sorted_d - sorted_d[0]
-        sideways = offsets - along[:, None] * normal[None, :]
-        drift = np.linalg.norm(sideways, axis=1)
-        allowed = _TILT_ABS_TOL_MM + _TILT_REL_TOL * np.abs(along)
-        if np.any(drift > allowed):
-            worst = int(np.argmax(drift - allowed))
-            angle = math.degrees(math.atan2(drift[worst], abs(along[worst]))) if along[worst] else 90.0
-            raise InputError(
-                STAGE,
-                f"{modality} series has gantry tilt: slice positions drift {format_mm(drift[worst])} mm sideways "
-                f"over {format_mm(abs(along[worst]))} mm along the slice normal (about {angle:.1f} degrees); "
-                "export a tilt-corrected (resampled) reconstruction",
-            )
-        median = float(np.median(steps))
-        gaps = np.nonzero(steps > _GAP_FACTOR * median)[0]
-        if gaps.size:
-            k = int(gaps[0])
-            more = f" ({gaps.size} gaps in all)" if gaps.size > 1 else ""
-            raise InputError(
-                STAGE,
-                f"{modality} series has a missing slice between z={format_mm(sorted_d[k])} and "
-                f"z={format_mm(sorted_d[k + 1])} mm{more}; re-export the complete series",
-            )
-        tolerance = max(_SPACING_ABS_TOL_MM, _SPACING_REL_TOL * median)
-        if np.max(np.abs(steps - median)) > tolerance:
-            raise InputError(
-                STAGE,
-                f"{modality} series has non-uniform slice spacing (steps from {format_mm(steps.min())} to "
-                f"{format_mm(steps.max())} mm, median {format_mm(median)} mm); re-export it with one spacing",
-            )
-        # the average step is the best estimate of the spacing on a regular stack
-        z_spacing = float((sorted_d[-1] - sorted_d[0]) / (len(frames) - 1))
+def _single_slice_spacing(header, notes: list[str]) -> float:
+    """A one-slice series' z spacing: SpacingBetweenSlices, else SliceThickness, else 1 mm (noted)."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = header.get(keyword)
+        try:
+            if value is not None and float(value) > 0:
+                notes.append(f"single slice: z spacing taken from {keyword}")
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+    notes.append("single slice: z spacing unknown, 1.0 mm assumed")
+    return 1.0
 
-    origin = frames[order[0]].position
-    axes = np.column_stack([row_cosine, col_cosine, normal])
-    return _Geometry(
-        order=order,
-        spacing=(col_spacing, row_spacing, z_spacing),
-        origin=tuple(float(v) for v in origin),
-        direction=tuple(float(v) for v in axes.reshape(-1)),
-        notes=notes,
-    )
+
+def _stack_spacing(frames: list[_Frame], order: list[int], sorted_d: np.ndarray, normal: np.ndarray,
+                   modality: str) -> float:
+    """The z spacing of a regular stack: no duplicate, no tilt, no gap, uniform steps."""
+    steps = np.diff(sorted_d)
+    duplicated = np.nonzero(steps < _DUPLICATE_TOL_MM)[0]
+    if duplicated.size:
+        at = sorted_d[duplicated[0]]
+        count = int(np.sum(np.abs(sorted_d - at) < _DUPLICATE_TOL_MM))
+        raise InputError(
+            STAGE,
+            f"{modality} series has duplicated slice positions ({count} slices at z={format_mm(at)} mm, "
+            f"{duplicated.size} duplicate(s) in all): duplicated files, or several acquisitions/echoes "
+            "in one series; export a single acquisition",
+        )
+    tilt = worst_tilt([frames[i].position for i in order], normal)
+    if tilt is not None:
+        drift, along, angle = tilt
+        raise InputError(
+            STAGE,
+            f"{modality} series has gantry tilt: slice positions drift {format_mm(drift)} mm sideways "
+            f"over {format_mm(along)} mm along the slice normal (about {angle:.1f} degrees); "
+            "export a tilt-corrected (resampled) reconstruction",
+        )
+    median = float(np.median(steps))
+    gaps = np.nonzero(steps > _GAP_FACTOR * median)[0]
+    if gaps.size:
+        k = int(gaps[0])
+        more = f" ({gaps.size} gaps in all)" if gaps.size > 1 else ""
+        raise InputError(
+            STAGE,
+            f"{modality} series has a missing slice between z={format_mm(sorted_d[k])} and "
+            f"z={format_mm(sorted_d[k + 1])} mm{more}; re-export the complete series",
+        )
+    tolerance = max(_SPACING_ABS_TOL_MM, _SPACING_REL_TOL * median)
+    if np.max(np.abs(steps - median)) > tolerance:
+        raise InputError(
+            STAGE,
+            f"{modality} series has non-uniform slice spacing (steps from {format_mm(steps.min())} to "
+            f"{format_mm(steps.max())} mm, median {format_mm(median)} mm); re-export it with one spacing",
+        )
+    # the average step is the best estimate of the spacing on a regular stack
+    return float((sorted_d[-1] - sorted_d[0]) / (len(frames) - 1))
 
 
 #: How a caller of the reader chooses one series among several (ends the "several series" message).

@@ -29,6 +29,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.io.dicom import format_mm
+from engine.io.geometry import first_item, functional_group_value, same_orientation, slice_axes, worst_tilt
 from engine.io.volumes import _check_access, image_format, read_volume_file
 
 __all__ = ["read_mask", "read_mask_native", "same_grid", "physical_bounds", "seg_nrrd_segments", "GRID_TOLERANCE"]
@@ -269,15 +270,31 @@ def _dicom_seg_dataset(path):
     return ds
 
 
-def _seg_item(group, sequence: str):
-    seq = group.get(sequence) if group is not None else None
-    return seq[0] if seq else None
-
-
 def _read_dicom_seg(path, labels, segments, max_voxels, frame_of_reference_uid=None):
-    import SimpleITK as sitk
-
+    """A DICOM-SEG's chosen segments as a 0/1 volume in the frame its functional groups describe."""
     ds = _dicom_seg_dataset(path)
+    _check_seg_frame_of_reference(ds, frame_of_reference_uid)
+    available = [
+        {"name": str(item.get("SegmentLabel", "")), "number": int(item.SegmentNumber), "id": str(item.SegmentNumber)}
+        for item in ds.get("SegmentSequence", [])
+    ]
+    chosen_numbers = {s["number"] for s in _match_segments(available, segments, labels, "number", "DICOM-SEG")}
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if max_voxels is not None and rows * cols * n_frames > max_voxels:
+        raise InputError(STAGE, f"DICOM-SEG header claims {rows} x {cols} x {n_frames} voxels, more than the limit "
+                                f"of {max_voxels} (io.max_voxels_per_volume)")
+    plane = _seg_plane(ds, n_frames)
+    frames = _seg_frames(ds)
+    slot, step = _seg_slots(plane)
+    selected = np.zeros((int(slot.max()) + 1, rows, cols), dtype=bool)
+    for i, number in enumerate(plane["numbers"]):
+        if number in chosen_numbers:
+            selected[slot[i]] |= frames[i]
+    return _binary_image(selected, _seg_reference_image(plane, step, rows, cols))
+
+
+def _check_seg_frame_of_reference(ds, frame_of_reference_uid: str | None) -> None:
     seg_frame = str(ds.get("FrameOfReferenceUID", "") or "")
     if frame_of_reference_uid and seg_frame and seg_frame != frame_of_reference_uid:
         # positions in another frame of reference are not comparable with the image's, even
@@ -288,55 +305,45 @@ def _read_dicom_seg(path, labels, segments, max_voxels, frame_of_reference_uid=N
             "(FrameOfReferenceUID differs): it belongs to another series or study; export the "
             "segmentation of this series",
         )
-    available = [
-        {"name": str(item.get("SegmentLabel", "")), "number": int(item.SegmentNumber), "id": str(item.SegmentNumber)}
-        for item in ds.get("SegmentSequence", [])
-    ]
-    chosen = _match_segments(available, segments, labels, "number", "DICOM-SEG")
-    chosen_numbers = {s["number"] for s in chosen}
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    if max_voxels is not None and rows * cols * n_frames > max_voxels:
-        raise InputError(STAGE, f"DICOM-SEG header claims {rows} x {cols} x {n_frames} voxels, more than the limit "
-                                f"of {max_voxels} (io.max_voxels_per_volume)")
-    shared = _seg_item(ds, "SharedFunctionalGroupsSequence")
+
+
+def _seg_plane(ds, n_frames: int) -> dict:
+    """Each frame's position and segment number, the stack's axes and pixel measures (functional groups)."""
+    shared = first_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame or len(per_frame) != n_frames:
         raise InputError(STAGE, "DICOM-SEG has no per-frame functional groups; its frames cannot be placed in physical space")
 
     def lookup(item, sequence, keyword):
-        for group in (item, shared):
-            sub = _seg_item(group, sequence)
-            if sub is not None and sub.get(keyword) is not None:
-                return sub.get(keyword)
-        return None
+        return functional_group_value(item, shared, sequence, keyword)
 
     orientation = lookup(per_frame[0], "PlaneOrientationSequence", "ImageOrientationPatient")
     pixel_spacing = lookup(per_frame[0], "PixelMeasuresSequence", "PixelSpacing")
     if orientation is None or pixel_spacing is None:
         raise InputError(STAGE, "DICOM-SEG has no PlaneOrientationSequence/PixelMeasuresSequence; it cannot be placed in physical space")
-    orientation = np.asarray([float(v) for v in orientation])
-    row_cosine = orientation[:3] / np.linalg.norm(orientation[:3])
-    col_cosine = orientation[3:] / np.linalg.norm(orientation[3:])
-    normal = np.cross(row_cosine, col_cosine)
-    normal /= np.linalg.norm(normal)
-
-    positions = []
-    numbers = []
+    orientation = [float(v) for v in orientation]
+    orientations, positions, numbers = [], [], []
     for index, item in enumerate(per_frame):
         frame_orientation = lookup(item, "PlaneOrientationSequence", "ImageOrientationPatient")
-        if frame_orientation is not None and np.max(np.abs(np.asarray([float(v) for v in frame_orientation]) - orientation)) > 1e-3:
-            raise InputError(STAGE, "DICOM-SEG frames have different orientations; it is not one volume")
+        orientations.append([float(v) for v in frame_orientation] if frame_orientation is not None else orientation)
         position = lookup(item, "PlanePositionSequence", "ImagePositionPatient")
         if position is None:
             raise InputError(STAGE, f"DICOM-SEG frame {index + 1} has no ImagePositionPatient; it cannot be placed in physical space")
         positions.append([float(v) for v in position])
         number = lookup(item, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
         numbers.append(int(number) if number is not None else 1)
-    positions = np.asarray(positions)
-    distances = positions @ normal
+    if not same_orientation(orientations):
+        raise InputError(STAGE, "DICOM-SEG frames have different orientations; it is not one volume")
+    axes = slice_axes(orientation)
+    if axes is None:
+        raise InputError(STAGE, "DICOM-SEG has non-orthogonal ImageOrientationPatient cosines")
+    measures = {k: lookup(per_frame[0], "PixelMeasuresSequence", k) for k in ("SpacingBetweenSlices", "SliceThickness")}
+    return {"axes": axes, "positions": np.asarray(positions), "numbers": numbers,
+            "pixel_spacing": [float(v) for v in pixel_spacing], **measures}
 
-    keep = [i for i, n in enumerate(numbers) if n in chosen_numbers]
+
+def _seg_frames(ds) -> np.ndarray:
+    """(frames, rows, cols) bool: each frame's pixels in its segment (fractional: occupancy > 0.5)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -347,37 +354,47 @@ def _read_dicom_seg(path, labels, segments, max_voxels, frame_of_reference_uid=N
         frames = frames[None]
     if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
         maximum = float(ds.get("MaximumFractionalValue", 255) or 255)
-        frames = frames > maximum / 2.0  # probability/occupancy > 0.5
-    else:
-        frames = frames != 0
+        return frames > maximum / 2.0
+    return frames != 0
 
-    # slice grid: the distinct positions along the normal, at the declared (or smallest) step
+
+def _seg_slots(plane: dict) -> tuple[np.ndarray, float]:
+    """Each frame's slice index on the stack's regular grid, and the grid's step (mm).
+
+    The step is SpacingBetweenSlices when declared, else the smallest distinct step, else the
+    slice thickness (one slice). A stack off that grid, or tilted, cannot be a volume.
+    """
+    normal = plane["axes"][2]
+    positions = plane["positions"]
+    distances = positions @ normal
     unique_d = np.unique(np.round(distances, 3))
-    spacing_between = lookup(per_frame[0], "PixelMeasuresSequence", "SpacingBetweenSlices")
-    if spacing_between is not None and float(spacing_between) > 0:
-        step = float(spacing_between)
+    declared, thickness = plane["SpacingBetweenSlices"], plane["SliceThickness"]
+    if declared is not None and float(declared) > 0:
+        step = float(declared)
     elif unique_d.size > 1:
         step = float(np.min(np.diff(unique_d)))
     else:
-        thickness = lookup(per_frame[0], "PixelMeasuresSequence", "SliceThickness")
         step = float(thickness) if thickness is not None and float(thickness) > 0 else 1.0
     first = int(np.argmin(distances))
     slot = np.rint((distances - distances[first]) / step).astype(int)
     if np.max(np.abs((distances - distances[first]) - slot * step)) > 0.1 * step:
         raise InputError(STAGE, "DICOM-SEG frames are not on a regular slice grid; it cannot be rebuilt as a volume")
-    sideways = (positions - positions[first]) - np.outer(distances - distances[first], normal)
-    if np.max(np.linalg.norm(sideways, axis=1)) > 0.05 + 0.005 * np.max(np.abs(distances - distances[first])):
+    if worst_tilt(positions[np.argsort(distances, kind="stable")], normal) is not None:
         raise InputError(STAGE, "DICOM-SEG frames are shifted in-plane (tilted stack); it cannot be rebuilt as a volume")
-    n_slices = int(slot.max()) + 1
-    selected = np.zeros((n_slices, rows, cols), dtype=bool)
-    for i in keep:
-        selected[slot[i]] |= frames[i]
-    image = sitk.Image(cols, rows, n_slices, sitk.sitkUInt8)
-    spacing_values = [float(v) for v in pixel_spacing]
-    image.SetSpacing((spacing_values[1], spacing_values[0], step))
-    image.SetOrigin(tuple(float(v) for v in positions[first]))
+    plane["origin"] = positions[first]
+    return slot, step
+
+
+def _seg_reference_image(plane: dict, step: float, rows: int, cols: int):
+    import SimpleITK as sitk
+
+    row_cosine, col_cosine, normal = plane["axes"]
+    image = sitk.Image(cols, rows, 1, sitk.sitkUInt8)  # carries the geometry only
+    spacing = plane["pixel_spacing"]
+    image.SetSpacing((spacing[1], spacing[0], step))
+    image.SetOrigin(tuple(float(v) for v in plane["origin"]))
     image.SetDirection(tuple(np.column_stack([row_cosine, col_cosine, normal]).reshape(-1).tolist()))
-    return _binary_image(selected, image)
+    return image
 
 
 # --------------------------------------------------------------------------- public API
