@@ -49,14 +49,6 @@ def resolve_backend(requested: str) -> str:
     raise ConfigError("run.backend", f"must be cpu, gpu or auto, got {requested!r}")
 
 
-def array_module(backend: str):
-    if backend == "gpu":
-        import cupy
-
-        return cupy
-    return np
-
-
 def to_device(array: np.ndarray, backend: str):
     """Host array -> the backend's array (one host-to-device copy on the GPU)."""
     if backend == "gpu":

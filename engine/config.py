@@ -16,12 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .contract import METHODS, MODALITIES
 from .errors import ConfigError
-
-MODALITIES = ("ct", "mri")
-METHODS = ("otsu", "kmeans", "gmm")
-
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 class _Strict(BaseModel):
@@ -86,7 +82,7 @@ class ModalityFit(_Strict):
 
 
 class FitConfig(_Strict):
-    methods: list[Literal["otsu", "kmeans", "gmm"]] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)
     seed: int = 0
     kmeans_impl: Literal["histogram", "cuml"] = "histogram"
     kmeans_max_iter: int = Field(300, gt=0)
@@ -140,6 +136,10 @@ class Config(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> "Config":
+        """This config with a nested mapping of changes merged over it, validated again."""
+        return validate(_deep_merge(self.to_dict(), overrides or {})) if overrides else self
 
     def preprocess_key(self, modality: str) -> dict[str, Any]:
         """The part of the config that determines a modality's ROI sample (cache key)."""

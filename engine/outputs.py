@@ -1,6 +1,11 @@
 """Atomic output files: everything is written to a hidden temporary name in the destination
 folder and renamed into place, so a killed run never leaves a half-written file behind
-(``os.replace`` is atomic within one filesystem)."""
+(``os.replace`` is atomic within one filesystem).
+
+:func:`atomic_path` is the one way the engine writes a file (outputs, cache, habitat maps, the
+report, the synthetic cohort). Its temporary names follow :data:`engine.contract.TEMP_GLOB`, which
+the run lock sweeps after a killed run and the crash-safety test checks.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from .contract import temp_name
+
 
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path`` (same suffixes); rename it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(temp_name(path.name, os.getpid()))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -31,6 +38,15 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
     return Path(path)

@@ -1,4 +1,4 @@
-"""The cohort run as a Dask graph (METHOD.md sections 2-6).
+"""The cohort run (METHOD.md sections 2-6): ``run`` fits and measures, ``apply`` only measures.
 
     pass 1   per patient x modality: ingest -> preprocess -> ROI sample (cached on disk)
     reduce   training patients' histograms, summed as a tree -> Otsu / K-means / GMM -> thresholds
@@ -6,22 +6,17 @@
     outputs  features.csv/.parquet, thresholds.json, split.csv, errors.csv, model.json,
              provenance.json, then the statistics and report stages
 
-The same graph runs on an embedded local cluster (default), on an existing
-``dask.distributed`` scheduler (``scheduler="tcp://host:8786"``), or in this process
-(``scheduler="inline"``, for debugging and small tests). Results do not depend on which.
+``apply`` runs the same passes with the thresholds and models of a frozen ``model.json``. The
+rooms: :mod:`engine.executors` (where tasks run), :mod:`engine.cohort_fit` (the reduction and
+fits), :mod:`engine.rundir` (lock, sweep, retraction, provenance), :mod:`engine.bundle`
+(model.json), :mod:`engine.tasks` (one patient's work), :mod:`engine.contract` (the names).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import logging
-import math
-import os
-import platform
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,181 +24,24 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .backend import resolve_backend, to_host
-from .config import MODALITIES, Config, load_config
-from .errors import PatientError, SarcoError
+from .backend import resolve_backend
+from .bundle import make_bundle, read_bundle
+from .cohort_fit import fit_thresholds, threshold_values
+from .config import Config, load_config
+from .contract import (CACHE_DIR, HABITATS_DIR, MODALITIES, MODEL_JSON, PROVENANCE_JSON, THRESHOLDS_JSON,
+                       feature_names, series_uid_column)
+from .executors import open_executor, progress
 from .manifest import Manifest, assign_splits, read_manifest
-from .outputs import write_csv, write_json, write_parquet
-from .tasks import classify_and_measure, feature_names, group_histogram, ingest_and_preprocess, sum_histograms
+from .outputs import write_csv, write_json
+from .rundir import (RunFailed, error_frame, error_rows, provenance, retract_outputs, run_lock, run_log,
+                     write_tables)
+from .tasks import classify_and_measure, ingest_and_preprocess
 
 log = logging.getLogger("sarco")
 
-# The run-level outputs a finished run publishes. A new run into the same folder retracts them
-# before it writes its first one, so a folder never shows one run's thresholds.json beside
-# another run's model.json; habitat maps and the cache are per patient and keyed, not retracted.
-PUBLISHED_OUTPUTS = ("thresholds.json", "features.csv", "features.parquet", "errors.csv", "split.csv",
-                     "predictions.csv", "model.json", "provenance.json", "report.html")
-MODEL_FORMAT = "sarco-model"
-MODEL_FORMAT_VERSION = 1
-ERROR_COLUMNS = ["patient_id", "modality", "stage", "reason"]
-# Leaves of the cohort histogram reduction: enough tasks to keep every worker busy, few enough
-# that the partial histograms alive at once stay small whatever the cohort's size.
-MAX_HISTOGRAM_GROUPS = 64
-# A pass reaches the scheduler in chunks of at least this many tasks, at most two chunks in flight:
-# the scheduler's state for waiting tasks (~10 KB each) stays bounded whatever the cohort's size.
-MIN_STREAM_CHUNK = 256
+__all__ = ["RunFailed", "RunResult", "apply", "run"]
 
 
-class RunFailed(SarcoError):
-    """The run could not complete (``--strict`` with a failed patient, no training data, ...)."""
-
-
-# ----------------------------------------------------------------------------- executors
-class _Done:
-    """A finished result that quacks like a distributed Future."""
-
-    def __init__(self, value):
-        self._value = value
-
-    def result(self):
-        return self._value
-
-
-class InlineExecutor:
-    """Runs every task in this process, in submission order (``scheduler="inline"``)."""
-
-    dashboard_link = None
-
-    def submit(self, fn, *args, key=None, **kwargs):
-        args = [a.result() if isinstance(a, _Done) else a for a in args]
-        return _Done(fn(*args, **kwargs))
-
-    def map(self, fn, *iterables, keys, **kwargs):
-        return [self.submit(fn, *args, **kwargs) for args in zip(*iterables, strict=True)]
-
-    def stream(self, fn, *iterables, keys, **kwargs):
-        for args in zip(*iterables, strict=True):
-            yield fn(*args, **kwargs)
-
-
-class DaskExecutor:
-    def __init__(self, client):
-        self.client = client
-        self.dashboard_link = getattr(client, "dashboard_link", None)
-
-    def submit(self, fn, *args, key=None, **kwargs):
-        return self.client.submit(fn, *args, key=key, pure=False, **kwargs)
-
-    def map(self, fn, *iterables, keys, **kwargs):
-        """One task per element, sent to the scheduler as one graph (the cohort histogram's groups).
-
-        A ``submit`` per task costs the scheduler a graph update (and its bookkeeping) per task;
-        one ``map`` halved the scheduler process's growth per task in a probe (README "Performance").
-        The passes use :meth:`stream`, whose chunks are each one ``map``.
-        """
-        return self.client.map(fn, *iterables, key=list(keys), pure=False, **kwargs)
-
-    def stream_chunk(self) -> int:
-        """Tasks per chunk of :meth:`stream`: enough that every worker thread has two waiting."""
-        threads = sum(self.client.nthreads().values())
-        return max(MIN_STREAM_CHUNK, 2 * threads)
-
-    def stream(self, fn, *iterables, keys, chunk: int | None = None, **kwargs):
-        """The results of one task per element, in completion order, with at most two chunks in flight.
-
-        A pass sent as one graph holds the scheduler's state for every one of its tasks at once
-        (~10 KB per waiting task, and the allocator keeps those pages once they are free), so the
-        scheduler process grew with the cohort: +55 MiB for the 4,000 tasks of 2,000 patients'
-        pass 1 (README "Performance"). Chunks of ``chunk`` tasks (:meth:`stream_chunk`), the next
-        sent each time a chunk's worth has finished, bound it; each chunk is one ``client.map``.
-        """
-        from distributed import as_completed
-
-        chunk = chunk or self.stream_chunk()
-        todo = zip(*iterables, keys, strict=True)
-        completed = as_completed()
-
-        def send(n: int) -> None:
-            batch = list(itertools.islice(todo, n))
-            if batch:
-                *columns, batch_keys = zip(*batch)
-                for future in self.client.map(fn, *columns, key=list(batch_keys), pure=False, **kwargs):
-                    completed.add(future)
-
-        send(2 * chunk)
-        for taken, future in enumerate(completed, start=1):
-            result = future.result()
-            del future  # the scheduler forgets a finished task once its result is taken
-            if taken % chunk == 0:
-                send(chunk)  # at least one chunk is still in flight, so ``completed`` never runs dry early
-            yield result
-
-
-@contextmanager
-def open_executor(scheduler: str | None, workers: int | None, backend: str):
-    """The Dask client for a run: external scheduler, local (CUDA) cluster, or inline."""
-    if scheduler == "inline":
-        yield InlineExecutor()
-        return
-    import dask
-    from distributed import Client
-
-    # A local cluster's workers run without Dask's statistical profiler: it samples every thread's
-    # stack every 10 ms and keeps up to 1,000 one-second profiles per worker, so a worker's memory
-    # grew with the batch's duration, and it costs CPU (measured, README "Performance"). The dashboard
-    # works without it; an external cluster keeps its own setting.
-    no_profiler = {"distributed.worker.profile.enabled": False}
-    cluster = None
-    if scheduler:
-        client = Client(scheduler, timeout="30s")
-    elif backend == "gpu":
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError as exc:
-            raise RunFailed("backend gpu needs dask-cuda for its local cluster: pip install 'sarco-engine[gpu]' "
-                            "(or pass --scheduler to use an existing cluster)") from exc
-        # One worker per GPU; DICOM decoding runs on the worker's CPU threads.
-        with dask.config.set(no_profiler):
-            cluster = LocalCUDACluster(threads_per_worker=max(1, (os.cpu_count() or 2) // 2),
-                                       silence_logs=logging.WARNING)
-        client = Client(cluster)
-    else:
-        from distributed import LocalCluster
-
-        # Processes, one thread each: pydicom decoding holds the GIL.
-        with dask.config.set(no_profiler):
-            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=":8787", silence_logs=logging.WARNING)
-        client = Client(cluster)
-    try:
-        yield DaskExecutor(client)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-def _progress(results, total: int, desc: str):
-    """``results`` passed through, with a progress bar on a terminal."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="task", disable=not sys.stderr.isatty(), leave=True)
-    try:
-        for result in results:
-            bar.update(1)
-            yield result
-    finally:
-        bar.close()
-
-
-def tree_reduce(executor, futures: list, fn, fan_in: int = 8):
-    """Combine partial results as a tree of tasks (each combine sees at most ``fan_in`` inputs)."""
-    while len(futures) > 1:
-        futures = [executor.submit(fn, *futures[i:i + fan_in]) for i in range(0, len(futures), fan_in)]
-    return futures[0].result()
-
-
-# ----------------------------------------------------------------------------- results
 @dataclass
 class RunResult:
     out_dir: Path
@@ -213,143 +51,81 @@ class RunResult:
     backend: str
     n_patients: int
     notes: list[str] = field(default_factory=list)
+    #: Pass-1 series taken from the cache / computed in this run.
+    reused: int = 0
+    computed: int = 0
 
     @property
     def n_failed(self) -> int:
         return int(self.errors[["patient_id", "modality"]].drop_duplicates().shape[0])
 
 
-def _error_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=ERROR_COLUMNS)
-    return frame.sort_values(["patient_id", "modality", "stage"], kind="stable").reset_index(drop=True)
+@dataclass
+class _Batch:
+    """What one ``run`` or ``apply`` works on."""
+
+    manifest: Manifest
+    cfg: Config
+    out_dir: Path
+    splits: pd.Series
+    force: bool
+    errors: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out_dir / CACHE_DIR
 
 
-def _jobs(manifest: Manifest) -> list[dict]:
+def _jobs(manifest: Manifest, modalities=MODALITIES) -> list[dict]:
     jobs = []
     for pid in manifest.patient_ids:
         row = manifest.table.loc[pid]
-        for modality in MODALITIES:
+        for modality in modalities:
             inputs = manifest.inputs(pid, modality)
             if inputs is None:
                 continue
             jobs.append({"patient_id": pid, "modality": modality, "image": inputs[0], "roi": inputs[1],
-                         "series_uid": row.get(f"{modality}_series_uid", "") or None,
+                         "series_uid": row.get(series_uid_column(modality), "") or None,
                          # error messages show paths as the manifest wrote them
                          "manifest_dir": str(manifest.source.parent) if manifest.source else None})
     return jobs
 
 
-# ----------------------------------------------------------------------------- cohort fit
-def histogram_range(modality: str, cfg: Config, summaries: list[dict]) -> tuple[float, float]:
-    """The explicit value range of a modality's pooled histogram.
-
-    CT: the intensity window. Without a window (MRI): the training voxels' min and max, snapped
-    outward to the bin grid; this is itself a partial -> combine -> finalize reduction.
-    """
-    window = cfg.modality_preprocess(modality).window
-    if window is not None:
-        return float(window[0]), float(window[1])
-    width = cfg.modality_fit(modality).bin_width
-    low = math.floor(min(s["min"] for s in summaries) / width) * width
-    high = math.ceil(max(s["max"] for s in summaries) / width) * width
-    if high <= low:  # every training voxel has the same value: one bin
-        high = low + width
-    return float(low), float(high)
+def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
+    results = executor.stream(ingest_and_preprocess, jobs, config=batch.cfg.to_dict(), cache_dir=str(batch.cache_dir),
+                              force=batch.force, keys=[f"pass1-{j['patient_id']}-{j['modality']}" for j in jobs])
+    summaries = list(progress(results, len(jobs), "pass 1"))
+    batch.errors += error_rows(summaries)
+    _check_strict(batch)
+    return summaries
 
 
-def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config,
-               notes: list[str] | None = None) -> dict:
-    """The thresholds of every configured method on one modality's pooled histogram.
-
-    The fits run on the host on both backends: the histogram is a few thousand int64 counts
-    (microseconds of work), and reductions in a different order on a GPU could move a threshold
-    by 1e-12, which is enough to flip a voxel that sits on it. Host fits make CPU and GPU runs
-    give bit-identical thresholds and therefore identical habitat labels.
-    """
-    from kernels import bin_centers, fit_threshold
-
-    width = cfg.modality_fit(modality).bin_width
-    host_counts = to_host(counts)
-    centers = bin_centers(lo, hi, width)
-    options = {
-        "otsu": {},
-        "kmeans": {"seed": cfg.fit.seed, "max_iter": cfg.fit.kmeans_max_iter, "tol": cfg.fit.kmeans_tol},
-        "gmm": {"max_iter": cfg.fit.gmm_max_iter, "tol": cfg.fit.gmm_tol, "reg_covar": cfg.fit.gmm_reg_covar},
-    }
-    fits = {}
-    for method in cfg.fit.methods:
-        try:
-            result = fit_threshold((host_counts, centers), method, **options[method])
-        except ValueError as exc:
-            # A degenerate pooled histogram for one method must not cost the other methods'
-            # results: its features stay empty and the run says why.
-            if notes is None:
-                raise
-            notes.append(f"{modality.upper()} {method}: no threshold ({exc}); its features are left empty")
-            log.warning("%s %s fit failed: %s", modality, method, exc)
-            continue
-        fits[method] = dataclasses.asdict(result)
-    return fits
-
-
-def histogram_groups(train: list[dict], max_groups: int = MAX_HISTOGRAM_GROUPS) -> list[list[dict]]:
-    """The training summaries cut into at most ``max_groups`` contiguous groups of near-equal size.
-
-    Each group's histogram is one partial of the cohort reduction, so the partials alive at once
-    (one int64 per bin each) are bounded by ``max_groups``, whatever the cohort's size.
-    """
-    n_groups = min(len(train), max_groups)
-    edges = [round(i * len(train) / n_groups) for i in range(n_groups + 1)]
-    return [train[a:b] for a, b in zip(edges, edges[1:])]
-
-
-def _fit_modality(executor, modality, train, cfg, backend, notes) -> dict:
-    lo, hi = histogram_range(modality, cfg, train)
-    width = cfg.modality_fit(modality).bin_width
-    groups = histogram_groups(train)
-    futures = executor.map(group_histogram, [[s["sample"] for s in group] for group in groups], lo=lo, hi=hi,
-                           bin_width=width, backend=backend,
-                           keys=[f"histogram-{modality}-{group[0]['patient_id']}" for group in groups])
-    counts = tree_reduce(executor, futures, sum_histograms)
-    fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
-    return {
-        "fat_is": cfg.modality_fit(modality).fat_is,
-        "unit": "HU" if modality == "ct" else "signal",
-        "n_patients": len(train),
-        "n_voxels": int(counts.sum()),
-        "histogram": {"lo": lo, "hi": hi, "bin_width": width, "counts": [int(c) for c in counts]},
-        "methods": fits,
-    }
-
-
-def threshold_values(thresholds: dict, modality: str) -> dict[str, float]:
-    return {m: float(fit["threshold"]) for m, fit in thresholds["modalities"][modality]["methods"].items()}
-
-
-# ----------------------------------------------------------------------------- the passes
-def _pass1(executor, jobs, cfg, cache_dir, force) -> list[dict]:
-    config = cfg.to_dict()
-    results = executor.stream(ingest_and_preprocess, jobs, config=config, cache_dir=str(cache_dir), force=force,
-                              keys=[f"pass1-{job['patient_id']}-{job['modality']}" for job in jobs])
-    return list(_progress(results, len(jobs), "pass 1: ingest + preprocess"))
-
-
-def _pass2(executor, summaries, thresholds, cfg, out_dir, cache_dir, backend, force) -> list[dict]:
-    config = cfg.to_dict()
-    habitat_dir = str(out_dir / "habitats") if cfg.run.habitats else None
-    todo = [s for s in summaries if s["modality"] in thresholds["modalities"]]
+def _pass2(executor, batch: _Batch, ok: list[dict], thresholds: dict, backend: str) -> list[dict]:
+    habitat_dir = str(batch.out_dir / HABITATS_DIR) if batch.cfg.run.habitats else None
+    todo = [s for s in ok if s["modality"] in thresholds["modalities"]]
     frozen = {modality: threshold_values(thresholds, modality) for modality in thresholds["modalities"]}
-    results = executor.stream(classify_and_measure, todo, [frozen[s["modality"]] for s in todo], config=config,
-                              habitat_dir=habitat_dir, cache_dir=str(cache_dir), backend=backend, force=force,
+    results = executor.stream(classify_and_measure, todo, [frozen[s["modality"]] for s in todo],
+                              config=batch.cfg.to_dict(), habitat_dir=habitat_dir, cache_dir=str(batch.cache_dir),
+                              backend=backend, force=batch.force,
                               keys=[f"pass2-{s['patient_id']}-{s['modality']}" for s in todo])
-    return list(_progress(results, len(todo), "pass 2: classify + measure"))
+    rows = list(progress(results, len(todo), "pass 2"))
+    batch.errors += error_rows(rows)
+    _check_strict(batch)
+    return rows
 
 
-def _feature_table(manifest: Manifest, splits: pd.Series, rows: list[dict], modalities, methods) -> pd.DataFrame:
-    table = pd.DataFrame({"patient_id": manifest.patient_ids,
-                          "split": [splits[p] for p in manifest.patient_ids],
-                          "label": manifest.table["label"].to_numpy()})
-    columns = [name for modality in modalities for name in feature_names(modality, methods)]
+def _check_strict(batch: _Batch) -> None:
+    if batch.cfg.run.strict and batch.errors:
+        first = batch.errors[0]
+        raise RunFailed(f"--strict: {len(batch.errors)} failure(s); first: patient {first['patient_id']} "
+                        f"({first['modality']}) [{first['stage']}]: {first['reason']}")
+
+
+def _feature_table(batch: _Batch, rows: list[dict], modalities) -> pd.DataFrame:
+    manifest = batch.manifest
+    table = _split_frame(batch)
+    columns = [name for modality in modalities for name in feature_names(modality, batch.cfg.fit.methods)]
     values = {pid: {} for pid in manifest.patient_ids}
     for row in rows:
         if row["status"] == "ok":
@@ -359,107 +135,28 @@ def _feature_table(manifest: Manifest, splits: pd.Series, rows: list[dict], moda
     return pd.concat([table, feature_frame], axis=1)
 
 
-def _write_tables(out_dir: Path, features: pd.DataFrame, errors: pd.DataFrame, splits: pd.Series,
-                  manifest: Manifest) -> None:
-    write_csv(out_dir / "features.csv", features)
-    write_parquet(out_dir / "features.parquet", features)
-    write_csv(out_dir / "errors.csv", errors)
-    split_frame = pd.DataFrame({"patient_id": manifest.patient_ids,
-                                "split": [splits[p] for p in manifest.patient_ids],
-                                "label": manifest.table["label"].to_numpy()})
-    write_csv(out_dir / "split.csv", split_frame)
+def _split_frame(batch: _Batch) -> pd.DataFrame:
+    ids = batch.manifest.patient_ids
+    return pd.DataFrame({"patient_id": ids, "split": [batch.splits[p] for p in ids],
+                         "label": batch.manifest.table["label"].to_numpy()})
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version(), "sarco-engine": __version__}
-    for name in ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "SimpleITK", "pydicom", "pylibjpeg",
-                 "dask", "distributed", "cupy-cuda12x", "cuml-cu12"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+def _reuse_note(summaries: list[dict]) -> tuple[int, int]:
+    """(series taken from the cache, series computed) of pass 1, logged as the rerun's account."""
+    reused = sum(bool(s.get("cached")) for s in summaries)
+    computed = len(summaries) - reused
+    if reused:
+        log.info("pass 1: %d series reused from the cache, %d computed", reused, computed)
+    return reused, computed
 
 
-def _provenance(cfg: Config, backend: str, summaries: list[dict], started: float, mode: str) -> dict:
-    inputs = {f"{s['patient_id']}/{s['modality']}": s.get("input_blake3") for s in summaries if s.get("input_blake3")}
-    return {"engine_version": __version__, "mode": mode, "backend": backend, "config": cfg.to_dict(),
-            "versions": _versions(), "platform": platform.platform(), "input_blake3": dict(sorted(inputs.items())),
-            "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}
-
-
-def _check_strict(cfg: Config, errors: list[dict]) -> None:
-    if cfg.run.strict and errors:
-        first = errors[0]
-        raise RunFailed(f"--strict: {len(errors)} failure(s); first: patient {first['patient_id']} "
-                        f"({first['modality']}) [{first['stage']}]: {first['reason']}")
-
-
-def _prepare(manifest_path, cfg, out_dir):
-    manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return manifest, out_dir
-
-
-@contextmanager
-def _run_lock(out_dir: Path):
-    """One run at a time per folder; temp files of a killed earlier run are removed first.
-
-    Outputs are written under hidden temporary names and renamed into place, so a killed run
-    leaves at most such temp files, never a half-written output; they are swept here.
-    """
-    lock = out_dir / ".sarco.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        if pid and _alive(pid):
-            raise RunFailed(f"another sarco process (pid {pid}) is writing into {out_dir}; wait for it or "
-                            "choose another --out") from None
-        lock.unlink(missing_ok=True)  # left by a killed run
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(str(os.getpid()))
-    try:
-        for stale in list(out_dir.rglob(".tmp-*")) + list(out_dir.rglob(".*.tmp")):
-            stale.unlink(missing_ok=True)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _retract_outputs(out_dir: Path) -> None:
-    """Remove the previous run's published outputs (cheap to rebuild from the cache)."""
-    for name in PUBLISHED_OUTPUTS:
-        (out_dir / name).unlink(missing_ok=True)
-    tables = out_dir / "tables"
-    if tables.is_dir():
-        for table in tables.glob("*.csv"):
-            table.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
-
-
-def _setup_logging(out_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
+def _measure(executor, batch: _Batch, ok: list[dict], thresholds: dict, backend: str) -> pd.DataFrame:
+    """Pass 2, then features.csv/.parquet, errors.csv and split.csv; returns the feature table."""
+    rows = _pass2(executor, batch, ok, thresholds, backend)
+    modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
+    features = _feature_table(batch, rows, modalities)
+    write_tables(batch.out_dir, features, error_frame(batch.errors), _split_frame(batch))
+    return features
 
 
 def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = False) -> RunResult:
@@ -478,88 +175,54 @@ def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = F
     """
     cfg = config or load_config()
     started = time.time()
-    manifest, out_dir = _prepare(manifest_path, cfg, out_dir)
-    handler = _setup_logging(out_dir)
-    try:
-        with _run_lock(out_dir):
-            return _run(manifest, cfg, out_dir, force, started)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-
-
-def _run(manifest: Manifest, cfg: Config, out_dir: Path, force: bool, started: float) -> RunResult:
-    backend = resolve_backend(cfg.run.backend)
+    manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     splits = assign_splits(manifest.table, train_fraction=cfg.stats.train_fraction, seed=cfg.stats.split_seed)
+    batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems])
+    with run_log(out_dir), run_lock(out_dir):
+        return _run(batch, started)
+
+
+def _run(batch: _Batch, started: float) -> RunResult:
+    cfg, out_dir, manifest = batch.cfg, batch.out_dir, batch.manifest
+    backend = resolve_backend(cfg.run.backend)
     jobs = _jobs(manifest)
-    cache_dir = out_dir / "cache"
-    error_rows = [p.as_row() for p in manifest.problems]
-    notes: list[str] = []
     log.info("sarco-engine %s: %d patients, %d series, backend %s", __version__, len(manifest.patient_ids),
              len(jobs), backend)
     with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
         if executor.dashboard_link:
             print(f"Dask dashboard: {executor.dashboard_link}", file=sys.stderr)
-        summaries = _pass1(executor, jobs, cfg, cache_dir, force)
-        failed = [s for s in summaries if s["status"] == "error"]
-        error_rows += [{k: s[k] for k in ERROR_COLUMNS} for s in failed]
-        _check_strict(cfg, error_rows)
+        summaries = _pass1(executor, batch, jobs)
         ok = [s for s in summaries if s["status"] == "ok"]
-
-        thresholds = {"engine_version": __version__, "modalities": {}}
-        for modality in MODALITIES:
-            train = sorted((s for s in ok if s["modality"] == modality and splits[s["patient_id"]] == "train"
-                            and not np.isnan(manifest.table.loc[s["patient_id"], "label"])),
-                           key=lambda s: s["patient_id"])
-            if not train:
-                if any(s["modality"] == modality for s in summaries):
-                    notes.append(f"no usable {modality.upper()} training patient: no {modality.upper()} thresholds "
-                                 "and no features for this modality")
-                continue
-            thresholds["modalities"][modality] = _fit_modality(executor, modality, train, cfg, backend, notes)
-            for method, fit in thresholds["modalities"][modality]["methods"].items():
-                log.info("%s %s threshold %.3f from %d training patients", modality, method, fit["threshold"],
-                         len(train))
+        is_training = (lambda s: batch.splits[s["patient_id"]] == "train"
+                       and not np.isnan(manifest.table.loc[s["patient_id"], "label"]))
+        thresholds = fit_thresholds(executor, ok, is_training, cfg, backend, batch.notes)
         if not thresholds["modalities"]:
-            write_csv(out_dir / "errors.csv", _error_frame(error_rows))
+            write_csv(out_dir / "errors.csv", error_frame(batch.errors))
             raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
-                            "see errors.csv" if error_rows else "no training patient in the manifest")
-        _retract_outputs(out_dir)
-        write_json(out_dir / "thresholds.json", thresholds)
-
-        rows = _pass2(executor, ok, thresholds, cfg, out_dir, cache_dir / "features", backend, force)
-    pass2_failed = [r for r in rows if r["status"] == "error"]
-    error_rows += [{k: r[k] for k in ERROR_COLUMNS} for r in pass2_failed]
-    _check_strict(cfg, error_rows)
+                            "see errors.csv" if batch.errors else "no training patient in the manifest")
+        retract_outputs(out_dir)
+        write_json(out_dir / THRESHOLDS_JSON, thresholds)
+        features = _measure(executor, batch, ok, thresholds, backend)
     modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
-    features = _feature_table(manifest, splits, rows, modalities, cfg.fit.methods)
-    errors = _error_frame(error_rows)
-    _write_tables(out_dir, features, errors, splits, manifest)
-
-    bundle = None
+    statistics = None
     if cfg.stats.enabled:
         from .study import run_statistics
 
-        bundle = run_statistics(out_dir, features, manifest, cfg, modalities, notes)
-    model = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
-             "config": cfg.to_dict(), "thresholds": thresholds, "statistics": bundle,
-             "feature_columns": [c for m in modalities for c in feature_names(m, cfg.fit.methods)],
-             "clinical_columns": manifest.clinical_columns}
-    write_json(out_dir / "model.json", model)
-    write_json(out_dir / "provenance.json", _provenance(cfg, backend, summaries, started, "run"))
-    result = RunResult(out_dir, features, thresholds, errors, backend, len(manifest.patient_ids), notes)
+        statistics = run_statistics(out_dir, features, manifest, cfg, modalities, batch.notes)
+    feature_columns = [c for m in modalities for c in feature_names(m, cfg.fit.methods)]
+    write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
+                                                 manifest.clinical_columns))
+    write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run"))
+    reused, computed = _reuse_note(summaries)
+    result = RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
+                       len(manifest.patient_ids), batch.notes, reused, computed)
     if cfg.run.report:
-        _render_report(out_dir, notes)
-    return result
-
-
-def _render_report(out_dir: Path, notes: list[str]) -> None:
-    try:
         from .report import render_report
-    except ImportError:
-        notes.append("report stage not available in this build")
-        return
-    render_report(out_dir)
+
+        render_report(out_dir)
+    return result
 
 
 def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, force: bool = False) -> RunResult:
@@ -567,52 +230,34 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
 
     Thresholds, preprocessing and statistical models all come from the bundle. Patients already
     processed in ``out_dir`` (same inputs) are taken from its cache: a nightly batch only does
-    the new ones.
+    the new ones. Patients without a split count as ``prospective``.
     """
-    import json
-
     started = time.time()
-    model = json.loads(Path(model_path).read_text())
-    if model.get("format") != MODEL_FORMAT:
-        raise RunFailed(f"{model_path} is not a sarco model bundle (format {model.get('format')!r})")
-    if model.get("format_version", 0) > MODEL_FORMAT_VERSION:
-        raise RunFailed(f"{model_path} has format version {model['format_version']}; this engine reads "
-                        f"<= {MODEL_FORMAT_VERSION}: upgrade sarco-engine")
-    from .config import _deep_merge, validate
+    model = read_bundle(model_path)
+    cfg = load_config(overrides=model["config"]).with_overrides(overrides)
+    manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = manifest.table["split"].where(manifest.table["split"] != "", "prospective")
+    batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems])
+    with run_log(out_dir), run_lock(out_dir):
+        return _apply(batch, model, started)
 
-    cfg = validate(_deep_merge(model["config"], overrides or {}))
+
+def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
+    cfg, out_dir = batch.cfg, batch.out_dir
     thresholds = model["thresholds"]
-    manifest, out_dir = _prepare(manifest_path, cfg, out_dir)
-    handler = _setup_logging(out_dir)
-    try:
-        return _apply(model, manifest, cfg, thresholds, out_dir, force, started)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    backend = resolve_backend(cfg.run.backend)
+    jobs = _jobs(batch.manifest, [m for m in MODALITIES if m in thresholds["modalities"]])
+    with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
+        summaries = _pass1(executor, batch, jobs)
+        retract_outputs(out_dir)
+        features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
+    if model.get("statistics"):
+        from .study import score_new_patients
 
-
-def _apply(model, manifest, cfg, thresholds, out_dir, force, started) -> RunResult:
-    with _run_lock(out_dir):
-        backend = resolve_backend(cfg.run.backend)
-        splits = manifest.table["split"].where(manifest.table["split"] != "", "prospective")
-        jobs = [j for j in _jobs(manifest) if j["modality"] in thresholds["modalities"]]
-        cache_dir = out_dir / "cache"
-        error_rows = [p.as_row() for p in manifest.problems]
-        with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
-            summaries = _pass1(executor, jobs, cfg, cache_dir, force)
-            error_rows += [{k: s[k] for k in ERROR_COLUMNS} for s in summaries if s["status"] == "error"]
-            ok = [s for s in summaries if s["status"] == "ok"]
-            rows = _pass2(executor, ok, thresholds, cfg, out_dir, cache_dir / "features", backend, force)
-        error_rows += [{k: r[k] for k in ERROR_COLUMNS} for r in rows if r["status"] == "error"]
-        _check_strict(cfg, error_rows)
-        modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
-        features = _feature_table(manifest, splits, rows, modalities, cfg.fit.methods)
-        errors = _error_frame(error_rows)
-        _retract_outputs(out_dir)
-        _write_tables(out_dir, features, errors, splits, manifest)
-        if model.get("statistics"):
-            from .study import score_new_patients
-
-            score_new_patients(out_dir, features, manifest, model["statistics"])
-        write_json(out_dir / "provenance.json", _provenance(cfg, backend, summaries, started, "apply"))
-        return RunResult(out_dir, features, thresholds, errors, backend, len(manifest.patient_ids))
+        score_new_patients(out_dir, features, batch.manifest, model["statistics"])
+    write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "apply"))
+    reused, computed = _reuse_note(summaries)
+    return RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
+                     len(batch.manifest.patient_ids), batch.notes, reused, computed)

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .contract import SAMPLE_KEYS
 from .errors import InputError
+from .outputs import atomic_path
 
 # Interpolation needs the input voxels around each output point; 2 extra voxels make the
 # crop's buffer edge unreachable from any output point.
@@ -98,18 +100,18 @@ class RoiSample:
         return self.values[self.in_window]
 
     def save(self, path: str | Path) -> None:
-        """Write as an uncompressed ``.npz`` (no pickle), atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(handle, values=self.values, flat_index=self.flat_index, in_window=self.in_window,
-                     size=np.asarray(self.grid.size, np.int64), spacing=np.asarray(self.grid.spacing),
-                     origin=np.asarray(self.grid.origin), direction=np.asarray(self.grid.direction),
-                     preview=self.preview, preview_z=np.int64(self.preview_z))
-        tmp.replace(path)
+        """Write as an uncompressed ``.npz`` (no pickle; keys :data:`engine.contract.SAMPLE_KEYS`), atomically."""
+        arrays = {"values": self.values, "flat_index": self.flat_index, "in_window": self.in_window,
+                  "size": np.asarray(self.grid.size, np.int64), "spacing": np.asarray(self.grid.spacing),
+                  "origin": np.asarray(self.grid.origin), "direction": np.asarray(self.grid.direction),
+                  "preview": self.preview, "preview_z": np.int64(self.preview_z)}
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "RoiSample":
+        """Read a sample written by :meth:`save` (raises ``OSError``/``ValueError``/``KeyError`` if damaged)."""
         with np.load(path, allow_pickle=False) as data:
             grid = Grid(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),
                         tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))

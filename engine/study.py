@@ -15,7 +15,7 @@ import pandas as pd
 
 from .manifest import Manifest
 from .outputs import write_csv
-from .tasks import STATS, TISSUES
+from .contract import STATS, TISSUES
 
 log = logging.getLogger("sarco")
 

@@ -19,18 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .contract import (DICOM_MODALITY, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
+                       features_cache_path, habitat_path, roi_volume_column, sample_path, summary_path)
 from .errors import InputError
-
-TISSUES = ("fat", "muscle")
-STATS = ("mean", "volume", "percent")
-HABITAT_LABELS = {"outside_roi": 0, "muscle": 1, "fat": 2, "outside_window": 3}
-EXPECTED_DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
-
-
-def feature_names(modality: str, methods) -> list[str]:
-    """The feature columns of one modality, in canonical order (METHOD.md section 4)."""
-    names = [f"{modality}_{method}_{tissue}_{stat}" for method in methods for tissue in TISSUES for stat in STATS]
-    return names + [f"{modality}_roi_volume", f"{modality}_excluded_voxels"]
 
 
 def _hash(data) -> str:
@@ -175,15 +166,14 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
     key = _hash({"inputs": stat_signature(job["image"], job["roi"]), "series_uid": job.get("series_uid"),
                  "config": cfg.preprocess_key(modality), "engine": __version__})
     cache = Path(cache_dir)
-    stem = f"{pid}__{modality}"
-    summary_path = cache / f"{stem}.json"
-    sample_path = cache / f"{stem}.npz"
+    summary_file = summary_path(cache, pid, modality)
+    sample_file = sample_path(cache, pid, modality)
     if not force:
-        cached = _read_json(summary_path)
-        if cached and cached.get("key") == key and (cached["status"] == "error" or sample_path.exists()):
+        cached = _read_json(summary_file)
+        if cached and cached.get("key") == key and (cached["status"] == "error" or sample_file.exists()):
             cached["cached"] = True
             if cached["status"] == "ok":
-                cached["sample"] = str(sample_path)  # where it is now: a run folder may have been moved
+                cached["sample"] = str(sample_file)  # where it is now: a run folder may have been moved
             return cached
 
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
@@ -205,7 +195,7 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
                            series_description=cfg.io.series_description.get(modality))
         info = image.info
         found = (info or {}).get("modality")
-        expected = EXPECTED_DICOM_MODALITY[modality]
+        expected = DICOM_MODALITY[modality]
         if found and found in ("CT", "MR") and found != expected:
             article = "an" if found == "MR" else "a"
             raise InputError("ingest", f"the {modality.upper()} column points to {article} {found} series; "
@@ -226,8 +216,8 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
             raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
                                            f"({sample.roi_voxels} ROI voxels, all excluded)")
         cache.mkdir(parents=True, exist_ok=True)
-        sample.save(sample_path)
-        summary = {**base, "status": "ok", "sample": str(sample_path), "roi_voxels": sample.roi_voxels,
+        sample.save(sample_file)
+        summary = {**base, "status": "ok", "sample": str(sample_file), "roi_voxels": sample.roi_voxels,
                    "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
                    "min": float(in_window.min()), "max": float(in_window.max()),
                    "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
@@ -242,7 +232,7 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
         summary = {**base, "status": "error", "stage": stage,
                    "reason": _as_written(f"unexpected {type(exc).__name__} while reading this study: {exc}", job)}
     cache.mkdir(parents=True, exist_ok=True)
-    _write_json(summary_path, summary)
+    _write_json(summary_file, summary)
     return summary
 
 
@@ -300,7 +290,7 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
     fat_is = cfg.modality_fit(modality).fat_is
     key = _hash({"sample": summary["key"], "thresholds": {m: thresholds[m] for m in methods}, "fat_is": fat_is,
                  "habitats": habitat_dir is not None, "engine": __version__})
-    cache_path = Path(cache_dir) / f"{pid}__{modality}.features.json"
+    cache_path = features_cache_path(cache_dir, pid, modality)
     base = {"patient_id": pid, "modality": modality, "key": key}
     if not force:
         cached = _read_json(cache_path)
@@ -322,19 +312,19 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
                 for tissue in TISSUES:
                     count = int(getattr(stats, f"{tissue}_count"))
                     total = float(getattr(stats, f"{tissue}_sum"))
-                    features[f"{modality}_{method}_{tissue}_mean"] = total / count if count else float("nan")
-                    features[f"{modality}_{method}_{tissue}_volume"] = count * voxel_mm3
-                    features[f"{modality}_{method}_{tissue}_percent"] = 100.0 * count / n_window
+                    features[feature_name(modality, method, tissue, "mean")] = total / count if count else float("nan")
+                    features[feature_name(modality, method, tissue, "volume")] = count * voxel_mm3
+                    features[feature_name(modality, method, tissue, "percent")] = 100.0 * count / n_window
             if habitat_dir is not None:
                 stage = "write"
                 all_labels = to_host(classify(window_values, method_thresholds, fat_is=fat_is))
                 for method, method_labels in zip(methods, all_labels):
                     labels = np.full(sample.roi_voxels, HABITAT_LABELS["outside_window"], np.uint8)
                     labels[sample.in_window] = method_labels
-                    write_image(Path(habitat_dir) / f"{pid}_{modality}_{method}.nii.gz", sample.label_volume(labels))
+                    write_image(habitat_path(habitat_dir, pid, modality, method), sample.label_volume(labels))
                 stage = "classify"
-        features[f"{modality}_roi_volume"] = sample.roi_voxels * voxel_mm3
-        features[f"{modality}_excluded_voxels"] = float(sample.excluded_voxels)
+        features[roi_volume_column(modality)] = sample.roi_voxels * voxel_mm3
+        features[excluded_voxels_column(modality)] = float(sample.excluded_voxels)
         result = {**base, "status": "ok", "features": features}
     except InputError as exc:
         result = {**base, "status": "error", "stage": exc.stage, "reason": exc.reason}

@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from engine.contract import TEMP_GLOB, TEMP_PREFIX
 from engine.pipeline import run
 from tests import corruptions as corpus
 
@@ -80,7 +81,7 @@ sys.exit(main(sys.argv[4:]))
 KILL_POINTS = [
     # (where, hook, pattern, n)
     ("pass 1", "rename", "*__ct.npz", 3),
-    ("reduce", "call", "engine.pipeline.sum_histograms", 1),
+    ("reduce", "call", "engine.cohort_fit.sum_histograms", 1),
     ("thresholds.json", "rename", "thresholds.json", 1),
     ("pass 2", "rename", "*.nii.gz", 4),
     ("features.parquet", "rename", "features.parquet", 1),
@@ -100,8 +101,7 @@ def _visible_files(folder: Path) -> list[Path]:
 
 
 def _temporary_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-") or
-            (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    return list(folder.rglob(TEMP_GLOB))
 
 
 def assert_nothing_half_written(folder: Path) -> None:
@@ -153,7 +153,8 @@ def test_sigkill_at_every_stage_then_rerun_gives_the_uninterrupted_outputs(setup
         assert result.returncode == -signal.SIGKILL, f"{where}: the kill point was not reached\n{result.stderr}"
         assert_nothing_half_written(out)
         if where == "pass 1":
-            assert len(list((out / "cache").glob("*__ct.npz"))) == nth - 1
+            published = [p for p in (out / "cache").glob("*__ct.npz") if not p.name.startswith(TEMP_PREFIX)]
+            assert len(published) == nth - 1
             assert _temporary_files(out), "the cut-off ROI sample should be left under its temporary name"
         if where in ("pass 1", "reduce", "thresholds.json"):
             assert not (out / "thresholds.json").exists() and not (out / "features.csv").exists()

@@ -44,7 +44,7 @@ def _config(**run):
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory) -> Path:
-    from engine.synth import synthesize_cohort
+    from engine.synthetic import synthesize_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     return synthesize_cohort(root, n_patients=N_PATIENTS, seed=11, size="small", workers=2)
@@ -131,7 +131,8 @@ def test_local_cluster_gives_byte_identical_outputs(ct_manifest, ct_reference, t
 
 def test_local_cluster_workers_run_without_the_profiler():
     """The statistical profiler grows each worker's memory with the batch's duration (#4)."""
-    from engine.pipeline import open_executor, sum_histograms
+    from engine.executors import open_executor
+    from engine.tasks import sum_histograms
 
     with open_executor(None, 1, "cpu") as executor:
         settings = executor.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
@@ -150,7 +151,7 @@ def _square(value: int, offset: int = 0) -> int:
 
 def test_a_pass_streams_in_bounded_chunks_and_returns_every_result():
     """The scheduler holds at most two chunks of a pass at once, whatever the cohort's size (#4)."""
-    from engine.pipeline import InlineExecutor, open_executor
+    from engine.executors import InlineExecutor, open_executor
 
     values = list(range(53))
     keys = [f"pass1-P{v}-ct" for v in values]
@@ -296,7 +297,7 @@ def test_strict_makes_a_failure_fatal(ct_manifest, tmp_path):
 
 
 def test_histogram_groups_bound_the_partials_and_cover_every_patient():
-    from engine.pipeline import histogram_groups
+    from engine.cohort_fit import histogram_groups
 
     for n in (1, 7, 64, 65, 1200):
         train = [{"patient_id": f"P{i:04d}"} for i in range(n)]

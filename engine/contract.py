@@ -1,0 +1,174 @@
+"""The run folder's contract: every name a producer and a consumer share, defined once.
+
+Feature columns and their parts, manifest columns, table and output file names, habitat label
+values, the per-patient cache layout (ROI sample ``.npz`` keys included), error columns and the
+temporary-file pattern of atomic writes. The pipeline, the tasks, the statistics glue, the
+report, the manifest reader, the config schema and the tests import these names; none of them
+re-derives a layout by hand. Adding a feature column or a table touches this module only.
+
+Deliberately imports nothing but the standard library: a report renderer, a test or a tool
+that only reads a run folder should not pay for numpy, pandas or Dask to learn its layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- vocabulary
+MODALITIES = ("ct", "mri")
+MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
+#: DICOM Modality (0008,0060) each manifest modality must carry.
+DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
+#: Methods fitted on the pooled training histogram (METHOD.md section 3).
+METHODS = ("otsu", "kmeans", "gmm")
+METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM"}
+TISSUES = ("fat", "muscle")
+STATS = ("mean", "volume", "percent")
+SPLITS = ("train", "validation", "prospective")
+SPLIT_NAMES = {"train": "Training", "validation": "Retrospective validation",
+               "prospective": "Prospective validation"}
+
+#: Habitat map values (METHOD.md section 4). Muscle and fat are the classify kernel's own codes
+#: (``kernels.MUSCLE``/``kernels.FAT``; a test keeps them equal).
+HABITAT_LABELS = {"outside_roi": 0, "muscle": 1, "fat": 2, "outside_window": 3}
+
+
+# ----------------------------------------------------------------------------- features
+def feature_name(modality: str, method: str, tissue: str, stat: str) -> str:
+    """``{modality}_{method}_{tissue}_{stat}`` (METHOD.md section 4)."""
+    return f"{modality}_{method}_{tissue}_{stat}"
+
+
+def method_features(modality: str, method: str) -> list[str]:
+    """The 6 features of one (modality, method): one imaging model's candidates."""
+    return [feature_name(modality, method, tissue, stat) for tissue in TISSUES for stat in STATS]
+
+
+def roi_volume_column(modality: str) -> str:
+    return f"{modality}_roi_volume"
+
+
+def excluded_voxels_column(modality: str) -> str:
+    return f"{modality}_excluded_voxels"
+
+
+def feature_names(modality: str, methods) -> list[str]:
+    """The feature columns of one modality, in canonical order."""
+    names = [name for method in methods for name in method_features(modality, method)]
+    return names + [roi_volume_column(modality), excluded_voxels_column(modality)]
+
+
+def model_name(modality: str, method: str) -> str:
+    """An imaging model's name in the statistics (``ct_otsu``)."""
+    return f"{modality}_{method}"
+
+
+def imaging_models(modalities, methods) -> dict[str, list[str]]:
+    """One model per (modality, method) over its 6 features (METHOD.md section 5)."""
+    return {model_name(m, method): method_features(m, method) for m in modalities for method in methods}
+
+
+def parse_feature(column: str) -> tuple[str, str, str, str] | None:
+    """(modality, method, tissue, stat) of a method feature column, or None for any other column."""
+    parts = column.split("_")
+    if len(parts) != 4 or parts[0] not in MODALITIES or parts[2] not in TISSUES or parts[3] not in STATS:
+        return None
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+# ----------------------------------------------------------------------------- manifest columns
+PATIENT_ID = "patient_id"
+LABEL = "label"
+SPLIT = "split"
+
+
+def image_column(modality: str) -> str:
+    return f"{modality}_image"
+
+
+def roi_column(modality: str) -> str:
+    return f"{modality}_roi"
+
+
+def series_uid_column(modality: str) -> str:
+    return f"{modality}_series_uid"
+
+
+def segmentation_column(modality: str) -> str:
+    return f"{modality}_segmentation"
+
+
+#: Every column the engine reads itself; any other manifest column is a clinical variable.
+ENGINE_COLUMNS = (PATIENT_ID, LABEL, SPLIT) + tuple(
+    column(m) for m in MODALITIES for column in (image_column, roi_column, series_uid_column, segmentation_column))
+REQUIRED_COLUMNS = (PATIENT_ID, LABEL)
+
+# ----------------------------------------------------------------------------- run folder
+FEATURES_CSV = "features.csv"
+FEATURES_PARQUET = "features.parquet"
+THRESHOLDS_JSON = "thresholds.json"
+ERRORS_CSV = "errors.csv"
+SPLIT_CSV = "split.csv"
+PREDICTIONS_CSV = "predictions.csv"
+MODEL_JSON = "model.json"
+PROVENANCE_JSON = "provenance.json"
+REPORT_HTML = "report.html"
+RUN_LOG = "run.log"
+LOCK_FILE = ".sarco.lock"
+TABLES_DIR = "tables"
+HABITATS_DIR = "habitats"
+CACHE_DIR = "cache"
+#: Per-patient feature rows of pass 2, under the cache folder.
+FEATURE_CACHE_DIR = "features"
+
+#: The run-level outputs a finished run publishes. A new run into the same folder retracts them
+#: (and ``tables/*.csv``) before it writes its first one, so a folder never shows one run's
+#: thresholds.json beside another run's model.json; habitat maps and the cache are per patient
+#: and keyed, not retracted.
+PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV, SPLIT_CSV, PREDICTIONS_CSV,
+                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML)
+
+#: One row per failed patient and modality (METHOD.md section 6).
+ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")
+
+MODEL_FORMAT = "sarco-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def patient_stem(patient_id: str, modality: str) -> str:
+    return f"{patient_id}__{modality}"
+
+
+def sample_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """Pass 1's cached ROI sample of one patient and modality."""
+    return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.npz"
+
+
+def summary_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """Pass 1's cached summary (status, cache key, value range) next to the sample."""
+    return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.json"
+
+
+def features_cache_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """Pass 2's cached feature row of one patient and modality."""
+    return Path(cache_dir) / FEATURE_CACHE_DIR / f"{patient_stem(patient_id, modality)}.features.json"
+
+
+def habitat_path(habitat_dir: str | Path, patient_id: str, modality: str, method: str) -> Path:
+    return Path(habitat_dir) / f"{patient_id}_{modality}_{method}.nii.gz"
+
+
+#: Arrays of an ROI sample ``.npz`` (:class:`engine.preprocess.RoiSample`).
+SAMPLE_KEYS = ("values", "flat_index", "in_window", "size", "spacing", "origin", "direction", "preview",
+               "preview_z")
+
+# ----------------------------------------------------------------------------- atomic writes
+#: Every file is written as ``.tmp-<pid>-<name>`` beside its destination and renamed into place
+#: (:func:`engine.outputs.atomic_path`); the run lock sweeps this pattern, and the crash-safety
+#: test asserts nothing matching it survives a completed rerun.
+TEMP_PREFIX = ".tmp-"
+TEMP_GLOB = f"{TEMP_PREFIX}*"
+
+
+def temp_name(name: str, pid: int) -> str:
+    return f"{TEMP_PREFIX}{pid}-{name}"

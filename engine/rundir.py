@@ -1,0 +1,138 @@
+"""The run folder as a place: one writer at a time, swept after a crash, retracted before a rerun.
+
+Everything here is about the folder, not the science: the lock, the sweep of temporary files a
+killed run left (:data:`engine.contract.TEMP_GLOB`), the retraction of the previous run's
+published outputs, the run log, the tables every run writes, and provenance.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .contract import (ERROR_COLUMNS, ERRORS_CSV, FEATURES_CSV, FEATURES_PARQUET, LOCK_FILE, PUBLISHED_OUTPUTS,
+                       RUN_LOG, SPLIT_CSV, TABLES_DIR, TEMP_GLOB)
+from .errors import SarcoError
+from .outputs import write_csv, write_parquet
+
+log = logging.getLogger("sarco")
+
+
+class RunFailed(SarcoError):
+    """The run could not complete (``--strict`` with a failed patient, no training data, ...)."""
+
+
+@contextmanager
+def run_lock(out_dir: Path):
+    """One run at a time per folder; temp files of a killed earlier run are removed first.
+
+    Outputs are written under hidden temporary names and renamed into place, so a killed run
+    leaves at most such temp files, never a half-written output; they are swept here.
+    """
+    lock = out_dir / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and _alive(pid):
+            raise RunFailed(f"another sarco process (pid {pid}) is writing into {out_dir}; wait for it or "
+                            "choose another --out") from None
+        lock.unlink(missing_ok=True)  # left by a killed run
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        sweep_temp_files(out_dir)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def sweep_temp_files(out_dir: Path) -> list[Path]:
+    """Remove every temporary file of an atomic write under ``out_dir`` (call under the lock)."""
+    stale = list(Path(out_dir).rglob(TEMP_GLOB))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def retract_outputs(out_dir: Path) -> None:
+    """Remove the previous run's published outputs (cheap to rebuild from the cache)."""
+    for name in PUBLISHED_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    tables = out_dir / TABLES_DIR
+    if tables.is_dir():
+        for table in tables.glob("*.csv"):
+            table.unlink()
+
+
+@contextmanager
+def run_log(out_dir: Path):
+    """The engine's log lines also go to ``run.log`` in the run folder while the block runs."""
+    handler = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def error_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(ERROR_COLUMNS))
+    return frame.sort_values(["patient_id", "modality", "stage"], kind="stable").reset_index(drop=True)
+
+
+def error_rows(results: list[dict]) -> list[dict]:
+    """errors.csv rows of the failed task results of a pass."""
+    return [{k: r[k] for k in ERROR_COLUMNS} for r in results if r["status"] == "error"]
+
+
+def write_tables(out_dir: Path, features: pd.DataFrame, errors: pd.DataFrame, split_frame: pd.DataFrame) -> None:
+    write_csv(out_dir / FEATURES_CSV, features)
+    write_parquet(out_dir / FEATURES_PARQUET, features)
+    write_csv(out_dir / ERRORS_CSV, errors)
+    write_csv(out_dir / SPLIT_CSV, split_frame)
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "sarco-engine": __version__}
+    for name in ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "SimpleITK", "pydicom", "pylibjpeg",
+                 "dask", "distributed", "cupy-cuda12x", "cuml-cu12"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def provenance(config: dict, backend: str, summaries: list[dict], started: float, mode: str) -> dict:
+    """provenance.json: input digests, config, versions, backend and timing of one run or apply."""
+    inputs = {f"{s['patient_id']}/{s['modality']}": s.get("input_blake3") for s in summaries if s.get("input_blake3")}
+    return {"engine_version": __version__, "mode": mode, "backend": backend, "config": config,
+            "versions": _versions(), "platform": platform.platform(), "input_blake3": dict(sorted(inputs.items())),
+            "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}
