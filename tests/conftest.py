@@ -41,6 +41,14 @@ def xp(request):
     return _CUPY
 
 
+@pytest.fixture(scope="session")
+def shared_cohort(tmp_path_factory):
+    """The session's synthetic cohort manifest (:mod:`tests.cohorts`), synthesized once."""
+    from tests.cohorts import shared_cohort as make
+
+    return make(tmp_path_factory)
+
+
 def to_numpy(array):
     """Bring an array from any backend to host memory for comparison."""
     if hasattr(array, "get"):

@@ -516,7 +516,8 @@ def ct_only_rows(manifest: Path, splits: dict[str, str]) -> tuple[list[str], lis
     """The clean manifest without the MRI columns and with explicit splits."""
     header, rows = read_rows(manifest)
     header = [h for h in header if h not in ("mri_image", "mri_roi")]
-    return header, [{**{k: row[k] for k in header}, "split": splits[row["patient_id"]]} for row in rows]
+    return header, [{**{k: row[k] for k in header}, "split": splits[row["patient_id"]]} for row in rows
+                    if row["patient_id"] in splits]
 
 
 def build_corrupt_cohort(cohort: Path, header: list[str], clean_rows: list[dict], kinds=PATIENT_KINDS) -> Path:
@@ -582,13 +583,10 @@ def run_config():
 
 
 def synthetic_cohort(tmp_path_factory) -> Path:
-    """The session's clean cohort folder (8 small CT + MRI patients), synthesized once."""
-    if "cohort" not in _SESSION:
-        from engine.synthetic import synthesize_cohort
+    """The session's shared cohort folder (:mod:`tests.cohorts`); the corpus uses its first patients."""
+    from tests.cohorts import shared_cohort
 
-        root = tmp_path_factory.mktemp("corpus_cohort")
-        _SESSION["cohort"] = synthesize_cohort(root, n_patients=N_CLEAN, seed=SEED, size="small", workers=2).parent
-    return _SESSION["cohort"]
+    return shared_cohort(tmp_path_factory).parent
 
 
 def clean_ct_manifest(tmp_path_factory) -> Path:

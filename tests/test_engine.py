@@ -43,11 +43,10 @@ def _config(**run):
 
 
 @pytest.fixture(scope="session")
-def cohort(tmp_path_factory) -> Path:
-    from engine.synthetic import synthesize_cohort
+def cohort(shared_cohort) -> Path:
+    from tests.cohorts import first_patients
 
-    root = tmp_path_factory.mktemp("cohort")
-    return synthesize_cohort(root, n_patients=N_PATIENTS, seed=11, size="small", workers=2)
+    return first_patients(shared_cohort, N_PATIENTS, "engine")
 
 
 @pytest.fixture(scope="session")
@@ -265,8 +264,10 @@ def test_apply_uses_frozen_thresholds_and_only_new_patients(ct_manifest, ct_refe
 def test_bad_patient_is_recorded_and_the_batch_goes_on(ct_manifest, ct_reference, tmp_path):
     table = pd.read_csv(ct_manifest, dtype=str, keep_default_na=False)
     broken = table.copy()
-    victim = broken.loc[broken.index[-1], "patient_id"]
-    broken.loc[broken.index[-1], "ct_image"] = "patients/does-not-exist/ct"
+    # a validation patient: the training set, hence the thresholds, stay the reference run's
+    reference_split = pd.read_csv(ct_reference / "split.csv").set_index("patient_id")["split"]
+    victim = sorted(reference_split.index[reference_split == "validation"])[-1]
+    broken.loc[broken["patient_id"] == victim, "ct_image"] = "patients/does-not-exist/ct"
     path = ct_manifest.parent / "manifest_broken.csv"
     broken.to_csv(path, index=False)
     run(path, out_dir=tmp_path, config=_config())
@@ -278,8 +279,9 @@ def test_bad_patient_is_recorded_and_the_batch_goes_on(ct_manifest, ct_reference
     assert features.loc[victim].filter(like="ct_").isna().all()
     others = [p for p in reference.index if p != victim]
     split = pd.read_csv(tmp_path / "split.csv").set_index("patient_id")
-    if split.loc[victim, "split"] != "train":  # the thresholds are unchanged, so every other row is too
-        pd.testing.assert_frame_equal(features.loc[others], reference.loc[others])
+    assert split.loc[victim, "split"] == "validation"  # the split is drawn before any image is read
+    assert (tmp_path / "thresholds.json").read_bytes() == (ct_reference / "thresholds.json").read_bytes()
+    pd.testing.assert_frame_equal(features.loc[others], reference.loc[others])
 
 
 def test_strict_makes_a_failure_fatal(ct_manifest, tmp_path):
