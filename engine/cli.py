@@ -1,8 +1,14 @@
 """``sarco``: the command line (METHOD.md section 8). Thin: parse, validate, call the library.
 
 Exit status: 0 when the command completed (a run with failed patients still completed; they are
-in errors.csv), 1 when it could not (``--strict`` failure, nothing to fit, ...), 2 for a bad
-config, manifest or argument (nothing was started).
+in errors.csv), 1 when it could not (``--strict`` failure, nothing to fit, an input ``sarco
+inspect`` cannot read as an image, an internal error), 2 for a user mistake: a bad config,
+manifest, argument, number, or a file or folder that is missing or not what the command needs
+(nothing was started). Every error is one line on stderr naming what to fix; a traceback is
+shown only for an internal error (a bug), and only with ``-v``.
+
+:func:`main` is the one error boundary: a subcommand only parses its arguments and calls the
+library, whose errors (the :class:`~engine.errors.SarcoError` family) carry the message.
 """
 
 from __future__ import annotations
@@ -10,11 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, ManifestError, SarcoError
+from .errors import ConfigError, ManifestError, SarcoError, UsageError
+
+# Errors that are the user's to fix (exit 2) and errors that mean the command could not
+# complete (exit 1); anything else reaching main() is a bug.
+USER_ERRORS = (ConfigError, ManifestError, UsageError)
+# A path named on the command line (or a folder the command must write) cannot be used.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _version_text() -> str:
@@ -55,8 +69,10 @@ def _summary(result, out_dir: Path) -> str:
 def cmd_run(args) -> int:
     from .config import load_config
     from .pipeline import run
+    from .userfiles import user_file
 
-    cfg = load_config(args.config, _overrides(args))
+    with user_file(args.config, "config file"):
+        cfg = load_config(args.config, _overrides(args))
     result = run(args.manifest, out_dir=args.out, config=cfg, force=args.force)
     print(_summary(result, Path(args.out)))
     return 0
@@ -64,7 +80,9 @@ def cmd_run(args) -> int:
 
 def cmd_apply(args) -> int:
     from .pipeline import apply
+    from .userfiles import read_model_bundle
 
+    read_model_bundle(args.model)  # a missing file or a non-bundle is refused before any work
     result = apply(args.model, args.manifest, out_dir=args.out, overrides=_overrides(args), force=args.force)
     print(_summary(result, Path(args.out)))
     return 0
@@ -100,13 +118,14 @@ def cmd_inspect(args) -> int:
 
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
-    return 0
+    return 1 if info.get("error") else 0  # scripts can tell an input the engine would refuse
 
 
 def cmd_report(args) -> int:
     from .report import render_report
+    from .userfiles import require_run_folder
 
-    path = render_report(Path(args.run_dir))
+    path = render_report(require_run_folder(args.run_dir))
     print(f"report: {Path(path).resolve()}")
     return 0
 
@@ -122,8 +141,35 @@ def cmd_stats(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its default prints the usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (patients, workers)."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (seeds)."""
+    return _whole_number(text, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
+    parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
     parser.add_argument("--version", action="store_true", help="print the version and the backends available")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to the terminal")
@@ -132,24 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     def cluster_options(p):
         p.add_argument("--backend", choices=["cpu", "gpu", "auto"], help="array backend (default: config, auto)")
         p.add_argument("--scheduler", help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
-        p.add_argument("--workers", type=int, help="local Dask workers (default: one per core)")
+        p.add_argument("--workers", type=positive_int, help="local Dask workers (default: one per core)")
         p.add_argument("--strict", action="store_true", help="any patient failure stops the run")
         p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache")
         p.add_argument("--data-root", help="refuse manifest paths outside this folder")
 
     p = sub.add_parser("demo", help="synthesize a small cohort and run the whole study on it")
     p.add_argument("--out", default="sarco-demo", help="output folder (default: ./sarco-demo)")
-    p.add_argument("--patients", type=int, default=60, help="cohort size (default: 60)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=positive_int, default=60, help="cohort size (default: 60)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     cluster_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic cohort (DICOM, masks, manifest, truth)")
     p.add_argument("out")
-    p.add_argument("--patients", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=positive_int, required=True)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--size", choices=["small", "clinical"], default="clinical")
-    p.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes (default: 1)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("inspect", help="what the engine sees in a series, file or mask")
@@ -192,27 +238,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _say(message: str) -> None:
+    print(f"sarco: {_one_line(message)}", file=sys.stderr)
+
+
+def _keep_traceback(args) -> str:
+    """Where the traceback of an internal error can be read: run.log of the run, or ``-v``."""
+    text = traceback.format_exc()
+    if getattr(args, "verbose", False):
+        print(text, end="", file=sys.stderr)
+        return "the traceback is above"
+    out = getattr(args, "out", None)
+    for log in ([Path(out) / "run.log", Path(out) / "run" / "run.log"] if out else []):
+        if log.is_file():
+            try:
+                with open(log, "a", encoding="utf-8") as handle:
+                    handle.write(f"internal error:\n{text}")
+            except OSError:
+                break
+            return f"the traceback is in {log}"
+    return "rerun with -v to see the traceback"
+
+
+def _run_command(args) -> int:
+    """The error boundary of every subcommand: one line on stderr and the exit status."""
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        _say(str(exc))
+        return 2
+    except SarcoError as exc:
+        _say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted; rerun the same command to resume")
+        return 130
+    except BrokenPipeError:
+        raise
+    except PATH_ERRORS as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        reason = (exc.strerror or str(exc)).lower()
+        _say(f"cannot use '{exc.filename}': {reason}" if exc.filename else str(exc))
+        return 2
+    except OSError as exc:
+        # the system refused (a full disk, a lost network share): not a mistake in the command
+        # and not a bug; the message says which
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        _say(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"{type(exc).__name__}: {exc}")
+        return 1
+    except Exception as exc:
+        where = _keep_traceback(args)
+        _say(f"internal error (a bug in sarco-engine {__version__}; please report it): "
+             f"{type(exc).__name__}: {_one_line(exc)}; {where}")
+        return 1
+
+
+def _dispatch(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
         print(_version_text())
         return 0
     if args.command is None:
-        parser.print_help(sys.stderr)
+        _say("no command given (see 'sarco --help' for the commands)")
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return _run_command(args)
+
+
+def main(argv=None) -> int:
+    """``sarco``: parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit status."""
     try:
-        return args.func(args)
-    except (ConfigError, ManifestError) as exc:
-        print(f"sarco: {exc}", file=sys.stderr)
-        return 2
-    except SarcoError as exc:
-        print(f"sarco: {exc}", file=sys.stderr)
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe surfaces here, not as a message at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`sarco inspect X | head -1`): end quietly. The recipe of the
+        # Python docs (signal module, "Note on SIGPIPE"): point stdout at devnull so the
+        # interpreter's final flush does not fail again, and exit 1.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (a test's capture)
+            pass
         return 1
-    except KeyboardInterrupt:
-        print("sarco: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
