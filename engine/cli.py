@@ -69,8 +69,9 @@ def _summary(result, out_dir: Path) -> str:
 def cmd_run(args) -> int:
     from .config import load_config
     from .pipeline import run
-    from .userfiles import user_file
+    from .userfiles import check_output_folder, user_file
 
+    check_output_folder(args.out)
     with user_file(args.config, "config file"):
         cfg = load_config(args.config, _overrides(args))
     result = run(args.manifest, out_dir=args.out, config=cfg, force=args.force)
@@ -80,8 +81,9 @@ def cmd_run(args) -> int:
 
 def cmd_apply(args) -> int:
     from .pipeline import apply
-    from .userfiles import read_model_bundle
+    from .userfiles import check_output_folder, read_model_bundle
 
+    check_output_folder(args.out)
     read_model_bundle(args.model)  # a missing file or a non-bundle is refused before any work
     result = apply(args.model, args.manifest, out_dir=args.out, overrides=_overrides(args), force=args.force)
     print(_summary(result, Path(args.out)))
@@ -90,7 +92,9 @@ def cmd_apply(args) -> int:
 
 def cmd_synth(args) -> int:
     from .synth import synthesize_cohort
+    from .userfiles import check_output_folder
 
+    check_output_folder(args.out)
     manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
                                  workers=args.workers)
     print(f"synthetic cohort of {args.patients} patients: {Path(manifest).resolve()}")
@@ -101,8 +105,9 @@ def cmd_demo(args) -> int:
     from .config import load_config
     from .pipeline import run
     from .synth import synthesize_cohort
+    from .userfiles import check_output_folder
 
-    out = Path(args.out)
+    out = check_output_folder(args.out)
     print(f"synthesizing {args.patients} patients (small size) into {out / 'cohort'} ...", file=sys.stderr)
     manifest = synthesize_cohort(out / "cohort", n_patients=args.patients, seed=args.seed, size="small",
                                  workers=args.workers or 2)

@@ -67,6 +67,25 @@ def require_folder(path, what: str) -> Path:
     return target
 
 
+def check_output_folder(path, what: str = "output folder") -> Path:
+    """``path`` as a Path if it is a folder or can be created as one, else a :class:`UsageError`.
+
+    Creates nothing, so a command can check its ``--out`` before reading its inputs and still
+    leave no folder behind when an input is refused.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{what} '{path}' is a file; give a folder (it is created if missing)")
+    existing = target.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} '{path}' cannot be created: '{existing}' is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} '{path}' cannot be written (permission denied on '{existing}')")
+    return target
+
+
 def read_json_object(path, what: str) -> dict:
     """The JSON object in ``path``; a :class:`UsageError` if it is missing, not JSON or not an object."""
     target = require_file(path, what)
