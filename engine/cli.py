@@ -102,16 +102,19 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .backend import resolve_backend
     from .config import load_config
     from .pipeline import run
     from .synth import synthesize_cohort
     from .userfiles import check_output_folder
 
     out = check_output_folder(args.out)
+    cfg = load_config(None, _overrides(args))
+    if cfg.run.backend == "gpu":
+        resolve_backend("gpu")  # without a GPU: refused before minutes of synthesis, not after
     print(f"synthesizing {args.patients} patients (small size) into {out / 'cohort'} ...", file=sys.stderr)
     manifest = synthesize_cohort(out / "cohort", n_patients=args.patients, seed=args.seed, size="small",
                                  workers=args.workers or 2)
-    cfg = load_config(None, _overrides(args))
     result = run(manifest, out_dir=out / "run", config=cfg, force=False)
     print(_summary(result, out / "run"))
     print(f"ground truth of the synthetic cohort: {(out / 'cohort' / 'truth.csv').resolve()}")
@@ -173,6 +176,16 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def scheduler_address(text: str) -> str:
+    """argparse type: ``inline`` or a Dask scheduler address (:func:`engine.userfiles.check_scheduler_address`)."""
+    from .userfiles import check_scheduler_address
+
+    try:
+        return check_scheduler_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
@@ -182,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cluster_options(p):
         p.add_argument("--backend", choices=["cpu", "gpu", "auto"], help="array backend (default: config, auto)")
-        p.add_argument("--scheduler", help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
+        p.add_argument("--scheduler", type=scheduler_address, help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
         p.add_argument("--workers", type=positive_int, help="local Dask workers (default: one per core)")
         p.add_argument("--strict", action="store_true", help="any patient failure stops the run")
         p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache")

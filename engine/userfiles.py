@@ -1,4 +1,4 @@
-"""Files and folders a user names on the command line, read with errors that say what to fix.
+"""Files, folders and addresses a user names on the command line, with errors that say what to fix.
 
 Every function here raises :class:`~engine.errors.UsageError` (exit status 2 at the command
 line) naming the path and the problem: missing, a folder where a file was expected, not
@@ -146,6 +146,23 @@ def read_csv_table(path, columns=(), what: str = "CSV file"):
         raise UsageError(f"{what} '{path}' has no column {', '.join(repr(c) for c in missing)} "
                          f"(its columns: {', '.join(map(str, table.columns))})")
     return table
+
+
+def check_scheduler_address(address: str) -> str:
+    """``address`` if it is ``inline`` or a Dask scheduler address with a port, else a :class:`UsageError`.
+
+    Checks the form only (``tcp://HOST:PORT``, ``tls://HOST:PORT``, ``HOST:PORT``); whether a
+    scheduler answers there is known only when the run connects.
+    """
+    if address == "inline":
+        return address
+    from distributed.comm import get_address_host_port
+
+    try:
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise UsageError(f"scheduler address '{address}' is neither 'inline' nor tcp://HOST:PORT ({exc})") from None
+    return address
 
 
 def require_run_folder(path) -> Path:

@@ -63,6 +63,7 @@ CASES = [
     (["run", "--manifest", "typo.csv", "--out", "out"], "ct_image"),
     (["run", "--manifest", "m.csv", "--out", "out", "--workers", "0"], "--workers"),
     (["run", "--manifest", "m.csv", "--out", "out", "--backend", "tpu"], "--backend"),
+    (["run", "--manifest", "m.csv", "--out", "out", "--scheduler", "headnode"], "headnode"),
     (["run", "--manifest", "m.csv"], "--out"),
     (["run", "--manifest", "m.csv", "--out", "out", "--config", "no_such.yaml"], "no_such.yaml"),
     (["run", "--manifest", "m.csv", "--out", "out", "--config", "latin1.yaml"], "latin1.yaml"),
@@ -122,6 +123,16 @@ def test_no_traceback_reaches_the_terminal(mistakes, index):
     result = subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
                             cwd=mistakes, timeout=120)
     _assert_one_line(result.returncode, result.stderr, needle)
+
+
+def test_demo_on_gpu_without_one_is_refused_before_synthesizing(mistakes, capsys):
+    from engine.backend import gpu_status
+
+    if gpu_status()[0]:
+        pytest.skip("this machine has a GPU")
+    code = main(["demo", "--out", "demo", "--patients", "1", "--backend", "gpu"])
+    _assert_one_line(code, capsys.readouterr().err, "run.backend")
+    assert not (mistakes / "demo").exists()
 
 
 def test_misspelled_image_column_is_refused_before_any_work(mistakes):
