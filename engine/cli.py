@@ -69,9 +69,11 @@ def _summary(result, out_dir: Path) -> str:
 def cmd_run(args) -> int:
     from .config import load_config
     from .pipeline import run
-    from .userfiles import check_output_folder, user_file
+    from .userfiles import check_output_folder, require_file, user_file
 
     check_output_folder(args.out)
+    if args.config is not None:
+        require_file(args.config, "config file")
     with user_file(args.config, "config file"):
         cfg = load_config(args.config, _overrides(args))
     result = run(args.manifest, out_dir=args.out, config=cfg, force=args.force)
@@ -279,7 +281,7 @@ def _keep_traceback(args) -> str:
             except OSError:
                 break
             return f"the traceback is in {log}"
-    return "rerun with -v to see the traceback"
+    return "rerun as 'sarco -v ...' to see the traceback"
 
 
 def _run_command(args) -> int:

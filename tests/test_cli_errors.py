@@ -67,6 +67,7 @@ CASES = [
     (["run", "--manifest", "m.csv"], "--out"),
     (["run", "--manifest", "m.csv", "--out", "out", "--config", "no_such.yaml"], "no_such.yaml"),
     (["run", "--manifest", "m.csv", "--out", "out", "--config", "latin1.yaml"], "latin1.yaml"),
+    (["run", "--manifest", "m.csv", "--out", "out", "--config", "empty"], "is a folder"),
     (["run", "--manifest", "m.csv", "--out", "out", "--config", "notyaml.yaml"], "notyaml.yaml"),
     (["run", "--manifest", "m.csv", "--out", "out", "--config", "typo.yaml"], "runn"),
     (["run", "--manifest", "m.csv", "--out", "afile", "--scheduler", "inline"], "afile"),
