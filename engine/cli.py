@@ -267,21 +267,23 @@ def _say(message: str) -> None:
 
 
 def _keep_traceback(args) -> str:
-    """Where the traceback of an internal error can be read: run.log of the run, or ``-v``."""
+    """Keep the traceback of an internal error: in the run's run.log if there is one, on stderr with -v."""
     text = traceback.format_exc()
-    if getattr(args, "verbose", False):
-        print(text, end="", file=sys.stderr)
-        return "the traceback is above"
+    kept_in = None
     out = getattr(args, "out", None)
     for log in ([Path(out) / "run.log", Path(out) / "run" / "run.log"] if out else []):
         if log.is_file():
             try:
                 with open(log, "a", encoding="utf-8") as handle:
                     handle.write(f"internal error:\n{text}")
+                kept_in = log
             except OSError:
-                break
-            return f"the traceback is in {log}"
-    return "rerun as 'sarco -v ...' to see the traceback"
+                pass
+            break
+    if getattr(args, "verbose", False):
+        print(text, end="", file=sys.stderr)
+        return "the traceback is above"
+    return f"the traceback is in {kept_in}" if kept_in else "rerun as 'sarco -v ...' to see the traceback"
 
 
 def _run_command(args) -> int:
@@ -306,8 +308,8 @@ def _run_command(args) -> int:
         _say(f"cannot use '{exc.filename}': {reason}" if exc.filename else str(exc))
         return 2
     except OSError as exc:
-        # the system refused (a full disk, a lost network share): not a mistake in the command
-        # and not a bug; the message says which
+        # the system refused (a full disk, a lost network share, an unreachable scheduler): not
+        # a mistake in the command and not a bug; exit 1 with the system's reason
         if getattr(args, "verbose", False):
             traceback.print_exc()
         _say(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"{type(exc).__name__}: {exc}")
