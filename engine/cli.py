@@ -1,8 +1,14 @@
 """``sarco``: the command line (METHOD.md section 8). Thin: parse, validate, call the library.
 
 Exit status: 0 when the command completed (a run with failed patients still completed; they are
-in errors.csv), 1 when it could not (``--strict`` failure, nothing to fit, ...), 2 for a bad
-config, manifest or argument (nothing was started).
+in errors.csv), 1 when it could not (``--strict`` failure, nothing to fit, an input ``sarco
+inspect`` cannot read as an image, an internal error), 2 for a user mistake: a bad config,
+manifest, argument, number, or a file or folder that is missing or not what the command needs
+(nothing was started). Every error is one line on stderr naming what to fix; a traceback is
+shown only for an internal error (a bug), and only with ``-v``.
+
+:func:`main` is the one error boundary: a subcommand only parses its arguments and calls the
+library, whose errors (the :class:`~engine.errors.SarcoError` family) carry the message.
 """
 
 from __future__ import annotations
@@ -10,11 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, ManifestError, SarcoError
+from .errors import ConfigError, ManifestError, SarcoError, UsageError
+
+# Errors that are the user's to fix (exit 2) and errors that mean the command could not
+# complete (exit 1); anything else reaching main() is a bug.
+USER_ERRORS = (ConfigError, ManifestError, UsageError)
+# A path named on the command line (or a folder the command must write) cannot be used.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _version_text() -> str:
@@ -45,6 +59,8 @@ def _summary(result, out_dir: Path) -> str:
     for modality, fit in result.thresholds.get("modalities", {}).items():
         parts = ", ".join(f"{m} {v['threshold']:.1f}" for m, v in fit["methods"].items())
         lines.append(f"{modality.upper()} thresholds ({fit['unit']}): {parts}  [{fit['n_patients']} training patients]")
+    if result.reused:
+        lines.append(f"rerun: {result.reused} series taken from the cache, {result.computed} computed")
     lines.extend(f"note: {n}" for n in result.notes)
     lines.append(f"results: {out_dir.resolve()}")
     if (out_dir / "report.html").exists():
@@ -55,8 +71,13 @@ def _summary(result, out_dir: Path) -> str:
 def cmd_run(args) -> int:
     from .config import load_config
     from .pipeline import run
+    from .userfiles import check_output_folder, require_file, user_file
 
-    cfg = load_config(args.config, _overrides(args))
+    check_output_folder(args.out)
+    if args.config is not None:
+        require_file(args.config, "config file")
+    with user_file(args.config, "config file"):
+        cfg = load_config(args.config, _overrides(args))
     result = run(args.manifest, out_dir=args.out, config=cfg, force=args.force)
     print(_summary(result, Path(args.out)))
     return 0
@@ -64,7 +85,9 @@ def cmd_run(args) -> int:
 
 def cmd_apply(args) -> int:
     from .pipeline import apply
+    from .userfiles import check_output_folder
 
+    check_output_folder(args.out)
     result = apply(args.model, args.manifest, out_dir=args.out, overrides=_overrides(args), force=args.force)
     print(_summary(result, Path(args.out)))
     return 0
@@ -72,7 +95,9 @@ def cmd_apply(args) -> int:
 
 def cmd_synth(args) -> int:
     from .synthetic import synthesize_cohort
+    from .userfiles import check_output_folder
 
+    check_output_folder(args.out)
     manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
                                  workers=args.workers)
     print(f"synthetic cohort of {args.patients} patients: {Path(manifest).resolve()}")
@@ -80,15 +105,19 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .backend import resolve_backend
     from .config import load_config
     from .pipeline import run
     from .synthetic import synthesize_cohort
+    from .userfiles import check_output_folder
 
-    out = Path(args.out)
+    out = check_output_folder(args.out)
+    cfg = load_config(None, _overrides(args))
+    if cfg.run.backend == "gpu":
+        resolve_backend("gpu")  # without a GPU: refused before minutes of synthesis, not after
     print(f"synthesizing {args.patients} patients (small size) into {out / 'cohort'} ...", file=sys.stderr)
     manifest = synthesize_cohort(out / "cohort", n_patients=args.patients, seed=args.seed, size="small",
                                  workers=args.workers or 2)
-    cfg = load_config(None, _overrides(args))
     result = run(manifest, out_dir=out / "run", config=cfg, force=False)
     print(_summary(result, out / "run"))
     print(f"ground truth of the synthetic cohort: {(out / 'cohort' / 'truth.csv').resolve()}")
@@ -100,13 +129,14 @@ def cmd_inspect(args) -> int:
 
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
-    return 0
+    return 1 if info.get("error") else 0  # scripts can tell an input the engine would refuse
 
 
 def cmd_report(args) -> int:
     from .report import render_report
+    from .userfiles import require_run_folder
 
-    path = render_report(Path(args.run_dir))
+    path = render_report(require_run_folder(args.run_dir))
     print(f"report: {Path(path).resolve()}")
     return 0
 
@@ -122,8 +152,45 @@ def cmd_stats(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its default prints the usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (patients, workers)."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (seeds)."""
+    return _whole_number(text, 0)
+
+
+def scheduler_address(text: str) -> str:
+    """argparse type: ``inline`` or a Dask scheduler address (:func:`engine.userfiles.check_scheduler_address`)."""
+    from .userfiles import check_scheduler_address
+
+    try:
+        return check_scheduler_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
+    parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
     parser.add_argument("--version", action="store_true", help="print the version and the backends available")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to the terminal")
@@ -131,25 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cluster_options(p):
         p.add_argument("--backend", choices=["cpu", "gpu", "auto"], help="array backend (default: config, auto)")
-        p.add_argument("--scheduler", help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
-        p.add_argument("--workers", type=int, help="local Dask workers (default: one per core)")
+        p.add_argument("--scheduler", type=scheduler_address, help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
+        p.add_argument("--workers", type=positive_int, help="local Dask workers (default: one per core)")
         p.add_argument("--strict", action="store_true", help="any patient failure stops the run")
         p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache")
         p.add_argument("--data-root", help="refuse manifest paths outside this folder")
 
     p = sub.add_parser("demo", help="synthesize a small cohort and run the whole study on it")
     p.add_argument("--out", default="sarco-demo", help="output folder (default: ./sarco-demo)")
-    p.add_argument("--patients", type=int, default=60, help="cohort size (default: 60)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=positive_int, default=60, help="cohort size (default: 60)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     cluster_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic cohort (DICOM, masks, manifest, truth)")
     p.add_argument("out")
-    p.add_argument("--patients", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=positive_int, required=True)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--size", choices=["small", "clinical"], default="clinical")
-    p.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes (default: 1)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("inspect", help="what the engine sees in a series, file or mask")
@@ -192,27 +259,105 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _say(message: str) -> None:
+    print(f"sarco: {_one_line(message)}", file=sys.stderr)
+
+
+def _keep_traceback(args) -> str:
+    """Keep the traceback of an internal error: in the run's run.log if there is one, on stderr with -v."""
+    text = traceback.format_exc()
+    kept_in = None
+    out = getattr(args, "out", None)
+    for log in ([Path(out) / "run.log", Path(out) / "run" / "run.log"] if out else []):
+        if log.is_file():
+            try:
+                with open(log, "a", encoding="utf-8") as handle:
+                    handle.write(f"internal error:\n{text}")
+                kept_in = log
+            except OSError:
+                pass
+            break
+    if getattr(args, "verbose", False):
+        print(text, end="", file=sys.stderr)
+        return "the traceback is above"
+    return f"the traceback is in {kept_in}" if kept_in else "rerun as 'sarco -v ...' to see the traceback"
+
+
+def _run_command(args) -> int:
+    """The error boundary of every subcommand: one line on stderr and the exit status."""
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        _say(str(exc))
+        return 2
+    except SarcoError as exc:
+        _say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted; rerun the same command to resume")
+        return 130
+    except BrokenPipeError:
+        raise
+    except PATH_ERRORS as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        reason = (exc.strerror or str(exc)).lower()
+        _say(f"cannot use '{exc.filename}': {reason}" if exc.filename else str(exc))
+        return 2
+    except OSError as exc:
+        # the system refused (a full disk, a lost network share, an unreachable scheduler): not
+        # a mistake in the command and not a bug; exit 1 with the system's reason
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        _say(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"{type(exc).__name__}: {exc}")
+        return 1
+    except Exception as exc:
+        where = _keep_traceback(args)
+        _say(f"internal error (a bug in sarco-engine {__version__}; please report it): "
+             f"{type(exc).__name__}: {_one_line(exc)}; {where}")
+        return 1
+
+
+def _dispatch(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
         print(_version_text())
         return 0
     if args.command is None:
-        parser.print_help(sys.stderr)
+        _say("no command given (see 'sarco --help' for the commands)")
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # the engine logs INFO into run.log; the terminal shows it only with -v
+    if args.command in ("run", "apply", "demo"):
+        from .executors import quiet_dask
+
+        quiet_dask(args.verbose)
+    return _run_command(args)
+
+
+def main(argv=None) -> int:
+    """``sarco``: parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit status."""
     try:
-        return args.func(args)
-    except (ConfigError, ManifestError) as exc:
-        print(f"sarco: {exc}", file=sys.stderr)
-        return 2
-    except SarcoError as exc:
-        print(f"sarco: {exc}", file=sys.stderr)
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe surfaces here, not as a message at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`sarco inspect X | head -1`): end quietly. The recipe of the
+        # Python docs (signal module, "Note on SIGPIPE"): point stdout at devnull so the
+        # interpreter's final flush does not fail again, and exit 1.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (a test's capture)
+            pass
         return 1
-    except KeyboardInterrupt:
-        print("sarco: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

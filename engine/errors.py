@@ -2,8 +2,10 @@
 
 Two families:
 
-* Run-level problems (a bad config key, a malformed manifest) stop the run before any
-  work starts: :class:`ConfigError`, :class:`ManifestError`.
+* Run-level problems (a bad config key, a malformed manifest, a command given a file or
+  folder it cannot use) stop the run before any work starts: :class:`ConfigError`,
+  :class:`ManifestError`, :class:`UsageError`. The command line answers them with one line
+  and exit status 2.
 * Per-patient problems are recorded and the batch goes on: stage code raises
   :class:`InputError` (it does not know which patient it is working for); the engine
   wraps it into a :class:`PatientError` carrying the patient id, modality and stage,
@@ -46,6 +48,15 @@ class ManifestError(SarcoError):
             where.append(f"column '{column}'")
         prefix = f"manifest {', '.join(where)}: " if where else "manifest: "
         super().__init__(prefix + message)
+
+
+class UsageError(SarcoError, ValueError):
+    """A command was given something it cannot use; the message names it and says what to fix.
+
+    A missing or unreadable file, a folder that is not a run folder, a ``model.json`` that is not
+    a sarco bundle, a CSV without the named column. Nothing was started. Also a ``ValueError``,
+    so a Python caller that catches the conventional bad-argument error still catches it.
+    """
 
 
 class InputError(SarcoError):

@@ -1,29 +1,50 @@
 """The cohort manifest (METHOD.md section 1): one CSV row per patient.
 
 Run-level problems (missing required column, duplicate column or patient_id, a label that is
-not 0/1) raise :class:`~engine.errors.ManifestError` naming the line and column, before any
-work starts. A stray non-numeric value in a numeric clinical column is a per-patient problem:
-the cell becomes missing and an ``errors.csv`` row says so.
+not 0/1, a misspelled engine column, a clinical column of file paths) raise
+:class:`~engine.errors.ManifestError` naming the line and column, before any work starts. A stray
+non-numeric value in a numeric clinical column is a per-patient problem: the cell becomes missing
+and an ``errors.csv`` row says so.
+
+Every column the engine does not know is a clinical variable, so two mistakes would otherwise
+pass silently and cost a whole run (issue 13: ``ct_imgae`` failed every patient and became a
+"clinical variable" with one level per file path):
+
+* a column whose name, lower-cased with spaces, hyphens and dots read as underscores, is an
+  engine column's or within a ``difflib`` similarity of 0.8 of one (``ct_imgae``, ``CT Image``,
+  ``patientid``, ``labels``) is refused, naming the likely intended column. Clinical names seen
+  in cohorts (``age``, ``patient_age``, ``ct_date``, ``mri_image_date``) stay below 0.8;
+* a clinical column whose values are mostly file paths is refused (:func:`looks_like_path`).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .contract import ENGINE_COLUMNS as KNOWN_COLUMNS
+from .contract import MODALITIES, REQUIRED_COLUMNS, SPLITS, image_column, roi_column, segmentation_column
 from .errors import ManifestError, PatientError
 
-SPLITS = ("train", "validation", "prospective")
-IMAGE_COLUMNS = {"ct": ("ct_image", "ct_roi"), "mri": ("mri_image", "mri_roi")}
-ENGINE_COLUMNS = ("patient_id", "label", "split", "ct_image", "ct_roi", "mri_image", "mri_roi",
-                  "ct_series_uid", "mri_series_uid")
-REQUIRED_COLUMNS = ("patient_id", "label")
+IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}
+# KNOWN_COLUMNS: every column name a manifest may use for the engine, including the whole-body
+# segmentation columns of METHOD.md section 1 (a clinical column's name must not be close to one);
+# ENGINE_COLUMNS: those this version reads.
+ENGINE_COLUMNS = tuple(c for c in KNOWN_COLUMNS if c not in {segmentation_column(m) for m in MODALITIES})
+# difflib.SequenceMatcher ratio at or above which a name is taken for a misspelled engine column
+MISSPELLING_SIMILARITY = 0.8
+# Endings of the image and mask files the engine reads (METHOD.md section 1), lower case.
+IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima")
+# an absolute path with at least two components: /data/p1, ~/scans/p1, C:\data\p1, \\server\share
+_ABSOLUTE_PATH = re.compile(r"^(?:/|~/|[A-Za-z]:[\\/]|\\\\)[^/\\\s][^/\\]*[/\\][^/\\\s]")
 
 
 @dataclass
@@ -104,7 +125,60 @@ def _check_header(header: list[str]) -> list[str]:
             raise ManifestError(f"column name '{name}' appears twice (columns {seen[name]} and {position})",
                                 line=1, column=name)
         seen[name] = position
+        _check_column_name(name)
     return header
+
+
+def _normal_name(name: str) -> str:
+    return re.sub(r"[\s.\-]+", "_", name.strip().lower())
+
+
+def _check_column_name(name: str) -> None:
+    """Refuse a column the engine would misread as clinical: a misspelled or unsupported engine column."""
+    if name in ENGINE_COLUMNS:
+        return
+    if name in KNOWN_COLUMNS:
+        raise ManifestError(f"this version of the engine does not read '{name}'; remove the column and give the "
+                            "ROI in ct_roi / mri_roi", line=1, column=name)
+    normal = _normal_name(name)
+    match = normal if normal in KNOWN_COLUMNS else next(
+        iter(difflib.get_close_matches(normal, KNOWN_COLUMNS, n=1, cutoff=MISSPELLING_SIMILARITY)), None)
+    if match is not None:
+        raise ManifestError(f"unknown column; did you mean '{match}'? Rename it (a column the engine does not "
+                            "know is read as a clinical variable, and a clinical name must not look like an "
+                            "engine column's)", line=1, column=name)
+
+
+def looks_like_path(value: str, base: Path) -> bool:
+    """Whether a manifest cell reads as a file path rather than a clinical value.
+
+    A path is a value that ends in an image or mask file ending (``.nii``, ``.nii.gz``, ``.nrrd``,
+    ``.nhdr``, ``.mha``, ``.mhd``, ``.dcm``, ``.dicom``, ``.ima``; any case), or is absolute with at
+    least two components (``/data/p1``, ``~/scans/p1``, ``C:\\data\\p1``), or contains a ``/``
+    or ``\\`` and exists relative to ``base`` (the manifest's folder). So ``24.5``, ``a/b``
+    (an occupation code), ``2021/03/04`` or ``N/A`` are not paths unless such a file exists.
+    """
+    text = value.strip()
+    if text.lower().endswith(IMAGE_FILE_SUFFIXES) or _ABSOLUTE_PATH.match(text):
+        return True
+    if "/" in text or "\\" in text:
+        try:
+            return (base / os.path.expanduser(text)).exists()
+        except (OSError, ValueError):  # a name too long or with a NUL byte is not a path here
+            return False
+    return False
+
+
+def _refuse_path_column(column: str, values: pd.Series, base: Path) -> None:
+    """Refuse a clinical column whose non-empty values are mostly file paths (:func:`looks_like_path`)."""
+    present = [v for v in values if v not in ("", "NA", "nan")]
+    paths = [v for v in present if looks_like_path(v, base)]
+    if present and 2 * len(paths) > len(present):
+        names = ", ".join(c for c in KNOWN_COLUMNS if c.endswith(("_image", "_roi", "_segmentation"))
+                          and c in ENGINE_COLUMNS)
+        raise ManifestError(f"holds file paths ({len(paths)} of {len(present)} values, e.g. '{paths[0]}'), not a "
+                            f"clinical variable; an image or ROI column must be named one of {names}; otherwise "
+                            "remove the column", column=column)
 
 
 def _resolve(path_text: str, base: Path, data_root: Path | None, *, line: int, column: str) -> str:
@@ -188,6 +262,8 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
             table[column] = ""
 
     clinical = [c for c in header if c not in ENGINE_COLUMNS]
+    for column in clinical:
+        _refuse_path_column(column, table[column], base)
     for column in clinical:
         values = table[column].replace({"": np.nan, "NA": np.nan, "nan": np.nan})
         numeric = pd.to_numeric(values, errors="coerce")

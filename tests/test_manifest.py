@@ -97,3 +97,63 @@ def test_given_splits_are_kept_and_unlabelled_rows_never_train():
     split = assign_splits(table, seed=0)
     assert split["P000"] == "prospective"
     assert split["P001"] == "validation"
+
+
+# ----------------------------------------------------------------------------- issue 13
+@pytest.mark.parametrize(
+    "column, intended",
+    [("ct_imgae", "ct_image"), ("CT Image", "ct_image"), ("mri-image", "mri_image"), ("ct_rio", "ct_roi"),
+     ("mri_rois", "mri_roi"), ("patientid", "patient_id"), ("Patient_ID", "patient_id"), ("labels", "label"),
+     ("spilt", "split"), ("ct_series_id", "ct_series_uid"), ("mri_segmentaion", "mri_segmentation")],
+)
+def test_misspelled_engine_column_is_refused_naming_the_intended_one(tmp_path, column, intended):
+    # issue 13: `ct_imgae` ran 5 minutes, failed every patient, and became a clinical variable
+    path = _write(tmp_path, f"patient_id,label,ct_image,{column}\nP1,1,p1/ct,p1/x\n")
+    with pytest.raises(ManifestError, match=f"did you mean '{intended}'") as info:
+        read_manifest(path)
+    assert info.value.column == column and info.value.line == 1
+
+
+@pytest.mark.parametrize("column", ["age", "sex", "bmi", "patient_age", "patient_weight", "ct_date", "mri_image_date",
+                                    "ct_scanner", "hospital", "albumin", "hemoglobin", "rbc", "smi", "labs"])
+def test_clinical_names_near_no_engine_column_are_kept(tmp_path, column):
+    path = _write(tmp_path, f"patient_id,label,ct_image,{column}\nP1,1,p1/ct,3\nP2,0,p2/ct,4\n")
+    assert read_manifest(path).clinical_columns == [column]
+
+
+def test_unsupported_segmentation_column_is_not_a_clinical_variable(tmp_path):
+    from engine.manifest import ENGINE_COLUMNS
+
+    if "ct_segmentation" in ENGINE_COLUMNS:
+        pytest.skip("this engine reads ct_segmentation")
+    with pytest.raises(ManifestError, match="ct_segmentation"):
+        read_manifest(_write(tmp_path, "patient_id,label,ct_image,ct_segmentation\nP1,1,a,b\n"))
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ["scans/P1", "scans/P2", "scans/P3"],                      # existing DICOM folders, relative
+        ["P1.nii.gz", "P2.NII.GZ", ""],                              # image endings, whether or not they exist
+        ["seg/P1.seg.nrrd", "seg/P2.nrrd", "seg/P3.dcm"],
+        ["/data/cohort/P1/ct", "/data/cohort/P2/ct", "C:\\cohort\\P3"],  # absolute, from another machine
+    ],
+)
+def test_clinical_column_of_file_paths_is_refused(tmp_path, cells):
+    for pid in ("P1", "P2", "P3"):
+        (tmp_path / "scans" / pid).mkdir(parents=True)
+    rows = "".join(f"{pid},1,ct/{pid},\"{cell}\"\n" for pid, cell in zip(("P1", "P2", "P3"), cells))
+    with pytest.raises(ManifestError, match="holds file paths") as info:
+        read_manifest(_write(tmp_path, "patient_id,label,ct_image,scan_path\n" + rows))
+    assert info.value.column == "scan_path"
+
+
+def test_free_text_with_slashes_is_a_clinical_column_not_paths(tmp_path):
+    (tmp_path / "scans" / "P1").mkdir(parents=True)  # one cell that happens to exist is not most of them
+    text = ("patient_id,label,ct_image,occupation,visit,bmi,note,site\n"
+            "P1,1,ct/P1,a/b,2021/03/04,24.5,N/A,scans/P1\n"
+            "P2,0,ct/P2,c/d,2021/04/05,31.2,and/or,north\n"
+            "P3,0,ct/P3,a/b,2022/01/02,27,/,south\n")
+    manifest = read_manifest(_write(tmp_path, text))
+    assert manifest.clinical_columns == ["occupation", "visit", "bmi", "note", "site"]
+    assert manifest.table.loc["P2", "occupation"] == "c/d"

@@ -4,16 +4,18 @@
 terminal. Neither contains a patient identifier: only geometry, value ranges, UIDs of series
 (which identify a series, not a person), transfer syntaxes and file-level notes.
 A problem the engine would refuse (a missing slice, several series...) is reported in the
-dict (``error``) rather than raised, so the user sees everything that could be read.
+dict (``error``) rather than raised, so the user sees everything that could be read; ``sarco
+inspect`` then exits with status 1, so a script can tell an input the engine would refuse.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
 
-from engine.errors import InputError
+from engine.errors import InputError, UsageError
 
 __all__ = ["inspect_path", "format_inspection"]
 
@@ -119,14 +121,19 @@ def inspect_path(path, *, series_uid: str | None = None) -> dict:
 
     Raises
     ------
+    UsageError
+        When the path does not exist (the mistake is in the path given, not in an image).
     InputError
-        Only when the path does not exist or cannot be read at all.
+        When the path exists but cannot be read at all (permission, a named pipe, ...).
     """
     import SimpleITK as sitk
 
     from engine.io.masks import seg_nrrd_segments
     from engine.io.volumes import _check_access, image_format, read_volume_file
 
+    if not os.path.lexists(path):
+        raise UsageError(f"'{path}' not found: give a DICOM folder or file, a NIfTI, NRRD or MetaImage file, "
+                         "a .seg.nrrd or a DICOM-SEG")
     target = _check_access(path, "ingest", "image file")
     kind = image_format(target)
     if kind in ("dicom-folder", "dicom-file"):

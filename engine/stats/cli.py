@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
+from ..userfiles import read_csv_table
 from .icc import icc
 from .roc import roc_summary
 
@@ -31,14 +33,8 @@ def _json_safe(value):
 
 
 def _read(csv, columns: list[str]) -> pd.DataFrame:
-    path = Path(csv)
-    if not path.is_file():
-        raise ValueError(f"CSV file '{path}' not found")
-    df = pd.read_csv(path)
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"column(s) {missing} not in '{path}' (columns: {list(df.columns)})")
-    return df
+    # a missing file, an unreadable CSV or an absent column is the user's to fix: UsageError (exit 2)
+    return read_csv_table(csv, columns)
 
 
 def _pct(x) -> str:
@@ -61,9 +57,12 @@ def roc_command(csv, label: str, score: str, as_json: bool = False) -> tuple[dic
     s = pd.to_numeric(df[score], errors="coerce")
     bad_label = df[label].notna() & y.isna() | ~y.isin([0, 1]) & y.notna()
     if bad_label.any():
-        raise ValueError(f"label column '{label}' must hold 1, 0 or empty; found {sorted(set(df.loc[bad_label, label].astype(str)))[:5]}")
+        raise UsageError(f"label column '{label}' must hold 1, 0 or empty; found {sorted(set(df.loc[bad_label, label].astype(str)))[:5]}")
     keep = y.notna() & s.notna()
-    summary = roc_summary(y[keep].to_numpy(), s[keep].to_numpy())
+    try:
+        summary = roc_summary(y[keep].to_numpy(), s[keep].to_numpy())
+    except ValueError as exc:  # the CSV's data cannot give a ROC (one class only, ...)
+        raise UsageError(f"{csv}: {exc}") from None
     result = _json_safe({"csv": str(csv), "label": label, "score": score,
                          "dropped_rows": int((~keep).sum()), **summary})
     if as_json:
@@ -93,7 +92,10 @@ def icc_command(csv, target: str, rater: str, value: str, as_json: bool = False)
     ``as_json``. The study reports ICC2 (two-way random, absolute agreement, single rater).
     """
     df = _read(csv, [target, rater, value])
-    table = icc(df, target=target, rater=rater, value=value)
+    try:
+        table = icc(df, target=target, rater=rater, value=value)
+    except ValueError as exc:  # the CSV's design cannot give an ICC (a repeated rating, one rater, ...)
+        raise UsageError(f"{csv}: {exc}") from None
     result = _json_safe({
         "csv": str(csv), "target": target, "rater": rater, "value": value,
         "n_targets": table.attrs["n_targets"], "n_raters": table.attrs["n_raters"], "alpha": table.attrs["alpha"],
