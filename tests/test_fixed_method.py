@@ -182,3 +182,13 @@ def test_real_ct_lean_paraspinal_roi_fires_the_warning():
     assert diagnostic["likely_one_tissue"] is True
     assert diagnostic["ashman_d"] < 1.0
     assert "ONE tissue" in diagnostic["message"]
+
+
+def test_report_shows_fixed_and_the_warning(lean_run):
+    from engine.report import render_report
+
+    result, _ = lean_run
+    html = render_report(result.out_dir).read_text()
+    assert "Fixed HU" in html  # threshold table, histogram legend and overlays name it
+    assert "one tissue or two?" in html and "ONE tissue" in html
+    assert "classified differently" in html
