@@ -16,10 +16,21 @@ import numpy as np
 from . import __version__
 from .backend import to_host
 from .config import Config
-from .contract import MODALITIES
+from .contract import FIXED, METHOD_NAMES, MODALITIES, MODALITY_NAMES
 from .tasks import group_histogram, sum_histograms
 
 log = logging.getLogger("sarco")
+
+# Bimodality diagnostic (METHOD.md section 3): Ashman's D of the two-Gaussian fit above this bound
+# is the usual "clean separation" of two components (Ashman et al. 1994, J Hered 85:1).
+ASHMAN_D_CLEAN = 2.0
+# Below this the two Gaussians sit inside one peak whatever their weights (a muscle-only ROI:
+# D 0.5-0.7 on the real CT of the README).
+ASHMAN_D_ONE_PEAK = 1.0
+# With an overlapping fit (D < 2), a smaller component holding less than this share of the pooled
+# voxels is a partial-volume tail of one tissue (ROI-border fat planes), not a second tissue.
+# Measured: lean synthetic cohort 10 %, regular synthetic cohorts about 20 % (README).
+MINOR_WEIGHT_MIN = 0.15
 
 # Leaves of the cohort histogram reduction: enough tasks to keep every worker busy, few enough
 # that the partial histograms alive at once stay small whatever the cohort's size.
@@ -63,7 +74,10 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
         "gmm": {"max_iter": cfg.fit.gmm_max_iter, "tol": cfg.fit.gmm_tol, "reg_covar": cfg.fit.gmm_reg_covar},
     }
     fits = {}
-    for method in cfg.fit.methods:
+    for method in cfg.modality_methods(modality):
+        if method == FIXED:
+            fits[method] = fixed_fit(cfg)
+            continue
         try:
             result = fit_threshold((host_counts, centers), method, **options[method])
         except ValueError as exc:
@@ -75,7 +89,78 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
             log.warning("%s %s fit failed: %s", modality, method, exc)
             continue
         fits[method] = dataclasses.asdict(result)
+    fixed = cfg.modality_fit(modality).fixed
+    if fixed is not None:
+        for method, fit in fits.items():
+            if method != FIXED:
+                fit["vs_fixed_fat_bound_hu"] = float(fit["threshold"]) - fixed.fat_hu[1]
     return fits
+
+
+def fixed_fit(cfg: Config) -> dict:
+    """The fixed method's entry of thresholds.json: the clinical HU ranges, nothing fitted.
+
+    ``threshold`` is the one split the classify kernel applies (fat ``x <= t``), the midpoint of
+    the gap between the fat and muscle ranges (:class:`engine.config.FixedRanges`).
+    """
+    fixed = cfg.fit.ct.fixed
+    return {"threshold": fixed.threshold_hu, "fat_hu": list(fixed.fat_hu), "muscle_hu": list(fixed.muscle_hu),
+            "method": FIXED}
+
+
+def bimodality_diagnostic(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config,
+                          fits: dict) -> dict:
+    """Does the pooled histogram hold two tissues, or does every two-class fit split one?
+
+    A two-class fit always finds two classes. The two-Gaussian fit (the engine's own GMM) of the
+    pooled histogram says how separate they are: Ashman's D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2)
+    (D > 2: clean separation) and the smaller component's weight. ``likely_one_tissue`` when
+    D < ``ASHMAN_D_ONE_PEAK`` (both components inside one peak), or D < ``ASHMAN_D_CLEAN`` and
+    the smaller weight < ``MINOR_WEIGHT_MIN`` (a thin tail of one tissue). Partial volume fills
+    the valley between fat and muscle on real ROIs, so D alone is below 2 on cohorts with plenty
+    of fat too; the weight separates those. The message says so in plain words, with (CT) each
+    fitted threshold's position relative to the fixed fat bound.
+    """
+    from kernels import bin_centers, fit_threshold
+
+    width = cfg.modality_fit(modality).bin_width
+    host_counts = to_host(counts)
+    if isinstance(fits.get("gmm"), dict) and "weights" in fits["gmm"]:
+        gmm = fits["gmm"]
+    else:
+        try:
+            gmm = dataclasses.asdict(fit_threshold((host_counts, bin_centers(lo, hi, width)), "gmm",
+                                                   max_iter=cfg.fit.gmm_max_iter, tol=cfg.fit.gmm_tol,
+                                                   reg_covar=cfg.fit.gmm_reg_covar))
+        except ValueError as exc:
+            return {"ashman_d": None, "minor_weight": None, "likely_one_tissue": None,
+                    "message": f"no two-Gaussian fit of the pooled histogram ({exc})"}
+    (m1, m2), (v1, v2) = gmm["means"], gmm["variances"]
+    ashman_d = math.sqrt(2.0) * abs(m2 - m1) / math.sqrt(v1 + v2)
+    minor_weight = float(min(gmm["weights"]))
+    one_tissue = bool(ashman_d < ASHMAN_D_ONE_PEAK or (ashman_d < ASHMAN_D_CLEAN and minor_weight < MINOR_WEIGHT_MIN))
+    name = MODALITY_NAMES.get(modality, modality)
+    measured = (f"Ashman's D = {ashman_d:.2f} (> {ASHMAN_D_CLEAN:g} is a clean split), smaller component "
+                f"{100 * minor_weight:.1f} % of the pooled training voxels")
+    fixed = cfg.modality_fit(modality).fixed
+    where = ""
+    if fixed is not None:
+        bound = fixed.fat_hu[1]
+        placed = [f"{METHOD_NAMES.get(m, m)} {float(f['threshold']):+.1f} HU" for m, f in fits.items() if m != FIXED]
+        if placed:
+            where = f"; fitted thresholds {', '.join(placed)} against the fixed fat bound {bound:+g} HU"
+    if one_tissue:
+        advice = (" Compare the fixed method's features (fat <= "
+                  f"{fixed.fat_hu[1]:g} HU)." if fixed is not None else
+                  " Read the fitted fat features with caution: there is no fixed reference on this modality.")
+        message = (f"{name}: the pooled training histogram looks like ONE tissue ({measured}{where}). "
+                   "A two-class fit always finds two classes, so the fitted thresholds are probably splitting "
+                   f"muscle and calling part of it fat.{advice}")
+    else:
+        message = f"{name}: two tissues in the pooled training histogram ({measured}{where})."
+    return {"ashman_d": float(ashman_d), "minor_weight": minor_weight, "likely_one_tissue": one_tissue,
+            "means": [float(m1), float(m2)], "variances": [float(v1), float(v2)],
+            "weights": [float(w) for w in gmm["weights"]], "message": message}
 
 
 def histogram_groups(train: list[dict], max_groups: int = MAX_HISTOGRAM_GROUPS) -> list[list[dict]]:
@@ -99,6 +184,12 @@ def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backen
                            keys=[f"histogram-{modality}-{group[0]['patient_id']}" for group in groups])
     counts = tree_reduce(executor, futures, sum_histograms)
     fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
+    diagnostic = bimodality_diagnostic(counts, lo, hi, modality, cfg, fits)
+    if diagnostic["likely_one_tissue"]:
+        notes.append(diagnostic["message"])
+        log.warning("%s", diagnostic["message"])
+    else:
+        log.info("%s", diagnostic["message"])
     return {
         "fat_is": cfg.modality_fit(modality).fat_is,
         "unit": "HU" if modality == "ct" else "signal",
@@ -106,6 +197,7 @@ def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backen
         "n_voxels": int(counts.sum()),
         "histogram": {"lo": lo, "hi": hi, "bin_width": width, "counts": [int(c) for c in counts]},
         "methods": fits,
+        "diagnostic": diagnostic,
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .contract import METHODS, MODALITIES
+from .contract import ALL_METHODS, FIXED, MODALITIES, modality_methods
 from .errors import ConfigError
 
 
@@ -76,13 +76,50 @@ class PreprocessConfig(_Strict):
         return value
 
 
+class FixedRanges(_Strict):
+    """The clinical reference's fixed Hounsfield ranges (Alberta protocol, Slice-O-Matic).
+
+    Voxels are floats after linear resampling, so the gap between ``fat_hu[1]`` and
+    ``muscle_hu[0]`` needs a rule: the split is its midpoint, fat ``x <= (fat_hu[1] +
+    muscle_hu[0]) / 2`` (-29.5 HU by default), i.e. the integer ranges applied to the voxel
+    rounded to the nearest HU, and the same ``x <= t`` rule the classify kernel applies to
+    every fitted threshold. The outer bounds are the CT window's job and must equal it.
+    """
+
+    fat_hu: tuple[float, float] = (-190.0, -30.0)
+    muscle_hu: tuple[float, float] = (-29.0, 150.0)
+
+    @field_validator("fat_hu", "muscle_hu")
+    @classmethod
+    def _ordered(cls, value):
+        if not value[0] < value[1]:
+            raise ValueError(f"a range must be [low, high] with low < high, got {list(value)}")
+        return value
+
+    @property
+    def threshold_hu(self) -> float:
+        """The single split the kernels apply: fat ``x <= threshold_hu``."""
+        return (self.fat_hu[1] + self.muscle_hu[0]) / 2.0
+
+
 class ModalityFit(_Strict):
     fat_is: Literal["low", "high"]
     bin_width: float = Field(1.0, gt=0)
+    fixed: FixedRanges | None = None
+
+
+class MriFit(ModalityFit):
+    @field_validator("fixed")
+    @classmethod
+    def _no_fixed_unit(cls, value):
+        if value is not None:
+            raise ValueError("MRI signal has no absolute unit, so fixed ranges do not exist for MRI "
+                             "(the fixed method runs on CT only); remove this key")
+        return value
 
 
 class FitConfig(_Strict):
-    methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    methods: list[Literal[ALL_METHODS]] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
     seed: int = 0
     kmeans_impl: Literal["histogram", "cuml"] = "histogram"
     kmeans_max_iter: int = Field(300, gt=0)
@@ -90,8 +127,8 @@ class FitConfig(_Strict):
     gmm_max_iter: int = Field(100, gt=0)
     gmm_tol: float = Field(1e-3, gt=0)
     gmm_reg_covar: float = Field(1e-6, ge=0)
-    ct: ModalityFit = ModalityFit(fat_is="low")
-    mri: ModalityFit = ModalityFit(fat_is="high")
+    ct: ModalityFit = ModalityFit(fat_is="low", fixed=FixedRanges())
+    mri: MriFit = MriFit(fat_is="high")
 
     @field_validator("methods")
     @classmethod
@@ -134,6 +171,10 @@ class Config(_Strict):
     def modality_fit(self, modality: str) -> ModalityFit:
         return getattr(self.fit, modality)
 
+    def modality_methods(self, modality: str) -> list[str]:
+        """The configured methods that apply to ``modality`` (``fixed`` is CT only)."""
+        return modality_methods(modality, self.fit.methods)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -172,7 +213,7 @@ def validate(raw: dict[str, Any]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"a config must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "<root>"
@@ -180,6 +221,24 @@ def validate(raw: dict[str, Any]) -> Config:
             raise ConfigError(key, "unknown key (check the spelling against configs/default.yaml)") from None
         value = first.get("input")
         raise ConfigError(key, f"{first['msg']} (got {value!r})") from None
+    _check_fixed_ranges(cfg)
+    return cfg
+
+
+def _check_fixed_ranges(cfg: Config) -> None:
+    """The fixed method classifies the CT window's voxels: its ranges must cover it, nothing more."""
+    fixed, window = cfg.fit.ct.fixed, cfg.preprocess.ct.window
+    if FIXED not in cfg.fit.methods:
+        return
+    if fixed is None:
+        raise ConfigError("fit.ct.fixed", "the fixed method is listed in fit.methods but has no ranges")
+    if window is None or (fixed.fat_hu[0], fixed.muscle_hu[1]) != tuple(window):
+        raise ConfigError("fit.ct.fixed", f"the fixed ranges must span the CT window {window}: fat_hu starts "
+                                          f"at its low end and muscle_hu ends at its high end (got fat_hu "
+                                          f"{list(fixed.fat_hu)}, muscle_hu {list(fixed.muscle_hu)})")
+    if not fixed.fat_hu[1] < fixed.muscle_hu[0]:
+        raise ConfigError("fit.ct.fixed", f"fat_hu must end below the start of muscle_hu (got fat_hu "
+                                          f"{list(fixed.fat_hu)}, muscle_hu {list(fixed.muscle_hu)})")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -21,7 +21,14 @@ MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
 DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
 #: Methods fitted on the pooled training histogram (METHOD.md section 3).
 METHODS = ("otsu", "kmeans", "gmm")
-METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM"}
+#: The clinical reference (METHOD.md section 3): fixed Hounsfield ranges, nothing fitted. CT only:
+#: MRI signal has no absolute unit, so a fixed range has no meaning there.
+FIXED = "fixed"
+#: Every method a config may list, in canonical order.
+ALL_METHODS = METHODS + (FIXED,)
+#: Methods that only exist for some modalities.
+METHOD_MODALITIES = {FIXED: ("ct",)}
+METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM", FIXED: "Fixed HU"}
 TISSUES = ("fat", "muscle")
 STATS = ("mean", "volume", "percent")
 SPLITS = ("train", "validation", "prospective")
@@ -52,10 +59,33 @@ def excluded_voxels_column(modality: str) -> str:
     return f"{modality}_excluded_voxels"
 
 
+def modality_methods(modality: str, methods) -> list[str]:
+    """The configured ``methods`` that apply to ``modality`` (``fixed`` is CT only)."""
+    return [m for m in methods if modality in METHOD_MODALITIES.get(m, MODALITIES)]
+
+
+def vs_fixed_column(modality: str, method: str) -> str:
+    """Per-patient disagreement of a fitted method with the fixed HU bound (``ct_otsu_vs_fixed_percent``).
+
+    100 x ROI voxels in the window that ``method``'s cohort threshold and the fixed bound classify
+    differently / window voxels. A diagnostic, not a body-composition feature: no imaging model
+    and no clinical candidate uses it (``parse_feature`` returns None for it).
+    """
+    return f"{modality}_{method}_vs_{FIXED}_percent"
+
+
+def vs_fixed_columns(modality: str, methods) -> list[str]:
+    """The disagreement columns of a modality: one per fitted method, when ``fixed`` is run too."""
+    methods = modality_methods(modality, methods)
+    if FIXED not in methods:
+        return []
+    return [vs_fixed_column(modality, m) for m in methods if m != FIXED]
+
+
 def feature_names(modality: str, methods) -> list[str]:
     """The feature columns of one modality, in canonical order."""
-    names = [name for method in methods for name in method_features(modality, method)]
-    return names + [roi_volume_column(modality), excluded_voxels_column(modality)]
+    names = [name for method in modality_methods(modality, methods) for name in method_features(modality, method)]
+    return names + [roi_volume_column(modality), excluded_voxels_column(modality)] + vs_fixed_columns(modality, methods)
 
 
 def model_name(modality: str, method: str) -> str:
@@ -65,7 +95,8 @@ def model_name(modality: str, method: str) -> str:
 
 def imaging_models(modalities, methods) -> dict[str, list[str]]:
     """One model per (modality, method) over its 6 features (METHOD.md section 5)."""
-    return {model_name(m, method): method_features(m, method) for m in modalities for method in methods}
+    return {model_name(m, method): method_features(m, method) for m in modalities
+            for method in modality_methods(m, methods)}
 
 
 def parse_feature(column: str) -> tuple[str, str, str, str] | None:

@@ -40,15 +40,15 @@ import numpy as np
 import pandas as pd
 
 MODALITIES = ("ct", "mri")
-METHODS = ("otsu", "kmeans", "gmm")
+METHODS = ("otsu", "kmeans", "gmm", "fixed")
 TISSUES = ("fat", "muscle")
 STATS = ("mean", "volume", "percent")
 SPLITS = ("train", "validation", "prospective")
 
 MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
-METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM"}
+METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM", "fixed": "Fixed HU"}
 SPLIT_NAMES = {"train": "Training", "validation": "Retrospective validation", "prospective": "Prospective validation"}
-METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":")}
+METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"), "fixed": ("black", "-.")}
 
 # CT display window for overlays (HU): soft tissue, wide enough to show fat (-100) and muscle (+50).
 CT_DISPLAY_WINDOW_HU = (-200.0, 250.0)
@@ -594,6 +594,36 @@ def _fit_details(fit: dict) -> str:
     return "; ".join(parts)
 
 
+def diagnostic_sections(thresholds: dict, features: pd.DataFrame | None) -> list[dict]:
+    """Issue 18: per modality, the bimodality diagnostic and the per-patient disagreement with fixed.
+
+    Kept apart from the threshold tables so the report's table code can change without it.
+    """
+    from .contract import FIXED, vs_fixed_column
+
+    sections = []
+    for modality, info in (thresholds.get("modalities") or {}).items():
+        diagnostic = (info or {}).get("diagnostic") if isinstance(info, dict) else None
+        if not isinstance(diagnostic, dict):
+            continue
+        rows = []
+        for method in [m for m in METHODS if m in (info.get("methods") or {}) and m != FIXED]:
+            column = vs_fixed_column(modality, method)
+            if features is None or column not in features.columns or not features[column].notna().any():
+                continue
+            values = features[column].dropna()
+            shift = (info["methods"][method] or {}).get("vs_fixed_fat_bound_hu")
+            rows.append([METHOD_NAMES.get(method, method), format_number(shift), format_number(values.median()),
+                         format_number(values.max())])
+        sections.append({
+            "name": MODALITY_NAMES.get(modality, modality.upper()), "warn": bool(diagnostic.get("likely_one_tissue")),
+            "message": str(diagnostic.get("message") or ""),
+            "table": _table(["Method", "Threshold − fixed fat bound (HU)", "Median % of ROI classified differently",
+                             "Max %"], rows, [False, True, True, True]) if rows else None,
+        })
+    return sections
+
+
 def _threshold_sections(thresholds: dict, notes: list[str]) -> list[dict]:
     sections = []
     for modality, info in (thresholds.get("modalities") or {}).items():
@@ -839,6 +869,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "run_name": run_dir.resolve().name,
         "cohort": _cohort_section(features, errors),
         "thresholds": threshold_sections,
+        "diagnostics": diagnostic_sections(thresholds, features),
         "tables": tables, "tables_missing": tables_missing, "stats_notes": stats_notes,
         "roc": roc, "boxes": boxes, "overlays": overlays,
         "errors": _errors_section(errors),

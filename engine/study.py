@@ -15,7 +15,7 @@ import pandas as pd
 
 from .manifest import Manifest
 from .outputs import write_csv
-from .contract import STATS, TISSUES
+from .contract import imaging_models
 
 log = logging.getLogger("sarco")
 
@@ -30,12 +30,6 @@ TABLE_FILES = {
 
 def clinical_columns(manifest: Manifest, configured: list[str] | None) -> list[str]:
     return list(configured) if configured is not None else list(manifest.clinical_columns)
-
-
-def imaging_models(modalities, methods) -> dict[str, list[str]]:
-    """One model per (modality, method) over its 6 features (METHOD.md section 5)."""
-    return {f"{m}_{method}": [f"{m}_{method}_{t}_{s}" for t in TISSUES for s in STATS]
-            for m in modalities for method in methods}
 
 
 def _with_clinical(features: pd.DataFrame, manifest: Manifest, columns: list[str]) -> pd.DataFrame:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .contract import (DICOM_MODALITY, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
-                       features_cache_path, habitat_path, roi_volume_column, sample_path, summary_path)
+from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
+                       features_cache_path, habitat_path, roi_volume_column, sample_path, summary_path,
+                       vs_fixed_column)
 from .errors import InputError
 
 
@@ -270,6 +271,20 @@ def sum_histograms(*histograms: np.ndarray) -> np.ndarray:
     return total
 
 
+def disagreement_with_fixed(modality: str, methods: list[str], all_stats, n_window: int) -> dict[str, float]:
+    """Per fitted method: 100 x window voxels it and the fixed bound classify differently / window voxels.
+
+    Both are thresholds on the same intensity axis with the same ``fat_is``, so the voxels
+    classified differently are exactly those between the two thresholds, and their count is the
+    difference of the two fat counts: no second read of the voxels.
+    """
+    if FIXED not in methods:
+        return {}
+    fixed_fat = int(all_stats[methods.index(FIXED)].fat_count)
+    return {vs_fixed_column(modality, method): 100.0 * abs(int(stats.fat_count) - fixed_fat) / n_window
+            for method, stats in zip(methods, all_stats) if method != FIXED}
+
+
 def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_dir: str | None,
                          cache_dir: str, backend: str = "cpu", force: bool = False) -> dict:
     """Pass 2 for one patient and modality: frozen thresholds -> features (+ habitat maps).
@@ -315,6 +330,7 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
                     features[feature_name(modality, method, tissue, "mean")] = total / count if count else float("nan")
                     features[feature_name(modality, method, tissue, "volume")] = count * voxel_mm3
                     features[feature_name(modality, method, tissue, "percent")] = 100.0 * count / n_window
+            features.update(disagreement_with_fixed(modality, methods, all_stats, n_window))
             if habitat_dir is not None:
                 stage = "write"
                 all_labels = to_host(classify(window_values, method_thresholds, fat_is=fat_is))

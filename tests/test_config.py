@@ -30,7 +30,7 @@ def test_paper_defaults():
     assert cfg.preprocess.ct.window == (-190.0, 150.0)
     assert cfg.preprocess.ct.n4 is False and cfg.preprocess.mri.n4 is True
     assert cfg.fit.ct.fat_is == "low" and cfg.fit.mri.fat_is == "high"
-    assert cfg.fit.methods == ["otsu", "kmeans", "gmm"]
+    assert cfg.fit.methods == ["otsu", "kmeans", "gmm", "fixed"]
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,7 @@ def test_paper_defaults():
         ("fit:\n  ct:\n    fat_is: middle\n", "fit.ct.fat_is"),
         ("run:\n  backend: tpu\n", "run.backend"),
         ("fit:\n  methods: [otsu, otsu]\n", "fit.methods"),
+        ("fit:\n  mri:\n    fixed: {fat_hu: [0, 1]}\n", "fit.mri.fixed"),
         ("preprocess:\n  spacing_mm: [1, 0, 1]\n", "preprocess.spacing_mm"),
         ("unknown_section: {}\n", "unknown_section"),
     ],

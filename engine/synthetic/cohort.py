@@ -680,8 +680,12 @@ def _muscle_areas(anat: _Anatomy) -> dict:
     return {name: float(counts[label]) * step * step for label, name in ROI_LABELS.items()}
 
 
-def _simulate(seed: int, index: int, size: str) -> dict:
-    """Everything about one patient, in memory: parameters, grids, images, ROIs, truth."""
+def _simulate(seed: int, index: int, size: str, lean: bool = False) -> dict:
+    """Everything about one patient, in memory: parameters, grids, images, ROIs, truth.
+
+    ``lean``: no intramuscular fat at all (target 0, the marbling field never crosses its
+    threshold); every random draw is still made, so the rest of the patient is unchanged.
+    """
     cfg = _SIZES[size]
     label = _patient_label(seed, index)
     clinical = _clinical(label, _rng(seed, index, _S_CLINICAL))
@@ -689,6 +693,9 @@ def _simulate(seed: int, index: int, size: str) -> dict:
     params = _anatomy_params(label, clinical, rng)
     anat = _build_anatomy(params, rng)
     field = _build_fat_field(anat, params["imf_target_fraction"], _rng(seed, index, _S_FIELD))
+    if lean:
+        params["imf_target_fraction"] = 0.0
+        field.threshold = math.inf
     canal_v = anat.canal.blob.cy
 
     # ---- CT -------------------------------------------------------------------------------
@@ -802,11 +809,11 @@ def _truth_fractions(rendered: _Rendered, roi: np.ndarray, grid: _Grid) -> dict:
     }
 
 
-def _write_patient(out_dir: Path, seed: int, index: int, size: str) -> tuple[dict, dict, list]:
+def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool = False) -> tuple[dict, dict, list]:
     """Simulate and write one patient; returns (manifest row, truth row, planted PHI strings)."""
     from engine.synthetic.dicom_writer import write_dicom_seg, write_dicom_series, write_mask  # noqa: PLC0415
 
-    sim = _simulate(seed, index, size)
+    sim = _simulate(seed, index, size, lean)
     pid = f"SYN{index + 1:04d}"
     pdir = out_dir / "patients" / pid
     if pdir.exists():
@@ -919,7 +926,8 @@ def _assign_splits(rows: list[dict], seed: int) -> list[str]:
 
 
 def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "clinical", workers: int = 1,
-                      progress: Callable[[int, int], None] | None = None, splits: bool = False) -> Path:
+                      progress: Callable[[int, int], None] | None = None, splits: bool = False,
+                      lean: bool = False) -> Path:
     """Write a synthetic lumbar CT + T2 MRI sarcopenia cohort with known truth.
 
     Parameters
@@ -943,6 +951,11 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     splits : bool, default False
         False leaves ``split`` empty (the engine makes its seeded 6:4 split); True fills a
         stratified seeded 6:4 ``train``/``validation`` split.
+    lean : bool, default False
+        True: lean muscle only, no intramuscular fat in any patient (``imf_target_fraction`` 0);
+        the ROI still takes in the thin fat planes at the muscle borders, as a reader's ROI does.
+        The cohort on which a two-class split divides one tissue (issue 18). False (default):
+        the output is unchanged.
 
     Returns
     -------
@@ -964,14 +977,14 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     results: dict[int, tuple] = {}
     if workers == 1 or n_patients == 1:
         for i in range(n_patients):
-            results[i] = _write_patient(out_dir, seed, i, size)
+            results[i] = _write_patient(out_dir, seed, i, size, lean)
             if progress is not None:
                 progress(len(results), n_patients)
     else:
         # spawn: no inherited locks or threads from the caller (Dask, BLAS pools)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, n_patients), mp_context=context) as pool:
-            futures = {pool.submit(_write_patient, out_dir, seed, i, size): i for i in range(n_patients)}
+            futures = {pool.submit(_write_patient, out_dir, seed, i, size, lean): i for i in range(n_patients)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if progress is not None:
