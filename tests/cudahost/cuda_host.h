@@ -46,8 +46,12 @@ constexpr int kMaxThreads = 1024;
 struct Block {
     pthread_barrier_t barrier;
     pthread_barrier_t warp_barrier[kMaxThreads / kWarp];
-    alignas(16) unsigned char slots[kMaxThreads / kWarp][kWarp][16];
+    // Two slot sets, alternated by every shuffle of a warp: one barrier per shuffle suffices
+    // (a lane can only overwrite a set after the next barrier, which every reader has passed).
+    alignas(16) unsigned char slots[2][kMaxThreads / kWarp][kWarp][16];
 };
+
+inline thread_local unsigned int shuffle_phase = 0;
 
 inline Block* block = nullptr;
 
@@ -82,15 +86,16 @@ inline T shuffle(unsigned int mask, T var, int source_lane_of_me_offset, int mod
     const unsigned int warp = t / kWarp, lane = t % kWarp, size = warp_size_of(warp);
     const unsigned int full = size == 32 ? 0xffffffffu : ((1u << size) - 1u);
     if ((mask & full) != full) fail("warp shuffle with a partial mask (not modelled)");
-    memcpy(block->slots[warp][lane], &var, sizeof(T));
+    unsigned char (*slots)[16] = block->slots[shuffle_phase][warp];
+    shuffle_phase ^= 1u;
+    memcpy(slots[lane], &var, sizeof(T));
     warp_sync_all();
     T out = var;
     int src = mode == 0 ? (int)lane + source_lane_of_me_offset
             : mode == 1 ? (int)lane - source_lane_of_me_offset
             : mode == 2 ? (int)(lane ^ (unsigned)source_lane_of_me_offset)
                         : source_lane_of_me_offset;
-    if (src >= 0 && src < (int)size) memcpy(&out, block->slots[warp][src], sizeof(T));
-    warp_sync_all();
+    if (src >= 0 && src < (int)size) memcpy(&out, slots[src], sizeof(T));
     return out;
 }
 

@@ -24,7 +24,7 @@ from tests.cudahost import build
 
 #: The modelled device: few SMs (host threads are costly), an H100/H200's shared memory.
 DEVICE_ATTRIBUTES = {
-    "MultiProcessorCount": 2,
+    "MultiProcessorCount": 1,  # 8 blocks per grid: several blocks, few host threads
     "MaxSharedMemoryPerBlock": 49152,
     "MaxSharedMemoryPerBlockOptin": build.DYNAMIC_SHARED_BYTES,
     "MaxThreadsPerBlock": 1024,
