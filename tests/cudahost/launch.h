@@ -44,8 +44,6 @@ inline void* thread_main(void* raw)
     auto* pair = static_cast<std::pair<const Launch*, unsigned int>*>(raw);
     const Launch& L = *pair->first;
     const unsigned int t = pair->second;
-    blockDim = L.block;  // same value in every thread
-    gridDim = L.grid;
     threadIdx = {t % L.block.x, (t / L.block.x) % L.block.y, t / (L.block.x * L.block.y)};
     for (unsigned int bz = 0; bz < L.grid.z; ++bz)
         for (unsigned int by = 0; by < L.grid.y; ++by)
@@ -72,7 +70,8 @@ inline int run(const Launch& L)
     static Block storage;
     block = &storage;
     pthread_barrier_init(&block->barrier, nullptr, (unsigned)n);
-    blockDim = L.block;  // warp_size_of reads it
+    blockDim = L.block;  // set before the threads start: they only read them
+    gridDim = L.grid;
     const unsigned n_warps = (unsigned)((n + kWarp - 1) / kWarp);
     for (unsigned w = 0; w < n_warps; ++w)
         pthread_barrier_init(&block->warp_barrier[w], nullptr, warp_size_of(w));
