@@ -121,7 +121,8 @@ class MriFit(ModalityFit):
 class FitConfig(_Strict):
     methods: list[Literal[ALL_METHODS]] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
     seed: int = 0
-    kmeans_impl: Literal["histogram", "cuml"] = "histogram"
+    # "cuml" was accepted but never read (issue 15): only the histogram fit exists.
+    kmeans_impl: Literal["histogram"] = "histogram"
     kmeans_max_iter: int = Field(300, gt=0)
     kmeans_tol: float = Field(1e-4, gt=0)
     gmm_max_iter: int = Field(100, gt=0)

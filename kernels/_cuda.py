@@ -54,11 +54,13 @@ def raw_module(filename: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _device_attributes(device_id: int) -> tuple[int, int]:
+def _device_attributes(device_id: int) -> tuple[int, int, int]:
     import cupy  # noqa: PLC0415
 
     attributes = cupy.cuda.Device(device_id).attributes
-    return int(attributes["MultiProcessorCount"]), int(attributes["MaxSharedMemoryPerBlock"])
+    default = int(attributes["MaxSharedMemoryPerBlock"])
+    return (int(attributes["MultiProcessorCount"]), default,
+            int(attributes.get("MaxSharedMemoryPerBlockOptin", default)))
 
 
 def multiprocessor_count() -> int:
@@ -73,3 +75,20 @@ def shared_memory_per_block() -> int:
     import cupy  # noqa: PLC0415
 
     return _device_attributes(cupy.cuda.Device().id)[1]
+
+
+def shared_memory_per_block_optin() -> int:
+    """Shared memory a block may use after opting in (bytes, 227 KiB on sm_90)."""
+    import cupy  # noqa: PLC0415
+
+    return _device_attributes(cupy.cuda.Device().id)[2]
+
+
+def opt_in_shared_memory(kernel, nbytes: int) -> None:
+    """Let ``kernel`` launch with ``nbytes`` of dynamic shared memory (above the default 48 KiB).
+
+    CUDA refuses such a launch unless the function's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute
+    was raised first (cudaFuncSetAttribute); CuPy exposes it as a settable attribute.
+    """
+    if int(kernel.max_dynamic_shared_size_bytes) < nbytes:
+        kernel.max_dynamic_shared_size_bytes = int(nbytes)

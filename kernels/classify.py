@@ -49,7 +49,8 @@ class TissueStats:
     fat_count, muscle_count : int
         Number of voxels in each tissue (NaN voxels are in neither).
     fat_sum, muscle_sum : float
-        Sum of the tissue's intensities (float64), intensity units.
+        Sum of the tissue's intensities, intensity units: exact (an int64 sum) for integer
+        samples, float64 for float samples.
     fat_mean, muscle_mean : float
         ``sum / count``; NaN when the tissue has no voxel.
     """
@@ -145,8 +146,10 @@ def tissue_stats(values, threshold, *, fat_is: str = "low"):
     Returns
     -------
     TissueStats or tuple of TissueStats
-        One per threshold (a tuple when ``threshold`` is a sequence). Counts are exact; sums
-        are float64 (the GPU sums in another order: equal to about 1e-15 relative).
+        One per threshold (a tuple when ``threshold`` is a sequence). Counts are exact. Sums
+        of integer samples (CT) are int64 sums, exact and identical on both backends; sums of
+        float samples are float64, reduced on the GPU in a fixed order (deterministic from
+        run to run, equal to numpy's to about 1e-15 relative).
         Volumes and percentages are the caller's (count x voxel volume).
 
     Raises
@@ -198,9 +201,12 @@ def _run_numpy(values, thresholds, fat_is_high, *, want_labels, want_stats):
     n, m = flat.size, len(thresholds)
     labels = numpy.empty((m, n), dtype=numpy.uint8) if want_labels else None
     counts = numpy.zeros((m, 2), dtype=numpy.int64)
-    sums = numpy.zeros((m, 2), dtype=numpy.float64)
+    integral = flat.dtype.kind in "iu"
+    # Integer samples are summed in int64 (exact, any order); floats in float64.
+    sums = numpy.zeros((m, 2), dtype=numpy.int64 if integral else numpy.float64)
     for start in range(0, n, _CHUNK):
         chunk = flat[start:start + _CHUNK].astype(numpy.float64)  # exact for every dtype
+        addends = flat[start:start + _CHUNK].astype(numpy.int64) if integral else chunk
         for j, t in enumerate(thresholds):
             low = chunk <= t
             high = chunk > t  # not ~low: NaN is in neither class
@@ -214,8 +220,8 @@ def _run_numpy(values, thresholds, fat_is_high, *, want_labels, want_stats):
             if want_stats:
                 counts[j, 0] += numpy.count_nonzero(fat)
                 counts[j, 1] += numpy.count_nonzero(muscle)
-                sums[j, 0] += numpy.sum(chunk, where=fat)
-                sums[j, 1] += numpy.sum(chunk, where=muscle)
+                sums[j, 0] += numpy.sum(addends, where=fat)
+                sums[j, 1] += numpy.sum(addends, where=muscle)
     return labels, counts, sums
 
 
@@ -232,10 +238,11 @@ def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
     kernel = _cuda.raw_module("classify.cu").get_function(f"classify_{flat.dtype.name}")
 
     labels = cupy.empty((m, n), dtype=cupy.uint8) if want_labels else cupy.empty((1, 1), cupy.uint8)
-    counts = cupy.zeros((m, 2), dtype=cupy.uint64)
-    sums = cupy.zeros((m, 2), dtype=cupy.float64)
-    thresholds_device = cupy.asarray(thresholds, dtype=cupy.float64)
     blocks = max(1, min(8 * _cuda.multiprocessor_count(), -(-n // _THREADS)))
+    counts = cupy.zeros((m, 2), dtype=cupy.uint64)
+    int_sums = cupy.zeros((m, 2), dtype=cupy.int64)  # integer samples: exact int64 sums
+    block_sums = cupy.empty((m, blocks, 2), dtype=cupy.float64)  # float samples: per block
+    thresholds_device = cupy.asarray(thresholds, dtype=cupy.float64)
     if n:
         for first in range(0, m, _MAX_THRESHOLDS_PER_PASS):
             group = slice(first, min(first + _MAX_THRESHOLDS_PER_PASS, m))
@@ -245,9 +252,17 @@ def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
                 (flat, numpy.int64(n), thresholds_device[group], numpy.int32(n_group),
                  numpy.int32(fat_is_high), numpy.int32(want_labels),
                  labels[group] if want_labels else labels, numpy.int32(want_stats),
-                 counts[group], sums[group]),
+                 counts[group], int_sums[group], block_sums[group]),
             )
     if not want_stats:
         return labels, None, None
-    # tiny (m, 2) arrays; the caller wants Python numbers
-    return labels, counts.get(), sums.get()  # device sync
+    # tiny arrays; the caller wants Python numbers (device sync)
+    if flat.dtype.kind in "iu":
+        return labels, counts.get(), int_sums.get()
+    if not n:
+        return labels, counts.get(), numpy.zeros((m, 2))
+    # The blocks' partial sums, added in a fixed order with one rounding (fsum): the result
+    # does not depend on the order in which the blocks ran.
+    partials = block_sums.get()
+    sums = numpy.array([[math.fsum(partials[j, :, k]) for k in range(2)] for j in range(m)])
+    return labels, counts.get(), sums

@@ -1,7 +1,8 @@
 // Histogram of a 1-D sample on bins centred on lo + k * width, k = 0 .. n_bins - 1.
 //
 // Loaded by kernels/histogram.py through cupy.RawModule (NVRTC), so: no host headers, and
-// every entry point is extern "C" so its name is not mangled. `nvcc --ptx` compile-checks it.
+// every entry point is extern "C" so its name is not mangled. The tests compile it with nvcc
+// and NVRTC (CuPy's options, -ftz=true included) and execute it on the host (tests/cudahost).
 //
 // Bin rule, identical to the numpy path of kernels/histogram.py:
 //     k = floor(((double)v - lo) / width + 0.5), counted only when 0 <= k < n_bins.
@@ -12,8 +13,10 @@
 // Strategy: each block keeps `replicas` sub-histograms of 32-bit counters in shared memory
 // (one per group of warps, to spread the atomic contention of the few hot bins of CT data),
 // then adds its total into the 64-bit global counts with one atomicAdd per non-empty bin.
-// When n_bins does not fit in shared memory the host passes replicas == 0 and every value is
-// an atomicAdd on global memory. The host sizes the grid so that no block sees 2^32 values,
+// A grid too large for the default 48 KiB (MRI: ~34,000 bins) gets one sub-histogram in
+// opted-in shared memory (up to 227 KiB on sm_90; the host sets the kernel's
+// max_dynamic_shared_size_bytes). Only when even that is too small does the host pass
+// replicas == 0, and every value is an atomicAdd on global memory. The host sizes the grid so that no block sees 2^32 values,
 // which keeps the 32-bit shared counters exact.
 
 typedef unsigned long long u64;
@@ -22,6 +25,24 @@ template <typename T> struct is_integral_sample { static const bool value = fals
 template <> struct is_integral_sample<short> { static const bool value = true; };
 template <> struct is_integral_sample<unsigned short> { static const bool value = true; };
 template <> struct is_integral_sample<int> { static const bool value = true; };
+
+// float -> double that never flushes a subnormal: CuPy compiles every RawModule with
+// -ftz=true (appended after our options), which turns a plain (double)x into
+// cvt.ftz.f64.f32. Explicit PTX keeps the IEEE conversion. Other types convert exactly.
+__device__ __forceinline__ double exact_double(float x)
+{
+#ifdef __CUDA_ARCH__
+    double d;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(d) : "f"(x));
+    return d;
+#else
+    return (double)x;
+#endif
+}
+__device__ __forceinline__ double exact_double(double x) { return x; }
+__device__ __forceinline__ double exact_double(short x) { return (double)x; }
+__device__ __forceinline__ double exact_double(unsigned short x) { return (double)x; }
+__device__ __forceinline__ double exact_double(int x) { return (double)x; }
 
 // Bin of one value, or -1 when it falls outside [lo - width/2, lo + (n_bins - 1/2) width).
 // NaN sets *saw_nan (the host turns it into a ValueError) and is not counted.
@@ -33,7 +54,7 @@ __device__ __forceinline__ long long bin_of(T v, double lo, double width, long l
         long long k = (long long)v - lo_int;
         return (k >= 0 && k < (long long)n_bins) ? k : -1;
     }
-    double d = (double)v;
+    double d = exact_double(v);
     if (d != d) {  // NaN (isnan needs a header under NVRTC; this is the IEEE definition)
         *saw_nan = 1;
         return -1;

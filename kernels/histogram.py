@@ -151,8 +151,9 @@ def histogram(values, *, lo: float, hi: float, bin_width: float = 1.0):
     an error because it means a broken upstream step, not an out-of-window voxel.
 
     On CuPy the counting is a CUDA kernel (``histogram.cu``): per-block shared-memory
-    sub-histograms added atomically into 64-bit global counters, or global atomics when the
-    grid does not fit in shared memory. The bin rule is evaluated in float64 on both
+    sub-histograms added atomically into 64-bit global counters (opting in to the device's
+    larger shared memory for grids over 12,288 bins), or global atomics when the grid does not
+    fit even there (over 58,112 bins on sm_90). The bin rule is evaluated in float64 on both
     backends, so CPU and GPU counts are identical. The NaN check costs one device sync.
 
     Examples
@@ -237,6 +238,21 @@ _THREADS = 256
 _MAX_VALUES_PER_BLOCK = (1 << 32) - 1  # 32-bit shared counters must not wrap
 
 
+def shared_memory_plan(n_bins: int, default_bytes: int, optin_bytes: int) -> tuple[int, int]:
+    """(sub-histograms per block, dynamic shared bytes) of the CUDA histogram of ``n_bins``.
+
+    One 32-bit sub-histogram per warp while they fit in the default shared memory (which
+    keeps several blocks per SM); a single one in opted-in shared memory when one does not
+    fit in the default but fits after opting in (large MRI grids); ``(0, 0)`` (global atomics)
+    beyond that.
+    """
+    per_histogram = 4 * n_bins
+    replicas = min(_THREADS // 32, default_bytes // per_histogram)
+    if replicas == 0 and per_histogram <= optin_bytes:
+        replicas = 1
+    return replicas, per_histogram * replicas
+
+
 def _histogram_cupy(values, lo: float, width: float, n_bins: int):
     import cupy  # noqa: PLC0415  (lazy)
 
@@ -252,10 +268,10 @@ def _histogram_cupy(values, lo: float, width: float, n_bins: int):
         return counts.astype(cupy.int64)
 
     kernel = _cuda.raw_module("histogram.cu").get_function(f"histogram_{name}")
-    shared_bytes_max = _cuda.shared_memory_per_block()
-    # One sub-histogram per warp while they fit; at least one, else global atomics.
-    replicas = min(_THREADS // 32, shared_bytes_max // (4 * n_bins))
-    shared_bytes = 4 * n_bins * replicas
+    replicas, shared_bytes = shared_memory_plan(
+        n_bins, _cuda.shared_memory_per_block(), _cuda.shared_memory_per_block_optin())
+    if shared_bytes > _cuda.shared_memory_per_block():
+        _cuda.opt_in_shared_memory(kernel, shared_bytes)
     blocks = max(8 * _cuda.multiprocessor_count(), -(-n // _MAX_VALUES_PER_BLOCK))
     blocks = min(blocks, max(1, -(-n // _THREADS)))  # no more blocks than values need
     vector_loads = int(flat.data.ptr % 16 == 0)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -492,7 +493,7 @@ def test_importing_kernels_pulls_in_no_heavy_or_engine_module():
 
 
 def test_kernels_sources_do_not_import_forbidden_modules():
-    forbidden = ("engine", "dask", "SimpleITK", "pydicom", "yaml", "logging")
+    forbidden = ("engine", "dask", "SimpleITK", "pydicom", "yaml", "logging", "tests")
     for source in sorted(KERNELS_DIR.glob("*.py")):
         for line in source.read_text().splitlines():
             stripped = line.strip()
@@ -501,20 +502,157 @@ def test_kernels_sources_do_not_import_forbidden_modules():
                 assert module not in forbidden, f"{source.name}: {stripped}"
 
 
-@pytest.mark.parametrize("cu_file", sorted(KERNELS_DIR.glob("*.cu")), ids=lambda p: p.name)
-def test_cu_files_compile(cu_file, tmp_path):
+CU_FILES = sorted(KERNELS_DIR.glob("*.cu"))
+FLUSHING_CONVERSION = "cvt.ftz.f64.f32"  # float32 -> float64 that flushes subnormals to 0
+
+
+def _check_entries(cu_file, ptx):
+    stem = cu_file.stem
+    for dtype in ("float32", "float64", "int16", "uint16", "int32"):
+        assert f".entry {stem}_{dtype}" in ptx, f"{cu_file.name} lacks {stem}_{dtype}"
+
+
+@pytest.mark.parametrize("cu_file", CU_FILES, ids=lambda p: p.name)
+def test_cu_files_compile_without_flushing_conversions_under_ftz(cu_file, tmp_path):
+    # Issue 15: CuPy compiles with -ftz=true; no float32 -> float64 conversion may flush.
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not on PATH")
     done = subprocess.run(
-        [nvcc, "--ptx", "-arch=compute_90", "-o", str(tmp_path / "out.ptx"), str(cu_file)],
+        [nvcc, "--ptx", "-arch=compute_90", "-std=c++17", "-ftz=true",
+         "-o", str(tmp_path / "out.ptx"), str(cu_file)],
         capture_output=True, text=True,
     )
     assert done.returncode == 0, f"nvcc failed on {cu_file.name}:\n{done.stderr}"
     ptx = (tmp_path / "out.ptx").read_text()
-    stem = cu_file.stem
-    for dtype in ("float32", "float64", "int16", "uint16", "int32"):
-        assert f".entry {stem}_{dtype}" in ptx, f"{cu_file.name} lacks {stem}_{dtype}"
+    _check_entries(cu_file, ptx)
+    assert FLUSHING_CONVERSION not in ptx
+
+
+def _nvrtc():
+    from tests.cudahost import nvrtc
+
+    if nvrtc.find_library() is None:
+        pytest.skip("no NVRTC library (pip install nvidia-cuda-nvrtc-cu12); nvcc covers -ftz")
+    return nvrtc
+
+
+@pytest.mark.parametrize("cu_file", CU_FILES, ids=lambda p: p.name)
+def test_nvrtc_with_cupys_option_chain_emits_no_flushing_conversion(cu_file):
+    # Issue 15: the exact chain CuPy hands NVRTC: our options, then its -ftz=true and -arch.
+    from kernels import _cuda
+
+    nvrtc = _nvrtc()
+    options = _cuda._NVRTC_OPTIONS + nvrtc.CUPY_APPENDED
+    ptx = nvrtc.compile_ptx(_cuda.cuda_source(cu_file.name), options, cu_file.name)
+    _check_entries(cu_file, ptx)
+    assert FLUSHING_CONVERSION not in ptx
+    assert "cvt.f64.f32" in ptx  # the float32 entry points convert, without .ftz
+    # Determinism: no floating-point atomics, whose order depends on the blocks' timing.
+    assert not re.findall(r"\b(?:atom|red)\.[\w.]*\bf(?:32|64)\b", ptx)  # e.g. red.global.add.f64
+
+
+def test_flushing_conversion_check_can_fail():
+    # The assertion above is not vacuous: a plain cast under CuPy's flags does flush.
+    from kernels import _cuda
+
+    nvrtc = _nvrtc()
+    source = 'extern "C" __global__ void k(const float* x, double* y) { y[0] = (double)x[0]; }'
+    ptx = nvrtc.compile_ptx(source, _cuda._NVRTC_OPTIONS + nvrtc.CUPY_APPENDED)
+    assert FLUSHING_CONVERSION in ptx
+
+
+# --------------------------------------------------------------- exactness and determinism (#15)
+
+
+def test_float32_subnormals_are_not_flushed(xp):
+    # Issue 15: under -ftz=true a plain conversion made classify(float32 1e-40, t=0) fat.
+    tiny = np.float32(1e-40)
+    assert 0 < tiny < np.finfo(np.float32).tiny  # subnormal
+    width = float(tiny)
+    assert int(to_numpy(classify(xp.asarray(np.array([tiny])), 0.0))[0]) == 1  # muscle
+    counts = histogram(xp.asarray(np.array([tiny, np.float32(0)])), lo=0.0, hi=width,
+                       bin_width=width)
+    np.testing.assert_array_equal(to_numpy(counts), [1, 1])
+    stats = tissue_stats(xp.asarray(np.array([tiny, -tiny])), 0.0)
+    assert stats.muscle_sum == width and stats.fat_sum == -width
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "float64"])
+def test_tissue_sums_exact_for_integers_and_deterministic_for_floats(xp, dtype):
+    # Issue 15: per-block double atomics made the sums depend on the blocks' timing.
+    values = ct_voxels(0.3, seed=21, n=100_003).astype(np.int32) + (190 if dtype[0] == "u" else 0)
+    values = values.astype(dtype)
+    if values.dtype.kind == "f":
+        values += np.random.default_rng(2).uniform(0, 1, values.size).astype(dtype)
+    thresholds = [-23.5, 10.0] if dtype[0] != "u" else [166.5, 200.0]
+    first = tissue_stats(xp.asarray(values), thresholds)
+    for _ in range(2):
+        assert tissue_stats(xp.asarray(values), thresholds) == first  # bit for bit
+    reference = tissue_stats(values, thresholds)  # numpy
+    for ours, theirs in zip(first, reference):
+        assert (ours.fat_count, ours.muscle_count) == (theirs.fat_count, theirs.muscle_count)
+        if values.dtype.kind in "iu":
+            assert ours == theirs  # int64 sums: bit-identical to numpy
+            fat = values.astype(np.int64)[values.astype(np.float64) <= ours.threshold]
+            assert ours.fat_sum == float(fat.sum())
+        else:
+            assert ours.fat_sum == pytest.approx(theirs.fat_sum, rel=1e-12)
+            assert ours.muscle_sum == pytest.approx(theirs.muscle_sum, rel=1e-12)
+
+
+def test_histogram_shared_memory_plan():
+    from kernels.histogram import shared_memory_plan
+
+    default, optin = 48 * 1024, 227 * 1024
+    assert shared_memory_plan(341, default, optin) == (8, 8 * 4 * 341)  # CT: one per warp
+    assert shared_memory_plan(12_288, default, optin) == (1, default)
+    assert shared_memory_plan(12_289, default, optin) == (1, 4 * 12_289)  # opt in (MRI)
+    assert shared_memory_plan(34_000, default, optin) == (1, 4 * 34_000)
+    assert shared_memory_plan(optin // 4, default, optin) == (1, optin)
+    assert shared_memory_plan(optin // 4 + 1, default, optin) == (0, 0)  # global atomics
+
+
+@pytest.mark.parametrize("n_bins", [34_001, 70_001], ids=["opted-in-shared", "global-atomics"])
+def test_histogram_grids_beyond_the_default_shared_memory(xp, n_bins):
+    # Issue 15: MRI grids over 12,288 bins used to fall back to global atomics.
+    rng = np.random.default_rng(8)
+    values = rng.integers(-5, n_bins + 5, size=150_001).astype(np.int32)
+    inside = values[(values >= 0) & (values < n_bins)]
+    expected = np.bincount(inside, minlength=n_bins)
+    for dtype in ("int32", "float64"):
+        counts = histogram(xp.asarray(values.astype(dtype)), lo=0, hi=n_bins - 1)
+        np.testing.assert_array_equal(to_numpy(counts), expected)
+        if getattr(xp, "is_cudahost_standin", False):
+            from tests.cudahost import fakecupy
+
+            name, _, _, shared = fakecupy.launches[-1]
+            assert name == f"histogram_{dtype}"
+            assert shared == (4 * n_bins if n_bins == 34_001 else 0)
+
+
+def test_host_execution_checks_every_launch(xp):
+    # The stand-in refuses what a GPU would refuse or misread: wrong arity, a parameter of the
+    # wrong size, an array of the wrong element size, shared memory beyond the opt-in.
+    if not getattr(xp, "is_cudahost_standin", False):
+        pytest.skip("checks of the host execution itself")
+    from kernels import _cuda
+
+    kernel = _cuda.raw_module("histogram.cu").get_function("histogram_int16")
+    values = xp.asarray(np.arange(10, dtype=np.int16) % 4)
+    counts, flag = xp.zeros(4, dtype=xp.uint64), xp.zeros(1, dtype=xp.int32)
+    args = [values, np.int64(10), np.float64(0), np.float64(1), np.int64(0), np.int32(1),
+            np.int32(4), np.int32(1), np.int32(0), counts, flag]
+    kernel((2,), (64,), tuple(args), shared_mem=16)
+    np.testing.assert_array_equal(to_numpy(counts), [3, 3, 2, 2])
+    with pytest.raises(TypeError, match="takes 11 arguments"):
+        kernel((1,), (32,), tuple(args[:-1]))
+    with pytest.raises(TypeError, match="argument 6"):
+        kernel((1,), (32,), tuple(args[:6] + [np.int64(4)] + args[7:]))
+    with pytest.raises(TypeError, match="argument 0"):
+        kernel((1,), (32,), (xp.zeros(10, dtype=xp.float32), *args[1:]))
+    with pytest.raises(RuntimeError, match="opt in"):
+        kernel((1,), (32,), tuple(args), shared_mem=64 * 1024)
 
 
 def test_cuml_kmeans_matches_histogram_kmeans(xp):
