@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from engine.contract import TEMP_GLOB, TEMP_PREFIX
+from engine.contract import TEMP_GLOB, TEMP_PREFIX, method_features
 from engine.pipeline import run
 from tests import corruptions as corpus
 
@@ -215,6 +215,6 @@ def test_a_moved_run_folder_resumes_from_its_own_cache(reference, tmp_path_facto
     assert pd.read_csv(moved / "errors.csv").empty
     ours = pd.read_csv(moved / "features.csv").set_index("patient_id")
     theirs = pd.read_csv(reference / "features.csv").set_index("patient_id")
-    otsu = [c for c in theirs.columns if c.startswith("ct_otsu_")]
+    otsu = method_features("ct", "otsu")
     pd.testing.assert_frame_equal(ours[otsu], theirs[otsu])
 
