@@ -182,6 +182,7 @@ def fit_logistic_model(
     name: str = "model",
     categorical: Iterable[str] | None = None,
     alpha: float = 0.05,
+    profile_ci: bool = True,
 ) -> FitOutcome:
     """Fit ``label ~ features`` on the rows with the label and every feature present.
 
@@ -214,11 +215,13 @@ def fit_logistic_model(
     index = np.r_[0, 1 + np.flatnonzero(fitted)]
     params[index] = sub.params
     cov[np.ix_(index, index)] = sub.cov
-    fit = LogitFit(params, cov, sub.status, sub.method, sub.converged, sub.llf, sub.note)
+    fit = LogitFit(params, cov, sub.status, sub.method, sub.converged, sub.llf, sub.note, X1=sub.X1, y=sub.y,
+                   penalised_llf=sub.penalised_llf, fitted_index=index)
     if sub.note:
         notes.append(f"{name}: {sub.note}")
     dummy = [encoding[o]["kind"] == "categorical" for o in owners]
-    summary = term_table(fit, columns, owners, means, scales, dummy=dummy, fitted=fitted, alpha=alpha)
+    summary = term_table(fit, columns, owners, means, scales, dummy=dummy, fitted=fitted, alpha=alpha,
+                         profile_ci=profile_ci)
     n_events = int(y.sum()) if y.size else 0
     model = None
     if sub.usable:
