@@ -385,7 +385,7 @@ def _roc_figure(predictions: pd.DataFrame, notes: list[str]) -> str | None:
         panels.append((split, rows))
     if not panels:
         return None
-    fig = _figure(min(5.4 * len(panels), 16.2), 6.4)
+    fig = _figure(min(5.4 * len(panels), 16.2), 5.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colours = _model_colours(models)
     for ax, (split, rows) in zip(axes, panels):
@@ -406,8 +406,7 @@ def _roc_figure(predictions: pd.DataFrame, notes: list[str]) -> str | None:
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_aspect("equal")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7.5, title="AUC (95% CI)",
-                  title_fontsize=8, frameon=False)
+        ax.legend(loc="lower right", fontsize=7.5, title="AUC (95% CI)", title_fontsize=8, framealpha=0.9)
     return _png_data_uri(fig)
 
 

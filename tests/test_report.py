@@ -269,3 +269,46 @@ def test_number_formatting():
                                      "entered": [True, False]}))
     assert table["rows"] == [["a", "12", "0.750", "1.000", "<0.001", "yes"], ["b", "", "1.000", "0.000", "0.200", "no"]]
     assert table["dropped"] == ["empty"] and table["columns"][2] == "AUC"
+
+
+def test_identical_roc_curves_are_drawn_once_and_named_together():
+    """Issue 14: a model whose curve equals another's must not hide it: one curve, both names."""
+    from engine.report import _roc_curves
+
+    rng = np.random.default_rng(0)
+    y = pd.Series(np.r_[np.ones(20), np.zeros(20)].astype(int))
+    p = rng.random(40) + 0.3 * y.to_numpy()
+    predictions = pd.DataFrame({"p_ct_otsu": p, "p_combined": 1 / (1 + np.exp(-3 * p)),  # same ranking
+                                "p_clinical": rng.random(40)})
+    curves = _roc_curves(y, predictions, pd.Series(True, index=y.index), ["ct_otsu", "combined", "clinical"],
+                         "validation", [])
+    assert [c["models"] for c in curves] == [["ct_otsu", "combined"], ["clinical"]]
+    low, high = curves[0]["ci"]
+    assert low < curves[0]["auc"] < high
+
+
+def test_statistics_tables_read_like_the_paper(tmp_path):
+    """Issue 14: Table 2 shows mean ± SD or n (%), the test and p in five columns, not a CSV dump."""
+    from engine.report_tables import render_table2, render_table5
+    from engine.stats import table2
+
+    rng = np.random.default_rng(1)
+    n = 80
+    df = pd.DataFrame({"label": np.r_[np.ones(30), np.zeros(50)], "split": "train",
+                       "age": rng.normal(70, 6, n), "sex": rng.choice(["F", "M"], n)})
+    rendered = render_table2(table2(df, variables=["age", "sex"]))
+    assert rendered["columns"] == ["Variable", "Non-sarcopenia", "Sarcopenia", "Test", "p"]
+    age = next(r["cells"] for r in rendered["rows"] if r.get("cells", [""])[0] == "age")
+    x0 = df.loc[df["label"] == 0, "age"]
+    assert age[1] == f"{x0.mean():.2f} ± {x0.std(ddof=1):.2f}" and age[3] and age[4]
+    female = next(r["cells"] for r in rendered["rows"] if r.get("cells", [""])[0] == "F")
+    count = int(((df["label"] == 1) & (df["sex"] == "F")).sum())
+    assert female[2] == f"{count} ({100 * count / 30:.1f}%)"
+    t5 = pd.DataFrame({"model": ["ct_otsu"] * 2, "split": ["train", "validation"], "auc_kind": ["apparent", "held-out"],
+                       "n": [50, 30], "n_pos": [20, 12], "n_neg": [30, 18], "auc": [0.9, 0.8],
+                       "auc_ci_low": [0.8, 0.65], "auc_ci_high": [0.97, 0.95], "train_cutoff": [0.4, 0.4],
+                       "sensitivity": [0.85, 0.75], "specificity": [0.8, 0.7], "accuracy": [0.82, 0.72],
+                       "ppv": [0.7, 0.6], "npv": [0.9, 0.8], "note": ["", ""]})
+    rendered = render_table5(t5)
+    assert "apparent" in rendered["rows"][0]["section"]
+    assert rendered["rows"][3]["cells"][:2] == ["CT Otsu", "0.800 (0.650–0.950)"]
