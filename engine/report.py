@@ -790,10 +790,38 @@ def _feature_methods(features: pd.DataFrame, modality: str) -> list[str]:
 # entry point
 
 
-def _overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
+def _box_sections(features: pd.DataFrame, thr_modalities: dict, figure_notes: list[str]) -> list[dict]:
+    boxes = []
+    for modality in MODALITIES:
+        methods = _feature_methods(features, modality)
+        if not methods:
+            continue
+        unit = (thr_modalities.get(modality) or {}).get("unit") or ("HU" if modality == "ct" else "")
+        image = _safe_figure(figure_notes, f"The {modality.upper()} box-plot figure", _box_figure, modality,
+                             features, methods, unit)
+        if image is None:
+            figure_notes.append(f"No labelled training patient with {modality.upper()} features: no box plots.")
+        boxes.append({"name": MODALITY_NAMES[modality], "figure": image})
+    return boxes
+
+
+def _statistics_section(run_dir: Path, model: dict | None, features: pd.DataFrame,
+                        predictions: pd.DataFrame | None, missing: list[str], figure_notes: list[str]) -> dict:
+    """The template's statistics context: summary, tables, notes of the stage, ROC figure."""
     from .report_tables import study_overview
 
-    return study_overview(summary, features)
+    summary = _read_json(run_dir / STUDY_JSON, missing, "the summary of the models") \
+        if (run_dir / "tables").is_dir() else None
+    statistics = (model or {}).get("statistics") if model else None
+    notes = [str(n) for n in ((statistics or {}).get("notes") or [])] if isinstance(statistics, dict) else []
+    if model is not None and statistics is None:
+        missing.append("model.json holds no statistics (the statistics stage was disabled or failed).")
+    tables, tables_missing = _tables_section(run_dir)
+    roc = None
+    if predictions is not None and not predictions.empty:
+        roc = _safe_figure(figure_notes, "The ROC figure", _roc_figure, predictions, figure_notes)
+    return {"overview": study_overview(summary, features), "tables": tables, "tables_missing": tables_missing,
+            "stats_notes": notes, "roc": roc}
 
 
 def _environment() -> jinja2.Environment:
@@ -844,32 +872,11 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     errors = _read_csv(run_dir / "errors.csv", missing, "the error list", dtype=str, keep_default_na=False)
     predictions = _read_csv(run_dir / "predictions.csv", missing, "ROC curves", dtype={"patient_id": str})
 
-    study_summary = _read_json(run_dir / STUDY_JSON, missing, "the summary of the models") \
-        if (run_dir / "tables").is_dir() else None
-    statistics = (model or {}).get("statistics") if model else None
-    stats_notes = [str(n) for n in ((statistics or {}).get("notes") or [])] if isinstance(statistics, dict) else []
-    if model is not None and statistics is None:
-        missing.append("model.json holds no statistics (the statistics stage was disabled or failed).")
-
+    statistics = _statistics_section(run_dir, model, features, predictions, missing, figure_notes)
     thr_modalities = thresholds.get("modalities") or {}
     threshold_sections = _threshold_sections(thresholds, figure_notes)
-    tables, tables_missing = _tables_section(run_dir)
 
-    roc = None
-    if predictions is not None and not predictions.empty:
-        roc = _safe_figure(figure_notes, "The ROC figure", _roc_figure, predictions, figure_notes)
-
-    boxes = []
-    for modality in MODALITIES:
-        methods = _feature_methods(features, modality)
-        if not methods:
-            continue
-        unit = (thr_modalities.get(modality) or {}).get("unit") or ("HU" if modality == "ct" else "")
-        image = _safe_figure(figure_notes, f"The {modality.upper()} box-plot figure", _box_figure, modality,
-                             features, methods, unit)
-        if image is None:
-            figure_notes.append(f"No labelled training patient with {modality.upper()} features: no box plots.")
-        boxes.append({"name": MODALITY_NAMES[modality], "figure": image})
+    boxes = _box_sections(features, thr_modalities, figure_notes)
 
     overlays = []
     for modality in [m for m in MODALITIES if m in thr_modalities] + \
@@ -896,10 +903,9 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "generated": datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "run_name": run_dir.resolve().name,
         "cohort": _cohort_section(features, errors),
-        "overview": _overview(study_summary, features),
         "thresholds": threshold_sections,
-        "tables": tables, "tables_missing": tables_missing, "stats_notes": stats_notes,
-        "roc": roc, "boxes": boxes, "overlays": overlays,
+        **statistics,
+        "boxes": boxes, "overlays": overlays,
         "errors": _errors_section(errors),
         "provenance": _provenance_section(provenance),
         "missing": missing, "figure_notes": figure_notes,
