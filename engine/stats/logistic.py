@@ -60,7 +60,7 @@ def univariate_logistic(
         One row per term (one per numeric/binary variable; one per non-reference level of a
         multi-level categorical), columns :data:`UNIVARIATE_COLUMNS`. ``or`` is per unit (per
         presence for a level), ``or_per_sd`` per one sample SD. ``status``: ``ok``,
-        ``separation`` (OR NaN; p from Firth's penalised fit), ``constant`` (one value: not
+        ``separation`` (Firth's estimate, penalised likelihood-ratio p, profile CI), ``constant`` (one value: not
         fitted) or ``failed`` (column missing, one outcome class, optimiser failure).
     """
     candidates = list(candidates)

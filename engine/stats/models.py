@@ -247,8 +247,10 @@ def cross_validated_auc(
 
     The features are NOT reselected inside the folds: each fold refits the same feature set
     (with its standardisation and categorical encoding learnt on the fold's training part) and
-    is scored on the held-out part. This measures the stability of the chosen model, as the
-    paper's 5-fold check does; it is optimistic as an estimate of the whole selection procedure.
+    is scored on the held-out part. When the feature set was selected on the same rows, this
+    leaks the selection into the held-out folds (on noise it equals the apparent AUC), so the
+    study ranks models with :func:`engine.stats.logistic.cross_validated_selection` instead; this
+    function remains for a feature set fixed in advance.
     When a class has fewer patients than ``folds``, the number of folds is reduced to it (noted).
 
     Returns
