@@ -34,6 +34,7 @@ from .config import MODALITIES, Config, load_config
 from .errors import PatientError, SarcoError
 from .manifest import Manifest, assign_splits, read_manifest
 from .outputs import write_csv, write_json, write_parquet
+from .study import STUDY_JSON
 from .tasks import classify_and_measure, feature_names, group_histogram, ingest_and_preprocess, sum_histograms
 
 log = logging.getLogger("sarco")
@@ -42,7 +43,7 @@ log = logging.getLogger("sarco")
 # before it writes its first one, so a folder never shows one run's thresholds.json beside
 # another run's model.json; habitat maps and the cache are per patient and keyed, not retracted.
 PUBLISHED_OUTPUTS = ("thresholds.json", "features.csv", "features.parquet", "errors.csv", "split.csv",
-                     "predictions.csv", "model.json", "provenance.json", "report.html")
+                     "predictions.csv", "model.json", "provenance.json", "report.html", STUDY_JSON)
 MODEL_FORMAT = "sarco-model"
 MODEL_FORMAT_VERSION = 1
 ERROR_COLUMNS = ["patient_id", "modality", "stage", "reason"]
