@@ -142,13 +142,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .stats.cli import icc_command, roc_command
+    from .stats.cli import run_command
 
-    if args.stats_command == "roc":
-        result, text = roc_command(args.csv, args.label, args.score, args.json)
-    else:
-        result, text = icc_command(args.csv, args.target, args.rater, args.value, args.json)
-    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return run_command(args)
+
+
+def cmd_study(args) -> int:
+    from .config import load_config
+    from .stats.cli import study_text
+    from .study import run_table_study
+
+    try:
+        summary, notes = run_table_study(args.table, args.out, load_config(args.config))
+    except ValueError as exc:  # a user mistake in the table: one line, exit 2
+        print(f"sarco: {exc}", file=sys.stderr)
+        return 2
+    print(study_text(summary, notes, Path(args.out)))
     return 0
 
 
@@ -190,6 +199,8 @@ def scheduler_address(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .stats.cli import register as register_stats
+
     parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
     parser.add_argument("--version", action="store_true", help="print the version and the backends available")
@@ -255,7 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     icc.add_argument("--rater", required=True)
     icc.add_argument("--value", required=True)
     icc.add_argument("--json", action="store_true")
+    register_stats(stats)
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("study", help="the statistics stage (Tables 2-5, models, report) on any feature table")
+    p.add_argument("--table", required=True, help="CSV: patient_id, label, split, features, clinical columns")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", help="YAML config (the stats keys apply)")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

@@ -144,6 +144,19 @@ PREDICTIONS_CSV = "predictions.csv"
 MODEL_JSON = "model.json"
 PROVENANCE_JSON = "provenance.json"
 REPORT_HTML = "report.html"
+#: StudyResult attribute -> file under tables/ (engine.study writes them, the report reads them).
+TABLE_FILES = {
+    "table2": "table2_groups.csv",
+    "table3": "table3_clinical_logistic.csv",
+    "table4": "table4_imaging_logistic.csv",
+    "table5": "table5_performance.csv",
+    "cv": "cv_auc.csv",
+    "table_combined": "combined_logistic.csv",
+    "comparisons": "model_comparisons.csv",
+}
+
+#: Machine-readable summary of every statistical model (``sarco run`` and ``sarco study``).
+STUDY_JSON = "study.json"
 RUN_LOG = "run.log"
 LOCK_FILE = ".sarco.lock"
 TABLES_DIR = "tables"
@@ -157,7 +170,7 @@ FEATURE_CACHE_DIR = "features"
 #: thresholds.json beside another run's model.json; habitat maps and the cache are per patient
 #: and keyed, not retracted.
 PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV, SPLIT_CSV, PREDICTIONS_CSV,
-                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML)
+                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON)
 
 #: One row per failed patient and modality (METHOD.md section 6).
 ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")

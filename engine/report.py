@@ -39,6 +39,12 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from kernels import FAT, classify
+
+from .contract import CACHE_DIR, REPORT_HTML, STUDY_JSON, sample_path
+from .outputs import write_text
+from .contract import TABLE_FILES as STUDY_TABLE_FILES
+
 MODALITIES = ("ct", "mri")
 METHODS = ("otsu", "kmeans", "gmm", "fixed")
 TISSUES = ("fat", "muscle")
@@ -59,23 +65,33 @@ FAT_RGBA = (1.0, 0.1, 0.1, 0.5)
 GROUP_COLOURS = {0: "#3b75af", 1: "#c0392b"}
 FIGURE_DPI = 100
 
-TABLE_FILES = (
-    ("table2", "table2_groups.csv", "Table 2. Clinical characteristics by group",
-     "Each clinical variable compared between patients with and without sarcopenia, per split "
-     "(t-test or Mann-Whitney U for numbers, chi-square or Fisher's exact test for categories)."),
-    ("table3", "table3_clinical_logistic.csv", "Table 3. Logistic regression of clinical variables",
-     "Odds ratios for sarcopenia per clinical variable in the training split: each alone (univariable) "
-     "and together after backward elimination (multivariable)."),
-    ("table4", "table4_imaging_logistic.csv", "Table 4. Logistic regression of imaging features",
-     "Odds ratios for sarcopenia per muscle/fat feature of each imaging model, univariable and "
-     "multivariable, in the training split."),
-    ("table5", "table5_performance.csv", "Table 5. Diagnostic performance",
-     "How well each model separates sarcopenia from non-sarcopenia in each split: AUC with 95% CI, and "
-     "sensitivity, specificity and accuracy at the cut-off chosen on the training split."),
-    ("cv_auc", "cv_auc.csv", "Cross-validated AUC (stability)",
-     "The AUC of each model under stratified 5-fold cross-validation on the training split; a small SD "
-     "means the model does not depend on which patients it was fitted to."),
-)
+# Title and lead of each table the statistics stage writes; the file names come from the stage
+# itself (engine.contract.TABLE_FILES), so the report never re-derives them.
+TABLE_TEXT = {
+    "table2": ("Table 2. Clinical characteristics by group",
+               "Each clinical variable in patients without and with sarcopenia, per cohort: mean ± SD or n (%), "
+               "the test used (chosen as SPSS users expect: Lilliefors normality, Levene, Student/Welch t, "
+               "Mann-Whitney U; Pearson chi-square or Fisher's exact test) and its p."),
+    "table3": ("Table 3. Logistic regression of clinical variables",
+               "Odds ratios for sarcopenia in the training cohort: each variable alone (univariable) and together "
+               "after backward elimination (multivariable)."),
+    "table4": ("Table 4. Logistic regression of imaging features",
+               "Odds ratios for sarcopenia per one standard deviation of each muscle/fat feature, univariable and "
+               "multivariable, per imaging model, in the training cohort."),
+    "table5": ("Table 5. Diagnostic performance",
+               "AUC with 95% CI (DeLong) per model and cohort, and sensitivity, specificity and accuracy at the "
+               "cut-off chosen on the training cohort and applied unchanged elsewhere."),
+    "cv": ("Cross-validated AUC (model selection)",
+           "Stratified 5-fold cross-validation on the training cohort with the whole variable selection repeated "
+           "inside every fold: the honest estimate that ranks the models. The apparent AUC is measured on the "
+           "patients the model was fitted to."),
+    "table_combined": ("Combined model (clinical + best imaging model)",
+                       "Odds ratios of the model that adds the best imaging model's features to the clinical "
+                       "variables (imaging ORs per SD)."),
+    "comparisons": ("Model comparisons (DeLong)",
+                    "Paired DeLong tests between the combined, best imaging and clinical models, on the held-out "
+                    "cohorts only (on the training cohort such a test is not valid)."),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +232,7 @@ def _table(columns: list[str], rows: list[list[str]], numeric: list[bool], title
     for i, is_num in enumerate(numeric):
         longest = max((len(row[i]) for row in rows), default=0)
         classes.append("num" if is_num else "long" if longest > 40 else "short" if longest <= 18 else "")
-    return {"columns": columns, "rows": rows, "classes": classes, "titles": titles or columns,
+    return {"kind": "plain", "columns": columns, "rows": rows, "classes": classes, "titles": titles or columns,
             "dropped": dropped or []}
 
 
@@ -318,10 +334,38 @@ def _threshold_figure(modality: str, info: dict, decimals: int) -> str:
     return _png_data_uri(fig)
 
 
-def _roc_figure(predictions: pd.DataFrame, notes: list[str]) -> str | None:
-    """Figure 5: one ROC panel per split with both classes, one curve per model (AUC in the legend)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def _roc_curves(y: pd.Series, predictions: pd.DataFrame, rows, models: list[str], split: str, notes: list[str]):
+    """One curve per distinct ROC on a split: models with identical curves share one, named together."""
+    from sklearn.metrics import roc_curve
 
+    from .stats.roc import auc_ci
+
+    curves: list[dict] = []
+    for model in models:
+        score = pd.to_numeric(predictions.loc[rows, f"p_{model}"], errors="coerce")
+        ok = score.notna() & np.isfinite(score)
+        if y[ok].nunique() < 2:
+            notes.append(f"ROC curves: {model_label(model)} has no usable predictions for both classes in the "
+                         f"{SPLIT_NAMES.get(split, split).lower()} split: curve left out.")
+            continue
+        fpr, tpr, _ = roc_curve(y[ok], score[ok])
+        same = next((c for c in curves if c["fpr"].shape == fpr.shape and np.array_equal(c["fpr"], fpr)
+                     and np.array_equal(c["tpr"], tpr) and c["missing"] == int((~ok).sum())), None)
+        if same is not None:
+            same["models"].append(model)
+            continue
+        auc, low, high = auc_ci(y[ok].to_numpy(), score[ok].to_numpy())
+        curves.append({"models": [model], "fpr": fpr, "tpr": tpr, "auc": auc, "ci": (low, high),
+                       "missing": int((~ok).sum())})
+    return curves
+
+
+def _roc_figure(predictions: pd.DataFrame, notes: list[str]) -> str | None:
+    """Figure 5: one ROC panel per split with both classes; each distinct curve once, AUC (95% CI) in the legend.
+
+    Models whose curves coincide on a split (the combined model that kept only the imaging features,
+    say) are drawn once and named together, so that no curve hides another.
+    """
     models = [c[2:] for c in predictions.columns if c.startswith("p_")]
     if not models:
         notes.append("predictions.csv has no probability column (p_<model>): no ROC curves.")
@@ -344,34 +388,28 @@ def _roc_figure(predictions: pd.DataFrame, notes: list[str]) -> str | None:
         panels.append((split, rows))
     if not panels:
         return None
-    fig = _figure(min(5.2 * len(panels), 15.6), 5.0)
+    fig = _figure(min(5.4 * len(panels), 16.2), 5.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colours = _model_colours(models)
     for ax, (split, rows) in zip(axes, panels):
         y_all = labels[rows].astype(int)
         ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1, linestyle="--")
-        for model in models:
-            score = pd.to_numeric(predictions.loc[rows, f"p_{model}"], errors="coerce")
-            ok = score.notna() & np.isfinite(score)
-            y, s = y_all[ok], score[ok]
-            if y.nunique() < 2:
-                notes.append(f"ROC curves: {model_label(model)} has no usable predictions for both classes in the "
-                             f"{SPLIT_NAMES.get(split, split).lower()} split: curve left out.")
-                continue
-            fpr, tpr, _ = roc_curve(y, s)
-            auc = roc_auc_score(y, s)
-            colour, style = colours[model]
-            missing = int((~ok).sum())
-            ax.plot(fpr, tpr, color=colour, linestyle=style, linewidth=1.8,
-                    label=f"{model_label(model)} AUC {auc:.3f}" + (f" ({missing} missing)" if missing else ""))
+        for curve in _roc_curves(y_all, predictions, rows, models, split, notes):
+            colour, style = colours[curve["models"][0]]
+            name = " = ".join(model_label(m) for m in curve["models"])
+            ci = f" ({curve['ci'][0]:.2f}–{curve['ci'][1]:.2f})" if np.isfinite(curve["ci"][0]) else ""
+            missing = f", {curve['missing']} missing" if curve["missing"] else ""
+            ax.plot(curve["fpr"], curve["tpr"], color=colour, linestyle=style, linewidth=1.8,
+                    label=f"{name}: {curve['auc']:.3f}{ci}{missing}")
         n_pos = int((y_all == 1).sum())
-        ax.set_title(f"{SPLIT_NAMES.get(split, split)} (n={len(y_all)}, {n_pos} sarcopenia)", fontsize=10)
+        kind = ", apparent" if split == "train" else ""
+        ax.set_title(f"{SPLIT_NAMES.get(split, split)} (n={len(y_all)}, {n_pos} sarcopenia{kind})", fontsize=10)
         ax.set_xlabel("1 − specificity")
         ax.set_ylabel("sensitivity")
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_aspect("equal")
-        ax.legend(loc="lower right", fontsize=8.5)
+        ax.legend(loc="lower right", fontsize=7.5, title="AUC (95% CI)", title_fontsize=8, framealpha=0.9)
     return _png_data_uri(fig)
 
 
@@ -436,31 +474,32 @@ def _box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit:
     return _png_data_uri(fig)
 
 
-def _load_sample(path: Path) -> dict | None:
+def _load_sample(path: Path):
+    """The cached ROI sample through the engine's own reader (:class:`engine.preprocess.RoiSample`), or None."""
+    from .preprocess import RoiSample
+
     try:
-        # our own handle: np.load leaks the file it opened when the archive is damaged
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-            return {k: data[k] for k in ("values", "flat_index", "in_window", "size", "preview", "preview_z")}
+        return RoiSample.load(path)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):  # damaged cache file: skip
         return None
 
 
-def _slice_pixels(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+def _slice_pixels(sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """(y, x, values, in_window) of the ROI voxels on the preview slice, or None if inconsistent."""
-    size = np.asarray(sample["size"], dtype=np.int64).ravel()
-    preview = np.asarray(sample["preview"])
+    size = np.asarray(sample.grid.size, dtype=np.int64).ravel()
+    preview = np.asarray(sample.preview)
     if size.size != 3 or preview.ndim != 2 or preview.shape != (int(size[1]), int(size[0])):
         return None
     plane = int(size[0] * size[1])
-    flat = np.asarray(sample["flat_index"], dtype=np.int64)
-    on_slice = flat // plane == int(sample["preview_z"])
+    flat = np.asarray(sample.flat_index, dtype=np.int64)
+    on_slice = flat // plane == int(sample.preview_z)
     y, x = np.divmod(flat[on_slice] % plane, int(size[0]))
-    return y, x, np.asarray(sample["values"])[on_slice], np.asarray(sample["in_window"], bool)[on_slice]
+    return y, x, np.asarray(sample.values)[on_slice], np.asarray(sample.in_window, bool)[on_slice]
 
 
 def _overlay_examples(run_dir: Path, features: pd.DataFrame, modality: str) -> list[tuple[int, str, dict]]:
     """One label-1 and one label-0 patient with a cache file: first by patient_id, training split first."""
-    cache = run_dir / "cache"
+    cache = run_dir / CACHE_DIR
     if not cache.is_dir():
         return []
     labels = pd.to_numeric(features["label"], errors="coerce")
@@ -471,7 +510,7 @@ def _overlay_examples(run_dir: Path, features: pd.DataFrame, modality: str) -> l
         for in_train in (True, False):
             rows = features[(labels == label) & ((split == "train") == in_train)]
             for pid in sorted(rows["patient_id"].astype(str)):
-                sample = _load_sample(cache / f"{pid}__{modality}.npz")
+                sample = _load_sample(sample_path(cache, pid, modality))
                 if sample is not None and _slice_pixels(sample) is not None:
                     chosen = (label, pid, sample)
                     break
@@ -491,7 +530,7 @@ def _overlay_figure(modality: str, info: dict, examples: list[tuple[int, str, di
     fig = _figure(2.9 * ncols, 3.0 * len(examples) + 0.3)
     axes = fig.subplots(len(examples), ncols, squeeze=False)
     for r, (label, pid, sample) in enumerate(examples):
-        preview = np.asarray(sample["preview"], dtype=float)
+        preview = np.asarray(sample.preview, dtype=float)
         if modality == "ct":
             vmin, vmax = CT_DISPLAY_WINDOW_HU
         else:
@@ -507,7 +546,7 @@ def _overlay_figure(modality: str, info: dict, examples: list[tuple[int, str, di
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_title(f"{pid} ({group})\nslice z={int(sample['preview_z'])}", fontsize=8.5)
+                ax.set_title(f"{pid} ({group})\nslice z={int(sample.preview_z)}", fontsize=8.5)
                 continue
             method = methods[c - 1]
             fit = info["methods"][method] if isinstance(info["methods"][method], dict) else {}
@@ -517,7 +556,9 @@ def _overlay_figure(modality: str, info: dict, examples: list[tuple[int, str, di
                 ax.set_title(f"{MODALITY_NAMES.get(modality, modality)} {METHOD_NAMES.get(method, method)}\n"
                              f"no threshold fitted", fontsize=8.5)
                 continue
-            fat = (values <= t) if fat_low else (values > t)
+            # the engine's classify kernel, so the overlay is the habitat map's slice, voxel for voxel
+            fat = np.zeros(values.shape, bool)
+            fat[in_window] = classify(values[in_window], [t], fat_is="low" if fat_low else "high")[0] == FAT
             overlay = np.zeros(preview.shape + (4,), dtype=float)
             overlay[y[in_window & ~fat], x[in_window & ~fat]] = MUSCLE_RGBA
             overlay[y[in_window & fat], x[in_window & fat]] = FAT_RGBA
@@ -664,20 +705,25 @@ def _threshold_sections(thresholds: dict, notes: list[str]) -> list[dict]:
 
 
 def _tables_section(run_dir: Path) -> tuple[list[dict], str | None]:
+    from .report_tables import RENDERERS
+
     tables_dir = run_dir / "tables"
     if not tables_dir.is_dir():
         return [], ("not available: the run folder has no tables/ folder (statistics were disabled or failed; "
                     "see the notes below)")
     tables = []
-    for key, filename, title, lead in TABLE_FILES:
+    for key, (title, lead) in TABLE_TEXT.items():
+        filename = STUDY_TABLE_FILES[key]
         path = tables_dir / filename
         entry = {"key": key, "title": title, "lead": lead, "table": None, "missing": None}
         if not path.is_file():
+            if key in ("table_combined", "comparisons"):
+                continue  # optional tables: absent when there is nothing to combine or compare
             entry["missing"] = f"not available: tables/{filename} was not written by this run."
         else:
             try:
                 frame = pd.read_csv(path)
-                entry["table"] = html_table(frame)
+                entry["table"] = _render_table(RENDERERS.get(key), frame)
                 if frame.empty:
                     entry["missing"] = f"tables/{filename} has no rows."
             except pd.errors.EmptyDataError:
@@ -685,8 +731,8 @@ def _tables_section(run_dir: Path) -> tuple[list[dict], str | None]:
             except (OSError, ValueError) as exc:
                 entry["missing"] = f"not available: tables/{filename} could not be read ({exc})."
         tables.append(entry)
-    # Tables the statistics stage writes beyond the study's five (model comparisons...): shown as they are.
-    known = {filename for _, filename, _, _ in TABLE_FILES}
+    # Tables the statistics stage writes beyond those it names: shown as they are.
+    known = set(STUDY_TABLE_FILES.values())
     for path in sorted(tables_dir.glob("*.csv")):
         if path.name in known:
             continue
@@ -701,6 +747,16 @@ def _tables_section(run_dir: Path) -> tuple[list[dict], str | None]:
             entry["missing"] = f"tables/{path.name} could not be read ({exc})."
         tables.append(entry)
     return tables, None
+
+
+def _render_table(renderer, frame: pd.DataFrame) -> dict:
+    """The clinician's layout of a statistics table; the plain CSV layout for a table of another shape."""
+    if renderer is not None and len(frame):
+        try:
+            return renderer(frame)
+        except (KeyError, ValueError, TypeError):
+            pass  # a CSV from another engine version: shown as it is rather than not at all
+    return html_table(frame)
 
 
 def _errors_section(errors: pd.DataFrame | None) -> dict:
@@ -770,6 +826,40 @@ def _feature_methods(features: pd.DataFrame, modality: str) -> list[str]:
 # entry point
 
 
+def _box_sections(features: pd.DataFrame, thr_modalities: dict, figure_notes: list[str]) -> list[dict]:
+    boxes = []
+    for modality in MODALITIES:
+        methods = _feature_methods(features, modality)
+        if not methods:
+            continue
+        unit = (thr_modalities.get(modality) or {}).get("unit") or ("HU" if modality == "ct" else "")
+        image = _safe_figure(figure_notes, f"The {modality.upper()} box-plot figure", _box_figure, modality,
+                             features, methods, unit)
+        if image is None:
+            figure_notes.append(f"No labelled training patient with {modality.upper()} features: no box plots.")
+        boxes.append({"name": MODALITY_NAMES[modality], "figure": image})
+    return boxes
+
+
+def _statistics_section(run_dir: Path, model: dict | None, features: pd.DataFrame,
+                        predictions: pd.DataFrame | None, missing: list[str], figure_notes: list[str]) -> dict:
+    """The template's statistics context: summary, tables, notes of the stage, ROC figure."""
+    from .report_tables import study_overview
+
+    summary = _read_json(run_dir / STUDY_JSON, missing, "the summary of the models") \
+        if (run_dir / "tables").is_dir() else None
+    statistics = (model or {}).get("statistics") if model else None
+    notes = [str(n) for n in ((statistics or {}).get("notes") or [])] if isinstance(statistics, dict) else []
+    if model is not None and statistics is None:
+        missing.append("model.json holds no statistics (the statistics stage was disabled or failed).")
+    tables, tables_missing = _tables_section(run_dir)
+    roc = None
+    if predictions is not None and not predictions.empty:
+        roc = _safe_figure(figure_notes, "The ROC figure", _roc_figure, predictions, figure_notes)
+    return {"overview": study_overview(summary, features), "tables": tables, "tables_missing": tables_missing,
+            "stats_notes": notes, "roc": roc}
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -818,30 +908,11 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     errors = _read_csv(run_dir / "errors.csv", missing, "the error list", dtype=str, keep_default_na=False)
     predictions = _read_csv(run_dir / "predictions.csv", missing, "ROC curves", dtype={"patient_id": str})
 
-    statistics = (model or {}).get("statistics") if model else None
-    stats_notes = [str(n) for n in ((statistics or {}).get("notes") or [])] if isinstance(statistics, dict) else []
-    if model is not None and statistics is None:
-        missing.append("model.json holds no statistics (the statistics stage was disabled or failed).")
-
+    statistics = _statistics_section(run_dir, model, features, predictions, missing, figure_notes)
     thr_modalities = thresholds.get("modalities") or {}
     threshold_sections = _threshold_sections(thresholds, figure_notes)
-    tables, tables_missing = _tables_section(run_dir)
 
-    roc = None
-    if predictions is not None and not predictions.empty:
-        roc = _safe_figure(figure_notes, "The ROC figure", _roc_figure, predictions, figure_notes)
-
-    boxes = []
-    for modality in MODALITIES:
-        methods = _feature_methods(features, modality)
-        if not methods:
-            continue
-        unit = (thr_modalities.get(modality) or {}).get("unit") or ("HU" if modality == "ct" else "")
-        image = _safe_figure(figure_notes, f"The {modality.upper()} box-plot figure", _box_figure, modality,
-                             features, methods, unit)
-        if image is None:
-            figure_notes.append(f"No labelled training patient with {modality.upper()} features: no box plots.")
-        boxes.append({"name": MODALITY_NAMES[modality], "figure": image})
+    boxes = _box_sections(features, thr_modalities, figure_notes)
 
     overlays = []
     for modality in [m for m in MODALITIES if m in thr_modalities] + \
@@ -870,23 +941,14 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "cohort": _cohort_section(features, errors),
         "thresholds": threshold_sections,
         "diagnostics": diagnostic_sections(thresholds, features),
-        "tables": tables, "tables_missing": tables_missing, "stats_notes": stats_notes,
-        "roc": roc, "boxes": boxes, "overlays": overlays,
+        **statistics,
+        "boxes": boxes, "overlays": overlays,
         "errors": _errors_section(errors),
         "provenance": _provenance_section(provenance),
         "missing": missing, "figure_notes": figure_notes,
     }
     html = _environment().get_template("report.html.j2").render(**context)
 
-    out = run_dir / "report.html"
-    tmp = run_dir / f".report.html.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(html)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    out = run_dir / REPORT_HTML
+    write_text(out, html)  # atomic: a killed render leaves only a swept .tmp- file
     return out

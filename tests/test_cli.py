@@ -118,3 +118,43 @@ def test_kernels_never_import_engine():
                     for name in ("engine", "dask", "distributed", "SimpleITK", "pydicom", "yaml")):
                 offenders.append(f"{source.name}: {stripped}")
     assert not offenders, offenders
+
+
+def test_stats_groups_and_logistic_json(tmp_path, capsys):
+    """Issue 14: `sarco stats groups|logistic`, checked against scipy and statsmodels."""
+    import statsmodels.api as sm
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    n = 120
+    y = rng.integers(0, 2, n)
+    table = pd.DataFrame({"y": y, "age": 60 + 5 * rng.normal(size=n) + 2 * y, "bmi": rng.normal(24, 3, n)})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    assert main(["stats", "groups", "--csv", str(tmp_path / "t.csv"), "--label", "y", "--json"]) == 0
+    groups = {v["variable"]: v for v in json.loads(capsys.readouterr().out)["variables"]}
+    age = groups["age"]
+    x0, x1 = table.loc[y == 0, "age"], table.loc[y == 1, "age"]
+    reference = {"Student's t-test": stats.ttest_ind(x0, x1).pvalue,
+                 "Welch's t-test": stats.ttest_ind(x0, x1, equal_var=False).pvalue}
+    assert age["p"] == pytest.approx(reference[age["test"]], rel=1e-10)
+
+    assert main(["stats", "logistic", "--csv", str(tmp_path / "t.csv"), "--label", "y", "--vars", "age,bmi",
+                 "--json"]) == 0
+    terms = {t["term"]: t for t in json.loads(capsys.readouterr().out)["terms"]}
+    fit = sm.Logit(y, sm.add_constant(table[["age", "bmi"]])).fit(disp=0)
+    ci = np.exp(fit.conf_int())
+    for term in ("age", "bmi"):
+        assert terms[term]["or"] == pytest.approx(np.exp(fit.params[term]), rel=1e-6)
+        assert terms[term]["ci_low"] == pytest.approx(ci.loc[term, 0], rel=1e-6)
+        assert terms[term]["p"] == pytest.approx(fit.pvalues[term], rel=1e-6)
+        assert terms[term]["method"].startswith("Wald")
+
+
+@pytest.mark.parametrize("argv", [["stats", "groups", "--csv", "nope.csv", "--label", "y"],
+                                  ["stats", "logistic", "--csv", "{t}", "--label", "y", "--vars", "age,zzz"],
+                                  ["stats", "groups", "--csv", "{t}", "--label", "outcome"]])
+def test_stats_user_mistakes_are_one_line_exit_2(tmp_path, capsys, argv):
+    pd.DataFrame({"y": [0, 1, 0, 1], "age": [60, 70, 65, 72]}).to_csv(tmp_path / "t.csv", index=False)
+    argv = [a.replace("{t}", str(tmp_path / "t.csv")) for a in argv]
+    assert main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from markupsafe import escape
 
+from engine.contract import CACHE_DIR, sample_path
+from engine.preprocess import Grid, RoiSample
 from engine.report import format_number, format_p, html_table, render_report
 
 SECTION_HEADINGS = ("Sarcopenia study report", "1. Cohort", "2. Muscle/fat thresholds", "3. Statistical tables",
@@ -40,7 +42,7 @@ def _histogram(modality: str, rng: np.random.Generator) -> dict:
     return {"lo": lo, "hi": hi, "bin_width": 1.0, "counts": rng.poisson(density).astype(int).tolist()}
 
 
-def _sample(modality: str, sarcopenia: bool, rng: np.random.Generator) -> dict:
+def _sample(modality: str, sarcopenia: bool, rng: np.random.Generator) -> RoiSample:
     """A fake cached ROI sample: an elliptical ROI on a (Z, Y, X) = (3, 32, 40) crop, fat patches inside."""
     nx, ny, nz = 40, 32, 3
     zz, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
@@ -63,10 +65,9 @@ def _sample(modality: str, sarcopenia: bool, rng: np.random.Generator) -> dict:
     volume = volume.reshape(nz, ny, nx)
     per_slice = roi.reshape(nz, -1).sum(axis=1)
     preview_z = int(np.argmax(per_slice))
-    return {"values": values.astype(np.float32), "flat_index": flat_index, "in_window": in_window,
-            "size": np.array([nx, ny, nz], np.int64), "spacing": np.ones(3), "origin": np.zeros(3),
-            "direction": np.eye(3).ravel(), "preview": volume[preview_z].astype(np.float32),
-            "preview_z": np.int64(preview_z)}
+    return RoiSample(values.astype(np.float32), flat_index, in_window,
+                     Grid((nx, ny, nz), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel().tolist())),
+                     volume[preview_z].astype(np.float32), preview_z)
 
 
 def make_run(root, *, modalities=("ct", "mri"), tables=True, errors=ERRORS, seed=0):
@@ -96,7 +97,7 @@ def make_run(root, *, modalities=("ct", "mri"), tables=True, errors=ERRORS, seed
             = np.nan
         for pid, lab in zip(ids, labels):
             if pid not in failed and lab == lab:
-                np.savez(run / "cache" / f"{pid}__{modality}.npz", **_sample(modality, lab == 1, rng))
+                _sample(modality, lab == 1, rng).save(sample_path(run / CACHE_DIR, pid, modality))
     features.to_csv(run / "features.csv", index=False)
 
     thresholds = {"engine_version": "0.1.0", "modalities": {}}
@@ -269,3 +270,46 @@ def test_number_formatting():
                                      "entered": [True, False]}))
     assert table["rows"] == [["a", "12", "0.750", "1.000", "<0.001", "yes"], ["b", "", "1.000", "0.000", "0.200", "no"]]
     assert table["dropped"] == ["empty"] and table["columns"][2] == "AUC"
+
+
+def test_identical_roc_curves_are_drawn_once_and_named_together():
+    """Issue 14: a model whose curve equals another's must not hide it: one curve, both names."""
+    from engine.report import _roc_curves
+
+    rng = np.random.default_rng(0)
+    y = pd.Series(np.r_[np.ones(20), np.zeros(20)].astype(int))
+    p = rng.random(40) + 0.3 * y.to_numpy()
+    predictions = pd.DataFrame({"p_ct_otsu": p, "p_combined": 1 / (1 + np.exp(-3 * p)),  # same ranking
+                                "p_clinical": rng.random(40)})
+    curves = _roc_curves(y, predictions, pd.Series(True, index=y.index), ["ct_otsu", "combined", "clinical"],
+                         "validation", [])
+    assert [c["models"] for c in curves] == [["ct_otsu", "combined"], ["clinical"]]
+    low, high = curves[0]["ci"]
+    assert low < curves[0]["auc"] < high
+
+
+def test_statistics_tables_read_like_the_paper(tmp_path):
+    """Issue 14: Table 2 shows mean ± SD or n (%), the test and p in five columns, not a CSV dump."""
+    from engine.report_tables import render_table2, render_table5
+    from engine.stats import table2
+
+    rng = np.random.default_rng(1)
+    n = 80
+    df = pd.DataFrame({"label": np.r_[np.ones(30), np.zeros(50)], "split": "train",
+                       "age": rng.normal(70, 6, n), "sex": rng.choice(["F", "M"], n)})
+    rendered = render_table2(table2(df, variables=["age", "sex"]))
+    assert rendered["columns"] == ["Variable", "Non-sarcopenia", "Sarcopenia", "Test", "p"]
+    age = next(r["cells"] for r in rendered["rows"] if r.get("cells", [""])[0] == "age")
+    x0 = df.loc[df["label"] == 0, "age"]
+    assert age[1] == f"{x0.mean():.2f} ± {x0.std(ddof=1):.2f}" and age[3] and age[4]
+    female = next(r["cells"] for r in rendered["rows"] if r.get("cells", [""])[0] == "F")
+    count = int(((df["label"] == 1) & (df["sex"] == "F")).sum())
+    assert female[2] == f"{count} ({100 * count / 30:.1f}%)"
+    t5 = pd.DataFrame({"model": ["ct_otsu"] * 2, "split": ["train", "validation"], "auc_kind": ["apparent", "held-out"],
+                       "n": [50, 30], "n_pos": [20, 12], "n_neg": [30, 18], "auc": [0.9, 0.8],
+                       "auc_ci_low": [0.8, 0.65], "auc_ci_high": [0.97, 0.95], "train_cutoff": [0.4, 0.4],
+                       "sensitivity": [0.85, 0.75], "specificity": [0.8, 0.7], "accuracy": [0.82, 0.72],
+                       "ppv": [0.7, 0.6], "npv": [0.9, 0.8], "note": ["", ""]})
+    rendered = render_table5(t5)
+    assert "apparent" in rendered["rows"][0]["section"]
+    assert rendered["rows"][3]["cells"][:2] == ["CT Otsu", "0.800 (0.650–0.950)"]

@@ -123,11 +123,13 @@ def test_complete_separation_reported_not_absurd():
                        "z": rng.normal(0, 1, 60)})
     table = univariate_logistic(df, "label", ["x", "z"]).set_index("variable")
     assert table.loc["x", "status"] == "separation"
-    assert np.isnan(table.loc["x", "or"]) and np.isnan(table.loc["x", "or_per_sd"])
+    # issue 14: Firth's estimate with its profile penalised-likelihood CI, never an absurd ML number
+    assert 1 < table.loc["x", "or_ci_low"] < table.loc["x", "or"] < table.loc["x", "or_ci_high"] < np.inf
+    assert table.loc["x", "p"] < 0.05
     assert table.loc["z", "status"] == "ok"
     mv = multivariable_logistic(df, "label", ["x", "z"])
     assert mv.status == "separation" and mv.model is not None
-    assert mv.summary["or"].isna().all()
+    assert np.isfinite(mv.summary["or"].iloc[1:]).all()
     # the (Firth) model still scores sensibly and finitely
     p = mv.model.predict_proba(df)
     assert np.all(np.isfinite(p)) and np.all(p[y == 1] > p[y == 0].max())
@@ -141,7 +143,9 @@ def test_quasi_separation_and_constant_detected():
     flag[-3:] = 1
     df = pd.DataFrame({"label": y, "flag": flag, "const": 5.0})
     table = univariate_logistic(df, "label", ["flag", "const"]).set_index("variable")
-    assert table.loc["flag", "status"] == "separation" and np.isnan(table.loc["flag", "or"])
+    assert table.loc["flag", "status"] == "separation"
+    # Firth in a 2x2 table is the odds ratio with 1/2 added to every cell (Firth 1993)
+    assert table.loc["flag", "or"] == pytest.approx((3.5 / 0.5) / (37.5 / 40.5), rel=1e-6)
     assert table.loc["const", "status"] == "constant"
 
 

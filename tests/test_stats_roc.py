@@ -109,3 +109,16 @@ def test_roc_summary_single_class_and_nan_rows():
     assert out["at_train_cutoff"]["sensitivity"] == pytest.approx(2 / 3)
     out = roc_summary([0, 1, np.nan, 1, 0], [0.1, 0.9, 0.5, np.nan, 0.2])
     assert out["n"] == 3 and out["auc"] == 1.0
+
+
+def test_youden_exact_ties_take_the_highest_cutoff():
+    """Issue 14: J compared exactly (tp N - fp P); among exact ties the highest cut-off (pROC's first)."""
+    # 10 cases, 10 controls. Cut-off 0.9: tp 7, fp 1 (J = 0.7 - 0.1); 0.8: tp 9, fp 3 (J = 0.9 - 0.3).
+    # Both J are exactly 0.6, but in floating point 0.9 - 0.3 > 0.7 - 0.1, so argmax(tpr - fpr) picks 0.8.
+    y = np.r_[np.ones(7), 0, np.zeros(2), np.ones(2), np.ones(1), np.zeros(7)]
+    s = np.r_[np.full(7, 0.9), 0.9, np.full(2, 0.85), np.full(2, 0.8), np.full(1, 0.1), np.full(7, 0.1)]
+    assert (0.9 - 0.3) > (0.7 - 0.1)  # the floating-point trap this guards against
+    cutoff, sensitivity, specificity, j = youden_cutoff(y, s)
+    assert cutoff == 0.9
+    assert (sensitivity, specificity) == (0.7, 0.9)
+    assert j == pytest.approx(0.6, abs=1e-15)

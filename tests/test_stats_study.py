@@ -151,3 +151,32 @@ def test_roc_and_icc_commands(tmp_path):
     assert round({r["type"]: r["icc"] for r in result["icc"]}["ICC2"], 2) == 0.29
     assert "ICC2" in text
     assert json.loads(icc_command(path, "patient", "reader", "fat_percent", True)[1]) == result
+
+
+def test_honest_figures_issue_14(study):
+    """DeLong only on held-out splits; the training AUC is labelled apparent; no per-split cut-off."""
+    _, result = study
+    assert len(result.comparisons) and "train" not in set(result.comparisons["split"])
+    kinds = result.table5.set_index("split")["auc_kind"]
+    assert set(kinds.loc["train"]) == {"apparent"} and set(kinds.loc["validation"]) == {"held-out"}
+    assert not any("youden" in c for c in result.table5.columns)
+    cv = result.cv.set_index("model")
+    assert "selection" in cv.columns and (cv["apparent_auc"] > 0).all()
+    # a model ranked on CV of the whole selection: the noise models are near chance, not at apparent
+    assert cv.loc["ct_gmm", "auc_mean"] < cv.loc["ct_gmm", "apparent_auc"]
+
+
+def test_study_summary_is_machine_readable(study):
+    from engine.stats.study import study_summary
+
+    _, result = study
+    summary = json.loads(json.dumps(study_summary(result), allow_nan=False))
+    assert set(summary["models"]) == set(result.models)
+    ct = summary["models"]["ct_otsu"]
+    t5 = result.table5.set_index(["model", "split"])
+    assert ct["auc"]["validation"] == pytest.approx(t5.loc[("ct_otsu", "validation"), "auc"])
+    assert ct["auc_ci"]["validation"][0] < ct["auc"]["validation"] <= ct["auc_ci"]["validation"][1]
+    assert ct["n"]["validation"] == t5.loc[("ct_otsu", "validation"), "n"]
+    assert ct["cv_auc_mean"] == pytest.approx(result.cv.set_index("model").loc["ct_otsu", "auc_mean"])
+    assert ct["features"] == result.models["ct_otsu"].features
+    assert summary["best_imaging_model"] == "ct_otsu"

@@ -10,9 +10,13 @@ Every fit in the stats layer goes through :func:`fit_standardised`:
 2. Without separation: statsmodels ``Logit`` (Newton-Raphson). A ``PerfectSeparationWarning`` or
    a standardised coefficient above :data:`ABSURD_STD_COEF` is treated as separation too.
 3. With separation: Firth's penalised likelihood (Firth 1993; Heinze & Schemper 2002, R's
-   ``logistf``), which always has a finite estimate. Its coefficients are used for prediction
-   and its Wald p-values for variable selection; the tables show the odds ratios as NaN with
-   status ``separation`` rather than printing an absurd number.
+   ``logistf``), which always has a finite estimate. Inference follows logistf's defaults, never
+   Wald (the Wald SE of a separated predictor is meaningless, and that predictor is usually the
+   strongest one): the p-value of a term (or the joint p of a variable's terms) is the penalised
+   likelihood-ratio test ``2 (l*(b) - l*(b | b_J = 0))`` against chi-square(|J|), where the
+   restricted fit keeps the penalty of the full design (logistf's ``col.fit``), and the CI is the
+   profile penalised-likelihood interval ``{b_j : 2 (l*(b) - max l*(. | b_j)) <= chi2_1(1 - alpha)}``.
+   Both are invariant under the z-scoring below, so they hold in original units.
 
 The design is z-scored (mean, sample SD with ddof=1) before fitting for numerical stability
 (volumes in mm^3 next to percentages); :func:`term_table` maps the estimates back to original
@@ -44,10 +48,36 @@ class LogitFit:
     converged: bool
     llf: float
     note: str = ""
+    #: design with the intercept column and outcome, kept for Firth's likelihood-ratio inference
+    X1: np.ndarray | None = None
+    y: np.ndarray | None = None
+    penalised_llf: float = float("nan")
+    #: positions in ``params`` of the columns of ``X1`` (None: all, in order)
+    fitted_index: np.ndarray | None = None
 
     @property
     def usable(self) -> bool:
         return self.method != "none" and bool(np.all(np.isfinite(self.params)))
+
+    def firth_lr_p(self, indices: list[int]) -> float:
+        """Penalised likelihood-ratio p that the coefficients at ``indices`` are all zero."""
+        if self.method != "firth" or self.X1 is None or not indices:
+            return float("nan")
+        return firth_lr_test(self.X1, self.y, self._positions(indices), self.penalised_llf)[1]
+
+    def _positions(self, indices: list[int]) -> list[int]:
+        if self.fitted_index is None:
+            return list(indices)
+        lookup = {int(full): pos for pos, full in enumerate(self.fitted_index)}
+        return [lookup[int(i)] for i in indices]
+
+    def firth_profile_ci(self, index: int, alpha: float = 0.05) -> tuple[float, float]:
+        """Profile penalised-likelihood CI of ``params[index]`` (standardised space)."""
+        if self.method != "firth" or self.X1 is None:
+            return float("nan"), float("nan")
+        full = np.arange(self.params.size) if self.fitted_index is None else np.asarray(self.fitted_index)
+        params, cov = self.params[full], self.cov[np.ix_(full, full)]
+        return firth_profile_ci(self.X1, self.y, params, cov, self._positions([index])[0], self.penalised_llf, alpha)
 
 
 def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,43 +119,115 @@ def has_separation(X1: np.ndarray, y: np.ndarray) -> bool:
     return bool(-result.fun > 1e-6 * max(n, 1))
 
 
-def _firth(X1: np.ndarray, y: np.ndarray, *, maxiter: int = 200, tol: float = 1e-9, max_step: float = 5.0):
-    """Firth-penalised logistic regression by modified-score Newton steps with step halving."""
+def _penalised(X1: np.ndarray, y: np.ndarray, beta: np.ndarray):
+    """Firth's penalised log-likelihood ``l(b) + 0.5 log det I(b)`` and its pieces."""
+    eta = X1 @ beta
+    prob = special.expit(eta)
+    w = prob * (1.0 - prob)
+    info = X1.T @ (X1 * w[:, None])
+    sign, logdet = np.linalg.slogdet(info)
+    loglik = float(np.sum(y * special.log_expit(eta) + (1.0 - y) * special.log_expit(-eta)))
+    value = loglik + 0.5 * logdet if sign > 0 else -np.inf
+    return value, info, prob, w, loglik
+
+
+def _firth(
+    X1: np.ndarray,
+    y: np.ndarray,
+    *,
+    start: np.ndarray | None = None,
+    free: np.ndarray | None = None,
+    maxiter: int = 200,
+    tol: float = 1e-9,
+    max_step: float = 5.0,
+):
+    """Firth-penalised logistic regression by modified-score Newton steps with step halving.
+
+    ``free`` (boolean, one per column of ``X1``) restricts the fit to those coefficients, the
+    others staying at ``start``; the penalty always uses the full design (logistf's ``col.fit``).
+    Returns ``beta, cov (inverse full information), converged, loglik, penalised loglik``.
+    """
     p = X1.shape[1]
-    beta = np.zeros(p)
-
-    def penalised(b):
-        eta = X1 @ b
-        prob = special.expit(eta)
-        w = prob * (1.0 - prob)
-        info = X1.T @ (X1 * w[:, None])
-        sign, logdet = np.linalg.slogdet(info)
-        loglik = np.sum(y * special.log_expit(eta) + (1.0 - y) * special.log_expit(-eta))
-        value = loglik + 0.5 * logdet if sign > 0 else -np.inf
-        return value, info, prob, w, loglik
-
-    current, info, prob, w, loglik = penalised(beta)
+    beta = np.zeros(p) if start is None else np.asarray(start, dtype=float).copy()
+    free = np.ones(p, dtype=bool) if free is None else np.asarray(free, dtype=bool)
+    current, info, prob, w, loglik = _penalised(X1, y, beta)
     converged = False
     for _ in range(maxiter):
         inv = np.linalg.inv(info)
         hat = w * np.einsum("ij,jk,ik->i", X1, inv, X1)
         score = X1.T @ (y - prob + hat * (0.5 - prob))
-        step = inv @ score
-        largest = np.max(np.abs(step))
+        step = np.zeros(p)
+        if free.any():
+            step[free] = np.linalg.solve(info[np.ix_(free, free)], score[free])
+        largest = np.max(np.abs(step), initial=0.0)
         if largest > max_step:
             step *= max_step / largest
+        candidate = None
         for _halving in range(40):
-            candidate = penalised(beta + step)
+            candidate = _penalised(X1, y, beta + step)
             if candidate[0] >= current - 1e-12:
                 break
             step /= 2.0
         beta = beta + step
         current, info, prob, w, loglik = candidate
-        if np.max(np.abs(step)) < tol:
+        if np.max(np.abs(step), initial=0.0) < tol:
             converged = True
             break
     cov = np.linalg.inv(info)
-    return beta, cov, converged, loglik
+    return beta, cov, converged, loglik, current
+
+
+def firth_lr_test(X1: np.ndarray, y: np.ndarray, indices: list[int], penalised_full: float) -> tuple[float, float]:
+    """Penalised likelihood-ratio test that ``beta[indices] = 0`` (Heinze & Schemper 2002).
+
+    Returns ``(chi2, p)`` with ``chi2 = 2 (l*_full - l*_restricted)`` on ``len(indices)`` df.
+    """
+    free = np.ones(X1.shape[1], dtype=bool)
+    free[list(indices)] = False
+    _, _, _, _, restricted = _firth(X1, y, free=free)
+    chi2 = max(0.0, 2.0 * (penalised_full - restricted))
+    return float(chi2), float(stats.chi2.sf(chi2, df=len(indices)))
+
+
+def firth_profile_ci(
+    X1: np.ndarray, y: np.ndarray, beta: np.ndarray, cov: np.ndarray, index: int, penalised_full: float,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Profile penalised-likelihood CI of ``beta[index]`` (logistf's default ``pl = TRUE``).
+
+    The bounds solve ``2 (l*_full - max_{b: b_index = t} l*(b)) = chi2_1(1 - alpha)`` on each side
+    of the estimate, by bracketing outwards in steps of the Wald SE and then Brent's method.
+    """
+    target = stats.chi2.ppf(1.0 - alpha, df=1) / 2.0
+    free = np.ones(X1.shape[1], dtype=bool)
+    free[index] = False
+    se = float(np.sqrt(max(cov[index, index], 1e-12)))
+    starts = {"value": beta.copy()}
+
+    def deficit(t: float) -> float:
+        start = starts["value"].copy()
+        start[index] = t
+        fitted, _, _, _, value = _firth(X1, y, start=start, free=free, maxiter=100, tol=1e-8)
+        starts["value"] = fitted
+        return (penalised_full - value) - target
+
+    bounds = []
+    for direction in (-1.0, 1.0):
+        starts["value"] = beta.copy()
+        inner, outer = float(beta[index]), float(beta[index]) + direction * se
+        found = False
+        for _ in range(60):
+            if deficit(outer) > 0:
+                found = True
+                break
+            inner, outer = outer, outer + direction * se
+            se *= 1.5
+        if not found:
+            bounds.append(direction * np.inf)
+            continue
+        starts["value"] = beta.copy()
+        bounds.append(float(optimize.brentq(deficit, min(inner, outer), max(inner, outer), xtol=1e-9)))
+    return bounds[0], bounds[1]
 
 
 def _ml(X1: np.ndarray, y: np.ndarray):
@@ -174,17 +276,19 @@ def fit_standardised(Z: np.ndarray, y: np.ndarray) -> LogitFit:
         else:
             note = f"maximum likelihood failed ({error}); Firth-penalised estimate used"
     try:
-        params, cov, converged, llf = _firth(X1, y)
+        params, cov, converged, llf, penalised = _firth(X1, y)
     except np.linalg.LinAlgError as exc:
         nan_fit.note = (note + "; " if note else "") + f"Firth fit failed: {exc}"
         return nan_fit
     if separated:
         return LogitFit(
             params, cov, "separation", "firth", converged, float(llf),
-            "(quasi-)complete separation: the maximum likelihood estimate does not exist; "
-            "OR not reported; p-values and predictions from Firth's penalised likelihood",
+            "(quasi-)complete separation: the maximum likelihood estimate does not exist; estimates from "
+            "Firth's penalised likelihood, p-values from penalised likelihood-ratio tests, profile CIs",
+            X1=X1, y=y, penalised_llf=float(penalised),
         )
-    return LogitFit(params, cov, "failed", "firth", converged, float(llf), note)
+    return LogitFit(params, cov, "failed", "firth", converged, float(llf), note, X1=X1, y=y,
+                    penalised_llf=float(penalised))
 
 
 def wald_p(fit: LogitFit, indices: list[int]) -> float:
@@ -231,12 +335,14 @@ def term_table(
     fitted: np.ndarray | None = None,
     alpha: float = 0.05,
     intercept: bool = True,
+    profile_ci: bool = True,
 ) -> pd.DataFrame:
     """One row per term in original units (plus the intercept first when ``intercept``).
 
     ``or`` is per unit of the column (per presence for a dummy), ``or_per_sd`` per one sample SD
-    (``exp(b_std)``; NaN for dummies, where it has no reading). Rows of a separated fit keep the
-    (Firth) p-values but report coefficients and ORs as NaN. ``fitted`` marks the columns that were
+    (``exp(b_std)``; NaN for dummies, where it has no reading). A Firth fit (``method == "firth"``)
+    reports its penalised estimates with penalised likelihood-ratio p-values and, when
+    ``profile_ci``, profile penalised-likelihood CIs (NaN otherwise: they cost ~30 refits each). ``fitted`` marks the columns that were
     fitted (constant columns are not: their rows are NaN).
     """
     k = len(columns)
@@ -245,47 +351,48 @@ def term_table(
     coef, cov = to_original_units(fit.params, fit.cov, means, scales)
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     se_std = np.sqrt(np.clip(np.diag(fit.cov), 0.0, None))
+    firth = fit.method == "firth"
     z = coef / se
     p = 2.0 * stats.norm.sf(np.abs(z))
-    report_estimates = fit.status == "ok"
-    # the variable-level p: joint Wald over its terms (equals the term's p for a single term)
+    report_estimates = fit.usable and fit.status in ("ok", "separation")
     variable_index: dict[str, list[int]] = {}
     for j, owner in enumerate(owners):
         if fitted[j]:
             variable_index.setdefault(owner, []).append(j + 1)
     rows = []
     if intercept:
-        rows.append(
-            {
-                "variable": "(intercept)", "term": "(intercept)",
-                "coef": coef[0] if report_estimates else np.nan,
-                "se": se[0] if report_estimates else np.nan,
-                "z": z[0] if report_estimates else np.nan,
-                "p": p[0],
-                "p_variable": p[0],
-            }
-        )
+        # the intercept's own test is not reported for Firth fits (its zero is not the z-scored zero)
+        rows.append({"variable": "(intercept)", "term": "(intercept)",
+                     "coef": coef[0] if report_estimates else np.nan,
+                     "se": se[0] if report_estimates else np.nan,
+                     "z": np.nan if firth or not report_estimates else z[0],
+                     "p": np.nan if firth else p[0], "p_variable": np.nan if firth else p[0]})
     for j in range(k):
         row = {"variable": owners[j], "term": columns[j]}
         if not fitted[j]:
             rows.append(row)
             continue
         i = j + 1
-        row["p"] = p[i]
-        row["p_variable"] = wald_p(fit, variable_index.get(owners[j], []))
+        members = variable_index.get(owners[j], [])
+        if firth:
+            # penalised likelihood-ratio tests (logistf), never Wald
+            row["p"] = fit.firth_lr_p([i])
+            row["p_variable"] = row["p"] if members == [i] else fit.firth_lr_p(members)
+        else:
+            row["p"] = p[i]
+            row["p_variable"] = wald_p(fit, members)
         if report_estimates:
-            low, high = coef[i] - zcrit * se[i], coef[i] + zcrit * se[i]
-            row.update(
-                coef=coef[i], se=se[i], z=z[i],
-                **{"or": np.exp(coef[i]), "or_ci_low": np.exp(low), "or_ci_high": np.exp(high)},
-            )
+            if firth:
+                low_std, high_std = fit.firth_profile_ci(i, alpha) if profile_ci else (np.nan, np.nan)
+            else:
+                low_std, high_std = fit.params[i] - zcrit * se_std[i], fit.params[i] + zcrit * se_std[i]
+            # a slope's CI maps to original units by the same positive scale as the slope
+            low, high = low_std / scales[j], high_std / scales[j]
+            row.update(coef=coef[i], se=se[i], z=np.nan if firth else z[i],
+                       **{"or": np.exp(coef[i]), "or_ci_low": np.exp(low), "or_ci_high": np.exp(high)})
             if not dummy[j]:
-                b = fit.params[i]
-                row.update(
-                    or_per_sd=np.exp(b),
-                    or_per_sd_ci_low=np.exp(b - zcrit * se_std[i]),
-                    or_per_sd_ci_high=np.exp(b + zcrit * se_std[i]),
-                )
+                row.update(or_per_sd=np.exp(fit.params[i]), or_per_sd_ci_low=np.exp(low_std),
+                           or_per_sd_ci_high=np.exp(high_std))
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in TERM_COLUMNS:

@@ -112,3 +112,124 @@ def icc_command(csv, target: str, rater: str, value: str, as_json: bool = False)
                      f"{row['df1']:>5.0f} {row['df2']:>6.0f} {p:>9}  {row['description']}")
     lines.append("The study reports ICC2 (two-way random effects, absolute agreement, single rater).")
     return result, "\n".join(lines)
+
+
+def groups_command(csv, label: str, as_json: bool = False) -> tuple[dict, str]:
+    """Table 2 on one CSV: every column except the label (and ``patient_id``/``split``) by group.
+
+    Returns ``{"csv", "label", "n_0", "n_1", "variables": [{"variable", "level", "kind", "test",
+    "statistic", "p", "n_0", "n_1", "value_0", "value_1", "note"}]}`` (one entry per continuous
+    variable, one per level of a categorical one) and its text: JSON when ``as_json``.
+    """
+    from .groups import RESERVED, compare_groups
+    from .models import label_vector
+
+    df = _read(csv, [label])
+    y = label_vector(df[label])
+    variables = [c for c in df.columns if c not in RESERVED | {label}]
+    if not variables:
+        raise ValueError(f"'{csv}' has no column to compare besides '{label}'")
+    table = compare_groups(df, label=label, variables=variables)
+    keys = ["variable", "level", "kind", "test", "statistic", "p", "n_0", "n_1", "value_0", "value_1", "note"]
+    rows = [{k: row[k] for k in keys} for row in table.to_dict(orient="records")]
+    for row in rows:
+        for k in ("level", "test", "value_0", "value_1", "note"):
+            row[k] = "" if row[k] is None or (isinstance(row[k], float) and math.isnan(row[k])) else str(row[k])
+        if row["kind"] == "categorical" and row["level"]:
+            counts = table[(table["variable"] == row["variable"]) & (table["level"] == row["level"])].iloc[0]
+            row["value_0"] = f"{int(counts['count_0'])} ({counts['percent_0']:.1f}%)"
+            row["value_1"] = f"{int(counts['count_1'])} ({counts['percent_1']:.1f}%)"
+    result = _json_safe({"csv": str(csv), "label": label, "n_0": int((y == 0).sum()), "n_1": int((y == 1).sum()),
+                         "variables": rows})
+    if as_json:
+        return result, json.dumps(result, indent=2)
+    lines = [f"'{label}' = 0: {result['n_0']} patients, = 1: {result['n_1']} patients",
+             f"{'variable':<24} {'group 0':>18} {'group 1':>18} {'p':>8}  test"]
+    for row in result["variables"]:
+        name = row["variable"] + (f" = {row['level']}" if row["level"] else "")
+        p = "" if row["p"] is None else ("<0.001" if row["p"] < 0.001 else f"{row['p']:.3f}")
+        lines.append(f"{name:<24} {row['value_0']:>18} {row['value_1']:>18} {p:>8}  {row['test']}")
+    return result, "\n".join(lines)
+
+
+def logistic_command(csv, label: str, variables: list[str], as_json: bool = False) -> tuple[dict, str]:
+    """One multivariable logistic model ``label ~ variables`` (Firth's when separated).
+
+    Returns ``{"csv", "label", "n", "n_events", "method", "status", "terms": [{"term", "or", "ci_low",
+    "ci_high", "p", "method"}], "notes"}``: OR per unit (per level for a categorical term) with its
+    95% CI and p: Wald for maximum likelihood, penalised likelihood-ratio p and profile CI for Firth.
+    """
+    from .models import fit_logistic_model
+
+    variables = [v.strip() for v in variables if v.strip()]
+    if not variables:
+        raise ValueError("--vars names no column (give them comma-separated: --vars age,bmi)")
+    df = _read(csv, [label, *variables])
+    outcome = fit_logistic_model(df, label, variables)
+    method = {"ml": "Wald (maximum likelihood)", "firth": "Firth penalised likelihood-ratio, profile CI"}.get(
+        outcome.fit.method, outcome.fit.method)
+    terms = [{"term": row["term"], "or": row["or"], "ci_low": row["or_ci_low"], "ci_high": row["or_ci_high"],
+              "p": row["p"], "method": method} for row in outcome.summary.iloc[1:].to_dict(orient="records")]
+    result = _json_safe({"csv": str(csv), "label": label, "n": outcome.n, "n_events": outcome.n_events,
+                         "method": outcome.fit.method, "status": outcome.fit.status, "terms": terms,
+                         "notes": list(outcome.notes)})
+    if as_json:
+        return result, json.dumps(result, indent=2)
+    lines = [f"logistic regression of '{label}' on {', '.join(variables)}: {result['n']} patients, "
+             f"{result['n_events']} events ({method})",
+             f"{'term':<24} {'OR':>9} {'95% CI':>21} {'p':>8}"]
+    for t in result["terms"]:
+        p = "n/a" if t["p"] is None else ("<0.001" if t["p"] < 0.001 else f"{t['p']:.3f}")
+        lines.append(f"{t['term']:<24} {_num(t['or']):>9} {_num(t['ci_low']) + ' to ' + _num(t['ci_high']):>21} {p:>8}")
+    lines.extend(f"note: {n}" for n in result["notes"])
+    return result, "\n".join(lines)
+
+
+def register(stats_subparsers) -> None:
+    """Add ``sarco stats groups|logistic`` to the ``stats`` sub-command parser."""
+    groups = stats_subparsers.add_parser("groups", help="Table 2: each variable by group, with the test used")
+    groups.add_argument("--csv", required=True)
+    groups.add_argument("--label", required=True, help="0/1 outcome column")
+    groups.add_argument("--json", action="store_true")
+    logistic = stats_subparsers.add_parser(
+        "logistic", help="multivariable logistic regression: OR, 95%% CI, p (Firth when separated)")
+    logistic.add_argument("--csv", required=True)
+    logistic.add_argument("--label", required=True, help="0/1 outcome column")
+    logistic.add_argument("--vars", required=True, help="predictor columns, comma-separated")
+    logistic.add_argument("--json", action="store_true")
+
+
+def run_command(args) -> int:
+    """Run one ``sarco stats`` sub-command; a user mistake prints one line and returns 2."""
+    import sys
+
+    try:
+        if args.stats_command == "roc":
+            _, text = roc_command(args.csv, args.label, args.score, args.json)
+        elif args.stats_command == "icc":
+            _, text = icc_command(args.csv, args.target, args.rater, args.value, args.json)
+        elif args.stats_command == "groups":
+            _, text = groups_command(args.csv, args.label, args.json)
+        else:
+            _, text = logistic_command(args.csv, args.label, args.vars.split(","), args.json)
+    except (ValueError, OSError) as exc:
+        print(f"sarco: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+def study_text(summary: dict, notes: list[str], out_dir: Path) -> str:
+    """What ``sarco study`` prints: each model's CV AUC and held-out AUCs, then where the files are."""
+    lines = [f"{'model':<12} {'CV AUC':>15} {'apparent':>9}  held-out AUC (95% CI)"]
+    for name, model in summary.get("models", {}).items():
+        cv = f"{_num(model['cv_auc_mean'])} ± {_num(model['cv_auc_sd'])}"
+        held_out = ", ".join(
+            f"{split} {_num(auc)} ({_num(model['auc_ci'][split][0])}-{_num(model['auc_ci'][split][1])})"
+            for split, auc in model["auc"].items() if split != "train")
+        lines.append(f"{name:<12} {cv:>15} {_num(model['apparent_auc']):>9}  {held_out or 'no held-out split'}")
+    if summary.get("best_imaging_model"):
+        lines.append(f"best imaging model by cross-validated AUC: {summary['best_imaging_model']}")
+    lines.extend(f"note: {n}" for n in notes)
+    lines.append(f"results: {out_dir.resolve()}")
+    return "\n".join(lines)

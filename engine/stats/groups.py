@@ -1,19 +1,26 @@
-"""Table 2: clinical variables by outcome group, with the test the paper's rule picks.
+"""Table 2: clinical variables by outcome group, with the test SPSS users expect.
 
-Continuous variables: mean +/- SD per group; Student's t-test (equal variances) when both
-groups pass a Kolmogorov-Smirnov normality test (``scipy.stats.kstest`` against a normal with
-the group's own mean and sample SD, alpha 0.05; this is the plain KS test with estimated
-parameters, as SPSS's one-sample K-S, not Lilliefors, so it rejects less often) AND Levene's
-test (``scipy.stats.levene(center="mean")``, Levene's original mean-centred form, alpha 0.05);
-otherwise the two-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu`` defaults: exact for
-small samples without ties, else normal approximation with continuity correction). A group
-with fewer than 3 values cannot be checked for normality: Mann-Whitney.
+Continuous variables: mean +/- SD per group, then
 
-Categorical variables (see :mod:`engine.stats._design` for the rule): counts per level;
-Pearson's chi-square (``scipy.stats.chi2_contingency`` default, so Yates' continuity correction
-on 2x2 tables), or Fisher's exact test (two-sided) when a 2x2 table has an expected count < 5.
-A larger table with an expected count < 5 keeps the chi-square p with a note (no exact r x c
-test in scipy).
+1. normality in each group by the Lilliefors test (Kolmogorov-Smirnov with the mean and SD
+   estimated from the same data, as SPSS's "Tests of Normality" table; statsmodels
+   ``lilliefors``, table p-values). The plain one-sample K-S with estimated parameters almost
+   never rejects and is not used;
+2. both groups normal: Levene's test centred on the mean (SPSS's "Levene's Test for Equality of
+   Variances"); Student's t when it does not reject, Welch's t when it does (the SPSS row
+   "equal variances not assumed");
+3. a group not normal (or fewer than :data:`MIN_NORMALITY_N` values, or constant): the two-sided
+   Mann-Whitney U test as R's ``wilcox.test`` defaults: exact p when both groups have fewer
+   than 50 values and there are no ties, else the normal approximation with the tie-corrected
+   variance and a continuity correction.
+
+Categorical variables (see :mod:`engine.stats._design` for the rule): counts (percent of the
+group) per level; Pearson's chi-square without Yates' correction (SPSS's headline "Pearson
+Chi-Square" row), or Fisher's exact test when an expected count is < 5: ``scipy.stats.fisher_exact``
+for 2x2, and for r x 2 tables the Freeman-Halton extension computed here by exact enumeration
+of every table with the observed margins (:func:`fisher_exact_rx2`; R's ``fisher.test``
+definition: the p-value sums the probabilities of the tables no more probable than the observed
+one, with a relative tolerance of 1e-7). Each row names its test.
 
 Missing values are dropped per variable.
 """
@@ -41,19 +48,57 @@ TABLE2_COLUMNS = ["split", "n_group_0", "n_group_1"] + COLUMNS
 RESERVED = {"patient_id", "label", "split"}
 
 
+#: Fewest values in a group for the Lilliefors normality test (statsmodels' table starts at 4).
+MIN_NORMALITY_N = 4
+
+#: Both groups below this size and no ties: exact Mann-Whitney p (R's ``wilcox.test`` default).
+EXACT_MANN_WHITNEY_N = 50
+
+TEST_STUDENT = "Student's t-test"
+TEST_WELCH = "Welch's t-test"
+TEST_MW_EXACT = "Mann-Whitney U (exact)"
+TEST_MW_NORMAL = "Mann-Whitney U (normal approx., continuity corrected)"
+TEST_CHI2 = "Pearson chi-square"
+TEST_FISHER = "Fisher's exact test"
+TEST_FISHER_RX2 = "Fisher-Freeman-Halton exact test"
+
+
+def lilliefors_p(x: np.ndarray) -> float:
+    """Lilliefors normality p-value (K-S with estimated mean and SD), as SPSS reports it."""
+    from statsmodels.stats.diagnostic import lilliefors
+
+    return float(lilliefors(np.asarray(x, dtype=float), dist="norm", pvalmethod="table")[1])
+
+
 def choose_continuous_test(x0: np.ndarray, x1: np.ndarray) -> tuple[str, str]:
-    """``("t-test" | "mann-whitney", reason)`` by the KS-normality + Levene rule."""
-    if x0.size < 3 or x1.size < 3:
-        return "mann-whitney", "fewer than 3 values in a group: normality not assessable"
+    """``("student" | "welch" | "mann-whitney", reason)`` by the SPSS rule of the module docstring."""
     for name, x in (("0", x0), ("1", x1)):
-        sd = x.std(ddof=1)
-        if not sd > 0:
+        if x.size < MIN_NORMALITY_N:
+            return "mann-whitney", f"group {name} has fewer than {MIN_NORMALITY_N} values: normality not assessable"
+        if not x.std(ddof=1) > 0:
             return "mann-whitney", f"group {name} is constant"
-        if stats.kstest(x, "norm", args=(x.mean(), sd)).pvalue <= ALPHA_ASSUMPTIONS:
-            return "mann-whitney", f"group {name} fails Kolmogorov-Smirnov normality"
-    if stats.levene(x0, x1, center="mean").pvalue <= ALPHA_ASSUMPTIONS:
-        return "mann-whitney", "Levene: unequal variances"
-    return "t-test", ""
+    for name, x in (("0", x0), ("1", x1)):
+        p = lilliefors_p(x)
+        if p <= ALPHA_ASSUMPTIONS:
+            return "mann-whitney", f"group {name} not normal (Lilliefors p = {p:.3g})"
+    levene = float(stats.levene(x0, x1, center="mean").pvalue)
+    if levene <= ALPHA_ASSUMPTIONS:
+        return "welch", f"both groups normal (Lilliefors); unequal variances (Levene p = {levene:.3g})"
+    return "student", f"both groups normal (Lilliefors); equal variances (Levene p = {levene:.3g})"
+
+
+def mann_whitney(x0: np.ndarray, x1: np.ndarray) -> tuple[float, float, str]:
+    """Two-sided Mann-Whitney U as R's ``wilcox.test(x0, x1)`` defaults: ``(U of x0, p, test name)``.
+
+    Exact when both groups have fewer than :data:`EXACT_MANN_WHITNEY_N` values and no value is
+    tied; otherwise the normal approximation with tie correction and continuity correction.
+    """
+    tied = np.unique(np.concatenate([x0, x1])).size < x0.size + x1.size
+    if x0.size < EXACT_MANN_WHITNEY_N and x1.size < EXACT_MANN_WHITNEY_N and not tied:
+        result = stats.mannwhitneyu(x0, x1, alternative="two-sided", method="exact")
+        return float(result.statistic), float(result.pvalue), TEST_MW_EXACT
+    result = stats.mannwhitneyu(x0, x1, alternative="two-sided", method="asymptotic", use_continuity=True)
+    return float(result.statistic), float(result.pvalue), TEST_MW_NORMAL
 
 
 def _continuous(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
@@ -69,13 +114,71 @@ def _continuous(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
     if x0.size == 0 or x1.size == 0:
         row.update(test="", statistic=np.nan, p=np.nan, note="a group has no values: no test")
         return [row]
-    test, reason = choose_continuous_test(x0, x1)
-    if test == "t-test":
-        result = stats.ttest_ind(x0, x1, equal_var=True)
+    choice, reason = choose_continuous_test(x0, x1)
+    if choice == "mann-whitney":
+        statistic, p, test = mann_whitney(x0, x1)
     else:
-        result = stats.mannwhitneyu(x0, x1, alternative="two-sided")
-    row.update(test=test, statistic=float(result.statistic), p=float(result.pvalue), note=reason)
+        result = stats.ttest_ind(x0, x1, equal_var=choice == "student")
+        statistic, p = float(result.statistic), float(result.pvalue)
+        test = TEST_STUDENT if choice == "student" else TEST_WELCH
+    row.update(test=test, statistic=statistic, p=p, note=reason)
     return [row]
+
+
+#: Most tables :func:`fisher_exact_rx2` enumerates before giving up (then chi-square, noted).
+MAX_EXACT_TABLES = 2_000_000
+
+
+def fisher_exact_rx2(table: np.ndarray) -> float:
+    """Two-sided Fisher-Freeman-Halton exact p of an r x 2 table (R's ``fisher.test`` definition).
+
+    Every table with the observed row and column sums is enumerated; its probability under
+    independence is the multivariate hypergeometric ``prod_i C(r_i, a_i) / C(N, c_0)`` where
+    ``a_i`` is the first column. The p-value is the total probability of the tables whose
+    probability is at most the observed one's times ``1 + 1e-7`` (R's relative tolerance).
+
+    Raises
+    ------
+    ValueError
+        If the table is not r x 2 or more than :data:`MAX_EXACT_TABLES` tables would be enumerated.
+    """
+    from scipy.special import gammaln
+
+    table = np.asarray(table, dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 2:
+        raise ValueError(f"fisher_exact_rx2 needs an r x 2 table, got shape {table.shape}")
+    rows = table.sum(axis=1)
+    first_total = int(table[:, 0].sum())
+    n_tables = float(np.prod(rows[:-1] + 1.0))
+    if n_tables > MAX_EXACT_TABLES:
+        raise ValueError(f"{n_tables:.3g} tables to enumerate (limit {MAX_EXACT_TABLES})")
+
+    def log_comb(n, k):
+        return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+    grids = np.meshgrid(*[np.arange(r + 1) for r in rows[:-1]], indexing="ij")
+    heads = np.stack([g.ravel() for g in grids], axis=1) if grids else np.zeros((1, 0), dtype=np.int64)
+    last = first_total - heads.sum(axis=1)
+    valid = (last >= 0) & (last <= rows[-1])
+    columns = np.column_stack([heads[valid], last[valid]])
+    log_p = log_comb(rows, columns).sum(axis=1) - log_comb(rows.sum(), first_total)
+    observed = log_comb(rows, table[:, 0]).sum() - log_comb(rows.sum(), first_total)
+    more_extreme = log_p <= observed + np.log1p(1e-7)
+    return float(min(1.0, np.exp(log_p[more_extreme]).sum()))
+
+
+def categorical_test(table: np.ndarray) -> tuple[str, float, float, str]:
+    """``(test, statistic, p, note)`` for a levels x groups count table (rule of the module docstring)."""
+    chi2, chi2_p, _, expected = stats.chi2_contingency(table, correction=False)
+    if not (expected < 5).any():
+        return TEST_CHI2, float(chi2), float(chi2_p), ""
+    if table.shape == (2, 2):
+        result = stats.fisher_exact(table)
+        return TEST_FISHER, float(result.statistic), float(result.pvalue), "expected count < 5"
+    try:
+        return TEST_FISHER_RX2, float("nan"), fisher_exact_rx2(table), "expected count < 5"
+    except ValueError as exc:
+        return TEST_CHI2, float(chi2), float(chi2_p), f"expected count < 5 but no exact test ({exc})"
 
 
 def _categorical(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
@@ -92,19 +195,7 @@ def _categorical(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
     elif n0 == 0 or n1 == 0:
         note = "a group has no values: no test"
     else:
-        chi2, chi2_p, _, expected = stats.chi2_contingency(table)
-        small = bool((expected < 5).any())
-        if small and table.shape == (2, 2):
-            result = stats.fisher_exact(table)
-            test, statistic, p = "fisher", float(result.statistic), float(result.pvalue)
-            note = "expected count < 5"
-        else:
-            test, statistic, p = "chi-square", float(chi2), float(chi2_p)
-            if small:
-                note = (f"expected count < 5 in a {table.shape[0]}x2 table: chi-square approximation "
-                        f"may be poor (Fisher's exact test is used for 2x2 only)")
-            elif table.shape == (2, 2):
-                note = "Yates' continuity correction"
+        test, statistic, p, note = categorical_test(table)
     rows = []
     for i, level in enumerate(levels):
         c0, c1 = int(table[i, 0]), int(table[i, 1])

@@ -9,9 +9,13 @@ candidate is used (noted). The multivariable rows are the complete cases over th
 variables, fixed for the whole elimination so the p-values of successive steps compare the
 same patients (SPSS's listwise deletion).
 
-Variable-level p-values (entry, elimination) are joint Wald tests over a variable's terms, which
-for a numeric or binary variable is the coefficient's p. Separation handling: see
-:mod:`engine.stats._fit`.
+Variable-level p-values (entry, elimination) are joint Wald tests over a variable's terms (for a
+numeric or binary variable the coefficient's p); under separation they are Firth penalised
+likelihood-ratio tests, never Wald (see :mod:`engine.stats._fit`).
+
+:func:`cross_validated_selection` repeats the whole procedure (screen + elimination) inside every
+cross-validation fold, so its AUC estimates the performance of the procedure, not of a feature set
+chosen on all the training rows (which would leak the selection into the held-out folds).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def univariate_logistic(
     *,
     categorical: Iterable[str] | None = None,
     alpha: float = 0.05,
+    profile_ci: bool = True,
 ) -> pd.DataFrame:
     """One logistic regression per candidate.
 
@@ -55,7 +60,7 @@ def univariate_logistic(
         One row per term (one per numeric/binary variable; one per non-reference level of a
         multi-level categorical), columns :data:`UNIVARIATE_COLUMNS`. ``or`` is per unit (per
         presence for a level), ``or_per_sd`` per one sample SD. ``status``: ``ok``,
-        ``separation`` (OR NaN; p from Firth's penalised fit), ``constant`` (one value: not
+        ``separation`` (Firth's estimate, penalised likelihood-ratio p, profile CI), ``constant`` (one value: not
         fitted) or ``failed`` (column missing, one outcome class, optimiser failure).
     """
     candidates = list(candidates)
@@ -82,7 +87,8 @@ def univariate_logistic(
         if n_events in (0, n):
             rows.append(_empty_row(variable, n, n_events, "failed", "only one outcome class among the rows"))
             continue
-        outcome = fit_logistic_model(sub, label, [variable], name=variable, categorical=categorical, alpha=alpha)
+        outcome = fit_logistic_model(sub, label, [variable], name=variable, categorical=categorical, alpha=alpha,
+                                     profile_ci=profile_ci)
         terms = outcome.summary.iloc[1:]  # drop the intercept
         status = outcome.fit.status
         note = outcome.fit.note
@@ -202,6 +208,7 @@ def multivariable_logistic(
     alpha: float = 0.05,
     name: str = "model",
     univariate: pd.DataFrame | None = None,
+    profile_ci: bool = True,
 ) -> MultivariableResult:
     """Univariate screening (p < ``p_enter``) then backward elimination (remove while p > ``p_remove``).
 
@@ -213,12 +220,15 @@ def multivariable_logistic(
         Candidate columns, in the order collinearity is resolved (the later one is dropped).
     univariate : DataFrame, optional
         A precomputed :func:`univariate_logistic` table of the same rows and candidates.
+    profile_ci : bool
+        Compute Firth profile CIs (only the p-values are needed inside cross-validation folds).
     """
     candidates = list(candidates)
     categorical = resolve_categorical(df, candidates, categorical)
     notes: list[str] = []
     if univariate is None:
-        univariate = univariate_logistic(df, label, candidates, categorical=categorical, alpha=alpha)
+        univariate = univariate_logistic(df, label, candidates, categorical=categorical, alpha=alpha,
+                                         profile_ci=profile_ci)
     per_variable = _variable_p(univariate)
     usable = {v: p for v, (p, status) in per_variable.items() if status in ("ok", "separation") and np.isfinite(p)}
     entered = [v for v in candidates if v in usable and usable[v] < p_enter]
@@ -250,7 +260,8 @@ def multivariable_logistic(
     removed: list[dict] = []
     step = 0
     while True:
-        outcome = fit_logistic_model(rows, label, current, name=name, categorical=categorical, alpha=alpha)
+        outcome = fit_logistic_model(rows, label, current, name=name, categorical=categorical, alpha=alpha,
+                                     profile_ci=False)
         if len(current) <= 1 or not outcome.fit.usable:
             if not outcome.fit.usable and len(current) > 1:
                 notes.append(f"{name}: fit failed during elimination ({outcome.fit.note}); stopped")
@@ -266,6 +277,9 @@ def multivariable_logistic(
         step += 1
         removed.append({"step": step, "variable": worst, "p": float(p_by_variable[worst])})
         current = [v for v in current if v != worst]
+    if profile_ci and outcome.fit.method == "firth":
+        # the elimination needed only p-values; the final model's table gets its profile CIs
+        outcome = fit_logistic_model(rows, label, current, name=name, categorical=categorical, alpha=alpha)
     if outcome.fit.status == "separation":
         notes.append(f"{name}: {outcome.fit.note}")
     status = outcome.fit.status if outcome.model is not None else "failed"
@@ -275,3 +289,74 @@ def multivariable_logistic(
         summary=outcome.summary, model=outcome.model, status=status, n=outcome.n, n_events=outcome.n_events,
         fallback=fallback, dropped_collinear=dropped, removed=removed, notes=notes,
     )
+
+
+def cross_validated_selection(
+    df: pd.DataFrame,
+    label: str,
+    candidates: Iterable[str],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    categorical: Iterable[str] | None = None,
+    p_enter: float = 0.05,
+    p_remove: float = 0.10,
+    alpha: float = 0.05,
+) -> dict:
+    """Stratified K-fold CV AUC of the whole selection: screen + backward elimination in each fold.
+
+    Each fold runs :func:`multivariable_logistic` on its training part only (univariable screen,
+    collinearity, elimination, fit) and scores the held-out part with the model it selected. Rows
+    are the labelled rows of ``df`` (a candidate missing in a row is handled inside the fold as in
+    the full fit). When a class has fewer patients than ``folds``, the folds are reduced (noted).
+
+    Returns
+    -------
+    dict
+        ``mean``, ``sd`` (ddof=1 over folds), ``per_fold``, ``folds``, ``n``, ``n_events``, ``seed``,
+        ``selected_per_fold`` (list of feature lists), ``notes``.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    candidates = list(candidates)
+    categorical = resolve_categorical(df, candidates, categorical)
+    y_all = label_vector(df[label])
+    rows = df.loc[~np.isnan(y_all)].reset_index(drop=True)
+    y = y_all[~np.isnan(y_all)].astype(int)
+    notes: list[str] = []
+    n_events = int(y.sum())
+    smallest = int(min(n_events, len(y) - n_events))
+    result = {"mean": float("nan"), "sd": float("nan"), "per_fold": [], "folds": 0, "n": int(len(y)),
+              "n_events": n_events, "seed": int(seed), "selected_per_fold": [], "notes": notes}
+    n_folds = min(int(folds), smallest)
+    if n_folds < 2:
+        notes.append(f"cross-validation not possible: {smallest} patient(s) in the smaller class")
+        return result
+    if n_folds < folds:
+        notes.append(f"cross-validation reduced to {n_folds} folds: only {smallest} patients in the smaller class")
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    aucs, selected = [], []
+    for fold, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(len(y)), y), start=1):
+        mv = multivariable_logistic(rows.iloc[train_idx], label, candidates, p_enter=p_enter, p_remove=p_remove,
+                                    categorical=categorical, alpha=alpha, name=f"fold {fold}", profile_ci=False)
+        selected.append(list(mv.selected))
+        if mv.model is None:
+            notes.append(f"fold {fold}: no model could be selected")
+            aucs.append(float("nan"))
+            continue
+        held_out = rows.iloc[test_idx]
+        score = mv.model.predict_proba(held_out)
+        ok = ~np.isnan(score)
+        y_test = y[test_idx][ok]
+        if ok.sum() < len(score):
+            notes.append(f"fold {fold}: {int((~ok).sum())} held-out patient(s) missing a selected feature not scored")
+        aucs.append(float(roc_auc_score(y_test, score[ok])) if np.unique(y_test).size == 2 else float("nan"))
+    values = np.asarray(aucs, dtype=float)
+    finite = values[np.isfinite(values)]
+    result.update(
+        mean=float(finite.mean()) if finite.size else float("nan"),
+        sd=float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+        per_fold=[float(a) for a in aucs], folds=n_folds, selected_per_fold=selected,
+    )
+    return result

@@ -182,6 +182,7 @@ def fit_logistic_model(
     name: str = "model",
     categorical: Iterable[str] | None = None,
     alpha: float = 0.05,
+    profile_ci: bool = True,
 ) -> FitOutcome:
     """Fit ``label ~ features`` on the rows with the label and every feature present.
 
@@ -214,11 +215,13 @@ def fit_logistic_model(
     index = np.r_[0, 1 + np.flatnonzero(fitted)]
     params[index] = sub.params
     cov[np.ix_(index, index)] = sub.cov
-    fit = LogitFit(params, cov, sub.status, sub.method, sub.converged, sub.llf, sub.note)
+    fit = LogitFit(params, cov, sub.status, sub.method, sub.converged, sub.llf, sub.note, X1=sub.X1, y=sub.y,
+                   penalised_llf=sub.penalised_llf, fitted_index=index)
     if sub.note:
         notes.append(f"{name}: {sub.note}")
     dummy = [encoding[o]["kind"] == "categorical" for o in owners]
-    summary = term_table(fit, columns, owners, means, scales, dummy=dummy, fitted=fitted, alpha=alpha)
+    summary = term_table(fit, columns, owners, means, scales, dummy=dummy, fitted=fitted, alpha=alpha,
+                         profile_ci=profile_ci)
     n_events = int(y.sum()) if y.size else 0
     model = None
     if sub.usable:
@@ -244,8 +247,10 @@ def cross_validated_auc(
 
     The features are NOT reselected inside the folds: each fold refits the same feature set
     (with its standardisation and categorical encoding learnt on the fold's training part) and
-    is scored on the held-out part. This measures the stability of the chosen model, as the
-    paper's 5-fold check does; it is optimistic as an estimate of the whole selection procedure.
+    is scored on the held-out part. When the feature set was selected on the same rows, this
+    leaks the selection into the held-out folds (on noise it equals the apparent AUC), so the
+    study ranks models with :func:`engine.stats.logistic.cross_validated_selection` instead; this
+    function remains for a feature set fixed in advance.
     When a class has fewer patients than ``folds``, the number of folds is reduced to it (noted).
 
     Returns

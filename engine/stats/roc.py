@@ -170,27 +170,34 @@ def binary_metrics(y_true, score, cutoff: float) -> dict:
 
 
 def youden_cutoff(y_true, score) -> tuple[float, float, float, float]:
-    """Cut-off maximising Youden's J = sensitivity + specificity - 1.
+    """Cut-off maximising Youden's J = sensitivity + specificity - 1, with exact ties.
 
-    Candidate cut-offs are the distinct observed scores (``roc_curve`` thresholds, without the
-    ``+inf`` sentinel); positive means ``score >= cutoff``. Among ties in J the highest cut-off
-    (the most specific) wins.
+    Candidate cut-offs are the distinct observed scores; positive means ``score >= cutoff``.
+    J is compared exactly as the integer ``P N J = tp N - fp P`` (``P`` cases, ``N`` controls,
+    ``tp``/``fp`` called positive at the cut-off): in floating point ``tp/P - fp/N`` can differ
+    in the last bit between cut-offs whose J is equal, and ``argmax`` would then pick an
+    arbitrary one. Among exact ties the highest cut-off wins, the first that R's pROC lists
+    (``coords(roc, "best", best.method = "youden")``).
 
     Returns
     -------
     cutoff, sensitivity, specificity, youden_j : float
     """
-    from sklearn.metrics import roc_curve
-
     y, s = _clean(y_true, score)
-    if y.min() == y.max():
+    if y.size == 0 or y.min() == y.max():
         raise ValueError("the Youden cut-off needs at least one case (1) and one control (0)")
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    finite = np.isfinite(thresholds)
-    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
-    j = tpr - fpr
-    best = int(np.argmax(j))  # thresholds decrease: the first maximum is the highest cut-off
-    return float(thresholds[best]), float(tpr[best]), float(1.0 - fpr[best]), float(j[best])
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    cutoffs, inverse = np.unique(s, return_inverse=True)
+    cutoffs = cutoffs[::-1]  # highest first
+    inverse = cutoffs.size - 1 - inverse.ravel()
+    tp = np.cumsum(np.bincount(inverse, weights=y, minlength=cutoffs.size)).astype(np.int64)
+    fp = np.cumsum(np.bincount(inverse, weights=1 - y, minlength=cutoffs.size)).astype(np.int64)
+    scaled_j = tp * n_neg - fp * n_pos  # exact integers
+    best = int(np.argmax(scaled_j))  # the first maximum is the highest cut-off
+    sensitivity = tp[best] / n_pos
+    specificity = 1.0 - fp[best] / n_neg
+    return float(cutoffs[best]), float(sensitivity), float(specificity), float(scaled_j[best] / (n_pos * n_neg))
 
 
 def roc_summary(y_true, score, *, train_cutoff: float | None = None, alpha: float = 0.05) -> dict:

@@ -4,18 +4,25 @@ Models
 ------
 * one per imaging model (``ct_otsu``, ``mri_gmm``...) over its feature columns,
 * ``clinical`` over every clinical column,
-* ``combined``: the clinical columns plus the features the best imaging model selected (best by
-  training cross-validated AUC, ties broken by training AUC then by order), re-selected by the
-  same univariate screening + backward elimination on the training patients that have the best
-  imaging model's features. The paper has no such model; it answers "does imaging add to the
-  clinical variables?", with DeLong tests against both parents in ``comparisons``.
+* ``combined``: the clinical columns plus every feature of the best imaging model, selected by the
+  same univariable screen + backward elimination on the training patients that have the best
+  imaging model's features. The best imaging model is the one with the highest cross-validated
+  AUC (ties: apparent AUC, then order). The paper has no such model; it answers "does imaging add
+  to the clinical variables?", with DeLong tests against both parents in ``comparisons``.
 
 Every model is fitted on the ``train`` split only, on the patients with a label and (for
 imaging) every feature of the model; patients without them are excluded from that model and
-the number is noted. The Youden cut-off is taken on the training split and applied unchanged to
-every split (sensitivity, specificity, accuracy); each split's own Youden cut-off is reported
-too, as the paper's Table 5 does. A model with fewer than :data:`MIN_PER_CLASS` training
-patients in a class is skipped with a note.
+the number is noted. A model with fewer than :data:`MIN_PER_CLASS` training patients in a class
+is skipped with a note.
+
+Honest figures
+--------------
+* Cross-validation repeats the whole selection (screen + elimination) inside every fold
+  (:func:`engine.stats.logistic.cross_validated_selection`); the training AUC of the final model is
+  "apparent" and never used to rank models.
+* The Youden cut-off is chosen on the training split and applied unchanged to every split; a
+  cut-off chosen on an evaluation split would be optimistic and is not reported.
+* DeLong comparisons only on held-out splits (Demler, Pencina & D'Agostino 2012).
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ import pandas as pd
 
 from ._design import resolve_categorical
 from .groups import TABLE2_COLUMNS, ordered_splits, table2 as make_table2
-from .logistic import MultivariableResult, multivariable_logistic
-from .models import LogisticModel, cross_validated_auc, label_vector
+from .logistic import MultivariableResult, cross_validated_selection, multivariable_logistic
+from .models import LogisticModel, label_vector
 from .roc import delong_test, roc_summary, youden_cutoff
 
 #: Fewest training patients per outcome class for a model to be fitted.
@@ -46,11 +53,16 @@ REGRESSION_COLUMNS = [
     "multi_note",
 ]
 
+#: Table 5 has no per-split Youden cut-off: one chosen on an evaluation split is optimistic; the frozen
+#: training cut-off is the honest one. The training split's AUC is "apparent".
 TABLE5_COLUMNS = [
-    "model", "split", "n", "n_pos", "n_neg", "auc", "auc_ci_low", "auc_ci_high",
-    "train_cutoff", "sensitivity", "specificity", "accuracy", "ppv", "npv", "youden_j_at_train_cutoff",
-    "youden_cutoff", "youden_sensitivity", "youden_specificity", "youden_j", "note",
+    "model", "split", "auc_kind", "n", "n_pos", "n_neg", "auc", "auc_ci_low", "auc_ci_high",
+    "train_cutoff", "sensitivity", "specificity", "accuracy", "ppv", "npv", "note",
 ]
+
+STUDY_FORMAT = "sarco-study/1"
+
+CV_SELECTION = "univariable screen + backward elimination repeated inside every fold"
 
 COMPARISON_COLUMNS = ["model_a", "model_b", "split", "n", "auc_a", "auc_b", "z", "p"]
 
@@ -204,6 +216,246 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
+@dataclass
+class _Cohort:
+    """The feature table with its outcome and split resolved, shared by every step of a study."""
+
+    features: pd.DataFrame
+    y: np.ndarray
+    labelled: np.ndarray
+    split_values: np.ndarray
+    train: np.ndarray
+    split: str
+    label: str
+    clinical: list[str]
+    clinical_categorical: list[str]
+    folds: int
+    seed: int
+    p_enter: float
+    p_remove: float
+    alpha: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Fitted:
+    """One model's selection on the training rows and its cross-validation."""
+
+    mv: MultivariableResult
+    rows: np.ndarray
+    candidates: list[str]
+    categorical: list[str]
+    cv: dict
+    apparent_auc: float
+
+
+def _prepare_cohort(features, *, clinical_columns, label, split, categorical, folds, seed, p_enter, p_remove,
+                    alpha) -> _Cohort:
+    for column in ("patient_id", label, split):
+        if column not in features.columns:
+            raise ValueError(f"column '{column}' not in the feature table")
+    features = features.reset_index(drop=True)
+    notes: list[str] = []
+    y = label_vector(features[label])
+    labelled = ~np.isnan(y)
+    split_values = features[split].where(features[split].notna(), "").astype(str).to_numpy()
+    unsplit = int((labelled & (split_values == "")).sum())
+    if unsplit:
+        notes.append(f"{unsplit} labelled patient(s) without a split: in no table")
+    clinical_columns = list(clinical_columns)
+    absent = [c for c in clinical_columns if c not in features.columns]
+    if absent:
+        notes.append(f"clinical column(s) {absent} not in the feature table; ignored")
+    clinical = [c for c in clinical_columns if c in features.columns]
+    return _Cohort(
+        features=features, y=y, labelled=labelled, split_values=split_values,
+        train=labelled & (split_values == "train"), split=split, label=label, clinical=clinical,
+        clinical_categorical=resolve_categorical(features, clinical, categorical), folds=folds, seed=seed,
+        p_enter=p_enter, p_remove=p_remove, alpha=alpha, notes=notes,
+    )
+
+
+def _table2(cohort: _Cohort) -> pd.DataFrame:
+    if not cohort.clinical:
+        cohort.notes.append("no clinical columns: Table 2 and the clinical model are empty")
+        return pd.DataFrame(columns=TABLE2_COLUMNS)
+    return make_table2(cohort.features.loc[cohort.labelled], split=cohort.split, label=cohort.label,
+                       variables=cohort.clinical, categorical=cohort.clinical_categorical)
+
+
+def _fit_model(cohort: _Cohort, name: str, candidates: list[str], rows: np.ndarray,
+               categorical: list[str]) -> _Fitted | None:
+    """Select and fit one model on ``rows`` (training), then cross-validate the whole selection."""
+    y = cohort.y
+    n_pos, n_neg = int(np.sum(y[rows] == 1)), int(np.sum(y[rows] == 0))
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        cohort.notes.append(f"{name}: skipped, {n_pos} sarcopenia and {n_neg} non-sarcopenia training patients "
+                            f"(at least {MIN_PER_CLASS} of each needed)")
+        return None
+    train_df = cohort.features.loc[rows]
+    settings = dict(p_enter=cohort.p_enter, p_remove=cohort.p_remove, categorical=categorical, alpha=cohort.alpha)
+    mv = multivariable_logistic(train_df, cohort.label, candidates, name=name, **settings)
+    cohort.notes.extend(mv.notes)
+    if mv.model is None:
+        cohort.notes.append(f"{name}: no model could be fitted; skipped")
+        return _Fitted(mv, rows, candidates, categorical, {}, float("nan"))
+    cv = cross_validated_selection(train_df, cohort.label, candidates, folds=cohort.folds, seed=cohort.seed,
+                                   **settings)
+    cohort.notes.extend(f"{name} cross-validation: {n}" for n in cv["notes"])
+    p = mv.model.predict_proba(train_df)
+    ok = ~np.isnan(p)
+    apparent = roc_summary(y[rows][ok], p[ok])["auc"]
+    return _Fitted(mv, rows, candidates, categorical, cv, apparent)
+
+
+def _fit_imaging_models(cohort: _Cohort, imaging_models: dict[str, list[str]]) -> dict[str, _Fitted]:
+    fitted: dict[str, _Fitted] = {}
+    for name, columns in imaging_models.items():
+        columns = list(columns)
+        missing_columns = [c for c in columns if c not in cohort.features.columns]
+        if missing_columns:
+            cohort.notes.append(f"{name}: feature column(s) {missing_columns} absent (modality not processed?); "
+                                f"skipped")
+            continue
+        complete = cohort.features[columns].apply(pd.to_numeric, errors="coerce").notna().all(axis=1).to_numpy()
+        excluded = int(np.sum(cohort.train & ~complete))
+        if excluded:
+            cohort.notes.append(f"{name}: {excluded} training patient(s) without complete {name} features excluded")
+        result = _fit_model(cohort, name, columns, cohort.train & complete, [])
+        if result is not None:
+            fitted[name] = result
+    return fitted
+
+
+def _rank_imaging(fitted: dict[str, _Fitted], names: list[str]) -> str | None:
+    """The best imaging model: highest CV AUC of the whole selection, then apparent AUC, then order."""
+    usable = [n for n in names if n in fitted and fitted[n].mv.model is not None]
+    if not usable:
+        return None
+
+    def key(name):
+        cv_mean = fitted[name].cv.get("mean", float("nan"))
+        apparent = fitted[name].apparent_auc
+        return (cv_mean if np.isfinite(cv_mean) else -np.inf, apparent if np.isfinite(apparent) else -np.inf,
+                -usable.index(name))
+
+    return max(usable, key=key)
+
+
+def _fit_combined(cohort: _Cohort, fitted: dict[str, _Fitted], best: str | None) -> _Fitted | None:
+    """Clinical candidates plus every feature of the best imaging model, selected the same way.
+
+    The imaging candidates are the best model's whole feature set, not the features it selected on
+    all training rows, so that the combined model's CV (selection inside the folds) stays honest.
+    """
+    if not cohort.clinical:
+        cohort.notes.append("combined: no clinical columns; skipped")
+        return None
+    if best is None:
+        cohort.notes.append("combined: no imaging model was fitted; skipped")
+        return None
+    imaging = [f for f in fitted[best].candidates if f not in cohort.clinical]
+    return _fit_model(cohort, "combined", cohort.clinical + imaging, fitted[best].rows, cohort.clinical_categorical)
+
+
+def _training_cutoffs(cohort: _Cohort, models: dict[str, LogisticModel]) -> dict[str, float]:
+    """Youden cut-off of each model on the training split (frozen for every split); drops failures."""
+    cutoffs: dict[str, float] = {}
+    for name, model in list(models.items()):
+        p = model.predict_proba(cohort.features.loc[cohort.train])
+        ok = ~np.isnan(p)
+        try:
+            cutoffs[name] = youden_cutoff(cohort.y[cohort.train][ok], p[ok])[0]
+        except ValueError as exc:
+            cohort.notes.append(f"{name}: no training cut-off ({exc}); model dropped from the bundle")
+            del models[name]
+    return cutoffs
+
+
+def _predictions(cohort: _Cohort, models: dict[str, LogisticModel], cutoffs: dict[str, float]) -> pd.DataFrame:
+    scoring_notes: list[str] = []
+    scored = _score(models, cutoffs, cohort.features, scoring_notes)
+    cohort.notes.extend(scoring_notes)
+    ids = pd.DataFrame({"patient_id": cohort.features["patient_id"].to_numpy(),
+                        "split": cohort.features[cohort.split].to_numpy(), "label": cohort.y})
+    return pd.concat([ids, scored.reset_index(drop=True)], axis=1)
+
+
+def _splits(cohort: _Cohort) -> list[str]:
+    return ordered_splits(cohort.features[cohort.split].dropna().unique())
+
+
+def _table5(cohort: _Cohort, models, cutoffs, predictions: pd.DataFrame) -> pd.DataFrame:
+    """AUC (DeLong CI) and metrics at the frozen training cut-off, per model and split."""
+    rows = []
+    for name in models:
+        p = predictions[f"p_{name}"].to_numpy(dtype=float)
+        for split_name in _splits(cohort):
+            mask = cohort.labelled & (cohort.split_values == split_name) & ~np.isnan(p)
+            summary = roc_summary(cohort.y[mask], p[mask], train_cutoff=cutoffs[name], alpha=cohort.alpha)
+            row = {"model": name, "split": split_name,
+                   "auc_kind": "apparent" if split_name == "train" else "held-out",
+                   "n": summary["n"], "n_pos": summary["n_pos"], "n_neg": summary["n_neg"], "auc": summary["auc"],
+                   "auc_ci_low": summary["ci"][0], "auc_ci_high": summary["ci"][1], "train_cutoff": cutoffs[name],
+                   "note": summary["note"]}
+            at = summary["at_train_cutoff"]
+            if at is not None:
+                row.update({k: at[k] for k in ("sensitivity", "specificity", "accuracy", "ppv", "npv")})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
+
+
+def _cv_table(fitted: dict[str, _Fitted], models) -> pd.DataFrame:
+    names = [n for n in models if n in fitted and fitted[n].cv]
+    max_folds = max((fitted[n].cv["folds"] for n in names), default=0)
+    rows = []
+    for name in names:
+        cv = fitted[name].cv
+        row = {"model": name, "n": cv["n"], "n_events": cv["n_events"], "folds": cv["folds"],
+               "auc_mean": cv["mean"], "auc_sd": cv["sd"], "apparent_auc": fitted[name].apparent_auc,
+               "selection": CV_SELECTION, "note": "; ".join(cv["notes"])}
+        for i in range(max_folds):
+            row[f"auc_fold_{i + 1}"] = cv["per_fold"][i] if i < len(cv["per_fold"]) else np.nan
+        rows.append(row)
+    columns = ["model", "n", "n_events", "folds", "auc_mean", "auc_sd", "apparent_auc"] + [
+        f"auc_fold_{i + 1}" for i in range(max_folds)] + ["selection", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _comparisons(cohort: _Cohort, predictions: pd.DataFrame, models, best: str | None) -> pd.DataFrame:
+    """DeLong tests between correlated models, on held-out splits only.
+
+    On the training rows the models were selected and fitted on, a DeLong test of nested models
+    is not valid (Demler, Pencina & D'Agostino 2012), so the training split is never compared.
+    """
+    rows = []
+    for a, b in [("combined", best), ("combined", "clinical"), (best, "clinical")]:
+        if a not in models or b not in models:
+            continue
+        pa = predictions[f"p_{a}"].to_numpy(dtype=float)
+        pb = predictions[f"p_{b}"].to_numpy(dtype=float)
+        for split_name in [s for s in _splits(cohort) if s != "train"]:
+            mask = cohort.labelled & (cohort.split_values == split_name) & ~np.isnan(pa) & ~np.isnan(pb)
+            n_pos = int(np.sum(cohort.y[mask] == 1))
+            if n_pos == 0 or n_pos == mask.sum():
+                continue
+            z, pval = delong_test(cohort.y[mask], pa[mask], pb[mask])
+            rows.append({"model_a": a, "model_b": b, "split": split_name, "n": int(mask.sum()),
+                         "auc_a": roc_summary(cohort.y[mask], pa[mask])["auc"],
+                         "auc_b": roc_summary(cohort.y[mask], pb[mask])["auc"], "z": z, "p": pval})
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _regression_tables(fitted: dict[str, _Fitted], imaging_names: Iterable[str]):
+    def table(name):
+        if name in fitted:
+            return _regression_table(fitted[name].mv)
+        return pd.DataFrame(columns=REGRESSION_COLUMNS)
+
+    table4 = _concat([_regression_table(fitted[n].mv) for n in imaging_names if n in fitted], REGRESSION_COLUMNS)
+    return table("clinical"), table4, table("combined")
+
+
 def run_study(
     features: pd.DataFrame,
     *,
@@ -233,196 +485,63 @@ def run_study(
         Categorical clinical columns; default: the rule of :func:`engine.stats._design.is_categorical`.
         Imaging features are always numeric.
     folds, seed : int
-        Stratified K-fold cross-validation on the training split.
+        Stratified K-fold cross-validation of the whole selection on the training split.
     p_enter, p_remove : float
         Univariate entry and backward-elimination thresholds.
     """
-    for column in ("patient_id", label, split):
-        if column not in features.columns:
-            raise ValueError(f"column '{column}' not in the feature table")
-    features = features.reset_index(drop=True)
-    notes: list[str] = []
-    y = label_vector(features[label])
-    labelled = ~np.isnan(y)
-    split_values = features[split].where(features[split].notna(), "").astype(str).to_numpy()
-    train = labelled & (split_values == "train")
-    if (labelled & (split_values == "")).any():
-        notes.append(f"{int((labelled & (split_values == '')).sum())} labelled patient(s) without a split: in no table")
-
-    clinical_columns = list(clinical_columns)
-    absent = [c for c in clinical_columns if c not in features.columns]
-    if absent:
-        notes.append(f"clinical column(s) {absent} not in the feature table; ignored")
-    clinical_columns = [c for c in clinical_columns if c in features.columns]
-    clinical_categorical = resolve_categorical(features, clinical_columns, categorical)
-
-    if clinical_columns:
-        table2 = make_table2(features.loc[labelled], split=split, label=label, variables=clinical_columns,
-                             categorical=clinical_categorical)
-    else:
-        table2 = pd.DataFrame(columns=TABLE2_COLUMNS)
-        notes.append("no clinical columns: Table 2 and the clinical model are empty")
-
-    results: dict[str, MultivariableResult] = {}
-    fit_rows: dict[str, np.ndarray] = {}
-    cv_results: dict[str, dict] = {}
-
-    def fit_one(name: str, candidates: list[str], rows: np.ndarray, categorical_columns: list[str]) -> None:
-        n_pos = int(np.sum(y[rows] == 1))
-        n_neg = int(np.sum(y[rows] == 0))
-        if min(n_pos, n_neg) < MIN_PER_CLASS:
-            notes.append(
-                f"{name}: skipped, {n_pos} sarcopenia and {n_neg} non-sarcopenia training patients "
-                f"(at least {MIN_PER_CLASS} of each needed)"
-            )
-            return
-        train_df = features.loc[rows]
-        mv = multivariable_logistic(
-            train_df, label, candidates, p_enter=p_enter, p_remove=p_remove, categorical=categorical_columns,
-            alpha=alpha, name=name,
-        )
-        notes.extend(mv.notes)
-        results[name] = mv
-        if mv.model is None:
-            notes.append(f"{name}: no model could be fitted; skipped")
-            return
-        fit_rows[name] = rows
-        cv = cross_validated_auc(train_df, label, mv.selected, folds=folds, seed=seed,
-                                 categorical=categorical_columns)
-        notes.extend(f"{name} cross-validation: {n}" for n in cv["notes"])
-        cv_results[name] = cv
-
-    # clinical model first, as in the paper's Table 5
-    if clinical_columns:
-        fit_one("clinical", clinical_columns, train, clinical_categorical)
-
-    imaging_names: list[str] = []
-    for name, columns in imaging_models.items():
-        columns = list(columns)
-        missing_columns = [c for c in columns if c not in features.columns]
-        if missing_columns:
-            notes.append(f"{name}: feature column(s) {missing_columns} absent (modality not processed?); skipped")
-            continue
-        complete = features[columns].apply(pd.to_numeric, errors="coerce").notna().all(axis=1).to_numpy()
-        excluded = int(np.sum(train & ~complete))
-        if excluded:
-            notes.append(f"{name}: {excluded} training patient(s) without complete {name} features excluded")
-        fit_one(name, columns, train & complete, [])
-        if name in results and results[name].model is not None:
-            imaging_names.append(name)
-
-    best = None
-    if imaging_names:
-        def rank(name):
-            cv_mean = cv_results[name]["mean"]
-            model = results[name].model
-            rows = fit_rows[name]
-            train_auc = roc_summary(y[rows], model.predict_proba(features.loc[rows]))["auc"]
-            return (
-                cv_mean if np.isfinite(cv_mean) else -np.inf,
-                train_auc if np.isfinite(train_auc) else -np.inf,
-                -imaging_names.index(name),
-            )
-
-        best = max(imaging_names, key=rank)
-        notes.append(f"best imaging model by training cross-validated AUC: {best}")
-    if best is not None and clinical_columns:
-        imaging_selected = [f for f in results[best].selected if f not in clinical_columns]
-        fit_one("combined", clinical_columns + imaging_selected, fit_rows[best], clinical_categorical)
-    elif clinical_columns:
-        notes.append("combined: no imaging model was fitted; skipped")
-    else:
-        notes.append("combined: no clinical columns; skipped")
-
-    models = {name: mv.model for name, mv in results.items() if mv.model is not None}
-
-    # training Youden cut-offs, then predictions for every patient with the same scoring code
-    cutoffs: dict[str, float] = {}
-    for name, model in list(models.items()):
-        p = model.predict_proba(features.loc[train])
-        ok = ~np.isnan(p)
-        try:
-            cutoffs[name] = youden_cutoff(y[train][ok], p[ok])[0]
-        except ValueError as exc:
-            notes.append(f"{name}: no training cut-off ({exc}); model dropped from the bundle")
-            del models[name]
-    scoring_notes: list[str] = []
-    scored = _score(models, cutoffs, features, scoring_notes)
-    notes.extend(scoring_notes)
-    predictions = pd.concat(
-        [
-            pd.DataFrame({"patient_id": features["patient_id"].to_numpy(), "split": features[split].to_numpy(),
-                          "label": y}),
-            scored.reset_index(drop=True),
-        ],
-        axis=1,
-    )
-
-    # Table 5
-    splits = ordered_splits(features[split].dropna().unique())
-    rows5 = []
-    for name in models:
-        p = predictions[f"p_{name}"].to_numpy(dtype=float)
-        for split_name in splits:
-            mask = labelled & (split_values == split_name) & ~np.isnan(p)
-            summary = roc_summary(y[mask], p[mask], train_cutoff=cutoffs[name], alpha=alpha)
-            row = {"model": name, "split": split_name, "n": summary["n"], "n_pos": summary["n_pos"],
-                   "n_neg": summary["n_neg"], "auc": summary["auc"], "auc_ci_low": summary["ci"][0],
-                   "auc_ci_high": summary["ci"][1], "train_cutoff": cutoffs[name], "note": summary["note"]}
-            at = summary["at_train_cutoff"]
-            if at is not None:
-                row.update({k: at[k] for k in ("sensitivity", "specificity", "accuracy", "ppv", "npv")})
-                row["youden_j_at_train_cutoff"] = at["sensitivity"] + at["specificity"] - 1.0
-            yd = summary["youden"]
-            if yd is not None:
-                row.update(youden_cutoff=yd["cutoff"], youden_sensitivity=yd["sensitivity"],
-                           youden_specificity=yd["specificity"], youden_j=yd["youden_j"])
-            rows5.append(row)
-    table5 = pd.DataFrame(rows5, columns=TABLE5_COLUMNS)
-
-    # cross-validation table
-    max_folds = max((cv["folds"] for cv in cv_results.values()), default=0)
-    cv_rows = []
-    for name in models:
-        if name not in cv_results:
-            continue
-        cv = cv_results[name]
-        row = {"model": name, "n": cv["n"], "n_events": cv["n_events"], "folds": cv["folds"],
-               "auc_mean": cv["mean"], "auc_sd": cv["sd"], "note": "; ".join(cv["notes"])}
-        for i in range(max_folds):
-            row[f"auc_fold_{i + 1}"] = cv["per_fold"][i] if i < len(cv["per_fold"]) else np.nan
-        cv_rows.append(row)
-    cv_columns = ["model", "n", "n_events", "folds", "auc_mean", "auc_sd"] + [
-        f"auc_fold_{i + 1}" for i in range(max_folds)] + ["note"]
-    cv_table = pd.DataFrame(cv_rows, columns=cv_columns)
-
-    # DeLong comparisons between correlated models
-    pairs = [("combined", best), ("combined", "clinical"), (best, "clinical")]
-    comparison_rows = []
-    for a, b in pairs:
-        if a not in models or b not in models:
-            continue
-        pa = predictions[f"p_{a}"].to_numpy(dtype=float)
-        pb = predictions[f"p_{b}"].to_numpy(dtype=float)
-        for split_name in splits:
-            mask = labelled & (split_values == split_name) & ~np.isnan(pa) & ~np.isnan(pb)
-            n_pos = int(np.sum(y[mask] == 1))
-            if n_pos == 0 or n_pos == mask.sum():
-                continue
-            sa = roc_summary(y[mask], pa[mask])["auc"]
-            sb = roc_summary(y[mask], pb[mask])["auc"]
-            z, pval = delong_test(y[mask], pa[mask], pb[mask])
-            comparison_rows.append({"model_a": a, "model_b": b, "split": split_name, "n": int(mask.sum()),
-                                    "auc_a": sa, "auc_b": sb, "z": z, "p": pval})
-    comparisons = pd.DataFrame(comparison_rows, columns=COMPARISON_COLUMNS)
-
-    table3 = _regression_table(results["clinical"]) if "clinical" in results else pd.DataFrame(columns=REGRESSION_COLUMNS)
-    table4 = _concat([_regression_table(results[n]) for n in imaging_models if n in results], REGRESSION_COLUMNS)
-    table_combined = (_regression_table(results["combined"]) if "combined" in results
-                      else pd.DataFrame(columns=REGRESSION_COLUMNS))
-
+    cohort = _prepare_cohort(features, clinical_columns=clinical_columns, label=label, split=split,
+                             categorical=categorical, folds=folds, seed=seed, p_enter=p_enter, p_remove=p_remove,
+                             alpha=alpha)
+    table2 = _table2(cohort)
+    fitted: dict[str, _Fitted] = {}
+    if cohort.clinical:  # clinical model first, as in the paper's Table 5
+        clinical = _fit_model(cohort, "clinical", cohort.clinical, cohort.train, cohort.clinical_categorical)
+        if clinical is not None:
+            fitted["clinical"] = clinical
+    fitted.update(_fit_imaging_models(cohort, imaging_models))
+    best = _rank_imaging(fitted, list(imaging_models))
+    if best is not None:
+        cohort.notes.append(f"best imaging model by cross-validated AUC (selection inside the folds): {best}")
+    combined = _fit_combined(cohort, fitted, best)
+    if combined is not None:
+        fitted["combined"] = combined
+    models = {name: f.mv.model for name, f in fitted.items() if f.mv.model is not None}
+    cutoffs = _training_cutoffs(cohort, models)
+    predictions = _predictions(cohort, models, cutoffs)
+    table3, table4, table_combined = _regression_tables(fitted, imaging_models)
     return StudyResult(
-        table2=table2, table3=table3, table4=table4, table5=table5, cv=cv_table, predictions=predictions,
-        notes=notes, models=models, cutoffs=cutoffs, table_combined=table_combined, comparisons=comparisons,
-        multivariable=results, best_imaging_model=best,
+        table2=table2, table3=table3, table4=table4, table5=_table5(cohort, models, cutoffs, predictions),
+        cv=_cv_table(fitted, models), predictions=predictions, notes=cohort.notes, models=models, cutoffs=cutoffs,
+        table_combined=table_combined, comparisons=_comparisons(cohort, predictions, models, best),
+        multivariable={name: f.mv for name, f in fitted.items()}, best_imaging_model=best,
     )
+
+
+def study_summary(result: StudyResult) -> dict:
+    """The machine-readable ``study.json``: per model CV AUC, AUC with CI and n per split, features.
+
+    ``{"format", "best_imaging_model", "models": {name: {"cv_auc_mean", "cv_auc_sd", "apparent_auc",
+    "auc": {split: f}, "auc_ci": {split: [low, high]}, "n": {split: n}, "features": [...],
+    "cutoff", "method", "status"}}}``; non-finite numbers are ``None``.
+    """
+    def number(x):
+        return float(x) if x is not None and np.isfinite(x) else None
+
+    cv = result.cv.set_index("model") if len(result.cv) else pd.DataFrame()
+    models = {}
+    for name, model in result.models.items():
+        rows = result.table5[result.table5["model"] == name]
+        models[name] = {
+            "cv_auc_mean": number(cv.loc[name, "auc_mean"]) if name in cv.index else None,
+            "cv_auc_sd": number(cv.loc[name, "auc_sd"]) if name in cv.index else None,
+            "apparent_auc": number(cv.loc[name, "apparent_auc"]) if name in cv.index else None,
+            "auc": {r.split: number(r.auc) for r in rows.itertuples()},
+            "auc_ci": {r.split: [number(r.auc_ci_low), number(r.auc_ci_high)] for r in rows.itertuples()},
+            "n": {r.split: int(r.n) for r in rows.itertuples()},
+            "features": list(model.features),
+            "cutoff": number(result.cutoffs.get(name)),
+            "method": model.method,
+            "status": model.status,
+        }
+    return {"format": STUDY_FORMAT, "best_imaging_model": result.best_imaging_model,
+            "cv_selection": CV_SELECTION, "models": models}

@@ -1,0 +1,248 @@
+"""The statistics tables of report.html laid out as the paper prints them (Tables 2-5).
+
+Each renderer turns one CSV of ``tables/`` into the template's "clinical" table: a few columns a
+clinician reads at a glance (mean ± SD or n (%), OR (95% CI), AUC (95% CI), p), with section rows
+per cohort or per model instead of a wide dump of every column. The CSVs keep every number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .report import MODALITY_NAMES, SPLIT_NAMES, model_label
+
+SEPARATION_MARK = "†"
+SEPARATION_NOTE = (f"{SEPARATION_MARK} separation: Firth's penalised likelihood; p from the penalised likelihood-ratio "
+                   f"test, 95% CI from the profile penalised likelihood (Heinze & Schemper 2002).")
+
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_p(x) -> str:
+    if not _finite(x):
+        return ""
+    return "<0.001" if float(x) < 0.001 else f"{float(x):.3f}"
+
+
+def fmt_ratio(x) -> str:
+    """An odds ratio: 2 decimals in the usual range, 3 significant digits outside it."""
+    if not _finite(x):
+        return "∞" if x == np.inf else ""
+    x = float(x)
+    return f"{x:.2f}" if 0.01 <= x < 1000 else f"{x:.2e}"
+
+
+def fmt_or_ci(odds, low, high) -> str:
+    if not _finite(odds):
+        return ""
+    ci = f" ({fmt_ratio(low)}–{fmt_ratio(high)})" if _finite(low) and _finite(high) else ""
+    return fmt_ratio(odds) + ci
+
+
+def fmt_auc_ci(auc, low, high) -> str:
+    if not _finite(auc):
+        return ""
+    ci = f" ({float(low):.3f}–{float(high):.3f})" if _finite(low) and _finite(high) else ""
+    return f"{float(auc):.3f}{ci}"
+
+
+def fmt_percent(x) -> str:
+    return f"{100 * float(x):.1f}%" if _finite(x) else ""
+
+
+def _term_label(term: str, variable: str) -> str:
+    """``sex[Male]`` -> ``sex: Male``; a feature name is spelled out (``fat percent``)."""
+    term, variable = str(term), str(variable)
+    if term.startswith(variable + "[") and term.endswith("]"):
+        return f"{variable}: {term[len(variable) + 1:-1]}"
+    parts = term.split("_")
+    if len(parts) == 4 and parts[0] in MODALITY_NAMES:
+        return f"{parts[2]} {parts[3]}"
+    return term
+
+
+def clinical_table(columns: list[str], numeric: list[bool], rows: list[dict], footnote: str = "") -> dict:
+    """The template's "clinical" table: ``rows`` are ``{"cells": [...], "sub": bool}`` or ``{"section": text}``."""
+    return {"kind": "clinical", "columns": columns, "classes": ["num" if n else "" for n in numeric], "rows": rows,
+            "footnote": footnote}
+
+
+def _ordered(values, known=("train", "validation", "prospective")) -> list[str]:
+    present = [str(v) for v in pd.unique(pd.Series(values).dropna().astype(str))]
+    return [k for k in known if k in present] + [v for v in present if v not in known]
+
+
+def render_table2(frame: pd.DataFrame) -> dict:
+    """Table 2: per cohort, each variable's mean ± SD or n (%) in each group, the test and p."""
+    rows: list[dict] = []
+    for split in _ordered(frame["split"]):
+        part = frame[frame["split"].astype(str) == split]
+        first = part.iloc[0]
+        rows.append({"section": f"{SPLIT_NAMES.get(split, split)} cohort: non-sarcopenia n = "
+                                f"{int(first['n_group_0'])}, sarcopenia n = {int(first['n_group_1'])}"})
+        for variable in pd.unique(part["variable"]):
+            block = part[part["variable"] == variable]
+            head = block.iloc[0]
+            test, p = head["test"] if isinstance(head["test"], str) else "", fmt_p(head["p"])
+            if head["kind"] != "categorical":
+                rows.append({"cells": [str(variable), str(head["value_0"]), str(head["value_1"]), test, p],
+                             "sub": False})
+                continue
+            rows.append({"cells": [f"{variable}, n (%)", "", "", test, p], "sub": False})
+            for _, level in block.iterrows():
+                cells = [str(level["level"])]
+                for g in ("0", "1"):
+                    count, percent = level[f"count_{g}"], level[f"percent_{g}"]
+                    cells.append(f"{int(count)} ({float(percent):.1f}%)" if _finite(count) and _finite(percent)
+                                 else "")
+                rows.append({"cells": cells + ["", ""], "sub": True})
+    return clinical_table(["Variable", "Non-sarcopenia", "Sarcopenia", "Test", "p"],
+                          [False, True, True, False, True], rows)
+
+
+def _uni_cells(row, per_sd: bool) -> list[str]:
+    status = str(row.get("uni_status", ""))
+    if status in ("constant", "failed"):
+        return ["constant: not fitted" if status == "constant" else "not fitted", ""]
+    prefix = "uni_or_per_sd" if per_sd and _finite(row.get("uni_or_per_sd")) else "uni_or"
+    text = fmt_or_ci(row[prefix], row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"])
+    return [text + (f" {SEPARATION_MARK}" if status == "separation" else ""), fmt_p(row["uni_p"])]
+
+
+def _multi_cells(row, per_sd: bool) -> list[str]:
+    role = str(row.get("multi_role", ""))
+    if role == "selected":
+        prefix = "multi_or_per_sd" if per_sd and _finite(row.get("multi_or_per_sd")) else "multi_or"
+        text = fmt_or_ci(row[prefix], row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"])
+        return [text + (f" {SEPARATION_MARK}" if str(row.get("multi_status")) == "separation" else ""),
+                fmt_p(row["multi_p"])]
+    return [{"removed": "removed (backward elimination)", "collinear": "dropped: collinear",
+             "not entered": "not entered"}.get(role, role), ""]
+
+
+def _regression(frame: pd.DataFrame, per_sd: bool, sections: bool) -> dict:
+    rows: list[dict] = []
+    separated = False
+    for model in pd.unique(frame["model"]):
+        part = frame[frame["model"] == model]
+        if sections:
+            rows.append({"section": model_label(model)})
+        for _, row in part.iterrows():
+            separated |= "separation" in (str(row.get("uni_status")), str(row.get("multi_status")))
+            rows.append({"cells": [_term_label(row["term"], row["variable"]), *_uni_cells(row, per_sd),
+                                   *_multi_cells(row, per_sd)], "sub": False})
+    unit = "OR per SD (95% CI)" if per_sd else "OR (95% CI)"
+    notes = ["Imaging features: OR per one standard deviation of the feature in the training cohort."
+             if per_sd else "OR per unit of the variable (per level against the first level for a category)."]
+    if separated:
+        notes.append(SEPARATION_NOTE)
+    return clinical_table(["Variable", f"Univariable {unit}", "p", f"Multivariable {unit}", "p"],
+                          [False, True, True, True, True], rows, " ".join(notes))
+
+
+def render_table3(frame: pd.DataFrame) -> dict:
+    return _regression(frame, per_sd=False, sections=False)
+
+
+def render_table4(frame: pd.DataFrame) -> dict:
+    return _regression(frame, per_sd=True, sections=True)
+
+
+def render_combined(frame: pd.DataFrame) -> dict:
+    # imaging features per SD, clinical variables per unit: the per-SD OR exists only for numbers
+    rows = frame.copy()
+    imaging = rows["variable"].astype(str).str.match(r"^(ct|mri)_")
+    for stage in ("uni", "multi"):
+        for suffix in ("", "_ci_low", "_ci_high"):
+            rows.loc[imaging, f"{stage}_or{suffix}"] = rows.loc[imaging, f"{stage}_or_per_sd{suffix}"]
+    table = _regression(rows, per_sd=False, sections=False)
+    table["columns"] = ["Variable", "Univariable OR (95% CI)", "p", "Multivariable OR (95% CI)", "p"]
+    table["footnote"] = ("Clinical variables: OR per unit; imaging features: OR per SD. "
+                         + (SEPARATION_NOTE if SEPARATION_MARK in str(table["rows"]) else ""))
+    return table
+
+
+def render_table5(frame: pd.DataFrame) -> dict:
+    """Table 5: per cohort, each model's AUC (95% CI) and the metrics at the training cut-off."""
+    rows: list[dict] = []
+    for split in _ordered(frame["split"]):
+        part = frame[frame["split"].astype(str) == split]
+        kind = ("apparent AUC: measured on the patients the models were fitted to" if split == "train"
+                else "held-out patients")
+        first = part.iloc[0]
+        rows.append({"section": f"{SPLIT_NAMES.get(split, split)} cohort (n = {int(first['n'])}, "
+                                f"{int(first['n_pos'])} with sarcopenia; {kind})"})
+        for _, row in part.iterrows():
+            rows.append({"cells": [model_label(row["model"]), fmt_auc_ci(row["auc"], row["auc_ci_low"],
+                                                                          row["auc_ci_high"]),
+                                   fmt_percent(row["sensitivity"]), fmt_percent(row["specificity"]),
+                                   fmt_percent(row["accuracy"]),
+                                   f"{float(row['train_cutoff']):.3f}" if _finite(row["train_cutoff"]) else ""],
+                         "sub": False})
+    return clinical_table(["Model", "AUC (95% CI)", "Sensitivity", "Specificity", "Accuracy", "Cut-off"],
+                          [False, True, True, True, True, True], rows,
+                          "Cut-off: the probability that maximises Youden's J on the training cohort (exact ties: "
+                          "the highest), applied unchanged to every cohort; a cut-off chosen on a validation cohort "
+                          "would be optimistic and is not shown. 95% CI of the AUC by DeLong's method.")
+
+
+def render_cv(frame: pd.DataFrame) -> dict:
+    rows = []
+    for _, row in frame.iterrows():
+        cv = f"{float(row['auc_mean']):.3f} ± {float(row['auc_sd']):.3f}" if _finite(row["auc_mean"]) else ""
+        apparent = f"{float(row['apparent_auc']):.3f}" if _finite(row.get("apparent_auc")) else ""
+        rows.append({"cells": [model_label(row["model"]), cv, apparent, str(int(row["folds"])),
+                               f"{int(row['n'])} ({int(row['n_events'])})"], "sub": False})
+    return clinical_table(["Model", "CV AUC (mean ± SD)", "Apparent AUC", "Folds", "Patients (sarcopenia)"],
+                          [False, True, True, True, True], rows,
+                          "CV: univariable screen and backward elimination repeated inside every fold, so the "
+                          "held-out fold never informs which variables are chosen.")
+
+
+def render_comparisons(frame: pd.DataFrame) -> dict:
+    rows = []
+    for _, row in frame.iterrows():
+        rows.append({"cells": [f"{model_label(row['model_a'])} vs {model_label(row['model_b'])}",
+                               SPLIT_NAMES.get(str(row["split"]), str(row["split"])), str(int(row["n"])),
+                               f"{float(row['auc_a']):.3f} vs {float(row['auc_b']):.3f}", fmt_p(row["p"])],
+                     "sub": False})
+    return clinical_table(["Models", "Cohort", "Patients", "AUC", "p (DeLong)"], [False, False, True, True, True],
+                          rows)
+
+
+RENDERERS = {"table2": render_table2, "table3": render_table3, "table4": render_table4, "table5": render_table5,
+             "cv": render_cv, "table_combined": render_combined, "comparisons": render_comparisons}
+
+
+def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
+    """The report's opening summary: cohort, best model by honest CV, its held-out AUCs with CI."""
+    if not summary or not summary.get("models"):
+        return None
+    labels = pd.to_numeric(features["label"], errors="coerce")
+    split = features["split"].astype(str)
+    cohort = ", ".join(f"{SPLIT_NAMES.get(s, s).lower()} {int((split == s).sum())}"
+                       for s in _ordered(features["split"]))
+    models = summary["models"]
+    ranked = [n for n in models if _finite(models[n].get("cv_auc_mean"))]
+    best = max(ranked, key=lambda n: models[n]["cv_auc_mean"]) if ranked else None
+    lines = [f"{len(features)} patients ({cohort}); {int((labels == 1).sum())} with sarcopenia, "
+             f"{int((labels == 0).sum())} without, {int(labels.isna().sum())} unlabelled."]
+    if best:
+        model = models[best]
+        held_out = [f"{SPLIT_NAMES.get(s, s).lower()} AUC {fmt_auc_ci(model['auc'][s], *model['auc_ci'][s])} "
+                    f"(n = {model['n'][s]})" for s in model["auc"] if s != "train" and _finite(model["auc"][s])]
+        lines.append(f"Best model by cross-validated AUC (selection inside the folds): {model_label(best)}, "
+                     f"CV AUC {model['cv_auc_mean']:.3f} ± {model['cv_auc_sd'] or 0:.3f}"
+                     + (f"; {'; '.join(held_out)}." if held_out else "; no held-out cohort."))
+    imaging = summary.get("best_imaging_model")
+    if imaging and imaging != best and imaging in models:
+        lines.append(f"Best imaging model: {model_label(imaging)}, CV AUC {models[imaging]['cv_auc_mean']:.3f}.")
+    return {"lines": lines}
