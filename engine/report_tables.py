@@ -232,7 +232,14 @@ def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
                        for s in _ordered(features["split"]))
     models = summary["models"]
     ranked = [n for n in models if _finite(models[n].get("cv_auc_mean"))]
-    best = max(ranked, key=lambda n: models[n]["cv_auc_mean"]) if ranked else None
+    imaging = summary.get("best_imaging_model")
+
+    def rank(name):  # ties: apparent AUC, then the fewer features, then the study's best imaging model
+        model = models[name]
+        apparent = model.get("apparent_auc") if _finite(model.get("apparent_auc")) else -1.0
+        return model["cv_auc_mean"], apparent, -len(model.get("features") or []), name == imaging
+
+    best = max(ranked, key=rank) if ranked else None
     lines = [f"{len(features)} patients ({cohort}); {int((labels == 1).sum())} with sarcopenia, "
              f"{int((labels == 0).sum())} without, {int(labels.isna().sum())} unlabelled."]
     if best:
@@ -242,7 +249,6 @@ def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
         lines.append(f"Best model by cross-validated AUC (selection inside the folds): {model_label(best)}, "
                      f"CV AUC {model['cv_auc_mean']:.3f} ± {model['cv_auc_sd'] or 0:.3f}"
                      + (f"; {'; '.join(held_out)}." if held_out else "; no held-out cohort."))
-    imaging = summary.get("best_imaging_model")
     if imaging and imaging != best and imaging in models:
         lines.append(f"Best imaging model: {model_label(imaging)}, CV AUC {models[imaging]['cv_auc_mean']:.3f}.")
     return {"lines": lines}
