@@ -147,20 +147,6 @@ def cmd_stats(args) -> int:
     return run_command(args)
 
 
-def cmd_study(args) -> int:
-    from .config import load_config
-    from .stats.cli import study_text
-    from .study import run_table_study
-
-    try:
-        summary, notes = run_table_study(args.table, args.out, load_config(args.config))
-    except ValueError as exc:  # a user mistake in the table: one line, exit 2
-        print(f"sarco: {exc}", file=sys.stderr)
-        return 2
-    print(study_text(summary, notes, Path(args.out)))
-    return 0
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (its default prints the usage block first)."""
 
@@ -200,6 +186,7 @@ def scheduler_address(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .stats.cli import register as register_stats
+    from .study import register_cli as register_study
 
     parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
@@ -268,12 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     icc.add_argument("--json", action="store_true")
     register_stats(stats)
     p.set_defaults(func=cmd_stats)
-
-    p = sub.add_parser("study", help="the statistics stage (Tables 2-5, models, report) on any feature table")
-    p.add_argument("--table", required=True, help="CSV: patient_id, label, split, features, clinical columns")
-    p.add_argument("--out", required=True)
-    p.add_argument("--config", help="YAML config (the stats keys apply)")
-    p.set_defaults(func=cmd_study)
+    register_study(sub)
     return parser
 
 

@@ -14,6 +14,9 @@ import pandas as pd
 
 from .report import MODALITY_NAMES, SPLIT_NAMES, model_label
 
+FALLBACK_MARK = "‡"
+FALLBACK_NOTE = (f"{FALLBACK_MARK} no candidate had univariable p < 0.05: the best univariable candidate alone "
+                 f"(the model is kept so that every imaging method has a score).")
 SEPARATION_MARK = "†"
 SEPARATION_NOTE = (f"{SEPARATION_MARK} separation: Firth's penalised likelihood; p from the penalised likelihood-ratio "
                    f"test, 95% CI from the profile penalised likelihood (Heinze & Schemper 2002).")
@@ -122,8 +125,11 @@ def _multi_cells(row, per_sd: bool) -> list[str]:
     if role == "selected":
         prefix = "multi_or_per_sd" if per_sd and _finite(row.get("multi_or_per_sd")) else "multi_or"
         text = fmt_or_ci(row[prefix], row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"])
-        return [text + (f" {SEPARATION_MARK}" if str(row.get("multi_status")) == "separation" else ""),
-                fmt_p(row["multi_p"])]
+        if str(row.get("multi_status")) == "separation":
+            text += f" {SEPARATION_MARK}"
+        if str(row.get("multi_note", "")).startswith("no candidate entered"):
+            text += f" {FALLBACK_MARK}"
+        return [text, fmt_p(row["multi_p"])]
     return [{"removed": "removed (backward elimination)", "collinear": "dropped: collinear",
              "not entered": "not entered"}.get(role, role), ""]
 
@@ -131,6 +137,8 @@ def _multi_cells(row, per_sd: bool) -> list[str]:
 def _regression(frame: pd.DataFrame, per_sd: bool, sections: bool) -> dict:
     rows: list[dict] = []
     separated = False
+    fallback = frame["multi_note"].astype(str).str.startswith("no candidate entered").any() \
+        if "multi_note" in frame else False
     for model in pd.unique(frame["model"]):
         part = frame[frame["model"] == model]
         if sections:
@@ -144,6 +152,8 @@ def _regression(frame: pd.DataFrame, per_sd: bool, sections: bool) -> dict:
              if per_sd else "OR per unit of the variable (per level against the first level for a category)."]
     if separated:
         notes.append(SEPARATION_NOTE)
+    if fallback:
+        notes.append(FALLBACK_NOTE)
     return clinical_table(["Variable", f"Univariable {unit}", "p", f"Multivariable {unit}", "p"],
                           [False, True, True, True, True], rows, " ".join(notes))
 
@@ -232,7 +242,14 @@ def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
                        for s in _ordered(features["split"]))
     models = summary["models"]
     ranked = [n for n in models if _finite(models[n].get("cv_auc_mean"))]
-    best = max(ranked, key=lambda n: models[n]["cv_auc_mean"]) if ranked else None
+    imaging = summary.get("best_imaging_model")
+
+    def rank(name):  # ties: apparent AUC, then the fewer features, then the study's best imaging model
+        model = models[name]
+        apparent = model.get("apparent_auc") if _finite(model.get("apparent_auc")) else -1.0
+        return model["cv_auc_mean"], apparent, -len(model.get("features") or []), name == imaging
+
+    best = max(ranked, key=rank) if ranked else None
     lines = [f"{len(features)} patients ({cohort}); {int((labels == 1).sum())} with sarcopenia, "
              f"{int((labels == 0).sum())} without, {int(labels.isna().sum())} unlabelled."]
     if best:
@@ -242,7 +259,6 @@ def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
         lines.append(f"Best model by cross-validated AUC (selection inside the folds): {model_label(best)}, "
                      f"CV AUC {model['cv_auc_mean']:.3f} ± {model['cv_auc_sd'] or 0:.3f}"
                      + (f"; {'; '.join(held_out)}." if held_out else "; no held-out cohort."))
-    imaging = summary.get("best_imaging_model")
     if imaging and imaging != best and imaging in models:
         lines.append(f"Best imaging model: {model_label(imaging)}, CV AUC {models[imaging]['cv_auc_mean']:.3f}.")
     return {"lines": lines}

@@ -143,6 +143,32 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     return json.loads((out_dir / STUDY_JSON).read_text()), notes
 
 
+def study_command(args) -> int:
+    """``sarco study``: run :func:`run_table_study` and print the models; a table mistake exits 2."""
+    import sys
+
+    from .config import load_config
+    from .stats.cli import study_text
+
+    try:
+        summary, notes = run_table_study(args.table, args.out, load_config(args.config))
+    except ValueError as exc:  # a user mistake in the table: one line naming what to fix
+        print(f"sarco: {exc}", file=sys.stderr)
+        return 2
+    print(study_text(summary, notes, Path(args.out)))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add ``sarco study`` to the command line's sub-commands."""
+    parser = subparsers.add_parser("study", help="the statistics stage (Tables 2-5, models, report) on any "
+                                   "feature table")
+    parser.add_argument("--table", required=True, help="CSV: patient_id, label, split, features, clinical columns")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", help="YAML config (the stats keys apply)")
+    parser.set_defaults(func=study_command)
+
+
 def score_new_patients(out_dir: Path, features: pd.DataFrame, manifest: Manifest, bundle: dict) -> pd.DataFrame:
     """``sarco apply``: the frozen models' probabilities and calls for every patient."""
     from .stats import score_bundle

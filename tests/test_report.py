@@ -313,3 +313,21 @@ def test_statistics_tables_read_like_the_paper(tmp_path):
     rendered = render_table5(t5)
     assert "apparent" in rendered["rows"][0]["section"]
     assert rendered["rows"][3]["cells"][:2] == ["CT Otsu", "0.800 (0.650–0.950)"]
+
+
+def test_summary_names_the_best_model_by_cv_and_its_held_out_auc():
+    from engine.report_tables import study_overview
+
+    features = pd.DataFrame({"label": [1, 0, 1, 0, np.nan], "split": ["train", "train", "validation", "validation",
+                                                                      "validation"]})
+    model = {"cv_auc_sd": 0.05, "auc": {"train": 0.97, "validation": 0.81}, "auc_ci": {"train": [0.9, 1.0],
+             "validation": [0.7, 0.92]}, "n": {"train": 2, "validation": 2}}
+    summary = {"best_imaging_model": "ct_otsu", "models": {
+        "clinical": {**model, "cv_auc_mean": 0.70, "apparent_auc": 0.99, "features": ["age"]},
+        "combined": {**model, "cv_auc_mean": 0.90, "apparent_auc": 0.95, "features": ["age", "ct_otsu_fat_percent"]},
+        "ct_otsu": {**model, "cv_auc_mean": 0.90, "apparent_auc": 0.95, "features": ["ct_otsu_fat_percent"]}}}
+    text = " ".join(study_overview(summary, features)["lines"])
+    # the CV tie goes to the simpler model, never to the highest apparent AUC alone
+    assert "model by cross-validated AUC (selection inside the folds): CT Otsu, CV AUC 0.900" in text
+    assert "retrospective validation AUC 0.810 (0.700–0.920)" in text
+    assert "5 patients" in text and "1 unlabelled" in text

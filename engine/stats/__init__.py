@@ -2,22 +2,38 @@
 
 Reproduces section 5 of METHOD.md. Fits use statsmodels ``Logit``, tests use scipy, ROC curves
 and folds use scikit-learn; DeLong and the ICC are written here (no library has them).
+
+The names below are imported on first use (PEP 562), so that the command line can register
+``sarco stats ...`` through :mod:`engine.stats.cli` without importing scipy and statsmodels on
+every start (``sarco --version`` would otherwise wait a second for them).
 """
 
-from .groups import compare_groups, table2
-from .icc import icc, icc_from_matrix
-from .logistic import (MultivariableResult, cross_validated_selection, drop_collinear, multivariable_logistic,
-                       univariate_logistic)
-from .models import LogisticModel, cross_validated_auc, fit_logistic_model
-from .roc import auc_ci, binary_metrics, delong_auc_variance, delong_test, roc_summary, youden_cutoff
-from .study import StudyResult, run_study, score_bundle, study_summary
+from __future__ import annotations
 
-__all__ = [
-    "compare_groups", "table2",
-    "univariate_logistic", "multivariable_logistic", "MultivariableResult", "drop_collinear",
-    "cross_validated_selection",
-    "LogisticModel", "fit_logistic_model", "cross_validated_auc",
-    "delong_auc_variance", "auc_ci", "delong_test", "youden_cutoff", "binary_metrics", "roc_summary",
-    "run_study", "StudyResult", "score_bundle", "study_summary",
-    "icc", "icc_from_matrix",
-]
+import importlib
+
+# The function named like its module is bound here: once ``engine.stats.icc`` is imported the import
+# system sets the package attribute ``icc`` to the module, which a lazy lookup could not undo.
+from .icc import icc, icc_from_matrix  # noqa: E402  (numpy/pandas only; scipy is imported when used)
+
+_EXPORTS = {
+    "compare_groups": "groups", "table2": "groups",
+    "MultivariableResult": "logistic", "cross_validated_selection": "logistic", "drop_collinear": "logistic",
+    "multivariable_logistic": "logistic", "univariate_logistic": "logistic",
+    "LogisticModel": "models", "cross_validated_auc": "models", "fit_logistic_model": "models",
+    "auc_ci": "roc", "binary_metrics": "roc", "delong_auc_variance": "roc", "delong_test": "roc",
+    "roc_summary": "roc", "youden_cutoff": "roc",
+    "StudyResult": "study", "run_study": "study", "score_bundle": "study", "study_summary": "study",
+}
+
+__all__ = [*_EXPORTS, "icc", "icc_from_matrix"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine.stats' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__():
+    return sorted(__all__)

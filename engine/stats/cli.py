@@ -1,6 +1,7 @@
-"""Library side of ``sarco stats roc|icc``: read a CSV, compute, return a dict and a text.
+"""Library side of ``sarco stats roc|icc|groups|logistic``: read a CSV, compute, return a dict and a text.
 
-The CLI layer only parses arguments and prints; everything it shows comes from here.
+The CLI layer only parses arguments and prints; everything it shows comes from here. The
+statistics modules are imported inside the commands, so registering the sub-commands is cheap.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..userfiles import read_csv_table
-from .icc import icc
-from .roc import roc_summary
 
 
 def _json_safe(value):
@@ -52,6 +51,8 @@ def roc_command(csv, label: str, score: str, as_json: bool = False) -> tuple[dic
     :func:`engine.stats.roc.roc_summary` dict (plus ``csv``, ``label``, ``score``,
     ``dropped_rows``; non-finite numbers as None) and its text: JSON when ``as_json``.
     """
+    from .roc import roc_summary
+
     df = _read(csv, [label, score])
     y = pd.to_numeric(df[label], errors="coerce")
     s = pd.to_numeric(df[score], errors="coerce")
@@ -91,6 +92,8 @@ def icc_command(csv, target: str, rater: str, value: str, as_json: bool = False)
     (rows: ``type, description, icc, f, df1, df2, p, ci_low, ci_high``) and its text: JSON when
     ``as_json``. The study reports ICC2 (two-way random, absolute agreement, single rater).
     """
+    from .icc import icc
+
     df = _read(csv, [target, rater, value])
     try:
         table = icc(df, target=target, rater=rater, value=value)

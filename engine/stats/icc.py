@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 DESCRIPTIONS = {
     "ICC1": "single rater, one-way random effects, absolute agreement",
@@ -84,6 +83,8 @@ def anova_mean_squares(ratings: np.ndarray) -> dict:
 
 def icc_from_matrix(ratings: np.ndarray, *, alpha: float = 0.05) -> pd.DataFrame:
     """The six ICCs with F tests and ``1 - alpha`` CIs from an ``(n targets, k raters)`` matrix."""
+    from scipy import stats  # here, not at import: `sarco --help` should not wait for scipy
+
     ms = anova_mean_squares(ratings)
     n, k = ms["n"], ms["k"]
     msr, msc, mse, msw = ms["msr"], ms["msc"], ms["mse"], ms["msw"]
