@@ -218,3 +218,27 @@ def test_a_moved_run_folder_resumes_from_its_own_cache(reference, tmp_path_facto
     otsu = method_features("ct", "otsu")
     pd.testing.assert_frame_equal(ours[otsu], theirs[otsu])
 
+
+
+def test_a_killed_report_render_leaves_only_a_temp_file_the_next_run_sweeps(setup, reference, tmp_path):
+    """#13: report.html had its own temp name (.report.html.tmp-PID) that neither the sweep nor this file knew."""
+    import shutil
+
+    manifest, _, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)  # every patient cached: the rerun goes straight to the report
+    config = tmp_path / "config.yaml"
+    config.write_text(corpus.RUN_CONFIG_YAML.replace("report: false", "report: true"), encoding="utf-8")
+    result = _run_child(manifest, config, out, "rename", "report.html", 1)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert not (out / "report.html").exists()
+    left = _temporary_files(out)
+    assert [p.name.endswith("-report.html") for p in left] == [True], left  # the one atomic writer's name
+    assert_nothing_half_written(out)
+
+    from engine.config import load_config
+
+    run(manifest, out_dir=out, config=load_config(overrides={**corpus.RUN_OVERRIDES,
+                                                             "run": {**corpus.RUN_OVERRIDES["run"], "report": True}}))
+    assert (out / "report.html").read_text(encoding="utf-8").rstrip().endswith("</html>")
+    assert _temporary_files(out) == []
