@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import ENGINE_COLUMNS as KNOWN_COLUMNS
+from .contract import ENGINE_COLUMNS as KNOWN_COLUMNS  # every engine column METHOD.md names
 from .contract import MODALITIES, REQUIRED_COLUMNS, SPLITS, image_column, roi_column, segmentation_column
 from .errors import ManifestError, PatientError
 
 IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}
 # KNOWN_COLUMNS: every column name a manifest may use for the engine, including the whole-body
 # segmentation columns of METHOD.md section 1 (a clinical column's name must not be close to one);
-# ENGINE_COLUMNS: those this version reads.
-ENGINE_COLUMNS = tuple(c for c in KNOWN_COLUMNS if c not in {segmentation_column(m) for m in MODALITIES})
+# READ_COLUMNS: those this version reads.
+READ_COLUMNS = tuple(c for c in KNOWN_COLUMNS if c not in {segmentation_column(m) for m in MODALITIES})
 # difflib.SequenceMatcher ratio at or above which a name is taken for a misspelled engine column
 MISSPELLING_SIMILARITY = 0.8
 # Endings of the image and mask files the engine reads (METHOD.md section 1), lower case.
@@ -135,7 +135,7 @@ def _normal_name(name: str) -> str:
 
 def _check_column_name(name: str) -> None:
     """Refuse a column the engine would misread as clinical: a misspelled or unsupported engine column."""
-    if name in ENGINE_COLUMNS:
+    if name in READ_COLUMNS:
         return
     if name in KNOWN_COLUMNS:
         raise ManifestError(f"this version of the engine does not read '{name}'; remove the column and give the "
@@ -175,7 +175,7 @@ def _refuse_path_column(column: str, values: pd.Series, base: Path) -> None:
     paths = [v for v in present if looks_like_path(v, base)]
     if present and 2 * len(paths) > len(present):
         names = ", ".join(c for c in KNOWN_COLUMNS if c.endswith(("_image", "_roi", "_segmentation"))
-                          and c in ENGINE_COLUMNS)
+                          and c in READ_COLUMNS)
         raise ManifestError(f"holds file paths ({len(paths)} of {len(present)} values, e.g. '{paths[0]}'), not a "
                             f"clinical variable; an image or ROI column must be named one of {names}; otherwise "
                             "remove the column", column=column)
@@ -257,11 +257,11 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
                                                                       line=line, column=column)
     table["label"] = labels
     table["split"] = splits
-    for column in ENGINE_COLUMNS:
+    for column in READ_COLUMNS:
         if column not in table.columns:
             table[column] = ""
 
-    clinical = [c for c in header if c not in ENGINE_COLUMNS]
+    clinical = [c for c in header if c not in READ_COLUMNS]
     for column in clinical:
         _refuse_path_column(column, table[column], base)
     for column in clinical:

@@ -41,19 +41,11 @@ import pandas as pd
 
 from kernels import FAT, classify
 
-from .contract import CACHE_DIR, REPORT_HTML, STUDY_JSON, sample_path
-from .outputs import write_text
+from .contract import ALL_METHODS as METHODS
+from .contract import (CACHE_DIR, METHOD_NAMES, MODALITIES, MODALITY_NAMES, REPORT_HTML, SPLIT_NAMES, SPLITS, STATS,
+                       STUDY_JSON, TISSUES, sample_path)
 from .contract import TABLE_FILES as STUDY_TABLE_FILES
-
-MODALITIES = ("ct", "mri")
-METHODS = ("otsu", "kmeans", "gmm", "fixed")
-TISSUES = ("fat", "muscle")
-STATS = ("mean", "volume", "percent")
-SPLITS = ("train", "validation", "prospective")
-
-MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
-METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM", "fixed": "Fixed HU"}
-SPLIT_NAMES = {"train": "Training", "validation": "Retrospective validation", "prospective": "Prospective validation"}
+from .outputs import write_text
 METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"), "fixed": ("black", "-.")}
 
 # CT display window for overlays (HU): soft tissue, wide enough to show fat (-100) and muscle (+50).

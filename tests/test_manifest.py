@@ -122,7 +122,7 @@ def test_clinical_names_near_no_engine_column_are_kept(tmp_path, column):
 
 
 def test_unsupported_segmentation_column_is_not_a_clinical_variable(tmp_path):
-    from engine.manifest import ENGINE_COLUMNS
+    from engine.manifest import READ_COLUMNS as ENGINE_COLUMNS
 
     if "ct_segmentation" in ENGINE_COLUMNS:
         pytest.skip("this engine reads ct_segmentation")
