@@ -27,7 +27,9 @@ MIN_STREAM_CHUNK = 256
 PROGRESS_INTERVAL_S = 30.0
 #: Loggers of Dask's own processes (nannies, workers, scheduler, client, the dashboard's proxy):
 #: INFO lines about workers registering are noise unless ``-v`` asks for them.
-DASK_LOGGERS = ("distributed", "dask", "bokeh", "tornado")
+DASK_LOGGERS = ("distributed", "dask")
+#: The dashboard's web stack: only its errors, unless ``-v`` (distributed's own defaults).
+WEB_LOGGERS = {"bokeh": "error", "tornado": "critical"}
 
 
 class ExecutorUnavailable(SarcoError):
@@ -203,15 +205,21 @@ def quiet_dask(verbose: bool) -> None:
     """Dask's INFO chatter (workers registering, nannies, the dashboard proxy) only with ``-v``.
 
     Its loggers write from this process and, through the config, from every worker process the
-    local cluster spawns; both are set here. Warnings about a dashboard port already in use
-    become one log line instead of a ``UserWarning`` with its source line.
+    local cluster spawns; both are set here. Without ``-v`` a ``UserWarning`` that the dashboard's
+    port is in use is dropped (Dask takes another port, and the run prints the address it got),
+    and bokeh's warning about the dashboard's wildcard host (Dask's own setting, nothing a user
+    can act on) is silenced with bokeh's other warnings.
     """
     import dask
 
     level = "info" if verbose else "warning"
-    dask.config.set({"logging": {name: level for name in DASK_LOGGERS}})
-    for name in DASK_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    levels = {name: level for name in DASK_LOGGERS}
+    levels.update({name: "info" for name in WEB_LOGGERS} if verbose else WEB_LOGGERS)
+    # distributed applies this mapping to its loggers when it is first imported (and in every
+    # worker process); the loggers that already exist are set directly
+    dask.config.set({"logging": levels})
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value.upper())
     if not verbose:
         warnings.filterwarnings("ignore", message=".*[Pp]ort .* is already in use.*")
 

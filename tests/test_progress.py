@@ -36,6 +36,7 @@ def test_a_run_without_a_terminal_prints_progress_and_no_info_lines(tmp_path_fac
     lines = PROGRESS.findall(result.stderr)
     assert ("1", "8", "8", "0") in lines and ("2", "8", "8", "0") in lines, result.stderr
     assert "INFO" not in result.stderr and "distributed." not in result.stderr, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr  # e.g. bokeh's "Host wildcard '*'" about Dask's dashboard
     assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr, result.stderr
 
 
