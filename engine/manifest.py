@@ -35,10 +35,12 @@ from .contract import MODALITIES, REQUIRED_COLUMNS, SPLITS, image_column, roi_co
 from .errors import ManifestError, PatientError
 
 IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}
-# KNOWN_COLUMNS: every column name a manifest may use for the engine, including the whole-body
-# segmentation columns of METHOD.md section 1 (a clinical column's name must not be close to one);
-# ENGINE_COLUMNS: those this version reads.
-ENGINE_COLUMNS = tuple(c for c in KNOWN_COLUMNS if c not in {segmentation_column(m) for m in MODALITIES})
+# Columns holding paths, resolved against the manifest's folder: image, ROI and whole-body segmentation.
+PATH_COLUMNS = {m: (image_column(m), roi_column(m), segmentation_column(m)) for m in MODALITIES}
+# KNOWN_COLUMNS: every column name a manifest may use for the engine (a clinical column's name must
+# not be close to one); ENGINE_COLUMNS: those this version reads. Since issue 17 they are the same:
+# the whole-body segmentation columns are read (the ROI is derived from them when the ROI is empty).
+ENGINE_COLUMNS = KNOWN_COLUMNS
 # difflib.SequenceMatcher ratio at or above which a name is taken for a misspelled engine column
 MISSPELLING_SIMILARITY = 0.8
 # Endings of the image and mask files the engine reads (METHOD.md section 1), lower case.
@@ -77,9 +79,13 @@ class Manifest:
         image_col, roi_col = IMAGE_COLUMNS[modality]
         row = self.table.loc[patient_id]
         image, roi = row.get(image_col, ""), row.get(roi_col, "")
-        if not image and not roi:
+        if not image and not roi and not self.segmentation(patient_id, modality):
             return None
         return image, roi
+
+    def segmentation(self, patient_id: str, modality: str) -> str:
+        """The whole-body segmentation path of one patient and modality (``""`` where none)."""
+        return self.table.loc[patient_id].get(segmentation_column(modality), "") or ""
 
 
 def _read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -137,9 +143,6 @@ def _check_column_name(name: str) -> None:
     """Refuse a column the engine would misread as clinical: a misspelled or unsupported engine column."""
     if name in ENGINE_COLUMNS:
         return
-    if name in KNOWN_COLUMNS:
-        raise ManifestError(f"this version of the engine does not read '{name}'; remove the column and give the "
-                            "ROI in ct_roi / mri_roi", line=1, column=name)
     normal = _normal_name(name)
     match = normal if normal in KNOWN_COLUMNS else next(
         iter(difflib.get_close_matches(normal, KNOWN_COLUMNS, n=1, cutoff=MISSPELLING_SIMILARITY)), None)
@@ -250,7 +253,7 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
             raise ManifestError(f"split must be one of {', '.join(SPLITS)} or empty, got '{record['split']}'",
                                 line=line, column="split")
         splits.append(split_text)
-        for columns in IMAGE_COLUMNS.values():
+        for columns in PATH_COLUMNS.values():
             for column in columns:
                 if column in record:
                     table.iat[offset, header.index(column)] = _resolve(record[column], base, root,
@@ -312,3 +315,41 @@ def assign_splits(table: pd.DataFrame, *, train_fraction: float = 0.6, seed: int
             split.loc[pid] = "train" if pid in train_ids else "validation"
     split[(split == "")] = "validation"
     return split
+
+
+def exclude_reviewed(jobs: list[dict], exclusion_csv: str | None, manifest: Manifest, notes: list[str]) -> list[dict]:
+    """The jobs less the patients flagged at review (config ``run.exclude``; issue 17).
+
+    The exclusion list is a CSV with ``patient_id`` and optionally ``modality`` (empty: every
+    modality) and ``reason``, relative to the manifest's folder. An excluded patient is not
+    processed at all, so it enters no fit and gets no features; the run notes how many were left
+    out. An id the manifest lacks is a run-level mistake (a list from another cohort).
+    """
+    from .contract import EXCLUSION_COLUMNS
+
+    if not exclusion_csv:
+        return jobs
+    path = Path(os.path.expanduser(exclusion_csv))
+    if not path.is_absolute() and manifest.source is not None:
+        path = manifest.source.parent / path
+    if not path.is_file():
+        raise ManifestError(f"exclusion list (run.exclude) not found: {path}")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if EXCLUSION_COLUMNS[0] not in table.columns:
+        raise ManifestError(f"exclusion list {path.name} needs a '{EXCLUSION_COLUMNS[0]}' column "
+                            f"(columns: {', '.join(table.columns)})")
+    excluded: set[tuple[str, str]] = set()
+    for _, row in table.iterrows():
+        pid, modality = row[EXCLUSION_COLUMNS[0]].strip(), row.get(EXCLUSION_COLUMNS[1], "").strip().lower()
+        if not pid:
+            continue
+        if pid not in manifest.table.index:
+            raise ManifestError(f"exclusion list {path.name} names patient '{pid}', who is not in the manifest")
+        if modality and modality not in MODALITIES:
+            raise ManifestError(f"exclusion list {path.name}: modality must be one of {', '.join(MODALITIES)} or "
+                                f"empty, got '{modality}' for patient '{pid}'")
+        excluded |= {(pid, m) for m in ([modality] if modality else MODALITIES)}
+    kept = [job for job in jobs if (job["patient_id"], job["modality"]) not in excluded]
+    if len(kept) < len(jobs):
+        notes.append(f"{len(jobs) - len(kept)} series excluded at review ({path.name})")
+    return kept
