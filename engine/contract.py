@@ -247,6 +247,11 @@ def derived_roi_path(run_dir: str | Path, patient_id: str, modality: str) -> Pat
     return Path(run_dir) / DERIVED_ROI_DIR / f"{patient_stem(patient_id, modality)}_roi.nii.gz"
 
 
+def qa_strip_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """Pass 1's cached cranio-caudal strip (an ``.npz``) that the QA PNG draws."""
+    return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.strip.npz"
+
+
 def qa_png_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:
     return Path(run_dir) / QA_DIR / f"{patient_stem(patient_id, modality)}.png"
 

@@ -101,6 +101,23 @@ def _place_outputs(jobs: list[dict], out_dir: Path) -> list[dict]:
     return jobs
 
 
+def _write_qa(batch: _Batch, features: pd.DataFrame, summaries: list[dict], thresholds: dict) -> None:
+    """qa/: one PNG per measured series and the sortable contact sheet (``run.qa``; issue 17)."""
+    if not batch.cfg.run.qa:
+        return
+    from .qa import write_qa
+
+    started = time.time()
+    try:
+        index = write_qa(batch.out_dir, features, summaries, thresholds,
+                         {m: batch.cfg.modality_fit(m).fat_is for m in MODALITIES})
+    except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features
+        batch.notes.append(f"QA contact sheet not written: {type(exc).__name__}: {exc}")
+        log.warning("QA contact sheet not written: %s", exc)
+        return
+    log.info("QA: %s (%.1f s)", index, time.time() - started)
+
+
 def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
     results = executor.stream(ingest_and_preprocess, jobs, config=batch.cfg.to_dict(), cache_dir=str(batch.cache_dir),
                               force=batch.force, keys=[f"pass1-{j['patient_id']}-{j['modality']}" for j in jobs])
@@ -214,6 +231,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
         retract_outputs(out_dir)
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
+    _write_qa(batch, features, summaries, thresholds)
     modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
     statistics = None
     if cfg.stats.enabled:
@@ -263,6 +281,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
         summaries = _pass1(executor, batch, jobs)
         retract_outputs(out_dir)
         features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
+    _write_qa(batch, features, summaries, thresholds)
     if model.get("statistics"):
         from .study import score_new_patients
 

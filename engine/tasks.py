@@ -20,8 +20,8 @@ import numpy as np
 
 from . import __version__
 from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
-                       features_cache_path, habitat_path, roi_volume_column, sample_path, summary_path,
-                       vs_fixed_column)
+                       features_cache_path, habitat_path, qa_strip_path, roi_volume_column, sample_path,
+                       summary_path, vs_fixed_column)
 from .errors import InputError
 
 
@@ -168,6 +168,39 @@ def _derive_roi(segmentation: str, image, cfg, write_to: str | None):
     return derived
 
 
+#: Image above and below the ROI that the QA strip shows (mm along the slice axis).
+QA_STRIP_MARGIN_MM = 25.0
+
+
+def _save_qa_strip(image, mask, derived, path: Path) -> None:
+    """A sagittal strip through the ROI's centre for the QA sheet: cheap, only the ROI's slices +- a margin.
+
+    Saved: the strip (slice x row, image values), the row spacing, the slice positions (LPS z,
+    mm) and the ROI's or the derived level's z range to mark on it.
+    """
+    import io
+
+    import SimpleITK as sitk
+
+    from .outputs import write_bytes
+
+    roi = sitk.GetArrayViewFromImage(mask)
+    kk, _, ii = np.nonzero(roi)
+    margin = int(np.ceil(QA_STRIP_MARGIN_MM / float(image.GetSpacing()[2])))
+    first, last = max(int(kk.min()) - margin, 0), min(int(kk.max()) + margin, int(image.GetSize()[2]) - 1)
+    column = int(np.median(ii))
+    size = image.GetSize()
+    strip = sitk.GetArrayFromImage(image.read((column, 0, first), (1, size[1], last - first + 1)))[:, :, 0]
+    z = np.array([image.TransformIndexToPhysicalPoint((column, 0, k))[2] for k in range(first, last + 1)])
+    roi_z = np.array([image.TransformIndexToPhysicalPoint((column, 0, int(k)))[2] for k in (kk.min(), kk.max())])
+    marks = ([derived.plane_mm - derived.thickness_mm / 2, derived.plane_mm, derived.plane_mm + derived.thickness_mm / 2]
+             if derived is not None else list(roi_z))
+    buffer = io.BytesIO()
+    np.savez(buffer, strip=strip.astype(np.float32), z_mm=z, row_mm=float(image.GetSpacing()[1]),
+             marks_mm=np.asarray(marks, dtype=float), level=derived.level if derived is not None else "hand ROI")
+    write_bytes(path, buffer.getvalue())
+
+
 def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
     """Pass 1 for one patient and modality: read, check, resample, N4, window -> cached ROI sample.
 
@@ -245,6 +278,10 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
             raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
                                            f"({sample.roi_voxels} ROI voxels, all excluded)")
         cache.mkdir(parents=True, exist_ok=True)
+        try:
+            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
+        except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
+            pass
         sample.save(sample_file)
         summary = {**base, "status": "ok", "sample": str(sample_file), "roi_voxels": sample.roi_voxels,
                    "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),

@@ -90,3 +90,31 @@ def test_derived_roi_is_written_on_the_image_grid_with_muscle_labels(derived_run
     np.testing.assert_allclose(roi.GetOrigin(), image.GetOrigin(), atol=1e-3)
     assert set(np.unique(sitk.GetArrayViewFromImage(roi))) == {0, 1, 2, 3, 4}
     assert not derived_roi_path(out, BROKEN, "ct").exists()
+
+
+def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
+    from engine.contract import QA_DIR, QA_INDEX, qa_png_path
+
+    out, _ = derived_run
+    features = pd.read_csv(out / "features.csv")
+    measured = features.loc[features["ct_otsu_fat_percent"].notna(), "patient_id"]
+    pngs = sorted((out / QA_DIR).glob("*.png"))
+    assert len(pngs) == len(measured) == N_PATIENTS - 1
+    for pid in measured:
+        assert qa_png_path(out, pid, "ct").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sheet = (out / QA_DIR / QA_INDEX).read_text()
+    assert sheet.count("<img ") == N_PATIENTS - 1 and "sortBy(" in sheet and "ct_otsu_fat_percent" in sheet
+
+
+def test_exclusion_list_leaves_flagged_patients_out(derived_cohort, derived_run, tmp_path):
+    """A rerun with the patients flagged at review left out: no features, no error row for them."""
+    _, manifest = derived_cohort
+    (manifest.parent / "flagged.csv").write_text("patient_id,modality,reason\nSYN0001,ct,ROI includes bowel\n")
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False, "qa": False,
+                                         "exclude": "flagged.csv"}, "stats": {"enabled": False}})
+    result = run(manifest, out_dir=tmp_path / "rerun", config=cfg)
+    features = result.features.set_index("patient_id")
+    assert np.isnan(features.at["SYN0001", "ct_otsu_fat_percent"])
+    assert features.drop(index=["SYN0001", BROKEN])["ct_otsu_fat_percent"].notna().all()
+    assert "SYN0001" not in set(result.errors["patient_id"])
+    assert any("excluded at review" in note for note in result.notes)
