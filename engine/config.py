@@ -149,6 +149,46 @@ class StatsConfig(_Strict):
     clinical_columns: list[str] | None = None
 
 
+class DeriveConfig(_Strict):
+    """``roi.derive``: the ROI from a whole-body segmentation when a patient has none (issue 17)."""
+
+    preset: Literal["totalsegmentator"] | None = "totalsegmentator"
+    labels: dict[str, int] = Field(default_factory=dict)
+    level: str = "L3/L4"
+    thickness_mm: float = Field(20.0, gt=0)
+    muscles: list[Literal["paraspinal", "psoas"]] = Field(default_factory=lambda: ["paraspinal", "psoas"],
+                                                           min_length=1)
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value):
+        from .io.segmentation import parse_level
+
+        return parse_level(value).name
+
+    @field_validator("labels")
+    @classmethod
+    def _known_structures(cls, value):
+        from .contract import SEGMENTATION_MUSCLES, VERTEBRAE, vertebra_structure
+
+        known = set(SEGMENTATION_MUSCLES) | {vertebra_structure(v) for v in VERTEBRAE}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown structure {unknown}; expected TotalSegmentator names such as vertebrae_L3, "
+                             "autochthon_left, iliopsoas_right")
+        return value
+
+    def label_table(self) -> dict[str, int]:
+        """Structure name -> label value: the preset's, with ``labels`` over it."""
+        from .contract import TOTALSEGMENTATOR_TOTAL_V2
+
+        return {**(TOTALSEGMENTATOR_TOTAL_V2 if self.preset == "totalsegmentator" else {}), **self.labels}
+
+
+class RoiConfig(_Strict):
+    derive: DeriveConfig = DeriveConfig()
+
+
 class RunConfig(_Strict):
     backend: Literal["cpu", "gpu", "auto"] = "auto"
     workers: int | None = Field(None, ge=1)
@@ -156,11 +196,14 @@ class RunConfig(_Strict):
     strict: bool = False
     habitats: bool = True
     report: bool = True
+    qa: bool = True
+    exclude: str | None = None
 
 
 class Config(_Strict):
     version: Literal[1] = 1
     io: IOConfig = IOConfig()
+    roi: RoiConfig = RoiConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     fit: FitConfig = FitConfig()
     stats: StatsConfig = StatsConfig()
@@ -189,6 +232,7 @@ class Config(_Strict):
             "spacing_mm": list(self.preprocess.spacing_mm),
             "preprocess": self.modality_preprocess(modality).model_dump(mode="json"),
             "io": self.io.model_dump(mode="json", exclude={"data_root", "max_files_per_series"}),
+            "derive": self.roi.derive.model_dump(mode="json"),
         }
 
 

@@ -206,6 +206,56 @@ def habitat_path(habitat_dir: str | Path, patient_id: str, modality: str, method
 SAMPLE_KEYS = ("values", "flat_index", "in_window", "size", "spacing", "origin", "direction", "preview",
                "preview_z")
 
+# ----------------------------------------------------------------------------- derived ROI (issue 17)
+#: Label values of a derived ROI (and of the synthetic cohort's hand ROIs): the four muscles of the
+#: study, kept apart so per-muscle features can follow. Every non-zero value is ROI.
+ROI_MUSCLE_LABELS = {"left_psoas": 1, "right_psoas": 2, "left_paraspinal": 3, "right_paraspinal": 4}
+#: ``roi.derive.muscles`` choices -> the ROI muscles they take.
+ROI_MUSCLE_GROUPS = {"psoas": ("left_psoas", "right_psoas"), "paraspinal": ("left_paraspinal", "right_paraspinal")}
+#: Whole-body segmentation structure (TotalSegmentator name) -> the ROI muscle it becomes.
+SEGMENTATION_MUSCLES = {"iliopsoas_left": "left_psoas", "iliopsoas_right": "right_psoas",
+                        "autochthon_left": "left_paraspinal", "autochthon_right": "right_paraspinal"}
+#: Vertebrae from cranial to caudal, as TotalSegmentator names them after ``vertebrae_``.
+VERTEBRAE = tuple([f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+                  + ["S1"])
+
+
+def vertebra_structure(vertebra: str) -> str:
+    """The segmentation structure of a vertebra (``L3`` -> ``vertebrae_L3``)."""
+    return f"vertebrae_{vertebra}"
+
+
+#: TotalSegmentator v2 task "total" label values of the structures the derivation reads
+#: (``totalsegmentator --ml``; the per-structure folder names its files ``{structure}.nii.gz``).
+TOTALSEGMENTATOR_TOTAL_V2 = {
+    **{vertebra_structure(v): 50 - i for i, v in enumerate(VERTEBRAE[:-1])},  # C1 50 ... L5 27
+    vertebra_structure("S1"): 26,
+    "autochthon_left": 86, "autochthon_right": 87, "iliopsoas_left": 88, "iliopsoas_right": 89,
+}
+#: Derived ROIs (NIfTI on the image grid, labels :data:`ROI_MUSCLE_LABELS`), for review in 3D Slicer
+#: and for reuse as a manual ``ct_roi``/``mri_roi``.
+DERIVED_ROI_DIR = "derived_roi"
+#: One QA PNG per patient and modality, and the sortable contact sheet.
+QA_DIR = "qa"
+QA_INDEX = "index.html"
+#: ``run.exclude``: a CSV of patients flagged at review; these columns are read (modality may be
+#: empty = every modality; reason is free text).
+EXCLUSION_COLUMNS = ("patient_id", "modality", "reason")
+
+
+def derived_roi_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:
+    return Path(run_dir) / DERIVED_ROI_DIR / f"{patient_stem(patient_id, modality)}_roi.nii.gz"
+
+
+def qa_strip_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """Pass 1's cached cranio-caudal strip (an ``.npz``) that the QA PNG draws."""
+    return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.strip.npz"
+
+
+def qa_png_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:
+    return Path(run_dir) / QA_DIR / f"{patient_stem(patient_id, modality)}.png"
+
+
 # ----------------------------------------------------------------------------- atomic writes
 #: Every file is written as ``.tmp-<pid>-<name>`` beside its destination and renamed into place
 #: (:func:`engine.outputs.atomic_path`); the run lock sweeps this pattern, and the crash-safety

@@ -30,15 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import ENGINE_COLUMNS as KNOWN_COLUMNS  # every engine column METHOD.md names
-from .contract import MODALITIES, REQUIRED_COLUMNS, SPLITS, image_column, roi_column, segmentation_column
+from .contract import ENGINE_COLUMNS, MODALITIES, REQUIRED_COLUMNS, SPLITS, image_column, roi_column, segmentation_column
 from .errors import ManifestError, PatientError
 
 IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}
-# KNOWN_COLUMNS: every column name a manifest may use for the engine, including the whole-body
-# segmentation columns of METHOD.md section 1 (a clinical column's name must not be close to one);
-# READ_COLUMNS: those this version reads.
-READ_COLUMNS = tuple(c for c in KNOWN_COLUMNS if c not in {segmentation_column(m) for m in MODALITIES})
+# Columns holding paths, resolved against the manifest's folder: image, ROI and whole-body segmentation.
+PATH_COLUMNS = {m: (image_column(m), roi_column(m), segmentation_column(m)) for m in MODALITIES}
 # difflib.SequenceMatcher ratio at or above which a name is taken for a misspelled engine column
 MISSPELLING_SIMILARITY = 0.8
 # Endings of the image and mask files the engine reads (METHOD.md section 1), lower case.
@@ -77,9 +74,13 @@ class Manifest:
         image_col, roi_col = IMAGE_COLUMNS[modality]
         row = self.table.loc[patient_id]
         image, roi = row.get(image_col, ""), row.get(roi_col, "")
-        if not image and not roi:
+        if not image and not roi and not self.segmentation(patient_id, modality):
             return None
         return image, roi
+
+    def segmentation(self, patient_id: str, modality: str) -> str:
+        """The whole-body segmentation path of one patient and modality (``""`` where none)."""
+        return self.table.loc[patient_id].get(segmentation_column(modality), "") or ""
 
 
 def _read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -135,14 +136,11 @@ def _normal_name(name: str) -> str:
 
 def _check_column_name(name: str) -> None:
     """Refuse a column the engine would misread as clinical: a misspelled or unsupported engine column."""
-    if name in READ_COLUMNS:
+    if name in ENGINE_COLUMNS:
         return
-    if name in KNOWN_COLUMNS:
-        raise ManifestError(f"this version of the engine does not read '{name}'; remove the column and give the "
-                            "ROI in ct_roi / mri_roi", line=1, column=name)
     normal = _normal_name(name)
-    match = normal if normal in KNOWN_COLUMNS else next(
-        iter(difflib.get_close_matches(normal, KNOWN_COLUMNS, n=1, cutoff=MISSPELLING_SIMILARITY)), None)
+    match = normal if normal in ENGINE_COLUMNS else next(
+        iter(difflib.get_close_matches(normal, ENGINE_COLUMNS, n=1, cutoff=MISSPELLING_SIMILARITY)), None)
     if match is not None:
         raise ManifestError(f"unknown column; did you mean '{match}'? Rename it (a column the engine does not "
                             "know is read as a clinical variable, and a clinical name must not look like an "
@@ -174,8 +172,7 @@ def _refuse_path_column(column: str, values: pd.Series, base: Path) -> None:
     present = [v for v in values if v not in ("", "NA", "nan")]
     paths = [v for v in present if looks_like_path(v, base)]
     if present and 2 * len(paths) > len(present):
-        names = ", ".join(c for c in KNOWN_COLUMNS if c.endswith(("_image", "_roi", "_segmentation"))
-                          and c in READ_COLUMNS)
+        names = ", ".join(c for c in ENGINE_COLUMNS if c.endswith(("_image", "_roi", "_segmentation")))
         raise ManifestError(f"holds file paths ({len(paths)} of {len(present)} values, e.g. '{paths[0]}'), not a "
                             f"clinical variable; an image or ROI column must be named one of {names}; otherwise "
                             "remove the column", column=column)
@@ -250,18 +247,18 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
             raise ManifestError(f"split must be one of {', '.join(SPLITS)} or empty, got '{record['split']}'",
                                 line=line, column="split")
         splits.append(split_text)
-        for columns in IMAGE_COLUMNS.values():
+        for columns in PATH_COLUMNS.values():
             for column in columns:
                 if column in record:
                     table.iat[offset, header.index(column)] = _resolve(record[column], base, root,
                                                                       line=line, column=column)
     table["label"] = labels
     table["split"] = splits
-    for column in READ_COLUMNS:
+    for column in ENGINE_COLUMNS:
         if column not in table.columns:
             table[column] = ""
 
-    clinical = [c for c in header if c not in READ_COLUMNS]
+    clinical = [c for c in header if c not in ENGINE_COLUMNS]
     for column in clinical:
         _refuse_path_column(column, table[column], base)
     for column in clinical:
@@ -312,3 +309,41 @@ def assign_splits(table: pd.DataFrame, *, train_fraction: float = 0.6, seed: int
             split.loc[pid] = "train" if pid in train_ids else "validation"
     split[(split == "")] = "validation"
     return split
+
+
+def exclude_reviewed(jobs: list[dict], exclusion_csv: str | None, manifest: Manifest, notes: list[str]) -> list[dict]:
+    """The jobs less the patients flagged at review (config ``run.exclude``; issue 17).
+
+    The exclusion list is a CSV with ``patient_id`` and optionally ``modality`` (empty: every
+    modality) and ``reason``, relative to the manifest's folder. An excluded patient is not
+    processed at all, so it enters no fit and gets no features; the run notes how many were left
+    out. An id the manifest lacks is a run-level mistake (a list from another cohort).
+    """
+    from .contract import EXCLUSION_COLUMNS
+
+    if not exclusion_csv:
+        return jobs
+    path = Path(os.path.expanduser(exclusion_csv))
+    if not path.is_absolute() and manifest.source is not None:
+        path = manifest.source.parent / path
+    if not path.is_file():
+        raise ManifestError(f"exclusion list (run.exclude) not found: {path}")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if EXCLUSION_COLUMNS[0] not in table.columns:
+        raise ManifestError(f"exclusion list {path.name} needs a '{EXCLUSION_COLUMNS[0]}' column "
+                            f"(columns: {', '.join(table.columns)})")
+    excluded: set[tuple[str, str]] = set()
+    for _, row in table.iterrows():
+        pid, modality = row[EXCLUSION_COLUMNS[0]].strip(), row.get(EXCLUSION_COLUMNS[1], "").strip().lower()
+        if not pid:
+            continue
+        if pid not in manifest.table.index:
+            raise ManifestError(f"exclusion list {path.name} names patient '{pid}', who is not in the manifest")
+        if modality and modality not in MODALITIES:
+            raise ManifestError(f"exclusion list {path.name}: modality must be one of {', '.join(MODALITIES)} or "
+                                f"empty, got '{modality}' for patient '{pid}'")
+        excluded |= {(pid, m) for m in ([modality] if modality else MODALITIES)}
+    kept = [job for job in jobs if (job["patient_id"], job["modality"]) not in excluded]
+    if len(kept) < len(jobs):
+        notes.append(f"{len(jobs) - len(kept)} series excluded at review ({path.name})")
+    return kept

@@ -29,9 +29,9 @@ from .bundle import make_bundle, read_bundle
 from .cohort_fit import fit_thresholds, threshold_values
 from .config import Config, load_config
 from .contract import (CACHE_DIR, HABITATS_DIR, MODALITIES, MODEL_JSON, PROVENANCE_JSON, THRESHOLDS_JSON,
-                       feature_names, series_uid_column)
+                       derived_roi_path, feature_names, series_uid_column)
 from .executors import open_executor, progress
-from .manifest import Manifest, assign_splits, read_manifest
+from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
 from .outputs import write_csv, write_json
 from .rundir import (RunFailed, error_frame, error_rows, provenance, retract_outputs, run_lock, run_log,
                      write_tables)
@@ -86,10 +86,36 @@ def _jobs(manifest: Manifest, modalities=MODALITIES) -> list[dict]:
             if inputs is None:
                 continue
             jobs.append({"patient_id": pid, "modality": modality, "image": inputs[0], "roi": inputs[1],
+                         # the ROI is derived from it when "roi" is empty (issue 17)
+                         "segmentation": manifest.segmentation(pid, modality),
                          "series_uid": row.get(series_uid_column(modality), "") or None,
                          # error messages show paths as the manifest wrote them
                          "manifest_dir": str(manifest.source.parent) if manifest.source else None})
     return jobs
+
+
+def _place_outputs(jobs: list[dict], out_dir: Path) -> list[dict]:
+    """Where each job writes its derived ROI (issue 17): the run folder, for review and reuse."""
+    for job in jobs:
+        job["derived_roi"] = str(derived_roi_path(out_dir, job["patient_id"], job["modality"]))
+    return jobs
+
+
+def _write_qa(batch: _Batch, features: pd.DataFrame, summaries: list[dict], thresholds: dict) -> None:
+    """qa/: one PNG per measured series and the sortable contact sheet (``run.qa``; issue 17)."""
+    if not batch.cfg.run.qa:
+        return
+    from .qa import write_qa
+
+    started = time.time()
+    try:
+        index = write_qa(batch.out_dir, features, summaries, thresholds,
+                         {m: batch.cfg.modality_fit(m).fat_is for m in MODALITIES})
+    except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features
+        batch.notes.append(f"QA contact sheet not written: {type(exc).__name__}: {exc}")
+        log.warning("QA contact sheet not written: %s", exc)
+        return
+    log.info("QA: %s (%.1f s)", index, time.time() - started)
 
 
 def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
@@ -187,7 +213,7 @@ def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = F
 def _run(batch: _Batch, started: float) -> RunResult:
     cfg, out_dir, manifest = batch.cfg, batch.out_dir, batch.manifest
     backend = resolve_backend(cfg.run.backend)
-    jobs = _jobs(manifest)
+    jobs = _place_outputs(exclude_reviewed(_jobs(manifest), cfg.run.exclude, manifest, batch.notes), out_dir)
     log.info("sarco-engine %s: %d patients, %d series, backend %s", __version__, len(manifest.patient_ids),
              len(jobs), backend)
     with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
@@ -205,6 +231,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
         retract_outputs(out_dir)
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
+    _write_qa(batch, features, summaries, thresholds)
     modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
     statistics = None
     if cfg.stats.enabled:
@@ -249,10 +276,12 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
     thresholds = model["thresholds"]
     backend = resolve_backend(cfg.run.backend)
     jobs = _jobs(batch.manifest, [m for m in MODALITIES if m in thresholds["modalities"]])
+    jobs = _place_outputs(exclude_reviewed(jobs, cfg.run.exclude, batch.manifest, batch.notes), out_dir)
     with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
         summaries = _pass1(executor, batch, jobs)
         retract_outputs(out_dir)
         features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
+    _write_qa(batch, features, summaries, thresholds)
     if model.get("statistics"):
         from .study import score_new_patients
 

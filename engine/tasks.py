@@ -20,8 +20,8 @@ import numpy as np
 
 from . import __version__
 from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
-                       features_cache_path, habitat_path, roi_volume_column, sample_path, summary_path,
-                       vs_fixed_column)
+                       features_cache_path, habitat_path, qa_strip_path, roi_volume_column, sample_path,
+                       summary_path, vs_fixed_column)
 from .errors import InputError
 
 
@@ -142,7 +142,8 @@ def _as_written(reason: str, job: dict) -> str:
     base = job.get("manifest_dir")
     if not base:
         return reason
-    for path in sorted((job.get("image") or "", job.get("roi") or ""), key=len, reverse=True):
+    for path in sorted((job.get("image") or "", job.get("roi") or "", job.get("segmentation") or ""), key=len,
+                       reverse=True):
         if path and os.path.isabs(path) and path in reason:
             try:
                 shown = os.path.relpath(path, base)
@@ -151,6 +152,53 @@ def _as_written(reason: str, job: dict) -> str:
             if not shown.startswith(".."):
                 reason = reason.replace(path, shown)
     return reason
+
+
+def _derive_roi(segmentation: str, image, cfg, write_to: str | None):
+    """The ROI from a whole-body segmentation (``roi.derive``), written to ``write_to`` for review."""
+    from .io.segmentation import derive_roi_from_file
+    from .outputs import write_image
+
+    derive = cfg.roi.derive
+    derived = derive_roi_from_file(segmentation, image, label_table=derive.label_table(), level=derive.level,
+                                   thickness_mm=derive.thickness_mm, muscles=derive.muscles)
+    if write_to:
+        # on the image grid, labels kept: open it over the image in 3D Slicer, correct, give it back as *_roi
+        write_image(write_to, derived.roi)
+    return derived
+
+
+#: Image above and below the ROI that the QA strip shows (mm along the slice axis).
+QA_STRIP_MARGIN_MM = 25.0
+
+
+def _save_qa_strip(image, mask, derived, path: Path) -> None:
+    """A sagittal strip through the ROI's centre for the QA sheet: cheap, only the ROI's slices +- a margin.
+
+    Saved: the strip (slice x row, image values), the row spacing, the slice positions (LPS z,
+    mm) and the ROI's or the derived level's z range to mark on it.
+    """
+    import io
+
+    import SimpleITK as sitk
+
+    from .outputs import write_bytes
+
+    roi = sitk.GetArrayViewFromImage(mask)
+    kk, _, ii = np.nonzero(roi)
+    margin = int(np.ceil(QA_STRIP_MARGIN_MM / float(image.GetSpacing()[2])))
+    first, last = max(int(kk.min()) - margin, 0), min(int(kk.max()) + margin, int(image.GetSize()[2]) - 1)
+    column = int(np.median(ii))
+    size = image.GetSize()
+    strip = sitk.GetArrayFromImage(image.read((column, 0, first), (1, size[1], last - first + 1)))[:, :, 0]
+    z = np.array([image.TransformIndexToPhysicalPoint((column, 0, k))[2] for k in range(first, last + 1)])
+    roi_z = np.array([image.TransformIndexToPhysicalPoint((column, 0, int(k)))[2] for k in (kk.min(), kk.max())])
+    marks = ([derived.plane_mm - derived.thickness_mm / 2, derived.plane_mm, derived.plane_mm + derived.thickness_mm / 2]
+             if derived is not None else list(roi_z))
+    buffer = io.BytesIO()
+    np.savez(buffer, strip=strip.astype(np.float32), z_mm=z, row_mm=float(image.GetSpacing()[1]),
+             marks_mm=np.asarray(marks, dtype=float), level=derived.level if derived is not None else "hand ROI")
+    write_bytes(path, buffer.getvalue())
 
 
 def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
@@ -164,14 +212,20 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
 
     cfg = validate(config)
     pid, modality = job["patient_id"], job["modality"]
-    key = _hash({"inputs": stat_signature(job["image"], job["roi"]), "series_uid": job.get("series_uid"),
+    # the segmentation counts only when it is used: an explicit ROI wins over it
+    derive_from = job.get("segmentation") or "" if not job["roi"] else ""
+    key = _hash({"inputs": stat_signature(job["image"], job["roi"], *([derive_from] if derive_from else [])),
+                 "series_uid": job.get("series_uid"),
                  "config": cfg.preprocess_key(modality), "engine": __version__})
     cache = Path(cache_dir)
     summary_file = summary_path(cache, pid, modality)
     sample_file = sample_path(cache, pid, modality)
     if not force:
         cached = _read_json(summary_file)
-        if cached and cached.get("key") == key and (cached["status"] == "error" or sample_file.exists()):
+        derived_file = job.get("derived_roi")
+        derived_ok = not (derive_from and derived_file) or Path(derived_file).exists()
+        if cached and cached.get("key") == key and (cached["status"] == "error" or (sample_file.exists()
+                                                                                   and derived_ok)):
             cached["cached"] = True
             if cached["status"] == "ok":
                 cached["sample"] = str(sample_file)  # where it is now: a run folder may have been moved
@@ -183,8 +237,9 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
     try:
         if not job["image"]:
             raise InputError("ingest", f"no {modality.upper()} image path in the manifest although an ROI is given")
-        if not job["roi"]:
-            raise InputError("mask", f"no {modality.upper()} ROI path in the manifest although an image is given")
+        if not job["roi"] and not derive_from:
+            raise InputError("mask", f"no {modality.upper()} ROI path in the manifest although an image is given "
+                                     f"(give {modality}_roi, or {modality}_segmentation to derive it)")
         from .io import open_image, read_mask
         from .preprocess import preprocess
 
@@ -202,9 +257,15 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
             raise InputError("ingest", f"the {modality.upper()} column points to {article} {found} series; "
                                        f"give the {expected} series in {modality}_image")
         stage = "mask"
-        mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments,
-                         max_voxels=cfg.io.max_voxels_per_volume,
-                         frame_of_reference_uid=(info or {}).get("frame_of_reference_uid") or None)
+        derived = None
+        if derive_from:
+            stage = "segmentation"
+            derived = _derive_roi(derive_from, image, cfg, job.get("derived_roi"))
+            mask = derived.roi
+        else:
+            mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments,
+                             max_voxels=cfg.io.max_voxels_per_volume,
+                             frame_of_reference_uid=(info or {}).get("frame_of_reference_uid") or None)
         stage = "preprocess"
         prep = cfg.modality_preprocess(modality)
         sample = preprocess(image, mask, spacing_mm=cfg.preprocess.spacing_mm, margin_mm=prep.crop_margin_mm,
@@ -217,12 +278,19 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
             raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
                                            f"({sample.roi_voxels} ROI voxels, all excluded)")
         cache.mkdir(parents=True, exist_ok=True)
+        try:
+            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
+        except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
+            pass
         sample.save(sample_file)
         summary = {**base, "status": "ok", "sample": str(sample_file), "roi_voxels": sample.roi_voxels,
                    "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
                    "min": float(in_window.min()), "max": float(in_window.max()),
                    "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
-                   "input_blake3": content_digest(job["image"], job["roi"]),
+                   "input_blake3": content_digest(job["image"], job["roi"] or derive_from),
+                   **({"derived_roi": {"level": derived.level, "plane_mm": round(derived.plane_mm, 2),
+                                       "thickness_mm": derived.thickness_mm,
+                                       "path": job.get("derived_roi")}} if derived is not None else {}),
                    "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax")
                              if info and k in info}}
     except InputError as exc:

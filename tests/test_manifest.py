@@ -121,13 +121,14 @@ def test_clinical_names_near_no_engine_column_are_kept(tmp_path, column):
     assert read_manifest(path).clinical_columns == [column]
 
 
-def test_unsupported_segmentation_column_is_not_a_clinical_variable(tmp_path):
-    from engine.manifest import READ_COLUMNS as ENGINE_COLUMNS
-
-    if "ct_segmentation" in ENGINE_COLUMNS:
-        pytest.skip("this engine reads ct_segmentation")
-    with pytest.raises(ManifestError, match="ct_segmentation"):
-        read_manifest(_write(tmp_path, "patient_id,label,ct_image,ct_segmentation\nP1,1,a,b\n"))
+def test_segmentation_column_is_read_not_clinical(tmp_path):
+    """Issue 17: ct_segmentation is an engine column, resolved like an image path; a row with only a
+    segmentation and an image (no ROI) still has CT inputs."""
+    manifest = read_manifest(_write(tmp_path, "patient_id,label,ct_image,ct_segmentation\nP1,1,a,seg/ts\n"))
+    assert "ct_segmentation" not in manifest.clinical_columns
+    assert manifest.segmentation("P1", "ct") == str(tmp_path / "seg" / "ts")
+    assert manifest.inputs("P1", "ct") == (str(tmp_path / "a"), "")
+    assert manifest.segmentation("P1", "mri") == ""
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from engine.synthetic import CLINICAL_COLUMNS, MANIFEST_COLUMNS, ROI_LABELS, synthesize_cohort
+from engine.synthetic.cohort import SEGMENTATION_COLUMNS
 
 from tests.cohorts import N_PATIENTS, SEED
 
@@ -66,7 +67,7 @@ def test_manifest_columns_and_relative_paths(cohort):
     assert manifest == out / "manifest.csv"
     rows = _rows(manifest)
     assert len(rows) == N_PATIENTS
-    assert tuple(rows[0].keys()) == MANIFEST_COLUMNS
+    assert tuple(rows[0].keys()) == MANIFEST_COLUMNS + SEGMENTATION_COLUMNS  # issue 17
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", c) for c in MANIFEST_COLUMNS)
     assert [r["patient_id"] for r in rows] == [f"SYN{i:04d}" for i in range(1, N_PATIENTS + 1)]
     assert {r["label"] for r in rows} == {"0", "1"}

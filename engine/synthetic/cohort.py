@@ -22,6 +22,10 @@ Output layout (``out_dir``)::
     patients/SYN0001/mri/      T2 MRI series, likewise
     patients/SYN0001/ct_roi.*  label map 1..4 = left_psoas, right_psoas, left_paraspinal,
     patients/SYN0001/mri_roi.*     right_paraspinal (.nii.gz, .nrrd, .seg.nrrd or DICOM-SEG .dcm)
+    patients/SYN0001/{ct,mri}_totalseg.nii.gz  TotalSegmentator "total" v2 multilabel (--ml): L3, L4
+                               and the four muscles on every slice; {ct,mri}_totalseg/ the same as
+                               per-structure files. The manifest's {ct,mri}_segmentation names the
+                               file (even patients) or the folder (odd); the ROI columns still win.
 
 Phantom
 -------
@@ -78,6 +82,8 @@ CLINICAL_COLUMNS = (
     "hypertension", "diabetes", "smoking", "occupation",
 )
 MANIFEST_COLUMNS = ("patient_id", "label", "split", "ct_image", "ct_roi", "mri_image", "mri_roi") + CLINICAL_COLUMNS
+#: Issue 17: the TotalSegmentator-format segmentations (multilabel file or folder, alternating).
+SEGMENTATION_COLUMNS = ("ct_segmentation", "mri_segmentation")
 
 # --- tissues -------------------------------------------------------------------------------
 (AIR, SUBCUT_FAT, WALL_MUSCLE, VISCERA, VISCERAL_FAT, GAS, RETRO_FAT, VESSEL, MUSCLE, IM_FAT,
@@ -775,6 +781,7 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False) -> dict:
                "noise_sd": noise_sd, "phi": mr_phi, "disc_z_mm": round(mr_frame[2], 3), "vendor": vendor, "muscle_signal": muscle_signal,
                "fat_ratio": fat_ratio, "bias_amplitude": bias_amp, "bits": mr_bits},
         "areas": areas,
+        "vertebra": anat.vertebra,   # issue 17: the TotalSegmentator writer splits L3/L4 at its disc
     }
 
 
@@ -866,6 +873,7 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
     manifest_row = {"patient_id": pid, "label": sim["label"], "split": "",
                     "ct_image": rel(pdir / "ct"), "ct_roi": rel(ct_roi_path),
                     "mri_image": rel(pdir / "mri"), "mri_roi": rel(mr_roi_path), **sim["clinical"]}
+    manifest_row.update(_segmentation_cells(pdir, index, sim, rel))   # issue 17
 
     p = sim["params"]
     ct_truth = _truth_fractions(ct["rendered"], ct["roi"], ct["grid"])
@@ -896,6 +904,64 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
     }
     truth_row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in truth_row.items()}
     return manifest_row, truth_row, _planted_strings(ct["phi"], mr["phi"])
+
+
+# =========================================================================================
+# Issue 17: TotalSegmentator-format whole-body segmentations (kept apart for easy merging)
+# =========================================================================================
+#: ROI label (1..4 = ROI_LABELS) -> the TotalSegmentator structure the muscle belongs to.
+_TS_MUSCLES = {1: "iliopsoas_left", 2: "iliopsoas_right", 3: "autochthon_left", 4: "autochthon_right"}
+
+
+def _totalsegmentator_labels(rendered: _Rendered, grid: _Grid, vertebra: _Vertebra) -> np.ndarray:
+    """A TotalSegmentator "total" v2 label map of the phantom on ``grid``, (Z, Y, X) uint8.
+
+    The four muscles on every slice (not just the ROI's slab: a whole-body segmentation covers
+    the whole scan); every bone voxel (vertebral body and posterior elements) is L3 above the
+    tilted disc mid-plane and L4 below it. The grid spans about 48 mm around the disc, so L3 and
+    L4 are the vertebrae in it.
+    """
+    from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
+
+    labels = np.zeros(rendered.tissue.shape, dtype=np.uint8)
+    for roi_label, structure in _TS_MUSCLES.items():
+        labels[rendered.compartment == roi_label] = ids[structure]
+    bone = np.isin(rendered.tissue, (CORTICAL, CANCELLOUS))
+    local_w = grid.w[:, None] - vertebra.tilt * (grid.v[None, :] - vertebra.centre_v)   # (Z, Y)
+    above = np.broadcast_to((local_w > 0.0)[:, :, None], labels.shape)
+    labels[bone & above] = ids["vertebrae_L3"]
+    labels[bone & ~above] = ids["vertebrae_L4"]
+    return labels
+
+
+def _write_totalsegmentator(pdir: Path, modality: str, labels: np.ndarray, grid: _Grid) -> tuple[Path, Path]:
+    """Both TotalSegmentator output forms: the ``--ml`` multilabel NIfTI and the per-structure folder.
+
+    Returns (multilabel file, folder). The folder holds one file per structure the phantom has
+    (every other TotalSegmentator structure would be an empty mask; they are left out).
+    """
+    from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
+    from engine.synthetic.dicom_writer import write_mask  # noqa: PLC0415
+
+    ml = write_mask(pdir / f"{modality}_totalseg.nii.gz", labels, spacing_mm=grid.spacing_mm,
+                    origin_mm=grid.origin_mm)
+    folder = pdir / f"{modality}_totalseg"
+    for structure in ("vertebrae_L3", "vertebrae_L4", *_TS_MUSCLES.values()):
+        write_mask(folder / f"{structure}.nii.gz", (labels == ids[structure]).astype(np.uint8),
+                   spacing_mm=grid.spacing_mm, origin_mm=grid.origin_mm)
+    return ml, folder
+
+
+def _segmentation_cells(pdir: Path, index: int, sim: dict, rel) -> dict:
+    """Write each modality's TotalSegmentator output; the manifest cells name one form, alternating."""
+    anat_vertebra = sim["vertebra"]
+    cells = {}
+    for modality, key in (("ct", "ct"), ("mri", "mr")):
+        grid = sim[key]["grid"]
+        labels = _totalsegmentator_labels(sim[key]["rendered"], grid, anat_vertebra)
+        ml, folder = _write_totalsegmentator(pdir, modality, labels, grid)
+        cells[f"{modality}_segmentation"] = rel(ml if index % 2 == 0 else folder)
+    return cells
 
 
 def _stream_int(seed: int, index: int, stream: int) -> int:
@@ -1000,5 +1066,5 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     manifest_path = out_dir / "manifest.csv"
     write_text(out_dir / "truth.csv", _csv_text(truth_rows, truth_rows[0].keys()))
     write_text(out_dir / "phi_planted.json", json.dumps(planted, indent=1) + "\n")
-    write_text(manifest_path, _csv_text(manifest_rows, MANIFEST_COLUMNS))
+    write_text(manifest_path, _csv_text(manifest_rows, MANIFEST_COLUMNS + SEGMENTATION_COLUMNS))
     return manifest_path

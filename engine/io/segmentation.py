@@ -1,0 +1,494 @@
+"""The L3/4 paraspinal + psoas ROI from a whole-body segmentation (issue 17).
+
+A TotalSegmentator output (the ``--ml`` multilabel NIfTI, or its folder of per-structure masks
+``vertebrae_L3.nii.gz``, ``autochthon_left.nii.gz``, ...) or any label map with a label table
+gives the vertebrae and the muscles; the study's ROI is the chosen muscles within a slab around
+the chosen level:
+
+* the level is found in physical space, along the patient's cranio-caudal axis (LPS +z,
+  superior), never along an array axis: each structure's extent is the range of the LPS z of
+  its voxel centres (index -> physical through origin, spacing and direction), so any
+  orientation works;
+* for a pair (``L3/L4``, the disc) the plane lies halfway between the caudal end of the cranial
+  vertebra and the cranial end of the caudal one; for a single vertebra, at its mid-height;
+* the slab is the image's voxels whose centres lie within +-thickness/2 of that plane; the ROI
+  is the chosen muscles inside it, resampled nearest-neighbour from the segmentation's grid and
+  kept as separate labels (:data:`engine.contract.ROI_MUSCLE_LABELS`).
+
+Only what the level and the ROI need is read: the folder form reads the two vertebra files
+whole and the four muscle files only over the slab (``ImageFileReader`` extract region); the
+multilabel file is read once as stored (uint8, never cast to float), the slab is cut from it,
+and only the slab is resampled onto the image grid.
+
+Problems are :class:`engine.errors.InputError` (stage ``segmentation``), one sentence naming
+what is wrong: a vertebra absent (naming those present), the order of the vertebrae, the slab
+outside the image, an empty ROI, a segmentation that does not overlap the image.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.contract import (ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE,
+                             vertebra_structure)
+from engine.errors import InputError
+
+__all__ = ["DerivedRoi", "Level", "derive_roi", "derive_roi_from_file", "level_plane_mm", "parse_level",
+           "superior_extent_mm", "superior_mm"]
+
+STAGE = "segmentation"
+#: File endings of a per-structure mask in a TotalSegmentator output folder, in preference order.
+_STRUCTURE_SUFFIXES = (".nii.gz", ".nii")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _geometry(image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(size, spacing, origin, direction 3x3) of a SimpleITK image or anything with its getters."""
+    return (np.asarray(image.GetSize(), dtype=np.int64), np.asarray(image.GetSpacing(), dtype=float),
+            np.asarray(image.GetOrigin(), dtype=float), np.asarray(image.GetDirection(), dtype=float).reshape(3, 3))
+
+
+def _superior_coefficients(image) -> tuple[float, np.ndarray]:
+    """LPS z of voxel centres as ``z0 + c . (i, j, k)`` (index order x, y, z): (z0, c) in mm."""
+    _, spacing, origin, direction = _geometry(image)
+    return float(origin[2]), direction[2] * spacing
+
+
+def superior_mm(image, index_xyz: np.ndarray) -> np.ndarray:
+    """LPS z (mm, + superior) of voxel centres given as an (N, 3) array of (i, j, k) indices."""
+    z0, c = _superior_coefficients(image)
+    return z0 + np.asarray(index_xyz, dtype=float) @ c
+
+
+def superior_extent_mm(labels: np.ndarray, image, value: int) -> tuple[float, float] | None:
+    """(caudal, cranial) LPS z in mm of the voxel centres holding ``value``, or None if none do.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) ndarray
+        The label map as SimpleITK's ``GetArrayFromImage`` returns it (array axis 0 is index k).
+    image : SimpleITK.Image
+        Its geometry.
+    value : int
+    """
+    kk, jj, ii = np.nonzero(labels == value)
+    if kk.size == 0:
+        return None
+    z0, c = _superior_coefficients(image)
+    # a linear function of the index: its range over the voxels is the sum of each axis' range
+    z = z0 + c[0] * ii + c[1] * jj + c[2] * kk
+    return float(z.min()), float(z.max())
+
+
+# --------------------------------------------------------------------------- the level
+
+
+@dataclass(frozen=True)
+class Level:
+    """A vertebral level: a disc between two adjacent vertebrae (``L3/L4``) or one vertebra (``L3``)."""
+
+    cranial: str
+    caudal: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.cranial}/{self.caudal}" if self.caudal else self.cranial
+
+    @property
+    def vertebrae(self) -> tuple[str, ...]:
+        return (self.cranial, self.caudal) if self.caudal else (self.cranial,)
+
+
+def parse_level(text: str) -> Level:
+    """``L3/L4`` (or ``L3-L4``, ``L3/4``) -> Level('L3', 'L4'); ``L3`` -> Level('L3').
+
+    Raises ValueError for an unknown vertebra or a pair that is not adjacent cranial/caudal.
+    """
+    parts = [p.strip().upper() for p in str(text).replace("-", "/").split("/")]
+    if len(parts) == 2 and parts[1].isdigit() and parts[0][:1].isalpha():
+        parts[1] = parts[0][0] + parts[1]            # L3/4 -> L3/L4
+    for part in parts:
+        if part not in VERTEBRAE:
+            raise ValueError(f"'{part}' is not a vertebra ({VERTEBRAE[0]}..{VERTEBRAE[-1]})")
+    if len(parts) == 1:
+        return Level(parts[0])
+    if len(parts) != 2 or VERTEBRAE.index(parts[1]) != VERTEBRAE.index(parts[0]) + 1:
+        raise ValueError(f"'{text}' is not a disc between adjacent vertebrae, cranial first (e.g. L3/L4)")
+    return Level(parts[0], parts[1])
+
+
+def level_plane_mm(extents: dict[str, tuple[float, float] | None], level: Level) -> float:
+    """LPS z (mm) of the level's plane from the vertebrae's (caudal, cranial) extents.
+
+    A pair: halfway between the caudal end of the cranial vertebra and the cranial end of the
+    caudal one (the disc). One vertebra: its mid-height.
+
+    Raises
+    ------
+    InputError
+        A vertebra of the level is absent (the message names it and the vertebrae present), or
+        the cranial vertebra does not lie cranial to the caudal one.
+    """
+    absent = [v for v in level.vertebrae if extents.get(v) is None]
+    if absent:
+        present = [v for v in VERTEBRAE if extents.get(v) is not None]
+        raise InputError(STAGE, f"the segmentation has no {' and no '.join(absent)} (vertebrae present: "
+                                f"{', '.join(present) or 'none'}); the {level.name} level cannot be placed; "
+                                "check that the scan covers it, or give the ROI by hand")
+    upper = extents[level.cranial]
+    if level.caudal is None:
+        return (upper[0] + upper[1]) / 2.0
+    lower = extents[level.caudal]
+    if (upper[0] + upper[1]) / 2.0 <= (lower[0] + lower[1]) / 2.0:
+        raise InputError(STAGE, f"{level.cranial} is not cranial to {level.caudal} in the segmentation "
+                                f"({level.cranial} centre at z={(upper[0] + upper[1]) / 2:.1f} mm, {level.caudal} "
+                                f"at z={(lower[0] + lower[1]) / 2:.1f} mm, LPS +z superior): the labels are swapped "
+                                "or the image orientation in the header is wrong")
+    return (upper[0] + lower[1]) / 2.0
+
+
+# --------------------------------------------------------------------------- the slab on the image grid
+
+
+def _slab_box(reference, plane_mm: float, half_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (i, j, k) index box of the reference's voxels whose centres may lie in the slab.
+
+    The box spans the reference's full extent on every axis but the one along which LPS z
+    changes most; along that one it is exact when the image is axial (z depends on that axis
+    only) and conservative otherwise.
+    """
+    size, _, _, _ = _geometry(reference)
+    z0, c = _superior_coefficients(reference)
+    axis = int(np.argmax(np.abs(c)))
+    others = [a for a in range(3) if a != axis]
+    # z contributed by the other axes over the image: [low, high]
+    contribution = [sorted((0.0, c[a] * (size[a] - 1))) for a in others]
+    low = z0 + sum(r[0] for r in contribution)
+    high = z0 + sum(r[1] for r in contribution)
+    # k (along axis) with c_k * k + [low, high] meeting [plane - half, plane + half]
+    bounds = sorted(((plane_mm - half_mm - high) / c[axis], (plane_mm + half_mm - low) / c[axis]))
+    first = max(int(np.ceil(bounds[0] - 1e-6)), 0)
+    last = min(int(np.floor(bounds[1] + 1e-6)), int(size[axis]) - 1)
+    lo, hi = np.zeros(3, dtype=np.int64), size - 1
+    lo[axis], hi[axis] = first, last
+    return lo, hi
+
+
+def _check_slab_inside(reference, plane_mm: float, half_mm: float, level: Level) -> None:
+    size, _, _, _ = _geometry(reference)
+    corners = np.array([[x, y, z] for x in (0, size[0] - 1) for y in (0, size[1] - 1) for z in (0, size[2] - 1)])
+    z = superior_mm(reference, corners)
+    _, c = _superior_coefficients(reference)
+    tolerance = 0.5 * float(np.max(np.abs(c)))        # half a voxel along the cranio-caudal axis
+    if plane_mm - half_mm < z.min() - tolerance or plane_mm + half_mm > z.max() + tolerance:
+        raise InputError(STAGE, f"the {level.name} slab (z {plane_mm - half_mm:.1f} to {plane_mm + half_mm:.1f} mm, "
+                                f"LPS +z superior) is not inside the image (z {z.min():.1f} to {z.max():.1f} mm): "
+                                "the series does not cover the level; use a thinner roi.derive.thickness_mm or "
+                                "give the ROI by hand")
+
+
+def _reference_block(reference, lo: np.ndarray, hi: np.ndarray):
+    """A geometry-only SimpleITK image of the reference's index box ``lo..hi`` (inclusive)."""
+    import SimpleITK as sitk
+
+    block = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkUInt8)
+    block.SetSpacing(reference.GetSpacing())
+    block.SetDirection(reference.GetDirection())
+    block.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+    return block
+
+
+def _segmentation_box(segmentation_geometry, block) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive index box of the segmentation covering ``block`` (one voxel of margin), or None if disjoint."""
+    size = np.asarray(block.GetSize())
+    corners = [block.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])
+               for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)]
+    indices = np.array([segmentation_geometry.TransformPhysicalPointToContinuousIndex(p) for p in corners])
+    seg_size = np.asarray(segmentation_geometry.GetSize())
+    lo = np.maximum(np.floor(indices.min(axis=0)).astype(np.int64) - 1, 0)
+    hi = np.minimum(np.ceil(indices.max(axis=0)).astype(np.int64) + 1, seg_size - 1)
+    if np.any(lo > hi):
+        return None
+    return lo, hi
+
+
+def _muscle_lut(label_table: dict[str, int], muscles) -> np.ndarray:
+    """Segmentation value -> ROI muscle label (0 elsewhere), for the chosen muscle groups."""
+    wanted = {m for group in muscles for m in ROI_MUSCLE_GROUPS[group]}
+    pairs = [(int(label_table[s]), ROI_MUSCLE_LABELS[m]) for s, m in SEGMENTATION_MUSCLES.items()
+             if m in wanted and s in label_table]
+    lut = np.zeros(max([v for v, _ in pairs] + [0]) + 1, dtype=np.uint8)
+    for value, roi_label in pairs:
+        lut[value] = roi_label
+    return lut
+
+
+def _relabel(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    out = np.zeros(values.shape, dtype=np.uint8)
+    inside = values < lut.size
+    out[inside] = lut[values[inside]]
+    return out
+
+
+@dataclass
+class DerivedRoi:
+    """A derived ROI on the image grid and how it was placed.
+
+    Attributes
+    ----------
+    roi : SimpleITK.Image
+        uint8 on the reference grid: :data:`engine.contract.ROI_MUSCLE_LABELS` inside the slab, 0 elsewhere.
+    level : str
+    plane_mm : float
+        LPS z of the level's plane.
+    thickness_mm : float
+    extents_mm : dict
+        Vertebra -> (caudal, cranial) LPS z of the vertebrae of the level.
+    """
+
+    roi: object
+    level: str
+    plane_mm: float
+    thickness_mm: float
+    extents_mm: dict
+
+
+def _slab_roi(muscles_block, reference, lo, hi, plane_mm: float, half_mm: float):
+    """Place a (Z, Y, X) block of ROI labels over the reference's box, zero outside the exact slab."""
+    import SimpleITK as sitk
+
+    kk, jj, ii = np.meshgrid(*(np.arange(lo[a], hi[a] + 1) for a in (2, 1, 0)), indexing="ij")
+    z0, c = _superior_coefficients(reference)
+    outside = np.abs(z0 + c[0] * ii + c[1] * jj + c[2] * kk - plane_mm) > half_mm + 1e-6
+    muscles_block[outside] = 0
+    size = reference.GetSize()
+    roi = np.zeros((size[2], size[1], size[0]), dtype=np.uint8)
+    roi[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = muscles_block
+    image = sitk.GetImageFromArray(roi)
+    image.SetSpacing(reference.GetSpacing())
+    image.SetOrigin(reference.GetOrigin())
+    image.SetDirection(reference.GetDirection())
+    return image
+
+
+def _physical_box_text(image) -> str:
+    size = np.asarray(image.GetSize())
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])
+                        for x in (0, size[0] - 1) for y in (0, size[1] - 1) for z in (0, size[2] - 1)])
+    return ", ".join(f"{a} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in zip("xyz", corners.min(0), corners.max(0)))
+
+
+def _check_overlap(segmentation_geometry, reference) -> None:
+    whole = _reference_block(reference, np.zeros(3, dtype=np.int64), np.asarray(reference.GetSize()) - 1)
+    if _segmentation_box(segmentation_geometry, whole) is None:
+        raise InputError(STAGE, f"the segmentation does not overlap the image: it spans "
+                                f"{_physical_box_text(segmentation_geometry)} mm, the image "
+                                f"{_physical_box_text(reference)} mm (LPS); check that it belongs to this image")
+
+
+def derive_roi(read_block, segmentation_geometry, reference, extents: dict, label_table: dict[str, int], *,
+               level: Level, thickness_mm: float, muscles=("paraspinal", "psoas")) -> DerivedRoi:
+    """The chosen muscles within the level's slab, on the reference grid.
+
+    Parameters
+    ----------
+    read_block : callable(lo, hi) -> (SimpleITK.Image, {roi value: bool mask} or labels)
+        Returns the segmentation's ROI-muscle labels (uint8, :data:`ROI_MUSCLE_LABELS`) over its
+        inclusive index box ``lo..hi`` with that box's geometry; lets a caller read only the slab.
+    segmentation_geometry : SimpleITK.Image
+        The segmentation's grid (voxels unused).
+    reference : SimpleITK.Image or engine.io.ImageSource
+        The image the ROI is for.
+    extents : dict
+        Vertebra name -> (caudal, cranial) LPS z in mm, or None where absent.
+    label_table : dict
+        Structure name -> label value (used for nothing but the muscle choice check here).
+    level, thickness_mm, muscles
+        As ``roi.derive`` in the config.
+    """
+    _check_overlap(segmentation_geometry, reference)
+    plane = level_plane_mm(extents, level)
+    half = thickness_mm / 2.0
+    _check_slab_inside(reference, plane, half, level)
+    lo, hi = _slab_box(reference, plane, half)
+    if np.any(lo > hi):
+        raise InputError(STAGE, f"no image voxel centre lies within {half:g} mm of the {level.name} plane "
+                                f"(z={plane:.1f} mm); increase roi.derive.thickness_mm")
+    block = _reference_block(reference, lo, hi)
+    seg_box = _segmentation_box(segmentation_geometry, block)
+    if seg_box is None:
+        raise InputError(STAGE, f"the segmentation does not reach the {level.name} slab of the image "
+                                f"(z={plane:.1f} +- {half:g} mm)")
+    import SimpleITK as sitk
+
+    muscles_native = read_block(*seg_box)
+    on_block = sitk.Resample(muscles_native, block, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    roi = _slab_roi(sitk.GetArrayFromImage(on_block), reference, lo, hi, plane, half)
+    if not sitk.GetArrayViewFromImage(roi).any():
+        chosen = " and ".join(muscles)
+        raise InputError(STAGE, f"the derived ROI is empty: no {chosen} voxel of the segmentation lies within "
+                                f"{half:g} mm of the {level.name} plane (z={plane:.1f} mm); check the label table "
+                                "(roi.derive.labels) and that the muscles were segmented")
+    return DerivedRoi(roi, level.name, plane, thickness_mm, {v: extents.get(v) for v in level.vertebrae})
+
+
+# --------------------------------------------------------------------------- reading a segmentation
+
+
+def _reader(path: pathlib.Path, *, information: bool = True):
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if information:
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(STAGE, f"segmentation file could not be read (not NIfTI/NRRD, or truncated): "
+                                    f"{path}") from None
+        if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+            raise InputError(STAGE, f"segmentation is not a 3-D label map ({reader.GetDimension()}-D, "
+                                    f"{reader.GetNumberOfComponents()} component(s)): {path}")
+    return reader
+
+
+def _read_region(path, lo, hi):
+    """A label file's inclusive index box as uint8, read through ITK's region extraction."""
+    import SimpleITK as sitk
+
+    reader = _reader(path)
+    reader.SetExtractIndex([int(v) for v in lo])
+    reader.SetExtractSize([int(v) for v in np.asarray(hi) - np.asarray(lo) + 1])
+    image = reader.Execute()
+    if image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16):
+        image = sitk.Cast(sitk.Round(image) if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else image,
+                          sitk.sitkUInt16)
+    return image
+
+
+def _structure_file(folder: pathlib.Path, structure: str) -> pathlib.Path | None:
+    for suffix in _STRUCTURE_SUFFIXES:
+        candidate = folder / f"{structure}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _vertebrae_in_folder(folder: pathlib.Path) -> dict:
+    """Every vertebra with a non-empty mask file in a TotalSegmentator folder (the error path only)."""
+    import SimpleITK as sitk
+
+    present = {}
+    for vertebra in VERTEBRAE:
+        file = _structure_file(folder, vertebra_structure(vertebra))
+        if file is not None and sitk.GetArrayViewFromImage(sitk.ReadImage(str(file))).any():
+            present[vertebra] = (0.0, 0.0)
+    return present
+
+
+def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
+    import SimpleITK as sitk
+
+    extents, geometry = {}, None
+    for vertebra in level.vertebrae:
+        file = _structure_file(folder, vertebra_structure(vertebra))
+        if file is None:
+            extents[vertebra] = None
+            continue
+        mask = _reader(file).Execute()
+        geometry = geometry or mask
+        extents[vertebra] = superior_extent_mm(sitk.GetArrayViewFromImage(mask) != 0, mask, True)
+    if any(e is None for e in extents.values()):
+        found = _vertebrae_in_folder(folder)
+        level_plane_mm({**found, **{k: v for k, v in extents.items() if v is not None}}, level)
+    files = {}
+    for structure, muscle in SEGMENTATION_MUSCLES.items():
+        if any(muscle in ROI_MUSCLE_GROUPS[g] for g in muscles):
+            file = _structure_file(folder, structure)
+            if file is not None:
+                files[ROI_MUSCLE_LABELS[muscle]] = file
+    if not files:
+        raise InputError(STAGE, f"the segmentation folder has none of the muscle files "
+                                f"({', '.join(s + '.nii.gz' for s in SEGMENTATION_MUSCLES)}): {folder}")
+
+    def read_block(lo, hi):
+        labels = None
+        for value, file in sorted(files.items()):
+            part = _read_region(file, lo, hi)
+            if labels is None:
+                labels = sitk.Image(part.GetSize(), sitk.sitkUInt8)
+                labels.CopyInformation(part)
+                array = np.zeros(sitk.GetArrayViewFromImage(part).shape, dtype=np.uint8)
+            array[(sitk.GetArrayViewFromImage(part) != 0) & (array == 0)] = value
+        result = sitk.GetImageFromArray(array)
+        result.CopyInformation(labels)
+        return result
+
+    return derive_roi(read_block, geometry, reference, extents, {}, level=level, thickness_mm=thickness_mm,
+                      muscles=muscles)
+
+
+def _derive_from_label_map(path, reference, label_table, level, thickness_mm, muscles):
+    import SimpleITK as sitk
+
+    reader = _reader(path)
+    image = reader.Execute()          # read once, as stored (uint8 for TotalSegmentator): never cast to float
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        image = sitk.Cast(sitk.Round(image), sitk.sitkUInt16)
+    labels = sitk.GetArrayViewFromImage(image)
+    extents = {}
+    for vertebra in level.vertebrae:
+        value = label_table.get(vertebra_structure(vertebra))
+        extents[vertebra] = None if value is None else superior_extent_mm(labels, image, int(value))
+    if any(e is None for e in extents.values()):
+        values = {int(v) for v in np.unique(labels)}
+        found = {v: (0.0, 0.0) for v in VERTEBRAE if label_table.get(vertebra_structure(v)) in values}
+        level_plane_mm({**found, **{k: v for k, v in extents.items() if v is not None}}, level)
+    lut = _muscle_lut(label_table, muscles)
+    if not lut.any():
+        raise InputError(STAGE, "the label table names none of the chosen muscles "
+                                f"({', '.join(SEGMENTATION_MUSCLES)}); set roi.derive.labels")
+
+    def read_block(lo, hi):
+        block = labels[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+        result = sitk.GetImageFromArray(_relabel(block, lut))
+        result.SetSpacing(image.GetSpacing())
+        result.SetDirection(image.GetDirection())
+        result.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+        return result
+
+    return derive_roi(read_block, image, reference, extents, label_table, level=level, thickness_mm=thickness_mm,
+                      muscles=muscles)
+
+
+def derive_roi_from_file(path, reference, *, label_table: dict[str, int], level: str = "L3/L4",
+                         thickness_mm: float = 20.0, muscles=("paraspinal", "psoas")) -> DerivedRoi:
+    """Derive the ROI from a segmentation file (label map) or a TotalSegmentator folder.
+
+    Parameters
+    ----------
+    path : path-like
+        A label map (NIfTI/NRRD; TotalSegmentator ``--ml``) read with ``label_table``, or a folder
+        of per-structure masks named ``{structure}.nii.gz`` (TotalSegmentator's default output).
+    reference : SimpleITK.Image or engine.io.ImageSource
+        The image the ROI is for (its geometry only).
+    label_table : dict
+        Structure name (``vertebrae_L3``, ``autochthon_left``, ...) -> label value.
+    level : str
+        ``L3/L4`` (a disc between adjacent vertebrae) or ``L3`` (one vertebra).
+    thickness_mm : float
+        Slab thickness: the voxels whose centres lie within +-thickness/2 of the plane.
+    muscles : sequence of {"paraspinal", "psoas"}
+    """
+    from engine.io.volumes import _check_access
+
+    target = _check_access(path, STAGE, "segmentation")
+    chosen = parse_level(level)
+    if target.is_dir():
+        return _derive_from_folder(target, reference, chosen, thickness_mm, tuple(muscles))
+    return _derive_from_label_map(target, reference, label_table, chosen, thickness_mm, tuple(muscles))

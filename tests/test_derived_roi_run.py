@@ -1,0 +1,120 @@
+"""Issue 17 end to end: a CT cohort given only TotalSegmentator-format segmentations.
+
+The synthetic cohort writes both TotalSegmentator forms for every patient (the manifest names the
+multilabel file for even patients, the folder for odd ones); here the ROI columns are emptied so
+every ROI is derived. The truth is the phantom's own (truth.csv), never the engine's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from engine.config import load_config
+from engine.contract import TOTALSEGMENTATOR_TOTAL_V2, derived_roi_path
+from engine.pipeline import run
+
+pytestmark = pytest.mark.slow
+
+N_PATIENTS = 13
+BROKEN = "SYN0003"     # its segmentation loses L4
+
+
+@pytest.fixture(scope="module")
+def derived_cohort(tmp_path_factory):
+    from engine.synthetic import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("derived_cohort")
+    manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=5, size="small", workers=2)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    broken = table.index[table["patient_id"] == BROKEN][0]
+    labels = sitk.ReadImage(str(root / table.at[broken, "ct_segmentation"]))
+    array = sitk.GetArrayFromImage(labels)
+    array[array == TOTALSEGMENTATOR_TOTAL_V2["vertebrae_L4"]] = 0
+    no_l4 = sitk.GetImageFromArray(array)
+    no_l4.CopyInformation(labels)
+    sitk.WriteImage(no_l4, str(root / "no_l4.nii.gz"))
+    table.at[broken, "ct_segmentation"] = "no_l4.nii.gz"
+    ct_only = table.drop(columns=["mri_image", "mri_roi", "mri_segmentation"]).assign(ct_roi="")
+    derived = root / "manifest_derived.csv"
+    ct_only.to_csv(derived, index=False)
+    return root, derived
+
+
+@pytest.fixture(scope="module")
+def derived_run(derived_cohort, tmp_path_factory):
+    _, manifest = derived_cohort
+    out = tmp_path_factory.mktemp("run_derived")
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False},
+                                 "stats": {"enabled": False}})
+    result = run(manifest, out_dir=out, config=cfg)
+    return out, result
+
+
+def test_derived_roi_fat_percent_tracks_truth(derived_run, derived_cohort):
+    root, _ = derived_cohort
+    out, _ = derived_run
+    features = pd.read_csv(out / "features.csv")
+    truth = pd.read_csv(root / "truth.csv")
+    merged = features[features["patient_id"] != BROKEN].merge(truth, on="patient_id")
+    assert len(merged) == N_PATIENTS - 1 and merged["ct_otsu_fat_percent"].notna().all()
+    for method, floor in (("otsu", 0.95), ("kmeans", 0.95), ("gmm", 0.90)):
+        r = np.corrcoef(merged[f"ct_{method}_fat_percent"], merged["ct_true_fat_fraction"])[0, 1]
+        print(f"derived ROI, {method}: r = {r:.4f}")
+        assert r >= floor, f"{method}: Pearson r {r:.3f} against truth.csv"
+
+
+def test_missing_l4_is_one_error_row_and_the_batch_goes_on(derived_run):
+    out, result = derived_run
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors["patient_id"]) == [BROKEN]
+    row = errors.iloc[0]
+    assert row["stage"] == "segmentation" and "no L4" in row["reason"] and "L3" in row["reason"]
+    features = pd.read_csv(out / "features.csv").set_index("patient_id")
+    assert np.isnan(features.at[BROKEN, "ct_otsu_fat_percent"])
+    assert features.drop(index=BROKEN)["ct_otsu_fat_percent"].notna().all()
+
+
+def test_derived_roi_is_written_on_the_image_grid_with_muscle_labels(derived_run, derived_cohort):
+    from engine.io import open_image
+
+    root, manifest = derived_cohort
+    out, _ = derived_run
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    first = table.iloc[0]
+    roi = sitk.ReadImage(str(derived_roi_path(out, first["patient_id"], "ct")))
+    image = open_image(str(root / first["ct_image"]))
+    assert tuple(roi.GetSize()) == tuple(image.GetSize())
+    np.testing.assert_allclose(roi.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    assert set(np.unique(sitk.GetArrayViewFromImage(roi))) == {0, 1, 2, 3, 4}
+    assert not derived_roi_path(out, BROKEN, "ct").exists()
+
+
+def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
+    from engine.contract import QA_DIR, QA_INDEX, qa_png_path
+
+    out, _ = derived_run
+    features = pd.read_csv(out / "features.csv")
+    measured = features.loc[features["ct_otsu_fat_percent"].notna(), "patient_id"]
+    pngs = sorted((out / QA_DIR).glob("*.png"))
+    assert len(pngs) == len(measured) == N_PATIENTS - 1
+    for pid in measured:
+        assert qa_png_path(out, pid, "ct").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sheet = (out / QA_DIR / QA_INDEX).read_text()
+    assert sheet.count("<img ") == N_PATIENTS - 1 and "sortBy(" in sheet and "ct_otsu_fat_percent" in sheet
+
+
+def test_exclusion_list_leaves_flagged_patients_out(derived_cohort, derived_run, tmp_path):
+    """A rerun with the patients flagged at review left out: no features, no error row for them."""
+    _, manifest = derived_cohort
+    (manifest.parent / "flagged.csv").write_text("patient_id,modality,reason\nSYN0001,ct,ROI includes bowel\n")
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False, "qa": False,
+                                         "exclude": "flagged.csv"}, "stats": {"enabled": False}})
+    result = run(manifest, out_dir=tmp_path / "rerun", config=cfg)
+    features = result.features.set_index("patient_id")
+    assert np.isnan(features.at["SYN0001", "ct_otsu_fat_percent"])
+    assert features.drop(index=["SYN0001", BROKEN])["ct_otsu_fat_percent"].notna().all()
+    assert "SYN0001" not in set(result.errors["patient_id"])
+    assert any("excluded at review" in note for note in result.notes)
