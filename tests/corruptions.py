@@ -515,7 +515,7 @@ def write_rows(path: Path, header: list[str], rows: list[dict], *, bom: bool = F
 def ct_only_rows(manifest: Path, splits: dict[str, str]) -> tuple[list[str], list[dict]]:
     """The clean manifest without the MRI columns and with explicit splits."""
     header, rows = read_rows(manifest)
-    header = [h for h in header if h not in ("mri_image", "mri_roi")]
+    header = [h for h in header if not h.startswith("mri_")]  # every MRI input column
     return header, [{**{k: row[k] for k in header}, "split": splits[row["patient_id"]]} for row in rows
                     if row["patient_id"] in splits]
 

@@ -23,6 +23,7 @@ import pytest
 import SimpleITK as sitk
 
 from engine.config import load_config
+from engine.contract import CACHE_DIR, sample_path
 from engine.pipeline import apply, run
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def cohort(shared_cohort) -> Path:
 def ct_manifest(cohort) -> Path:
     table = pd.read_csv(cohort, dtype=str, keep_default_na=False)
     path = cohort.parent / "manifest_ct.csv"
-    table.drop(columns=["mri_image", "mri_roi"]).to_csv(path, index=False)
+    table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).to_csv(path, index=False)
     return path
 
 
@@ -248,8 +249,9 @@ def test_apply_uses_frozen_thresholds_and_only_new_patients(ct_manifest, ct_refe
     table.iloc[:5].to_csv(first, index=False)
     out = tmp_path / "apply"
     apply(ct_reference / "model.json", first, out_dir=out, overrides={"run": {"scheduler": "inline"}})
-    done = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.npz")}
-    assert len(done) == 5
+    samples = [sample_path(out / CACHE_DIR, pid, "ct") for pid in table["patient_id"]]
+    assert [p.exists() for p in samples] == [True] * 5 + [False] * (len(samples) - 5)
+    done = {p: p.stat().st_mtime_ns for p in samples[:5]}
     second = ct_manifest.parent / "night2.csv"
     table.to_csv(second, index=False)
     apply(ct_reference / "model.json", second, out_dir=out, overrides={"run": {"scheduler": "inline"}})

@@ -37,7 +37,7 @@ def _ct_run(root: Path, lean: bool):
     manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=SEED, size="small", lean=lean, splits=True)
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     ct_only = root / "manifest_ct.csv"
-    table.drop(columns=["mri_image", "mri_roi"]).to_csv(ct_only, index=False)
+    table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).to_csv(ct_only, index=False)
     result = run(ct_only, out_dir=root / "run", config=_config())
     return result, pd.read_csv(root / "truth.csv")
 

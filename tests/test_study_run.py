@@ -23,7 +23,7 @@ def study(shared_cohort, tmp_path_factory):
     manifest = shared_cohort  # the session's 40 patients (tests/cohorts.py)
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     ct_manifest = manifest.parent / "manifest_study_ct.csv"
-    table.drop(columns=["mri_image", "mri_roi"]).to_csv(ct_manifest, index=False)
+    table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).to_csv(ct_manifest, index=False)
     out = root / "run"
     cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "habitats": False}})
     run(ct_manifest, out_dir=out, config=cfg)
