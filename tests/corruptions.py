@@ -329,7 +329,8 @@ def _symlink_loop(cohort: Path, target: Path, source: Path) -> dict:
 
 # ----------------------------------------------------------------------------- mask defects
 def _missing_roi_path(cohort: Path, target: Path, source: Path) -> dict:
-    return {**_intact(cohort, target, source), "ct_roi": ""}
+    # no ROI and no whole-body segmentation to derive one from (with one, the ROI is derived: #17)
+    return {**_intact(cohort, target, source), "ct_roi": "", "ct_segmentation": ""}
 
 
 def _roi_not_found(cohort: Path, target: Path, source: Path) -> dict:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,6 +122,8 @@ def assert_nothing_half_written(folder: Path) -> None:
                 with np.load(path, allow_pickle=False) as archive:
                     for key in archive.files:
                         archive[key]
+            elif name.endswith(".png"):
+                matplotlib.image.imread(path)  # the QA pictures
             elif name.endswith((".log", ".html")):
                 path.read_text(encoding="utf-8")
             else:
