@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
+from .contract import (DICOM_MODALITY, FIXED, SCANNER_KEY, STANDARDIZATION_KEY, scanner_of, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
                        features_cache_path, habitat_path, roi_volume_column, sample_path, summary_path,
                        vs_fixed_column)
 from .errors import InputError
@@ -153,6 +153,13 @@ def _as_written(reason: str, job: dict) -> str:
     return reason
 
 
+def _standardize_options(prep) -> dict:
+    """The MRI standardisation keywords of :func:`engine.preprocess.preprocess` (CT has none)."""
+    if getattr(prep, "standardize", "none") == "none":
+        return {}
+    return {"standardize": prep.standardize, "standardize_target": prep.standardize_target}
+
+
 def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
     """Pass 1 for one patient and modality: read, check, resample, N4, window -> cached ROI sample.
 
@@ -210,7 +217,8 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
         sample = preprocess(image, mask, spacing_mm=cfg.preprocess.spacing_mm, margin_mm=prep.crop_margin_mm,
                             window=prep.window, n4=prep.n4, n4_shrink_factor=prep.n4_shrink_factor,
                             n4_iterations=prep.n4_iterations,
-                            n4_convergence_threshold=prep.n4_convergence_threshold)
+                            n4_convergence_threshold=prep.n4_convergence_threshold,
+                            **_standardize_options(prep))
         in_window = sample.window_values
         if in_window.size == 0:
             low, high = prep.window
@@ -224,7 +232,10 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
                    "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
                    "input_blake3": content_digest(job["image"], job["roi"]),
                    "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax")
-                             if info and k in info}}
+                             if info and k in info},
+                   SCANNER_KEY: scanner_of(info)}
+        if sample.standardization is not None:
+            summary[STANDARDIZATION_KEY] = sample.standardization
     except InputError as exc:
         summary = {**base, "status": "error", "stage": exc.stage, "reason": _as_written(exc.reason, job)}
     except MemoryError:
