@@ -104,6 +104,19 @@ _CT_SYNTAXES = ("explicit_le", "rle", "explicit_le", "jpeg_ls", "explicit_le", "
 _ROI_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 _VENDORS = ("SIEMENS", "Philips")
 
+# --- issue 16: the two MRI scanners of the paper's Table 1 (axial T2WI row) in the headers ----
+_MR_SCANNERS = {
+    "SIEMENS": {"ManufacturerModelName": "MAGNETOM Aera", "MagneticFieldStrength": "1.5",
+                "RepetitionTime": "3100", "EchoTime": "94"},
+    "Philips": {"ManufacturerModelName": "Ingenia", "MagneticFieldStrength": "1.5",
+                "RepetitionTime": "1181", "EchoTime": "100"},
+}
+
+
+def _mr_scanner_header(vendor: str) -> dict:
+    """Scanner fields of an MRI series header (paper Table 1, axial T2WI)."""
+    return dict(_MR_SCANNERS[vendor])
+
 # --- clinical distributions (paper Table 2, training group: sarcopenia vs non-sarcopenia) ---
 _CLINICAL = {
     1: {"age": (71.65, 7.01), "female": 45 / 79, "bmi": (22.83, 3.18), "albumin": (35.90, 3.32),
@@ -843,6 +856,7 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
                        bits_stored=mr["bits"], slice_thickness_mm=g.thickness_mm, patient=mr["phi"],
                        series_description=description, series_uid=_uid(seed, index, "mr-series"),
                        study_uid=study["mr"], series_number=5, manufacturer=mr["vendor"],
+                       header=_mr_scanner_header(mr["vendor"]),
                        shuffle_seed=_stream_int(seed, index, 102))
 
     # ---- ROI masks: formats cycle across patients; DICOM-SEG now and then for CT ----------
