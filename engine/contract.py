@@ -246,3 +246,5 @@ def scanner_label(scanner: dict | None) -> str:
         parts.append(f"{float(strength):g} T")
     text = " ".join(p for p in parts if p)
     return text or "unknown scanner"
+#: Key of a model's entry in study.json: per split, patients labelled, used and left out (and why).
+PATIENTS_KEY = "patients"
