@@ -66,3 +66,26 @@ def test_each_model_counts_the_patients_it_left_out_and_why(study):
     assert any(n.startswith("ct_otsu: 3 of 20 validation patients left out") for n in notes), notes
     assert not any(n.startswith("ct_otsu: 2 of 40 train") for n in notes)
     assert summary["models"]["clinical"][PATIENTS_KEY]["validation"]["used"] == N_VALIDATION
+
+
+def test_the_report_shows_the_patients_each_model_used(study):
+    from engine.report import patients_per_model
+
+    summary, _ = study
+    table = patients_per_model(summary)
+    rows = [r for r in table["rows"] if "no CT features" in str(r)]
+    assert len(rows) == 2  # ct_otsu's training and validation rows
+
+
+def test_the_report_names_the_scanners_and_warns_on_an_unstandardised_mix():
+    from engine.report import scanner_sections
+
+    def thresholds(standardize):
+        scanners = [{"label": "SIEMENS MAGNETOM Aera 1.5 T", "n_patients": 3},
+                    {"label": "Philips Ingenia 1.5 T", "n_patients": 2, "scale_median": 0.3, "scale_range": [0.2, 0.4]}]
+        return {"modalities": {"mri": {"scanners": scanners, "standardize": standardize}}}
+
+    none, = scanner_sections(thresholds("none"))
+    reference, = scanner_sections(thresholds("reference"))
+    assert none["warn"] and not reference["warn"]
+    assert [r[0] for r in none["table"]["rows"]] == ["SIEMENS MAGNETOM Aera 1.5 T", "Philips Ingenia 1.5 T"]
