@@ -129,6 +129,20 @@ _CLINICAL = {
         "occupation": (23, 22, 27, 3, 74)},
 }
 _OCCUPATIONS = ("worker", "retired", "farmer", "freelance", "others")
+
+# --- issue 16: imaging effect sizes of sarcopenia, calibrated to the paper's Table 5 -----------
+# Intramuscular fat target ~ Beta(a, b) per label, CT muscle attenuation mean (HU, SD 4), the
+# muscle cross-section's scale factor and the T2 of sarcopenic muscle relative to normal. Chosen
+# so that a logistic model on the phantom's own truth (fat fraction, muscle HU, muscle area)
+# reaches a cross-validated AUC of about 0.87 (1,500 simulated patients; clinical model 0.78),
+# leaving the measured CT models in the paper's validation range (0.77-0.96) instead of at
+# 1.000; see the README.
+_SARCOPENIA_EFFECTS = {
+    "imf_beta": {1: (4.0, 22.7), 0: (3.0, 30.0)},     # means 0.150 vs 0.091
+    "muscle_hu": {1: 46.0, 0: 50.0},
+    "muscle_scale": 0.93,
+    "mri_muscle_t2": 0.96,
+}
 _PREVALENCE_BLOCK, _PREVALENCE_POSITIVES = 20, 7
 
 # --- fake PHI (DICOM headers only) ---------------------------------------------------------
@@ -623,18 +637,18 @@ def _anatomy_params(label: int, clinical: dict, rng) -> dict:
     female = clinical["sex"] == "F"
     bmi = clinical["bmi"]
     sarc = label == 1
-    # Beta means 0.08 vs 0.22 with overlap (AUC about 0.93 on the target alone)
-    target = rng.beta(4.4, 15.6) if sarc else rng.beta(3.0, 34.5)
+    effects = _SARCOPENIA_EFFECTS
+    target = rng.beta(*effects["imf_beta"][label])
     body_a = 150.0 * math.sqrt(bmi / 24.0) * (0.95 if female else 1.0) * float(rng.normal(1.0, 0.03))
     return {
         "bmi": bmi,
         "imf_target_fraction": float(np.clip(target, 0.01, 0.6)),
-        "muscle_hu": float(rng.normal(44.0, 4.0) if sarc else rng.normal(50.0, 4.0)),
+        "muscle_hu": float(rng.normal(effects["muscle_hu"][label], 4.0)),
         "fat_hu": float(rng.normal(-95.0, 4.0)),
         "cancellous_hu": float(rng.normal(230.0, 40.0) - (20.0 if sarc else 0.0)),
         "cortical_hu": float(rng.normal(700.0, 50.0)),
         "disc_hu": float(rng.normal(80.0, 6.0)),
-        "muscle_scale": (0.88 if female else 1.0) * (0.88 if sarc else 1.0) * float(rng.normal(1.0, 0.06))
+        "muscle_scale": (0.88 if female else 1.0) * (effects["muscle_scale"] if sarc else 1.0) * float(rng.normal(1.0, 0.06))
         * (bmi / 24.0) ** 0.15,
         "spine_scale": (0.94 if female else 1.0) * float(rng.normal(1.0, 0.04)),
         "body_a_mm": body_a,                                   # half-width, mm
@@ -755,7 +769,8 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False) -> dict:
     rel = np.zeros(_N_TISSUES, dtype=np.float32)
     rel[[AIR, GAS, TABLE]] = (0.0, 0.02, 0.0)
     rel[[SUBCUT_FAT, VISCERAL_FAT, RETRO_FAT, IM_FAT]] = fat_ratio
-    rel[[WALL_MUSCLE, MUSCLE]] = 1.0 - 0.08 * (label == 1)  # T2 of fatty-degenerated muscle: a little lower
+    # T2 of fatty-degenerated muscle: a little lower
+    rel[[WALL_MUSCLE, MUSCLE]] = _SARCOPENIA_EFFECTS["mri_muscle_t2"] if label == 1 else 1.0
     rel[[VISCERA, VESSEL, CSF, DISC, CORTICAL, CANCELLOUS]] = (1.3, 0.25, 3.6, float(rng.uniform(1.3, 2.2)),
                                                              0.12, float(rng.uniform(1.5, 2.2)))
     lut = rel * np.float32(muscle_signal)
