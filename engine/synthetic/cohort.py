@@ -661,7 +661,8 @@ def _anatomy_params(label: int, clinical: dict, rng) -> dict:
         "cancellous_hu": float(rng.normal(230.0, 40.0) - (20.0 if sarc else 0.0)),
         "cortical_hu": float(rng.normal(700.0, 50.0)),
         "disc_hu": float(rng.normal(80.0, 6.0)),
-        "muscle_scale": (0.88 if female else 1.0) * (effects["muscle_scale"] if sarc else 1.0) * float(rng.normal(1.0, 0.06))
+        "muscle_scale": (0.88 if female else 1.0) * (effects["muscle_scale"] if sarc else 1.0)
+        * float(rng.normal(1.0, 0.06))
         * (bmi / 24.0) ** 0.15,
         "spine_scale": (0.94 if female else 1.0) * float(rng.normal(1.0, 0.04)),
         "body_a_mm": body_a,                                   # half-width, mm
