@@ -384,6 +384,39 @@ def scanner_sections(thresholds: dict) -> list[dict]:
     return sections
 
 
+def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict | None:
+    """Issue 16: each MRI series' scanner and fitted scale (cache summaries), and the MRI fat
+    percent per scanner and method (median over its patients), so a scanner the pooled
+    threshold treats differently shows."""
+    from .contract import STANDARDIZATION_KEY, feature_name, scanner_label, summary_path
+
+    if features is None or "patient_id" not in features:
+        return None
+    rows, by_scanner = [], {}
+    for pid in features["patient_id"].astype(str):
+        summary = _read_json_quiet(summary_path(run_dir / CACHE_DIR, pid, "mri"))
+        if not summary or summary.get("status") != "ok":
+            continue
+        label = scanner_label(summary.get("scanner"))
+        by_scanner.setdefault(label, []).append(pid)
+        scale = (summary.get(STANDARDIZATION_KEY) or {}).get("scale")
+        rows.append([pid, label, format_number(scale) if scale is not None else "–"])
+    if not rows:
+        return None
+    methods = [m for m in METHODS if feature_name("mri", m, "fat", "percent") in features]
+    indexed = features.set_index(features["patient_id"].astype(str))
+    result_rows = []
+    for label, pids in sorted(by_scanner.items()):
+        cells = [format_number(pd.to_numeric(indexed.loc[pids, feature_name("mri", m, "fat", "percent")],
+                                             errors="coerce").median()) for m in methods]
+        result_rows.append([label, str(len(pids)), *cells])
+    return {
+        "series": _table(["Patient", "Scanner", "Scale"], rows, [False, False, True]),
+        "result": _table(["Scanner", "Patients", *[f"{METHOD_NAMES[m]} fat % (median)" for m in methods]],
+                         result_rows, [False, True, *[True] * len(methods)]),
+    }
+
+
 def patients_per_model(study: dict | None) -> dict | None:
     """Issue 16: per model and split, patients labelled, used and left out (from study.json)."""
     from .contract import PATIENTS_KEY
@@ -1007,6 +1040,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "thresholds": threshold_sections,
         "diagnostics": diagnostic_sections(thresholds, features),
         "scanners": scanner_sections(thresholds),
+        "mri_series": mri_series_by_scanner(run_dir, features),
         "patients_per_model": patients_per_model(_read_json_quiet(run_dir / STUDY_JSON)),
         **statistics,
         "boxes": boxes, "overlays": overlays,

@@ -145,3 +145,17 @@ def test_no_body_edge_is_a_patient_error_not_a_guess():
     roi[2:4, 30:50, 30:50] = True
     with pytest.raises(InputError, match="no body edge"):
         reference_fat_signal(volume, roi, (1.0, 1.0, 1.0))
+
+
+def test_the_report_shows_each_series_scale_and_the_result_per_scanner(runs):
+    from engine.report import mri_series_by_scanner
+
+    for mode, (folder, _) in runs.items():
+        section = mri_series_by_scanner(folder, pd.read_csv(folder / "features.csv", dtype={"patient_id": str}))
+        scales = [row[2] for row in section["series"]["rows"]]
+        assert len(scales) == N_PATIENTS
+        assert all(s == "–" for s in scales) if mode == "none" else all(float(s) > 0 for s in scales)
+        medians = {row[0]: float(row[2]) for row in section["result"]["rows"]}  # Otsu fat %, per scanner
+        assert set(medians) == {"SIEMENS MAGNETOM Aera 1.5 T", "Philips Ingenia 1.5 T"}
+        if mode == "reference":  # both scanners' patients have fat (true fractions 6-50 %)
+            assert min(medians.values()) > 3.0, medians
