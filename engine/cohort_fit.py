@@ -16,7 +16,8 @@ import numpy as np
 from . import __version__
 from .backend import to_host
 from .config import Config
-from .contract import FIXED, METHOD_NAMES, MODALITIES, MODALITY_NAMES
+from .contract import (FIXED, METHOD_NAMES, MODALITIES, MODALITY_NAMES, SCANNER_FIELDS, SCANNER_KEY, SCANNERS_KEY,
+                       STANDARDIZATION_KEY, scanner_label)
 from .tasks import group_histogram, sum_histograms
 
 log = logging.getLogger("sarco")
@@ -174,15 +175,70 @@ def histogram_groups(train: list[dict], max_groups: int = MAX_HISTOGRAM_GROUPS) 
     return [train[a:b] for a, b in zip(edges, edges[1:])]
 
 
+def scanner_cohort(modality: str, train: list[dict], cfg: Config, notes: list[str]) -> list[dict]:
+    """The scanners of a modality's training cohort (from the headers), and the scanner-mix warning.
+
+    One entry per scanner: manufacturer, model, field strength, ``label``, ``n_patients`` and,
+    for standardised MRI, the spread of the fitted scales. MRI signal has no unit, so with
+    ``preprocess.mri.standardize: none`` pooling more than one scanner is warned about (issue 16).
+    """
+    by_label: dict[str, list[dict]] = {}
+    for summary in train:
+        by_label.setdefault(scanner_label(summary.get(SCANNER_KEY)), []).append(summary)
+    scanners = []
+    for label, members in sorted(by_label.items()):
+        entry = {**scanner_of_summary(members[0]), "label": label, "n_patients": len(members)}
+        scales = [m[STANDARDIZATION_KEY]["scale"] for m in members if STANDARDIZATION_KEY in m]
+        if scales:
+            entry["scale_median"] = float(np.median(scales))
+            entry["scale_range"] = [float(min(scales)), float(max(scales))]
+        scanners.append(entry)
+    standardize = getattr(cfg.modality_preprocess(modality), "standardize", None)
+    if modality == "mri" and standardize == "none" and len(scanners) > 1:
+        mix = ", ".join(f"{s['label']} ({s['n_patients']})" for s in scanners)
+        message = (f"MRI: the training cohort pools {len(scanners)} scanners ({mix}) without intensity "
+                   "standardisation (preprocess.mri.standardize: none). T2 signal has no absolute unit, so one "
+                   "pooled threshold mixes the scanners' scales and the MRI fat features are not comparable "
+                   "between them; consider preprocess.mri.standardize: reference.")
+        notes.append(message)
+        log.warning("%s", message)
+    return scanners
+
+
+def scanner_of_summary(summary: dict) -> dict:
+    scanner = summary.get(SCANNER_KEY) or {}
+    return {k: scanner.get(k) for k in SCANNER_FIELDS}
+
+
+def _pooled_counts(executor, modality: str, train: list[dict], lo: float, hi: float, width: float,
+                   backend: str) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """The pooled training histogram and, when several scanners are pooled, each scanner's share.
+
+    Each scanner's patients are reduced on their own and the shares summed (int64: exact in any
+    order, so the pooled counts equal a single reduction's).
+    """
+    by_label: dict[str, list[dict]] = {}
+    for summary in train:
+        by_label.setdefault(scanner_label(summary.get(SCANNER_KEY)), []).append(summary)
+    shares = {}
+    per_group = max(1, MAX_HISTOGRAM_GROUPS // len(by_label))
+    for label, members in sorted(by_label.items()):
+        groups = histogram_groups(members, per_group)
+        futures = executor.map(group_histogram, [[s["sample"] for s in group] for group in groups], lo=lo, hi=hi,
+                               bin_width=width, backend=backend,
+                               keys=[f"histogram-{modality}-{group[0]['patient_id']}" for group in groups])
+        shares[label] = tree_reduce(executor, futures, sum_histograms)
+    counts = sum_histograms(*shares.values())
+    by_scanner = {label: [int(c) for c in share] for label, share in shares.items()} if len(shares) > 1 else {}
+    return counts, by_scanner
+
+
 def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backend: str, notes: list[str]) -> dict:
     """One modality's entry of thresholds.json from its training patients' pass-1 summaries."""
     lo, hi = histogram_range(modality, cfg, train)
     width = cfg.modality_fit(modality).bin_width
-    groups = histogram_groups(train)
-    futures = executor.map(group_histogram, [[s["sample"] for s in group] for group in groups], lo=lo, hi=hi,
-                           bin_width=width, backend=backend,
-                           keys=[f"histogram-{modality}-{group[0]['patient_id']}" for group in groups])
-    counts = tree_reduce(executor, futures, sum_histograms)
+    scanners = scanner_cohort(modality, train, cfg, notes)
+    counts, by_scanner = _pooled_counts(executor, modality, train, lo, hi, width, backend)
     fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
     diagnostic = bimodality_diagnostic(counts, lo, hi, modality, cfg, fits)
     if diagnostic["likely_one_tissue"]:
@@ -195,9 +251,12 @@ def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backen
         "unit": "HU" if modality == "ct" else "signal",
         "n_patients": len(train),
         "n_voxels": int(counts.sum()),
-        "histogram": {"lo": lo, "hi": hi, "bin_width": width, "counts": [int(c) for c in counts]},
+        "histogram": {"lo": lo, "hi": hi, "bin_width": width, "counts": [int(c) for c in counts],
+                      **({"by_scanner": by_scanner} if by_scanner else {})},
         "methods": fits,
         "diagnostic": diagnostic,
+        SCANNERS_KEY: scanners,
+        **({"standardize": cfg.modality_preprocess(modality).standardize} if modality == "mri" else {}),
     }
 
 

@@ -63,10 +63,22 @@ class ModalityPreprocess(_Strict):
         return value
 
 
+class MriPreprocess(ModalityPreprocess):
+    """MRI adds intensity standardisation (issue 16; :mod:`engine.standardize`).
+
+    ``none`` (default) reproduces the study: N4 only, so pooled thresholds mix the scanners'
+    arbitrary signal scales. ``reference``: each series is scaled so that its subcutaneous fat,
+    found outside the ROI, lands on ``standardize_target``.
+    """
+
+    standardize: Literal["none", "reference"] = "none"
+    standardize_target: float = Field(1000.0, gt=0)
+
+
 class PreprocessConfig(_Strict):
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     ct: ModalityPreprocess = ModalityPreprocess(window=(-190.0, 150.0), n4=False, crop_margin_mm=5.0)
-    mri: ModalityPreprocess = ModalityPreprocess(window=None, n4=True, crop_margin_mm=20.0)
+    mri: MriPreprocess = MriPreprocess(window=None, n4=True, crop_margin_mm=20.0)
 
     @field_validator("spacing_mm")
     @classmethod

@@ -266,3 +266,35 @@ TEMP_GLOB = f"{TEMP_PREFIX}*"
 
 def temp_name(name: str, pid: int) -> str:
     return f"{TEMP_PREFIX}{pid}-{name}"
+
+
+# ----------------------------------------------------------------------------- scanners (issue 16)
+#: Key of a pass-1 series summary holding the scanner that acquired it (:func:`scanner_of`).
+SCANNER_KEY = "scanner"
+#: Key of a pass-1 MRI series summary holding its intensity standardisation (scale, reference).
+STANDARDIZATION_KEY = "standardization"
+#: The scanner fields, read from the DICOM header (empty for NIfTI/NRRD inputs).
+SCANNER_FIELDS = ("manufacturer", "model", "field_strength_t")
+#: Key of a modality's entry of thresholds.json listing the scanners of its training cohort.
+SCANNERS_KEY = "scanners"
+
+
+def scanner_of(info: dict | None) -> dict:
+    """``{manufacturer, model, field_strength_t}`` of an image's ``info`` (empty strings/None if unknown)."""
+    info = info or {}
+    return {"manufacturer": str(info.get("manufacturer") or "").strip(),
+            "model": str(info.get("model") or "").strip(),
+            "field_strength_t": info.get("field_strength_t")}
+
+
+def scanner_label(scanner: dict | None) -> str:
+    """One readable name: ``SIEMENS Aera 1.5 T``; ``unknown scanner`` without a header."""
+    scanner = scanner or {}
+    parts = [scanner.get("manufacturer") or "", scanner.get("model") or ""]
+    strength = scanner.get("field_strength_t")
+    if strength:
+        parts.append(f"{float(strength):g} T")
+    text = " ".join(p for p in parts if p)
+    return text or "unknown scanner"
+#: Key of a model's entry in study.json: per split, patients labelled, used and left out (and why).
+PATIENTS_KEY = "patients"

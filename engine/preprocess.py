@@ -86,6 +86,9 @@ class RoiSample:
     grid: Grid
     preview: np.ndarray
     preview_z: int
+    #: MRI standardisation applied (``engine.standardize``): method, reference signal, scale.
+    #: Reported in the series summary; not stored in the ``.npz`` (the values are already scaled).
+    standardization: dict | None = None
 
     @property
     def roi_voxels(self) -> int:
@@ -189,16 +192,18 @@ def resample_to(image: sitk.Image, grid: Grid, *, interpolator, default_value: f
 
 
 def crop_and_resample(image, mask: sitk.Image, spacing_mm, margin_mm: float,
-                      *, default_value: float | None = None) -> tuple[sitk.Image, sitk.Image]:
+                      *, default_value: float | None = None, grid: Grid | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Resample the ROI neighbourhood of ``image`` (linear) and ``mask`` (nearest) to ``spacing_mm``.
 
     Equal, inside the crop, to resampling the whole volume onto :func:`whole_volume_grid`.
     ``image`` is a SimpleITK image or an :class:`engine.io.ImageSource`, of which only the
     crop's input box is read (a DICOM series decodes those slices alone). Output points beyond
     the image's edge take ``default_value``, by default the lowest intensity of that box (air
-    for CT, so such voxels fall outside the window).
+    for CT, so such voxels fall outside the window). ``grid``: resample onto this sub-box of the
+    whole-volume grid instead of the ROI's crop (:func:`whole_slices`).
     """
-    grid = crop_grid(image, mask, spacing_mm, margin_mm)
+    if grid is None:
+        grid = crop_grid(image, mask, spacing_mm, margin_mm)
     index, size = _input_region(image, grid)
     if isinstance(image, sitk.Image):
         image_crop = sitk.RegionOfInterest(image, size, index)
@@ -210,6 +215,26 @@ def crop_and_resample(image, mask: sitk.Image, spacing_mm, margin_mm: float,
     resampled = resample_to(image_crop, grid, interpolator=sitk.sitkLinear, default_value=default_value)
     resampled_mask = resample_to(mask_crop, grid, interpolator=sitk.sitkNearestNeighbor)
     return resampled, resampled_mask
+
+
+def whole_slices(crop: Grid, full: Grid) -> Grid:
+    """``crop`` widened in-plane to the whole field of view (same slices, same output lattice).
+
+    The MRI reference tissue (subcutaneous fat) lies at the body's edge, beyond the ROI's crop
+    margin: it is measured on whole slices, N4-corrected together with the ROI.
+    """
+    start = np.rint(_continuous_index(full.origin, full.spacing, full.direction, np.asarray(crop.origin)))
+    start = np.array([0, 0, int(start[2])])
+    origin = _physical(full.origin, full.spacing, full.direction, start[None, :].astype(float))[0]
+    return Grid((full.size[0], full.size[1], crop.size[2]), full.spacing, tuple(float(v) for v in origin),
+                full.direction)
+
+
+def sub_box(image: sitk.Image, box: Grid) -> sitk.Image:
+    """The part of ``image`` on ``box``, a sub-box of the same output lattice (no resampling)."""
+    start = np.rint(_continuous_index(image.GetOrigin(), image.GetSpacing(), image.GetDirection(),
+                                      np.asarray(box.origin))).astype(int)
+    return sitk.RegionOfInterest(image, list(box.size), [int(v) for v in start])
 
 
 def n4_correct(image: sitk.Image, *, shrink_factor: int = 4, iterations=(50, 50, 50, 50),
@@ -242,7 +267,8 @@ def n4_correct(image: sitk.Image, *, shrink_factor: int = 4, iterations=(50, 50,
 
 def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 5.0,
                window=None, n4: bool = False, n4_shrink_factor: int = 4, n4_iterations=(50, 50, 50, 50),
-               n4_convergence_threshold: float = 1e-6, default_value: float | None = None) -> RoiSample:
+               n4_convergence_threshold: float = 1e-6, default_value: float | None = None,
+               standardize: str = "none", standardize_target: float = 1000.0) -> RoiSample:
     """Image + mask on the same grid -> the patient's ROI sample in the resampled space.
 
     Parameters
@@ -259,14 +285,27 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
         Voxels outside ``[low, high]`` are kept in the sample but flagged (``in_window``).
     n4 : bool
         N4 bias-field correction of the resampled crop (MRI).
+    standardize : {"none", "reference"}
+        ``reference`` (MRI): resample and N4-correct whole axial slices, measure the
+        subcutaneous-fat reference outside the ROI (:func:`engine.standardize.reference_fat_signal`)
+        and scale the signal so that it lands on ``standardize_target``; the sample is then cut
+        back to the usual crop. ``none``: the study's processing.
     """
     mask_array = sitk.GetArrayViewFromImage(mask)
     if not mask_array.any():
         raise InputError("mask", "ROI mask is empty")
-    resampled, resampled_mask = crop_and_resample(image, mask, spacing_mm, margin_mm, default_value=default_value)
+    crop = crop_grid(image, mask, spacing_mm, margin_mm)
+    wide = standardize == "reference"
+    region = whole_slices(crop, whole_volume_grid(image, spacing_mm)) if wide else crop
+    resampled, resampled_mask = crop_and_resample(image, mask, spacing_mm, margin_mm, default_value=default_value,
+                                                  grid=region)
     if n4:
         resampled = n4_correct(resampled, shrink_factor=n4_shrink_factor, iterations=n4_iterations,
                                convergence_threshold=n4_convergence_threshold)
+    standardization = None
+    if wide:
+        resampled, resampled_mask, standardization = _standardize_on_reference(
+            resampled, resampled_mask, crop, standardize_target)
     roi = sitk.GetArrayViewFromImage(resampled_mask).ravel() != 0
     flat_index = np.flatnonzero(roi).astype(np.int64)
     if flat_index.size == 0:
@@ -282,9 +321,24 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
         low, high = window
         in_window = (values >= low) & (values <= high)
     return RoiSample(values, flat_index, in_window, Grid.of(resampled), np.array(volume[preview_z], np.float32),
-                     preview_z)
+                     preview_z, standardization)
+
+
+def _standardize_on_reference(resampled: sitk.Image, resampled_mask: sitk.Image, crop: Grid,
+                              target: float) -> tuple[sitk.Image, sitk.Image, dict]:
+    """Whole slices -> (the crop scaled to the reference, the crop's mask, what was measured)."""
+    from .standardize import reference_fat_signal
+
+    measured = reference_fat_signal(sitk.GetArrayViewFromImage(resampled),
+                                    sitk.GetArrayViewFromImage(resampled_mask) != 0, resampled.GetSpacing())
+    if not measured["reference_signal"] > 0:
+        raise InputError("preprocess", "MRI standardisation: the subcutaneous-fat reference has no signal")
+    scale = float(target) / measured["reference_signal"]
+    image = sitk.Cast(sub_box(resampled, crop) * scale, sitk.sitkFloat32)
+    return image, sub_box(resampled_mask, crop), {"method": "reference", "target": float(target), "scale": scale,
+                                                   **measured}
 
 
 
 __all__ = ["Grid", "RoiSample", "crop_and_resample", "crop_grid", "n4_correct", "preprocess", "resample_to",
-           "whole_volume_grid"]
+           "sub_box", "whole_slices", "whole_volume_grid"]

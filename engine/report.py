@@ -47,6 +47,8 @@ from .contract import (CACHE_DIR, METHOD_NAMES, MODALITIES, MODALITY_NAMES, REPO
 from .contract import TABLE_FILES as STUDY_TABLE_FILES
 from .outputs import write_text
 METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"), "fixed": ("black", "-.")}
+#: Outlines of each scanner's share of a pooled histogram (issue 16).
+SCANNER_COLOURS = ("#e7298a", "#1f78b4", "#66a61e", "#a6761d")
 
 # CT display window for overlays (HU): soft tissue, wide enough to show fat (-100) and muscle (+50).
 CT_DISPLAY_WINDOW_HU = (-200.0, 250.0)
@@ -95,6 +97,14 @@ def _require(path: Path) -> Path:
         raise FileNotFoundError(f"{path.name} is missing from the run folder {path.parent}: the report needs "
                                 f"it (re-run the study, or point `sarco report` at a finished run)")
     return path
+
+
+def _read_json_quiet(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
@@ -303,6 +313,7 @@ def _threshold_figure(modality: str, info: dict, decimals: int) -> str:
     fig = _figure(12.0, 4.0)
     ax = fig.add_subplot()
     ax.stairs(counts, edges, fill=True, color="#9aa5b1", alpha=0.8, label="pooled training voxels")
+    _scanner_shares(ax, hist, edges)
     ax.set_xlim(edges[0], edges[-1])
     top = counts.max() if counts.size and counts.max() > 0 else 1.0
     ax.set_ylim(0, top * 1.18)
@@ -324,6 +335,93 @@ def _threshold_figure(modality: str, info: dict, decimals: int) -> str:
                  f"({info.get('n_patients', '?')} patients)")
     fig.legend(loc="outside lower center", fontsize=9.5, ncols=4, frameon=False)
     return _png_data_uri(fig)
+
+
+def _scanner_shares(ax, hist: dict, edges: np.ndarray) -> None:
+    """Issue 16: each scanner's share of the pooled histogram, as outlines over the pooled bars."""
+    for k, (label, counts) in enumerate(sorted((hist.get("by_scanner") or {}).items())):
+        ax.stairs(np.asarray(counts, dtype=float), edges, color=SCANNER_COLOURS[k % len(SCANNER_COLOURS)],
+                  linewidth=1.4, label=f"{label} share")
+
+
+def scanner_sections(thresholds: dict) -> list[dict]:
+    """Issue 16: the scanners of each modality's training cohort and, for standardised MRI, their scales.
+
+    Kept apart from the threshold tables so the report's table code can change without it.
+    """
+    from .contract import SCANNERS_KEY
+
+    sections = []
+    for modality, info in (thresholds.get("modalities") or {}).items():
+        scanners = (info or {}).get(SCANNERS_KEY) if isinstance(info, dict) else None
+        if not scanners:
+            continue
+        standardize = info.get("standardize")
+        rows = []
+        for s in scanners:
+            scale = s.get("scale_median")
+            spread = s.get("scale_range") or []
+            rows.append([str(s.get("label", "")), str(s.get("n_patients", "")),
+                         format_number(scale) if scale is not None else "–",
+                         " – ".join(format_number(v) for v in spread) if spread else "–"])
+        mixed = modality == "mri" and standardize == "none" and len(scanners) > 1
+        sections.append({
+            "name": MODALITY_NAMES.get(modality, modality.upper()), "warn": mixed,
+            "message": (f"{len(scanners)} scanners pooled without intensity standardisation: one threshold on "
+                        "signal without a unit; the MRI fat features are not comparable between scanners."
+                        if mixed else (f"standardisation: {standardize}" if standardize else "")),
+            "table": _table(["Scanner (header)", "Training patients", "Scale (median)", "Scale (range)"], rows,
+                            [False, True, True, True]),
+        })
+    return sections
+
+
+def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict | None:
+    """Issue 16: each MRI series' scanner and fitted scale (cache summaries), and the MRI fat
+    percent per scanner and method (median over its patients), so a scanner the pooled
+    threshold treats differently shows."""
+    from .contract import STANDARDIZATION_KEY, feature_name, scanner_label, summary_path
+
+    if features is None or "patient_id" not in features:
+        return None
+    rows, by_scanner = [], {}
+    for pid in features["patient_id"].astype(str):
+        summary = _read_json_quiet(summary_path(run_dir / CACHE_DIR, pid, "mri"))
+        if not summary or summary.get("status") != "ok":
+            continue
+        label = scanner_label(summary.get("scanner"))
+        by_scanner.setdefault(label, []).append(pid)
+        scale = (summary.get(STANDARDIZATION_KEY) or {}).get("scale")
+        rows.append([pid, label, format_number(scale) if scale is not None else "–"])
+    if not rows:
+        return None
+    methods = [m for m in METHODS if feature_name("mri", m, "fat", "percent") in features]
+    indexed = features.set_index(features["patient_id"].astype(str))
+    result_rows = []
+    for label, pids in sorted(by_scanner.items()):
+        cells = [format_number(pd.to_numeric(indexed.loc[pids, feature_name("mri", m, "fat", "percent")],
+                                             errors="coerce").median()) for m in methods]
+        result_rows.append([label, str(len(pids)), *cells])
+    return {
+        "series": _table(["Patient", "Scanner", "Scale"], rows, [False, False, True]),
+        "result": _table(["Scanner", "Patients", *[f"{METHOD_NAMES[m]} fat % (median)" for m in methods]],
+                         result_rows, [False, True, *[True] * len(methods)]),
+    }
+
+
+def patients_per_model(study: dict | None) -> dict | None:
+    """Issue 16: per model and split, patients labelled, used and left out (from study.json)."""
+    from .contract import PATIENTS_KEY
+
+    rows = []
+    for name, model in ((study or {}).get("models") or {}).items():
+        for split, entry in (model.get(PATIENTS_KEY) or {}).items():
+            dropped = entry.get("dropped") or {}
+            rows.append([model_label(name), SPLIT_NAMES.get(split, split), str(entry.get("labelled", "")),
+                         str(entry.get("used", "")), "; ".join(f"{v}: {k}" for k, v in dropped.items()) or "–"])
+    if not rows:
+        return None
+    return _table(["Model", "Split", "Labelled", "Used", "Left out (why)"], rows, [False, False, True, True, False])
 
 
 def _roc_curves(y: pd.Series, predictions: pd.DataFrame, rows, models: list[str], split: str, notes: list[str]):
@@ -933,6 +1031,9 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "cohort": _cohort_section(features, errors),
         "thresholds": threshold_sections,
         "diagnostics": diagnostic_sections(thresholds, features),
+        "scanners": scanner_sections(thresholds),
+        "mri_series": mri_series_by_scanner(run_dir, features),
+        "patients_per_model": patients_per_model(_read_json_quiet(run_dir / STUDY_JSON)),
         **statistics,
         "boxes": boxes, "overlays": overlays,
         "errors": _errors_section(errors),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .contract import METHODS, MODALITIES, STATS, STUDY_JSON, TABLE_FILES, TISSUES, imaging_models
+from .contract import METHODS, MODALITIES, PATIENTS_KEY, STATS, STUDY_JSON, TABLE_FILES, TISSUES, imaging_models
 from .manifest import Manifest
 from .outputs import write_csv, write_json
 
@@ -41,11 +41,104 @@ def _with_clinical(features: pd.DataFrame, manifest: Manifest, columns: list[str
     return pd.concat([features.reset_index(drop=True), clinical], axis=1)
 
 
+# ----------------------------------------------------------------------------- lost patients (issue 16)
+#: A model that leaves out more than this share of a split's labelled patients is warned about,
+#: and an imaging candidate undefined for more than this share of the training patients that
+#: have the modality is removed from that model's candidates (see :func:`drop_sparse_candidates`).
+LOST_SHARE_WARN = 0.10
+
+
+def _undefined(table: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_numeric(table[column], errors="coerce").isna() if column in table else pd.Series(True, table.index)
+
+
+def drop_sparse_candidates(table: pd.DataFrame, models: dict[str, list[str]], notes: list[str]) -> dict[str, list[str]]:
+    """Imaging candidates undefined for many training patients leave the model, not the patients.
+
+    A tissue mean is undefined when a patient has no voxel of that tissue (no fat above the
+    threshold). That is not a missing measurement to impute (a mean intensity of no tissue does
+    not exist, and 0 or the threshold would be invented numbers), and dropping those patients
+    silently shrinks the cohort and keeps only the fatty ones (a biased sample). A careful
+    analyst removes the feature from the model's candidates when it is undefined for more than
+    ``LOST_SHARE_WARN`` of the training patients that have the modality's features, and says so.
+    Below that share the few patients are left out and counted (:func:`patient_accounting`).
+    """
+    train = (table["split"] == "train") & table["label"].notna()
+    kept = {}
+    for name, candidates in models.items():
+        modality = name.split("_")[0]
+        measured = train & ~_undefined(table, f"{modality}_roi_volume")
+        n = int(measured.sum())
+        keep = []
+        for column in candidates:
+            undefined = int((measured & _undefined(table, column)).sum())
+            if n and undefined / n > LOST_SHARE_WARN:
+                message = (f"{name}: {column} is undefined for {undefined} of {n} training patients (no voxel of "
+                           f"that tissue); removed from the candidates so the model keeps those patients")
+                notes.append(message)
+                log.warning("%s", message)
+            else:
+                keep.append(column)
+        kept[name] = keep
+    return kept
+
+
+def _missing_value(value) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or bool(pd.isna(pd.to_numeric(value, errors="coerce")))
+
+
+def _drop_reason(row: pd.Series, features: list[str]) -> str | None:
+    """Why one patient cannot be scored by a model on ``features`` (None: it can)."""
+    missing = [f for f in features if _missing_value(row.get(f))]
+    if not missing:
+        return None
+    modalities = sorted({f.split("_")[0] for f in missing if f.split("_")[0] in MODALITIES})
+    for modality in modalities:
+        if pd.isna(pd.to_numeric(row.get(f"{modality}_roi_volume"), errors="coerce")):
+            return f"no {modality.upper()} features (series absent or failed; see errors.csv)"
+    return "undefined: " + ", ".join(missing)
+
+
+def patient_accounting(table: pd.DataFrame, model_features: dict[str, list[str]], notes: list[str],
+                       train_features: dict[str, list[str]] | None = None) -> dict:
+    """Per model and split: labelled patients, patients the model used, and why the others were left out.
+
+    ``model_features``: what scores a patient (the fitted model's features); ``train_features``:
+    what the training split needed (every candidate the selection saw), default the same.
+
+    ``{model: {split: {"labelled": n, "used": n, "dropped": {reason: n}}}}``; a note and a warning
+    when a model leaves out more than ``LOST_SHARE_WARN`` of a split.
+    """
+    out = {}
+    labelled = table[table["label"].notna()]
+    for name, features in model_features.items():
+        per_split = {}
+        for split, rows in labelled.groupby("split", sort=True):
+            if not split:
+                continue
+            needed = (train_features or {}).get(name, features) if split == "train" else features
+            reasons = [r for r in (_drop_reason(row, needed) for _, row in rows.iterrows()) if r]
+            counts = pd.Series(reasons, dtype=object).value_counts().to_dict() if reasons else {}
+            per_split[split] = {"labelled": int(len(rows)), "used": int(len(rows) - len(reasons)),
+                                "dropped": {str(k): int(v) for k, v in counts.items()}}
+            if len(rows) and len(reasons) / len(rows) > LOST_SHARE_WARN:
+                why = "; ".join(f"{v} {k}" for k, v in counts.items())
+                message = (f"{name}: {len(reasons)} of {len(rows)} {split} patients left out ({why})")
+                notes.append(message)
+                log.warning("%s", message)
+        out[name] = per_split
+    return out
+
+
 def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]], cfg, out_dir: Path, notes):
     """Run :func:`engine.stats.run_study` and write tables/, predictions.csv and study.json."""
     from .stats import run_study
     from .stats.study import study_summary
 
+    own_notes: list[str] = []
+    models = drop_sparse_candidates(table, models, own_notes)
     # the CV folds are a statistics choice: seeded by the stats seed, not by the fit's K-means seed
     result = run_study(table, clinical_columns=columns, imaging_models=models, label="label", split="split",
                        folds=cfg.stats.cv_folds, seed=cfg.stats.split_seed, p_enter=cfg.stats.p_enter,
@@ -56,7 +149,17 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
         if frame is not None:
             write_csv(tables / name, frame)
     write_csv(Path(out_dir) / "predictions.csv", result.predictions)
-    write_json(Path(out_dir) / STUDY_JSON, study_summary(result))
+    summary = study_summary(result)
+    # training: the model's candidates must all be present (the selection saw them all);
+    # evaluation splits: the features of the fitted model
+    candidates = {n: list(models.get(n, [c for c in columns if c in table] if n == "clinical" else m.features))
+                  for n, m in result.models.items()}
+    accounting = patient_accounting(table, {n: list(m.features) for n, m in result.models.items()}, own_notes,
+                                    train_features=candidates)
+    for name, entry in summary["models"].items():
+        entry[PATIENTS_KEY] = accounting.get(name, {})
+    result.notes[:0] = own_notes
+    write_json(Path(out_dir) / STUDY_JSON, summary)
     notes.extend(result.notes)
     bundle = result.to_bundle()
     bundle["notes"] = list(result.notes)

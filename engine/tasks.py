@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, TISSUES, excluded_voxels_column, feature_name,
-                       features_cache_path, habitat_path, qa_strip_path, roi_volume_column, sample_path,
-                       summary_path, vs_fixed_column)
+from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, SCANNER_KEY, STANDARDIZATION_KEY, TISSUES,
+                       excluded_voxels_column, feature_name, features_cache_path, habitat_path, qa_strip_path,
+                       roi_volume_column, sample_path, scanner_of, summary_path, vs_fixed_column)
 from .errors import InputError
 
 
@@ -201,6 +201,13 @@ def _save_qa_strip(image, mask, derived, path: Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def _standardize_options(prep) -> dict:
+    """The MRI standardisation keywords of :func:`engine.preprocess.preprocess` (CT has none)."""
+    if getattr(prep, "standardize", "none") == "none":
+        return {}
+    return {"standardize": prep.standardize, "standardize_target": prep.standardize_target}
+
+
 def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
     """Pass 1 for one patient and modality: read, check, resample, N4, window -> cached ROI sample.
 
@@ -218,90 +225,122 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
                  "series_uid": job.get("series_uid"),
                  "config": cfg.preprocess_key(modality), "engine": __version__})
     cache = Path(cache_dir)
-    summary_file = summary_path(cache, pid, modality)
-    sample_file = sample_path(cache, pid, modality)
     if not force:
-        cached = _read_json(summary_file)
-        derived_file = job.get("derived_roi")
-        derived_ok = not (derive_from and derived_file) or Path(derived_file).exists()
-        if cached and cached.get("key") == key and (cached["status"] == "error" or (sample_file.exists()
-                                                                                   and derived_ok)):
-            cached["cached"] = True
-            if cached["status"] == "ok":
-                cached["sample"] = str(sample_file)  # where it is now: a run folder may have been moved
+        cached = _cached_summary(job, key, cache, derive_from)
+        if cached is not None:
             return cached
-
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
-    stage = "ingest"
+    reached = {"stage": "ingest"}  # the step an unforeseen error happened in
     _one_itk_thread_on_dask_workers()
     try:
-        if not job["image"]:
-            raise InputError("ingest", f"no {modality.upper()} image path in the manifest although an ROI is given")
-        if not job["roi"] and not derive_from:
-            raise InputError("mask", f"no {modality.upper()} ROI path in the manifest although an image is given "
-                                     f"(give {modality}_roi, or {modality}_segmentation to derive it)")
-        from .io import open_image, read_mask
-        from .preprocess import preprocess
-
-        hint = (f"write the SeriesInstanceUID of the one to use in the manifest's {modality}_series_uid column, "
-                f"or set io.series_description.{modality} in the config to a pattern of its description")
-        # a DICOM series is checked now and decoded later, only where the ROI's crop needs it
-        image = open_image(job["image"], series_uid=job.get("series_uid"), max_voxels=cfg.io.max_voxels_per_volume,
-                           max_files=cfg.io.max_files_per_series, series_hint=hint,
-                           series_description=cfg.io.series_description.get(modality))
-        info = image.info
-        found = (info or {}).get("modality")
-        expected = DICOM_MODALITY[modality]
-        if found and found in ("CT", "MR") and found != expected:
-            article = "an" if found == "MR" else "a"
-            raise InputError("ingest", f"the {modality.upper()} column points to {article} {found} series; "
-                                       f"give the {expected} series in {modality}_image")
-        stage = "mask"
-        derived = None
-        if derive_from:
-            stage = "segmentation"
-            derived = _derive_roi(derive_from, image, cfg, job.get("derived_roi"))
-            mask = derived.roi
-        else:
-            mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments,
-                             max_voxels=cfg.io.max_voxels_per_volume,
-                             frame_of_reference_uid=(info or {}).get("frame_of_reference_uid") or None)
-        stage = "preprocess"
-        prep = cfg.modality_preprocess(modality)
-        sample = preprocess(image, mask, spacing_mm=cfg.preprocess.spacing_mm, margin_mm=prep.crop_margin_mm,
-                            window=prep.window, n4=prep.n4, n4_shrink_factor=prep.n4_shrink_factor,
-                            n4_iterations=prep.n4_iterations,
-                            n4_convergence_threshold=prep.n4_convergence_threshold)
-        in_window = sample.window_values
-        if in_window.size == 0:
-            low, high = prep.window
-            raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
-                                           f"({sample.roi_voxels} ROI voxels, all excluded)")
-        cache.mkdir(parents=True, exist_ok=True)
-        try:
-            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
-        except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
-            pass
-        sample.save(sample_file)
-        summary = {**base, "status": "ok", "sample": str(sample_file), "roi_voxels": sample.roi_voxels,
-                   "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
-                   "min": float(in_window.min()), "max": float(in_window.max()),
-                   "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
-                   "input_blake3": content_digest(job["image"], job["roi"] or derive_from),
-                   **({"derived_roi": {"level": derived.level, "plane_mm": round(derived.plane_mm, 2),
-                                       "thickness_mm": derived.thickness_mm,
-                                       "path": job.get("derived_roi")}} if derived is not None else {}),
-                   "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax")
-                             if info and k in info}}
+        summary = {**base, **_ingest(job, cfg, cache, derive_from, reached)}
     except InputError as exc:
         summary = {**base, "status": "error", "stage": exc.stage, "reason": _as_written(exc.reason, job)}
     except MemoryError:
-        summary = {**base, "status": "error", "stage": stage, "reason": "ran out of memory reading this study"}
+        summary = {**base, "status": "error", "stage": reached["stage"], "reason": "ran out of memory reading this study"}
     except Exception as exc:  # an input we did not foresee must not stop the night's batch
-        summary = {**base, "status": "error", "stage": stage,
+        summary = {**base, "status": "error", "stage": reached["stage"],
                    "reason": _as_written(f"unexpected {type(exc).__name__} while reading this study: {exc}", job)}
     cache.mkdir(parents=True, exist_ok=True)
-    _write_json(summary_file, summary)
+    _write_json(summary_path(cache, pid, modality), summary)
+    return summary
+
+
+def _cached_summary(job: dict, key: str, cache: Path, derive_from: str) -> dict | None:
+    """The cached pass-1 summary under ``key`` if it and its files are still there, else None."""
+    pid, modality = job["patient_id"], job["modality"]
+    cached = _read_json(summary_path(cache, pid, modality))
+    sample_file = sample_path(cache, pid, modality)
+    derived_file = job.get("derived_roi")
+    derived_ok = not (derive_from and derived_file) or Path(derived_file).exists()
+    if not cached or cached.get("key") != key:
+        return None
+    if cached["status"] != "error" and not (sample_file.exists() and derived_ok):
+        return None
+    cached["cached"] = True
+    if cached["status"] == "ok":
+        cached["sample"] = str(sample_file)  # where it is now: a run folder may have been moved
+    return cached
+
+
+def _open_checked_image(job: dict, cfg):
+    """The series (checked now, decoded later where the ROI's crop needs it) of the right modality."""
+    from .io import open_image
+
+    modality = job["modality"]
+    if not job["image"]:
+        raise InputError("ingest", f"no {modality.upper()} image path in the manifest although an ROI is given")
+    hint = (f"write the SeriesInstanceUID of the one to use in the manifest's {modality}_series_uid column, "
+            f"or set io.series_description.{modality} in the config to a pattern of its description")
+    image = open_image(job["image"], series_uid=job.get("series_uid"), max_voxels=cfg.io.max_voxels_per_volume,
+                       max_files=cfg.io.max_files_per_series, series_hint=hint,
+                       series_description=cfg.io.series_description.get(modality))
+    found = (image.info or {}).get("modality")
+    expected = DICOM_MODALITY[modality]
+    if found and found in ("CT", "MR") and found != expected:
+        article = "an" if found == "MR" else "a"
+        raise InputError("ingest", f"the {modality.upper()} column points to {article} {found} series; "
+                                   f"give the {expected} series in {modality}_image")
+    return image
+
+
+def _roi_mask(job: dict, image, cfg, derive_from: str, reached: dict):
+    """(ROI mask on the image grid, the derivation or None): the manifest's ROI, else one derived."""
+    from .io import read_mask
+
+    reached["stage"] = "mask"
+    if derive_from:
+        reached["stage"] = "segmentation"
+        derived = _derive_roi(derive_from, image, cfg, job.get("derived_roi"))
+        return derived.roi, derived
+    info = image.info or {}
+    mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments,
+                     max_voxels=cfg.io.max_voxels_per_volume,
+                     frame_of_reference_uid=info.get("frame_of_reference_uid") or None)
+    return mask, None
+
+
+def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dict:
+    """The work of pass 1 for one series; returns the ``ok`` part of its summary, or raises InputError."""
+    from .preprocess import preprocess
+
+    pid, modality = job["patient_id"], job["modality"]
+    if not job["roi"] and not derive_from:
+        raise InputError("mask", f"no {modality.upper()} ROI path in the manifest although an image is given "
+                                 f"(give {modality}_roi, or {modality}_segmentation to derive it)")
+    image = _open_checked_image(job, cfg)
+    mask, derived = _roi_mask(job, image, cfg, derive_from, reached)
+    reached["stage"] = "preprocess"
+    prep = cfg.modality_preprocess(modality)
+    sample = preprocess(image, mask, spacing_mm=cfg.preprocess.spacing_mm, margin_mm=prep.crop_margin_mm,
+                        window=prep.window, n4=prep.n4, n4_shrink_factor=prep.n4_shrink_factor,
+                        n4_iterations=prep.n4_iterations, n4_convergence_threshold=prep.n4_convergence_threshold,
+                        **_standardize_options(prep))
+    in_window = sample.window_values
+    if in_window.size == 0:
+        low, high = prep.window
+        raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
+                                       f"({sample.roi_voxels} ROI voxels, all excluded)")
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
+    except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
+        pass
+    sample_file = sample_path(cache, pid, modality)
+    sample.save(sample_file)
+    info = image.info
+    summary = {"status": "ok", "sample": str(sample_file), "roi_voxels": sample.roi_voxels,
+               "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
+               "min": float(in_window.min()), "max": float(in_window.max()),
+               "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
+               "input_blake3": content_digest(job["image"], job["roi"] or derive_from),
+               "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax") if info and k in info},
+               SCANNER_KEY: scanner_of(info)}
+    if derived is not None:
+        summary["derived_roi"] = {"level": derived.level, "plane_mm": round(derived.plane_mm, 2),
+                                  "thickness_mm": derived.thickness_mm, "path": job.get("derived_roi")}
+    if sample.standardization is not None:
+        summary[STANDARDIZATION_KEY] = sample.standardization
     return summary
 
 

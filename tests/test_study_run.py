@@ -39,10 +39,13 @@ def test_tables_and_bundle_are_filled(study):
     table5 = pd.read_csv(out / "tables" / "table5_performance.csv")
     models = set(table5["model"])
     assert {"ct_otsu", "ct_kmeans", "ct_gmm", "clinical", "combined"} <= models
-    # The synthetic cohort's CT fat carries the signal: the imaging models separate on validation.
+    # The synthetic cohort's CT carries the signal: the imaging models separate on validation.
     # (ct_fixed, the Alberta reference, is not fitted to the cohort: it only has to carry signal)
+    # Issue 16 calibrated the cohort to the paper (CT validation AUC 0.77-0.96, not 1.000); on 16
+    # validation patients an AUC near 0.8 has a sampling SD of ~0.1, so the bound is 0.65: still
+    # far above chance (0.5), which is what a lost CT signal gives.
     validation = table5[(table5["split"] == "validation") & table5["model"].isin(["ct_otsu", "ct_kmeans", "ct_gmm"])]
-    assert (validation["auc"] > 0.8).all(), validation[["model", "auc"]]
+    assert (validation["auc"] > 0.65).all(), validation[["model", "auc"]]
     fixed = table5[(table5["split"] == "validation") & (table5["model"] == "ct_fixed")]
     assert (fixed["auc"] > 0.6).all(), fixed[["model", "auc"]]
     bundle = json.loads((out / "model.json").read_text())

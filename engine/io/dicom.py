@@ -113,6 +113,11 @@ class SeriesInfo:
     frame_of_reference_uid : str
         FrameOfReferenceUID of the first file (empty when absent): masks stored as DICOM-SEG
         must share it.
+    manufacturer, model : str
+        Manufacturer and ManufacturerModelName of the first file (empty when absent): which
+        scanner acquired the series (MRI signal scales differ between scanners, issue 16).
+    field_strength_t : float or None
+        MagneticFieldStrength (tesla) of the first file, MR only.
     files : tuple of pathlib.Path
         The series' files (not shown in ``repr``; not part of :meth:`as_dict`).
     """
@@ -132,6 +137,9 @@ class SeriesInfo:
     is_image: bool = True
     sop_class: str = ""
     frame_of_reference_uid: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    field_strength_t: float | None = None
     files: tuple[pathlib.Path, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict:
@@ -261,6 +269,7 @@ HEADER_KEYWORDS = (
     "BitsAllocated", "BitsStored", "PixelRepresentation",
     "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength",
 )
 
 #: (7FE0,0010) Pixel Data, as its tag is written in a little-endian data set.
@@ -368,6 +377,14 @@ def _frames_in(header) -> int:
         return 1
 
 
+def _field_strength(header) -> float | None:
+    try:
+        value = header.get("MagneticFieldStrength")
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Sequence[str]) -> SeriesInfo:
     first = members[0][1]
     syntaxes = sorted({_ts_label(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", None)) for _, h in members})
@@ -391,6 +408,9 @@ def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Se
         is_image=all(_is_image(h) for _, h in members),
         sop_class=sop_name,
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
+        manufacturer=str(first.get("Manufacturer", "") or ""),
+        model=str(first.get("ManufacturerModelName", "") or ""),
+        field_strength_t=_field_strength(first),
         files=tuple(f for f, _ in members),
     )
 
