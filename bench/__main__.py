@@ -35,6 +35,7 @@ BENCHES: dict[str, str | Callable[..., list[dict]]] = {
     "fits": "bench.fits",
     "e2e": "bench.e2e",
     "n4": "bench.n4",
+    "segmentation": "bench.segmentation",
     "synth_time": "bench.synth_time",
     "scaling": "bench.scaling",
 }
