@@ -100,3 +100,14 @@ def test_command_line_entry_point_parses():
     bad = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_segmentation_bench_derives_the_hand_roi_it_times_against():
+    """The two contenders measure the same ROI (no timing is asserted)."""
+    from bench import segmentation
+
+    rows = segmentation.run(quick=True, repeats=1)
+    assert [r["file"] for r in rows] == [".nii.gz", ".nii"]
+    for row in rows:
+        assert row["roi_voxels_derived"] == row["roi_voxels_hand"] > 0
+        assert {"hand_median_s", "read_only_median_s", "derived_median_s", "derived_over_hand"} <= set(row)
