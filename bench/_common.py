@@ -13,6 +13,7 @@ import datetime as _dt
 import gc
 import hashlib
 import importlib.util
+import io
 import math
 import os
 import platform
@@ -262,12 +263,13 @@ def cohort_manifest(cache_dir: str | Path, size: str, n_patients: int, *, worker
         return full
     subset = root / f"manifest-{n_patients}.csv"
     if not subset.exists():
-        tmp = subset.with_name(f".{subset.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows[:n_patients])
-        tmp.replace(subset)
+        from engine.outputs import write_text
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows[:n_patients])
+        write_text(subset, buffer.getvalue())
     return subset
 
 
