@@ -23,21 +23,19 @@ BROKEN = "SYN0003"     # its segmentation loses L4
 
 
 @pytest.fixture(scope="module")
-def derived_cohort(tmp_path_factory):
-    from engine.synthetic import synthesize_cohort
-
-    root = tmp_path_factory.mktemp("derived_cohort")
-    manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=5, size="small", workers=2)
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+def derived_cohort(shared_cohort):
+    """The session cohort's first patients (tests/cohorts.py), ROI cells emptied, one without L4."""
+    root = shared_cohort.parent
+    table = pd.read_csv(shared_cohort, dtype=str, keep_default_na=False).iloc[:N_PATIENTS].copy()
     broken = table.index[table["patient_id"] == BROKEN][0]
     labels = sitk.ReadImage(str(root / table.at[broken, "ct_segmentation"]))
     array = sitk.GetArrayFromImage(labels)
     array[array == TOTALSEGMENTATOR_TOTAL_V2["vertebrae_L4"]] = 0
     no_l4 = sitk.GetImageFromArray(array)
     no_l4.CopyInformation(labels)
-    sitk.WriteImage(no_l4, str(root / "no_l4.nii.gz"))
-    table.at[broken, "ct_segmentation"] = "no_l4.nii.gz"
-    ct_only = table.drop(columns=["mri_image", "mri_roi", "mri_segmentation"]).assign(ct_roi="")
+    sitk.WriteImage(no_l4, str(root / "derived_no_l4.nii.gz"))
+    table.at[broken, "ct_segmentation"] = "derived_no_l4.nii.gz"
+    ct_only = table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).assign(ct_roi="")
     derived = root / "manifest_derived.csv"
     ct_only.to_csv(derived, index=False)
     return root, derived
