@@ -15,14 +15,12 @@ values, voxel for voxel, as resampling the whole volume (tested against SimpleIT
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import SAMPLE_KEYS
 from .errors import InputError
 from .outputs import atomic_path
 

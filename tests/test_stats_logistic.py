@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-from scipy import stats
 
 from engine.stats import LogisticModel, multivariable_logistic, univariate_logistic
 from engine.stats.models import fit_logistic_model

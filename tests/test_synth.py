@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from engine.synthetic import CLINICAL_COLUMNS, MANIFEST_COLUMNS, ROI_LABELS, synthesize_cohort
+from engine.synthetic import MANIFEST_COLUMNS, ROI_LABELS, synthesize_cohort
 from engine.synthetic.cohort import SEGMENTATION_COLUMNS
 
 from tests.cohorts import N_PATIENTS, SEED

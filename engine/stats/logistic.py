@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ._design import build_encoding, design_columns, design_matrix, missing_rows, resolve_categorical
+from ._design import build_encoding, design_matrix, missing_rows, resolve_categorical
 from ._fit import TERM_COLUMNS, constant_columns
 from .models import LogisticModel, fit_logistic_model, label_vector
 

@@ -72,7 +72,6 @@ import io
 import json
 import math
 import multiprocessing
-import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
