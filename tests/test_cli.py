@@ -129,9 +129,12 @@ def test_stats_groups_and_logistic_json(tmp_path, capsys):
     n = 120
     y = rng.integers(0, 2, n)
     table = pd.DataFrame({"y": y, "age": 60 + 5 * rng.normal(size=n) + 2 * y, "bmi": rng.normal(24, 3, n)})
-    table.to_csv(tmp_path / "t.csv", index=False)
+    # a cohort manifest given as it is: its image and ROI paths are not variables to compare
+    table.assign(ct_image=[f"p{i}/ct" for i in range(n)], ct_roi=[f"p{i}/roi.nii.gz" for i in range(n)]).to_csv(
+        tmp_path / "t.csv", index=False)
     assert main(["stats", "groups", "--csv", str(tmp_path / "t.csv"), "--label", "y", "--json"]) == 0
     groups = {v["variable"]: v for v in json.loads(capsys.readouterr().out)["variables"]}
+    assert set(groups) == {"age", "bmi"}
     age = groups["age"]
     x0, x1 = table.loc[y == 0, "age"], table.loc[y == 1, "age"]
     reference = {"Student's t-test": stats.ttest_ind(x0, x1).pvalue,

@@ -118,7 +118,8 @@ def icc_command(csv, target: str, rater: str, value: str, as_json: bool = False)
 
 
 def groups_command(csv, label: str, as_json: bool = False) -> tuple[dict, str]:
-    """Table 2 on one CSV: every column except the label (and ``patient_id``/``split``) by group.
+    """Table 2 on one CSV: every column except the label, ``patient_id``/``split`` and the engine's
+    image, ROI, segmentation and series columns (so a cohort manifest can be given as it is) by group.
 
     Returns ``{"csv", "label", "n_0", "n_1", "variables": [{"variable", "level", "kind", "test",
     "statistic", "p", "n_0", "n_1", "value_0", "value_1", "note"}]}`` (one entry per continuous
@@ -129,7 +130,9 @@ def groups_command(csv, label: str, as_json: bool = False) -> tuple[dict, str]:
 
     df = _read(csv, [label])
     y = label_vector(df[label])
-    variables = [c for c in df.columns if c not in RESERVED | {label}]
+    from ..contract import ENGINE_COLUMNS
+
+    variables = [c for c in df.columns if c not in RESERVED | set(ENGINE_COLUMNS) | {label}]
     if not variables:
         raise ValueError(f"'{csv}' has no column to compare besides '{label}'")
     table = compare_groups(df, label=label, variables=variables)
