@@ -9,15 +9,19 @@ runs the same stage on any feature table, for groups that measured muscle with o
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 from pathlib import Path
 
 import pandas as pd
 
-from .contract import METHODS, MODALITIES, PATIENTS_KEY, STATS, STUDY_JSON, TABLE_FILES, TISSUES, imaging_models
+from .contract import (ALL_METHODS, FEATURES_CSV, LABEL, MODALITIES, MODEL_JSON, PATIENT_ID, PATIENTS_KEY, SPLIT,
+                       STUDY_JSON, TABLE_FILES, THRESHOLDS_JSON, excluded_voxels_column, imaging_models,
+                       method_features, model_name, parse_feature, roi_volume_column)
+from .errors import UsageError
 from .manifest import Manifest
-from .outputs import write_csv, write_json
+from .outputs import dumps_json, write_csv, write_json, write_text
+from .userfiles import read_csv_table
 
 log = logging.getLogger("sarco")
 
@@ -26,10 +30,9 @@ log = logging.getLogger("sarco")
 TABLE_MODEL_FORMAT = "sarco-table-study/1"
 
 #: Columns of a feature table that are never clinical variables.
-RESERVED_COLUMNS = ("patient_id", "label", "split")
-
-_FEATURE = re.compile(rf"^({'|'.join(MODALITIES)})_([a-z0-9]+)_({'|'.join(TISSUES)})_({'|'.join(STATS)})$")
-_MODALITY_EXTRAS = {f"{m}_{suffix}" for m in MODALITIES for suffix in ("roi_volume", "excluded_voxels")}
+RESERVED_COLUMNS = (PATIENT_ID, LABEL, SPLIT)
+#: Per-modality imaging columns that belong to no (modality, method) model and are not clinical.
+_MODALITY_EXTRAS = {column(m) for m in MODALITIES for column in (roi_volume_column, excluded_voxels_column)}
 
 
 def clinical_columns(manifest: Manifest, configured: list[str] | None) -> list[str]:
@@ -67,7 +70,7 @@ def drop_sparse_candidates(table: pd.DataFrame, models: dict[str, list[str]], no
     kept = {}
     for name, candidates in models.items():
         modality = name.split("_")[0]
-        measured = train & ~_undefined(table, f"{modality}_roi_volume")
+        measured = train & ~_undefined(table, roi_volume_column(modality))
         n = int(measured.sum())
         keep = []
         for column in candidates:
@@ -96,7 +99,7 @@ def _drop_reason(row: pd.Series, features: list[str]) -> str | None:
         return None
     modalities = sorted({f.split("_")[0] for f in missing if f.split("_")[0] in MODALITIES})
     for modality in modalities:
-        if pd.isna(pd.to_numeric(row.get(f"{modality}_roi_volume"), errors="coerce")):
+        if pd.isna(pd.to_numeric(row.get(roi_volume_column(modality)), errors="coerce")):
             return f"no {modality.upper()} features (series absent or failed; see errors.csv)"
     return "undefined: " + ", ".join(missing)
 
@@ -159,49 +162,38 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
     for name, entry in summary["models"].items():
         entry[PATIENTS_KEY] = accounting.get(name, {})
     result.notes[:0] = own_notes
-    write_json(Path(out_dir) / STUDY_JSON, summary)
+    text = dumps_json(summary)  # JSON-safe (NaN -> null): what study.json holds and callers get
+    write_text(Path(out_dir) / STUDY_JSON, text)
     notes.extend(result.notes)
     bundle = result.to_bundle()
     bundle["notes"] = list(result.notes)
     bundle["clinical_columns"] = columns
-    return bundle
+    return bundle, json.loads(text)
 
 
 def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cfg, modalities, notes: list[str]):
     """Fit the study's models on the training split and write the tables; return the bundle."""
     columns = clinical_columns(manifest, cfg.stats.clinical_columns)
     table = _with_clinical(features, manifest, columns)
-    return _study(table, columns, imaging_models(modalities, cfg.fit.methods), cfg, out_dir, notes)
+    bundle, _ = _study(table, columns, imaging_models(modalities, cfg.fit.methods), cfg, out_dir, notes)
+    return bundle
 
 
 def table_models(columns) -> dict[str, list[str]]:
-    """Imaging models of a feature table: one per (modality, method) whose columns are named as in
-    METHOD.md section 4 (``{modality}_{method}_{tissue}_{stat}``), in the engine's order."""
-    found: dict[tuple[str, str], list[str]] = {}
-    for column in columns:
-        match = _FEATURE.match(str(column))
-        if match:
-            found.setdefault((match.group(1), match.group(2)), []).append(column)
-    order = {m: i for i, m in enumerate((*METHODS, "fixed"))}
+    """Imaging models of a feature table: one per (modality, method) with a column named as in
+    METHOD.md section 4 (:func:`engine.contract.parse_feature`), in the engine's order."""
+    found = {parts[:2] for parts in map(parse_feature, map(str, columns)) if parts is not None}
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
     keys = sorted(found, key=lambda k: (MODALITIES.index(k[0]), order.get(k[1], len(order)), k[1]))
-    return {f"{m}_{method}": [f"{m}_{method}_{t}_{s}" for t in TISSUES for s in STATS] for m, method in keys}
+    return {model_name(m, method): method_features(m, method) for m, method in keys}
 
 
 def read_feature_table(path) -> pd.DataFrame:
-    """A user's feature table; ``ValueError`` naming what to fix when it cannot be used."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"feature table '{path}' not found")
-    try:
-        table = pd.read_csv(path, dtype={"patient_id": str, "split": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"feature table '{path}' is not a readable CSV ({exc})") from exc
-    missing = [c for c in RESERVED_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"feature table '{path}' has no column(s) {missing} (needed: patient_id, label, split)")
-    if table["patient_id"].duplicated().any():
-        duplicated = sorted(table.loc[table["patient_id"].duplicated(), "patient_id"].astype(str).unique())[:5]
-        raise ValueError(f"feature table '{path}': patient_id repeated ({duplicated})")
+    """A user's feature table; :class:`~engine.errors.UsageError` naming what to fix when it cannot be used."""
+    table = read_csv_table(path, RESERVED_COLUMNS, "feature table", dtype={PATIENT_ID: str, SPLIT: str})
+    if table[PATIENT_ID].duplicated().any():
+        duplicated = sorted(table.loc[table[PATIENT_ID].duplicated(), PATIENT_ID].astype(str).unique())[:5]
+        raise UsageError(f"feature table '{path}': patient_id repeated ({duplicated})")
     return table
 
 
@@ -215,8 +207,6 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     model.json (:data:`TABLE_MODEL_FORMAT`), features.csv, and report.html when ``run.report``.
     Returns the ``study.json`` summary and the notes.
     """
-    import json
-
     from . import __version__
 
     table = read_feature_table(table_path)
@@ -226,38 +216,35 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     if columns is None:
         columns = [c for c in table.columns if c not in RESERVED_COLUMNS and c not in imaging]
     if not models and not columns:
-        raise ValueError(f"feature table '{table_path}' has neither imaging features nor clinical columns")
+        raise UsageError(f"feature table '{table_path}' has neither imaging features nor clinical columns")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if not models:
         notes.append("no imaging feature columns ({modality}_{method}_{tissue}_{stat}): clinical model only")
-    bundle = _study(table, columns, models, cfg, out_dir, notes)
-    write_csv(out_dir / "features.csv", table)
-    write_json(out_dir / "thresholds.json", {"modalities": {}, "source": "feature table",
-                                             "note": f"statistics on {Path(table_path).name}; no threshold fitted"})
-    write_json(out_dir / "model.json", {"format": TABLE_MODEL_FORMAT, "engine_version": __version__,
-                                        "config": cfg.to_dict(), "source_table": str(table_path),
-                                        "statistics": bundle, "clinical_columns": columns})
+    bundle, summary = _study(table, columns, models, cfg, out_dir, notes)
+    write_csv(out_dir / FEATURES_CSV, table)
+    write_json(out_dir / THRESHOLDS_JSON, {"modalities": {}, "source": "feature table",
+                                           "note": f"statistics on {Path(table_path).name}; no threshold fitted"})
+    write_json(out_dir / MODEL_JSON, {"format": TABLE_MODEL_FORMAT, "engine_version": __version__,
+                                      "config": cfg.to_dict(), "source_table": str(table_path),
+                                      "statistics": bundle, "clinical_columns": columns})
     if cfg.run.report:
         from .report import render_report
 
         render_report(out_dir)
-    return json.loads((out_dir / STUDY_JSON).read_text()), notes
+    return summary, notes
 
 
 def study_command(args) -> int:
     """``sarco study``: run :func:`run_table_study` and print the models; a table mistake exits 2."""
-    import sys
-
     from .config import load_config
     from .stats.cli import study_text
 
     try:
         summary, notes = run_table_study(args.table, args.out, load_config(args.config))
-    except ValueError as exc:  # a user mistake in the table: one line naming what to fix
-        print(f"sarco: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # the table cannot carry the study (no training rows, one class, ...)
+        raise UsageError(str(exc)) from None  # the CLI's boundary: one line, exit 2
     print(study_text(summary, notes, Path(args.out)))
     return 0
 

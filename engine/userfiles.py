@@ -100,17 +100,17 @@ def read_json_object(path, what: str) -> dict:
     return value
 
 
-def read_csv_table(path, columns=(), what: str = "CSV file"):
+def read_csv_table(path, columns=(), what: str = "CSV file", dtype=None):
     """A CSV as a DataFrame, with ``columns`` required; a :class:`UsageError` names what is wrong.
 
-    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted.
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted; ``dtype`` as :func:`pandas.read_csv`.
     """
     import pandas as pd
 
     target = require_file(path, what)
     try:
         with user_file(path, what):
-            table = pd.read_csv(target, encoding="utf-8-sig")
+            table = pd.read_csv(target, encoding="utf-8-sig", dtype=dtype)
     except pd.errors.EmptyDataError:
         raise UsageError(f"{what} '{path}' is empty") from None
     except pd.errors.ParserError as exc:
