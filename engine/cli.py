@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .contract import REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
@@ -63,8 +64,8 @@ def _summary(result, out_dir: Path) -> str:
         lines.append(f"rerun: {result.reused} series taken from the cache, {result.computed} computed")
     lines.extend(f"note: {n}" for n in result.notes)
     lines.append(f"results: {out_dir.resolve()}")
-    if (out_dir / "report.html").exists():
-        lines.append(f"report:  {(out_dir / 'report.html').resolve()}")
+    if (out_dir / REPORT_HTML).exists():
+        lines.append(f"report:  {(out_dir / REPORT_HTML).resolve()}")
     return "\n".join(lines)
 
 

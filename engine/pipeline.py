@@ -28,7 +28,7 @@ from .backend import resolve_backend
 from .bundle import make_bundle, read_bundle
 from .cohort_fit import fit_thresholds, threshold_values
 from .config import Config, load_config
-from .contract import (CACHE_DIR, HABITATS_DIR, MODALITIES, MODEL_JSON, PROVENANCE_JSON, THRESHOLDS_JSON,
+from .contract import (CACHE_DIR, ERRORS_CSV, HABITATS_DIR, MODALITIES, MODEL_JSON, PROVENANCE_JSON, THRESHOLDS_JSON,
                        derived_roi_path, feature_names, series_uid_column)
 from .executors import open_executor, progress
 from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
@@ -225,7 +225,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
                        and not np.isnan(manifest.table.loc[s["patient_id"], "label"]))
         thresholds = fit_thresholds(executor, ok, is_training, cfg, backend, batch.notes)
         if not thresholds["modalities"]:
-            write_csv(out_dir / "errors.csv", error_frame(batch.errors))
+            write_csv(out_dir / ERRORS_CSV, error_frame(batch.errors))
             raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
                             "see errors.csv" if batch.errors else "no training patient in the manifest")
         retract_outputs(out_dir)

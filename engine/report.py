@@ -42,8 +42,10 @@ import pandas as pd
 from kernels import FAT, classify
 
 from .contract import ALL_METHODS as METHODS
-from .contract import (CACHE_DIR, METHOD_NAMES, MODALITIES, MODALITY_NAMES, REPORT_HTML, SPLIT_NAMES, SPLITS, STATS,
-                       STUDY_JSON, TISSUES, sample_path)
+from .contract import (CACHE_DIR, ERRORS_CSV, FEATURES_CSV, FIXED, METHOD_NAMES, MODALITIES, MODALITY_NAMES,
+                       MODEL_JSON, PATIENTS_KEY, PREDICTIONS_CSV, PROVENANCE_JSON, REPORT_HTML, SCANNERS_KEY, SPLITS,
+                       SPLIT_NAMES, STANDARDIZATION_KEY, STATS, STUDY_JSON, THRESHOLDS_JSON, TISSUES, feature_name,
+                       roi_volume_column, sample_path, scanner_label, summary_path, vs_fixed_column)
 from .contract import TABLE_FILES as STUDY_TABLE_FILES
 from .outputs import write_text
 METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"), "fixed": ("black", "-.")}
@@ -349,8 +351,6 @@ def scanner_sections(thresholds: dict) -> list[dict]:
 
     Kept apart from the threshold tables so the report's table code can change without it.
     """
-    from .contract import SCANNERS_KEY
-
     sections = []
     for modality, info in (thresholds.get("modalities") or {}).items():
         scanners = (info or {}).get(SCANNERS_KEY) if isinstance(info, dict) else None
@@ -380,8 +380,6 @@ def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict 
     """Issue 16: each MRI series' scanner and fitted scale (cache summaries), and the MRI fat
     percent per scanner and method (median over its patients), so a scanner the pooled
     threshold treats differently shows."""
-    from .contract import STANDARDIZATION_KEY, feature_name, scanner_label, summary_path
-
     if features is None or "patient_id" not in features:
         return None
     rows, by_scanner = [], {}
@@ -411,8 +409,6 @@ def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict 
 
 def patients_per_model(study: dict | None) -> dict | None:
     """Issue 16: per model and split, patients labelled, used and left out (from study.json)."""
-    from .contract import PATIENTS_KEY
-
     rows = []
     for name, model in ((study or {}).get("models") or {}).items():
         for split, entry in (model.get(PATIENTS_KEY) or {}).items():
@@ -677,7 +673,7 @@ def _safe_figure(notes: list[str], what: str, draw, *args):
 
 def _modality_has_features(features: pd.DataFrame, modality: str) -> pd.Series:
     prefix = tuple(f"{modality}_{m}_" for m in METHODS)
-    cols = [c for c in features.columns if c.startswith(prefix) or c == f"{modality}_roi_volume"]
+    cols = [c for c in features.columns if c.startswith(prefix) or c == roi_volume_column(modality)]
     if not cols:
         return pd.Series(False, index=features.index)
     return features[cols].apply(pd.to_numeric, errors="coerce").notna().any(axis=1)
@@ -730,8 +726,6 @@ def diagnostic_sections(thresholds: dict, features: pd.DataFrame | None) -> list
 
     Kept apart from the threshold tables so the report's table code can change without it.
     """
-    from .contract import FIXED, vs_fixed_column
-
     sections = []
     for modality, info in (thresholds.get("modalities") or {}).items():
         diagnostic = (info or {}).get("diagnostic") if isinstance(info, dict) else None
@@ -979,8 +973,8 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    features = pd.read_csv(_require(run_dir / "features.csv"), dtype={"patient_id": str, "split": str})
-    with open(_require(run_dir / "thresholds.json"), encoding="utf-8") as handle:
+    features = pd.read_csv(_require(run_dir / FEATURES_CSV), dtype={"patient_id": str, "split": str})
+    with open(_require(run_dir / THRESHOLDS_JSON), encoding="utf-8") as handle:
         try:
             thresholds = json.load(handle)
         except ValueError as exc:
@@ -993,10 +987,10 @@ def render_report(run_dir: str | os.PathLike) -> Path:
 
     missing: list[str] = []   # what is absent from the run folder
     figure_notes: list[str] = []  # what a figure had to leave out
-    provenance = _read_json(run_dir / "provenance.json", missing, "provenance")
-    model = _read_json(run_dir / "model.json", missing, "model notes")
-    errors = _read_csv(run_dir / "errors.csv", missing, "the error list", dtype=str, keep_default_na=False)
-    predictions = _read_csv(run_dir / "predictions.csv", missing, "ROC curves", dtype={"patient_id": str})
+    provenance = _read_json(run_dir / PROVENANCE_JSON, missing, "provenance")
+    model = _read_json(run_dir / MODEL_JSON, missing, "model notes")
+    errors = _read_csv(run_dir / ERRORS_CSV, missing, "the error list", dtype=str, keep_default_na=False)
+    predictions = _read_csv(run_dir / PREDICTIONS_CSV, missing, "ROC curves", dtype={"patient_id": str})
 
     statistics = _statistics_section(run_dir, model, features, predictions, missing, figure_notes)
     thr_modalities = thresholds.get("modalities") or {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .contract import (ALL_METHODS, FEATURES_CSV, LABEL, MODALITIES, MODEL_JSON, PATIENT_ID, PATIENTS_KEY, SPLIT,
+from .contract import (ALL_METHODS, FEATURES_CSV, LABEL, MODALITIES, MODEL_JSON, PATIENT_ID, PATIENTS_KEY, PREDICTIONS_CSV, SPLIT,
                        STUDY_JSON, TABLE_FILES, THRESHOLDS_JSON, excluded_voxels_column, imaging_models,
                        method_features, model_name, parse_feature, roi_volume_column)
 from .errors import UsageError
@@ -151,7 +151,7 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
         frame = getattr(result, attribute, None)
         if frame is not None:
             write_csv(tables / name, frame)
-    write_csv(Path(out_dir) / "predictions.csv", result.predictions)
+    write_csv(Path(out_dir) / PREDICTIONS_CSV, result.predictions)
     summary = study_summary(result)
     # training: the model's candidates must all be present (the selection saw them all);
     # evaluation splits: the features of the fitted model
@@ -267,5 +267,5 @@ def score_new_patients(out_dir: Path, features: pd.DataFrame, manifest: Manifest
     table = _with_clinical(features, manifest, columns)
     predictions = score_bundle(bundle, table)
     predictions = features[["patient_id", "split", "label"]].merge(predictions, on="patient_id", how="left")
-    write_csv(Path(out_dir) / "predictions.csv", predictions)
+    write_csv(Path(out_dir) / PREDICTIONS_CSV, predictions)
     return predictions

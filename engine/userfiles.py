@@ -14,11 +14,12 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from .contract import FEATURES_CSV, THRESHOLDS_JSON
 from .errors import UsageError
 
 # The files without which a folder is not a run folder (METHOD.md section 6), and the
 # features.csv columns every reader of a run folder relies on.
-RUN_FOLDER_FILES = ("features.csv", "thresholds.json")
+RUN_FOLDER_FILES = (FEATURES_CSV, THRESHOLDS_JSON)
 RUN_FOLDER_FEATURE_COLUMNS = ("patient_id", "split", "label")
 
 
@@ -152,8 +153,8 @@ def require_run_folder(path) -> Path:
         raise UsageError(f"'{path}' is not a sarco run folder: {' and '.join(missing)} "
                          f"{'is' if len(missing) == 1 else 'are'} missing; give the --out folder of a finished "
                          "`sarco run`")
-    read_json_object(folder / "thresholds.json", "thresholds file")
-    features = folder / "features.csv"
+    read_json_object(folder / THRESHOLDS_JSON, "thresholds file")
+    features = folder / FEATURES_CSV
     with user_file(features, "features table"), open(features, encoding="utf-8-sig", newline="") as handle:
         header = next(csv.reader(handle), [])
     absent = [c for c in RUN_FOLDER_FEATURE_COLUMNS if c not in header]
