@@ -175,6 +175,14 @@ def histogram_groups(train: list[dict], max_groups: int = MAX_HISTOGRAM_GROUPS) 
     return [train[a:b] for a, b in zip(edges, edges[1:])]
 
 
+def _by_scanner(train: list[dict]) -> dict[str, list[dict]]:
+    """Training summaries grouped by their scanner's label (header values), labels in sorted order."""
+    by_label: dict[str, list[dict]] = {}
+    for summary in train:
+        by_label.setdefault(scanner_label(summary.get(SCANNER_KEY)), []).append(summary)
+    return dict(sorted(by_label.items()))
+
+
 def scanner_cohort(modality: str, train: list[dict], cfg: Config, notes: list[str]) -> list[dict]:
     """The scanners of a modality's training cohort (from the headers), and the scanner-mix warning.
 
@@ -182,11 +190,8 @@ def scanner_cohort(modality: str, train: list[dict], cfg: Config, notes: list[st
     for standardised MRI, the spread of the fitted scales. MRI signal has no unit, so with
     ``preprocess.mri.standardize: none`` pooling more than one scanner is warned about (issue 16).
     """
-    by_label: dict[str, list[dict]] = {}
-    for summary in train:
-        by_label.setdefault(scanner_label(summary.get(SCANNER_KEY)), []).append(summary)
     scanners = []
-    for label, members in sorted(by_label.items()):
+    for label, members in _by_scanner(train).items():
         entry = {**scanner_of_summary(members[0]), "label": label, "n_patients": len(members)}
         scales = [m[STANDARDIZATION_KEY]["scale"] for m in members if STANDARDIZATION_KEY in m]
         if scales:
@@ -217,12 +222,10 @@ def _pooled_counts(executor, modality: str, train: list[dict], lo: float, hi: fl
     Each scanner's patients are reduced on their own and the shares summed (int64: exact in any
     order, so the pooled counts equal a single reduction's).
     """
-    by_label: dict[str, list[dict]] = {}
-    for summary in train:
-        by_label.setdefault(scanner_label(summary.get(SCANNER_KEY)), []).append(summary)
+    by_label = _by_scanner(train)
     shares = {}
     per_group = max(1, MAX_HISTOGRAM_GROUPS // len(by_label))
-    for label, members in sorted(by_label.items()):
+    for label, members in by_label.items():
         groups = histogram_groups(members, per_group)
         futures = executor.map(group_histogram, [[s["sample"] for s in group] for group in groups], lo=lo, hi=hi,
                                bin_width=width, backend=backend,
