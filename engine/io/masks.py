@@ -81,7 +81,8 @@ def physical_bounds(image, index_min=None, index_max=None) -> tuple[np.ndarray, 
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def _format_box(low: np.ndarray, high: np.ndarray) -> str:
+def format_box(low: np.ndarray, high: np.ndarray) -> str:
+    """An axis-aligned physical box for a message: ``x [lo, hi], y [..], z [..]`` (mm)."""
     return ", ".join(f"{axis} [{format_mm(lo)}, {format_mm(hi)}]" for axis, lo, hi in zip("xyz", low, high))
 
 
@@ -506,7 +507,7 @@ def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequ
         raise InputError(
             STAGE,
             "ROI mask does not overlap the image: the ROI spans "
-            f"{_format_box(mask_low, mask_high)} mm, the image spans {_format_box(image_low, image_high)} mm "
+            f"{format_box(mask_low, mask_high)} mm, the image spans {format_box(image_low, image_high)} mm "
             "(patient coordinates, LPS); check that the mask belongs to this image",
         )
     return on_reference

@@ -35,6 +35,7 @@ import numpy as np
 from engine.contract import (ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE,
                              vertebra_structure)
 from engine.errors import InputError
+from engine.io.masks import format_box, physical_bounds
 
 __all__ = ["DerivedRoi", "Level", "derive_roi", "derive_roi_from_file", "level_plane_mm", "parse_level",
            "superior_extent_mm", "superior_mm"]
@@ -294,19 +295,12 @@ def _slab_roi(muscles_block, reference, lo, hi, plane_mm: float, half_mm: float)
     return image
 
 
-def _physical_box_text(image) -> str:
-    size = np.asarray(image.GetSize())
-    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])
-                        for x in (0, size[0] - 1) for y in (0, size[1] - 1) for z in (0, size[2] - 1)])
-    return ", ".join(f"{a} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in zip("xyz", corners.min(0), corners.max(0)))
-
-
 def _check_overlap(segmentation_geometry, reference) -> None:
     # the reference's corners directly: a geometry-only image of the whole grid would allocate its voxels
     if _segmentation_box_of(segmentation_geometry, _outer_corners(reference)) is None:
         raise InputError(STAGE, f"the segmentation does not overlap the image: it spans "
-                                f"{_physical_box_text(segmentation_geometry)} mm, the image "
-                                f"{_physical_box_text(reference)} mm (LPS); check that it belongs to this image")
+                                f"{format_box(*physical_bounds(segmentation_geometry))} mm, the image "
+                                f"{format_box(*physical_bounds(reference))} mm (LPS); check that it belongs to this image")
 
 
 def derive_roi(read_block, segmentation_geometry, reference, extents: dict, label_table: dict[str, int], *,
