@@ -226,7 +226,7 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
                  "config": cfg.preprocess_key(modality), "engine": __version__})
     cache = Path(cache_dir)
     if not force:
-        cached = _cached_summary(job, key, cache, derive_from)
+        cached = _cached_summary(job, key, cache, derive_from, need_strip=cfg.run.qa)
         if cached is not None:
             return cached
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
@@ -246,8 +246,12 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
     return summary
 
 
-def _cached_summary(job: dict, key: str, cache: Path, derive_from: str) -> dict | None:
-    """The cached pass-1 summary under ``key`` if it and its files are still there, else None."""
+def _cached_summary(job: dict, key: str, cache: Path, derive_from: str, *, need_strip: bool) -> dict | None:
+    """The cached pass-1 summary under ``key`` if it and its files are still there, else None.
+
+    ``need_strip``: QA is on, so a series cached by a run without QA (its strip never drawn) is
+    redone; one whose strip could not be drawn is not retried on every rerun.
+    """
     pid, modality = job["patient_id"], job["modality"]
     cached = _read_json(summary_path(cache, pid, modality))
     sample_file = sample_path(cache, pid, modality)
@@ -256,6 +260,8 @@ def _cached_summary(job: dict, key: str, cache: Path, derive_from: str) -> dict 
     if not cached or cached.get("key") != key:
         return None
     if cached["status"] != "error" and not (sample_file.exists() and derived_ok):
+        return None
+    if cached["status"] == "ok" and need_strip and not cached.get("qa_strip_attempted"):
         return None
     cached["cached"] = True
     if cached["status"] == "ok":
@@ -322,10 +328,11 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
         raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
                                        f"({sample.roi_voxels} ROI voxels, all excluded)")
     cache.mkdir(parents=True, exist_ok=True)
-    try:
-        _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
-    except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
-        pass
+    if cfg.run.qa:  # a run without QA pages does not pay for their strip
+        try:
+            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
+        except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
+            pass
     sample_file = sample_path(cache, pid, modality)
     sample.save(sample_file)
     info = image.info
@@ -335,7 +342,7 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
                "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
                "input_blake3": content_digest(job["image"], job["roi"] or derive_from),
                "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax") if info and k in info},
-               SCANNER_KEY: scanner_of(info)}
+               SCANNER_KEY: scanner_of(info), "qa_strip_attempted": bool(cfg.run.qa)}
     if derived is not None:
         summary["derived_roi"] = {"level": derived.level, "plane_mm": round(derived.plane_mm, 2),
                                   "thickness_mm": derived.thickness_mm, "path": job.get("derived_roi")}

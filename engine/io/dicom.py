@@ -35,6 +35,7 @@ import pathlib
 import re
 import stat
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +67,9 @@ _DUPLICATE_TOL_MM = 0.01  # two slices closer than this along the normal are the
 _GAP_FACTOR = 1.5  # a step larger than this x the median spacing is a missing slice
 _SPACING_REL_TOL = 0.01  # relative deviation from the median spacing allowed
 _SPACING_ABS_TOL_MM = 0.005
+#: Decoded single-frame files a series keeps for a second read of the same slices (128 CT slices
+#: of 512 x 512 int16 = 64 MB at most).
+DECODED_FILES_KEPT = 128
 _MAX_NOTES = 8  # skipped-file notes kept in full; the rest are counted
 
 
@@ -932,6 +936,7 @@ class DicomSeries:
         self._first_frame: dict[int, _Frame] = {}  # file index -> its first frame, for messages
         for frame in frames:
             self._first_frame.setdefault(frame.file_index, frame)
+        self._decoded: OrderedDict[int, tuple[np.ndarray, object]] = OrderedDict()
 
     def _where(self, frame: _Frame) -> str:
         normal = np.asarray(self._geometry.direction).reshape(3, 3)[:, 2]
@@ -962,6 +967,25 @@ class DicomSeries:
                 return stored, self._headers[file_index]
         return _decode(file, frames, rows, cols, self._modality, where)
 
+    def _stored_once(self, file_index: int) -> tuple[np.ndarray, object]:
+        """:meth:`_stored`, remembering the last :data:`DECODED_FILES_KEPT` single-frame files decoded.
+
+        Pass 1 reads two boxes of one series, the ROI's crop and the QA strip through it: the
+        slices they share are decoded once. Multi-frame files (the whole series in one file) are
+        not kept, so memory stays bounded by a few dozen slices whatever the read.
+        """
+        hit = self._decoded.get(file_index)
+        if hit is not None:
+            self._decoded.move_to_end(file_index)
+            return hit
+        n_frames = _frames_in(self._headers[file_index])
+        decoded = self._stored(file_index, n_frames)
+        if n_frames == 1:
+            self._decoded[file_index] = decoded
+            if len(self._decoded) > DECODED_FILES_KEPT:
+                self._decoded.popitem(last=False)
+        return decoded
+
     def read(self, index: Sequence[int] = (0, 0, 0), size: Sequence[int] | None = None):
         """The float32 SimpleITK image of the box ``index`` .. ``index + size`` (x, y, z; default everything).
 
@@ -982,7 +1006,7 @@ class DicomSeries:
         volume = np.empty((nz, ny, nx), dtype=np.float32)
         for file_index in sorted(by_file):
             try:
-                stored, ds = self._stored(file_index, _frames_in(self._headers[file_index]))
+                stored, ds = self._stored_once(file_index)
             except (InputError, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a decoder failing in a way nobody foresaw is still a bad file
