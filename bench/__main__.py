@@ -25,8 +25,8 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ._common import machine_info, machine_markdown, markdown_table
 

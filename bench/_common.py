@@ -22,10 +22,11 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: Packages whose versions go into the machine block of bench.json / bench.md.
 KEY_PACKAGES = ("sarco-engine", "numpy", "scipy", "SimpleITK", "pydicom", "pylibjpeg", "dask", "distributed",
@@ -124,7 +125,7 @@ class TreeRssSampler:
             self.peak_mb = max(self.peak_mb, self._sample())
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "TreeRssSampler":
+    def __enter__(self) -> TreeRssSampler:
         self._thread.start()
         return self
 
@@ -193,7 +194,7 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "load_average_1_5_15": load,
         "versions": versions,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

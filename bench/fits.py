@@ -168,9 +168,9 @@ def run(quick: bool = False) -> list[dict]:
 
 def _cuml_rows(device_voxels, n_voxels: int, t_ref: float | None, sync) -> list[dict]:
     try:
-        from kernels.cuml_kmeans import kmeans_threshold_cuml
-
         import cuml  # noqa: F401
+
+        from kernels.cuml_kmeans import kmeans_threshold_cuml
     except ImportError:
         return []
     t_cuml = _median_time(lambda: kmeans_threshold_cuml(device_voxels, seed=0), REPEATS,

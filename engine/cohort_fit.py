@@ -16,8 +16,17 @@ import numpy as np
 from . import __version__
 from .backend import to_host
 from .config import Config
-from .contract import (FIXED, METHOD_NAMES, MODALITIES, MODALITY_NAMES, SCANNER_FIELDS, SCANNER_KEY, SCANNERS_KEY,
-                       STANDARDIZATION_KEY, scanner_label)
+from .contract import (
+    FIXED,
+    METHOD_NAMES,
+    MODALITIES,
+    MODALITY_NAMES,
+    SCANNER_FIELDS,
+    SCANNER_KEY,
+    SCANNERS_KEY,
+    STANDARDIZATION_KEY,
+    scanner_label,
+)
 from .tasks import group_histogram, sum_histograms
 
 log = logging.getLogger("sarco")

@@ -234,7 +234,7 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def with_overrides(self, overrides: dict[str, Any] | None) -> "Config":
+    def with_overrides(self, overrides: dict[str, Any] | None) -> Config:
         """This config with a nested mapping of changes merged over it, validated again."""
         return validate(_deep_merge(self.to_dict(), overrides or {})) if overrides else self
 

@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import ENGINE_COLUMNS, MODALITIES, REQUIRED_COLUMNS, SPLITS, image_column, roi_column, segmentation_column
+from .contract import (
+    ENGINE_COLUMNS,
+    MODALITIES,
+    REQUIRED_COLUMNS,
+    SPLITS,
+    image_column,
+    roi_column,
+    segmentation_column,
+)
 from .errors import ManifestError, PatientError
 
 IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}

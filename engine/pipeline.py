@@ -28,13 +28,22 @@ from .backend import resolve_backend
 from .bundle import make_bundle, read_bundle
 from .cohort_fit import fit_thresholds, threshold_values
 from .config import Config, load_config
-from .contract import (CACHE_DIR, ERRORS_CSV, HABITATS_DIR, MODALITIES, MODEL_JSON, PROVENANCE_JSON, THRESHOLDS_JSON,
-                       derived_roi_path, feature_names, series_uid_column)
+from .contract import (
+    CACHE_DIR,
+    ERRORS_CSV,
+    HABITATS_DIR,
+    MODALITIES,
+    MODEL_JSON,
+    PROVENANCE_JSON,
+    THRESHOLDS_JSON,
+    derived_roi_path,
+    feature_names,
+    series_uid_column,
+)
 from .executors import open_executor, progress
 from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
 from .outputs import write_csv, write_json
-from .rundir import (RunFailed, error_frame, error_rows, provenance, retract_outputs, run_lock, run_log,
-                     write_tables)
+from .rundir import RunFailed, error_frame, error_rows, provenance, retract_outputs, run_lock, run_log, write_tables
 from .tasks import classify_and_measure, ingest_and_preprocess
 
 log = logging.getLogger("sarco")

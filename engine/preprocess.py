@@ -39,7 +39,7 @@ class Grid:
     direction: tuple[float, ...]
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Grid":
+    def of(cls, image: sitk.Image) -> Grid:
         return cls(tuple(int(s) for s in image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                    tuple(image.GetDirection()))
 
@@ -111,7 +111,7 @@ class RoiSample:
                 np.savez(handle, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RoiSample":
+    def load(cls, path: str | Path) -> RoiSample:
         """Read a sample written by :meth:`save` (raises ``OSError``/``ValueError``/``KeyError`` if damaged)."""
         with np.load(path, allow_pickle=False) as data:
             grid = Grid(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),

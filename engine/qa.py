@@ -18,8 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import (CACHE_DIR, MODALITY_NAMES, QA_DIR, QA_INDEX, feature_name, qa_png_path, qa_strip_path,
-                       roi_volume_column, sample_path)
+from .contract import (
+    CACHE_DIR,
+    MODALITY_NAMES,
+    QA_DIR,
+    QA_INDEX,
+    feature_name,
+    qa_png_path,
+    qa_strip_path,
+    roi_volume_column,
+    sample_path,
+)
 from .outputs import write_bytes, write_text
 
 QA_DPI = 80
@@ -36,8 +45,9 @@ def _first_method(thresholds: dict, modality: str) -> tuple[str, float] | None:
 
 
 def _patient_png(sample, strip, modality: str, fat_is: str, method_threshold, title: str) -> bytes:
-    from kernels import FAT, classify
     from matplotlib.figure import Figure
+
+    from kernels import FAT, classify
 
     from .report import CT_DISPLAY_WINDOW_HU, FAT_RGBA, MUSCLE_RGBA, _slice_pixels
 

@@ -31,7 +31,7 @@ import math
 import os
 import re
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,37 @@ import pandas as pd
 from kernels import FAT, classify
 
 from .contract import ALL_METHODS as METHODS
-from .contract import (CACHE_DIR, ERRORS_CSV, FEATURES_CSV, FIXED, METHOD_NAMES, MODALITIES, MODALITY_NAMES,
-                       MODEL_JSON, PATIENTS_KEY, PREDICTIONS_CSV, PROVENANCE_JSON, REPORT_HTML, SCANNERS_KEY, SPLITS,
-                       SPLIT_NAMES, STANDARDIZATION_KEY, STATS, STUDY_JSON, THRESHOLDS_JSON, TISSUES, feature_name,
-                       roi_volume_column, sample_path, scanner_label, summary_path, vs_fixed_column)
+from .contract import (
+    CACHE_DIR,
+    ERRORS_CSV,
+    FEATURES_CSV,
+    FIXED,
+    METHOD_NAMES,
+    MODALITIES,
+    MODALITY_NAMES,
+    MODEL_JSON,
+    PATIENTS_KEY,
+    PREDICTIONS_CSV,
+    PROVENANCE_JSON,
+    REPORT_HTML,
+    SCANNERS_KEY,
+    SPLIT_NAMES,
+    SPLITS,
+    STANDARDIZATION_KEY,
+    STATS,
+    STUDY_JSON,
+    THRESHOLDS_JSON,
+    TISSUES,
+    feature_name,
+    roi_volume_column,
+    sample_path,
+    scanner_label,
+    summary_path,
+    vs_fixed_column,
+)
 from .contract import TABLE_FILES as STUDY_TABLE_FILES
 from .outputs import write_text
+
 METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"), "fixed": ("black", "-.")}
 #: Outlines of each scanner's share of a pooled histogram (issue 16).
 SCANNER_COLOURS = ("#e7298a", "#1f78b4", "#66a61e", "#a6761d")
@@ -140,7 +165,7 @@ def _read_csv(path: Path, notes: list[str], what: str, **kwargs) -> pd.DataFrame
 
 def _utc(timestamp) -> str | None:
     try:
-        return datetime.fromtimestamp(float(timestamp), tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return datetime.fromtimestamp(float(timestamp), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
     except (TypeError, ValueError, OverflowError, OSError):
         return None
 
@@ -1020,7 +1045,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "engine_version": engine_version,
         "run_date": _utc((provenance or {}).get("finished_unix")) or "unknown",
         "backend": (provenance or {}).get("backend") or "unknown",
-        "generated": datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated": datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "run_name": run_dir.resolve().name,
         "cohort": _cohort_section(features, errors),
         "thresholds": threshold_sections,

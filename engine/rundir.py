@@ -17,8 +17,18 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
-from .contract import (ERROR_COLUMNS, ERRORS_CSV, FEATURES_CSV, FEATURES_PARQUET, LOCK_FILE, PUBLISHED_OUTPUTS,
-                       RUN_LOG, SPLIT_CSV, TABLES_DIR, TEMP_GLOB)
+from .contract import (
+    ERROR_COLUMNS,
+    ERRORS_CSV,
+    FEATURES_CSV,
+    FEATURES_PARQUET,
+    LOCK_FILE,
+    PUBLISHED_OUTPUTS,
+    RUN_LOG,
+    SPLIT_CSV,
+    TABLES_DIR,
+    TEMP_GLOB,
+)
 from .errors import SarcoError
 from .outputs import write_csv, write_parquet
 

@@ -15,9 +15,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from .contract import (ALL_METHODS, FEATURES_CSV, LABEL, MODALITIES, MODEL_JSON, PATIENT_ID, PATIENTS_KEY, PREDICTIONS_CSV, SPLIT,
-                       STUDY_JSON, TABLE_FILES, THRESHOLDS_JSON, excluded_voxels_column, imaging_models,
-                       method_features, model_name, parse_feature, roi_volume_column)
+from .contract import (
+    ALL_METHODS,
+    FEATURES_CSV,
+    LABEL,
+    MODALITIES,
+    MODEL_JSON,
+    PATIENT_ID,
+    PATIENTS_KEY,
+    PREDICTIONS_CSV,
+    SPLIT,
+    STUDY_JSON,
+    TABLE_FILES,
+    THRESHOLDS_JSON,
+    excluded_voxels_column,
+    imaging_models,
+    method_features,
+    model_name,
+    parse_feature,
+    roi_volume_column,
+)
 from .errors import UsageError
 from .manifest import Manifest
 from .outputs import dumps_json, write_csv, write_json, write_text

@@ -19,9 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .contract import (DICOM_MODALITY, FIXED, HABITAT_LABELS, SCANNER_KEY, STANDARDIZATION_KEY, TISSUES,
-                       excluded_voxels_column, feature_name, features_cache_path, habitat_path, qa_strip_path,
-                       roi_volume_column, sample_path, scanner_of, summary_path, vs_fixed_column)
+from .contract import (
+    DICOM_MODALITY,
+    FIXED,
+    HABITAT_LABELS,
+    SCANNER_KEY,
+    STANDARDIZATION_KEY,
+    TISSUES,
+    excluded_voxels_column,
+    feature_name,
+    features_cache_path,
+    habitat_path,
+    qa_strip_path,
+    roi_volume_column,
+    sample_path,
+    scanner_of,
+    summary_path,
+    vs_fixed_column,
+)
 from .errors import InputError
 
 

@@ -39,13 +39,13 @@ def as_kernel_dtype(array):
     return array
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_source(filename: str) -> str:
     """Return the text of ``kernels/<filename>`` (a package resource, shipped as package data)."""
     return importlib.resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def raw_module(filename: str):
     """Return a ``cupy.RawModule`` compiled from ``kernels/<filename>`` with NVRTC (cached)."""
     import cupy  # noqa: PLC0415  (lazy: CPU installs never import cupy)
@@ -53,7 +53,7 @@ def raw_module(filename: str):
     return cupy.RawModule(code=cuda_source(filename), options=_NVRTC_OPTIONS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_attributes(device_id: int) -> tuple[int, int, int]:
     import cupy  # noqa: PLC0415
 

@@ -22,6 +22,7 @@ import gzip
 import io
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -618,7 +619,7 @@ def planted_phi(cohort: Path) -> list[str]:
     return json.loads((cohort / "phi_planted.json").read_text())
 
 
-def phi_patterns(planted: list[str]) -> dict[str, "re.Pattern[bytes]"]:
+def phi_patterns(planted: list[str]) -> dict[str, re.Pattern[bytes]]:
     """Byte patterns of every planted identifier, in the spellings a leak could take.
 
     Names (``LAST^FIRST``) also with a space, a comma or nothing for ``^`` and as "FIRST LAST";
@@ -626,7 +627,6 @@ def phi_patterns(planted: list[str]) -> dict[str, "re.Pattern[bytes]"]:
     prefix. Case is ignored. Spellings that start or end with a digit match only as whole
     numbers (not inside a longer number, where a float's digits would match by chance).
     """
-    import re
 
     patterns = {}
     for value in planted:
@@ -660,7 +660,6 @@ def _text_runs(data: bytes) -> bytes:
     such a run; voxel data and compressed streams shrink to almost nothing, which keeps a scan
     of every output byte fast.
     """
-    import re
 
     global _PRINTABLE_RUN
     if _PRINTABLE_RUN is None:

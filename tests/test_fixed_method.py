@@ -17,8 +17,14 @@ import pytest
 
 from engine.cohort_fit import bimodality_diagnostic, fit_cohort
 from engine.config import load_config
-from engine.contract import (feature_names, imaging_models, method_features, parse_feature, vs_fixed_column,
-                             vs_fixed_columns)
+from engine.contract import (
+    feature_names,
+    imaging_models,
+    method_features,
+    parse_feature,
+    vs_fixed_column,
+    vs_fixed_columns,
+)
 from engine.errors import ConfigError
 
 N_PATIENTS = 5

@@ -19,6 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 from engine.errors import InputError
+from engine.io import dicom as dicom_module
 from engine.io import (
     format_inspection,
     inspect_path,
@@ -26,7 +27,6 @@ from engine.io import (
     read_image,
     scan_dicom_folder,
 )
-from engine.io import dicom as dicom_module
 from engine.synthetic import TRANSFER_SYNTAXES, write_dicom_seg, write_dicom_series, write_mask
 
 SHAPE = (12, 64, 64)  # (Z, Y, X)

@@ -80,12 +80,12 @@ SAMPLES = ["ct:0.02", "ct:0.6", "mri:0.02:vendor_a", "mri:0.6:vendor_a",
            "mri:0.02:vendor_b", "mri:0.6:vendor_b"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample(name: str):
     return _sample(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sklearn_kmeans_threshold(name: str) -> float:
     from sklearn.cluster import KMeans
 
@@ -94,7 +94,7 @@ def sklearn_kmeans_threshold(name: str) -> float:
     return float(model.cluster_centers_.ravel().mean())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sklearn_gmm_threshold(name: str) -> float:
     """Equal weighted-density point of sklearn's GaussianMixture, found independently (brentq)."""
     from scipy.optimize import brentq
@@ -658,9 +658,9 @@ def test_host_execution_checks_every_launch(xp):
 
 def test_cuml_kmeans_matches_histogram_kmeans(xp):
     try:
-        from kernels.cuml_kmeans import kmeans_threshold_cuml
-
         import cuml  # noqa: F401
+
+        from kernels.cuml_kmeans import kmeans_threshold_cuml
     except ImportError:
         pytest.skip("cuML is not installed")
     if xp is np:

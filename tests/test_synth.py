@@ -19,7 +19,6 @@ import SimpleITK as sitk
 
 from engine.synthetic import MANIFEST_COLUMNS, ROI_LABELS, synthesize_cohort
 from engine.synthetic.cohort import SEGMENTATION_COLUMNS
-
 from tests.cohorts import N_PATIENTS, SEED
 
 

@@ -80,9 +80,9 @@ def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> d
 
 
 def _inspect_dicom_seg(path) -> dict:
-    from engine.io.masks import read_mask_native
-
     import pydicom
+
+    from engine.io.masks import read_mask_native
 
     ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     segments = [f"{int(item.SegmentNumber)}: {item.get('SegmentLabel', '')}" for item in ds.get("SegmentSequence", [])]

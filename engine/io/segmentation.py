@@ -32,8 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.contract import (ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE,
-                             vertebra_structure)
+from engine.contract import ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE, vertebra_structure
 from engine.errors import InputError
 from engine.io.masks import format_box, physical_bounds
 

@@ -14,7 +14,7 @@ survives a JSON round trip and a CSV re-read at apply time.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

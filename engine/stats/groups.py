@@ -27,7 +27,7 @@ Missing values are dropped per variable.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

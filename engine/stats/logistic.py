@@ -20,8 +20,8 @@ chosen on all the training rows (which would leak the selection into the held-ou
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import pandas as pd

@@ -13,8 +13,8 @@ which other rows are scored with it and ``sarco apply`` reproduces the training 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -126,7 +126,7 @@ class LogisticModel:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LogisticModel":
+    def from_dict(cls, data: dict) -> LogisticModel:
         fmt = data.get("format", BUNDLE_MODEL_FORMAT)
         if fmt != BUNDLE_MODEL_FORMAT:
             raise ValueError(f"unsupported model format {fmt!r}; expected {BUNDLE_MODEL_FORMAT!r}")

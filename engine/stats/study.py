@@ -27,14 +27,15 @@ Honest figures
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from ._design import resolve_categorical
-from .groups import TABLE2_COLUMNS, ordered_splits, table2 as make_table2
+from .groups import TABLE2_COLUMNS, ordered_splits
+from .groups import table2 as make_table2
 from .logistic import MultivariableResult, cross_validated_selection, multivariable_logistic
 from .models import LogisticModel, label_vector
 from .roc import delong_test, roc_summary, youden_cutoff

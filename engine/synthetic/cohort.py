@@ -73,10 +73,10 @@ import json
 import math
 import multiprocessing
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -203,7 +203,7 @@ class _Blob:
     zc: float = 0.0
     zr: float = 0.0
 
-    def scaled(self, factor: float, add_mm: float = 0.0) -> "_Blob":
+    def scaled(self, factor: float, add_mm: float = 0.0) -> _Blob:
         return _Blob(self.cx, self.cy, self.a * factor + add_mm, self.b * factor + add_mm, self.angle,
                      self.power, self.harmonics, self.cx_per_mm, self.scale_per_mm, self.zc, self.zr)
 
