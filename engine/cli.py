@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .contract import REPORT_HTML
+from .contract import QA_DIR, QA_INDEX, REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
@@ -66,6 +66,8 @@ def _summary(result, out_dir: Path) -> str:
     lines.append(f"results: {out_dir.resolve()}")
     if (out_dir / REPORT_HTML).exists():
         lines.append(f"report:  {(out_dir / REPORT_HTML).resolve()}")
+    if (out_dir / QA_DIR / QA_INDEX).exists():
+        lines.append(f"QA:      {(out_dir / QA_DIR / QA_INDEX).resolve()}")
     return "\n".join(lines)
 
 

@@ -235,9 +235,15 @@ TOTALSEGMENTATOR_TOTAL_V2 = {
 #: Derived ROIs (NIfTI on the image grid, labels :data:`ROI_MUSCLE_LABELS`), for review in 3D Slicer
 #: and for reuse as a manual ``ct_roi``/``mri_roi``.
 DERIVED_ROI_DIR = "derived_roi"
+#: The disc plane of every derived ROI, in DERIVED_ROI_DIR (issue 23): one row per patient and modality with
+#: patient_id, modality, upper_vertebra, lower_vertebra, disc_z_mm, slab_min_z_mm, slab_max_z_mm, canal_x_mm,
+#: canal_y_mm (LPS), method, dropped_voxels.
+DISC_PLANES_CSV = "disc_planes.csv"
 #: One QA PNG per patient and modality, and the sortable contact sheet.
 QA_DIR = "qa"
 QA_INDEX = "index.html"
+#: One record per QA picture (written by the QA tasks; the contact sheet is rendered from it).
+QA_PANELS_JSON = "panels.json"
 #: ``run.exclude``: a CSV of patients flagged at review; these columns are read (modality may be
 #: empty = every modality; reason is free text).
 EXCLUSION_COLUMNS = ("patient_id", "modality", "reason")

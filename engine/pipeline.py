@@ -110,21 +110,43 @@ def _place_outputs(jobs: list[dict], out_dir: Path) -> list[dict]:
     return jobs
 
 
-def _write_qa(batch: _Batch, features: pd.DataFrame, summaries: list[dict], thresholds: dict) -> None:
-    """qa/: one PNG per measured series and the sortable contact sheet (``run.qa``; issue 17)."""
+def _render_qa(executor, batch: _Batch, summaries: list[dict], thresholds: dict) -> list[dict] | None:
+    """The QA pass (``run.qa``; issues 17, 23): one picture per measured series, drawn by the workers.
+
+    Returns the ``qa/panels.json`` records (None when QA is off or failed: QA pictures must not
+    cost the night's features).
+    """
     if not batch.cfg.run.qa:
+        return None
+    from .qa import qa_specs, render_series
+
+    specs = qa_specs(thresholds, {m: batch.cfg.modality_fit(m).fat_is for m in MODALITIES})
+    todo = [s for s in summaries if s["status"] == "ok" and s["modality"] in specs]
+    try:
+        results = executor.stream(render_series, todo, [specs[s["modality"]] for s in todo],
+                                  run_dir=str(batch.out_dir), keys=[f"qa-{s['patient_id']}-{s['modality']}" for s in todo])
+        return list(progress(results, len(todo), "QA"))
+    except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features
+        batch.notes.append(f"QA pictures not drawn: {type(exc).__name__}: {exc}")
+        log.warning("QA pictures not drawn: %s", exc)
+        return None
+
+
+def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
+    """qa/panels.json and the contact sheet qa/index.html, from the published files."""
+    if records is None:
         return
-    from .qa import write_qa
+    from .qa import render_sheet, write_panels
 
     started = time.time()
     try:
-        index = write_qa(batch.out_dir, features, summaries, thresholds,
-                         {m: batch.cfg.modality_fit(m).fat_is for m in MODALITIES})
+        write_panels(batch.out_dir, records)
+        index = render_sheet(batch.out_dir)
     except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features
         batch.notes.append(f"QA contact sheet not written: {type(exc).__name__}: {exc}")
         log.warning("QA contact sheet not written: %s", exc)
         return
-    log.info("QA: %s (%.1f s)", index, time.time() - started)
+    log.info("QA contact sheet: %s (%.1f s)", index, time.time() - started)
 
 
 def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
@@ -240,7 +262,8 @@ def _run(batch: _Batch, started: float) -> RunResult:
         retract_outputs(out_dir)
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
-    _write_qa(batch, features, summaries, thresholds)
+        qa_records = _render_qa(executor, batch, summaries, thresholds)
+    _write_sheet(batch, qa_records)
     modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
     statistics = None
     if cfg.stats.enabled:
@@ -290,7 +313,8 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
         summaries = _pass1(executor, batch, jobs)
         retract_outputs(out_dir)
         features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
-    _write_qa(batch, features, summaries, thresholds)
+        qa_records = _render_qa(executor, batch, summaries, thresholds)
+    _write_sheet(batch, qa_records)
     if model.get("statistics"):
         from .study import score_new_patients
 

@@ -54,6 +54,9 @@ from .contract import (
     PATIENTS_KEY,
     PREDICTIONS_CSV,
     PROVENANCE_JSON,
+    QA_DIR,
+    QA_INDEX,
+    QA_PANELS_JSON,
     REPORT_HTML,
     SCANNERS_KEY,
     SPLIT_NAMES,
@@ -974,6 +977,17 @@ def _environment() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
+def _qa_sheet_link(run_dir: Path) -> dict | None:
+    """The QA contact sheet's link (relative, so the folder can move) and its series count (issue 23)."""
+    if not (run_dir / QA_DIR / QA_INDEX).is_file():
+        return None
+    try:
+        n = len(json.loads((run_dir / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        n = "?"
+    return {"href": f"{QA_DIR}/{QA_INDEX}", "n": n}
+
+
 def render_report(run_dir: str | os.PathLike) -> Path:
     """Write ``run_dir/report.html``, one self-contained page of the run for clinicians.
 
@@ -1058,6 +1072,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "errors": _errors_section(errors),
         "provenance": _provenance_section(provenance),
         "missing": missing, "figure_notes": figure_notes,
+        "qa_sheet": _qa_sheet_link(run_dir),
     }
     html = _environment().get_template("report.html.j2").render(**context)
 

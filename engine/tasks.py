@@ -39,6 +39,10 @@ from .contract import (
 )
 from .errors import InputError
 
+#: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
+#: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23).
+QA_STRIP_FORMAT = 2
+
 
 def _hash(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -183,36 +187,18 @@ def _derive_roi(segmentation: str, image, cfg, write_to: str | None):
     return derived
 
 
-#: Image above and below the ROI that the QA strip shows (mm along the slice axis).
-QA_STRIP_MARGIN_MM = 25.0
-
-
 def _save_qa_strip(image, mask, derived, path: Path) -> None:
-    """A sagittal strip through the ROI's centre for the QA sheet: cheap, only the ROI's slices +- a margin.
+    """Cache the QA panel's sagittal strip through the spinal canal (:func:`engine.qa.strip.sagittal_strip`).
 
-    Saved: the strip (slice x row, image values), the row spacing, the slice positions (LPS z,
-    mm) and the ROI's or the derived level's z range to mark on it.
+    Cut here, while the series is open: only the ROI's slices plus a margin are decoded.
     """
     import io
 
-    import SimpleITK as sitk
-
     from .outputs import write_bytes
+    from .qa.strip import sagittal_strip
 
-    roi = sitk.GetArrayViewFromImage(mask)
-    kk, _, ii = np.nonzero(roi)
-    margin = int(np.ceil(QA_STRIP_MARGIN_MM / float(image.GetSpacing()[2])))
-    first, last = max(int(kk.min()) - margin, 0), min(int(kk.max()) + margin, int(image.GetSize()[2]) - 1)
-    column = int(np.median(ii))
-    size = image.GetSize()
-    strip = sitk.GetArrayFromImage(image.read((column, 0, first), (1, size[1], last - first + 1)))[:, :, 0]
-    z = np.array([image.TransformIndexToPhysicalPoint((column, 0, k))[2] for k in range(first, last + 1)])
-    roi_z = np.array([image.TransformIndexToPhysicalPoint((column, 0, int(k)))[2] for k in (kk.min(), kk.max())])
-    marks = ([derived.plane_mm - derived.thickness_mm / 2, derived.plane_mm, derived.plane_mm + derived.thickness_mm / 2]
-             if derived is not None else list(roi_z))
     buffer = io.BytesIO()
-    np.savez(buffer, strip=strip.astype(np.float32), z_mm=z, row_mm=float(image.GetSpacing()[1]),
-             marks_mm=np.asarray(marks, dtype=float), level=derived.level if derived is not None else "hand ROI")
+    np.savez(buffer, **sagittal_strip(image, mask, derived))
     write_bytes(path, buffer.getvalue())
 
 
@@ -276,7 +262,7 @@ def _cached_summary(job: dict, key: str, cache: Path, derive_from: str, *, need_
         return None
     if cached["status"] != "error" and not (sample_file.exists() and derived_ok):
         return None
-    if cached["status"] == "ok" and need_strip and not cached.get("qa_strip_attempted"):
+    if cached["status"] == "ok" and need_strip and cached.get("qa_strip_attempted") != QA_STRIP_FORMAT:
         return None
     cached["cached"] = True
     if cached["status"] == "ok":
@@ -357,7 +343,7 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
                "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
                "input_blake3": content_digest(job["image"], job["roi"] or derive_from),
                "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax") if info and k in info},
-               SCANNER_KEY: scanner_of(info), "qa_strip_attempted": bool(cfg.run.qa)}
+               SCANNER_KEY: scanner_of(info), "qa_strip_attempted": QA_STRIP_FORMAT if cfg.run.qa else 0}
     if derived is not None:
         summary["derived_roi"] = {"level": derived.level, "plane_mm": round(derived.plane_mm, 2),
                                   "thickness_mm": derived.thickness_mm, "path": job.get("derived_roi")}

@@ -1,0 +1,68 @@
+"""QA for thousands of patients (issues 17, 23): one picture per series, drawn in the workers, and a contact sheet.
+
+    pass 1      cuts each series' sagittal strip through the canal (:mod:`.strip`) while the series is open
+    QA pass     one Dask task per series (:func:`render_series`): the picture (:mod:`.panel`, in the
+                radiological convention of :mod:`.orientation`) and its ``qa/panels.json`` record
+    sheet       ``qa/index.html`` from the published files (:mod:`.sheet`): sortable, filterable by
+                warning, click to enlarge, an exclusion list for ``run.exclude``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..contract import CACHE_DIR, MODALITY_NAMES, qa_png_path, qa_strip_path
+from ..outputs import write_bytes
+from .panel import OverlayChoice, load_strip, overlay_choice, png_bytes, render_panel
+from .sheet import SHEET_FIELDS, SHEET_WARNINGS, SheetField, panel_record, render_sheet, write_panels
+
+__all__ = ["SHEET_FIELDS", "SHEET_WARNINGS", "SheetField", "qa_specs", "render_series", "render_sheet",
+           "write_panels"]
+
+
+def qa_specs(thresholds: dict, fat_is: dict) -> dict[str, dict]:
+    """Per modality of ``thresholds.json``: what its QA tasks need (``fat_is``, the overlay choice as a dict)."""
+    return {modality: {"fat_is": fat_is[modality], "overlay": dataclasses.asdict(overlay_choice(entry, modality))}
+            for modality, entry in thresholds.get("modalities", {}).items()}
+
+
+def series_source(summary: dict) -> str:
+    derived = summary.get("derived_roi")
+    return f"derived {derived['level']}" if derived else "hand ROI"
+
+
+def render_series(summary: dict, spec: dict, run_dir: str) -> dict:
+    """QA task (one Dask task per series): draw ``qa/<patient>__<modality>.png``; return its sheet record.
+
+    Parameters
+    ----------
+    summary : dict
+        The series' pass-1 summary (``status`` ok: its ``sample`` path).
+    spec : dict
+        The modality's entry of :func:`qa_specs`.
+    run_dir : str
+        The run folder.
+
+    Returns
+    -------
+    dict
+        The ``panels.json`` record (:func:`engine.qa.sheet.panel_record`), with ``error`` set and
+        ``png`` empty when the picture could not be drawn (the sheet shows the series without
+        one and the batch goes on).
+    """
+    from ..preprocess import RoiSample  # SimpleITK: the sheet alone (sarco report) does not need it
+
+    pid, modality = summary["patient_id"], summary["modality"]
+    target = qa_png_path(run_dir, pid, modality)
+    strip = load_strip(qa_strip_path(Path(run_dir) / CACHE_DIR, pid, modality))
+    record = panel_record(summary, target.name, strip)
+    try:
+        sample = RoiSample.load(summary["sample"])
+        title = f"{pid}   {MODALITY_NAMES.get(modality, modality)}   {series_source(summary)}"
+        picture = render_panel(sample, strip, modality=modality, fat_is=spec["fat_is"],
+                               choice=OverlayChoice(**spec["overlay"]), title=title)
+        write_bytes(target, png_bytes(picture))
+    except Exception as exc:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
+        record.update(status="error", error=f"{type(exc).__name__}: {exc}", png="")
+    return record

@@ -1,0 +1,138 @@
+"""The sagittal strip of a QA picture: a plane through the spinal canal, with the level drawn (issue 23).
+
+Pass 1 cuts it while the series is open (only the ROI's slices plus a margin are decoded) and
+caches it beside the ROI sample; the QA panel draws it. The plane is the sagittal plane through
+the canal's x, found, in order of preference:
+
+1. the disc plane's canal centre (``canal_x_mm``) when the derivation from a segmentation gives one;
+2. the gap between the ROI's left and right muscles: the columns with the fewest ROI voxels in
+   the middle fifth of the ROI's left-right extent (the spine lies between the paraspinal
+   muscles, and between the psoas muscles), which a hand ROI has too;
+3. the middle of the ROI's left-right extent.
+
+A strip at the ROI's median x, as before, fell inside one paraspinal muscle whenever the two sides
+were not the same size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .orientation import continuous_index, index_axes_of, index_axis_along, slice_view
+
+#: Image above and below the ROI that the strip shows (mm along the slice axis).
+STRIP_MARGIN_MM = 25.0
+#: Share of the ROI's left-right extent, around its middle, searched for the gap between the sides.
+MIDLINE_SEARCH_FRACTION = 0.2
+
+MIDLINE_FROM_PLANE = "disc plane (canal centre)"
+MIDLINE_FROM_GAP = "gap between the ROI's left and right muscles"
+MIDLINE_FROM_EXTENT = "middle of the ROI's left-right extent"
+
+
+def _index_to_physical(origin, spacing, direction, index: np.ndarray) -> np.ndarray:
+    """(N, 3) continuous (i, j, k) indices -> (N, 3) LPS points, mm."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)[None, :]
+    return np.asarray(origin, dtype=float)[None, :] + np.atleast_2d(index) @ matrix.T
+
+
+def midline_x_mm(roi_kji: np.ndarray, origin, spacing, direction) -> tuple[float, str]:
+    """The LPS x of the spine's midline from an ROI (any non-zero voxel), and how it was found.
+
+    Parameters
+    ----------
+    roi_kji : (Z, Y, X) ndarray
+        The ROI on the image grid (storage order).
+    """
+    x_axis = index_axis_along(direction, 0)
+    counts = np.count_nonzero(roi_kji, axis=tuple(a for a in range(3) if a != 2 - x_axis))
+    columns = np.flatnonzero(counts)
+    first, last = int(columns[0]), int(columns[-1])
+    middle = (first + last) / 2.0
+    half_band = MIDLINE_SEARCH_FRACTION * (last - first) / 2.0
+    band = np.arange(int(np.ceil(middle - half_band)), int(np.floor(middle + half_band)) + 1)
+    how = MIDLINE_FROM_EXTENT
+    column = middle
+    if band.size and counts[band].min() < counts[first:last + 1].max():
+        fewest = band[counts[band] == counts[band].min()]
+        column = float(np.median(fewest))
+        how = MIDLINE_FROM_GAP
+    index = np.zeros(3)
+    index[x_axis] = column
+    return float(_index_to_physical(origin, spacing, direction, index)[0, 0]), how
+
+
+def _plane_marks(derived, roi_z_mm: tuple[float, float]) -> tuple[list[float], str]:
+    """(z marks, label): the slab's bounds and the disc plane of a derived ROI, else the ROI's extent."""
+    if derived is None:
+        return sorted(roi_z_mm), "hand ROI extent"
+    plane = float(derived.plane_mm)
+    low = getattr(derived, "slab_min_z_mm", None)
+    high = getattr(derived, "slab_max_z_mm", None)
+    if low is None or high is None:
+        low, high = plane - derived.thickness_mm / 2, plane + derived.thickness_mm / 2
+    return [float(low), plane, float(high)], f"{derived.level} disc plane and slab"
+
+
+def sagittal_strip(image, mask, derived=None, margin_mm: float = STRIP_MARGIN_MM) -> dict:
+    """The strip through the canal, in display order (superior up, anterior on the left).
+
+    Parameters
+    ----------
+    image : ImageSource or SimpleITK.Image
+        The series (``read(index, size)`` decodes a box; a SimpleITK image is cropped).
+    mask : SimpleITK.Image
+        The ROI on the image grid.
+    derived : DerivedRoi, optional
+        The derivation from a segmentation (its plane, slab and, when known, the canal's x).
+
+    Returns
+    -------
+    dict
+        ``strip`` (rows, cols) float32 image values; ``z_mm`` LPS z of each row; ``row_mm``,
+        ``col_mm`` pixel size; ``marks_mm`` z of the lines to draw (slab bounds and plane, or the
+        ROI's extent); ``level`` what they are; ``x_mm`` the strip's LPS x; ``midline`` how it
+        was found; ``top``/``bottom``/``left``/``right`` side letters.
+    """
+    import SimpleITK as sitk
+
+    origin, spacing, direction = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+    size = image.GetSize()
+    roi = sitk.GetArrayViewFromImage(mask)
+    x_mm = getattr(derived, "canal_x_mm", None) if derived is not None else None
+    how = MIDLINE_FROM_PLANE
+    if x_mm is None or not np.isfinite(x_mm):
+        x_mm, how = midline_x_mm(roi, origin, spacing, direction)
+    x_axis, y_axis, z_axis = index_axes_of(direction)
+    centre = np.argwhere(roi).mean(axis=0)[::-1]           # (i, j, k) of the ROI's centroid
+    point = _index_to_physical(origin, spacing, direction, centre)[0]
+    point[0] = x_mm
+    column = int(np.clip(round(float(continuous_index(point, origin, spacing, direction)[x_axis])), 0, size[x_axis] - 1))
+    start, extent = [0, 0, 0], list(size)
+    start[x_axis], extent[x_axis] = column, 1
+    for axis in (y_axis, z_axis):  # the ROI's extent plus a margin, in z and in y
+        occupied = np.flatnonzero(np.count_nonzero(roi, axis=tuple(a for a in range(3) if a != 2 - axis)))
+        margin = int(np.ceil(margin_mm / float(spacing[axis])))
+        start[axis] = max(int(occupied[0]) - margin, 0)
+        extent[axis] = min(int(occupied[-1]) + margin, size[axis] - 1) - start[axis] + 1
+    box = sitk.GetArrayFromImage(image.read(tuple(start), tuple(extent)))  # (k, j, i) with one i/j/k of length 1
+    plane = np.take(box, 0, axis=2 - x_axis)
+    row_axis, col_axis = [a for a in (2, 1, 0) if a != x_axis]  # the kept index axes, in array order
+    view = slice_view(direction, row_axis, col_axis)
+    strip = view.apply(plane.astype(np.float32))
+    # physical z of each display row, taken down the column at the strip's middle
+    rows = strip.shape[0]
+    display_to_storage = np.arange(rows)[::-1] if view.flip_rows else np.arange(rows)
+    down_rows_axis = col_axis if view.transpose else row_axis
+    index = np.tile(np.asarray(start, dtype=float), (rows, 1))
+    index[:, down_rows_axis] += display_to_storage
+    z_mm = _index_to_physical(origin, spacing, direction, index)[:, 2]
+    ends = np.tile(np.argwhere(roi).mean(axis=0)[::-1], (2, 1))
+    ends[:, z_axis] = (int(occupied[0]), int(occupied[-1]))   # ``occupied``: the z axis's, the loop's last
+    roi_z = _index_to_physical(origin, spacing, direction, ends)[:, 2]
+    marks, level = _plane_marks(derived, (float(roi_z[0]), float(roi_z[1])))
+    across_axis = row_axis if view.transpose else col_axis
+    return {"strip": strip, "z_mm": z_mm, "row_mm": float(spacing[down_rows_axis]),
+            "col_mm": float(spacing[across_axis]), "marks_mm": np.asarray(marks, dtype=float), "level": level,
+            "x_mm": float(x_mm), "midline": how, "top": view.top, "bottom": view.bottom, "left": view.left,
+            "right": view.right}
