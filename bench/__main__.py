@@ -38,6 +38,7 @@ BENCHES: dict[str, str | Callable[..., list[dict]]] = {
     "segmentation": "bench.segmentation",
     "synth_time": "bench.synth_time",
     "scaling": "bench.scaling",
+    "qa": "bench.qa",
 }
 
 

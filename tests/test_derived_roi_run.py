@@ -94,7 +94,9 @@ def test_derived_roi_is_written_on_the_image_grid_with_muscle_labels(derived_run
 
 
 def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
-    from engine.contract import QA_DIR, QA_INDEX, qa_png_path
+    import json
+
+    from engine.contract import QA_DIR, QA_INDEX, QA_PANELS_JSON, qa_png_path
 
     out, _ = derived_run
     features = pd.read_csv(out / "features.csv")
@@ -103,8 +105,11 @@ def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
     assert len(pngs) == len(measured) == N_PATIENTS - 1
     for pid in measured:
         assert qa_png_path(out, pid, "ct").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text())
+    assert sorted(r["patient_id"] for r in records) == sorted(measured)
+    assert all(r["source"] == "derived L3/L4" and r["strip"] and "error" not in r for r in records)
     sheet = (out / QA_DIR / QA_INDEX).read_text()
-    assert sheet.count("<img ") == N_PATIENTS - 1 and "sortBy(" in sheet and "ct_otsu_fat_percent" in sheet
+    assert sheet.count("<img ") == N_PATIENTS - 1 and "aria-sort" in sheet and "Fat % Otsu" in sheet
 
 
 def test_exclusion_list_leaves_flagged_patients_out(derived_cohort, derived_run, tmp_path):

@@ -204,7 +204,8 @@ def _number(value) -> float:
 def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
                disc_planes: dict[tuple[str, str], dict]) -> tuple[list[dict], list[str]]:
     """The sheet's rows (one per record) and the method columns (canonical names) it shows."""
-    table = features.set_index(features["patient_id"].astype(str)) if len(features) else features
+    by_id = {str(pid): row for pid, row in zip(features["patient_id"].astype(str),
+                                               features.to_dict("records"), strict=True)}
     entries = thresholds.get("modalities", {})
     present = {m for entry in entries.values() for m in entry.get("methods", {})}
     methods = [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))
@@ -212,7 +213,7 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
     for record in records:
         pid, modality = str(record["patient_id"]), record["modality"]
         record = {**record, "disc_plane": disc_planes.get((pid, modality))}
-        values = table.loc[pid].to_dict() if pid in table.index else {}
+        values = by_id.get(pid, {})
         entry = entries.get(modality, {})
         fat = {m: _number(values.get(feature_name(modality, m, "fat", "percent"))) for m in methods}
         rows.append({"record": record, "features": values, "entry": entry, "modality": modality,

@@ -5,9 +5,10 @@ caches it beside the ROI sample; the QA panel draws it. The plane is the sagitta
 the canal's x, found, in order of preference:
 
 1. the disc plane's canal centre (``canal_x_mm``) when the derivation from a segmentation gives one;
-2. the gap between the ROI's left and right muscles: the columns with the fewest ROI voxels in
-   the middle fifth of the ROI's left-right extent (the spine lies between the paraspinal
-   muscles, and between the psoas muscles), which a hand ROI has too;
+2. the gap between the ROI's left and right muscles: the middle of the run of columns with the
+   fewest ROI voxels nearest the middle of the ROI's left-right extent (searched in its middle
+   fifth; the spine lies between the paraspinal muscles, and between the psoas muscles), which
+   a hand ROI has too;
 3. the middle of the ROI's left-right extent.
 
 A strip at the ROI's median x, as before, fell inside one paraspinal muscle whenever the two sides
@@ -54,8 +55,14 @@ def midline_x_mm(roi_kji: np.ndarray, origin, spacing, direction) -> tuple[float
     how = MIDLINE_FROM_EXTENT
     column = middle
     if band.size and counts[band].min() < counts[first:last + 1].max():
-        fewest = band[counts[band] == counts[band].min()]
-        column = float(np.median(fewest))
+        fewest = counts[band].min()
+        nearest = int(band[counts[band] == fewest][np.argmin(np.abs(band[counts[band] == fewest] - middle))])
+        low, high = nearest, nearest   # the whole run of such columns, beyond the band if it goes on
+        while low > first and counts[low - 1] == fewest:
+            low -= 1
+        while high < last and counts[high + 1] == fewest:
+            high += 1
+        column = (low + high) / 2.0
         how = MIDLINE_FROM_GAP
     index = np.zeros(3)
     index[x_axis] = column
@@ -115,7 +122,9 @@ def sagittal_strip(image, mask, derived=None, margin_mm: float = STRIP_MARGIN_MM
         margin = int(np.ceil(margin_mm / float(spacing[axis])))
         start[axis] = max(int(occupied[0]) - margin, 0)
         extent[axis] = min(int(occupied[-1]) + margin, size[axis] - 1) - start[axis] + 1
-    box = sitk.GetArrayFromImage(image.read(tuple(start), tuple(extent)))  # (k, j, i) with one i/j/k of length 1
+    read = getattr(image, "read", None)   # an ImageSource decodes the box only; an image is cropped
+    region = read(tuple(start), tuple(extent)) if read else sitk.RegionOfInterest(image, extent, start)
+    box = sitk.GetArrayFromImage(region)  # (k, j, i) with one i/j/k of length 1
     plane = np.take(box, 0, axis=2 - x_axis)
     row_axis, col_axis = [a for a in (2, 1, 0) if a != x_axis]  # the kept index axes, in array order
     view = slice_view(direction, row_axis, col_axis)
