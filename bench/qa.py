@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,15 +79,15 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients:
             for job in cohort_series(manifest, modality):
                 cache = str(run_dir / "cache")
                 warmup = 1 if modality == "ct" else 0   # an MRI pass 1 (N4) takes seconds: no warm-up call
-                plain = median_time(lambda: ingest_and_preprocess(job, without_qa, cache, force=True),
+                plain = median_time(partial(ingest_and_preprocess, job, without_qa, cache, force=True),
                                     repeats=repeats, warmup=warmup)
-                pass1 = median_time(lambda: ingest_and_preprocess(job, with_qa, cache, force=True),
+                pass1 = median_time(partial(ingest_and_preprocess, job, with_qa, cache, force=True),
                                     repeats=repeats, warmup=0)
                 summary = pass1.result
                 values = np.load(summary["sample"])["values"]
                 entry = {"methods": {"otsu": {"threshold": float(np.median(values))}}, "diagnostic": {}}
                 spec = qa_specs({"modalities": {modality: entry}}, {"ct": "low", "mri": "high"})[modality]
-                qa = median_time(lambda: render_series(summary, spec, str(run_dir)), repeats=repeats, warmup=1)
+                qa = median_time(partial(render_series, summary, spec, str(run_dir)), repeats=repeats, warmup=1)
                 png = run_dir / "qa" / qa.result["png"]
                 rows.append({"bench": "qa", "what": "per series", "series": f"{job['patient_id']}/{modality}",
                              "pass1_s": pass1.median_s, "pass1_without_strip_s": plain.median_s,

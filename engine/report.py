@@ -982,7 +982,7 @@ def _qa_sheet_link(run_dir: Path) -> dict | None:
     if not (run_dir / QA_DIR / QA_INDEX).is_file():
         return None
     try:
-        n = len(json.loads((run_dir / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8")))
+        n = str(len(json.loads((run_dir / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8"))))
     except (OSError, ValueError):
         n = "?"
     return {"href": f"{QA_DIR}/{QA_INDEX}", "n": n}

@@ -129,7 +129,7 @@ def tissue_layers(sample, choice: OverlayChoice, fat_is: str) -> tuple[np.ndarra
         return roi, muscle, fat
     rows, cols, values, in_window = voxels
     roi[rows, cols] = True
-    if choice.method is not None and in_window.any():
+    if choice.method is not None and choice.threshold is not None and in_window.any():
         labels = np.asarray(classify(values[in_window], float(choice.threshold), fat_is=fat_is))
         muscle[rows[in_window][labels == MUSCLE], cols[in_window][labels == MUSCLE]] = True
         fat[rows[in_window][labels == FAT], cols[in_window][labels == FAT]] = True
@@ -200,7 +200,7 @@ def strip_image(strip: dict, modality: str, scale: float) -> tuple[np.ndarray, l
     kinds = (["slab", "plane", "slab"] if len(marks) == 3 else ["extent"] * len(marks))
     placed = []
     order = np.argsort(z)
-    for mark, kind in zip(marks, kinds):
+    for mark, kind in zip(marks, kinds, strict=True):
         row = np.interp(mark, z[order], np.arange(z.size, dtype=float)[order])   # storage-display row of z
         placed.append((int(round((row + 0.5) * rows / z.size - 0.5)), kind))
     return rgb, placed
@@ -233,12 +233,27 @@ def _side_letters(draw, box: tuple[int, int, int, int], letters: tuple[str, str,
     """Draw top, bottom, left, right letters just outside ``box`` (left, top, right, bottom)."""
     left, top, right, bottom = box
     mid_x, mid_y = (left + right) // 2, (top + bottom) // 2
-    for text, (x, y, anchor) in zip(letters, ((mid_x, top - 2, "mb"), (mid_x, bottom + 2, "mt"),
-                                              (left - 4, mid_y, "rm"), (right + 4, mid_y, "lm"))):
+    places = ((mid_x, top - 2, "mb"), (mid_x, bottom + 2, "mt"), (left - 4, mid_y, "rm"), (right + 4, mid_y, "lm"))
+    for text, (x, y, anchor) in zip(letters, places, strict=True):
         draw.text((x, y), text, fill=TEXT_RGB, font=font, anchor=anchor)
 
 
-def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choice: OverlayChoice, title: str) -> Image.Image:
+def _draw_strip(canvas, draw, side: np.ndarray, marks: list[tuple[int, str]], corner: tuple[int, int],
+                letters: tuple[str, str, str, str], font) -> None:
+    """Paste the strip at ``corner`` (left, top) with its marks: the plane solid orange, the rest dashed."""
+    left, top = corner
+    canvas.paste(Image.fromarray(side), (left, top))
+    for row, kind in marks:
+        if 0 <= row < side.shape[0]:
+            if kind == "plane":
+                draw.line([(left, top + row), (left + side.shape[1] - 1, top + row)], fill=PLANE_RGB, width=2)
+            else:
+                _dashed_hline(draw, top + row, left, left + side.shape[1], SLAB_RGB)
+    _side_letters(draw, (left, top, left + side.shape[1], top + side.shape[0]), letters, font)
+
+
+def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choice: OverlayChoice,
+                 title: str) -> Image.Image:
     """The QA picture of one series as a Pillow RGB image."""
     font, small = _font(), _font(FONT_PX - 2)
     preview = np.asarray(sample.preview)
@@ -248,7 +263,8 @@ def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choi
         heights_mm.append(np.asarray(strip["strip"]).shape[0] * float(strip["row_mm"]))
     scale = min(PIXELS_PER_MM, MAX_IMAGE_HEIGHT_PX / max(heights_mm))
     axial, view, shown_shape = axial_image(sample, choice, fat_is, modality, scale)
-    side = None
+    side: np.ndarray | None = None
+    marks: list[tuple[int, str]] = []
     if strip is not None:
         side, marks = strip_image(strip, modality, scale)
     title_h, line_h = FONT_PX + 14, FONT_PX + 5
@@ -272,21 +288,12 @@ def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choi
     canvas.paste(Image.fromarray(axial), (MARGIN_PX, top))
     box = (MARGIN_PX, top, MARGIN_PX + axial.shape[1], top + axial.shape[0])
     _side_letters(draw, box, (view.top, view.bottom, view.left, view.right), small)
-    if strip is not None:
+    if side is not None and strip is not None:
         column = canal_column(sample, view, float(strip["x_mm"]), axial.shape[1], shown_shape)
         if column is not None:
             _dashed_vline(draw, MARGIN_PX + column, top, top + axial.shape[0], CANAL_RGB)
-        left = box[2] + 2 * MARGIN_PX
-        canvas.paste(Image.fromarray(side), (left, top))
-        for row, kind in marks:
-            if 0 <= row < side.shape[0]:
-                colour = PLANE_RGB if kind == "plane" else SLAB_RGB
-                if kind == "plane":
-                    draw.line([(left, top + row), (left + side.shape[1] - 1, top + row)], fill=colour, width=2)
-                else:
-                    _dashed_hline(draw, top + row, left, left + side.shape[1], colour)
-        _side_letters(draw, (left, top, left + side.shape[1], top + side.shape[0]),
-                      tuple(str(strip[k]) for k in ("top", "bottom", "left", "right")), small)
+        _draw_strip(canvas, draw, side, marks, (box[2] + 2 * MARGIN_PX, top),
+                    (str(strip["top"]), str(strip["bottom"]), str(strip["left"]), str(strip["right"])), small)
     else:
         draw.text((box[2] + 2 * MARGIN_PX, top + band_h // 2), "no sagittal strip", fill=WARN_RGB, font=small)
     y = top + band_h + MARGIN_PX

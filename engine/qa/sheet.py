@@ -229,7 +229,7 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
         for key, series in (("roi_volume", pd.Series([r["roi_volume_cm3"] for r in mine])),
                             ("fat", pd.Series([r["fat"].get(painted, float("nan")) if painted else float("nan")
                                                for r in mine]))):
-            for r, flagged in zip(mine, _robust_outliers(series.astype(float))):
+            for r, flagged in zip(mine, _robust_outliers(series.astype(float)), strict=True):
                 if flagged:
                     r["outliers"].add(key)
     for row in rows:
@@ -248,6 +248,10 @@ def _cell(value, decimals: int = 1, text: str | None = None) -> str:
     if not math.isfinite(number):
         return '<td data-v="">&ndash;</td>'
     return f'<td data-v="{number:.6g}">{html.escape(text) if text else f"{number:,.{decimals}f}"}</td>'
+
+
+def _why(record: dict) -> str:
+    return f": {html.escape(record['error'])}" if record.get("error") else ""
 
 
 def _field_value(field: SheetField, row: dict):
@@ -274,6 +278,7 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
         f'<th{" class=nosort" if title in ("QA picture", "Exclude") else ""} title="{html.escape(tip)}">'
         f'{html.escape(title)}</th>' for title, tip in heads)
     labels = {w.key: w.label for w in SHEET_WARNINGS}
+    descriptions = {w.key: w.description for w in SHEET_WARNINGS}
     body = []
     for row in rows:
         record = row["record"]
@@ -282,9 +287,9 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
         caption = f"{pid} {name} ({record.get('source', '')})"
         picture = (f'<img loading="lazy" src="{html.escape(record["png"])}" alt="QA picture of {html.escape(caption)}"'
                    f' title="{html.escape(caption)}: click to enlarge">' if record.get("png")
-                   else f'<span class="missing">no picture{": " + html.escape(record["error"]) if record.get("error") else ""}</span>')
-        badges = "".join(f'<span class="w" title="{html.escape(next(w.description for w in SHEET_WARNINGS if w.key == k))}">'
-                         f'{html.escape(labels[k])}</span>' for k in row["warnings"])
+                   else f'<span class="missing">no picture{_why(record)}</span>')
+        badges = "".join(f'<span class="w" title="{html.escape(descriptions[k])}">{html.escape(labels[k])}</span>'
+                         for k in row["warnings"])
         reason = "; ".join(labels[k] for k in row["warnings"]) or "flagged at QA review"
         label_text = {1.0: "1", 0.0: "0"}.get(row["label"], "")
         cells = [_cell(pid), _cell(modality, text=name), _cell(row["split"]),
@@ -294,8 +299,8 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
         cells += [_cell(row["roi_volume_cm3"], 1), _cell(row["excluded_percent"], 1)]
         cells += [_cell(v if isinstance(v := _field_value(f, row), str) else _number(v), f.decimals) for f in fields]
         cells.append(f'<td class="ws" data-v="{len(row["warnings"])}">{badges}</td>')
-        cells.append(f'<td class="t"><button type="button" class="ex" title="add to the exclusion list and copy its line">'
-                     f'exclude</button></td>')
+        cells.append('<td class="t"><button type="button" class="ex" title="add to the exclusion list and copy '
+                     'its line">exclude</button></td>')
         body.append(f'<tr data-id="{html.escape(pid)}" data-mod="{html.escape(modality)}" '
                     f'data-w="{html.escape(" ".join(row["warnings"]))}" data-reason="{html.escape(reason)}">'
                     + "".join(cells) + "</tr>")
@@ -337,7 +342,8 @@ _PAGE = """<!doctype html>
 <style>
 :root {{ --thumb: 300px; }}
 * {{ box-sizing: border-box; }}
-body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d1d1f; background: #fafafa; }}
+body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d1d1f;
+        background: #fafafa; }}
 header {{ position: sticky; top: 0; z-index: 3; background: #fff; border-bottom: 1px solid #ccc; padding: 8px 16px; }}
 h1 {{ font-size: 18px; margin: 0 0 4px; }}
 .controls {{ display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; }}
@@ -390,7 +396,8 @@ tr.marked td {{ background: #fde8e8; }}
 <li>Each picture: the axial slice with the most ROI voxels (anterior up, the patient's right on image-left:
 radiological convention, letters at the edges) with the ROI outline (yellow) and the tissue colours (blue muscle,
 red fat); beside it a sagittal strip through the spinal canal (superior up, anterior left) with the disc plane
-(orange) and the slab (dashed), or the hand ROI's extent. The cyan dashed line on the slice is where the strip is cut.</li>
+(orange) and the slab (dashed), or the hand ROI's extent. The cyan dashed line on the slice is where the strip
+is cut.</li>
 {legends}
 <li>Click a header to sort (again to reverse); click a picture to enlarge (arrow keys: previous / next; x: exclude;
 Esc: close).</li>
@@ -406,8 +413,9 @@ beside the manifest and set <code>run.exclude</code> to it for the next run: tho
 {body}
 </tbody></table>
 </main>
-<div id="box" role="dialog" aria-label="enlarged QA picture"><div class="bar"><button type="button" id="prev">&larr; previous</button>
-<span id="cap"></span><button type="button" id="boxex">exclude</button><button type="button" id="next">next &rarr;</button>
+<div id="box" role="dialog" aria-label="enlarged QA picture"><div class="bar">
+<button type="button" id="prev">&larr; previous</button><span id="cap"></span>
+<button type="button" id="boxex">exclude</button><button type="button" id="next">next &rarr;</button>
 <button type="button" id="close">close (Esc)</button></div><img id="big" alt=""></div>
 <script>
 "use strict";
@@ -419,7 +427,9 @@ function line(tr) {{ return [tr.dataset.id, tr.dataset.mod, tr.dataset.reason].m
 function csv(v) {{ return /[",\\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }}
 function listText() {{ return [HEADER, ...marked.values()].join("\\n") + "\\n"; }}
 function copy(text) {{
-  if (navigator.clipboard && window.isSecureContext) {{ navigator.clipboard.writeText(text).catch(() => fallback(text)); }}
+  if (navigator.clipboard && window.isSecureContext) {{
+    navigator.clipboard.writeText(text).catch(() => fallback(text));
+  }}
   else fallback(text);
 }}
 function fallback(text) {{

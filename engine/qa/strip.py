@@ -114,7 +114,8 @@ def sagittal_strip(image, mask, derived=None, margin_mm: float = STRIP_MARGIN_MM
     centre = np.argwhere(roi).mean(axis=0)[::-1]           # (i, j, k) of the ROI's centroid
     point = _index_to_physical(origin, spacing, direction, centre)[0]
     point[0] = x_mm
-    column = int(np.clip(round(float(continuous_index(point, origin, spacing, direction)[x_axis])), 0, size[x_axis] - 1))
+    column = round(float(continuous_index(point, origin, spacing, direction)[x_axis]))
+    column = int(np.clip(column, 0, size[x_axis] - 1))
     start, extent = [0, 0, 0], list(size)
     start[x_axis], extent[x_axis] = column, 1
     for axis in (y_axis, z_axis):  # the ROI's extent plus a margin, in z and in y
