@@ -373,7 +373,8 @@ tr.marked td {{ background: #fde8e8; }}
       margin: 1px 2px 1px 0; font-size: 12px; white-space: nowrap; }}
 .missing {{ color: #a00; }}
 #excl {{ width: 100%; height: 5.5em; font: 12px ui-monospace, monospace; }}
-#box {{ position: fixed; inset: 0; background: rgba(0,0,0,.88); display: none; z-index: 10; color: #eee;
+#box {{ position: fixed; top: 0; left: 0; width: 100vw; height: 100vh;
+        background: rgba(0,0,0,.88); display: none; z-index: 10; color: #eee;
         flex-direction: column; align-items: center; justify-content: center; }}
 #box.open {{ display: flex; }}
 #box img {{ height: calc(100vh - 90px); max-width: 96vw; object-fit: contain; }}
