@@ -109,7 +109,7 @@ def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
     assert sorted(r["patient_id"] for r in records) == sorted(measured)
     assert all(r["source"] == "derived L3/L4" and r["strip"] and "error" not in r for r in records)
     sheet = (out / QA_DIR / QA_INDEX).read_text()
-    assert sheet.count("<img ") == N_PATIENTS - 1 and "aria-sort" in sheet and "Fat % Otsu" in sheet
+    assert sheet.count('<img loading="lazy"') == N_PATIENTS - 1 and "aria-sort" in sheet and "Fat % Otsu" in sheet
 
 
 def test_exclusion_list_leaves_flagged_patients_out(derived_cohort, derived_run, tmp_path):
