@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .contract import QA_DIR, QA_INDEX, REPORT_HTML
+from .contract import QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
@@ -139,8 +139,16 @@ def cmd_report(args) -> int:
     from .report import render_report
     from .userfiles import require_run_folder
 
-    path = render_report(require_run_folder(args.run_dir))
+    run_dir = require_run_folder(args.run_dir)
+    sheet = None
+    if (Path(run_dir) / QA_DIR / QA_PANELS_JSON).is_file():  # the QA sheet too, from the same published files
+        from .qa import render_sheet
+
+        sheet = render_sheet(run_dir)
+    path = render_report(run_dir)
     print(f"report: {Path(path).resolve()}")
+    if sheet is not None:
+        print(f"QA:     {Path(sheet).resolve()}")
     return 0
 
 

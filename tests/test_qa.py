@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -305,3 +307,35 @@ def test_issue23_terminal_summary_prints_the_sheet_path(tmp_path):
     (tmp_path / QA_DIR).mkdir()
     (tmp_path / QA_DIR / QA_INDEX).write_text("<html></html>")
     assert f"QA:      {(tmp_path / QA_DIR / QA_INDEX).resolve()}" in _summary(result, tmp_path).splitlines()
+
+
+def test_issue23_sarco_report_rerenders_the_sheet_from_published_files(tmp_path, capsys, monkeypatch):
+    import engine.report
+    from engine.cli import main
+
+    _synthetic_sheet(tmp_path, 9)
+    (tmp_path / "qa" / QA_INDEX).unlink()
+    # the report itself is tested in test_report.py; here only that the sheet is rebuilt beside it
+    monkeypatch.setattr(engine.report, "render_report", lambda run_dir: run_dir / "report.html")
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / QA_DIR / QA_INDEX).is_file()
+    assert "QA:" in capsys.readouterr().out
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on this machine")
+def test_issue23_sheet_script_filters_and_enlarges_in_a_real_browser(tmp_path):
+    """The page's script runs in Chromium: a warning filter from the link hides the other rows, a picture opens."""
+    page, ids = _synthetic_sheet(tmp_path, 20)
+    flagged = len(re.findall(r'<tr [^>]*data-w="[^"]*\bexcluded\b', page))
+    assert flagged == 2   # ids[5], CT and MRI
+    url = (tmp_path / QA_DIR / QA_INDEX).resolve().as_uri() + "#w=excluded&m=ct&open"
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    rows = re.findall(r"<tr data-id=[^>]*>", dom)
+    assert len(rows) == 40 and sum(" hidden" in r for r in rows) == 39
+    assert re.search(rf'<tr data-id="{ids[5]}" data-mod="ct"[^>]*>', dom).group(0).count("hidden") == 0
+    assert re.search(r'<div id="box"[^>]*class="open"', dom)
+    assert f"{ids[5]} CT" in re.search(r'id="cap">([^<]*)<', dom).group(1)

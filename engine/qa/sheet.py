@@ -401,7 +401,7 @@ red fat); beside it a sagittal strip through the spinal canal (superior up, ante
 is cut.</li>
 {legends}
 <li>Click a header to sort (again to reverse); click a picture to enlarge (arrow keys: previous / next; x: exclude;
-Esc: close).</li>
+Esc: close). A link keeps a view: <code>index.html#w=one_tissue&amp;m=ct&amp;open</code>.</li>
 <li>"exclude" adds the series' line ({header_line}) to the exclusion list and copies it. Save the list as a CSV
 beside the manifest and set <code>run.exclude</code> to it for the next run: those series are left out.</li>
 </ul>
@@ -531,6 +531,11 @@ function fitHead() {{
 window.addEventListener("resize", fitHead);
 document.querySelector("details").addEventListener("toggle", fitHead);
 fitHead(); refreshList();
-if (location.hash === "#open") {{ const first = visible()[0]; if (first) openBox(first); }}
+// a link can carry a view: index.html#w=one_tissue&m=ct&open (warning filter, modality, first picture enlarged)
+const wanted = new URLSearchParams(location.hash.slice(1));
+if (wanted.has("w")) document.getElementById("fw").value = wanted.get("w");
+if (wanted.has("m")) document.getElementById("fm").value = wanted.get("m");
+if (wanted.has("w") || wanted.has("m")) applyFilter();
+if (wanted.has("open")) {{ const first = visible()[0]; if (first) openBox(first); }}
 </script></body></html>
 """
