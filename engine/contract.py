@@ -235,10 +235,6 @@ TOTALSEGMENTATOR_TOTAL_V2 = {
 #: Derived ROIs (NIfTI on the image grid, labels :data:`ROI_MUSCLE_LABELS`), for review in 3D Slicer
 #: and for reuse as a manual ``ct_roi``/``mri_roi``.
 DERIVED_ROI_DIR = "derived_roi"
-#: The disc plane of every derived ROI, in DERIVED_ROI_DIR (issue 23): one row per patient and modality with
-#: patient_id, modality, upper_vertebra, lower_vertebra, disc_z_mm, slab_min_z_mm, slab_max_z_mm, canal_x_mm,
-#: canal_y_mm (LPS), method, dropped_voxels.
-DISC_PLANES_CSV = "disc_planes.csv"
 #: One QA PNG per patient and modality, and the sortable contact sheet.
 QA_DIR = "qa"
 QA_INDEX = "index.html"
@@ -247,6 +243,26 @@ QA_PANELS_JSON = "panels.json"
 #: ``run.exclude``: a CSV of patients flagged at review; these columns are read (modality may be
 #: empty = every modality; reason is free text).
 EXCLUSION_COLUMNS = ("patient_id", "modality", "reason")
+
+
+#: Issue 23: where each derived ROI's level plane lies and how it was found, one row per patient and
+#: modality, in the run's derived_roi/ folder (``disc_planes_path``). Positions are physical LPS mm
+#: as SimpleITK reports them (+z superior); the slab's voxel centres z satisfy
+#: ``slab_min_z_mm <= z < slab_max_z_mm``; ``canal_x_mm``/``canal_y_mm`` (the spinal canal's centre
+#: at the level) are empty where no vertebra encloses it; ``method`` is ``{how}_{body}``
+#: (:data:`engine.io.segmentation.PLANE_METHODS`, ``BODY_SOURCES``); ``dropped_voxels`` counts the
+#: stray voxels of the two vertebra labels left out. A review table, never a feature: no column of
+#: it reaches features.csv or the statistics.
+DISC_PLANES_CSV = "disc_planes.csv"
+DISC_PLANE_COLUMNS = ("patient_id", "modality", "level", "upper_vertebra", "lower_vertebra", "disc_z_mm",
+                      "slab_min_z_mm", "slab_max_z_mm", "thickness_mm", "canal_x_mm", "canal_y_mm", "method",
+                      "dropped_voxels")
+#: Key of a pass-1 series summary holding its DISC_PLANE_COLUMNS values (less patient_id, modality).
+DISC_PLANE_KEY = "disc_plane"
+
+
+def disc_planes_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / DERIVED_ROI_DIR / DISC_PLANES_CSV
 
 
 def derived_roi_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:

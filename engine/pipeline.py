@@ -30,6 +30,8 @@ from .cohort_fit import fit_thresholds, threshold_values
 from .config import Config, load_config
 from .contract import (
     CACHE_DIR,
+    DISC_PLANE_COLUMNS,
+    DISC_PLANE_KEY,
     ERRORS_CSV,
     HABITATS_DIR,
     MODALITIES,
@@ -37,6 +39,7 @@ from .contract import (
     PROVENANCE_JSON,
     THRESHOLDS_JSON,
     derived_roi_path,
+    disc_planes_path,
     feature_names,
     series_uid_column,
 )
@@ -155,7 +158,22 @@ def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
     summaries = list(progress(results, len(jobs), "pass 1"))
     batch.errors += error_rows(summaries)
     _check_strict(batch)
+    _write_disc_planes(batch.out_dir, summaries)
     return summaries
+
+
+def _write_disc_planes(out_dir: Path, summaries: list[dict]) -> None:
+    """derived_roi/disc_planes.csv: where each derived ROI's plane lies and how it was found (issue 23).
+
+    One row per measured series whose ROI was derived; none derived: a previous run's table is retracted.
+    """
+    rows = [{"patient_id": s["patient_id"], "modality": s["modality"], **s[DISC_PLANE_KEY]}
+            for s in summaries if s.get("status") == "ok" and s.get(DISC_PLANE_KEY)]
+    path = disc_planes_path(out_dir)
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    write_csv(path, pd.DataFrame(rows, columns=list(DISC_PLANE_COLUMNS)))
 
 
 def _pass2(executor, batch: _Batch, ok: list[dict], thresholds: dict, backend: str) -> list[dict]:

@@ -21,6 +21,7 @@ import numpy as np
 from . import __version__
 from .contract import (
     DICOM_MODALITY,
+    DISC_PLANE_KEY,
     FIXED,
     HABITAT_LABELS,
     SCANNER_KEY,
@@ -187,6 +188,17 @@ def _derive_roi(segmentation: str, image, cfg, write_to: str | None):
     return derived
 
 
+def _disc_plane_row(derived) -> dict:
+    """The derivation's row of disc_planes.csv (less patient_id and modality; issue 23)."""
+    upper, lower = derived.vertebrae
+    canal = derived.canal_xy_mm
+    return {"level": derived.level, "upper_vertebra": upper, "lower_vertebra": lower,
+            "disc_z_mm": round(derived.plane_mm, 3), "slab_min_z_mm": round(derived.slab_mm[0], 3),
+            "slab_max_z_mm": round(derived.slab_mm[1], 3), "thickness_mm": derived.thickness_mm,
+            "canal_x_mm": round(canal[0], 2) if canal else None, "canal_y_mm": round(canal[1], 2) if canal else None,
+            "method": derived.method, "dropped_voxels": int(derived.dropped_voxels)}
+
+
 def _save_qa_strip(image, mask, derived, path: Path) -> None:
     """Cache the QA panel's sagittal strip through the spinal canal (:func:`engine.qa.strip.sagittal_strip`).
 
@@ -347,6 +359,7 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
     if derived is not None:
         summary["derived_roi"] = {"level": derived.level, "plane_mm": round(derived.plane_mm, 2),
                                   "thickness_mm": derived.thickness_mm, "path": job.get("derived_roi")}
+        summary[DISC_PLANE_KEY] = _disc_plane_row(derived)
     if sample.standardization is not None:
         summary[STANDARDIZATION_KEY] = sample.standardization
     return summary

@@ -93,6 +93,28 @@ def test_derived_roi_is_written_on_the_image_grid_with_muscle_labels(derived_run
     assert not derived_roi_path(out, BROKEN, "ct").exists()
 
 
+def test_issue23_disc_planes_table_records_each_plane_within_2mm_of_the_body_disc(derived_run, derived_cohort):
+    """derived_roi/disc_planes.csv, through the contract: one row per derived series, the plane
+    within 2 mm of the phantom's body-based disc (truth.csv), never a feature column."""
+    from engine.contract import DISC_PLANE_COLUMNS, disc_planes_path
+
+    root, _ = derived_cohort
+    out, _ = derived_run
+    planes = pd.read_csv(disc_planes_path(out))
+    assert tuple(planes.columns) == DISC_PLANE_COLUMNS
+    assert sorted(planes["patient_id"]) == sorted(set(pd.read_csv(out / "features.csv")["patient_id"]) - {BROKEN})
+    assert (planes["modality"] == "ct").all()
+    assert (planes["upper_vertebra"] == "L3").all() and (planes["lower_vertebra"] == "L4").all()
+    merged = planes.merge(pd.read_csv(root / "truth.csv"), on="patient_id")
+    assert (merged["disc_z_mm"] - merged["ct_disc_z_mm"]).abs().max() <= 2.0
+    assert (merged["method"] == "endplates_canal").all() and (merged["dropped_voxels"] > 0).all()
+    assert merged[["canal_x_mm", "canal_y_mm"]].notna().all().all()
+    assert (merged["slab_min_z_mm"] < merged["disc_z_mm"]).all()
+    assert (merged["disc_z_mm"] < merged["slab_max_z_mm"]).all()
+    features = pd.read_csv(out / "features.csv")
+    assert not set(DISC_PLANE_COLUMNS[2:]) & set(features.columns)
+
+
 def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
     import json
 

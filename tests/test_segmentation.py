@@ -57,7 +57,7 @@ def _write(image, path):
 
 
 def _derive(path, reference, **kwargs):
-    kwargs.setdefault("thickness_mm", 4.0)
+    kwargs.setdefault("thickness_mm", 6.0)   # [-5, 1) mm around z = -2: slices k 8, 9, 10
     return derive_roi_from_file(path, reference, label_table=TS, **kwargs)
 
 

@@ -36,8 +36,9 @@ from engine.contract import ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_M
 from engine.errors import InputError
 from engine.io.masks import format_box, physical_bounds
 
-__all__ = ["DerivedRoi", "Level", "derive_roi", "derive_roi_from_file", "level_plane_mm", "parse_level",
-           "superior_extent_mm", "superior_mm"]
+__all__ = ["DerivedRoi", "DiscPlane", "Level", "VertebralBody", "derive_roi", "derive_roi_from_file",
+           "facing_endplates_mm", "in_slab", "level_plane_mm", "parse_level", "place_level", "slab_bounds_mm",
+           "superior_extent_mm", "superior_mm", "vertebral_body"]
 
 STAGE = "segmentation"
 #: File endings of a per-structure mask in a TotalSegmentator output folder, in preference order.
@@ -151,9 +152,11 @@ def level_plane_mm(extents: dict[str, tuple[float, float] | None], level: Level)
                                 f"{', '.join(present) or 'none'}); the {level.name} level cannot be placed; "
                                 "check that the scan covers it, or give the ROI by hand")
     upper = extents[level.cranial]
+    assert upper is not None                      # absent vertebrae raised above
     if level.caudal is None:
         return (upper[0] + upper[1]) / 2.0
     lower = extents[level.caudal]
+    assert lower is not None
     if (upper[0] + upper[1]) / 2.0 <= (lower[0] + lower[1]) / 2.0:
         raise InputError(STAGE, f"{level.cranial} is not cranial to {level.caudal} in the segmentation "
                                 f"({level.cranial} centre at z={(upper[0] + upper[1]) / 2:.1f} mm, {level.caudal} "
@@ -162,10 +165,280 @@ def level_plane_mm(extents: dict[str, tuple[float, float] | None], level: Level)
     return (upper[0] + lower[1]) / 2.0
 
 
+# --------------------------------------------------------------------------- the vertebral bodies (issue 23)
+
+#: How the plane was found (``method`` of :data:`engine.contract.DISC_PLANE_COLUMNS`): how the
+#: plane was placed, then where the body came from.
+#: ``endplates``: the median over the columns the two bodies share of the midpoint between the
+#: cranial body's caudal endplate and the caudal body's cranial endplate; ``extent``: the bodies
+#: share no column, halfway between the caudal end of one and the cranial end of the other;
+#: ``midheight``: a single-vertebra level, the body's mid-height.
+#: ``canal``: the body is the label's part anterior of the spinal canal, found as the hole the
+#: arch encloses in the label's axial projection; ``anterior``: no enclosed canal (a cut or
+#: broken arch), the anterior :data:`ANTERIOR_BODY_FRACTION` of the label's antero-posterior extent.
+PLANE_METHODS = ("endplates", "extent", "midheight")
+BODY_SOURCES = ("canal", "anterior")
+#: Lumbar body depth ~35 mm of a vertebra's ~90 mm (body, canal, arch, spinous process).
+ANTERIOR_BODY_FRACTION = 0.4
+#: Smallest enclosed hole (mm^2) taken for the canal (a lumbar canal is 150-300 mm^2).
+MIN_CANAL_AREA_MM2 = 30.0
+
+
+@dataclass(frozen=True)
+class VertebralBody:
+    """The body of one vertebra label, as physical voxel centres.
+
+    Attributes
+    ----------
+    columns : (N,) int64
+        Column of each body voxel: its index in the plane of the two array axes other than the
+        one along which LPS z changes most (one column = one line along the cranio-caudal axis).
+    z_mm : (N,) float
+        LPS z of each body voxel centre.
+    canal_xy_mm : (x, y) or None
+        Centre of the spinal canal (LPS, mm) if the arch encloses it.
+    dropped_voxels : int
+        Voxels of the label outside its largest connected component (stray components).
+    """
+
+    columns: np.ndarray
+    z_mm: np.ndarray
+    canal_xy_mm: tuple[float, float] | None
+    dropped_voxels: int
+
+    @property
+    def extent_mm(self) -> tuple[float, float]:
+        return float(self.z_mm.min()), float(self.z_mm.max())
+
+
+def _crop_to(present: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the cropped boolean block, its first array index) of the bounding box of ``present``."""
+    spans = []
+    for axis in range(3):
+        hit = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        spans.append((int(hit[0]), int(hit[-1]) + 1))
+    block = present[tuple(slice(a, b) for a, b in spans)]
+    return block, np.array([a for a, _ in spans], dtype=np.int64)
+
+
+def _largest_component(block: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest 26-connected component of a boolean block, and how many voxels lay outside it."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(block, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return block, 0
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    keep = int(np.argmax(sizes))
+    return components == keep, int(sizes.sum() - sizes[keep])
+
+
+def _physical(image, index_xyz: np.ndarray) -> np.ndarray:
+    """LPS positions (N, 3) of voxel centres given as (N, 3) continuous (i, j, k) indices."""
+    _, spacing, origin, direction = _geometry(image)
+    return origin + (np.asarray(index_xyz, dtype=float) * spacing) @ direction.T
+
+
+def _canal_hole(projection: np.ndarray, pixel_mm2: float) -> np.ndarray | None:
+    """The 2-D pixels of the largest hole the projected vertebra encloses (the canal), or None."""
+    from scipy import ndimage
+
+    holes = ndimage.binary_fill_holes(projection) & ~projection
+    found, count = ndimage.label(holes)
+    if count == 0:
+        return None
+    sizes = np.bincount(found.ravel())
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    if sizes[largest] * pixel_mm2 < MIN_CANAL_AREA_MM2:
+        return None
+    return found == largest
+
+
+def vertebral_body(labels: np.ndarray, image, value) -> VertebralBody | None:
+    """The body of the vertebra labelled ``value``: largest component, part anterior of the canal.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) ndarray
+        The label map as SimpleITK's ``GetArrayFromImage`` returns it.
+    image : SimpleITK.Image
+        Its geometry.
+    value : int or bool
+        The vertebra's label.
+
+    Returns
+    -------
+    VertebralBody or None
+        None where no voxel holds ``value``.
+
+    Notes
+    -----
+    A real vertebra label holds its posterior elements (which reach well below the body: the
+    spinous process of L1 ~15 mm) and may carry stray voxels of a neighbour. Steps: keep the
+    label's largest 26-connected component (strays dropped, counted); project it along the
+    array axis closest to the cranio-caudal one; the largest hole the projection encloses is
+    the vertebral foramen (the canal); the body is the component's voxels whose LPS y lies
+    anterior (smaller y) of the canal's anterior edge. Without an enclosed canal, the anterior
+    :data:`ANTERIOR_BODY_FRACTION` of the component's antero-posterior extent.
+    """
+    planes = np.flatnonzero((labels == value).any(axis=(1, 2)))
+    if planes.size == 0:
+        return None
+    cropped = _crop_to(labels[planes[0]:planes[-1] + 1] == value)
+    if cropped is None:
+        return None
+    block, first = cropped
+    first[0] += planes[0]
+    component, dropped = _largest_component(block)
+    _, spacing, _, _ = _geometry(image)
+    _, c = _superior_coefficients(image)
+    along = int(np.argmax(np.abs(c)))            # index axis (x, y, z order) closest to cranio-caudal
+    np_axis = 2 - along
+    kk, jj, ii = np.nonzero(component)
+    index = np.stack([ii + first[2], jj + first[1], kk + first[0]], axis=1)
+    position = _physical(image, index)
+    in_plane = [a for a in range(3) if a != along]
+    size, _, _, _ = _geometry(image)
+    columns = index[:, in_plane[0]] + size[in_plane[0]] * index[:, in_plane[1]]
+    projection = np.asarray(component.any(axis=np_axis))   # 2-D, array axes in (k, j, i) order minus np_axis
+    hole = _canal_hole(projection, float(spacing[in_plane[0]] * spacing[in_plane[1]]))
+    canal = None
+    if hole is not None:
+        rows, cols = np.nonzero(hole)                 # array order: the higher index axis first
+        hole_index = np.zeros((rows.size, 3))
+        hole_index[:, in_plane[1]] = rows + first[2 - in_plane[1]]
+        hole_index[:, in_plane[0]] = cols + first[2 - in_plane[0]]
+        hole_index[:, along] = float(index[:, along].mean())
+        hole_xy = _physical(image, hole_index)[:, :2]
+        canal = (float(hole_xy[:, 0].mean()), float(hole_xy[:, 1].mean()))
+        body = position[:, 1] < hole_xy[:, 1].min()
+    else:
+        y = position[:, 1]
+        body = y <= y.min() + ANTERIOR_BODY_FRACTION * (y.max() - y.min())
+    if not body.any():                                # a degenerate label: keep it whole
+        body = np.ones(position.shape[0], dtype=bool)
+    return VertebralBody(columns[body], position[body, 2], canal, dropped)
+
+
+def _column_extremes(columns: np.ndarray, z_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column ids, min z, max z) per column."""
+    order = np.lexsort((z_mm, columns))
+    sorted_columns, sorted_z = columns[order], z_mm[order]
+    ids, first = np.unique(sorted_columns, return_index=True)
+    last = np.r_[first[1:], sorted_columns.size] - 1
+    return ids, sorted_z[first], sorted_z[last]
+
+
+def facing_endplates_mm(upper: VertebralBody, lower: VertebralBody) -> float | None:
+    """Median over shared columns of the midpoint between the facing endplates, or None.
+
+    In each column (a line along the cranio-caudal axis) both bodies hold, the cranial body's
+    lowest voxel centre and the caudal body's highest one bound the disc; the midpoint of each
+    such gap is the disc's mid-plane in that column (a tilted disc gives a tilted set of
+    midpoints, centred on the disc's centre). The median ignores the rim's osteophytes and any
+    column where the bodies touch or overlap.
+    """
+    up_ids, up_min, _ = _column_extremes(upper.columns, upper.z_mm)
+    low_ids, _, low_max = _column_extremes(lower.columns, lower.z_mm)
+    shared, in_up, in_low = np.intersect1d(up_ids, low_ids, assume_unique=True, return_indices=True)
+    if shared.size == 0:
+        return None
+    gap_low, gap_high = low_max[in_low], up_min[in_up]
+    open_gap = gap_high > gap_low
+    if not open_gap.any():
+        return None
+    return float(np.median((gap_high[open_gap] + gap_low[open_gap]) / 2.0))
+
+
+@dataclass(frozen=True)
+class DiscPlane:
+    """Where the level's plane lies and how it was found (one row of ``disc_planes.csv``).
+
+    ``canal_xy_mm`` is the canal centre at the level (the mean of the vertebrae's where both
+    enclose it), None if neither does; ``dropped_voxels`` counts both vertebrae's strays.
+    """
+
+    level: Level
+    plane_mm: float
+    method: str
+    canal_xy_mm: tuple[float, float] | None
+    dropped_voxels: int
+    extents_mm: dict
+
+
+def place_level(bodies: dict[str, VertebralBody | None], level: Level) -> DiscPlane:
+    """The level's plane from the vertebral bodies (see :data:`PLANE_METHODS`).
+
+    Raises
+    ------
+    InputError
+        A vertebra of the level is absent, or the cranial one does not lie cranial to the other.
+    """
+    extents = {v: (b.extent_mm if b is not None else None) for v, b in bodies.items()}
+    by_extent = level_plane_mm(extents, level)     # raises: absent vertebra, wrong order
+    chosen = [bodies[v] for v in level.vertebrae]
+    present = [b for b in chosen if b is not None]
+    canals = [b.canal_xy_mm for b in present if b.canal_xy_mm is not None]
+    source = "canal" if len(canals) == len(present) else "anterior"
+    plane, how = by_extent, ("midheight" if level.caudal is None else "extent")
+    if level.caudal is not None:
+        upper, lower = chosen
+        assert upper is not None and lower is not None   # level_plane_mm raised otherwise
+        endplates = facing_endplates_mm(upper, lower)
+        if endplates is not None:
+            plane, how = endplates, "endplates"
+    canal = (float(np.mean([c[0] for c in canals])), float(np.mean([c[1] for c in canals]))) if canals else None
+    return DiscPlane(level, plane, f"{how}_{source}", canal, sum(b.dropped_voxels for b in present),
+                     {v: extents.get(v) for v in level.vertebrae})
+
+
 # --------------------------------------------------------------------------- the slab on the image grid
 
 
-def _slab_box(reference, plane_mm: float, half_mm: float) -> tuple[np.ndarray, np.ndarray]:
+#: Floating-point slack (mm) of the slab's bounds: a voxel centre within it of a bound counts as on it.
+_BOUND_SLACK_MM = 1e-6
+
+
+def in_slab(z_mm: np.ndarray, low_mm: float, high_mm: float) -> np.ndarray:
+    """The slab's membership rule: ``low <= z < high`` (closed caudally, open cranially).
+
+    Half-open, so that a slab of thickness ``n`` x the slice spacing holds exactly ``n`` slices
+    of an axial series wherever the plane falls; a slice centre exactly on a bound belongs to
+    the slab at its caudal bound and not at its cranial one (the tie rule). Bounds are compared
+    with :data:`_BOUND_SLACK_MM` of slack so that a centre computed 1e-12 mm off a bound ties.
+    """
+    z = np.asarray(z_mm, dtype=float)
+    return (z >= low_mm - _BOUND_SLACK_MM) & (z < high_mm - _BOUND_SLACK_MM)
+
+
+def slab_bounds_mm(reference, plane_mm: float, half_mm: float) -> tuple[float, float]:
+    """``(low, high)`` LPS z of the slab: ``plane +- half``, widened to hold at least one slice.
+
+    When no slice centre lies in ``[plane - half, plane + half)`` (a slab thinner than the slice
+    spacing, the plane between slices), the slab grows symmetrically until the nearest slice
+    centre enters it: the caudal one of two at the same distance, as the half-open rule implies.
+    Slice centres are taken along the array axis closest to the cranio-caudal one, at index 0 of
+    the other two (exact for an axial series).
+    """
+    size, _, _, _ = _geometry(reference)
+    z0, c = _superior_coefficients(reference)
+    axis = int(np.argmax(np.abs(c)))
+    centres = z0 + c[axis] * np.arange(int(size[axis]))
+    low, high = plane_mm - half_mm, plane_mm + half_mm
+    if in_slab(centres, low, high).any():
+        return low, high
+    offsets = centres - plane_mm
+    nearest = float(np.min(np.abs(offsets)))
+    caudal_tie = bool(np.any(np.abs(offsets + nearest) <= _BOUND_SLACK_MM))
+    widened = nearest if caudal_tie else nearest + 2 * _BOUND_SLACK_MM
+    return plane_mm - widened, plane_mm + widened
+
+
+def _slab_box(reference, low_mm: float, high_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive (i, j, k) index box of the reference's voxels whose centres may lie in the slab.
 
     The box spans the reference's full extent on every axis but the one along which LPS z
@@ -180,8 +453,8 @@ def _slab_box(reference, plane_mm: float, half_mm: float) -> tuple[np.ndarray, n
     contribution = [sorted((0.0, c[a] * (size[a] - 1))) for a in others]
     low = z0 + sum(r[0] for r in contribution)
     high = z0 + sum(r[1] for r in contribution)
-    # k (along axis) with c_k * k + [low, high] meeting [plane - half, plane + half]
-    bounds = sorted(((plane_mm - half_mm - high) / c[axis], (plane_mm + half_mm - low) / c[axis]))
+    # k (along axis) with c_k * k + [low, high] meeting [slab low, slab high]
+    bounds = sorted(((low_mm - high) / c[axis], (high_mm - low) / c[axis]))
     first = max(int(np.ceil(bounds[0] - 1e-6)), 0)
     last = min(int(np.floor(bounds[1] + 1e-6)), int(size[axis]) - 1)
     lo, hi = np.zeros(3, dtype=np.int64), size - 1
@@ -266,7 +539,15 @@ class DerivedRoi:
         LPS z of the level's plane.
     thickness_mm : float
     extents_mm : dict
-        Vertebra -> (caudal, cranial) LPS z of the vertebrae of the level.
+        Vertebra -> (caudal, cranial) LPS z of the vertebral body (strays and posterior elements left out).
+    slab_mm : (low, high)
+        The slab's LPS z bounds: its voxel centres ``z`` have ``low <= z < high`` (:func:`in_slab`).
+    method : str
+        How the plane was found (:data:`PLANE_METHODS` ``_`` :data:`BODY_SOURCES`).
+    canal_xy_mm : (x, y) or None
+        LPS centre of the spinal canal at the level, None if no vertebra encloses it.
+    dropped_voxels : int
+        Stray voxels of the level's vertebra labels ignored (outside each label's largest component).
     """
 
     roi: object
@@ -274,16 +555,41 @@ class DerivedRoi:
     plane_mm: float
     thickness_mm: float
     extents_mm: dict
+    slab_mm: tuple[float, float] = (float("nan"), float("nan"))
+    method: str = ""
+    canal_xy_mm: tuple[float, float] | None = None
+    dropped_voxels: int = 0
+
+    @property
+    def slab_min_z_mm(self) -> float:
+        return float(self.slab_mm[0])
+
+    @property
+    def slab_max_z_mm(self) -> float:
+        return float(self.slab_mm[1])
+
+    @property
+    def canal_x_mm(self) -> float | None:
+        return None if self.canal_xy_mm is None else float(self.canal_xy_mm[0])
+
+    @property
+    def canal_y_mm(self) -> float | None:
+        return None if self.canal_xy_mm is None else float(self.canal_xy_mm[1])
+
+    @property
+    def vertebrae(self) -> tuple[str, str]:
+        """(upper, lower) vertebra of the level; lower is empty for a single-vertebra level."""
+        names = list(self.extents_mm)
+        return names[0], (names[1] if len(names) > 1 else "")
 
 
-def _slab_roi(muscles_block, reference, lo, hi, plane_mm: float, half_mm: float):
+def _slab_roi(muscles_block, reference, lo, hi, slab_mm: tuple[float, float]):
     """Place a (Z, Y, X) block of ROI labels over the reference's box, zero outside the exact slab."""
     import SimpleITK as sitk
 
     kk, jj, ii = np.meshgrid(*(np.arange(lo[a], hi[a] + 1) for a in (2, 1, 0)), indexing="ij")
     z0, c = _superior_coefficients(reference)
-    outside = np.abs(z0 + c[0] * ii + c[1] * jj + c[2] * kk - plane_mm) > half_mm + 1e-6
-    muscles_block[outside] = 0
+    muscles_block[~in_slab(z0 + c[0] * ii + c[1] * jj + c[2] * kk, *slab_mm)] = 0
     size = reference.GetSize()
     roi = np.zeros((size[2], size[1], size[0]), dtype=np.uint8)
     roi[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = muscles_block
@@ -299,10 +605,11 @@ def _check_overlap(segmentation_geometry, reference) -> None:
     if _segmentation_box_of(segmentation_geometry, _outer_corners(reference)) is None:
         raise InputError(STAGE, f"the segmentation does not overlap the image: it spans "
                                 f"{format_box(*physical_bounds(segmentation_geometry))} mm, the image "
-                                f"{format_box(*physical_bounds(reference))} mm (LPS); check that it belongs to this image")
+                                f"{format_box(*physical_bounds(reference))} mm (LPS); "
+                                "check that it belongs to this image")
 
 
-def derive_roi(read_block, segmentation_geometry, reference, extents: dict, label_table: dict[str, int], *,
+def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label_table: dict[str, int], *,
                level: Level, thickness_mm: float, muscles=("paraspinal", "psoas")) -> DerivedRoi:
     """The chosen muscles within the level's slab, on the reference grid.
 
@@ -315,18 +622,20 @@ def derive_roi(read_block, segmentation_geometry, reference, extents: dict, labe
         The segmentation's grid (voxels unused).
     reference : SimpleITK.Image or engine.io.ImageSource
         The image the ROI is for.
-    extents : dict
-        Vertebra name -> (caudal, cranial) LPS z in mm, or None where absent.
+    bodies : dict
+        Vertebra name -> :class:`VertebralBody`, or None where absent.
     label_table : dict
         Structure name -> label value (used for nothing but the muscle choice check here).
     level, thickness_mm, muscles
         As ``roi.derive`` in the config.
     """
     _check_overlap(segmentation_geometry, reference)
-    plane = level_plane_mm(extents, level)
+    placed = place_level(bodies, level)
+    plane = placed.plane_mm
     half = thickness_mm / 2.0
     _check_slab_inside(reference, plane, half, level)
-    lo, hi = _slab_box(reference, plane, half)
+    slab = slab_bounds_mm(reference, plane, half)
+    lo, hi = _slab_box(reference, *slab)
     if np.any(lo > hi):
         raise InputError(STAGE, f"no image voxel centre lies within {half:g} mm of the {level.name} plane "
                                 f"(z={plane:.1f} mm); increase roi.derive.thickness_mm")
@@ -339,13 +648,14 @@ def derive_roi(read_block, segmentation_geometry, reference, extents: dict, labe
 
     muscles_native = read_block(*seg_box)
     on_block = sitk.Resample(muscles_native, block, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    roi = _slab_roi(sitk.GetArrayFromImage(on_block), reference, lo, hi, plane, half)
+    roi = _slab_roi(sitk.GetArrayFromImage(on_block), reference, lo, hi, slab)
     if not sitk.GetArrayViewFromImage(roi).any():
         chosen = " and ".join(muscles)
         raise InputError(STAGE, f"the derived ROI is empty: no {chosen} voxel of the segmentation lies within "
                                 f"{half:g} mm of the {level.name} plane (z={plane:.1f} mm); check the label table "
                                 "(roi.derive.labels) and that the muscles were segmented")
-    return DerivedRoi(roi, level.name, plane, thickness_mm, {v: extents.get(v) for v in level.vertebrae})
+    return DerivedRoi(roi, level.name, plane, thickness_mm, placed.extents_mm, slab, placed.method,
+                      placed.canal_xy_mm, placed.dropped_voxels)
 
 
 # --------------------------------------------------------------------------- reading a segmentation
@@ -402,21 +712,30 @@ def _vertebrae_in_folder(folder: pathlib.Path) -> dict:
     return present
 
 
+def _same_grid(a, b) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+            and np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection()))
+
+
 def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
     import SimpleITK as sitk
 
-    extents, geometry = {}, None
+    bodies: dict[str, VertebralBody | None] = {}
+    geometry = None
     for vertebra in level.vertebrae:
         file = _structure_file(folder, vertebra_structure(vertebra))
         if file is None:
-            extents[vertebra] = None
+            bodies[vertebra] = None
             continue
         mask = _reader(file).Execute()
-        geometry = geometry or mask
-        extents[vertebra] = superior_extent_mm(sitk.GetArrayViewFromImage(mask) != 0, mask, True)
-    if any(e is None for e in extents.values()):
+        if geometry is None:
+            geometry = mask
+        elif not _same_grid(mask, geometry):     # columns are compared on one grid
+            mask = sitk.Resample(mask, geometry, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+        bodies[vertebra] = vertebral_body(sitk.GetArrayViewFromImage(mask) != 0, mask, True)
+    if any(b is None for b in bodies.values()):
         found = _vertebrae_in_folder(folder)
-        level_plane_mm({**found, **{k: v for k, v in extents.items() if v is not None}}, level)
+        level_plane_mm({**found, **{k: b.extent_mm for k, b in bodies.items() if b is not None}}, level)
     files = {}
     for structure, muscle in SEGMENTATION_MUSCLES.items():
         if any(muscle in ROI_MUSCLE_GROUPS[g] for g in muscles):
@@ -440,7 +759,7 @@ def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
         result.CopyInformation(labels)
         return result
 
-    return derive_roi(read_block, geometry, reference, extents, {}, level=level, thickness_mm=thickness_mm,
+    return derive_roi(read_block, geometry, reference, bodies, {}, level=level, thickness_mm=thickness_mm,
                       muscles=muscles)
 
 
@@ -452,14 +771,14 @@ def _derive_from_label_map(path, reference, label_table, level, thickness_mm, mu
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         image = sitk.Cast(sitk.Round(image), sitk.sitkUInt16)
     labels = sitk.GetArrayViewFromImage(image)
-    extents = {}
+    bodies: dict[str, VertebralBody | None] = {}
     for vertebra in level.vertebrae:
         value = label_table.get(vertebra_structure(vertebra))
-        extents[vertebra] = None if value is None else superior_extent_mm(labels, image, int(value))
-    if any(e is None for e in extents.values()):
+        bodies[vertebra] = None if value is None else vertebral_body(labels, image, int(value))
+    if any(b is None for b in bodies.values()):
         values = {int(v) for v in np.unique(labels)}
         found = {v: (0.0, 0.0) for v in VERTEBRAE if label_table.get(vertebra_structure(v)) in values}
-        level_plane_mm({**found, **{k: v for k, v in extents.items() if v is not None}}, level)
+        level_plane_mm({**found, **{k: b.extent_mm for k, b in bodies.items() if b is not None}}, level)
     lut = _muscle_lut(label_table, muscles)
     if not lut.any():
         raise InputError(STAGE, "the label table names none of the chosen muscles "
@@ -473,7 +792,7 @@ def _derive_from_label_map(path, reference, label_table, level, thickness_mm, mu
         result.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in lo]))
         return result
 
-    return derive_roi(read_block, image, reference, extents, label_table, level=level, thickness_mm=thickness_mm,
+    return derive_roi(read_block, image, reference, bodies, label_table, level=level, thickness_mm=thickness_mm,
                       muscles=muscles)
 
 
@@ -493,7 +812,8 @@ def derive_roi_from_file(path, reference, *, label_table: dict[str, int], level:
     level : str
         ``L3/L4`` (a disc between adjacent vertebrae) or ``L3`` (one vertebra).
     thickness_mm : float
-        Slab thickness: the voxels whose centres lie within +-thickness/2 of the plane.
+        Slab thickness: the voxels whose centres lie in ``[plane - thickness/2, plane + thickness/2)``,
+        at least one slice (:func:`slab_bounds_mm`).
     muscles : sequence of {"paraspinal", "psoas"}
     """
     from engine.io.volumes import _check_access

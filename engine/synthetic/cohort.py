@@ -23,7 +23,9 @@ Output layout (``out_dir``)::
     patients/SYN0001/ct_roi.*  label map 1..4 = left_psoas, right_psoas, left_paraspinal,
     patients/SYN0001/mri_roi.*     right_paraspinal (.nii.gz, .nrrd, .seg.nrrd or DICOM-SEG .dcm)
     patients/SYN0001/{ct,mri}_totalseg.nii.gz  TotalSegmentator "total" v2 multilabel (--ml): L3, L4
-                               and the four muscles on every slice; {ct,mri}_totalseg/ the same as
+                               (posterior elements of L3 below the disc, stray L2/L3 voxels, as
+                               real masks; RAS- or LPS-stored by patient, issue 23) and the four
+                               muscles on every slice; {ct,mri}_totalseg/ the same as
                                per-structure files. The manifest's {ct,mri}_segmentation names the
                                file (even patients) or the folder (odd); the ROI columns still win.
 
@@ -953,45 +955,138 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
 # =========================================================================================
 #: ROI label (1..4 = ROI_LABELS) -> the TotalSegmentator structure the muscle belongs to.
 _TS_MUSCLES = {1: "iliopsoas_left", 2: "iliopsoas_right", 3: "autochthon_left", 4: "autochthon_right"}
+#: Vertebra files of the per-structure folder: L3 and L4, and L2 for its stray voxels (issue 23).
+_TS_VERTEBRAE = ("vertebrae_L2", "vertebrae_L3", "vertebrae_L4")
 
 
 def _totalsegmentator_labels(rendered: _Rendered, grid: _Grid, vertebra: _Vertebra) -> np.ndarray:
     """A TotalSegmentator "total" v2 label map of the phantom on ``grid``, (Z, Y, X) uint8.
 
     The four muscles on every slice (not just the ROI's slab: a whole-body segmentation covers
-    the whole scan); every bone voxel (vertebral body and posterior elements) is L3 above the
-    tilted disc mid-plane and L4 below it. The grid spans about 48 mm around the disc, so L3 and
-    L4 are the vertebrae in it.
+    the whole scan), then the vertebrae as a real TotalSegmentator map labels them (issue 23):
+    :func:`_vertebra_labels`. The grid spans about 48 mm around the disc, so L3 and L4 are the
+    vertebrae in it.
     """
     from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
 
     labels = np.zeros(rendered.tissue.shape, dtype=np.uint8)
     for roi_label, structure in _TS_MUSCLES.items():
         labels[rendered.compartment == roi_label] = ids[structure]
-    bone = np.isin(rendered.tissue, (CORTICAL, CANCELLOUS))
-    local_w = grid.w[:, None] - vertebra.tilt * (grid.v[None, :] - vertebra.centre_v)   # (Z, Y)
-    above = np.broadcast_to((local_w > 0.0)[:, :, None], labels.shape)
-    labels[bone & above] = ids["vertebrae_L3"]
-    labels[bone & ~above] = ids["vertebrae_L4"]
+    _vertebra_labels(labels, rendered, grid, vertebra)
     return labels
 
 
-def _write_totalsegmentator(pdir: Path, modality: str, labels: np.ndarray, grid: _Grid) -> tuple[Path, Path]:
+# ----------------------------------------------------------------------------------------
+# Issue 23: vertebra labels shaped like real TotalSegmentator masks
+# ----------------------------------------------------------------------------------------
+#: The caudal reach (mm below the disc mid-plane) of the cranial vertebra's posterior elements
+#: grows from the back of the body to the tip of the spinous process: a real L3 label's
+#: laminae, inferior articular and spinous processes hang 10-15 mm below its body.
+_POSTERIOR_DROP_MM = (2.0, 0.2, 12.0)          # at the body's back, per mm posterior, at most
+#: Stray components of a neighbouring vertebra's label (a few hundred T11 voxels inside T12's
+#: body on a real case): (vertebra labelled, placed in the body of, w of centre past the
+#: disc's half height in mm (signed, + cranial), semi-axes u, v, w in mm).
+_STRAYS = (("vertebrae_L3", "vertebrae_L4", -9.0, (6.0, 5.0, 4.0)),
+           ("vertebrae_L2", "vertebrae_L3", 9.0, (5.0, 5.0, 4.0)))
+
+
+def _posterior_drop_mm(v_behind_body: np.ndarray) -> np.ndarray:
+    first, per_mm, most = _POSTERIOR_DROP_MM
+    return np.clip(first + per_mm * v_behind_body, first, most)
+
+
+def _vertebra_labels(labels: np.ndarray, rendered: _Rendered, grid: _Grid, vertebra: _Vertebra) -> None:
+    """Label the bone of the phantom L3 or L4 as a real TotalSegmentator map does, in place.
+
+    * the vertebral bodies are split by the tilted disc mid-plane (the truth: the disc plane at
+      the body's centre column is ``w = 0``, the series' ``disc_z_mm``);
+    * the posterior elements (every bone voxel behind the body) of L3 reach caudally past the
+      disc, by :data:`_POSTERIOR_DROP_MM`;
+    * pedicles join each body to its posterior elements, as they do in a real label;
+    * small stray components of a neighbour's label sit inside a body (:data:`_STRAYS`).
+    """
+    from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
+
+    shape = labels.shape
+    bone = np.isin(rendered.tissue, (CORTICAL, CANCELLOUS))
+    local_w = (grid.w[:, None] - vertebra.tilt * (grid.v[None, :] - vertebra.centre_v))[:, :, None]   # (Z, Y, 1)
+    body_back = vertebra.centre_v + vertebra.body.b
+    behind = (grid.v - body_back)[None, :, None]                                                       # (1, Y, 1)
+    posterior = np.broadcast_to(behind > 0.0, shape)
+    upper = np.where(posterior, local_w > -_posterior_drop_mm(np.maximum(behind, 0.0)), local_w > 0.0)
+    labels[bone & upper] = ids["vertebrae_L3"]
+    labels[bone & ~upper] = ids["vertebrae_L4"]
+    _pedicle_labels(labels, rendered, grid, vertebra, local_w, ids)
+    for structure, host, w_past_half, semi_axes in _STRAYS:
+        centre_w = w_past_half + math.copysign(vertebra.disc_half_mm, w_past_half)
+        _stray_labels(labels, grid, vertebra, ids[structure], ids[host], centre_w, semi_axes)
+
+
+def _pedicle_labels(labels, rendered, grid, vertebra, local_w, ids) -> None:
+    """Two bars from the back of each body to its arch, over the body's height (never the disc's)."""
+    u = grid.u[None, None, :]
+    v = grid.v[None, :, None]
+    back = vertebra.centre_v + vertebra.body.b
+    bar = ((np.abs(u) >= 0.5 * vertebra.body.a) & (np.abs(u) <= 0.72 * vertebra.body.a)
+           & (v >= back - 2.0) & (v <= back + 10.0))
+    free = (labels == 0) & (rendered.tissue != CSF)
+    clear = vertebra.disc_half_mm + 2.0
+    labels[bar & free & (local_w > clear)] = ids["vertebrae_L3"]
+    labels[bar & free & (local_w < -clear)] = ids["vertebrae_L4"]
+
+
+def _stray_labels(labels, grid, vertebra, value: int, host: int, centre_w: float, semi_axes) -> None:
+    """An ellipsoid of label ``value`` where ``host`` is, centred in the body at ``centre_w``."""
+    a, b, c = semi_axes
+    u = grid.u[None, None, :] / a
+    v = (grid.v[None, :, None] - vertebra.centre_v + 0.3 * vertebra.body.b) / b
+    w = (grid.w[:, None, None] - centre_w) / c
+    labels[(u * u + v * v + w * w <= 1.0) & (labels == host)] = value
+
+
+def _storage(labels: np.ndarray, grid: _Grid, ras: bool) -> tuple[np.ndarray, dict]:
+    """The label array and its geometry as stored: LPS/DICOM order, or RAS as TotalSegmentator writes.
+
+    RAS storage (nibabel's canonical orientation, which TotalSegmentator's NIfTI output has):
+    the first two array axes run towards patient right and anterior, so the array is flipped
+    along x and y and the origin is the voxel that was the last column and row; every voxel
+    keeps its physical place.
+    """
+    if not ras:
+        return labels, {"spacing_mm": grid.spacing_mm, "origin_mm": grid.origin_mm}
+    nz, ny, nx = labels.shape
+    sx, sy, _ = grid.spacing_mm
+    ox, oy, oz = grid.origin_mm
+    return (np.ascontiguousarray(labels[:, ::-1, ::-1]),
+            {"spacing_mm": grid.spacing_mm, "origin_mm": (ox + (nx - 1) * sx, oy + (ny - 1) * sy, oz),
+             "direction": (-1, 0, 0, 0, -1, 0, 0, 0, 1)})
+
+
+def _write_totalsegmentator(pdir: Path, modality: str, labels: np.ndarray, grid: _Grid,
+                            ras: bool = False) -> tuple[Path, Path]:
     """Both TotalSegmentator output forms: the ``--ml`` multilabel NIfTI and the per-structure folder.
 
     Returns (multilabel file, folder). The folder holds one file per structure the phantom has
-    (every other TotalSegmentator structure would be an empty mask; they are left out).
+    (every other TotalSegmentator structure would be an empty mask; they are left out). ``ras``:
+    stored as TotalSegmentator writes (RAS), else in the DICOM series' LPS order.
     """
     from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
     from engine.synthetic.dicom_writer import write_mask  # noqa: PLC0415
 
-    ml = write_mask(pdir / f"{modality}_totalseg.nii.gz", labels, spacing_mm=grid.spacing_mm,
-                    origin_mm=grid.origin_mm)
+    stored, geometry = _storage(labels, grid, ras)
+    ml = write_mask(pdir / f"{modality}_totalseg.nii.gz", stored, **geometry)
     folder = pdir / f"{modality}_totalseg"
-    for structure in ("vertebrae_L3", "vertebrae_L4", *_TS_MUSCLES.values()):
-        write_mask(folder / f"{structure}.nii.gz", (labels == ids[structure]).astype(np.uint8),
-                   spacing_mm=grid.spacing_mm, origin_mm=grid.origin_mm)
+    for structure in (*_TS_VERTEBRAE, *_TS_MUSCLES.values()):
+        write_mask(folder / f"{structure}.nii.gz", (stored == ids[structure]).astype(np.uint8), **geometry)
     return ml, folder
+
+
+def segmentation_storage_is_ras(index: int) -> bool:
+    """Patients 2, 3, 6, 7, ... store their segmentations as RAS, the others in LPS order (issue 23).
+
+    With the multilabel/folder alternation (even/odd), each form comes in both orientations.
+    """
+    return (index // 2) % 2 == 1
 
 
 def _segmentation_cells(pdir: Path, index: int, sim: dict, rel) -> dict:
@@ -1001,7 +1096,7 @@ def _segmentation_cells(pdir: Path, index: int, sim: dict, rel) -> dict:
     for modality, key in (("ct", "ct"), ("mri", "mr")):
         grid = sim[key]["grid"]
         labels = _totalsegmentator_labels(sim[key]["rendered"], grid, anat_vertebra)
-        ml, folder = _write_totalsegmentator(pdir, modality, labels, grid)
+        ml, folder = _write_totalsegmentator(pdir, modality, labels, grid, ras=segmentation_storage_is_ras(index))
         cells[f"{modality}_segmentation"] = rel(ml if index % 2 == 0 else folder)
     return cells
 
