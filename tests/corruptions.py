@@ -249,6 +249,16 @@ def _huge_header(files: list[Path]) -> None:
         _edit(path, Rows=65535, Columns=65535)
 
 
+def _blank_uids(files: list[Path]) -> None:
+    """An anonymiser that blanks every UID (issue 23): GDCM and SimpleITK still read the series."""
+    for path in files:
+        ds = _dcmread(path)
+        for keyword in ("SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
+            setattr(ds, keyword, "")
+        ds.file_meta.MediaStorageSOPInstanceUID = ""
+        ds.save_as(str(path))
+
+
 def _two_series(cohort: Path, target: Path, source: Path) -> dict:
     cells = _intact(cohort, target, source)
     for path in (cohort / "patients" / "SYN0002" / "ct").iterdir():
@@ -446,6 +456,8 @@ PATIENT_KINDS: tuple[Corruption, ...] = (
     _k("localizer inside the axial series", "localizer", "ingest", ["different orientations"],
        _series_edit(_localizer)),
     _k("two series in one folder", "twoseries", "ingest", ["2 image series", "ct_series_uid"], _two_series),
+    _k("anonymised series without SeriesInstanceUID or SOP UIDs (processed)", "nouids", None, [],
+       _series_edit(_blank_uids), same_as_source=True),
     _k("mixed modalities in one series", "mixedmod", "ingest", ["mixes modalities"],
        _series_edit(_mixed_modalities)),
     _k("CT column pointing at an MR series", "wrongmod", "ingest", ["CT column points to an MR series"],

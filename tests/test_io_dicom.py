@@ -624,3 +624,87 @@ def test_errors_and_inspection_carry_no_phi(tmp_path):
     _assert_no_phi(blob)
     # the PHI really is in the files, so the check above is not vacuous
     assert str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientName) == PHI["PatientName"]
+
+
+# ------------------------------------------------------------------ issue 23: anonymised series without UIDs
+
+_BLANKED_UIDS = ("SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+
+
+def _blank_uids(folder: pathlib.Path) -> None:
+    """What an anonymiser that blanks UIDs leaves: empty Series/SOP/Study/Frame-of-reference UIDs."""
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        for keyword in _BLANKED_UIDS:
+            setattr(ds, keyword, "")
+        ds.file_meta.MediaStorageSOPInstanceUID = ""
+        ds.save_as(path)
+
+
+def test_issue23_series_without_uids_reads_as_with_uids_and_as_gdcm(tmp_path):
+    stored = _stored(signed=True, seed=23)
+    _write(tmp_path / "uids", stored, rescale_slope=0.5, shuffle_seed=4)
+    shutil.copytree(tmp_path / "uids", tmp_path / "blank")
+    _blank_uids(tmp_path / "blank")
+    blanked = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "blank").iterdir()]
+    assert not any(ds.SeriesInstanceUID or ds.SOPInstanceUID for ds in blanked)
+
+    reference, _ = read_dicom_series(tmp_path / "uids")
+    image, info = read_dicom_series(tmp_path / "blank")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(reference))
+    for getter in ("GetOrigin", "GetSpacing", "GetDirection"):
+        assert getattr(image, getter)() == getattr(reference, getter)()
+    assert info.series_uid.startswith(dicom_module.NO_UID_PREFIX) and info.n_files == SHAPE[0]
+    assert any("no SeriesInstanceUID" in note for note in info.notes)
+
+    # independent reference: SimpleITK's GDCM reader groups and sorts the blanked files itself
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "blank")))
+    gdcm_image = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(gdcm_image).astype(np.float32))
+    np.testing.assert_allclose(image.GetOrigin(), gdcm_image.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(image.GetSpacing(), gdcm_image.GetSpacing(), atol=1e-6)
+
+    again, _ = read_dicom_series(tmp_path / "blank", series_uid=info.series_uid)     # the key is stable
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(reference))
+
+
+def test_issue23_two_series_without_uids_are_told_apart_by_acquisition(tmp_path):
+    first, second = _stored(seed=31), _stored(seed=32)
+    _write(tmp_path / "a", first, series_description="AX T2", series_number=3, shuffle_seed=1)
+    _write(tmp_path / "b", second, series_description="AX SOFT TISSUE", series_number=4, shuffle_seed=2)
+    for name in ("a", "b"):
+        _blank_uids(tmp_path / name)
+        for path in (tmp_path / name).iterdir():
+            path.rename(tmp_path / f"{name}_{path.name}")
+    with pytest.raises(InputError, match="2 image series"):
+        read_dicom_series(tmp_path)
+    infos = scan_dicom_folder(tmp_path)
+    assert sorted((i.description, i.n_files) for i in infos) == [("AX SOFT TISSUE", 12), ("AX T2", 12)]
+    chosen = next(i for i in infos if i.description == "AX T2")
+    image, _ = read_dicom_series(tmp_path, series_uid=chosen.series_uid)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), _hu(first))
+
+
+def test_issue23_inspect_prints_why_files_were_skipped_when_no_series_is_found(tmp_path):
+    files = _write(tmp_path / "src", _stored(seed=33))
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "README.txt").write_text("exported by PACS\n")
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "cut.dcm").write_bytes(files[0].read_bytes()[:300])
+    d = inspect_path(folder)
+    assert d["error"].startswith("no DICOM image series found")
+    text = format_inspection(d)
+    assert "README.txt: skipped, not a DICOM file" in text
+    assert "empty.dcm: skipped, empty file" in text
+    assert "cut.dcm: skipped, truncated or corrupt DICOM header" in text
+
+
+def test_issue23_inspect_reads_a_series_without_uids_and_says_how_it_was_grouped(tmp_path):
+    stored = _stored(seed=34)
+    _write(tmp_path, stored)
+    _blank_uids(tmp_path)
+    d = inspect_path(tmp_path)
+    assert "error" not in d and d["n_files"] == SHAPE[0] and d["min"] == float(_hu(stored).min())
+    assert "no SeriesInstanceUID" in format_inspection(d)

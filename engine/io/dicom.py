@@ -1,8 +1,10 @@
 """DICOM series discovery and reading into SimpleITK images in physical space.
 
 Discovery (:func:`scan_dicom_folder`) reads headers only and groups files by
-SeriesInstanceUID; a ``DICOMDIR`` found in a folder replaces the walk of that folder's subtree
-by the files it references. Reading (:func:`read_dicom_series`) checks the geometry of the
+SeriesInstanceUID; files without one (an anonymised export that blanked the UIDs) are grouped by
+acquisition and geometry as GDCM does (:data:`NO_UID_GROUPING`, issue 23) under a stable
+``no-uid-...`` key, with a note. A ``DICOMDIR`` found in a folder replaces the walk of that
+folder's subtree by the files it references. Reading (:func:`read_dicom_series`) checks the geometry of the
 chosen series before decoding any pixel data:
 
 * slices are sorted by their position along the slice normal
@@ -30,6 +32,8 @@ sentence that never quotes a DICOM identifier (names, IDs, dates, accession, ins
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import os
 import pathlib
 import re
@@ -44,9 +48,11 @@ import numpy as np
 from engine.errors import InputError
 from engine.io.geometry import first_item, functional_group_value, same_orientation, slice_axes, worst_tilt
 
-__all__ = ["DicomSeries", "SeriesInfo", "format_mm", "open_dicom_series", "read_dicom_series", "scan_dicom_folder"]
+__all__ = ["NO_UID_PREFIX", "DicomSeries", "SeriesInfo", "format_mm", "open_dicom_series", "read_dicom_series",
+           "scan_dicom", "scan_dicom_folder", "series_key"]
 
 STAGE = "ingest"
+log = logging.getLogger("sarco")
 
 # Modalities and SOP classes that carry no image to read (DICOM-SEG, SR, RT objects, ...).
 _NON_IMAGE_MODALITIES = frozenset(
@@ -274,7 +280,23 @@ HEADER_KEYWORDS = (
     "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
     "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength",
+    "StudyInstanceUID", "SeriesNumber", "SequenceName",
 )
+
+#: Files without a SeriesInstanceUID (anonymised exports blank it) are grouped by these, as GDCM's
+#: series helper refines a series by its details (series number, sequence name, slice thickness,
+#: rows, columns), plus modality, study, frame of reference, description and the slice geometry.
+#: AcquisitionNumber is left out on purpose: a sequential (step-and-shoot) CT numbers every table
+#: position as its own acquisition within one series; a repeated acquisition at the same
+#: positions is caught by the stack checks (duplicated slice positions) instead.
+NO_UID_GROUPING = ("Modality", "StudyInstanceUID", "FrameOfReferenceUID", "SeriesNumber", "SeriesDescription",
+                   "SequenceName", "SliceThickness", "Rows", "Columns", "ImageOrientationPatient", "PixelSpacing")
+#: The key of a group of files without SeriesInstanceUID: this prefix and a digest of its
+#: :data:`NO_UID_GROUPING` values (stable across runs; usable as ``ct_series_uid``).
+NO_UID_PREFIX = "no-uid-"
+_NO_UID_NOTE = ("{n} files have no SeriesInstanceUID (an anonymised export): grouped as GDCM does, by modality, "
+                "study, frame of reference, series number and description, sequence, slice thickness, rows x "
+                "columns, orientation and pixel spacing; check that this is one series")
 
 #: (7FE0,0010) Pixel Data, as its tag is written in a little-endian data set.
 _PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
@@ -327,11 +349,8 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str],
     if sop_class == "1.2.840.10008.1.3.10":  # a DICOMDIR under another name
         notes.append(f"{label}: skipped, a DICOMDIR (directory) file")
         return None
-    if not ds.get("SeriesInstanceUID"):
-        if at_end:
-            notes.append(f"{label}: skipped, truncated or corrupt DICOM header (file ends inside the header)")
-            return None
-        notes.append(f"{label}: skipped, DICOM file without SeriesInstanceUID")
+    if not ds.get("SeriesInstanceUID") and at_end:
+        notes.append(f"{label}: skipped, truncated or corrupt DICOM header (file ends inside the header)")
         return None
     if at_pixels and pixel_at is not None:
         pixel_at[path] = (stopped_at, size)
@@ -352,8 +371,35 @@ def _scan(path, max_files: int) -> _Scan:
         header = _read_header(file, base, notes, scan.pixel_at)
         if header is None:
             continue
-        scan.groups.setdefault(str(header.SeriesInstanceUID), []).append((file, header))
+        scan.groups.setdefault(series_key(header), []).append((file, header))
     return scan
+
+
+def _grouping_value(header, keyword: str) -> str:
+    value = header.get(keyword)
+    if value is None or value == "":
+        return ""
+    if keyword in ("ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
+        try:
+            numbers = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") else [value]
+            return ",".join(f"{float(v):.4f}" for v in numbers)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value).strip()
+
+
+def series_key(header) -> str:
+    """The series a file belongs to: its SeriesInstanceUID, else a ``no-uid-`` key of its acquisition.
+
+    Without a SeriesInstanceUID the key is :data:`NO_UID_PREFIX` and the first 12 hex digits of
+    the SHA-1 of the :data:`NO_UID_GROUPING` values (cosines and spacings rounded to 1e-4 mm):
+    files of one acquisition and geometry share it; it carries no header text.
+    """
+    uid = header.get("SeriesInstanceUID")
+    if uid:
+        return str(uid)
+    details = "|".join(f"{k}={_grouping_value(header, k)}" for k in NO_UID_GROUPING)
+    return NO_UID_PREFIX + hashlib.sha1(details.encode("utf-8")).hexdigest()[:12]
 
 
 def _ts_label(uid) -> str:
@@ -399,6 +445,8 @@ def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Se
         sop_name = str(sop)
     rows = first.get("Rows")
     cols = first.get("Columns")
+    if uid.startswith(NO_UID_PREFIX):
+        notes = (*notes, _NO_UID_NOTE.format(n=len(members)))
     return SeriesInfo(
         series_uid=uid,
         modality=str(first.get("Modality", "") or ""),
@@ -419,6 +467,15 @@ def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Se
     )
 
 
+def scan_dicom(path, *, max_files: int = 5000) -> tuple[list[SeriesInfo], list[str]]:
+    """:func:`scan_dicom_folder` and the notes on the files skipped, even when no series was found."""
+    scan = _scan(path, max_files)
+    notes = _summarise_notes(scan.notes)
+    infos = [_series_info(uid, members, notes) for uid, members in scan.groups.items()]
+    infos.sort(key=lambda s: (not s.is_image, s.modality, s.description, s.series_uid))
+    return infos, notes
+
+
 def scan_dicom_folder(path, *, max_files: int = 5000) -> list[SeriesInfo]:
     """Find the DICOM series under a folder (or in one file) from their headers only.
 
@@ -433,19 +490,16 @@ def scan_dicom_folder(path, *, max_files: int = 5000) -> list[SeriesInfo]:
     Returns
     -------
     list of SeriesInfo
-        One per SeriesInstanceUID, image series first, sorted by modality, description and
-        UID. Every entry carries the same ``notes``: the files skipped and why.
+        One per SeriesInstanceUID (or, without one, per acquisition and geometry:
+        :func:`series_key`), image series first, sorted by modality, description and UID. Every
+        entry carries the same ``notes``: the files skipped and why.
 
     Raises
     ------
     InputError
         The path does not exist, is unreadable, or holds more than ``max_files`` files.
     """
-    scan = _scan(path, max_files)
-    notes = _summarise_notes(scan.notes)
-    infos = [_series_info(uid, members, notes) for uid, members in scan.groups.items()]
-    infos.sort(key=lambda s: (not s.is_image, s.modality, s.description, s.series_uid))
-    return infos
+    return scan_dicom(path, max_files=max_files)[0]
 
 
 # --------------------------------------------------------------------------- reading
@@ -1048,6 +1102,9 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
     """
     scan = _scan(path, max_files)
     uid, members = _select_series(scan, series_uid, path, series_hint, series_description)
+    if uid.startswith(NO_UID_PREFIX):
+        log.warning("%s: %d DICOM files without SeriesInstanceUID grouped by acquisition and geometry (%s)",
+                    path, len(members), uid)
     headers = [h for _, h in members]
     files = [f for f, _ in members]
     modality = _modality_word(str(headers[0].get("Modality", "") or "").upper())

@@ -39,12 +39,13 @@ def _geometry(image) -> dict:
 
 
 def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> dict:
-    from engine.io.dicom import read_dicom_series, scan_dicom_folder
+    from engine.io.dicom import read_dicom_series, scan_dicom
 
-    series = scan_dicom_folder(target)
+    series, skipped = scan_dicom(target)
     image_series = [s for s in series if s.is_image]
     out: dict = {"path": str(target), "format": kind, "series": [s.as_dict() for s in series]}
-    notes = list(series[0].notes) if series else []
+    # the files skipped and why, also when no series was found (issue 23: they were dropped then)
+    notes = list(skipped)
     chosen = None
     if series_uid is not None:
         chosen = next((s for s in image_series if s.series_uid == series_uid), None)
@@ -59,14 +60,15 @@ def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> d
     if chosen is None:
         out.update({"kind": "dicom", "notes": notes})
         if not image_series:
-            out["error"] = "no DICOM image series found"
+            out["error"] = "no DICOM image series found" + (" (the notes say which files were skipped and why)"
+                                                            if skipped else "")
         elif series_uid is not None:
             out["error"] = f"series {series_uid} not found among the image series"
         else:
             out["error"] = f"{len(image_series)} image series found; name one in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
         return out
     out.update({"kind": "dicom", "modality": chosen.modality, "series_uid": chosen.series_uid, "description": chosen.description,
-                "n_files": chosen.n_files, "transfer_syntax": chosen.transfer_syntax, "notes": notes})
+                "n_files": chosen.n_files, "transfer_syntax": chosen.transfer_syntax, "notes": list(chosen.notes)})
     try:
         image, info = read_dicom_series(target, series_uid=chosen.series_uid)
     except InputError as error:
