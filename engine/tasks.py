@@ -276,6 +276,8 @@ def _cached_summary(job: dict, key: str, cache: Path, derive_from: str, *, need_
         return None
     if cached["status"] == "ok" and need_strip and cached.get("qa_strip_attempted") != QA_STRIP_FORMAT:
         return None
+    if cached["status"] == "ok" and derive_from and DISC_PLANE_KEY not in cached:
+        return None   # derived before the body-based disc plane (issue 23): place it again
     cached["cached"] = True
     if cached["status"] == "ok":
         cached["sample"] = str(sample_file)  # where it is now: a run folder may have been moved
