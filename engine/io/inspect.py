@@ -65,10 +65,12 @@ def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> d
         elif series_uid is not None:
             out["error"] = f"series {series_uid} not found among the image series"
         else:
-            out["error"] = f"{len(image_series)} image series found; name one in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
+            out["error"] = (f"{len(image_series)} image series found; name one in the manifest's "
+                            "ct_series_uid/mri_series_uid column, or set io.series_description")
         return out
-    out.update({"kind": "dicom", "modality": chosen.modality, "series_uid": chosen.series_uid, "description": chosen.description,
-                "n_files": chosen.n_files, "transfer_syntax": chosen.transfer_syntax, "notes": list(chosen.notes)})
+    out.update({"kind": "dicom", "modality": chosen.modality, "series_uid": chosen.series_uid,
+                "description": chosen.description, "n_files": chosen.n_files,
+                "transfer_syntax": chosen.transfer_syntax, "notes": list(chosen.notes)})
     try:
         image, info = read_dicom_series(target, series_uid=chosen.series_uid)
     except InputError as error:
@@ -145,7 +147,8 @@ def inspect_path(path, *, series_uid: str | None = None) -> dict:
     if kind == "seg.nrrd":
         out["kind"] = "seg.nrrd"
         out["segments"] = [
-            {"name": s["name"], "id": s["id"], "label_value": s["label_value"], "layer": s["layer"]} for s in seg_nrrd_segments(image)
+            {"name": s["name"], "id": s["id"], "label_value": s["label_value"], "layer": s["layer"]}
+            for s in seg_nrrd_segments(image)
         ]
         out["layers"] = image.GetNumberOfComponentsPerPixel()
     out["pixel_type"] = image.GetPixelIDTypeAsString()
