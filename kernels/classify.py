@@ -13,6 +13,10 @@ value is neither ``<= t`` nor ``> t``: it gets label 0 and is in no tissue.
 
 Comparisons are made in float64 (the value converted exactly, the threshold as given) on
 both backends, so CPU and GPU labels are identical voxel for voxel.
+
+Sums are exact on both backends, then rounded once (issue 25): integer samples in int64, float
+samples as integer mantissas added per binary exponent (:func:`exact_sum`), so the tissue sums,
+and the means made from them, are the same bits on the CPU and on a GPU of any size.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy
 
 from kernels.xp import array_namespace, is_cupy_namespace
 
-__all__ = ["TissueStats", "classify", "tissue_stats", "MUSCLE", "FAT"]
+__all__ = ["TissueStats", "classify", "tissue_stats", "exact_sum", "MUSCLE", "FAT"]
 
 MUSCLE = 1
 FAT = 2
@@ -34,6 +38,29 @@ _FAT_IS = ("low", "high")
 _CHUNK = 1 << 18  # host path: float64 temporaries in cache-sized pieces
 _MAX_THRESHOLDS_PER_PASS = 4  # MAX_THRESHOLDS in classify.cu (3 methods fit in one pass)
 _THREADS = 256
+
+
+class _ExactLayout:
+    """The exact-sum bins of one float dtype (classify.cu: F32_BINS, F64_BINS).
+
+    A finite value is ``m * 2**(k - bias)`` with ``m`` its signed integer mantissa (implicit
+    bit included) and ``k`` its biased exponent (1 for subnormals). Bin ``b`` (``< n_exponent``)
+    holds a sum of such mantissas, worth ``2**(b - bias)`` each; the last two bins count +inf
+    and -inf.
+    """
+
+    def __init__(self, mantissa_bits: int, exponent_bits: int, extra_bins: int):
+        self.mantissa_bits = mantissa_bits  # stored fraction bits (23, 52)
+        self.bias = (1 << (exponent_bits - 1)) - 1 + mantissa_bits  # 150, 1075
+        self.max_exponent = (1 << exponent_bits) - 1  # 255, 2047: inf and NaN
+        self.n_exponent = (1 << exponent_bits) + extra_bins
+        self.n_bins = self.n_exponent + 2
+
+
+#: float32: 256 exponent bins; float64: the GPU splits the 53-bit mantissa at bit 26 (bins k, k + 26).
+_EXACT = {"float32": _ExactLayout(23, 8, 0), "float64": _ExactLayout(52, 11, 26)}
+#: float64 mantissas split at this bit on both backends (low half at bin k, high at k + 26).
+_F64_SPLIT = 26
 
 
 @dataclass(frozen=True)
@@ -49,8 +76,8 @@ class TissueStats:
     fat_count, muscle_count : int
         Number of voxels in each tissue (NaN voxels are in neither).
     fat_sum, muscle_sum : float
-        Sum of the tissue's intensities, intensity units: exact (an int64 sum) for integer
-        samples, float64 for float samples.
+        Sum of the tissue's intensities, intensity units: the exact sum rounded once to
+        float64 (an int64 sum for integer samples; :func:`exact_sum` for float samples).
     fat_mean, muscle_mean : float
         ``sum / count``; NaN when the tissue has no voxel.
     """
@@ -147,9 +174,8 @@ def tissue_stats(values, threshold, *, fat_is: str = "low"):
     -------
     TissueStats or tuple of TissueStats
         One per threshold (a tuple when ``threshold`` is a sequence). Counts are exact. Sums
-        of integer samples (CT) are int64 sums, exact and identical on both backends; sums of
-        float samples are float64, reduced on the GPU in a fixed order (deterministic from
-        run to run, equal to numpy's to about 1e-15 relative).
+        are exact and rounded once to float64 (int64 sums for integer samples, :func:`exact_sum`
+        for float samples), so they are identical on both backends, for any grid size.
         Volumes and percentages are the caller's (count x voxel volume).
 
     Raises
@@ -202,11 +228,17 @@ def _run_numpy(values, thresholds, fat_is_high, *, want_labels, want_stats):
     labels = numpy.empty((m, n), dtype=numpy.uint8) if want_labels else None
     counts = numpy.zeros((m, 2), dtype=numpy.int64)
     integral = flat.dtype.kind in "iu"
-    # Integer samples are summed in int64 (exact, any order); floats in float64.
-    sums = numpy.zeros((m, 2), dtype=numpy.int64 if integral else numpy.float64)
+    if not integral and flat.dtype.name not in _EXACT:
+        flat = flat.astype(numpy.float32)  # float16: exact in float32
+    layout = None if integral else _EXACT[flat.dtype.name]
+    # Integer samples are summed in int64 (exact, any order); floats per exponent (exact_sum),
+    # into the GPU's bin layout.
+    sums = numpy.zeros((m, 2), dtype=numpy.int64) if integral else None
+    bins = numpy.zeros((m, 2, layout.n_bins), dtype=numpy.int64) if layout and want_stats else None
     for start in range(0, n, _CHUNK):
         chunk = flat[start:start + _CHUNK].astype(numpy.float64)  # exact for every dtype
-        addends = flat[start:start + _CHUNK].astype(numpy.int64) if integral else chunk
+        addends = flat[start:start + _CHUNK].astype(numpy.int64) if integral else None
+        pieces = _exact_pieces(flat[start:start + _CHUNK], layout) if bins is not None else None
         for j, t in enumerate(thresholds):
             low = chunk <= t
             high = chunk > t  # not ~low: NaN is in neither class
@@ -220,9 +252,89 @@ def _run_numpy(values, thresholds, fat_is_high, *, want_labels, want_stats):
             if want_stats:
                 counts[j, 0] += numpy.count_nonzero(fat)
                 counts[j, 1] += numpy.count_nonzero(muscle)
-                sums[j, 0] += numpy.sum(addends, where=fat)
-                sums[j, 1] += numpy.sum(addends, where=muscle)
+                if integral:
+                    sums[j, 0] += numpy.sum(addends, where=fat)
+                    sums[j, 1] += numpy.sum(addends, where=muscle)
+                else:
+                    _add_pieces(bins[j], pieces, fat, muscle, layout)
+    if bins is not None:
+        sums = numpy.array([[exact_sum(bins[j, k], flat.dtype) for k in range(2)] for j in range(m)],
+                           dtype=numpy.float64).reshape(m, 2)
     return labels, counts, sums
+
+
+def _exact_pieces(values, layout: _ExactLayout):
+    """The exact pieces of float values (numpy), as classify.cu's ``exact_pieces`` makes them.
+
+    Returns ``(pieces, positive_inf, negative_inf)``: ``pieces`` is a list of (bin index, signed
+    mantissa piece as float64) pairs, one for float32 (24 bits), two for float64 (26 + 27 bits).
+    A chunk holds at most ``_CHUNK`` = 2**18 values, so a bincount of pieces below 2**27 stays
+    below 2**45: an exact integer in float64.
+    """
+    float64 = values.dtype == numpy.float64
+    bits = values.view(numpy.uint64 if float64 else numpy.uint32).astype(numpy.uint64)
+    exponent = ((bits >> numpy.uint64(layout.mantissa_bits)) & numpy.uint64(layout.max_exponent)).astype(numpy.int64)
+    negative = (bits >> numpy.uint64(values.dtype.itemsize * 8 - 1)).astype(bool)
+    mantissa = (bits & numpy.uint64((1 << layout.mantissa_bits) - 1)) | (
+        (exponent > 0).astype(numpy.uint64) << numpy.uint64(layout.mantissa_bits))
+    infinite = exponent == layout.max_exponent  # NaN never reaches a tissue
+    mantissa[infinite] = 0  # counted apart
+    index = numpy.maximum(exponent, 1)
+    sign = numpy.where(negative, -1.0, 1.0)
+    if float64:
+        low = (mantissa & numpy.uint64((1 << _F64_SPLIT) - 1)).astype(numpy.float64) * sign
+        high = (mantissa >> numpy.uint64(_F64_SPLIT)).astype(numpy.float64) * sign
+        pieces = [(index, low), (index + _F64_SPLIT, high)]
+    else:
+        pieces = [(index, mantissa.astype(numpy.float64) * sign)]
+    return pieces, (infinite & ~negative) if infinite.any() else None, infinite & negative
+
+
+def _add_pieces(bins, pieces, fat, muscle, layout: _ExactLayout) -> None:
+    """Add the chunk's mantissas into ``bins`` ((2, n_bins) int64: fat, muscle) per exponent."""
+    parts, positive_inf, negative_inf = pieces
+    n = layout.n_exponent
+    tissue_code = fat.astype(numpy.int64) + 2 * muscle  # 0 neither (NaN), 1 fat, 2 muscle
+    for index, piece in parts:
+        totals = numpy.bincount(index + n * tissue_code, weights=piece, minlength=3 * n)
+        bins[:, :n] += totals[n:].reshape(2, n).astype(numpy.int64)  # exact integers (see above)
+    if positive_inf is not None:
+        for k, tissue in enumerate((fat, muscle)):
+            bins[k, -2] += numpy.count_nonzero(positive_inf & tissue)
+            bins[k, -1] += numpy.count_nonzero(negative_inf & tissue)
+
+
+def exact_sum(bins, dtype) -> float:
+    """The exact sum of float values from their per-exponent mantissa sums, rounded once.
+
+    Parameters
+    ----------
+    bins : (n_bins,) sequence of int
+        For ``float32``: 256 exponent bins then the +inf and -inf counts (258); for
+        ``float64``: 2,074 exponent bins then the two counts (classify.cu's layout). Bin ``b``
+        holds a sum of signed integer mantissas each worth ``2**(b - 150)`` (float32) or
+        ``2**(b - 1075)`` (float64).
+    dtype : numpy dtype or str
+        ``float32`` or ``float64``: the dtype the values had.
+
+    Returns
+    -------
+    float
+        ``sum(bins[b] * 2**(b - bias))`` rounded to nearest float64 once (Python's int / int
+        division is correctly rounded, subnormals included); ``inf``, ``-inf`` or NaN (both
+        infinities) where the values held infinities, as numpy's sum gives.
+    """
+    layout = _EXACT[numpy.dtype(dtype).name]
+    values = [int(v) for v in bins]
+    positive_inf, negative_inf = values[-2], values[-1]
+    if positive_inf or negative_inf:
+        return math.nan if positive_inf and negative_inf else (math.inf if positive_inf else -math.inf)
+    # sum(m_b * 2**(b - bias)) = sum(m_b << (b - 1)) / 2**(bias - 1): bin 0 is never used
+    total = sum(v << (b - 1) for b, v in enumerate(values[:layout.n_exponent]) if v)
+    try:
+        return total / (1 << (layout.bias - 1))
+    except OverflowError:
+        return math.inf if total > 0 else -math.inf
 
 
 # ---------------------------------------------------------------------------------------- cupy
@@ -241,7 +353,9 @@ def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
     blocks = max(1, min(8 * _cuda.multiprocessor_count(), -(-n // _THREADS)))
     counts = cupy.zeros((m, 2), dtype=cupy.uint64)
     int_sums = cupy.zeros((m, 2), dtype=cupy.int64)  # integer samples: exact int64 sums
-    block_sums = cupy.empty((m, blocks, 2), dtype=cupy.float64)  # float samples: per block
+    layout = _EXACT.get(flat.dtype.name) if want_stats else None
+    # float samples: int64 mantissa sums per exponent (exact, order-independent)
+    exact_bins = cupy.zeros((m, 2, layout.n_bins) if layout else (1, 1, 1), dtype=cupy.int64)
     thresholds_device = cupy.asarray(thresholds, dtype=cupy.float64)
     if n:
         for first in range(0, m, _MAX_THRESHOLDS_PER_PASS):
@@ -252,17 +366,14 @@ def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
                 (flat, numpy.int64(n), thresholds_device[group], numpy.int32(n_group),
                  numpy.int32(fat_is_high), numpy.int32(want_labels),
                  labels[group] if want_labels else labels, numpy.int32(want_stats),
-                 counts[group], int_sums[group], block_sums[group]),
+                 counts[group], int_sums[group], exact_bins[group] if layout else exact_bins),
             )
     if not want_stats:
         return labels, None, None
     # tiny arrays; the caller wants Python numbers (device sync)
     if flat.dtype.kind in "iu":
         return labels, counts.get(), int_sums.get()
-    if not n:
-        return labels, counts.get(), numpy.zeros((m, 2))
-    # The blocks' partial sums, added in a fixed order with one rounding (fsum): the result
-    # does not depend on the order in which the blocks ran.
-    partials = block_sums.get()
-    sums = numpy.array([[math.fsum(partials[j, :, k]) for k in range(2)] for j in range(m)])
+    bins = exact_bins.get()
+    sums = numpy.array([[exact_sum(bins[j, k], flat.dtype) for k in range(2)] for j in range(m)],
+                       dtype=numpy.float64).reshape(m, 2)
     return labels, counts.get(), sums

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import math
 import re
@@ -580,8 +581,9 @@ def test_float32_subnormals_are_not_flushed(xp):
 
 
 @pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "float64"])
-def test_tissue_sums_exact_for_integers_and_deterministic_for_floats(xp, dtype):
+def test_tissue_sums_exact_and_identical_to_numpy(xp, dtype):
     # Issue 15: per-block double atomics made the sums depend on the blocks' timing.
+    # Issue 25: float sums are exact too (mantissas per exponent), so the GPU's are numpy's bits.
     values = ct_voxels(0.3, seed=21, n=100_003).astype(np.int32) + (190 if dtype[0] == "u" else 0)
     values = values.astype(dtype)
     if values.dtype.kind == "f":
@@ -591,15 +593,77 @@ def test_tissue_sums_exact_for_integers_and_deterministic_for_floats(xp, dtype):
     for _ in range(2):
         assert tissue_stats(xp.asarray(values), thresholds) == first  # bit for bit
     reference = tissue_stats(values, thresholds)  # numpy
+    as_float = values.astype(np.float64)
     for ours, theirs in zip(first, reference):
-        assert (ours.fat_count, ours.muscle_count) == (theirs.fat_count, theirs.muscle_count)
-        if values.dtype.kind in "iu":
-            assert ours == theirs  # int64 sums: bit-identical to numpy
-            fat = values.astype(np.int64)[values.astype(np.float64) <= ours.threshold]
-            assert ours.fat_sum == float(fat.sum())
-        else:
-            assert ours.fat_sum == pytest.approx(theirs.fat_sum, rel=1e-12)
-            assert ours.muscle_sum == pytest.approx(theirs.muscle_sum, rel=1e-12)
+        assert ours == theirs  # counts, sums and means: bit-identical to numpy
+        fat = as_float <= ours.threshold
+        # math.fsum: the correctly rounded sum, an independent reference for the exact sums
+        assert ours.fat_sum == math.fsum(as_float[fat])
+        assert ours.muscle_sum == math.fsum(as_float[~fat])
+
+
+@pytest.mark.parametrize("multiprocessors", [1, 8, 132])
+def test_float_tissue_sums_identical_to_the_cpu_at_any_grid_size(xp, monkeypatch, multiprocessors):
+    # Issue 25: float sums were per-block partials added with fsum: the same bits from run to run
+    # but not the CPU's, and they changed with the grid (8 blocks per SM; an H200 has 132 SMs):
+    # features.csv then differed from the CPU run's in a few *_muscle_mean cells. The host
+    # execution models each SM count; on a real device the device's own count runs.
+    if xp is np and multiprocessors != 1:
+        pytest.skip("the numpy path has no grid")
+    standin = getattr(xp, "is_cudahost_standin", False)
+    n = 67_585
+    if standin:
+        from kernels import _cuda
+        from tests.cudahost import fakecupy
+
+        monkeypatch.setitem(fakecupy.DEVICE_ATTRIBUTES, "MultiProcessorCount", multiprocessors)
+        _cuda._device_attributes.cache_clear()
+        if multiprocessors == 132:
+            # the H200's full grid (8 x 132 blocks) in seconds: blocks of one warp (the host
+            # execution's cost is its threads' barriers, ~0.1 s per block of 256 threads)
+            classify_module = importlib.import_module("kernels.classify")
+            monkeypatch.setattr(classify_module, "_THREADS", 32)
+    # float32 signal over seven decades (T2 tissue around 800 and a near-zero background, as
+    # after N4 and standardisation): float64 sums of it round, and where they round depends on
+    # the order of the additions; the exact sums do not.
+    rng = np.random.default_rng(25)
+    values = np.concatenate([rng.normal(800, 200, n // 2), rng.uniform(0, 1e-3, n - n // 2)]).astype(np.float32)
+    rng.shuffle(values)
+    values[:3] = [np.float32(1e-40), np.float32(-3.5e-39), np.float32(0.1)]  # subnormals, a tiny value
+    thresholds = [5e-4, 600.0, 800.0]
+    ours = tissue_stats(xp.asarray(values), thresholds, fat_is="high")
+    cpu = tissue_stats(values, thresholds, fat_is="high")
+    as_float = values.astype(np.float64)
+    for gpu_stats, cpu_stats in zip(ours, cpu):
+        assert gpu_stats == cpu_stats  # the feature values: the same bits, so the same CSV bytes
+        fat = as_float > gpu_stats.threshold
+        assert gpu_stats.fat_sum == math.fsum(as_float[fat])
+        assert gpu_stats.muscle_sum == math.fsum(as_float[~fat])
+        assert gpu_stats.muscle_mean == math.fsum(as_float[~fat]) / int((~fat).sum())
+    if standin:
+        name, grid, block, _ = fakecupy.launches[-1]
+        assert name == "classify_float32" and grid[0] == min(8 * multiprocessors, -(-n // block[0]))
+
+
+def test_exact_sum_rounds_once():
+    from fractions import Fraction
+
+    from kernels.classify import exact_sum
+
+    # float32 bins: 2**23 * 2**(151 - 150) = 2**24, plus 1 * 2**(1 - 150) (the smallest subnormal)
+    bins = [0] * 258
+    bins[151], bins[1] = 1 << 23, 1
+    assert exact_sum(bins, "float32") == float(Fraction(2**24) + Fraction(1, 2**149))  # rounds to 2**24
+    bins[256] = 2  # +inf
+    assert exact_sum(bins, "float32") == math.inf
+    bins[257] = 1  # and -inf
+    assert math.isnan(exact_sum(bins, "float32"))
+    # float64: three values whose naive float sum loses the small one entirely
+    values = np.array([1e16, 1.0, -1e16, 0.5], dtype=np.float64)
+    stats = tissue_stats(values, 1e17)  # all fat (x <= t)
+    assert stats.fat_sum == 1.5 and sum(values.tolist()) != 1.5
+    # the smallest float64 subnormal survives: no double rounding through a normal float
+    assert tissue_stats(np.array([5e-324, 5e-324, 1e-310]), 1.0).fat_sum == 1e-310 + 1e-323
 
 
 def test_histogram_shared_memory_plan():

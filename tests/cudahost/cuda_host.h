@@ -167,6 +167,10 @@ inline int atomicMax(int* p, int v)
 
 template <typename T> inline T __ldg(const T* p) { return *p; }
 
+// Bit reinterpretations (the exact float sums of classify.cu read the exponent and mantissa).
+inline unsigned int __float_as_uint(float x) { unsigned int u; memcpy(&u, &x, sizeof u); return u; }
+inline long long __double_as_longlong(double x) { long long u; memcpy(&u, &x, sizeof u); return u; }
+
 // Double intrinsics with an explicit rounding mode: the host's default mode is round to nearest.
 inline double __ddiv_rn(double a, double b) { return a / b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
