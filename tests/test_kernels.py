@@ -594,7 +594,7 @@ def test_tissue_sums_exact_and_identical_to_numpy(xp, dtype):
         assert tissue_stats(xp.asarray(values), thresholds) == first  # bit for bit
     reference = tissue_stats(values, thresholds)  # numpy
     as_float = values.astype(np.float64)
-    for ours, theirs in zip(first, reference):
+    for ours, theirs in zip(first, reference, strict=True):
         assert ours == theirs  # counts, sums and means: bit-identical to numpy
         fat = as_float <= ours.threshold
         # math.fsum: the correctly rounded sum, an independent reference for the exact sums
@@ -634,7 +634,7 @@ def test_float_tissue_sums_identical_to_the_cpu_at_any_grid_size(xp, monkeypatch
     ours = tissue_stats(xp.asarray(values), thresholds, fat_is="high")
     cpu = tissue_stats(values, thresholds, fat_is="high")
     as_float = values.astype(np.float64)
-    for gpu_stats, cpu_stats in zip(ours, cpu):
+    for gpu_stats, cpu_stats in zip(ours, cpu, strict=True):
         assert gpu_stats == cpu_stats  # the feature values: the same bits, so the same CSV bytes
         fat = as_float > gpu_stats.threshold
         assert gpu_stats.fat_sum == math.fsum(as_float[fat])
