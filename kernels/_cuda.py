@@ -10,8 +10,10 @@ import functools
 import importlib.resources
 
 # NVRTC options: C++17 for ``if constexpr``; no fast-math, so that double division and floor
-# round exactly as numpy does and GPU bins equal CPU bins.
-_NVRTC_OPTIONS = ("--std=c++17",)
+# round exactly as numpy does and GPU bins equal CPU bins; no FMA contraction (--fmad=false):
+# a fused a * b + c rounds once where numpy rounds twice, so a contracted expression could
+# put a value in another bin than the CPU does (the tests check the PTX has no ``fma.``).
+_NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
 #: dtypes with a dedicated entry point (``<kernel>_<dtype>``) in every ``.cu`` of this package.

@@ -1,113 +1,168 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: everything about the GPU path that a CPU-only CI cannot show.
 #
-#   scripts/device_check.sh            # from the repository root; under 10 minutes on one GPU
+#   scripts/device_check.sh       # from the repository root; at most 6 minutes on one H200
 #
-# Writes every step's output and a PASS/FAIL summary to one results file:
-# $OUT/device_check.txt when $OUT is set, else ./device-check-results/device_check.txt.
-# Steps (each one is recorded even when an earlier one failed):
-#   1. install the GPU extra (CuPy + NVRTC wheel) into a fresh venv; show the device;
-#   2. pytest -m gpu: every gpu-marked test on the real device (not the host execution);
-#   3. PTX of the kernels as CuPy compiled them on this machine: no cvt.ftz.f64.f32;
-#   4. the fits bench: the GPU histogram of 1e9 int16 voxels against the copy bandwidth;
-#   5. a histogram of more than 2^31 values (the int32 overflow case the host cannot reach);
-#   6. sarco run --backend gpu vs --backend cpu on a small synthetic cohort: features.csv
-#      and thresholds.json compared byte for byte, and the wall time of both.
-# The e2e bench (bench/e2e.py) has no backend option (it pins cpu): step 6 stands in for it.
+# The device machine reaches no package registry, so nothing is installed from one: when
+# `import cupy` works in its python3, that interpreter and its packages are used as they are,
+# the repository goes on PYTHONPATH (a `sarco` shim on PATH), and the packages it lacks come
+# from .whl/device-site.tar.xz (built here by scripts/device_bundle.sh and carried), unpacked
+# into /tmp/site. What is still missing is printed on one line; every check that can run, runs.
+#
+# One line per check on stdout: PASS/FAIL/SKIP, the check, its seconds and its key figure (a
+# failing check also prints the last lines of its output). Everything else goes to
+# $OUT/device_check.log; the figures to $OUT/<date>-gpu-device-check.json and .md, the fits
+# bench to $OUT/bench/bench.{json,md} (for bench/results/); on a byte mismatch the two
+# features.csv files that differ. $OUT defaults to ./device-check-results.
+#
+# Checks, in this order (a small cohort is synthesized on the CPU meanwhile): missing packages;
+# the device; the kernels' PTX as CuPy compiles them here (no flushing conversion, no fma, no
+# float atomics); the fits bench (the 1e9-voxel histogram against the device-to-device copy
+# bandwidth); a histogram of more than 2^31 values; pytest -m gpu on the real device; the NVRTC
+# and nvcc PTX tests; then the cohort run with --backend cpu, --backend gpu --scheduler inline
+# (at once) and --backend gpu on the default executor (dask-cuda's LocalCUDACluster), each GPU
+# run's thresholds.json and features.csv compared byte for byte with the CPU run's.
+# Every check ends within DEVICE_CHECK_BUDGET_S (345 s) of the start; later ones are skipped.
+# DEVICE_CHECK_PATIENTS (8) sets the cohort's size; PYTHON the interpreter (python3).
+#
+# DEVICE_CHECK_REHEARSE=1 rehearses it on a machine without a GPU: `cupy` is the host execution
+# stand-in (tests/cudahost/fakecupy.py) and the device-only checks are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-results_dir="${OUT:-$PWD/device-check-results}"
-mkdir -p "$results_dir"
-results="$results_dir/device_check.txt"
+repo="$PWD"
+out="${OUT:-$repo/device-check-results}"
+mkdir -p "$out"
+log="$out/device_check.log"
+stamp="$(date -u +%Y-%m-%d)"
+export DEVICE_CHECK_FIGURES="$out/$stamp-gpu-device-check.json"
+rm -f "$DEVICE_CHECK_FIGURES"
 work="$(mktemp -d)"
-: > "$results"
-declare -a summary=()
+steps="$work/steps.tsv"
+: > "$log"; : > "$steps"
+rehearse="${DEVICE_CHECK_REHEARSE:-}"
+started=$SECONDS
+budget="${DEVICE_CHECK_BUDGET_S:-345}"  # every check ends by then: a rerun fits a 15-minute lease
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
-log() { printf '%s\n' "$*" | tee -a "$results"; }
-step() {  # step NAME TIMEOUT_S COMMAND...
-  local name="$1" limit="$2"; shift 2
-  log ""; log "=== $name ($(date -u +%H:%M:%S)) ==="
-  local start=$SECONDS
-  timeout "$limit" "$@" >> "$results" 2>&1
-  local rc=$?
-  local verdict=PASS; [[ $rc -ne 0 ]] && verdict="FAIL (exit $rc)"
-  log "--- $name: $verdict in $((SECONDS - start)) s"
-  summary+=("$verdict  $name ($((SECONDS - start)) s)")
+say() { printf '%s\n' "$*" | tee -a "$log"; }
+record() {  # record VERDICT NAME SECONDS KEY
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" >> "$steps"
+  say "$(printf '%-4s %-44s %4ss  %s' "$1" "$2" "$3" "$4")"
 }
+check() {  # check NAME TIMEOUT_S COMMAND... ; the command's last output line is its key figure
+  local name="$1" limit="$2"; shift 2
+  local left=$(( budget - (SECONDS - started) ))
+  if (( left < 20 )); then skip "$name" "out of the ${budget} s budget (DEVICE_CHECK_BUDGET_S)"; return 1; fi
+  (( limit > left )) && limit=$left
+  local start=$SECONDS part
+  part="$(mktemp -p "$work" step.XXXXXX)"  # two checks may run at once
+  printf '\n=== %s (%s UTC) ===\n' "$name" "$(date -u +%H:%M:%S)" >> "$log"
+  timeout -k 10 "$limit" "$@" > "$part" 2>&1
+  local rc=$? verdict=PASS key
+  cat "$part" >> "$log"
+  key="$(grep -v '^[[:space:]]*$' "$part" | tail -n 1 | cut -c1-300)"
+  if [[ $rc -ne 0 ]]; then
+    verdict=FAIL
+    [[ $rc -eq 124 || $rc -eq 137 ]] && key="timed out after ${limit} s; $key"
+  fi
+  record "$verdict" "$name" "$((SECONDS - start))" "$key"
+  if [[ $verdict == FAIL ]]; then tail -n 15 "$part" | sed 's/^/     | /'; fi
+  return $rc
+}
+skip() { record SKIP "$1" 0 "$2"; }
 
-log "sarco-engine device check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$results" 2>&1 || log "nvidia-smi: not available"
+say "sarco-engine device check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')${rehearse:+ (REHEARSAL: no GPU, cupy = host execution)}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | tee -a "$log" || say "nvidia-smi: not available"
 
-python="${PYTHON:-python3}"
-step "install .[test,gpu]" 300 bash -c "'$python' -m venv '$work/venv' && '$work/venv/bin/pip' install -q -e '.[test,gpu]'"
-py="$work/venv/bin/python"
-step "device and NVRTC" 60 "$py" -c "
-import cupy
-d = cupy.cuda.Device()
-a = d.attributes
-print('cupy', cupy.__version__, 'device', cupy.cuda.runtime.getDeviceProperties(d.id)['name'].decode(),
-      'cc', d.compute_capability, 'SMs', a['MultiProcessorCount'],
-      'shared/block', a['MaxSharedMemoryPerBlock'], 'opt-in', a['MaxSharedMemoryPerBlockOptin'])
-print('nvrtc', cupy.cuda.nvrtc.getVersion())
-assert cupy.cuda.runtime.getDeviceCount() >= 1"
+# ---------------------------------------------------------------- environment (no registry)
+py="${PYTHON:-python3}"
+site=/tmp/site
+bundle="${DEVICE_CHECK_SITE:-.whl/device-site.tar.xz}"  # the tarball holds one folder, site/
+if [[ -f $bundle ]]; then
+  rm -rf "$site" && tar -C /tmp -xJf "$bundle" && say "unpacked $bundle into $site ($(du -sm "$site" | cut -f1) MiB)"
+else
+  say "no $bundle (scripts/device_bundle.sh builds it): only the image's packages"
+fi
+pythonpath="$repo"
+[[ -d $site ]] && pythonpath="$pythonpath:$site"
+if [[ -n $rehearse ]]; then  # the stand-in replaces cupy in every process (also the ones sarco starts)
+  mkdir -p "$work/fake" && printf '%s\n' 'import sys' \
+    'from tests.cudahost import fakecupy' "sys.modules['cupy'] = fakecupy.make_module()" > "$work/fake/sitecustomize.py"
+  pythonpath="$work/fake:$pythonpath"
+fi
+export PYTHONPATH="$pythonpath${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$work/bin" && printf '#!/bin/sh\nexec %q -m engine.cli "$@"\n' "$(command -v "$py")" > "$work/bin/sarco" && chmod +x "$work/bin/sarco"
+export PATH="$work/bin:$PATH"
+[[ -x /usr/local/cuda/bin/nvcc ]] && ! command -v nvcc > /dev/null && export PATH="$PATH:/usr/local/cuda/bin"
+say "python: $(command -v "$py") ($("$py" -V 2>&1)); PYTHONPATH=$PYTHONPATH"
 
-# The xp fixture uses real CuPy when a device is present, so this is the device's run.
-step "pytest -m gpu (real device)" 300 "$py" -m pytest -q -p no:cacheprovider -m gpu -o addopts=-ra
+check "packages (missing ones listed)" 60 "$py" scripts/device_check.py missing
+has_cupy=0
+check "device, CuPy, NVRTC" 60 "$py" scripts/device_check.py device && has_cupy=1
+gpu_reason="no CuPy with a device${rehearse:+ (rehearsal)}"
 
-step "PTX as CuPy compiles it here: no flushing conversion" 120 "$py" -c "
-import cupy, re
-from kernels import _cuda
-from cupy.cuda import compiler
-for name in ('histogram.cu', 'classify.cu'):
-    arch = compiler._get_arch()
-    # the same chain as RawModule: our options, then CuPy's -ftz=true, then the device's arch
-    prog = compiler._NVRTCProgram(_cuda.cuda_source(name), name)
-    ptx = prog.compile(_cuda._NVRTC_OPTIONS + ('-ftz=true', '-arch=compute_%s' % arch))[0]
-    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-    flushing = ptx.count('cvt.ftz.f64.f32'); float_atomics = re.findall(r'\b(?:atom|red)\.[\w.]*\bf(?:32|64)\b', ptx)
-    print(name, 'cvt.ftz.f64.f32:', flushing, 'cvt.f64.f32:', ptx.count('cvt.f64.f32'), 'float atomics:', float_atomics)
-    assert flushing == 0 and not float_atomics
-"
-
-step "fits bench (1e9-voxel histogram vs copy bandwidth)" 300 "$py" -m bench --only fits --out "$results_dir/bench"
-
-step "histogram of 2^31 + 1,000,003 int16 values" 120 "$py" -c "
-import cupy, numpy as np
-from kernels import histogram
-n = 2**31 + 1_000_003
-v = cupy.zeros(n, dtype=cupy.int16)
-v[::1_000_003] = 7           # ceil(n / 1,000,003) sevens
-v[n - 1] = 100               # an index above 2^31
-v[2**31 + 5] = -190
-counts = histogram(v, lo=-190, hi=150).get()
-sevens = len(range(0, n, 1_000_003)) - sum(1 for i in (n - 1, 2**31 + 5) if i % 1_000_003 == 0)
-expected = np.zeros(341, np.int64)
-expected[7 + 190] = sevens; expected[100 + 190] = 1; expected[0] = 1
-expected[190] = n - expected.sum()
-print('total', int(counts.sum()), 'of', n); assert int(counts.sum()) == n
-np.testing.assert_array_equal(counts, expected); print('exact')
-f = histogram(v.astype(cupy.float32), lo=-190, hi=150).get()
-np.testing.assert_array_equal(f, expected); print('float32 path exact')
-"
-
+# The cohort is synthesized on the CPU while the kernels are checked on the GPU.
 cohort="$work/cohort"
-step "synthesize a small cohort (12 patients)" 200 "$work/venv/bin/sarco" synth "$cohort" --patients 12 --size small --workers 4
-for backend in cpu gpu; do
-  step "sarco run --backend $backend" 300 "$work/venv/bin/sarco" run --manifest "$cohort/manifest.csv" \
-    --out "$work/run-$backend" --backend "$backend" --scheduler inline
-done
-step "features.csv and thresholds.json: gpu == cpu, byte for byte" 30 bash -c "
-cmp '$work/run-cpu/features.csv' '$work/run-gpu/features.csv' && echo 'features.csv identical' &&
-cmp '$work/run-cpu/thresholds.json' '$work/run-gpu/thresholds.json' && echo 'thresholds.json identical' ||
-{ diff <(head -c 4000 '$work/run-cpu/thresholds.json') <(head -c 4000 '$work/run-gpu/thresholds.json') | head -40; exit 1; }"
-for backend in cpu gpu; do
-  cp "$work/run-$backend/features.csv" "$results_dir/features-$backend.csv" 2>/dev/null || true
-  cp "$work/run-$backend/thresholds.json" "$results_dir/thresholds-$backend.json" 2>/dev/null || true
-done
+patients="${DEVICE_CHECK_PATIENTS:-8}"
+cpus="$(nproc)"
+( check "sarco synth ($patients small patients)" 150 sarco synth "$cohort" --patients "$patients" --size small \
+    --workers "$(( cpus < 8 ? cpus : 8 ))" > "$work/synth.line" ) &
+synth_job=$!
 
-log ""; log "=== summary ==="
-for line in "${summary[@]}"; do log "$line"; done
+# ---------------------------------------------------------------- kernels on the device
+if [[ $has_cupy == 1 && -z $rehearse ]]; then
+  check "PTX as CuPy compiles it here" 60 "$py" scripts/device_check.py ptx
+  check "fits bench --quick (1e9-voxel histogram)" 150 "$py" -m bench --quick --only fits --out "$out/bench"
+  check "histogram throughput vs copy bandwidth" 30 "$py" scripts/device_check.py bandwidth "$out/bench/bench.json"
+  check "histogram of more than 2^31 values" 90 "$py" scripts/device_check.py big-histogram
+else
+  for name in "PTX as CuPy compiles it here" "fits bench --quick (1e9-voxel histogram)" \
+              "histogram throughput vs copy bandwidth" "histogram of more than 2^31 values"; do
+    skip "$name" "$gpu_reason"
+  done
+fi
+if [[ $has_cupy == 1 ]]; then
+  check "pytest -m gpu (the real device)" 150 "$py" -m pytest -q -p no:cacheprovider -o addopts= -m gpu \
+    ${DEVICE_CHECK_PYTEST_K:+-k "$DEVICE_CHECK_PYTEST_K"} tests/test_kernels.py
+else
+  skip "pytest -m gpu (the real device)" "no CuPy with a device"
+fi
+check "pytest NVRTC / nvcc PTX checks" 90 "$py" -m pytest -q -p no:cacheprovider -o addopts= -rs \
+  tests/test_kernels.py -k "nvrtc or flushing or fma"
+
+# ---------------------------------------------------------------- end to end, byte for byte
+wait $synth_job; cat "$work/synth.line"
+if [[ -f $cohort/manifest.csv ]]; then
+  manifest=(--manifest "$cohort/manifest.csv")
+  # cpu and gpu-inline at once (independent processes; the CPU run would otherwise idle the GPU)
+  ( check "sarco run --backend cpu --scheduler inline" 240 sarco run "${manifest[@]}" --out "$work/cpu" --backend cpu --scheduler inline > "$work/cpu.line" ) &
+  cpu_job=$!
+  if [[ $has_cupy == 1 ]]; then
+    check "sarco run --backend gpu --scheduler inline" 240 sarco run "${manifest[@]}" --out "$work/gpu-inline" --backend gpu --scheduler inline
+  else
+    skip "sarco run --backend gpu --scheduler inline" "no CuPy with a device"
+  fi
+  wait $cpu_job; cat "$work/cpu.line"
+  if [[ $has_cupy == 1 && -z $rehearse ]]; then
+    check "sarco run --backend gpu (LocalCUDACluster)" 180 sarco run "${manifest[@]}" --out "$work/gpu-cluster" --backend gpu
+  else
+    skip "sarco run --backend gpu (LocalCUDACluster)" "$gpu_reason"
+  fi
+  for gpu_run in gpu-inline gpu-cluster; do
+    if [[ -f $work/$gpu_run/features.csv && -f $work/cpu/features.csv ]]; then
+      if ! check "cpu == $gpu_run: thresholds.json, features.csv" 30 "$py" scripts/device_check.py compare "$work/cpu" "$work/$gpu_run"; then
+        cp "$work/cpu/features.csv" "$out/features-cpu.csv" 2>/dev/null
+        cp "$work/$gpu_run/features.csv" "$out/features-$gpu_run.csv" 2>/dev/null
+      fi
+    else
+      skip "cpu == $gpu_run: thresholds.json, features.csv" "a run is missing"
+    fi
+  done
+fi
+
+# ---------------------------------------------------------------- summary
+"$py" scripts/device_check.py report "$steps" "$out/$stamp-gpu-device-check.md" >> "$log" 2>&1
+failed=$(grep -c '^FAIL' "$steps")
+say "device check: $(grep -c '^PASS' "$steps") passed, $failed failed, $(grep -c '^SKIP' "$steps") skipped in $((SECONDS - started)) s; files in $out: $(cd "$out" && find . -type f | sort | tr '\n' ' ')"
 rm -rf "$work"
-failed=0; for line in "${summary[@]}"; do [[ $line == FAIL* ]] && failed=1; done
-log "results: $results"
-exit $failed
+[[ $failed -eq 0 ]]

@@ -521,7 +521,7 @@ def test_cu_files_compile_without_flushing_conversions_under_ftz(cu_file, tmp_pa
     if nvcc is None:
         pytest.skip("nvcc is not on PATH")
     done = subprocess.run(
-        [nvcc, "--ptx", "-arch=compute_90", "-std=c++17", "-ftz=true",
+        [nvcc, "--ptx", "-arch=compute_90", "-std=c++17", "--fmad=false", "-ftz=true",
          "-o", str(tmp_path / "out.ptx"), str(cu_file)],
         capture_output=True, text=True,
     )
@@ -529,6 +529,7 @@ def test_cu_files_compile_without_flushing_conversions_under_ftz(cu_file, tmp_pa
     ptx = (tmp_path / "out.ptx").read_text()
     _check_entries(cu_file, ptx)
     assert FLUSHING_CONVERSION not in ptx
+    assert not re.findall(r"\bfma\.", ptx)
 
 
 def _nvrtc():
@@ -552,6 +553,21 @@ def test_nvrtc_with_cupys_option_chain_emits_no_flushing_conversion(cu_file):
     assert "cvt.f64.f32" in ptx  # the float32 entry points convert, without .ftz
     # Determinism: no floating-point atomics, whose order depends on the blocks' timing.
     assert not re.findall(r"\b(?:atom|red)\.[\w.]*\bf(?:32|64)\b", ptx)  # e.g. red.global.add.f64
+    # Issue 25: no fused multiply-add (one rounding where numpy rounds twice).
+    assert "--fmad=false" in _cuda._NVRTC_OPTIONS
+    assert not re.findall(r"\bfma\.", ptx)
+
+
+def test_fma_check_can_fail():
+    # Issue 25: a * b + c contracts to fma.rn.f64 unless --fmad=false, which our options carry.
+    from kernels import _cuda
+
+    nvrtc = _nvrtc()
+    source = ('extern "C" __global__ void k(const double* a, double* y) '
+              '{ y[0] = a[0] * a[1] + a[2]; }')
+    contracting = tuple(o for o in _cuda._NVRTC_OPTIONS if o != "--fmad=false") + nvrtc.CUPY_APPENDED
+    assert re.findall(r"\bfma\.", nvrtc.compile_ptx(source, contracting))
+    assert not re.findall(r"\bfma\.", nvrtc.compile_ptx(source, _cuda._NVRTC_OPTIONS + nvrtc.CUPY_APPENDED))
 
 
 def test_flushing_conversion_check_can_fail():

@@ -16,8 +16,9 @@ import site
 import sys
 
 #: What CuPy appends to a RawModule's options (compiler.py: ``options += ('-ftz=true',)``;
-#: then ``-arch=compute_XY`` for the device, here sm_90).
-CUPY_APPENDED = ("-ftz=true", "-arch=compute_90")
+#: then ``_get_arch_for_options_for_nvrtc``: ``-arch=sm_XY`` (a cubin) where NVRTC supports the
+#: device, as it does sm_90; ``-arch=compute_XY`` (PTX) otherwise). NVRTC still returns the PTX.
+CUPY_APPENDED = ("-ftz=true", "-arch=sm_90")
 
 
 def find_library() -> str | None:
