@@ -28,9 +28,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from engine.contract import GPU_DISTRIBUTIONS
+
 #: Packages whose versions go into the machine block of bench.json / bench.md.
 KEY_PACKAGES = ("sarco-engine", "numpy", "scipy", "SimpleITK", "pydicom", "pylibjpeg", "dask", "distributed",
-                "scikit-learn", "psutil", "cupy-cuda12x", "cuml-cu12", "cucim-cu12", "dask-cuda")
+                "scikit-learn", "psutil", *GPU_DISTRIBUTIONS)
 
 SYNTH_SEED = 0
 

@@ -320,3 +320,7 @@ def scanner_label(scanner: dict | None) -> str:
     return text or "unknown scanner"
 #: Key of a model's entry in study.json: per split, patients labelled, used and left out (and why).
 PATIENTS_KEY = "patients"
+
+#: GPU-stack distributions whose versions provenance.json and bench.json record. CuPy is one
+#: distribution per CUDA major: cupy-cuda12x (the [gpu] extra) or cupy-cuda13x (CUDA 13 hosts).
+GPU_DISTRIBUTIONS = ("cupy-cuda12x", "cupy-cuda13x", "dask-cuda", "cuml-cu12")

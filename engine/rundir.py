@@ -22,6 +22,7 @@ from .contract import (
     ERRORS_CSV,
     FEATURES_CSV,
     FEATURES_PARQUET,
+    GPU_DISTRIBUTIONS,
     LOCK_FILE,
     PUBLISHED_OUTPUTS,
     RUN_LOG,
@@ -132,7 +133,7 @@ def _versions() -> dict:
 
     versions = {"python": platform.python_version(), "sarco-engine": __version__}
     for name in ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "SimpleITK", "pydicom", "pylibjpeg",
-                 "dask", "distributed", "cupy-cuda12x", "cuml-cu12"):
+                 "dask", "distributed", *GPU_DISTRIBUTIONS):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
