@@ -254,7 +254,8 @@ def report(steps_tsv: str, out_md: str) -> int:
     lines = [f"# Device check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Device: {figures.get('device_name', '?')} ({figures.get('multiprocessors', '?')} SMs), "
              f"CuPy {figures.get('cupy', '?')}, Python {figures.get('python', '?')}; "
-             f"missing packages: {', '.join(figures.get('missing', [])) or 'none'}", "",
+             "missing packages: " + ("not checked" if "missing" not in figures else
+                                     ", ".join(figures["missing"]) or "none"), "",
              "| check | verdict | s | key figure |", "|---|---|---:|---|"]
     lines += [f"| {s[1]} | {s[0]} | {s[2]} | {s[3].replace('|', '/')} |" for s in steps]
     Path(out_md).write_text("\n".join(lines) + "\n")

@@ -96,7 +96,7 @@ export PATH="$work/bin:$PATH"
 [[ -x /usr/local/cuda/bin/nvcc ]] && ! command -v nvcc > /dev/null && export PATH="$PATH:/usr/local/cuda/bin"
 say "python: $(command -v "$py") ($("$py" -V 2>&1)); PYTHONPATH=$PYTHONPATH"
 
-check "packages (missing ones listed)" 60 "$py" scripts/device_check.py missing
+check "packages (missing ones listed)" 90 "$py" scripts/device_check.py missing
 has_cupy=0
 check "device, CuPy, NVRTC" 60 "$py" scripts/device_check.py device && has_cupy=1
 gpu_reason="no CuPy with a device${rehearse:+ (rehearsal)}"
