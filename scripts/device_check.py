@@ -35,7 +35,7 @@ REQUIRED_MODULES = {
     "openjpeg": "pylibjpeg-openjpeg", "rle": "pylibjpeg-rle", "jpeg_ls": "pyjpegls",
     "highdicom": "highdicom", "dask": "dask", "distributed": "distributed", "bokeh": "bokeh",
     "yaml": "pyyaml", "pydantic": "pydantic", "tqdm": "tqdm", "matplotlib": "matplotlib",
-    "jinja2": "jinja2", "psutil": "psutil", "blake3": "blake3", "pytest": "pytest",
+    "jinja2": "jinja2", "PIL": "pillow", "psutil": "psutil", "blake3": "blake3", "pytest": "pytest",
     "pytest_timeout": "pytest-timeout", "skimage": "scikit-image", "cupy": "cupy",
     "dask_cuda": "dask-cuda",
 }
