@@ -74,6 +74,7 @@ def test_issue23_plane_between_the_bodies_despite_posterior_elements_and_strays(
     assert derived.plane_mm == pytest.approx(28.5)
     assert derived.method == "endplates_canal"
     assert derived.canal_xy_mm == pytest.approx((15.0, 23.0))
+    assert (derived.canal_x_mm, derived.canal_y_mm) == derived.canal_xy_mm
     assert derived.dropped_voxels == 2
     assert derived.extents_mm == {"L3": (33.0, 57.0), "L4": (6.0, 24.0)}
     assert _slices(derived, seg) == [9, 10]          # [25.5, 31.5): z 27 and 30
@@ -105,6 +106,7 @@ def test_issue23_slab_rule_on_3mm_slices(tmp_path, thickness_mm, slices, bounds)
     derived = _derive(seg, tmp_path, thickness_mm=thickness_mm)
     assert _slices(derived, seg) == slices
     assert derived.slab_mm == pytest.approx(bounds, abs=1e-5)
+    assert (derived.slab_min_z_mm, derived.slab_max_z_mm) == derived.slab_mm      # the names the QA strip reads
 
 
 def test_issue23_three_mm_slab_is_one_slice_wherever_the_plane_falls(tmp_path):
