@@ -101,6 +101,7 @@ def _check_values(values):
 
 def _thresholds_tuple(threshold) -> tuple[tuple[float, ...], bool]:
     """(thresholds, was_scalar); accepts a real number or a 1-D sequence/array of them."""
+    values: tuple[float, ...]
     if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
         values, scalar = (float(threshold),), True
     else:
