@@ -28,8 +28,12 @@ MUTANTS = [
      "__syncthreads();", "", 0),
     ("histogram: no barrier before merging the sub-histograms", "histogram.cu",
      "__syncthreads();", "", 1),
-    ("classify: no barrier before reading the warps' partial sums", "classify.cu",
+    ("classify: no barrier after zeroing the exponent bins", "classify.cu",
      "__syncthreads();", "", 0),
+    ("classify: no barrier before reading the warps' partial sums", "classify.cu",
+     "__syncthreads();", "", 1),
+    ("classify: a float32 mantissa without its implicit bit", "classify.cu",
+     "(e ? 0x800000ll : 0ll)", "0ll", 0),
     ("classify: v < t instead of v <= t", "classify.cu", "v <= t[j]", "v < t[j]", 0),
 ]
 
