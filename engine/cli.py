@@ -152,6 +152,32 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .exporters import export_run
+
+    result = export_run(args.run_dir, dicom_dir=args.dicom, pacs=args.pacs, dicomweb=args.dicomweb,
+                        objects=args.objects, calling_aet=args.aet)
+    for row in result.log.itertuples():
+        if row.status not in ("written", "stored", "skipped"):
+            print(f"patient {row.patient_id} ({row.modality}) {row.object.upper()} -> {row.destination}: "
+                  f"{row.status}: {row.reason}", file=sys.stderr)
+    print(f"exported {result.done} patient-modalit{'y' if result.done == 1 else 'ies'} "
+          f"({', '.join(o.upper() for o in args.objects)}), {result.failed} failed; log: {result.log_paths[-1].resolve()}")
+    return 1 if result.failed and not result.done else 0
+
+
+def cmd_fetch(args) -> int:
+    from .fetch import fetch
+
+    result = fetch(args.pacs, args.out, manifest=args.manifest, studies=args.study or (), series=args.series or (),
+                   query=args.query or (), calling_aet=args.aet)
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    print(f"{result.fetched} series fetched, {result.reused} already in the cache, {len(result.problems)} problem(s); "
+          f"manifest: {result.manifest.resolve()}")
+    return 1 if result.problems and not (result.fetched or result.reused) else 0
+
+
 def cmd_stats(args) -> int:
     from .stats.cli import run_command
 
@@ -193,6 +219,37 @@ def scheduler_address(text: str) -> str:
         return check_scheduler_address(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def pacs_address(text: str) -> str:
+    """argparse type: ``AET@HOST:PORT`` (:func:`engine.pacs.parse_address`)."""
+    from .pacs import parse_address
+
+    try:
+        parse_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def calling_aet(text: str) -> str:
+    from .pacs import check_calling_aet
+
+    try:
+        return check_calling_aet(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def export_objects(text: str) -> list[str]:
+    """argparse type: a comma-separated subset of the exporters (``seg,sr,sc``)."""
+    from .exporters import EXPORTERS
+
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXPORTERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"'{text}': choose among {', '.join(EXPORTERS)}, comma-separated")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render report.html from a run folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="results back to the PACS: DICOM-SEG, TID 1500 SR, QA capture "
+                                      "in each source study")
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("--dicom", metavar="OUT_DIR", help="write the DICOM files here (outside the run folder)")
+    p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, help="C-STORE them to this DICOM node")
+    p.add_argument("--dicomweb", metavar="URL", help="STOW-RS them to this DICOMweb root (checked by QIDO)")
+    p.add_argument("--objects", type=export_objects, default=["seg", "sr", "sc"],
+                   help="which objects, comma-separated (default: seg,sr,sc)")
+    p.add_argument("--aet", type=calling_aet, default="SARCO", help="our AE title (default: SARCO)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET into a local cache, and write "
+                                     "a manifest to run")
+    p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, required=True)
+    p.add_argument("--out", required=True, help="the cache folder (series already there are not fetched again)")
+    p.add_argument("--manifest", help="a manifest naming {ct,mri}_series_uid or {ct,mri}_study_uid per patient")
+    p.add_argument("--study", action="append", metavar="UID", help="a StudyInstanceUID (repeatable)")
+    p.add_argument("--series", action="append", metavar="UID", help="a SeriesInstanceUID (repeatable)")
+    p.add_argument("--query", action="append", metavar="KEY=VALUE",
+                   help="a C-FIND matching key at series level, e.g. Modality=CT or StudyDate=20260101-20260131 "
+                        "(repeatable)")
+    p.add_argument("--aet", type=calling_aet, default="SARCO", help="our AE title (default: SARCO)")
+    p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("stats", help="stand-alone statistics on a CSV")
     stats = p.add_subparsers(dest="stats_command", required=True)

@@ -129,9 +129,15 @@ def segmentation_column(modality: str) -> str:
     return f"{modality}_segmentation"
 
 
+def study_uid_column(modality: str) -> str:
+    """A StudyInstanceUID for ``sarco fetch`` to retrieve this modality's series from (issue 22)."""
+    return f"{modality}_study_uid"
+
+
 #: Every column the engine reads itself; any other manifest column is a clinical variable.
 ENGINE_COLUMNS = (PATIENT_ID, LABEL, SPLIT) + tuple(
-    column(m) for m in MODALITIES for column in (image_column, roi_column, series_uid_column, segmentation_column))
+    column(m) for m in MODALITIES
+    for column in (image_column, roi_column, series_uid_column, segmentation_column, study_uid_column))
 REQUIRED_COLUMNS = (PATIENT_ID, LABEL)
 
 # ----------------------------------------------------------------------------- run folder
@@ -165,15 +171,38 @@ CACHE_DIR = "cache"
 #: Per-patient feature rows of pass 2, under the cache folder.
 FEATURE_CACHE_DIR = "features"
 
+#: ``sarco export`` (issue 22): one row per patient, modality, object and destination.
+EXPORT_LOG_CSV = "export_log.csv"
+EXPORT_LOG_COLUMNS = ("patient_id", "modality", "object", "destination", "status", "reason")
+
 #: The run-level outputs a finished run publishes. A new run into the same folder retracts them
 #: (and ``tables/*.csv``) before it writes its first one, so a folder never shows one run's
 #: thresholds.json beside another run's model.json; habitat maps and the cache are per patient
 #: and keyed, not retracted.
 PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV, SPLIT_CSV, PREDICTIONS_CSV,
-                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON)
+                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV)
 
 #: One row per failed patient and modality (METHOD.md section 6).
 ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")
+
+#: provenance.json's map ``{patient_id}/{modality}`` -> where the series was read from (issue 22):
+#: the manifest's image path (resolved) and its ``{modality}_series_uid`` cell, nothing read from
+#: the files. ``sarco export`` reads the identities from those files at export time only.
+SOURCES_KEY = "sources"
+SOURCE_IMAGE = "image"
+SOURCE_SERIES_UID = "series_uid"
+
+
+def source_key(patient_id: str, modality: str) -> str:
+    """The key of one series in provenance.json's ``input_blake3`` and ``sources`` (``SYN0001/ct``)."""
+    return f"{patient_id}/{modality}"
+
+
+#: ``sarco fetch`` (issue 22): the cache's series folders, the manifest it writes and its log.
+FETCH_SERIES_DIR = "series"
+FETCH_MANIFEST = "manifest.csv"
+FETCH_LOG_CSV = "fetch_log.csv"
+FETCH_LOG_COLUMNS = ("patient_id", "modality", "status", "files", "reason")
 
 MODEL_FORMAT = "sarco-model"
 MODEL_FORMAT_VERSION = 1

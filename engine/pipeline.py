@@ -46,7 +46,17 @@ from .contract import (
 from .executors import open_executor, progress
 from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
 from .outputs import write_csv, write_json
-from .rundir import RunFailed, error_frame, error_rows, provenance, retract_outputs, run_lock, run_log, write_tables
+from .rundir import (
+    RunFailed,
+    error_frame,
+    error_rows,
+    provenance,
+    retract_outputs,
+    run_lock,
+    run_log,
+    source_entries,
+    write_tables,
+)
 from .tasks import classify_and_measure, ingest_and_preprocess
 
 log = logging.getLogger("sarco")
@@ -291,7 +301,8 @@ def _run(batch: _Batch, started: float) -> RunResult:
     feature_columns = [c for m in modalities for c in feature_names(m, cfg.fit.methods)]
     write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
                                                  manifest.clinical_columns))
-    write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run"))
+    write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run",
+                                                         source_entries(jobs)))
     reused, computed = _reuse_note(summaries)
     result = RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                        len(manifest.patient_ids), batch.notes, reused, computed)
@@ -337,7 +348,8 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
         from .study import score_new_patients
 
         score_new_patients(out_dir, features, batch.manifest, model["statistics"])
-    write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "apply"))
+    write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "apply",
+                                                         source_entries(jobs)))
     reused, computed = _reuse_note(summaries)
     return RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                      len(batch.manifest.patient_ids), batch.notes, reused, computed)

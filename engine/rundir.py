@@ -26,9 +26,13 @@ from .contract import (
     LOCK_FILE,
     PUBLISHED_OUTPUTS,
     RUN_LOG,
+    SOURCE_IMAGE,
+    SOURCE_SERIES_UID,
+    SOURCES_KEY,
     SPLIT_CSV,
     TABLES_DIR,
     TEMP_GLOB,
+    source_key,
 )
 from .errors import SarcoError
 from .outputs import write_csv, write_parquet
@@ -141,9 +145,25 @@ def _versions() -> dict:
     return versions
 
 
-def provenance(config: dict, backend: str, summaries: list[dict], started: float, mode: str) -> dict:
-    """provenance.json: input digests, config, versions, backend and timing of one run or apply."""
-    inputs = {f"{s['patient_id']}/{s['modality']}": s.get("input_blake3") for s in summaries if s.get("input_blake3")}
+def source_entries(jobs: list[dict]) -> dict:
+    """provenance.json's ``sources``: where each series was read from, for ``sarco export`` (issue 22).
+
+    Only the manifest's own words (the image path, resolved, and the ``{modality}_series_uid`` cell
+    when the manifest gave one): identities and UIDs are read from the source files at export time.
+    """
+    entries = {}
+    for job in jobs:
+        if job.get("image"):
+            entries[source_key(job["patient_id"], job["modality"])] = {
+                SOURCE_IMAGE: str(Path(job["image"]).resolve()), SOURCE_SERIES_UID: job.get("series_uid") or ""}
+    return dict(sorted(entries.items()))
+
+
+def provenance(config: dict, backend: str, summaries: list[dict], started: float, mode: str,
+               sources: dict | None = None) -> dict:
+    """provenance.json: input digests, config, versions, backend, timing and sources of one run or apply."""
+    inputs = {source_key(s["patient_id"], s["modality"]): s.get("input_blake3") for s in summaries
+              if s.get("input_blake3")}
     return {"engine_version": __version__, "mode": mode, "backend": backend, "config": config,
             "versions": _versions(), "platform": platform.platform(), "input_blake3": dict(sorted(inputs.items())),
-            "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}
+            SOURCES_KEY: sources or {}, "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}

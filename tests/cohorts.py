@@ -43,3 +43,14 @@ def first_patients(manifest: Path, n: int, name: str) -> Path:
             writer.writeheader()
             writer.writerows(rows[:n])
     return path
+
+
+def few_patients(tmp_path_factory, n: int, name: str) -> Path:
+    """The first ``n`` patients of the session cohort: taken from it when this session already wrote it,
+    else synthesized alone (the same patients: a patient depends only on the seed and its index)."""
+    if "manifest" in _SESSION:
+        return first_patients(_SESSION["manifest"], n, name)
+    from engine.synthetic import synthesize_cohort
+
+    return synthesize_cohort(tmp_path_factory.mktemp(f"cohort_{name}"), n_patients=n, seed=SEED, size="small",
+                             workers=1)

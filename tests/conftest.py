@@ -74,6 +74,16 @@ def shared_cohort(tmp_path_factory):
     return make(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory):
+    """A real PACS for the session (:mod:`tests.pacs`): Orthanc on loopback ports, else pynetdicom's qrscp."""
+    from tests.pacs import start_pacs
+
+    server = start_pacs(tmp_path_factory.mktemp("pacs"))
+    yield server
+    server.stop()
+
+
 def to_numpy(array):
     """Bring an array from any backend to host memory for comparison."""
     if hasattr(array, "get"):

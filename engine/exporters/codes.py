@@ -1,0 +1,60 @@
+"""The coded concepts of the exports: standard codes where they exist, the local scheme ``99SARCO`` where not.
+
+Standard: SNOMED CT (tissues, anatomy, volume, mean), DICOM (attenuation coefficient, MR signal
+intensity, algorithm families), UCUM (units), LOINC (procedure). No standard code names "percent
+of the ROI that is this tissue", a method's cohort threshold, or the pooled histogram's bimodality
+verdict, so they are defined here in the private coding scheme ``99SARCO`` (DICOM PS3.16 8.2: a
+designator starting with ``99`` is local) and listed in the README's "PACS round trip" section.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ..contract import FIXED, METHOD_NAMES
+
+LOCAL_SCHEME = "99SARCO"
+
+TISSUE_CATEGORY = codes.SCT.Tissue
+TISSUE_TYPE = {"muscle": Code("71616004", "SCT", "Muscle"), "fat": Code("55603005", "SCT", "Adipose tissue")}
+#: ROI muscle group (``roi.derive.muscles``) -> anatomic region of the segments and finding site.
+MUSCLE_REGION = {"paraspinal": Code("44947003", "SCT", "Erector spinae muscle"),
+                 "psoas": Code("68455001", "SCT", "Iliopsoas muscle")}
+#: Algorithm family (CID 7162) of each method.
+ALGORITHM_FAMILY = {"otsu": codes.cid7162.HistogramAnalysis, "kmeans": codes.cid7162.ClusterAnalysis,
+                    "gmm": codes.cid7162.HistogramAnalysis, FIXED: codes.cid7162.HistogramAnalysis}
+
+VOLUME = codes.SCT.Volume
+MEAN = codes.SCT.Mean
+MEAN_NAME = {"ct": codes.DCM.AttenuationCoefficient, "mri": codes.DCM.MRSignalIntensity}
+CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
+PERCENT = Code("%", "UCUM", "percent")
+#: CT means in Hounsfield units; MRI T2 signal (standardised or not) has no unit: UCUM's
+#: arbitrary-unit annotation.
+MEAN_UNIT = {"ct": Code("[hnsf'U]", "UCUM", "Hounsfield unit"), "mri": Code("{a.u.}", "UCUM", "arbitrary unit")}
+NO_UNIT = Code("1", "UCUM", "no units")
+PROCEDURE = {"ct": codes.LN.CTUnspecifiedBodyRegion, "mri": codes.LN.MRIUnspecifiedBodyRegion}
+
+PERCENT_OF_ROI = Code("ROIPCT", LOCAL_SCHEME, "Percent of ROI in the intensity window")
+THRESHOLD = Code("THRESH", LOCAL_SCHEME, "Cohort threshold")
+VS_FIXED = Code("VSFIXED", LOCAL_SCHEME, "Voxels classified unlike the fixed HU reference")
+ASHMAN_D = Code("ASHMAND", LOCAL_SCHEME, "Ashman D of the pooled training histogram")
+BIMODALITY = Code("BIMODAL", LOCAL_SCHEME, "Pooled training histogram")
+ONE_TISSUE = Code("ONETISSUE", LOCAL_SCHEME, "Likely one tissue: fitted fat unreliable")
+TWO_TISSUES = Code("TWOTISSUES", LOCAL_SCHEME, "Two tissues")
+
+
+def method_code(method: str) -> Code:
+    """The method as a coded concept: ``OTSU`` = "Otsu threshold" in ``99SARCO``."""
+    return Code(method.upper(), LOCAL_SCHEME, f"{METHOD_NAMES.get(method, method)} threshold")
+
+
+def local_scheme_identification() -> Dataset:
+    """An item of the Coding Scheme Identification Sequence declaring ``99SARCO``."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "sarco-engine local codes"
+    item.CodingSchemeResponsibleOrganization = "sarco-engine"
+    return item

@@ -1,0 +1,37 @@
+"""Secondary Capture of the QA picture, in the source study with the source's identity (highdicom).
+
+Viewers show SEG-derived SR numbers poorly; the run's QA PNG (ROI, habitats, the numbers) is what a
+radiologist can read at a glance, so it goes in the study as an RGB Secondary Capture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .source import ExportError, PatientResult
+
+
+def build_sc(result: PatientResult, uids, built: dict):
+    """The SC dataset of one patient's QA PNG; None when the run drew no QA picture."""
+    import highdicom as hd
+    from PIL import Image
+
+    if result.qa_png is None:
+        return None
+    try:
+        with Image.open(result.qa_png) as picture:
+            pixels = np.ascontiguousarray(np.asarray(picture.convert("RGB"), dtype=np.uint8))
+    except OSError as exc:
+        raise ExportError("sc", f"the QA picture could not be read: {exc}") from None
+    reference = result.source.datasets[0]
+    capture = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+        # the picture's main panel is the axial slice in the viewer's convention: rows run to the
+        # patient's left, columns to posterior
+        coordinate_system="PATIENT", patient_orientation=("L", "P"), series_instance_uid=uids.series("sc"), series_number=uids.number("sc"),
+        sop_instance_uid=uids.instance("sc"), instance_number=1, manufacturer="sarco-engine",
+        series_description=uids.description("sc"))
+    # General Series' Laterality (type 2C) is required for a paired body part: naming the lumbar
+    # spine says this one is not
+    capture.BodyPartExamined = str(getattr(reference, "BodyPartExamined", "") or "") or "LSPINE"
+    return capture

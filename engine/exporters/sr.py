@@ -1,0 +1,90 @@
+"""TID 1500 measurement report (Comprehensive 3D SR, highdicom) of one patient's features.
+
+One measurement group (TID 1411, volumetric ROI) per method and tissue, referencing that segment of
+the SEG: volume (cm3), mean (HU for CT; MRI signal in arbitrary units) and percent of the ROI in the
+window (``99SARCO ROIPCT``), with the method's cohort threshold. Fitted methods also carry the
+pooled histogram's bimodality verdict (a qualitative evaluation) and Ashman's D, and on CT the share
+of voxels they classify unlike the fixed HU reference; the fixed method's own groups are that
+reference. Numbers are features.csv's (volumes mm^3 / 1000).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import __version__
+from ..contract import FIXED
+from . import codes as sarco_codes
+from .seg import SEGMENT_TISSUES, segment_label, segment_number
+from .source import ExportError, PatientResult
+
+
+def _measurement(name, value: float, unit, **kwargs):
+    import highdicom as hd
+
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit, **kwargs)
+
+
+def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
+    import highdicom as hd
+
+    volume_cm3 = result.feature(method, tissue, "volume") / 1000.0
+    mean = result.feature(method, tissue, "mean")
+    percent = result.feature(method, tissue, "percent")
+    method_code = sarco_codes.method_code(method)
+    measurements = [_measurement(sarco_codes.VOLUME, volume_cm3, sarco_codes.CUBIC_CENTIMETER, method=method_code),
+                    _measurement(sarco_codes.PERCENT_OF_ROI, percent, sarco_codes.PERCENT, method=method_code)]
+    if math.isfinite(mean):  # a tissue without a voxel has no mean
+        measurements.append(_measurement(sarco_codes.MEAN_NAME[result.modality], mean,
+                                         sarco_codes.MEAN_UNIT[result.modality], derivation=sarco_codes.MEAN,
+                                         method=method_code))
+    threshold_unit = sarco_codes.MEAN_UNIT[result.modality]
+    measurements.append(_measurement(sarco_codes.THRESHOLD, result.thresholds[method], threshold_unit,
+                                     method=method_code))
+    evaluations = None
+    if method != FIXED:
+        vs_fixed = result.vs_fixed(method)
+        if math.isfinite(vs_fixed):
+            measurements.append(_measurement(sarco_codes.VS_FIXED, vs_fixed, sarco_codes.PERCENT, method=method_code))
+        one_tissue = result.diagnostic.get("likely_one_tissue")
+        if one_tissue is not None:
+            verdict = sarco_codes.ONE_TISSUE if one_tissue else sarco_codes.TWO_TISSUES
+            evaluations = [hd.sr.QualitativeEvaluation(sarco_codes.BIMODALITY, verdict)]
+        if result.diagnostic.get("ashman_d") is not None:
+            measurements.append(_measurement(sarco_codes.ASHMAN_D, result.diagnostic["ashman_d"], sarco_codes.NO_UNIT))
+    source_series = hd.sr.SourceSeriesForSegmentation(result.source.datasets[0].SeriesInstanceUID)
+    segment = hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                                      segment_number=segment_number(i, tissue), source_series=source_series)
+    sites = [hd.sr.FindingSite(sarco_codes.MUSCLE_REGION[m]) for m in result.muscles] or None
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid("sr", "group", method, tissue),
+                                                     identifier=segment_label(method, tissue)),
+        referenced_segment=segment, finding_type=sarco_codes.TISSUE_TYPE[tissue], method=method_code,
+        algorithm_id=hd.sr.AlgorithmIdentification(name=f"sarco-engine {method}", version=__version__),
+        finding_sites=sites, measurements=measurements, qualitative_evaluations=evaluations)
+
+
+def build_sr(result: PatientResult, uids, built: dict):
+    """The Comprehensive 3D SR of one patient; needs the SEG built first (its segments are referenced)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    seg = built.get("seg")
+    if seg is None:
+        raise ExportError("sr", "no DICOM-SEG to reference")
+    groups = [_group(result, seg, i, method, tissue, uids)
+              for i, method in enumerate(result.methods) for tissue in SEGMENT_TISSUES]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids.uid("sr", "device"), name="sarco-engine", model_name=__version__))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=sarco_codes.PROCEDURE[result.modality], imaging_measurements=groups)
+    evidence = [*result.source.datasets, seg]
+    report_dataset = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=report, series_instance_uid=uids.series("sr"), series_number=uids.number("sr"),
+        sop_instance_uid=uids.instance("sr"), instance_number=1, manufacturer="sarco-engine", is_complete=True,
+        series_description=uids.description("sr"))
+    report_dataset.CodingSchemeIdentificationSequence = [sarco_codes.local_scheme_identification()]
+    return report_dataset

@@ -1,0 +1,189 @@
+"""A real PACS for the tests: Orthanc (Debian's package) on free loopback ports, or pynetdicom's qrscp.
+
+:func:`start_pacs` starts Orthanc as a foreground process with its storage in a temporary folder, a
+config that lets the test AE titles store, find and C-GET, and the DICOMweb plugin when installed;
+it waits until Orthanc answers and :meth:`Pacs.stop` ends it. Orthanc listens on every interface;
+the tests only ever use its loopback ports. Without Orthanc the DIMSE tests run against
+pynetdicom's ``qrscp`` app (it says so) and the DICOMweb tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ORTHANC_BINARIES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
+PACS_AET = "ORTHANC"
+TEST_AETS = ("SARCO", "SARCOTEST")
+STARTUP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Pacs:
+    kind: str  # "orthanc" or "qrscp"
+    dicom_port: int
+    http_port: int | None
+    process: subprocess.Popen
+    storage: Path
+    dicomweb: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{PACS_AET}@127.0.0.1:{self.dicom_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.http}/dicom-web"
+
+    def rest(self, path: str):
+        with urllib.request.urlopen(f"{self.http}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        """End the server. Its storage is a temporary folder thrown away with it, so after a short grace a
+        kill is fine: Orthanc's orderly stop polls its HTTP and DICOM threads for about 3 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def orthanc_binary() -> str | None:
+    found = shutil.which("Orthanc")
+    return found or next((b for b in ORTHANC_BINARIES if Path(b).is_file()), None)
+
+
+def _orthanc_config(storage: Path, http_port: int, dicom_port: int, plugin: str | None) -> dict:
+    config = {
+        "Name": "sarco-test", "StorageDirectory": str(storage / "db"), "IndexDirectory": str(storage / "db"),
+        "HttpServerEnabled": True, "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomServerEnabled": True, "DicomAet": PACS_AET, "DicomPort": dicom_port, "DicomCheckCalledAet": True,
+        # only the test AE titles are let in: an unknown calling AE title is refused (the refusal test)
+        "DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowGet": False, "DicomAlwaysAllowMove": False,
+        "DicomModalities": {aet.lower(): {"AET": aet, "Host": "127.0.0.1", "Port": 1, "AllowEcho": True,
+                                          "AllowFind": True, "AllowGet": True, "AllowMove": False,
+                                          "AllowStore": True} for aet in TEST_AETS},
+        "DicomAssociationCloseDelay": 0, "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 1,
+        "OverwriteInstances": False, "StorageCompression": False, "HttpThreadsCount": 4, "DicomThreadsCount": 2, "KeepAlive": False,
+        "Plugins": [plugin] if plugin else [],
+    }
+    if plugin:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False}
+    return config
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the PACS exited at startup (status {process.returncode}): "
+                               f"{log.read_text(errors='replace')[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the PACS did not answer on port {port} within {STARTUP_TIMEOUT_S:g} s")
+
+
+def start_orthanc(storage: Path) -> Pacs:
+    binary = orthanc_binary()
+    plugin = next((p for p in DICOMWEB_PLUGINS if Path(p).is_file()), None)
+    http_port, dicom_port = free_port(), free_port()
+    config = storage / "orthanc.json"
+    config.write_text(json.dumps(_orthanc_config(storage, http_port, dicom_port, plugin)))
+    log = storage / "orthanc.log"
+    process = subprocess.Popen([binary, str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                               cwd=storage)
+    pacs = Pacs("orthanc", dicom_port, http_port, process, storage, dicomweb=plugin is not None)
+    try:
+        _wait_for_port(http_port, process, log)
+        _wait_for_port(dicom_port, process, log)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:  # the HTTP socket opens before the REST API answers
+            try:
+                pacs.rest("/system")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    except BaseException:
+        pacs.stop()
+        raise
+    return pacs
+
+
+def start_qrscp(storage: Path) -> Pacs:
+    """pynetdicom's Query/Retrieve SCP app (needs SQLAlchemy), knowing the test AE titles."""
+    dicom_port = free_port()
+    (storage / "instances").mkdir(parents=True, exist_ok=True)
+    sections = [f"[DEFAULT]\nport: {dicom_port}\nbind_address: 127.0.0.1\nae_title: {PACS_AET}\n"
+                f"dimse_timeout: 30\nacse_timeout: 30\nnetwork_timeout: 30\nmaximum_pdu_size: 16382\n"
+                f"instance_location: {storage / 'instances'}\ndatabase_location: {storage / 'index.sqlite'}\n"
+                f"maximum_associations: 10\n"]
+    sections += [f"[{aet}]\naddress: 127.0.0.1\nport: 1\n" for aet in TEST_AETS]
+    config = storage / "qrscp.ini"
+    config.write_text("\n".join(sections))
+    log = storage / "qrscp.log"
+    process = subprocess.Popen([sys.executable, "-m", "pynetdicom", "qrscp", "-c", str(config)],
+                               stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=storage)
+    pacs = Pacs("qrscp", dicom_port, None, process, storage)
+    try:
+        _wait_for_port(dicom_port, process, log)
+    except BaseException:
+        pacs.stop()
+        raise
+    return pacs
+
+
+def start_pacs(storage: Path) -> Pacs:
+    if orthanc_binary():
+        return start_orthanc(storage)
+    print("Orthanc not installed: the DIMSE tests run against pynetdicom's qrscp, the DICOMweb tests skip",
+          file=sys.stderr)
+    return start_qrscp(storage)
+
+
+def store_files(pacs: Pacs, files, calling_aet: str = "SARCOTEST") -> int:
+    """C-STORE DICOM files to the test PACS with pynetdicom alone (not the engine's code); returns how many."""
+    import pydicom
+    from pynetdicom import AE
+
+    datasets = [pydicom.dcmread(str(f)) for f in files]
+    ae = AE(ae_title=calling_aet)
+    for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", pacs.dicom_port, ae_title=PACS_AET)
+    assert assoc.is_established, "the test PACS refused the test AE title"
+    try:
+        stored = 0
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            assert status and status.Status == 0, f"C-STORE status {status}"
+            stored += 1
+    finally:
+        assoc.release()
+    return stored

@@ -1,0 +1,328 @@
+"""Issue 22: results back to the PACS, against a real one (Orthanc, or pynetdicom's qrscp without it).
+
+A tiny synthetic cohort (3 patients, CT) is stored in the PACS by plain pynetdicom, fetched by
+``sarco fetch`` (C-GET) into a cache whose manifest the engine runs as it is, and the run's results
+are exported by ``sarco export`` (C-STORE, DICOMweb, files). Read back independently: the SEG's
+segments equal the habitat maps resampled onto the source grid by SimpleITK here, the SR's numbers
+equal features.csv, ``dciodvfy`` finds no error, a second export adds no series, and every bad input
+(a vanished source, a study without a frame of reference, a refusing PACS, a dead port) is that
+patient's clear error while the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from engine.cli import main
+from engine.config import load_config
+from engine.contract import (
+    EXPORT_LOG_CSV,
+    FEATURES_CSV,
+    FETCH_MANIFEST,
+    HABITATS_DIR,
+    METHOD_NAMES,
+    PROVENANCE_JSON,
+    SOURCES_KEY,
+    habitat_path,
+    source_key,
+)
+from engine.pipeline import run
+from tests import cohorts
+from tests.pacs import free_port, store_files
+
+N_PATIENTS = 3
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _series_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def stored(pacs, tmp_path_factory):
+    """The cohort's CT series stored in the PACS; a fetch manifest naming them by SeriesInstanceUID."""
+    manifest = cohorts.few_patients(tmp_path_factory, N_PATIENTS, "pacs")
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))[:N_PATIENTS]
+    folder = tmp_path_factory.mktemp("pacs_request")
+    request = folder / "request.csv"
+    counts = {}
+    with open(request, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["patient_id", "label", "split", "ct_series_uid", "ct_roi"],
+                                lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            files = _series_files(manifest.parent / row["ct_image"])
+            counts[row["patient_id"]] = store_files(pacs, files)
+            uid = pydicom.dcmread(str(files[0]), stop_before_pixels=True).SeriesInstanceUID
+            writer.writerow({"patient_id": row["patient_id"], "label": row["label"], "split": "train",
+                             "ct_series_uid": uid, "ct_roi": str((manifest.parent / row["ct_roi"]).resolve())})
+    return request, counts
+
+
+@pytest.fixture(scope="module")
+def fetched(pacs, stored, tmp_path_factory, capsys_module=None):
+    request, _ = stored
+    cache = tmp_path_factory.mktemp("pacs_cache")
+    assert main(["fetch", "--pacs", pacs.address, "--manifest", str(request), "--out", str(cache),
+                 "--aet", "SARCOTEST"]) == 0
+    return cache
+
+
+@pytest.fixture(scope="module")
+def run_dir(fetched, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pacs_run")
+    config = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False, "qa": True},
+                                    "stats": {"enabled": False}})
+    result = run(fetched / FETCH_MANIFEST, out_dir=out, config=config)
+    assert result.errors.empty, result.errors.to_string()
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(pacs, run_dir, tmp_path_factory):
+    """``sarco export --pacs --dicom``: the files written, the export log and the PACS's instance count after."""
+    out = tmp_path_factory.mktemp("pacs_export")
+    assert main(["export", str(run_dir), "--pacs", pacs.address, "--dicom", str(out), "--aet", "SARCOTEST"]) == 0
+    return out
+
+
+def _read_log(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_fetch_retrieves_every_file_and_is_incremental(pacs, stored, fetched, capsys):
+    """Issue 22: C-GET brings every stored instance; a second fetch retrieves nothing again."""
+    request, counts = stored
+    manifest = pd.read_csv(fetched / FETCH_MANIFEST, dtype=str, keep_default_na=False)
+    assert list(manifest["patient_id"]) == sorted(counts)
+    for row in manifest.itertuples():
+        assert len(_series_files(fetched / row.ct_image)) == counts[row.patient_id]
+        assert Path(row.ct_roi).is_absolute() and Path(row.ct_roi).is_file()
+    before = {p: p.stat().st_mtime_ns for p in _series_files(fetched / "series")}
+    capsys.readouterr()
+    assert main(["fetch", "--pacs", pacs.address, "--manifest", str(request), "--out", str(fetched),
+                 "--aet", "SARCOTEST"]) == 0
+    assert f"0 series fetched, {N_PATIENTS} already in the cache" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in _series_files(fetched / "series")} == before
+
+
+def test_export_lands_in_the_source_study_once(pacs, run_dir, exported):
+    """SEG, SR and SC go into each source study; exporting the same run again adds no series (stable UIDs)."""
+    log = _read_log(exported / EXPORT_LOG_CSV)
+    assert set(log["status"]) == {"stored", "written"} and len(log) == 2 * 3 * N_PATIENTS
+    for patient in log["patient_id"].unique():
+        files = {kind: pydicom.dcmread(str(exported / f"{patient}__ct_{kind}.dcm")) for kind in ("seg", "sr", "sc")}
+        source = Path(json.loads((run_dir / PROVENANCE_JSON).read_text())[SOURCES_KEY][source_key(patient, "ct")]
+                      ["image"])
+        first = pydicom.dcmread(str(_series_files(source)[0]), stop_before_pixels=True)
+        for kind, ds in files.items():
+            assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.PatientID == first.PatientID, kind
+            assert ds.SeriesInstanceUID != first.SeriesInstanceUID
+        assert [files[k].SOPClassUID for k in ("seg", "sr", "sc")] == [SEG_CLASS, SR_CLASS, SC_CLASS]
+    if pacs.kind != "orthanc":
+        pytest.skip("counting series needs Orthanc's REST API")
+    studies = pacs.rest("/studies")
+    assert len(studies) == N_PATIENTS
+    series = {s: len(pacs.rest(f"/studies/{s}")["Series"]) for s in studies}
+    assert set(series.values()) == {4}  # CT + SEG + SR + SC
+    instances = len(pacs.rest("/instances"))
+    assert main(["export", str(run_dir), "--pacs", pacs.address, "--aet", "SARCOTEST"]) == 0
+    assert len(pacs.rest("/instances")) == instances
+    assert {s: len(pacs.rest(f"/studies/{s}")["Series"]) for s in studies} == series
+
+
+def _source_reference(source_dir: Path, habitat: Path):
+    """(SOPInstanceUIDs in slice order, habitat labels on the source grid) computed with SimpleITK alone."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(str(source_dir))
+    reader.SetFileNames(names)
+    source = reader.Execute()
+    labels = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(habitat)), source, sitk.Transform(),
+                                                  sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    uids = [pydicom.dcmread(n, stop_before_pixels=True).SOPInstanceUID for n in names]
+    return uids, labels
+
+
+def test_seg_segments_equal_the_habitat_maps_on_the_source_grid(pacs, run_dir, exported):
+    """Issue 22: each method's muscle and fat segments equal its habitat map resampled (nearest) by SimpleITK."""
+    import highdicom as hd
+
+    methods = json.loads((run_dir / PROVENANCE_JSON).read_text())["config"]["fit"]["methods"]
+    sources = json.loads((run_dir / PROVENANCE_JSON).read_text())[SOURCES_KEY]
+    for patient in ("SYN0001", "SYN0002", "SYN0003"):
+        seg = hd.seg.segread(str(exported / f"{patient}__ct_seg.dcm"))
+        assert seg.SegmentationType == "BINARY"
+        labels_by_number = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
+        ref_uids = None
+        for i, method in enumerate(methods):
+            uids, labels = _source_reference(Path(sources[source_key(patient, "ct")]["image"]),
+                                             habitat_path(run_dir / HABITATS_DIR, patient, "ct", method))
+            in_roi = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+            referenced = [uids[k] for k in in_roi]
+            if ref_uids is None:
+                ref_uids = referenced
+                assert {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                        for r in s.ReferencedInstanceSequence} == set(referenced)  # only the ROI's slices
+            for tissue, value in (("muscle", 1), ("fat", 2)):
+                number = 2 * i + 1 + (tissue == "fat")
+                assert labels_by_number[number] == f"{METHOD_NAMES[method]} {tissue}"
+                pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=referenced,
+                                                           segment_numbers=[number])[..., 0]
+                expected = labels[in_roi] == value
+                assert expected.any()
+                np.testing.assert_array_equal(pixels.astype(bool), expected, err_msg=f"{patient} {method} {tissue}")
+        codes = {d.SegmentNumber: d.SegmentedPropertyTypeCodeSequence[0].CodeValue for d in seg.SegmentSequence}
+        assert set(codes[n] for n in codes if n % 2 == 1) == {"71616004"}  # muscle
+        assert set(codes[n] for n in codes if n % 2 == 0) == {"55603005"}  # adipose tissue
+
+
+def _measurement_groups(sr) -> dict[str, dict]:
+    """Tracking identifier -> {concept code value: numeric value, 'segment': referenced segment number}."""
+    groups = {}
+
+    def walk(items):
+        for item in items:
+            concept = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
+            if item.ValueType == "CONTAINER" and concept == "125007":
+                group: dict = {}
+                for child in item.ContentSequence:
+                    code = child.ConceptNameCodeSequence[0].CodeValue
+                    if child.ValueType == "TEXT" and code == "112039":
+                        name = child.TextValue
+                    elif child.ValueType == "NUM":
+                        group[code] = float(child.MeasuredValueSequence[0].NumericValue)
+                    elif child.ValueType == "IMAGE" and "ReferencedSegmentNumber" in child.ReferencedSOPSequence[0]:
+                        group["segment"] = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                groups[name] = group
+            elif "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return groups
+
+
+def test_sr_numbers_equal_features_csv(run_dir, exported):
+    """Issue 22: one TID 1500 group per method and tissue: volume (cm3), mean (HU), percent = features.csv."""
+    features = pd.read_csv(run_dir / FEATURES_CSV, dtype={"patient_id": str}).set_index("patient_id")
+    methods = json.loads((run_dir / PROVENANCE_JSON).read_text())["config"]["fit"]["methods"]
+    for patient in features.index:
+        sr = pydicom.dcmread(str(exported / f"{patient}__ct_sr.dcm"))
+        seg = pydicom.dcmread(str(exported / f"{patient}__ct_seg.dcm"), stop_before_pixels=True)
+        groups = _measurement_groups(sr)
+        assert len(groups) == 2 * len(methods)
+        for method in methods:
+            for tissue in ("muscle", "fat"):
+                group = groups[f"{METHOD_NAMES[method]} {tissue}"]
+                row = features.loc[patient]
+                assert group["118565006"] == pytest.approx(row[f"ct_{method}_{tissue}_volume"] / 1000, rel=1e-9)
+                assert group["112031"] == pytest.approx(row[f"ct_{method}_{tissue}_mean"], rel=1e-9)
+                assert group["ROIPCT"] == pytest.approx(row[f"ct_{method}_{tissue}_percent"], rel=1e-9)
+                label = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}[group["segment"]]
+                assert label == f"{METHOD_NAMES[method]} {tissue}"
+                if method != "fixed":
+                    assert group["VSFIXED"] == pytest.approx(row[f"ct_{method}_vs_fixed_percent"], rel=1e-9)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) is not installed")
+def test_dciodvfy_finds_no_error(exported):
+    """Issue 22: the SEG, SR and SC pass dicom3tools' validator without an error (warnings allowed)."""
+    for kind in ("seg", "sr", "sc"):
+        path = exported / f"SYN0001__ct_{kind}.dcm"
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{kind}: {errors}"
+
+
+def _broken_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose SYN0001 source is gone and SYN0002 source lost its Frame of Reference UID."""
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("cache"))
+    provenance = json.loads((broken / PROVENANCE_JSON).read_text())
+    sources = provenance[SOURCES_KEY]
+    sources[source_key("SYN0001", "ct")]["image"] = str(tmp_path / "moved_away")
+    no_frame = tmp_path / "no_frame"
+    no_frame.mkdir()
+    for path in _series_files(Path(sources[source_key("SYN0002", "ct")]["image"])):
+        ds = pydicom.dcmread(str(path))
+        del ds.FrameOfReferenceUID
+        ds.save_as(no_frame / path.name)
+    sources[source_key("SYN0002", "ct")]["image"] = str(no_frame)
+    (broken / PROVENANCE_JSON).write_text(json.dumps(provenance))
+    return broken
+
+
+def test_bad_sources_fail_their_patient_only(run_dir, tmp_path, capsys):
+    """Issue 22: a vanished source and a study without a frame of reference are per-patient errors."""
+    broken = _broken_run(run_dir, tmp_path)
+    out = tmp_path / "dicom"
+    assert main(["export", str(broken), "--dicom", str(out)]) == 0
+    log = _read_log(out / EXPORT_LOG_CSV).set_index(["patient_id", "object"])
+    assert set(log.loc["SYN0001", "status"]) == {"failed"}
+    assert "gone" in log.loc[("SYN0001", "seg"), "reason"]
+    assert set(log.loc["SYN0002", "status"]) == {"failed"}
+    assert "Frame of Reference" in log.loc[("SYN0002", "seg"), "reason"]
+    assert set(log.loc["SYN0003", "status"]) == {"written"}
+    assert sorted(p.name for p in out.glob("*.dcm")) == [f"SYN0003__ct_{k}.dcm" for k in ("sc", "seg", "sr")]
+    err = capsys.readouterr().err
+    assert "patient SYN0001 (ct) SEG" in err and "Traceback" not in err
+
+
+def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, tmp_path, capsys):
+    """Issue 22: the association refused (unknown AE title) or nobody listening: every object failed, none done."""
+    if pacs.kind != "orthanc":
+        pytest.skip("the qrscp fallback accepts any calling AE title")
+    before = len(pacs.rest("/instances"))
+    for address, aet, words in ((pacs.address, "INTRUDER", "rejected the association"),
+                                (f"ORTHANC@127.0.0.1:{free_port()}", "SARCOTEST", "nothing answers")):
+        shutil.rmtree(tmp_path / "log", ignore_errors=True)
+        assert main(["export", str(run_dir), "--pacs", address, "--aet", aet]) == 1
+        log = _read_log(run_dir / EXPORT_LOG_CSV)
+        assert not log["status"].isin(["stored", "written"]).any()
+        assert log.loc[log["object"] == "seg", "reason"].str.contains(words).all(), log.to_string()
+        assert "exported 0 patient-modalities" in capsys.readouterr().out
+    assert len(pacs.rest("/instances")) == before
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["export", "{run}", "--pacs", "ORTHANC@localhost"], "AET@HOST:PORT"),
+    (["export", "{run}", "--pacs", "ORTHANC@localhost:99999"], "port 99999"),
+    (["export", "{missing}", "--dicom", "{out}"], "not found"),
+    (["export", "{run}"], "give where to export"),
+    (["export", "{run}", "--dicom", "{run}/dicom"], "inside the run folder"),
+    (["export", "{run}", "--dicom", "{out}", "--objects", "sr"], "export 'seg' with 'sr'"),
+    (["fetch", "--pacs", "ORTHANC@127.0.0.1:4242", "--out", "{out}"], "say what to fetch"),
+    (["fetch", "--pacs", "ORTHANC@127.0.0.1:4242", "--out", "{out}", "--query", "Nonsense=1"], "not a DICOM keyword"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(run_dir, tmp_path, capsys, argv, words):
+    """Issue 22: a bad address, a missing run folder, no destination: one line naming what to fix, exit 2."""
+    argv = [a.format(run=run_dir, missing=tmp_path / "missing", out=tmp_path / "out") for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own refusal of an argument
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_dicomweb_stow_is_confirmed_by_qido(pacs, run_dir, tmp_path):
+    """Issue 22: STOW-RS to Orthanc's DICOMweb plugin, each instance then found by QIDO-RS."""
+    if not pacs.dicomweb:
+        pytest.skip("no DICOMweb server (Orthanc's DICOMweb plugin is not installed)")
+    assert main(["export", str(run_dir), "--dicomweb", pacs.dicomweb_url, "--objects", "seg,sr"]) == 0
+    log = _read_log(run_dir / EXPORT_LOG_CSV)
+    assert set(log["status"]) == {"stored"} and len(log) == 2 * N_PATIENTS
