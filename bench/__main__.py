@@ -39,6 +39,7 @@ BENCHES: dict[str, str | Callable[..., list[dict]]] = {
     "synth_time": "bench.synth_time",
     "scaling": "bench.scaling",
     "qa": "bench.qa",
+    "export": "bench.export",
 }
 
 
