@@ -161,8 +161,9 @@ def cmd_export(args) -> int:
         if row.status not in ("written", "stored", "skipped"):
             print(f"patient {row.patient_id} ({row.modality}) {row.object.upper()} -> {row.destination}: "
                   f"{row.status}: {row.reason}", file=sys.stderr)
-    print(f"exported {result.done} patient-modalit{'y' if result.done == 1 else 'ies'} "
-          f"({', '.join(o.upper() for o in args.objects)}), {result.failed} failed; log: {result.log_paths[-1].resolve()}")
+    objects = ", ".join(o.upper() for o in args.objects)
+    print(f"exported {result.done} patient-modalit{'y' if result.done == 1 else 'ies'} ({objects}), "
+          f"{result.failed} failed; log: {result.log_paths[-1].resolve()}")
     return 1 if result.failed and not result.done else 0
 
 

@@ -87,7 +87,8 @@ def _orthanc_config(storage: Path, http_port: int, dicom_port: int, plugin: str 
                                           "AllowFind": True, "AllowGet": True, "AllowMove": False,
                                           "AllowStore": True} for aet in TEST_AETS},
         "DicomAssociationCloseDelay": 0, "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 1,
-        "OverwriteInstances": False, "StorageCompression": False, "HttpThreadsCount": 4, "DicomThreadsCount": 2, "KeepAlive": False,
+        "OverwriteInstances": False, "StorageCompression": False, "HttpThreadsCount": 4,
+        "DicomThreadsCount": 2, "KeepAlive": False,
         "Plugins": [plugin] if plugin else [],
     }
     if plugin:

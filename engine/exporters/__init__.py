@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from ..contract import EXPORT_LOG_COLUMNS, EXPORT_LOG_CSV, MODALITY_NAMES
 from ..errors import UsageError
 from ..outputs import write_csv
@@ -80,7 +82,7 @@ class ExportUids:
 
 @dataclass
 class ExportResult:
-    log: object  # pandas DataFrame, EXPORT_LOG_COLUMNS
+    log: pd.DataFrame  # EXPORT_LOG_COLUMNS
     log_paths: list[Path] = field(default_factory=list)
 
     @property
@@ -158,8 +160,6 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
     finally:
         for destination in destinations:
             destination.close()
-    import pandas as pd
-
     frame = pd.DataFrame(rows, columns=list(EXPORT_LOG_COLUMNS))
     paths = [run.path / EXPORT_LOG_CSV] + ([Path(dicom_dir) / EXPORT_LOG_CSV] if dicom_dir is not None else [])
     for path in paths:
@@ -183,36 +183,55 @@ def _build(run: RunFolder, patient_id: str, modality: str, exporters) -> tuple[P
 
 
 def _export_one(run: RunFolder, patient_id: str, modality: str, exporters, destinations) -> list[dict]:
-    """The log rows of one patient and modality: build everything, then deliver each object."""
-    where = ", ".join(d.name for d in destinations)
+    """The log rows of one patient and modality: reach the destinations, build everything, deliver each object.
+
+    A destination that cannot be reached (dead port, refused association) fails this patient's rows
+    for it before anything is built; it is tried again for the next patient.
+    """
+    rows, reachable = [], []
+    for destination in destinations:
+        try:
+            destination.open()
+            reachable.append(destination)
+        except DeliveryError as exc:
+            log.info("export %s (%s) to %s: %s", patient_id, modality, destination.name, exc.reason)
+            rows += [_row(patient_id, modality, e.name, destination.name, "failed", exc.reason) for e in exporters]
+    if not reachable:
+        return rows
+    where = ", ".join(d.name for d in reachable)
     try:
         _, built = _build(run, patient_id, modality, exporters)
     except ExportError as exc:
         log.info("export %s (%s) [%s]: %s", patient_id, modality, exc.step, exc.reason)
-        return [_row(patient_id, modality, e.name, where, "failed", f"[{exc.step}] {exc.reason}") for e in exporters]
+        return rows + [_row(patient_id, modality, e.name, where, "failed", f"[{exc.step}] {exc.reason}")
+                       for e in exporters]
     except Exception as exc:  # noqa: BLE001 - one patient's unforeseen problem must not stop the night's export
         reason = f"unexpected {type(exc).__name__} while building the {MODALITY_NAMES[modality]} export: {exc}"
         log.info("export %s (%s): %s", patient_id, modality, reason)
-        return [_row(patient_id, modality, e.name, where, "failed", reason) for e in exporters]
-    rows = []
-    for destination in destinations:
-        failed = None
-        for exporter in exporters:
-            dataset = built[exporter.name]
-            if dataset is None:
-                rows.append(_row(patient_id, modality, exporter.name, destination.name, "skipped",
-                                 "nothing to export (no QA picture in the run)"))
-                continue
-            if failed is not None:
-                rows.append(_row(patient_id, modality, exporter.name, destination.name, "not sent",
-                                 f"the {failed} was not stored"))
-                continue
+        return rows + [_row(patient_id, modality, e.name, where, "failed", reason) for e in exporters]
+    for destination in reachable:
+        rows += _deliver(patient_id, modality, exporters, built, destination)
+    return rows
+
+
+def _deliver(patient_id: str, modality: str, exporters, built: dict, destination) -> list[dict]:
+    """Send one patient's objects in order; after a failure the rest are 'not sent' (the SR needs its SEG)."""
+    rows, failed = [], None
+    for exporter in exporters:
+        dataset = built[exporter.name]
+        if dataset is None:
+            rows.append(_row(patient_id, modality, exporter.name, destination.name, "skipped",
+                             "nothing to export (no QA picture in the run)"))
+        elif failed is not None:
+            rows.append(_row(patient_id, modality, exporter.name, destination.name, "not sent",
+                             f"the {failed} was not stored"))
+        else:
             try:
                 status = destination.deliver(patient_id, modality, exporter.name, dataset)
                 rows.append(_row(patient_id, modality, exporter.name, destination.name, status))
             except DeliveryError as exc:
                 failed = exporter.name.upper()
                 log.info("export %s (%s) %s to %s: %s", patient_id, modality, exporter.name, destination.name,
-                            exc.reason)
+                         exc.reason)
                 rows.append(_row(patient_id, modality, exporter.name, destination.name, "failed", exc.reason))
     return rows

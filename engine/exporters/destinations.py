@@ -34,6 +34,9 @@ class FolderDestination:
         self.folder = Path(folder)
         self.name = str(self.folder)
 
+    def open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
     def deliver(self, patient_id: str, modality: str, kind: str, dataset) -> str:
         with atomic_path(self.folder / export_file_name(patient_id, modality, kind)) as tmp:
             dataset.save_as(tmp, enforce_file_format=True)
@@ -53,27 +56,28 @@ class DimseDestination:
         self.name = f"pacs {address}"
         self._assoc = None
 
-    def _association(self, sop_class_uid: str, transfer_syntax: str):
+    def open(self):
+        """The association (kept, or a new one): a :class:`DeliveryError` when the peer is unreachable or refuses."""
         from pynetdicom import AE
 
         if self._assoc is not None and self._assoc.is_established:
-            accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in self._assoc.accepted_contexts}
-            if (sop_class_uid, transfer_syntax) in accepted:
-                return self._assoc
-            self.close()
+            return self._assoc
         ae = AE(ae_title=self.calling_aet)
-        for sop_class in _EXPORT_SOP_CLASSES:
-            ae.add_requested_context(sop_class, [transfer_syntax] if sop_class == sop_class_uid else
-                                     ["1.2.840.10008.1.2.1"])
+        for sop_class in _EXPORT_SOP_CLASSES:  # one context per syntax: the peer accepts each on its own
+            for syntax in _SYNTAXES:
+                ae.add_requested_context(sop_class, [syntax])
         try:
             self._assoc = associate(ae, self.address, nodelay=self.nodelay)
         except PacsError as exc:
+            self._assoc = None
             raise DeliveryError(str(exc), fatal=True) from None
         return self._assoc
 
     def deliver(self, patient_id: str, modality: str, kind: str, dataset) -> str:
-        sop_class = str(dataset.SOPClassUID)
-        assoc = self._association(sop_class, str(dataset.file_meta.TransferSyntaxUID))
+        if str(dataset.file_meta.TransferSyntaxUID) not in _SYNTAXES:
+            raise DeliveryError(f"the {kind.upper()} is in transfer syntax {dataset.file_meta.TransferSyntaxUID}; "
+                                "only explicit and implicit VR little endian are proposed")
+        assoc = self.open()
         try:
             status = assoc.send_c_store(dataset)
         except Exception as exc:  # noqa: BLE001 - a broken socket mid-store is this object's failure
@@ -106,6 +110,9 @@ class DicomwebDestination:
         self.name = f"dicomweb {self.url}"
         self._client = DICOMwebClient(url=self.url)
 
+    def open(self) -> None:
+        pass  # every request stands alone; an unreachable server fails its STOW-RS
+
     def deliver(self, patient_id: str, modality: str, kind: str, dataset) -> str:
         import requests
 
@@ -126,5 +133,7 @@ class DicomwebDestination:
         pass
 
 
+#: What highdicom writes: explicit VR little endian (implicit for an SC made from an implicit source).
+_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 #: SOP classes an export sends: Segmentation, Comprehensive 3D SR, Secondary Capture.
 _EXPORT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7")

@@ -23,12 +23,13 @@ def build_sc(result: PatientResult, uids, built: dict):
             pixels = np.ascontiguousarray(np.asarray(picture.convert("RGB"), dtype=np.uint8))
     except OSError as exc:
         raise ExportError("sc", f"the QA picture could not be read: {exc}") from None
-    reference = result.source.datasets[0]
+    reference = result.series.datasets[0]
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
         # the picture's main panel is the axial slice in the viewer's convention: rows run to the
         # patient's left, columns to posterior
-        coordinate_system="PATIENT", patient_orientation=("L", "P"), series_instance_uid=uids.series("sc"), series_number=uids.number("sc"),
+        coordinate_system="PATIENT", patient_orientation=("L", "P"), series_instance_uid=uids.series("sc"),
+        series_number=uids.number("sc"),
         sop_instance_uid=uids.instance("sc"), instance_number=1, manufacturer="sarco-engine",
         series_description=uids.description("sc"))
     # General Series' Laterality (type 2C) is required for a paired body part: naming the lumbar

@@ -46,7 +46,7 @@ def build_seg(result: PatientResult, uids, built: dict):
     slices = roi_slices(labels)
     if slices.size == 0:
         raise ExportError("seg", "the habitat maps do not overlap the source series (was it replaced since the run?)")
-    sources = [result.source.datasets[k] for k in slices]
+    sources = [result.series.datasets[k] for k in slices]
     planes = []
     descriptions = []
     regions = [sarco_codes.MUSCLE_REGION[m] for m in result.muscles] or None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..contract import (
     DERIVED_ROI_DIR,
@@ -54,9 +55,9 @@ class SourceSeries:
     """The source series on its own grid: datasets sorted along the slice normal and the grid they span."""
 
     datasets: list  # pydicom Datasets, sorted by position along the normal (slice k = index k)
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
+    spacing: tuple[float, ...]  # (x, y, z), mm
+    origin: tuple[float, ...]  # (x, y, z), mm, LPS
+    direction: tuple[float, ...]  # row-major 3x3, columns the axis directions
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -88,7 +89,7 @@ class PatientResult:
     patient_id: str
     modality: str
     methods: list[str]
-    features: dict[str, float]
+    features: dict[str, float | None]
     thresholds: dict[str, float]
     diagnostic: dict
     habitats: dict[str, Path]
@@ -98,12 +99,20 @@ class PatientResult:
     source: SourceSeries | None = None
     extras: dict = field(default_factory=dict)
 
+    @property
+    def series(self) -> SourceSeries:
+        """The source series (read by :func:`read_source`; an export step before it is a bug)."""
+        if self.source is None:
+            raise ExportError("source", "the source series was not read")
+        return self.source
+
     def feature(self, method: str, tissue: str, stat: str) -> float:
         value = self.features.get(feature_name(self.modality, method, tissue, stat), math.nan)
         return float(value) if value is not None else math.nan
 
     def vs_fixed(self, method: str) -> float:
-        return float(self.features.get(vs_fixed_column(self.modality, method), math.nan))
+        value = self.features.get(vs_fixed_column(self.modality, method))
+        return math.nan if value is None else float(value)
 
 
 @dataclass
@@ -111,14 +120,12 @@ class RunFolder:
     """The published files of a run that the exporters read (no cache, no identifier)."""
 
     path: Path
-    features: object  # pandas DataFrame
+    features: pd.DataFrame
     thresholds: dict
     provenance: dict
 
     @classmethod
     def open(cls, run_dir) -> RunFolder:
-        import pandas as pd
-
         from ..userfiles import require_run_folder
 
         path = require_run_folder(run_dir)
@@ -149,7 +156,7 @@ class RunFolder:
             column = feature_name(modality, methods[0], "muscle", "volume")
             if column not in self.features:
                 continue
-            for pid, value in zip(self.features["patient_id"], self.features[column]):
+            for pid, value in zip(self.features["patient_id"], self.features[column], strict=True):
                 if value == value:  # not NaN: this series was measured
                     out.append((str(pid), modality))
         return sorted(out, key=lambda item: (item[0], item[1]))
@@ -227,8 +234,10 @@ def read_source(run: RunFolder, patient_id: str, modality: str):
     if not all(str(getattr(ds, "FrameOfReferenceUID", "") or "") for ds in datasets):
         raise ExportError("source", "the source series has no Frame of Reference UID, so a DICOM-SEG cannot be "
                                     "placed on it; the PACS export of this study is incomplete")
-    normal = np.asarray(info.direction, dtype=float).reshape(3, 3)[:, 2]
+    normal = np.asarray(info.direction or (1, 0, 0, 0, 1, 0, 0, 0, 1), dtype=float).reshape(3, 3)[:, 2]
     datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal)))
+    if info.spacing is None or info.origin is None or info.direction is None:
+        raise ExportError("source", "the source series has no geometry")
     return SourceSeries(datasets, tuple(info.spacing), tuple(info.origin), tuple(info.direction))
 
 
@@ -249,7 +258,7 @@ def habitats_on_source(result: PatientResult) -> dict[str, np.ndarray]:
     """
     import SimpleITK as sitk
 
-    reference = result.source.reference_image()
+    reference = result.series.reference_image()
     labels = {}
     for method, path in result.habitats.items():
         habitat = sitk.ReadImage(str(path))

@@ -52,7 +52,7 @@ def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
             evaluations = [hd.sr.QualitativeEvaluation(sarco_codes.BIMODALITY, verdict)]
         if result.diagnostic.get("ashman_d") is not None:
             measurements.append(_measurement(sarco_codes.ASHMAN_D, result.diagnostic["ashman_d"], sarco_codes.NO_UNIT))
-    source_series = hd.sr.SourceSeriesForSegmentation(result.source.datasets[0].SeriesInstanceUID)
+    source_series = hd.sr.SourceSeriesForSegmentation(result.series.datasets[0].SeriesInstanceUID)
     segment = hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
                                       segment_number=segment_number(i, tissue), source_series=source_series)
     sites = [hd.sr.FindingSite(sarco_codes.MUSCLE_REGION[m]) for m in result.muscles] or None
@@ -81,7 +81,7 @@ def build_sr(result: PatientResult, uids, built: dict):
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=sarco_codes.PROCEDURE[result.modality], imaging_measurements=groups)
-    evidence = [*result.source.datasets, seg]
+    evidence = [*result.series.datasets, seg]
     report_dataset = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report, series_instance_uid=uids.series("sr"), series_number=uids.number("sr"),
         sop_instance_uid=uids.instance("sr"), instance_number=1, manufacturer="sarco-engine", is_complete=True,
