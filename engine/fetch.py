@@ -43,6 +43,11 @@ from .userfiles import check_output_folder, require_file
 #: Storage SOP classes accepted as C-GET sub-operations: the images the engine reads.
 RETRIEVED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",
                          "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1")
+#: Transfer syntaxes accepted for them, each in a context of its own, so a PACS that does not
+#: transcode can send a series as it stored it (the engine reads every one of these).
+RETRIEVED_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.70",
+                      "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",
+                      "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.2")
 _STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 _STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 _MODALITY_OF = {dicom: m for m, dicom in DICOM_MODALITY.items()}
@@ -231,7 +236,8 @@ class _Client:
         ae.add_requested_context(_STUDY_ROOT_FIND)
         ae.add_requested_context(_STUDY_ROOT_GET)
         for sop_class in RETRIEVED_SOP_CLASSES:
-            ae.add_requested_context(sop_class)
+            for syntax in RETRIEVED_SYNTAXES:
+                ae.add_requested_context(sop_class, [syntax])
         roles = [build_role(sop_class, scp_role=True) for sop_class in RETRIEVED_SOP_CLASSES]
         self._assoc = associate(ae, self.address, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         return self._assoc
