@@ -326,3 +326,44 @@ def test_dicomweb_stow_is_confirmed_by_qido(pacs, run_dir, tmp_path):
     assert main(["export", str(run_dir), "--dicomweb", pacs.dicomweb_url, "--objects", "seg,sr"]) == 0
     log = _read_log(run_dir / EXPORT_LOG_CSV)
     assert set(log["status"]) == {"stored"} and len(log) == 2 * N_PATIENTS
+
+
+def test_fetch_by_study_and_by_query(pacs, stored, tmp_path):
+    """Issue 22: --study and --query make one row per study, named by a digest, never the PACS's PatientID."""
+    request, counts = stored
+    rows = pd.read_csv(request, dtype=str)
+    first = pydicom.dcmread(str(_series_files(Path(rows["ct_roi"][0]).parent / "ct")[0]), stop_before_pixels=True)
+    out = tmp_path / "by_study"
+    assert main(["fetch", "--pacs", pacs.address, "--study", first.StudyInstanceUID, "--out", str(out),
+                 "--aet", "SARCOTEST"]) == 0
+    manifest = pd.read_csv(out / FETCH_MANIFEST, dtype=str, keep_default_na=False)
+    assert len(manifest) == 1 and manifest["patient_id"][0].startswith("S")
+    assert first.PatientID not in (out / FETCH_MANIFEST).read_text()
+    assert len(_series_files(out / manifest["ct_image"][0])) == counts[rows["patient_id"][0]]
+    out = tmp_path / "by_query"
+    assert main(["fetch", "--pacs", pacs.address, "--query", "Modality=CT", "--out", str(out),
+                 "--aet", "SARCOTEST"]) == 0
+    manifest = pd.read_csv(out / FETCH_MANIFEST, dtype=str, keep_default_na=False)
+    assert len(manifest) == N_PATIENTS and (manifest["ct_image"] != "").all()
+
+
+def test_a_derived_roi_names_its_muscles(run_dir, tmp_path):
+    """Issue 22: where the ROI was derived, the segments carry erector spinae / iliopsoas as anatomic regions."""
+    import SimpleITK as sitk
+
+    from engine.contract import ROI_MUSCLE_LABELS, derived_roi_path
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache"))
+    roi = sitk.GetImageFromArray(np.array([[[ROI_MUSCLE_LABELS["left_psoas"], ROI_MUSCLE_LABELS["right_paraspinal"]]]],
+                                          dtype=np.uint8))
+    path = derived_roi_path(copy, "SYN0001", "ct")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(roi, str(path))
+    out = tmp_path / "dicom"
+    assert main(["export", str(copy), "--dicom", str(out), "--objects", "seg,sr"]) == 0
+    seg = pydicom.dcmread(str(out / "SYN0001__ct_seg.dcm"), stop_before_pixels=True)
+    for segment in seg.SegmentSequence:
+        assert {c.CodeValue for c in segment.AnatomicRegionSequence} == {"44947003", "68455001"}
+    hand = pydicom.dcmread(str(out / "SYN0002__ct_seg.dcm"), stop_before_pixels=True)
+    assert not any("AnatomicRegionSequence" in s for s in hand.SegmentSequence)  # a hand ROI names no muscle

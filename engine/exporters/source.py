@@ -204,7 +204,7 @@ def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str,
         return ()
     import SimpleITK as sitk
 
-    present = set(np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))).tolist())
+    present = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).tolist())
     return tuple(group for group, muscles in ROI_MUSCLE_GROUPS.items()
                  if any(ROI_MUSCLE_LABELS[m] in present for m in muscles))
 
