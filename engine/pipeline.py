@@ -302,7 +302,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
     write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
                                                  manifest.clinical_columns))
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run",
-                                                         source_entries(jobs)))
+                                                     source_entries(jobs)))
     reused, computed = _reuse_note(summaries)
     result = RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                        len(manifest.patient_ids), batch.notes, reused, computed)
@@ -349,7 +349,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
 
         score_new_patients(out_dir, features, batch.manifest, model["statistics"])
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "apply",
-                                                         source_entries(jobs)))
+                                                     source_entries(jobs)))
     reused, computed = _reuse_note(summaries)
     return RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                      len(batch.manifest.patient_ids), batch.notes, reused, computed)
