@@ -23,7 +23,8 @@
 # (at once) and --backend gpu on the default executor (dask-cuda's LocalCUDACluster), each GPU
 # run's thresholds.json and features.csv compared byte for byte with the CPU run's.
 # Every check ends within DEVICE_CHECK_BUDGET_S (345 s) of the start; later ones are skipped.
-# DEVICE_CHECK_PATIENTS (8) sets the cohort's size; PYTHON the interpreter (python3).
+# DEVICE_CHECK_PATIENTS (8) sets the cohort's size, DEVICE_CHECK_RUN_LIMIT_S (240) each run's limit,
+# PYTHON the interpreter (python3).
 #
 # DEVICE_CHECK_REHEARSE=1 rehearses it on a machine without a GPU: `cupy` is the host execution
 # stand-in (tests/cudahost/fakecupy.py) and the device-only checks are skipped.
@@ -134,11 +135,12 @@ check "pytest NVRTC / nvcc PTX checks" 90 "$py" -m pytest -q -p no:cacheprovider
 wait $synth_job; cat "$work/synth.line"
 if [[ -f $cohort/manifest.csv ]]; then
   manifest=(--manifest "$cohort/manifest.csv")
+  run_limit="${DEVICE_CHECK_RUN_LIMIT_S:-240}"
   # cpu and gpu-inline at once (independent processes; the CPU run would otherwise idle the GPU)
-  ( check "sarco run --backend cpu --scheduler inline" 240 sarco run "${manifest[@]}" --out "$work/cpu" --backend cpu --scheduler inline > "$work/cpu.line" ) &
+  ( check "sarco run --backend cpu --scheduler inline" "$run_limit" sarco run "${manifest[@]}" --out "$work/cpu" --backend cpu --scheduler inline > "$work/cpu.line" ) &
   cpu_job=$!
   if [[ $has_cupy == 1 ]]; then
-    check "sarco run --backend gpu --scheduler inline" 240 sarco run "${manifest[@]}" --out "$work/gpu-inline" --backend gpu --scheduler inline
+    check "sarco run --backend gpu --scheduler inline" "$run_limit" sarco run "${manifest[@]}" --out "$work/gpu-inline" --backend gpu --scheduler inline
   else
     skip "sarco run --backend gpu --scheduler inline" "no CuPy with a device"
   fi
