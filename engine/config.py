@@ -66,13 +66,15 @@ class ModalityPreprocess(_Strict):
 class MriPreprocess(ModalityPreprocess):
     """MRI adds intensity standardisation (issue 16; :mod:`engine.standardize`).
 
-    ``none`` (default) reproduces the study: N4 only, so pooled thresholds mix the scanners'
-    arbitrary signal scales. ``reference``: each series is scaled so that its subcutaneous fat,
-    found outside the ROI, lands on ``standardize_target``.
+    ``reference`` (default, issue 24): each series is scaled so that a reference tissue found
+    outside the ROI (``reference``: ``auto`` picks CSF in the spinal canal, else subcutaneous
+    fat; ``csf`` / ``subcutaneous_fat`` force one) lands on ``standardize_target``. ``none``
+    reproduces the study: N4 only, so pooled thresholds mix the scanners' arbitrary scales.
     """
 
-    standardize: Literal["none", "reference"] = "none"
+    standardize: Literal["none", "reference"] = "reference"
     standardize_target: float = Field(1000.0, gt=0)
+    reference: Literal["auto", "csf", "subcutaneous_fat"] = "auto"
 
 
 class PreprocessConfig(_Strict):

@@ -175,12 +175,18 @@ FEATURE_CACHE_DIR = "features"
 EXPORT_LOG_CSV = "export_log.csv"
 EXPORT_LOG_COLUMNS = ("patient_id", "modality", "object", "destination", "status", "reason")
 
+#: Issue 24: the MRI intensity reference of every standardised series (engine diagnostics, never
+#: statistics candidates: the report and the QA sheet read it).
+MRI_REFERENCE_CSV = "mri_reference.csv"
+MRI_REFERENCE_COLUMNS = ("patient_id", "scanner", "reference", "reason", "region", "value", "voxels", "spread",
+                         "scale", "fat_to_csf", "scanner_fat_to_csf", "flag")
+
 #: The run-level outputs a finished run publishes. A new run into the same folder retracts them
 #: (and ``tables/*.csv``) before it writes its first one, so a folder never shows one run's
 #: thresholds.json beside another run's model.json; habitat maps and the cache are per patient
 #: and keyed, not retracted.
 PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV, SPLIT_CSV, PREDICTIONS_CSV,
-                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV)
+                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV, MRI_REFERENCE_CSV)
 
 #: One row per failed patient and modality (METHOD.md section 6).
 ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")

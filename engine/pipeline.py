@@ -36,6 +36,8 @@ from .contract import (
     HABITATS_DIR,
     MODALITIES,
     MODEL_JSON,
+    MRI_REFERENCE_COLUMNS,
+    MRI_REFERENCE_CSV,
     PROVENANCE_JSON,
     THRESHOLDS_JSON,
     derived_roi_path,
@@ -160,6 +162,23 @@ def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
         log.warning("QA contact sheet not written: %s", exc)
         return
     log.info("QA contact sheet: %s (%.1f s)", index, time.time() - started)
+
+
+def _publish_mri_reference(batch: _Batch, summaries: list[dict]) -> None:
+    """mri_reference.csv: each standardised MRI series' reference (issue 24), and a note on flags."""
+    from .standardize import reference_rows
+
+    rows = reference_rows(summaries)
+    if not rows:
+        return
+    write_csv(batch.out_dir / MRI_REFERENCE_CSV, pd.DataFrame(rows, columns=list(MRI_REFERENCE_COLUMNS)))
+    flagged = [r["patient_id"] for r in rows if r["flag"]]
+    if flagged:
+        shown = ", ".join(flagged[:5]) + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+        note = (f"MRI standardisation: the reference of {len(flagged)} series is flagged ({shown}); "
+                f"see {MRI_REFERENCE_CSV} and the QA sheet before trusting their MRI features")
+        batch.notes.append(note)
+        log.warning(note)
 
 
 def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
@@ -288,6 +307,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
             raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
                             "see errors.csv" if batch.errors else "no training patient in the manifest")
         retract_outputs(out_dir)
+        _publish_mri_reference(batch, summaries)
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
         qa_records = _render_qa(executor, batch, summaries, thresholds)
@@ -341,6 +361,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
     with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
         summaries = _pass1(executor, batch, jobs)
         retract_outputs(out_dir)
+        _publish_mri_reference(batch, summaries)
         features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
         qa_records = _render_qa(executor, batch, summaries, thresholds)
     _write_sheet(batch, qa_records)

@@ -266,7 +266,8 @@ def n4_correct(image: sitk.Image, *, shrink_factor: int = 4, iterations=(50, 50,
 def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 5.0,
                window=None, n4: bool = False, n4_shrink_factor: int = 4, n4_iterations=(50, 50, 50, 50),
                n4_convergence_threshold: float = 1e-6, default_value: float | None = None,
-               standardize: str = "none", standardize_target: float = 1000.0) -> RoiSample:
+               standardize: str = "none", standardize_target: float = 1000.0,
+               reference: str = "auto") -> RoiSample:
     """Image + mask on the same grid -> the patient's ROI sample in the resampled space.
 
     Parameters
@@ -284,26 +285,25 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
     n4 : bool
         N4 bias-field correction of the resampled crop (MRI).
     standardize : {"none", "reference"}
-        ``reference`` (MRI): resample and N4-correct whole axial slices, measure the
-        subcutaneous-fat reference outside the ROI (:func:`engine.standardize.reference_fat_signal`)
-        and scale the signal so that it lands on ``standardize_target``; the sample is then cut
-        back to the usual crop. ``none``: the study's processing.
+        ``reference`` (MRI): measure the reference tissues outside the ROI (CSF in the spinal
+        canal, subcutaneous fat; :mod:`engine.standardize`) on the N4-corrected crop, or on
+        whole N4-corrected axial slices when the crop has no reliable one, pick one
+        (``reference``: ``auto``, ``csf`` or ``subcutaneous_fat``) and scale the signal so
+        that it lands on ``standardize_target``. ``none``: the study's processing.
     """
     mask_array = sitk.GetArrayViewFromImage(mask)
     if not mask_array.any():
         raise InputError("mask", "ROI mask is empty")
     crop = crop_grid(image, mask, spacing_mm, margin_mm)
-    wide = standardize == "reference"
-    region = whole_slices(crop, whole_volume_grid(image, spacing_mm)) if wide else crop
-    resampled, resampled_mask = crop_and_resample(image, mask, spacing_mm, margin_mm, default_value=default_value,
-                                                  grid=region)
-    if n4:
-        resampled = n4_correct(resampled, shrink_factor=n4_shrink_factor, iterations=n4_iterations,
-                               convergence_threshold=n4_convergence_threshold)
+    n4_options = {"shrink_factor": n4_shrink_factor, "iterations": n4_iterations,
+                  "convergence_threshold": n4_convergence_threshold} if n4 else None
+    resampled, resampled_mask = _resampled_region(image, mask, spacing_mm, margin_mm, crop, default_value,
+                                                  n4_options)
     standardization = None
-    if wide:
+    if standardize == "reference":
         resampled, resampled_mask, standardization = _standardize_on_reference(
-            resampled, resampled_mask, crop, standardize_target)
+            image, mask, (spacing_mm, margin_mm, default_value, n4_options), crop, resampled, resampled_mask,
+            standardize_target, reference)
     roi = sitk.GetArrayViewFromImage(resampled_mask).ravel() != 0
     flat_index = np.flatnonzero(roi).astype(np.int64)
     if flat_index.size == 0:
@@ -322,20 +322,50 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
                      preview_z, standardization)
 
 
-def _standardize_on_reference(resampled: sitk.Image, resampled_mask: sitk.Image, crop: Grid,
-                              target: float) -> tuple[sitk.Image, sitk.Image, dict]:
-    """Whole slices -> (the crop scaled to the reference, the crop's mask, what was measured)."""
-    from .standardize import reference_fat_signal
+def _resampled_region(image, mask: sitk.Image, spacing_mm, margin_mm: float, grid: Grid,
+                      default_value: float | None, n4_options: dict | None) -> tuple[sitk.Image, sitk.Image]:
+    """``grid``'s resampled image (N4-corrected when ``n4_options``) and mask."""
+    resampled, resampled_mask = crop_and_resample(image, mask, spacing_mm, margin_mm, default_value=default_value,
+                                                  grid=grid)
+    if n4_options is not None:
+        resampled = n4_correct(resampled, **n4_options)
+    return resampled, resampled_mask
 
-    measured = reference_fat_signal(sitk.GetArrayViewFromImage(resampled),
-                                    sitk.GetArrayViewFromImage(resampled_mask) != 0, resampled.GetSpacing())
-    if not measured["reference_signal"] > 0:
-        raise InputError("preprocess", "MRI standardisation: the subcutaneous-fat reference has no signal")
-    scale = float(target) / measured["reference_signal"]
-    image = sitk.Cast(sub_box(resampled, crop) * scale, sitk.sitkFloat32)
-    return image, sub_box(resampled_mask, crop), {"method": "reference", "target": float(target), "scale": scale,
-                                                   **measured}
 
+def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, crop: Grid, resampled: sitk.Image,
+                              resampled_mask: sitk.Image, target: float,
+                              reference: str) -> tuple[sitk.Image, sitk.Image, dict]:
+    """(the crop scaled to its reference, the crop's mask, what was measured).
+
+    The references are first looked for on the ROI's own N4-corrected crop (the canal lies between
+    the muscles, so CSF is always there; posterior fat with its air edge often is): no extra N4.
+    When no reliable reference is found there, whole axial slices are resampled and N4-corrected
+    together, the references measured on them, and the crop cut back out of that correction (the
+    ROI's values and the reference must share one N4 run: its output scale depends on the region).
+    """
+    from .standardize import choose_reference, measure_references, standardization_record
+
+    def measure(volume_image: sitk.Image, roi_image: sitk.Image):
+        return measure_references(sitk.GetArrayViewFromImage(volume_image),
+                                  sitk.GetArrayViewFromImage(roi_image) != 0, volume_image.GetSpacing())
+
+    measured = measure(resampled, resampled_mask)
+    try:
+        chosen, reason, flag = choose_reference(measured, reference)
+    except InputError:
+        chosen, flag = None, "none on the crop"
+    measured_on = f"the ROI's crop (+{resample_args[1]:g} mm)"
+    if chosen is None or flag:
+        spacing_mm, margin_mm, default_value, n4_options = resample_args
+        region = whole_slices(crop, whole_volume_grid(image, spacing_mm))
+        wide, wide_mask = _resampled_region(image, mask, spacing_mm, margin_mm, region, default_value, n4_options)
+        measured = measure(wide, wide_mask)
+        chosen, reason, flag = choose_reference(measured, reference)
+        resampled, resampled_mask = sub_box(wide, crop), sub_box(wide_mask, crop)
+        measured_on = "whole slices"
+    record = standardization_record(measured, chosen, reason, flag, target)
+    record["measured_on"] = measured_on
+    return sitk.Cast(resampled * record["scale"], sitk.sitkFloat32), resampled_mask, record
 
 
 __all__ = ["Grid", "RoiSample", "crop_and_resample", "crop_grid", "n4_correct", "preprocess", "resample_to",

@@ -1,52 +1,289 @@
-"""MRI intensity standardisation on a reference tissue (METHOD.md section 2, step 4; issue 16).
+"""MRI intensity standardisation on a reference tissue (METHOD.md section 2, step 4; issues 16, 24).
 
 T2 signal has no absolute unit: two scanners (or one scanner with another receiver gain) put the
 same muscle at different values, so a threshold fitted on pooled voxels falls between the
-scanners' muscle peaks. ``preprocess.mri.standardize: reference`` rescales each N4-corrected
-series so that a reference tissue found automatically *outside* the ROI lands on a fixed value
+scanners' muscle peaks. ``preprocess.mri.standardize: reference`` (the default) rescales each
+N4-corrected series so that a reference tissue found *outside* the ROI lands on a fixed value
 (``standardize_target``). The scale is never derived from the ROI's own histogram: that would
 rescale a fatty ROI differently from a lean one and erase the very difference the study measures.
 
-Reference tissue
-----------------
-On non-fat-suppressed T2 the natural reference is subcutaneous fat: the brightest large tissue at
-the body's periphery, present in every patient, and far from the paraspinal/psoas ROI. It is
-found on the same N4-corrected image the ROI values come from (N4's output scale depends on the
-region it corrected, so a reference measured on another correction would not cancel it):
+References
+----------
+Both are measured on the same N4-corrected whole axial slices the ROI values come from (N4's
+output scale depends on the region it corrected, so a reference measured on another correction
+would not cancel it).
 
-1. body = voxels above ``AIR_FRACTION`` x the image median, per axial slice with holes filled
-   (bowel gas, vessels, cortical bone are inside the body) and the largest component kept;
-2. peripheral band = body voxels at an in-plane depth of ``BAND_MM`` from the air boundary; the
-   FOV edge is not a boundary (a lumbar FOV often cuts the flanks); the outermost
-   ``SKIN_MM`` are left out (air/fat partial volume, skin);
-3. the ROI dilated by ``ROI_GUARD_MM`` is removed (never measure the ROI);
-4. fat = the bright class of an Otsu split of the band (muscle of the abdominal wall and back
-   is the dark class); its core = the fat class eroded by one voxel in-plane, so voxels that
-   share a muscle/fat border (partial volume) drop out;
-5. reference signal = the median of the core (robust to Rician noise and to what is left of the
-   bias field, which the median averages over the whole ring of fat).
+``csf``: cerebrospinal fluid in the spinal canal (:func:`canal_csf_signal`). Every lumbar T2
+field of view contains it, at every level, a few millimetres from the paraspinal muscles, so it
+survives a spine protocol's 160-220 mm FOV and an obese patient with no air in the image. The
+canal is found from the ROI's anatomy: it lies on the midline between the left and right
+muscles, inside the ROI's antero-posterior extent; the bright class of that midline box (a
+histogram Otsu split, outside the ROI and a 2 mm guard) is CSF (and whatever fat the box holds);
+its largest connected component is the canal. A canal is accepted when it is found on at least
+half of the slices with a plausible cross-section (``CANAL_AREA_MM2``).
 
-scale = ``target / reference signal``; the ROI's values (and the preview slice) are multiplied by it.
+``subcutaneous_fat``: the posterior (and any other) subcutaneous fat where a body edge is
+visible (:func:`reference_fat_signal`): the bright class of a 2-30 mm band inside the body's air
+boundary (the FOV edge is not a boundary), away from the ROI.
+
+Either reference's signal is the median of its *core* (the region eroded by one voxel in-plane,
+so voxels sharing a border with another tissue drop out); its ``spread`` is the interquartile
+range over the median (noise, flow, the bias field's remainder, a mixed region).
+
+Selection (``preprocess.mri.reference``, :func:`choose_reference`)
+----------------------------------------------------------------
+``auto`` (default): CSF when it is reliable (one reference for the whole cohort; the canal is
+always in the field of view), else subcutaneous fat when it is reliable, else the usable one
+with a flag; ``csf`` / ``subcutaneous_fat`` force one. Reliable = at least
+``MIN_RELIABLE_VOXELS`` core voxels and a spread of at most ``MAX_SPREAD``; usable = at least
+``MIN_USABLE_VOXELS``. A series scaled on an unreliable reference is flagged (its row of
+``mri_reference.csv``, the QA sheet, a run note), never scaled silently; a series without any
+usable reference is that patient's error, naming what was missing. Both references are measured
+whenever they exist, and their ratio (fat / CSF) is checked per scanner after pass 1
+(:func:`flag_inconsistent_ratios`).
+
+Nyúl-Udupa histogram landmarks are a documented alternative only where their landmarks come
+from such a reference region, never from the ROI's histogram; they are not built (README).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from scipy import ndimage
 
+from .contract import MRI_REFERENCE_COLUMNS, SCANNER_KEY, STANDARDIZATION_KEY, scanner_label
 from .errors import InputError
+
+#: The references ``preprocess.mri.reference`` names (``auto`` picks one per series).
+REFERENCES = ("csf", "subcutaneous_fat")
+REFERENCE_NAMES = {"csf": "CSF in the spinal canal", "subcutaneous_fat": "subcutaneous fat"}
 
 #: Body vs air: above this fraction of the image's median signal (air and the table are ~0;
 #: flow voids and cortical bone are darker too but lie inside the body and are filled).
 AIR_FRACTION = 0.2
 #: In-plane depth range (mm) of the peripheral band searched for subcutaneous fat.
 SKIN_MM, BAND_MM = 2.0, 30.0
-#: Margin (mm) around the ROI that the reference never touches.
+#: Margin (mm) around the ROI that the fat reference never touches.
 ROI_GUARD_MM = 5.0
-#: Fewer core fat voxels than this: no trustworthy reference (a patient error, not a guess).
-MIN_REFERENCE_VOXELS = 200
+#: Margin (mm) around the ROI that the canal search never touches (the canal lies a few mm from
+#: the paraspinal muscles; partial volume with the ROI's border stays out).
+CANAL_GUARD_MM = 2.0
+#: Half-width (mm) of the midline box searched for the canal.
+CANAL_HALF_WIDTH_MM = 16.0
+#: Radius (mm) of the in-plane opening that detaches the canal from thin bright structures.
+CANAL_OPENING_MM = 3.0
+#: Two Otsu classes whose means differ by less than this factor are one tissue plus noise.
+DISTINCT_TISSUES = 1.3
+#: Plausible in-plane cross-section (mm^2) of the lumbar thecal sac on one slice.
+CANAL_AREA_MM2 = (40.0, 700.0)
+#: Core voxels below this: not usable (the series is that patient's error without another).
+MIN_USABLE_VOXELS = 50
+#: Core voxels below this, or a spread (IQR / median) above ``MAX_SPREAD``: unreliable (flagged).
+MIN_RELIABLE_VOXELS = 200
+MAX_SPREAD = 0.3
+#: fat / CSF ratio further than this (relative) from its scanner's median: flagged.
+MAX_RATIO_DEVIATION = 0.25
+#: Kept for callers of issue 16's single-reference API.
+MIN_REFERENCE_VOXELS = MIN_RELIABLE_VOXELS
 
 
+@dataclass(frozen=True)
+class ReferenceMeasurement:
+    """One reference tissue measured on one series.
+
+    ``value`` is the median signal of the core (None when the tissue was not found), ``voxels``
+    the core's size, ``spread`` its IQR / median, ``region`` where it was measured (words and
+    the in-plane centre in voxel indices of the whole slices), ``problem`` why it is unusable or
+    unreliable ('' when reliable).
+    """
+
+    reference: str
+    value: float | None
+    voxels: int
+    spread: float | None
+    region: str
+    problem: str
+    centre_yx: tuple[float, float] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.value is not None and self.value > 0 and self.voxels >= MIN_USABLE_VOXELS
+
+    @property
+    def reliable(self) -> bool:
+        return self.usable and not self.problem
+
+
+def _in_plane_cross() -> np.ndarray:
+    cross = np.zeros((1, 3, 3), bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    return cross
+
+
+def _disk(radius_mm: float, spacing_xyz) -> np.ndarray:
+    """(1, Y, X) bool in-plane disk of ``radius_mm``."""
+    ry, rx = (max(1, int(radius_mm // float(s))) for s in (spacing_xyz[1], spacing_xyz[0]))
+    yy, xx = np.mgrid[-ry:ry + 1, -rx:rx + 1]
+    return ((yy * float(spacing_xyz[1])) ** 2 + (xx * float(spacing_xyz[0])) ** 2 <= radius_mm ** 2)[None]
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` on a ``bins``-bin histogram (low class: x <= t).
+
+    numpy only (scikit-image is a test extra); the bin centre returned is the one
+    ``skimage.filters.threshold_otsu(values, nbins=bins)`` returns.
+    """
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    counts = counts.astype(float)
+    weight_low = np.cumsum(counts)
+    weight_high = np.cumsum(counts[::-1])[::-1]
+    mean_low = np.cumsum(counts * centres) / np.maximum(weight_low, 1e-300)
+    mean_high = (np.cumsum((counts * centres)[::-1]) / np.maximum(weight_high[::-1], 1e-300))[::-1]
+    between = weight_low[:-1] * weight_high[1:] * (mean_low[:-1] - mean_high[1:]) ** 2
+    return float(centres[:-1][int(np.argmax(between))])
+
+
+def _core_statistics(volume: np.ndarray, region: np.ndarray) -> tuple[float | None, int, float | None]:
+    """(median, voxels, IQR / median) of the region eroded by one voxel in-plane (the region if too thin)."""
+    core = ndimage.binary_erosion(region, structure=_in_plane_cross())
+    if np.count_nonzero(core) < MIN_USABLE_VOXELS:
+        core = region  # thin: every voxel is a border voxel; better than none
+    n = int(np.count_nonzero(core))
+    if n == 0:
+        return None, 0, None
+    q25, median, q75 = np.percentile(volume[core], [25, 50, 75])
+    spread = float((q75 - q25) / median) if median > 0 else None
+    return float(median), n, spread
+
+
+def _judge(reference: str, value, voxels: int, spread, region: str, centre=None) -> ReferenceMeasurement:
+    """A measurement with its problem in words ('' when reliable)."""
+    name = REFERENCE_NAMES[reference]
+    if value is None or voxels < MIN_USABLE_VOXELS:
+        problem = f"{name}: only {voxels} voxels found (at least {MIN_USABLE_VOXELS} needed)"
+    elif not value > 0:
+        problem = f"{name}: no signal"
+    elif voxels < MIN_RELIABLE_VOXELS:
+        problem = f"{name}: only {voxels} voxels (fewer than {MIN_RELIABLE_VOXELS})"
+    elif spread is None or spread > MAX_SPREAD:
+        problem = f"{name}: wide spread (IQR/median {spread:.2f} > {MAX_SPREAD:g})"
+    else:
+        problem = ""
+    return ReferenceMeasurement(reference, value, voxels, spread, region, problem, centre)
+
+
+def _absent(reference: str, why: str) -> ReferenceMeasurement:
+    return ReferenceMeasurement(reference, None, 0, None, "", f"{REFERENCE_NAMES[reference]}: {why}")
+
+
+def _guard(roi: np.ndarray, spacing_xyz, margin_mm: float) -> np.ndarray:
+    guard_vox = [max(1, int(round(margin_mm / s))) for s in (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])]
+    return ndimage.binary_dilation(roi, structure=np.ones([2 * g + 1 for g in guard_vox], bool))
+
+
+# ----------------------------------------------------------------------------- CSF in the canal
+def _canal_search_box(roi: np.ndarray, spacing_xyz) -> np.ndarray | None:
+    """(Z, Y, X) bool: the midline box between the ROI's left and right muscles, on every slice."""
+    zz, yy, xx = np.nonzero(roi)
+    if xx.size == 0:
+        return None
+    x_mid = 0.5 * (float(np.percentile(xx, 2)) + float(np.percentile(xx, 98)))  # bilateral muscles
+    half = CANAL_HALF_WIDTH_MM / float(spacing_xyz[0])
+    box = np.zeros(roi.shape, bool)
+    x0, x1 = max(int(np.floor(x_mid - half)), 0), min(int(np.ceil(x_mid + half)) + 1, roi.shape[2])
+    y0, y1 = int(yy.min()), int(yy.max()) + 1
+    box[:, y0:y1, x0:x1] = True
+    return box
+
+
+def _largest(labels: np.ndarray) -> np.ndarray:
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _brightest_tissue(volume: np.ndarray, region: np.ndarray, spacing_xyz) -> np.ndarray:
+    """The region's brightest tissue: split by Otsu while its two classes are distinct tissues.
+
+    The bright component around the canal can still hold a ring of another tissue (cancellous
+    bone of the arch, the disc's nucleus); CSF is the bright class of the region. Two classes
+    whose means differ by less than ``DISTINCT_TISSUES`` are one tissue and noise: stop.
+    """
+    for _ in range(3):
+        values = volume[region]
+        if values.size < 2 * MIN_USABLE_VOXELS:
+            break
+        split = otsu_threshold(values)
+        low, high = values[values <= split], values[values > split]
+        if low.size == 0 or high.size == 0 or high.mean() < DISTINCT_TISSUES * low.mean():
+            break
+        bright = ndimage.binary_opening(region & (volume > split), structure=_disk(1.0, spacing_xyz))
+        labels, n = ndimage.label(bright)
+        if n == 0:
+            break
+        region = _largest(labels)
+    return region
+
+
+def canal_csf_signal(volume: np.ndarray, roi: np.ndarray, spacing_xyz,
+                     canal: np.ndarray | None = None) -> ReferenceMeasurement:
+    """CSF in the spinal canal of one N4-corrected series (see the module notes).
+
+    Parameters
+    ----------
+    volume : (Z, Y, X) float ndarray
+        N4-corrected T2 signal on whole axial slices around the ROI.
+    roi : (Z, Y, X) bool ndarray
+        The ROI (bilateral psoas and paraspinal muscles) on the same grid; never measured.
+    spacing_xyz : (3,) floats
+        Voxel spacing (x, y, z) in mm.
+    canal : (Z, Y, X) bool ndarray, optional
+        The canal from a segmentation (e.g. TotalSegmentator's ``spinal_cord``); without it the
+        canal is found in the image.
+    """
+    pixel_mm2 = float(spacing_xyz[0]) * float(spacing_xyz[1])
+    outside = ~_guard(roi, spacing_xyz, CANAL_GUARD_MM)
+    if canal is not None and np.count_nonzero(canal & outside):
+        region = canal & outside
+        where = "spinal canal (segmentation)"
+    else:
+        box = _canal_search_box(roi, spacing_xyz)
+        if box is None:
+            return _absent("csf", "no ROI to find the midline from")
+        search = box & outside & (volume > 0)
+        if np.count_nonzero(search) < 2 * MIN_USABLE_VOXELS:
+            return _absent("csf", "the midline between the muscles is not in the image")
+        bright = search & (volume > otsu_threshold(volume[search]))
+        # an in-plane opening breaks thin bright bridges (fat planes between the muscles, 2-4 mm)
+        # that would join the canal to other bright tissue; the thecal sac (>= 10 mm) survives it
+        bright = ndimage.binary_opening(bright, structure=_disk(CANAL_OPENING_MM, spacing_xyz))
+        labels, n = ndimage.label(bright)
+        if n == 0:
+            return _absent("csf", "no bright structure on the midline between the muscles")
+        region = _largest(labels)
+        region = _brightest_tissue(volume, region, spacing_xyz)
+        where = "spinal canal (image)"
+    area = region.reshape(region.shape[0], -1).sum(axis=1) * pixel_mm2
+    present = area > 0
+    low, high = CANAL_AREA_MM2
+    plausible = present & (area >= low) & (area <= high)
+    if np.count_nonzero(plausible) < max(1, present.size // 2):
+        median_area = float(np.median(area[present])) if present.any() else 0.0
+        return _absent("csf", f"no canal-shaped region (median cross-section {median_area:.0f} mm2 on "
+                              f"{int(np.count_nonzero(present))} of {present.size} slices; "
+                              f"{low:g}-{high:g} mm2 expected on at least half)")
+    region &= plausible[:, None, None]
+    value, voxels, spread = _core_statistics(volume, region)
+    _, yy, xx = np.nonzero(region)
+    centre = (float(yy.mean()), float(xx.mean()))
+    where = f"{where}, {int(np.count_nonzero(plausible))} slices, {float(np.median(area[plausible])):.0f} mm2 each"
+    return _judge("csf", value, voxels, spread, where, centre)
+
+
+# ----------------------------------------------------------------------------- subcutaneous fat
 def _body_mask(volume: np.ndarray) -> np.ndarray:
     """(Z, Y, X) bool: the body on each axial slice (holes filled, largest component)."""
     level = AIR_FRACTION * float(np.median(volume))
@@ -75,62 +312,142 @@ def _depth_mm(body: np.ndarray, spacing_xyz) -> np.ndarray:
     return depth
 
 
-def _otsu(values: np.ndarray) -> float:
-    from skimage.filters import threshold_otsu
+def subcutaneous_fat_measurement(volume: np.ndarray, roi: np.ndarray, spacing_xyz) -> ReferenceMeasurement:
+    """The subcutaneous fat of one N4-corrected series where a body edge is visible.
 
-    return float(threshold_otsu(values))
+    1. body = voxels above ``AIR_FRACTION`` x the image median, per slice, holes filled, largest
+       component; 2. band = body voxels 2-30 mm in-plane from the air boundary (the FOV edge is
+       not a boundary); 3. the ROI dilated by ``ROI_GUARD_MM`` removed; 4. fat = the bright
+       class of the band's Otsu split (the muscle of the wall and back is the dark class).
+    """
+    body = _body_mask(volume)
+    depth = _depth_mm(body, spacing_xyz)
+    band = body & (depth >= SKIN_MM) & (depth <= BAND_MM) & ~_guard(roi, spacing_xyz, ROI_GUARD_MM)
+    if np.count_nonzero(band) < 2 * MIN_USABLE_VOXELS:
+        return _absent("subcutaneous_fat", "no body edge in the field of view (no air beside the body)")
+    fat = band & (volume > otsu_threshold(volume[band]))
+    value, voxels, spread = _core_statistics(volume, fat)
+    if voxels:
+        _, yy, xx = np.nonzero(fat)
+        centre = (float(yy.mean()), float(xx.mean()))
+    else:
+        centre = None
+    return _judge("subcutaneous_fat", value, voxels, spread,
+                  f"subcutaneous fat, {SKIN_MM:g}-{BAND_MM:g} mm inside the body edge", centre)
 
 
 def reference_fat_signal(volume: np.ndarray, roi: np.ndarray, spacing_xyz) -> dict:
-    """Median signal of the subcutaneous-fat core of one N4-corrected series.
+    """Median signal of the subcutaneous-fat core of one N4-corrected series (issue 16's API).
 
-    Parameters
-    ----------
-    volume : (Z, Y, X) float ndarray
-        N4-corrected T2 signal on whole axial slices around the ROI (1 mm grid).
-    roi : (Z, Y, X) bool ndarray
-        The ROI on the same grid (excluded, with a guard margin).
-    spacing_xyz : (3,) floats
-        Voxel spacing (x, y, z) in mm.
+    Returns ``reference_signal``, ``reference_voxels`` and ``reference_iqr``; raises
+    :class:`InputError` ("no body edge ...") when the fat is not usable.
+    """
+    measured = subcutaneous_fat_measurement(volume, roi, spacing_xyz)
+    if not measured.usable:
+        raise InputError("preprocess", f"MRI standardisation: {measured.problem}")
+    return {"reference_signal": measured.value, "reference_voxels": measured.voxels,
+            "reference_iqr": (measured.spread or 0.0) * measured.value}
 
-    Returns
-    -------
-    dict
-        ``reference_signal`` (median of the fat core), ``reference_voxels`` (core size),
-        ``reference_iqr`` (interquartile range of the core, a noise/bias-remainder check),
-        ``band_threshold`` (the Otsu split of the band).
+
+# ----------------------------------------------------------------------------- selection
+def measure_references(volume: np.ndarray, roi: np.ndarray, spacing_xyz,
+                       canal: np.ndarray | None = None) -> dict[str, ReferenceMeasurement]:
+    """Every reference of one series (both are measured, for the per-scanner consistency check)."""
+    return {"csf": canal_csf_signal(volume, roi, spacing_xyz, canal),
+            "subcutaneous_fat": subcutaneous_fat_measurement(volume, roi, spacing_xyz)}
+
+
+def choose_reference(measured: dict[str, ReferenceMeasurement], reference: str = "auto"
+                     ) -> tuple[ReferenceMeasurement, str, str]:
+    """(the reference to scale on, the reason in words, a flag ('' when reliable)).
 
     Raises
     ------
     InputError
-        Fewer than ``MIN_REFERENCE_VOXELS`` core fat voxels (no body edge in the field of view,
-        no subcutaneous fat): the series cannot be standardised.
+        No usable reference (forced: the one named), naming what was missing.
     """
-    body = _body_mask(volume)
-    depth = _depth_mm(body, spacing_xyz)
-    guard_vox = [max(1, int(round(ROI_GUARD_MM / s))) for s in (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])]
-    guard = ndimage.binary_dilation(roi, structure=np.ones([2 * g + 1 for g in guard_vox], bool))
-    band = body & (depth >= SKIN_MM) & (depth <= BAND_MM) & ~guard
-    if np.count_nonzero(band) < 2 * MIN_REFERENCE_VOXELS:
-        raise InputError("preprocess", "MRI standardisation: no body edge with subcutaneous fat found around "
-                                       "the ROI (is the body outline inside the field of view?); use "
-                                       "preprocess.mri.standardize: none for this cohort")
-    split = _otsu(volume[band])
-    fat = band & (volume > split)
-    in_plane = np.zeros((1, 3, 3), bool)
-    in_plane[0, 1, :] = in_plane[0, :, 1] = True
-    core = ndimage.binary_erosion(fat, structure=in_plane)
-    if np.count_nonzero(core) < MIN_REFERENCE_VOXELS:
-        core = fat  # thin fat: every fat voxel is a border voxel; better than none
-    n = int(np.count_nonzero(core))
-    if n < MIN_REFERENCE_VOXELS:
-        raise InputError("preprocess", f"MRI standardisation: only {n} subcutaneous-fat voxels found outside the "
-                                       f"ROI (at least {MIN_REFERENCE_VOXELS} needed); use "
-                                       "preprocess.mri.standardize: none for this cohort")
-    values = volume[core]
-    q25, median, q75 = np.percentile(values, [25, 50, 75])
-    return {"reference_signal": float(median), "reference_voxels": n, "reference_iqr": float(q75 - q25),
-            "band_threshold": split}
+    if reference not in ("auto", *REFERENCES):
+        raise ValueError(f"reference must be auto or one of {REFERENCES}, got {reference!r}")
+    if reference != "auto":
+        chosen = measured[reference]
+        if not chosen.usable:
+            raise InputError("preprocess", f"MRI standardisation (preprocess.mri.reference: {reference}): "
+                                           f"{chosen.problem}; try preprocess.mri.reference: auto")
+        return chosen, "named in the config (preprocess.mri.reference)", \
+            "" if chosen.reliable else f"unreliable reference: {chosen.problem}"
+    csf, fat = measured["csf"], measured["subcutaneous_fat"]
+    if csf.reliable:
+        return csf, "CSF reliable (preferred: in every lumbar FOV, beside the ROI)", ""
+    if fat.reliable:
+        return fat, f"CSF not reliable ({csf.problem})", ""
+    for candidate in (csf, fat):
+        if candidate.usable:
+            return candidate, "no reliable reference; the usable one", f"unreliable reference: {candidate.problem}"
+    raise InputError("preprocess", f"MRI standardisation: no usable reference tissue ({csf.problem}; "
+                                   f"{fat.problem}); give the canal via the segmentation, or set "
+                                   "preprocess.mri.standardize: none for this cohort")
 
 
-__all__ = ["reference_fat_signal"]
+def standardization_record(measured: dict[str, ReferenceMeasurement], chosen: ReferenceMeasurement, reason: str,
+                           flag: str, target: float) -> dict:
+    """The series summary's ``standardization`` entry (JSON-ready)."""
+    csf, fat = measured["csf"], measured["subcutaneous_fat"]
+    ratio = fat.value / csf.value if csf.usable and fat.usable else None
+    return {"method": "reference", "reference": chosen.reference, "reason": reason, "flag": flag,
+            "target": float(target), "scale": float(target) / float(chosen.value),
+            "reference_signal": chosen.value, "reference_voxels": chosen.voxels, "reference_spread": chosen.spread,
+            "region": chosen.region, "centre_yx": list(chosen.centre_yx) if chosen.centre_yx else None,
+            "fat_to_csf": ratio,
+            "measured": {name: {k: v for k, v in asdict(m).items() if k in ("value", "voxels", "spread", "problem")}
+                         for name, m in measured.items()}}
+
+
+def flag_inconsistent_ratios(rows: list[dict]) -> list[dict]:
+    """Per scanner, flag a series whose fat / CSF ratio is off its scanner's median.
+
+    ``rows``: dicts with ``scanner``, ``fat_to_csf`` (None when one reference is missing) and
+    ``flag``; returned with the flag extended and ``scanner_fat_to_csf`` (the scanner's median)
+    set. Needs at least three series with both references on a scanner.
+    """
+    by_scanner: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get("fat_to_csf") is not None:
+            by_scanner.setdefault(row["scanner"], []).append(float(row["fat_to_csf"]))
+    medians = {k: float(np.median(v)) for k, v in by_scanner.items() if len(v) >= 3}
+    out = []
+    for row in rows:
+        row = dict(row)
+        median = medians.get(row["scanner"])
+        row["scanner_fat_to_csf"] = median
+        ratio = row.get("fat_to_csf")
+        if median and ratio is not None and abs(ratio / median - 1.0) > MAX_RATIO_DEVIATION:
+            note = (f"fat/CSF ratio {ratio:.2f} is {100 * abs(ratio / median - 1):.0f}% off its scanner's "
+                    f"median {median:.2f}: one reference is doubtful")
+            row["flag"] = f"{row['flag']}; {note}" if row.get("flag") else note
+        out.append(row)
+    return out
+
+
+def reference_rows(summaries: list[dict]) -> list[dict]:
+    """The rows of ``mri_reference.csv`` (:data:`MRI_REFERENCE_COLUMNS`) from pass-1 summaries.
+
+    One row per standardised MRI series, the per-scanner ratio check applied; [] when none.
+    """
+    rows = []
+    for summary in summaries:
+        record = summary.get(STANDARDIZATION_KEY) if summary.get("status") == "ok" else None
+        if summary.get("modality") != "mri" or not record:
+            continue
+        rows.append({"patient_id": summary["patient_id"], "scanner": scanner_label(summary.get(SCANNER_KEY)),
+                     "reference": record.get("reference", "subcutaneous_fat"), "reason": record.get("reason", ""),
+                     "region": record.get("region", ""), "value": record.get("reference_signal"),
+                     "voxels": record.get("reference_voxels"), "spread": record.get("reference_spread"),
+                     "scale": record.get("scale"), "fat_to_csf": record.get("fat_to_csf"),
+                     "flag": record.get("flag", "")})
+    rows = flag_inconsistent_ratios(rows)
+    return [{k: row.get(k) for k in MRI_REFERENCE_COLUMNS} for row in rows]
+
+
+__all__ = ["REFERENCES", "ReferenceMeasurement", "canal_csf_signal", "choose_reference", "flag_inconsistent_ratios",
+           "measure_references", "otsu_threshold", "reference_fat_signal", "reference_rows", "standardization_record",
+           "subcutaneous_fat_measurement"]

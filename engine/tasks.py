@@ -218,7 +218,8 @@ def _standardize_options(prep) -> dict:
     """The MRI standardisation keywords of :func:`engine.preprocess.preprocess` (CT has none)."""
     if getattr(prep, "standardize", "none") == "none":
         return {}
-    return {"standardize": prep.standardize, "standardize_target": prep.standardize_target}
+    return {"standardize": prep.standardize, "standardize_target": prep.standardize_target,
+            "reference": prep.reference}
 
 
 def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:

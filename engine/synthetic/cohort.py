@@ -173,7 +173,7 @@ _FIRST_M = ("JOHN", "PETER", "ARTHUR", "CARLOS", "DAVID", "HENRY", "OSCAR", "VIK
 _INSTITUTION = "Synthetic General Hospital"
 
 # random streams: one SeedSequence per (seed, patient index, stream)
-_S_CLINICAL, _S_ANATOMY, _S_FIELD, _S_CT, _S_MR, _S_READER_CT, _S_READER_MR, _S_PHI = range(1, 9)
+_S_CLINICAL, _S_ANATOMY, _S_FIELD, _S_CT, _S_MR, _S_READER_CT, _S_READER_MR, _S_PHI, _S_SPINE_FOV = range(1, 10)
 
 
 def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -728,17 +728,20 @@ def _muscle_areas(anat: _Anatomy) -> dict:
     return {name: float(counts[label]) * step * step for label, name in ROI_LABELS.items()}
 
 
-def _simulate(seed: int, index: int, size: str, lean: bool = False) -> dict:
+def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: bool = False) -> dict:
     """Everything about one patient, in memory: parameters, grids, images, ROIs, truth.
 
     ``lean``: no intramuscular fat at all (target 0, the marbling field never crosses its
     threshold); every random draw is still made, so the rest of the patient is unchanged.
+    ``spine_fov``: the MRI is a spine protocol's 160-200 mm FOV (:func:`_spine_fov_acquisition`).
     """
     cfg = _SIZES[size]
     label = _patient_label(seed, index)
     clinical = _clinical(label, _rng(seed, index, _S_CLINICAL))
     rng = _rng(seed, index, _S_ANATOMY)
     params = _anatomy_params(label, clinical, rng)
+    if spine_fov and _spine_fov_obese(index):
+        params = _obese_params(params)
     anat = _build_anatomy(params, rng)
     field = _build_fat_field(anat, params["imf_target_fraction"], _rng(seed, index, _S_FIELD))
     if lean:
@@ -782,9 +785,13 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False) -> dict:
         mr_matrix = int(rng.choice(cfg["mr_matrix"]))
         mr_pixel = rng.uniform(max(lo, 190.0 / mr_matrix), min(hi, 280.0 / mr_matrix))
     mr_frame = (rng.normal(0.0, 10.0), rng.normal(0.0, 15.0), rng.uniform(-80.0, 80.0))
-    mr_grid = _make_grid(mr_matrix, mr_pixel, _MR_SLICES, _MR_SPACING_MM, _MR_THICKNESS_MM,
-                         (rng.uniform(-5, 5), canal_v - 10.0 + rng.uniform(-5, 5)), mr_frame,
-                         rng.uniform(-1.5, 1.5))
+    mr_centre = (rng.uniform(-5, 5), canal_v - 10.0 + rng.uniform(-5, 5))
+    mr_z_shift = rng.uniform(-1.5, 1.5)
+    if spine_fov:   # issue 24: a spine protocol's small FOV (its own stream: the rest is unchanged)
+        mr_matrix, mr_pixel, mr_centre = _spine_fov_acquisition(anat, cfg, _rng(seed, index, _S_SPINE_FOV),
+                                                                  _spine_fov_obese(index))
+    mr_grid = _make_grid(mr_matrix, mr_pixel, _MR_SLICES, _MR_SPACING_MM, _MR_THICKNESS_MM, mr_centre, mr_frame,
+                         mr_z_shift)
     muscle_signal = float(rng.normal(300.0, 30.0) if vendor == "SIEMENS" else rng.normal(900.0, 80.0))
     fat_ratio = float(rng.uniform(2.7, 3.3))
     rel = np.zeros(_N_TISSUES, dtype=np.float32)
@@ -822,10 +829,55 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False) -> dict:
                "noise_sd": ct_noise_sd, "phi": ct_phi, "disc_z_mm": round(ct_frame[2], 3)},
         "mr": {"grid": mr_grid, "stored": mr_stored, "roi": mr_roi, "rendered": mr, "reader_op": mr_reader_op,
                "noise_sd": noise_sd, "phi": mr_phi, "disc_z_mm": round(mr_frame[2], 3), "vendor": vendor, "muscle_signal": muscle_signal,
-               "fat_ratio": fat_ratio, "bias_amplitude": bias_amp, "bits": mr_bits},
+               "fat_ratio": fat_ratio, "bias_amplitude": bias_amp, "bits": mr_bits,
+               "fov_mm": float(mr_grid.u.size * mr_grid.spacing_mm[0]),
+               "air_fraction": float(np.mean(mr.tissue == AIR))},
         "areas": areas,
         "vertebra": anat.vertebra,   # issue 17: the TotalSegmentator writer splits L3/L4 at its disc
     }
+
+
+# =========================================================================================
+# Issue 24: a spine protocol's MRI field of view (kept apart for easy merging)
+# =========================================================================================
+_SPINE_FOV_MM = (160.0, 200.0)
+#: Obese patients' posterior subcutaneous fat (mm) and body growth: no air in a spine FOV.
+_OBESE_SUBCUT_MM, _OBESE_BODY_SCALE = 40.0, 1.15
+_OBESE_MIN_BODY_MM = (180.0, 140.0)   # half-width, half-depth: deeper than any spine FOV
+
+
+def _spine_fov_obese(index: int) -> bool:
+    """Every third patient of a spine-FOV cohort is obese (no air in the field of view)."""
+    return index % 3 == 2
+
+
+def _obese_params(params: dict) -> dict:
+    """The patient's anatomy with a thick subcutaneous fat layer and a larger body outline."""
+    out = dict(params)
+    out["subcut_fat_mm"] = max(params["subcut_fat_mm"], _OBESE_SUBCUT_MM)
+    out["body_a_mm"] = max(params["body_a_mm"] * _OBESE_BODY_SCALE, _OBESE_MIN_BODY_MM[0])
+    out["body_b_mm"] = max(params["body_b_mm"] * _OBESE_BODY_SCALE, _OBESE_MIN_BODY_MM[1])
+    return out
+
+
+def _spine_fov_acquisition(anat: _Anatomy, cfg: dict, rng, obese: bool) -> tuple[int, float, tuple]:
+    """(matrix, pixel mm, FOV centre (u, v) mm) of a 160-200 mm axial T2 centred on the spine.
+
+    The centre lies on the canal or up to 20 mm anterior to it (towards the vertebral body, as
+    spine protocols plan it); the FOV never reaches beyond the posterior skin of an obese patient
+    (its posterior edge stays 3 mm inside the body outline), so such a patient has no air at all.
+    """
+    fov = float(rng.uniform(*_SPINE_FOV_MM))
+    matrix = int(cfg["mr_matrix"][0]) if cfg["mr_matrix"] else int(round(fov / 0.7 / 16.0) * 16)
+    pixel = fov / matrix
+    canal_v = anat.canal.blob.cy
+    centre_v = canal_v - float(rng.uniform(0.0, 20.0))
+    outer = anat.base[1].blob     # the body outline (subcutaneous fat's outer surface)
+    if obese:   # keep the FOV's posterior corners inside the skin: no air
+        half = fov / 2.0 + 5.0
+        corner_skin_v = outer.b * (1.0 - (half / outer.a) ** outer.power) ** (1.0 / outer.power)
+        centre_v = min(centre_v, 0.93 * corner_skin_v - 3.0 - fov / 2.0)
+    return matrix, pixel, (float(rng.uniform(-5.0, 5.0)), centre_v)
 
 
 def _bias_field(grid: _Grid, rng) -> tuple[np.ndarray, float]:
@@ -859,11 +911,12 @@ def _truth_fractions(rendered: _Rendered, roi: np.ndarray, grid: _Grid) -> dict:
     }
 
 
-def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool = False) -> tuple[dict, dict, list]:
+def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool = False,
+                   spine_fov: bool = False) -> tuple[dict, dict, list]:
     """Simulate and write one patient; returns (manifest row, truth row, planted PHI strings)."""
     from engine.synthetic.dicom_writer import write_dicom_seg, write_dicom_series, write_mask  # noqa: PLC0415
 
-    sim = _simulate(seed, index, size, lean)
+    sim = _simulate(seed, index, size, lean, spine_fov)
     pid = f"SYN{index + 1:04d}"
     pdir = out_dir / "patients" / pid
     if pdir.exists():
@@ -942,6 +995,7 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
         "mri_vendor": mr["vendor"], "mri_muscle_signal": mr["muscle_signal"],
         "mri_fat_to_muscle": mr["fat_ratio"], "mri_noise_sd": mr["noise_sd"],
         "mri_bias_amplitude": mr["bias_amplitude"],
+        "mri_fov_mm": mr["fov_mm"], "mri_air_fraction": mr["air_fraction"],
         "ct_transfer_syntax": syntax, "ct_roi_format": ct_format, "mri_roi_format": mr_format,
         "ct_reader_ops": ct["reader_op"], "mri_reader_ops": mr["reader_op"],
         "ct_disc_z_mm": ct["disc_z_mm"], "mri_disc_z_mm": mr["disc_z_mm"],
@@ -1130,7 +1184,7 @@ def _assign_splits(rows: list[dict], seed: int) -> list[str]:
 
 def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "clinical", workers: int = 1,
                       progress: Callable[[int, int], None] | None = None, splits: bool = False,
-                      lean: bool = False) -> Path:
+                      lean: bool = False, spine_fov: bool = False) -> Path:
     """Write a synthetic lumbar CT + T2 MRI sarcopenia cohort with known truth.
 
     Parameters
@@ -1159,6 +1213,11 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
         the ROI still takes in the thin fat planes at the muscle borders, as a reader's ROI does.
         The cohort on which a two-class split divides one tissue (issue 18). False (default):
         the output is unchanged.
+    spine_fov : bool, default False
+        True (issue 24): the MRI is acquired the way a lumbar spine protocol does, a 160-200 mm
+        field of view centred on the spinal canal that cuts the flanks and part of the back's
+        subcutaneous fat; every third patient (index 2, 5, ...) is obese with no air anywhere in
+        that field of view. CT and everything else are unchanged. False (default): unchanged.
 
     Returns
     -------
@@ -1180,14 +1239,15 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     results: dict[int, tuple] = {}
     if workers == 1 or n_patients == 1:
         for i in range(n_patients):
-            results[i] = _write_patient(out_dir, seed, i, size, lean)
+            results[i] = _write_patient(out_dir, seed, i, size, lean, spine_fov)
             if progress is not None:
                 progress(len(results), n_patients)
     else:
         # spawn: no inherited locks or threads from the caller (Dask, BLAS pools)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, n_patients), mp_context=context) as pool:
-            futures = {pool.submit(_write_patient, out_dir, seed, i, size, lean): i for i in range(n_patients)}
+            futures = {pool.submit(_write_patient, out_dir, seed, i, size, lean, spine_fov): i
+                       for i in range(n_patients)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if progress is not None:

@@ -1,0 +1,199 @@
+"""Issue 24: MRI standardisation that survives a spine-centred field of view, on by default.
+
+The phantom (``synthesize_cohort(spine_fov=True)``): lumbar axial T2 with a 160-200 mm field of
+view centred on the spine, flanks cut, posterior subcutaneous fat partly cut, every third patient
+obese without any air in the image; two vendors ~3x apart in gain and a 20-30 % bias field. The
+truth is the phantom's fat fraction inside the ROI (truth.csv), never a value the engine computed.
+The run uses the *default* MRI preprocessing: on the code before issue 24 (``standardize: none``
+by default, and a fat-only reference) these tests fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.config import load_config
+from engine.contract import MRI_REFERENCE_COLUMNS, MRI_REFERENCE_CSV
+from engine.errors import InputError
+
+N_PATIENTS = 12   # 6 per vendor, 4 obese without air
+SEED = 24
+
+
+@pytest.fixture(scope="session")
+def spine_cohort(tmp_path_factory):
+    from engine.synthetic import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("spine_fov")
+    manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=SEED, size="small", spine_fov=True, workers=2)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    mri_only = root / "manifest_mri.csv"
+    table.drop(columns=["ct_image", "ct_roi", "ct_segmentation"]).to_csv(mri_only, index=False)
+    return mri_only
+
+
+@pytest.fixture(scope="session")
+def spine_run(spine_cohort, tmp_path_factory):
+    from engine.pipeline import run
+
+    out = tmp_path_factory.mktemp("spine_fov_run")
+    # the default MRI preprocessing, N4 shortened (the test is about scaling, not N4)
+    config = load_config(overrides={
+        "run": {"backend": "cpu", "scheduler": "inline", "report": False, "habitats": False, "qa": False},
+        "stats": {"enabled": False}, "preprocess": {"mri": {"n4_iterations": [20, 20]}}})
+    result = run(spine_cohort, out_dir=out, config=config)
+    features = pd.read_csv(out / "features.csv").merge(pd.read_csv(spine_cohort.parent / "truth.csv"),
+                                                       on="patient_id")
+    return out, result, features
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_phantom_is_a_spine_protocol_fov(spine_cohort):
+    truth = pd.read_csv(spine_cohort.parent / "truth.csv")
+    assert truth["mri_fov_mm"].between(160.0, 200.0).all()
+    assert (truth["mri_air_fraction"] == 0).sum() >= 3, "obese patients without any air in the FOV"
+    assert set(truth["mri_vendor"]) == {"SIEMENS", "Philips"}
+
+
+@pytest.mark.parametrize("method, r_min", [("otsu", 0.95), ("kmeans", 0.95), ("gmm", 0.90)])
+def test_issue24_spine_fov_mri_fat_tracks_the_truth_by_default(spine_run, method, r_min):
+    _, result, merged = spine_run
+    assert len(merged) == N_PATIENTS
+    assert result.errors.empty, result.errors.to_string()
+    fat_percent = merged[f"mri_{method}_fat_percent"]
+    assert fat_percent.notna().all(), "every patient has a value"
+    r = np.corrcoef(fat_percent, merged["mri_true_fat_fraction"])[0, 1]
+    assert r >= r_min, f"{method}: r = {r:.3f}"
+
+
+def test_issue24_mri_reference_csv_names_each_series_reference(spine_run):
+    out, _, merged = spine_run
+    table = pd.read_csv(out / MRI_REFERENCE_CSV, dtype={"patient_id": str}, keep_default_na=False)
+    assert tuple(table.columns) == MRI_REFERENCE_COLUMNS
+    assert sorted(table["patient_id"]) == sorted(merged["patient_id"])
+    assert set(table["reference"]) == {"csf"}, "the canal is in every lumbar FOV"
+    assert (table["reason"] != "").all() and (table["region"].str.contains("canal")).all()
+    assert (pd.to_numeric(table["voxels"]) >= 200).all() and (table["flag"] == "").all()
+    vendor = merged.set_index("patient_id")["mri_vendor"]
+    scale = table.set_index("patient_id")["scale"].astype(float)
+    # the synthetic Philips gain is ~3x the Siemens one: every Philips scale is smaller
+    assert scale[vendor == "Philips"].max() < scale[vendor == "SIEMENS"].min()
+    # engine diagnostics, never statistics candidates: not in the feature table
+    assert not {"scale", "reference", "flag"} & set(pd.read_csv(out / "features.csv").columns)
+
+
+# --------------------------------------------------------------------------- measurement units
+def _lumbar_slab(roi_value: float, gain: float, rng, *, air: bool = True, csf: bool = True):
+    """(volume, roi): 8 slices of 1 mm; muscle 300 x gain, fat 900, CSF 1080, a canal between
+    four muscle blocks (the ROI), posterior fat and (``air``) air beyond the back."""
+    z, y, x = np.mgrid[0:8, 0:140, 0:140].astype(float)
+    volume = np.full(z.shape, 300.0)
+    if air:
+        volume[:, 120:, :] = 900.0
+        volume[:, 132:, :] = 0.0
+    roi = np.zeros(z.shape, bool)
+    for cx in (40, 100):
+        roi[:, 30:60, cx - 18:cx + 18] = True     # psoas
+        roi[:, 80:115, cx - 22:cx + 22] = True    # paraspinals
+    if csf:
+        volume[((x - 70) / 10) ** 2 + ((y - 70) / 7) ** 2 <= 1] = 1080.0
+    volume[roi] = roi_value
+    volume = gain * volume + rng.normal(0.0, 10.0 * gain, volume.shape)
+    return np.abs(volume).astype(np.float32), roi
+
+
+def test_csf_ignores_the_roi_and_follows_the_gain():
+    """Never derived from the ROI's histogram: a fatty and a lean ROI give the same CSF value."""
+    from engine.standardize import canal_csf_signal
+
+    rng = np.random.default_rng(24)
+    fatty = canal_csf_signal(*_lumbar_slab(900.0, 1.0, rng), (1.0, 1.0, 1.0))
+    lean = canal_csf_signal(*_lumbar_slab(300.0, 1.0, rng), (1.0, 1.0, 1.0))
+    bright = canal_csf_signal(*_lumbar_slab(300.0, 3.0, rng), (1.0, 1.0, 1.0))
+    assert fatty.reliable and lean.reliable and bright.reliable
+    assert fatty.value == pytest.approx(1080.0, rel=0.02)
+    assert fatty.value == pytest.approx(lean.value, rel=0.01)
+    assert bright.value / lean.value == pytest.approx(3.0, rel=0.02)
+
+
+def test_auto_prefers_csf_and_falls_back_to_fat_with_its_reason():
+    from engine.standardize import choose_reference, measure_references
+
+    rng = np.random.default_rng(1)
+    chosen, reason, flag = choose_reference(measure_references(*_lumbar_slab(300.0, 1.0, rng), (1, 1, 1)))
+    assert chosen.reference == "csf" and reason and not flag
+    no_canal = measure_references(*_lumbar_slab(300.0, 1.0, rng, csf=False), (1, 1, 1))
+    chosen, reason, flag = choose_reference(no_canal)
+    assert chosen.reference == "subcutaneous_fat" and "CSF" in reason and not flag
+    assert chosen.value == pytest.approx(900.0, rel=0.03)
+
+
+def test_no_usable_reference_is_a_patient_error_naming_what_was_missing():
+    from engine.standardize import choose_reference, measure_references
+
+    rng = np.random.default_rng(2)
+    measured = measure_references(*_lumbar_slab(300.0, 1.0, rng, air=False, csf=False), (1, 1, 1))
+    with pytest.raises(InputError, match="CSF in the spinal canal.*subcutaneous fat.*no body edge") as error:
+        choose_reference(measured)
+    assert error.value.stage == "preprocess"
+    # a forced reference that is missing names that one; the other one is not taken silently
+    measured = measure_references(*_lumbar_slab(300.0, 1.0, rng, air=False), (1, 1, 1))
+    with pytest.raises(InputError, match="reference: subcutaneous_fat.*no body edge"):
+        choose_reference(measured, "subcutaneous_fat")
+    assert choose_reference(measured, "csf")[0].reference == "csf"
+
+
+def test_an_unreliable_reference_is_flagged_not_scaled_silently():
+    from engine.standardize import ReferenceMeasurement, choose_reference, flag_inconsistent_ratios
+
+    wide = ReferenceMeasurement("csf", 1000.0, 5000, 0.6, "spinal canal", "CSF in the spinal canal: wide spread")
+    few = ReferenceMeasurement("subcutaneous_fat", 900.0, 80, 0.05, "fat", "subcutaneous fat: only 80 voxels")
+    chosen, _, flag = choose_reference({"csf": wide, "subcutaneous_fat": few})
+    assert chosen is wide and "unreliable" in flag and "wide spread" in flag
+    rows = [{"scanner": "A", "fat_to_csf": r, "flag": ""} for r in (0.85, 0.86, 0.84, 0.55)]
+    flagged = flag_inconsistent_ratios(rows)
+    assert [bool(r["flag"]) for r in flagged] == [False, False, False, True]
+    assert "fat/CSF ratio 0.55" in flagged[3]["flag"]
+
+
+def test_otsu_matches_scikit_image():
+    from skimage.filters import threshold_otsu
+
+    from engine.standardize import otsu_threshold
+
+    rng = np.random.default_rng(3)
+    for n_bright in (50, 500, 5000):
+        values = np.concatenate([rng.normal(300, 30, 2000), rng.normal(1000, 60, n_bright)])
+        assert otsu_threshold(values) == pytest.approx(threshold_otsu(values, nbins=256))
+
+
+def test_standardization_does_not_need_scikit_image():
+    """A plain install has no scikit-image (a [test] extra): the reference must not import it."""
+    code = ("import sys, numpy as np\n"
+            "sys.modules['skimage'] = None\n"
+            "from engine.standardize import measure_references\n"
+            "from engine.preprocess import preprocess\n"
+            "v = np.full((4, 40, 40), 300.0, np.float32); v[:, 30:, :] = 900; v[:, 36:, :] = 0\n"
+            "roi = np.zeros(v.shape, bool); roi[:, 5:15, 5:15] = True\n"
+            "measure_references(v, roi, (1.0, 1.0, 1.0))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reference_is_the_default_for_mri():
+    import yaml
+
+    from engine.config import validate
+
+    assert load_config().preprocess.mri.standardize == "reference"
+    assert load_config().preprocess.mri.reference == "auto"
+    from pathlib import Path
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text())
+    assert validate(shipped).preprocess.mri.standardize == "reference"
