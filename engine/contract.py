@@ -240,6 +240,8 @@ def habitat_path(habitat_dir: str | Path, patient_id: str, modality: str, method
 #: Arrays of an ROI sample ``.npz`` (:class:`engine.preprocess.RoiSample`).
 SAMPLE_KEYS = ("values", "flat_index", "in_window", "size", "spacing", "origin", "direction", "preview",
                "preview_z")
+#: Optional array of an MRI sample: the intensity reference's region on the preview slice (issue 24).
+REFERENCE_PREVIEW_KEY = "reference_preview"
 
 # ----------------------------------------------------------------------------- derived ROI (issue 17)
 #: Label values of a derived ROI (and of the synthetic cohort's hand ROIs): the four muscles of the

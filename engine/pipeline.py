@@ -39,6 +39,7 @@ from .contract import (
     MRI_REFERENCE_COLUMNS,
     MRI_REFERENCE_CSV,
     PROVENANCE_JSON,
+    STANDARDIZATION_KEY,
     THRESHOLDS_JSON,
     derived_roi_path,
     disc_planes_path,
@@ -171,6 +172,11 @@ def _publish_mri_reference(batch: _Batch, summaries: list[dict]) -> None:
     rows = reference_rows(summaries)
     if not rows:
         return
+    flags = {r["patient_id"]: r["flag"] for r in rows}
+    for summary in summaries:   # the per-scanner ratio check's flags reach the QA pictures too
+        record = summary.get(STANDARDIZATION_KEY) if summary.get("modality") == "mri" else None
+        if record and summary["patient_id"] in flags:
+            record["flag"] = flags[summary["patient_id"]]
     write_csv(batch.out_dir / MRI_REFERENCE_CSV, pd.DataFrame(rows, columns=list(MRI_REFERENCE_COLUMNS)))
     flagged = [r["patient_id"] for r in rows if r["flag"]]
     if flagged:

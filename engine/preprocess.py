@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .contract import REFERENCE_PREVIEW_KEY
 from .errors import InputError
 from .outputs import atomic_path
 
@@ -87,6 +88,9 @@ class RoiSample:
     #: MRI standardisation applied (``engine.standardize``): method, reference signal, scale.
     #: Reported in the series summary; not stored in the ``.npz`` (the values are already scaled).
     standardization: dict | None = None
+    #: (Y, X) bool: the MRI reference's region on the preview slice (issue 24; QA draws it);
+    #: stored in the ``.npz`` only when there is one (key ``reference_preview``).
+    reference_preview: np.ndarray | None = None
 
     @property
     def roi_voxels(self) -> int:
@@ -106,6 +110,8 @@ class RoiSample:
                   "size": np.asarray(self.grid.size, np.int64), "spacing": np.asarray(self.grid.spacing),
                   "origin": np.asarray(self.grid.origin), "direction": np.asarray(self.grid.direction),
                   "preview": self.preview, "preview_z": np.int64(self.preview_z)}
+        if self.reference_preview is not None:
+            arrays[REFERENCE_PREVIEW_KEY] = self.reference_preview
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
@@ -116,8 +122,9 @@ class RoiSample:
         with np.load(path, allow_pickle=False) as data:
             grid = Grid(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),
                         tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))
+            reference = data[REFERENCE_PREVIEW_KEY] if REFERENCE_PREVIEW_KEY in data.files else None
             return cls(data["values"], data["flat_index"], data["in_window"], grid, data["preview"],
-                       int(data["preview_z"]))
+                       int(data["preview_z"]), reference_preview=reference)
 
     def label_volume(self, labels: np.ndarray) -> sitk.Image:
         """A (Z, Y, X) uint8 image on :attr:`grid`, 0 outside the ROI, ``labels`` inside."""
@@ -299,9 +306,9 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
                   "convergence_threshold": n4_convergence_threshold} if n4 else None
     resampled, resampled_mask = _resampled_region(image, mask, spacing_mm, margin_mm, crop, default_value,
                                                   n4_options)
-    standardization = None
+    standardization = reference_region = None
     if standardize == "reference":
-        resampled, resampled_mask, standardization = _standardize_on_reference(
+        resampled, resampled_mask, standardization, reference_region = _standardize_on_reference(
             image, mask, (spacing_mm, margin_mm, default_value, n4_options), crop, resampled, resampled_mask,
             standardize_target, reference)
     roi = sitk.GetArrayViewFromImage(resampled_mask).ravel() != 0
@@ -319,7 +326,8 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
         low, high = window
         in_window = (values >= low) & (values <= high)
     return RoiSample(values, flat_index, in_window, Grid.of(resampled), np.array(volume[preview_z], np.float32),
-                     preview_z, standardization)
+                     preview_z, standardization,
+                     None if reference_region is None else np.array(reference_region[preview_z], bool))
 
 
 def _resampled_region(image, mask: sitk.Image, spacing_mm, margin_mm: float, grid: Grid,
@@ -334,8 +342,9 @@ def _resampled_region(image, mask: sitk.Image, spacing_mm, margin_mm: float, gri
 
 def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, crop: Grid, resampled: sitk.Image,
                               resampled_mask: sitk.Image, target: float,
-                              reference: str) -> tuple[sitk.Image, sitk.Image, dict]:
-    """(the crop scaled to its reference, the crop's mask, what was measured).
+                              reference: str) -> tuple[sitk.Image, sitk.Image, dict, np.ndarray | None]:
+    """(the crop scaled to its reference, the crop's mask, what was measured, the reference's
+    region on the crop grid (Z, Y, X) bool, for QA).
 
     The references are first looked for on the ROI's own N4-corrected crop (the canal lies between
     the muscles, so CSF is always there; posterior fat with its air edge often is): no extra N4.
@@ -365,7 +374,12 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
         measured_on = "whole slices"
     record = standardization_record(measured, chosen, reason, flag, target)
     record["measured_on"] = measured_on
-    return sitk.Cast(resampled * record["scale"], sitk.sitkFloat32), resampled_mask, record
+    reference_region = chosen.region_mask
+    if reference_region is not None and measured_on == "whole slices":
+        region_image = sitk.GetImageFromArray(reference_region.astype(np.uint8))
+        region_image.CopyInformation(wide)
+        reference_region = sitk.GetArrayFromImage(sub_box(region_image, crop)) != 0
+    return sitk.Cast(resampled * record["scale"], sitk.sitkFloat32), resampled_mask, record, reference_region
 
 
 __all__ = ["Grid", "RoiSample", "crop_and_resample", "crop_grid", "n4_correct", "preprocess", "resample_to",

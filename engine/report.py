@@ -51,6 +51,7 @@ from .contract import (
     MODALITIES,
     MODALITY_NAMES,
     MODEL_JSON,
+    MRI_REFERENCE_CSV,
     PATIENTS_KEY,
     PREDICTIONS_CSV,
     PROVENANCE_JSON,
@@ -404,6 +405,22 @@ def scanner_sections(thresholds: dict) -> list[dict]:
     return sections
 
 
+def mri_references(run_dir: Path) -> dict[str, dict]:
+    """Issue 24: the run folder's ``mri_reference.csv`` by patient id ({} when absent or unreadable)."""
+    try:
+        table = pd.read_csv(Path(run_dir) / MRI_REFERENCE_CSV, dtype={"patient_id": str}, keep_default_na=False)
+    except (OSError, ValueError):
+        return {}
+    return {str(row["patient_id"]): row for row in table.to_dict("records")}
+
+
+def _reference_cells(reference: dict) -> list[str]:
+    """Issue 24: a series' reference (region), its signal before scaling, why it was chosen, its flag."""
+    region = f"{reference['reference']} ({reference['region']})" if reference.get("region") else reference["reference"]
+    return [str(region), format_number(float(reference["value"])), str(reference.get("reason") or ""),
+            str(reference.get("flag") or "")]
+
+
 def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict | None:
     """Issue 16: each MRI series' scanner and fitted scale (cache summaries), and the MRI fat
     percent per scanner and method (median over its patients), so a scanner the pooled
@@ -411,6 +428,7 @@ def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict 
     if features is None or "patient_id" not in features:
         return None
     rows, by_scanner = [], {}
+    references = mri_references(run_dir)   # issue 24: the published reference of each series
     for pid in features["patient_id"].astype(str):
         summary = _read_json_quiet(summary_path(run_dir / CACHE_DIR, pid, "mri"))
         if not summary or summary.get("status") != "ok":
@@ -418,7 +436,9 @@ def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict 
         label = scanner_label(summary.get("scanner"))
         by_scanner.setdefault(label, []).append(pid)
         scale = (summary.get(STANDARDIZATION_KEY) or {}).get("scale")
-        rows.append([pid, label, format_number(scale) if scale is not None else "–"])
+        reference = references.get(pid)
+        rows.append([pid, label, format_number(scale) if scale is not None else "–",
+                     *(_reference_cells(reference) if reference else ["–", "–", "–", ""])])
     if not rows:
         return None
     methods = [m for m in METHODS if feature_name("mri", m, "fat", "percent") in features]
@@ -429,7 +449,9 @@ def mri_series_by_scanner(run_dir: Path, features: pd.DataFrame | None) -> dict 
                                              errors="coerce").median()) for m in methods]
         result_rows.append([label, str(len(pids)), *cells])
     return {
-        "series": _table(["Patient", "Scanner", "Scale"], rows, [False, False, True]),
+        "flagged": [pid for pid, r in references.items() if r.get("flag")],
+        "series": _table(["Patient", "Scanner", "Scale", "Reference (region)", "Reference signal", "Reason",
+                          "Flag"], rows, [False, False, True, False, True, False, False]),
         "result": _table(["Scanner", "Patients", *[f"{METHOD_NAMES[m]} fat % (median)" for m in methods]],
                          result_rows, [False, True, *[True] * len(methods)]),
     }

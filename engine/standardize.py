@@ -48,7 +48,7 @@ from such a reference region, never from the ROI's histogram; they are not built
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -106,6 +106,8 @@ class ReferenceMeasurement:
     region: str
     problem: str
     centre_yx: tuple[float, float] | None = None
+    #: (Z, Y, X) bool: the voxels measured (before the core's erosion), for QA.
+    region_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def usable(self) -> bool:
@@ -159,7 +161,8 @@ def _core_statistics(volume: np.ndarray, region: np.ndarray) -> tuple[float | No
     return float(median), n, spread
 
 
-def _judge(reference: str, value, voxels: int, spread, region: str, centre=None) -> ReferenceMeasurement:
+def _judge(reference: str, value, voxels: int, spread, region: str, centre=None,
+           mask: np.ndarray | None = None) -> ReferenceMeasurement:
     """A measurement with its problem in words ('' when reliable)."""
     name = REFERENCE_NAMES[reference]
     if value is None or voxels < MIN_USABLE_VOXELS:
@@ -172,7 +175,7 @@ def _judge(reference: str, value, voxels: int, spread, region: str, centre=None)
         problem = f"{name}: wide spread (IQR/median {spread:.2f} > {MAX_SPREAD:g})"
     else:
         problem = ""
-    return ReferenceMeasurement(reference, value, voxels, spread, region, problem, centre)
+    return ReferenceMeasurement(reference, value, voxels, spread, region, problem, centre, mask)
 
 
 def _absent(reference: str, why: str) -> ReferenceMeasurement:
@@ -280,7 +283,7 @@ def canal_csf_signal(volume: np.ndarray, roi: np.ndarray, spacing_xyz,
     _, yy, xx = np.nonzero(region)
     centre = (float(yy.mean()), float(xx.mean()))
     where = f"{where}, {int(np.count_nonzero(plausible))} slices, {float(np.median(area[plausible])):.0f} mm2 each"
-    return _judge("csf", value, voxels, spread, where, centre)
+    return _judge("csf", value, voxels, spread, where, centre, region)
 
 
 # ----------------------------------------------------------------------------- subcutaneous fat
@@ -333,7 +336,7 @@ def subcutaneous_fat_measurement(volume: np.ndarray, roi: np.ndarray, spacing_xy
     else:
         centre = None
     return _judge("subcutaneous_fat", value, voxels, spread,
-                  f"subcutaneous fat, {SKIN_MM:g}-{BAND_MM:g} mm inside the body edge", centre)
+                  f"subcutaneous fat, {SKIN_MM:g}-{BAND_MM:g} mm inside the body edge", centre, fat)
 
 
 def reference_fat_signal(volume: np.ndarray, roi: np.ndarray, spacing_xyz) -> dict:
@@ -343,7 +346,7 @@ def reference_fat_signal(volume: np.ndarray, roi: np.ndarray, spacing_xyz) -> di
     :class:`InputError` ("no body edge ...") when the fat is not usable.
     """
     measured = subcutaneous_fat_measurement(volume, roi, spacing_xyz)
-    if not measured.usable:
+    if not measured.usable or measured.value is None:
         raise InputError("preprocess", f"MRI standardisation: {measured.problem}")
     return {"reference_signal": measured.value, "reference_voxels": measured.voxels,
             "reference_iqr": (measured.spread or 0.0) * measured.value}
@@ -392,13 +395,15 @@ def standardization_record(measured: dict[str, ReferenceMeasurement], chosen: Re
                            flag: str, target: float) -> dict:
     """The series summary's ``standardization`` entry (JSON-ready)."""
     csf, fat = measured["csf"], measured["subcutaneous_fat"]
-    ratio = fat.value / csf.value if csf.usable and fat.usable else None
+    ratio = fat.value / csf.value if csf.usable and fat.usable and fat.value and csf.value else None
+    if chosen.value is None:
+        raise ValueError(f"{chosen.reference} has no value to scale on")
     return {"method": "reference", "reference": chosen.reference, "reason": reason, "flag": flag,
-            "target": float(target), "scale": float(target) / float(chosen.value),
+            "target": float(target), "scale": float(target) / chosen.value,
             "reference_signal": chosen.value, "reference_voxels": chosen.voxels, "reference_spread": chosen.spread,
-            "region": chosen.region, "centre_yx": list(chosen.centre_yx) if chosen.centre_yx else None,
+            "region": chosen.region,
             "fat_to_csf": ratio,
-            "measured": {name: {k: v for k, v in asdict(m).items() if k in ("value", "voxels", "spread", "problem")}
+            "measured": {name: {"value": m.value, "voxels": m.voxels, "spread": m.spread, "problem": m.problem}
                          for name, m in measured.items()}}
 
 

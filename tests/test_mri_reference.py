@@ -10,6 +10,7 @@ by default, and a fat-only reference) these tests fail.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def spine_run(spine_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("spine_fov_run")
     # the default MRI preprocessing, N4 shortened (the test is about scaling, not N4)
     config = load_config(overrides={
-        "run": {"backend": "cpu", "scheduler": "inline", "report": False, "habitats": False, "qa": False},
+        "run": {"backend": "cpu", "scheduler": "inline", "report": False, "habitats": False, "qa": True},
         "stats": {"enabled": False}, "preprocess": {"mri": {"n4_iterations": [20, 20]}}})
     result = run(spine_cohort, out_dir=out, config=config)
     features = pd.read_csv(out / "features.csv").merge(pd.read_csv(spine_cohort.parent / "truth.csv"),
@@ -70,6 +71,7 @@ def test_issue24_spine_fov_mri_fat_tracks_the_truth_by_default(spine_run, method
     fat_percent = merged[f"mri_{method}_fat_percent"]
     assert fat_percent.notna().all(), "every patient has a value"
     r = np.corrcoef(fat_percent, merged["mri_true_fat_fraction"])[0, 1]
+    print(f"spine FOV, {method}: r = {r:.4f}")
     assert r >= r_min, f"{method}: r = {r:.3f}"
 
 
@@ -87,6 +89,27 @@ def test_issue24_mri_reference_csv_names_each_series_reference(spine_run):
     assert scale[vendor == "Philips"].max() < scale[vendor == "SIEMENS"].min()
     # engine diagnostics, never statistics candidates: not in the feature table
     assert not {"scale", "reference", "flag"} & set(pd.read_csv(out / "features.csv").columns)
+
+
+def test_issue24_qa_and_report_show_each_series_reference(spine_run):
+    from engine.contract import QA_DIR, QA_INDEX, QA_PANELS_JSON
+    from engine.report import mri_series_by_scanner
+
+    out, _, merged = spine_run
+    records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text())
+    assert len(records) == N_PATIENTS
+    assert all(r["fields"]["mri_reference"].startswith("CSF ") and r["fields"]["mri_reference_flag"] == ""
+               for r in records)
+    sheet = (out / QA_DIR / QA_INDEX).read_text()
+    assert "MRI reference" in sheet and "Reference spread" in sheet   # sortable columns
+    assert sheet.count(">CSF ") == N_PATIENTS
+    section = mri_series_by_scanner(out, pd.read_csv(out / "features.csv", dtype={"patient_id": str}))
+    header = section["series"]["columns"]
+    assert "Reference (region)" in header and "Reference signal" in header
+    rows = section["series"]["rows"]
+    assert len(rows) == N_PATIENTS
+    assert all(row[3].startswith("csf (spinal canal") and float(row[4]) > 0 for row in rows)
+    assert section["flagged"] == []
 
 
 # --------------------------------------------------------------------------- measurement units

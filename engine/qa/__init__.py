@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..contract import CACHE_DIR, MODALITY_NAMES, qa_png_path, qa_strip_path
+from ..contract import CACHE_DIR, MODALITY_NAMES, STANDARDIZATION_KEY, qa_png_path, qa_strip_path
 from ..outputs import write_bytes
 from .panel import OverlayChoice, load_strip, overlay_choice, png_bytes, render_panel
+from .reference import reference_caption
 from .sheet import SHEET_FIELDS, SHEET_WARNINGS, SheetField, panel_record, render_sheet, write_panels
 
 __all__ = ["SHEET_FIELDS", "SHEET_WARNINGS", "SheetField", "qa_specs", "render_series", "render_sheet",
@@ -60,6 +61,8 @@ def render_series(summary: dict, spec: dict, run_dir: str) -> dict:
     try:
         sample = RoiSample.load(summary["sample"])
         title = f"{pid}   {MODALITY_NAMES.get(modality, modality)}   {series_source(summary)}"
+        if summary.get(STANDARDIZATION_KEY):   # issue 24: the reference, outlined on the slice
+            title += f"   ref {reference_caption(summary[STANDARDIZATION_KEY])}"
         picture = render_panel(sample, strip, modality=modality, fat_is=spec["fat_is"],
                                choice=OverlayChoice(**spec["overlay"]), title=title)
         write_bytes(target, png_bytes(picture))

@@ -38,6 +38,8 @@ FAT_RGB = (255, 26, 26)
 OVERLAY_ALPHA = 0.5
 OUTLINE_RGB = (255, 230, 0)
 CANAL_RGB = (0, 230, 230)
+#: Issue 24: outline of the MRI intensity reference's region (CSF in the canal, subcutaneous fat).
+REFERENCE_RGB = (60, 220, 60)
 PLANE_RGB = (255, 140, 0)
 SLAB_RGB = (255, 230, 0)
 BACKGROUND_RGB = (24, 24, 24)
@@ -168,6 +170,9 @@ def axial_image(sample, choice: OverlayChoice, fat_is: str, modality: str, scale
     _blend(rgb, muscle_px, MUSCLE_RGB)
     _blend(rgb, fat_px, FAT_RGB)
     rgb[_outline(roi_px)] = OUTLINE_RGB
+    reference = getattr(sample, "reference_preview", None)   # issue 24: the MRI intensity reference's region
+    if reference is not None and np.shape(reference) == preview.shape:
+        rgb[_outline(_scale(view.apply(np.asarray(reference, bool)), rows, cols))] = REFERENCE_RGB
     return rgb, view, shown.shape
 
 

@@ -40,6 +40,7 @@ from ..contract import (
     QA_DIR,
     QA_INDEX,
     QA_PANELS_JSON,
+    STANDARDIZATION_KEY,
     THRESHOLDS_JSON,
     excluded_voxels_column,
     feature_name,
@@ -48,6 +49,7 @@ from ..contract import (
 )
 from ..outputs import write_json, write_text
 from .panel import overlay_choice
+from .reference import reference_caption
 
 #: Warn when a fitted method and the fixed HU bound classify more than this share of a series' voxels differently.
 VS_FIXED_WARN_PERCENT = 10.0
@@ -94,10 +96,36 @@ def _disc_plane(row: dict) -> object:
     return None if value is None else float(value)
 
 
-#: Extra columns (see the module docstring). Issue 24 adds each MRI series' standardisation reference here.
+def _mri_reference(summary: dict) -> dict | None:
+    return summary.get(STANDARDIZATION_KEY) if summary.get("modality") == "mri" else None
+
+
+def _reference_name(summary: dict) -> object:
+    record = _mri_reference(summary)
+    return reference_caption(record) if record else None
+
+
+def _reference_spread(summary: dict) -> object:
+    record = _mri_reference(summary)
+    return None if not record or record.get("reference_spread") is None else float(record["reference_spread"])
+
+
+def _reference_flag(summary: dict) -> object:
+    record = _mri_reference(summary)
+    return (record.get("flag") or "") if record else None
+
+
+#: Extra columns (see the module docstring).
 SHEET_FIELDS: list[SheetField] = [
     SheetField("disc_z_mm", "Disc z (mm)", "LPS z of the disc plane the derived ROI is centred on "
                "(derived_roi/disc_planes.csv)", from_row=_disc_plane),
+    # issue 24: each MRI series' intensity reference (mri_reference.csv; outlined green on the picture)
+    SheetField("mri_reference", "MRI reference", "the tissue the MRI series was scaled on, its signal before "
+               "scaling and the scale (mri_reference.csv)", from_summary=_reference_name),
+    SheetField("mri_reference_spread", "Reference spread", "IQR / median of the reference's voxels: a wide spread "
+               "means a mixed or noisy region", from_summary=_reference_spread, decimals=3),
+    SheetField("mri_reference_flag", "Reference flag", "why the reference is doubtful (too few voxels, a wide "
+               "spread, a fat/CSF ratio off its scanner's)", from_summary=_reference_flag),
 ]
 
 
@@ -143,6 +171,9 @@ SHEET_WARNINGS: list[SheetWarning] = [
     SheetWarning("no_strip", "no sagittal strip", "the sagittal strip could not be cut",
                  lambda r: not r["record"].get("strip")),
     SheetWarning("no_picture", "no picture", "the QA picture could not be drawn", lambda r: not r["record"].get("png")),
+    SheetWarning("mri_reference", "MRI reference flagged", "the MRI intensity reference is doubtful: too few "
+                 "voxels, a wide spread or a fat/CSF ratio off its scanner's (mri_reference.csv)",
+                 lambda r: bool(r["record"].get("fields", {}).get("mri_reference_flag"))),
 ]
 
 
