@@ -108,7 +108,7 @@ def test_issue24_qa_and_report_show_each_series_reference(spine_run):
     assert "Reference (region)" in header and "Reference signal" in header
     rows = section["series"]["rows"]
     assert len(rows) == N_PATIENTS
-    assert all(row[3].startswith("csf (spinal canal") and float(row[4]) > 0 for row in rows)
+    assert all(row[3].startswith("csf (spinal canal") and float(row[4].replace(",", "")) > 0 for row in rows)
     assert section["flagged"] == []
 
 
