@@ -28,6 +28,7 @@ PACKAGES=(
   simpleitk==2.5.7                                  # resampling, N4, NIfTI/NRRD
   pydicom==3.0.2 pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0
   pylibjpeg-rle==2.2.0 pyjpegls==1.5.1 highdicom==0.28.2
+  pynetdicom==3.0.4 dicomweb-client==0.61.2 retrying==1.4.2   # sarco fetch / export (issue 22)
   dask==2026.7.1 distributed==2026.7.1              # dask-cuda 26.10's pin (rapids-dask-dependency)
   partd==1.4.2 locket==1.0.0 tblib==3.2.2 tornado==6.6.1 zict==3.0.0
   bokeh==3.9.2 xyzservices==2026.9.1                # the dashboard (distributed warns without it)
