@@ -164,24 +164,38 @@ def logistic_command(csv, label: str, variables: list[str], as_json: bool = Fals
     Returns ``{"csv", "label", "n", "n_events", "method", "status", "terms": [{"term", "or", "ci_low",
     "ci_high", "p", "method"}], "notes"}``: OR per unit (per level for a categorical term) with its
     95% CI and p: Wald for maximum likelihood, penalised likelihood-ratio p and profile CI for Firth.
+    The rows are the complete cases over ``variables``; a variable that is an exact linear
+    combination of the intercept and earlier ones is dropped as the study stage drops it
+    (:func:`engine.stats.logistic.drop_collinear`), listed in ``dropped_collinear`` with a note.
     """
-    from .models import fit_logistic_model
+    from ._design import missing_rows, resolve_categorical
+    from .logistic import drop_collinear
+    from .models import fit_logistic_model, label_vector
 
     variables = [v.strip() for v in variables if v.strip()]
     if not variables:
         raise ValueError("--vars names no column (give them comma-separated: --vars age,bmi)")
     df = _read(csv, [label, *variables])
-    outcome = fit_logistic_model(df, label, variables)
+    # as the study stage does (issue 21): an exactly collinear variable is dropped with a note
+    # naming it and its partners, on the complete cases over every named variable
+    categorical = resolve_categorical(df, variables, None)
+    kinds = {v: {"kind": "categorical" if v in categorical else "numeric"} for v in variables}
+    complete = df.loc[~np.isnan(label_vector(df[label])) & ~missing_rows(df, variables, kinds)]
+    kept, dropped = drop_collinear(complete, variables, categorical)
+    outcome = fit_logistic_model(complete, label, kept, categorical=categorical)
+    outcome.notes[:0] = [d["note"] for d in dropped]
     method = {"ml": "Wald (maximum likelihood)", "firth": "Firth penalised likelihood-ratio, profile CI"}.get(
         outcome.fit.method, outcome.fit.method)
     terms = [{"term": row["term"], "or": row["or"], "ci_low": row["or_ci_low"], "ci_high": row["or_ci_high"],
               "p": row["p"], "method": method} for row in outcome.summary.iloc[1:].to_dict(orient="records")]
     result = _json_safe({"csv": str(csv), "label": label, "n": outcome.n, "n_events": outcome.n_events,
                          "method": outcome.fit.method, "status": outcome.fit.status, "terms": terms,
+                         "dropped_collinear": [{"variable": d["variable"], "partners": d["partners"]}
+                                               for d in dropped],
                          "notes": list(outcome.notes)})
     if as_json:
         return result, json.dumps(result, indent=2)
-    lines = [f"logistic regression of '{label}' on {', '.join(variables)}: {result['n']} patients, "
+    lines = [f"logistic regression of '{label}' on {', '.join(kept)}: {result['n']} patients, "
              f"{result['n_events']} events ({method})",
              f"{'term':<24} {'OR':>9} {'95% CI':>21} {'p':>8}"]
     for t in result["terms"]:
