@@ -88,6 +88,17 @@ def feature_names(modality: str, methods) -> list[str]:
     return names + [roi_volume_column(modality), excluded_voxels_column(modality)] + vs_fixed_columns(modality, methods)
 
 
+#: Every per-patient column the engine produces that is neither a body-composition feature of a
+#: (modality, method) model nor a clinical variable: ``sarco study --table`` and the statistics
+#: recognise them by this set, never by a name pattern (issue 21). A stage that adds a diagnostic
+#: column to :func:`feature_names` adds its names here, one line per family.
+DIAGNOSTIC_COLUMNS: frozenset[str] = frozenset(
+    [roi_volume_column(m) for m in MODALITIES]
+    + [excluded_voxels_column(m) for m in MODALITIES]
+    + [column for m in MODALITIES for column in vs_fixed_columns(m, ALL_METHODS)]
+)
+
+
 def model_name(modality: str, method: str) -> str:
     """An imaging model's name in the statistics (``ct_otsu``)."""
     return f"{modality}_{method}"

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .contract import (
     ALL_METHODS,
+    DIAGNOSTIC_COLUMNS,
     FEATURES_CSV,
     LABEL,
     MODALITIES,
@@ -28,7 +29,6 @@ from .contract import (
     STUDY_JSON,
     TABLE_FILES,
     THRESHOLDS_JSON,
-    excluded_voxels_column,
     imaging_models,
     method_features,
     model_name,
@@ -48,8 +48,6 @@ TABLE_MODEL_FORMAT = "sarco-table-study/1"
 
 #: Columns of a feature table that are never clinical variables.
 RESERVED_COLUMNS = (PATIENT_ID, LABEL, SPLIT)
-#: Per-modality imaging columns that belong to no (modality, method) model and are not clinical.
-_MODALITY_EXTRAS = {column(m) for m in MODALITIES for column in (roi_volume_column, excluded_voxels_column)}
 
 
 def clinical_columns(manifest: Manifest, configured: list[str] | None) -> list[str]:
@@ -219,7 +217,7 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
 
     The table has ``patient_id``, ``label`` (1/0/empty), ``split`` (train/validation/prospective),
     imaging features named as in METHOD.md section 4 and any other column as a clinical variable
-    (``{modality}_roi_volume`` and ``{modality}_excluded_voxels`` are imaging, not clinical).
+    (the engine's diagnostic columns, :data:`engine.contract.DIAGNOSTIC_COLUMNS`, are not clinical).
     Writes what ``sarco run`` writes for statistics: tables/, predictions.csv, study.json,
     model.json (:data:`TABLE_MODEL_FORMAT`), features.csv, and report.html when ``run.report``.
     Returns the ``study.json`` summary and the notes.
@@ -228,7 +226,7 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
 
     table = read_feature_table(table_path)
     models = table_models(table.columns)
-    imaging = {c for columns in models.values() for c in columns} | _MODALITY_EXTRAS
+    imaging = {c for columns in models.values() for c in columns} | DIAGNOSTIC_COLUMNS
     columns = cfg.stats.clinical_columns
     if columns is None:
         columns = [c for c in table.columns if c not in RESERVED_COLUMNS and c not in imaging]

@@ -44,3 +44,32 @@ def test_stats_logistic_names_and_drops_collinear_variables(tmp_path, capsys):
     assert main(["stats", "logistic", "--csv", str(path), "--label", "label", "--vars", variables]) == 0
     text = capsys.readouterr().out
     assert "n/a" not in text and "'age_months' dropped" in text and "'ct_otsu_muscle_percent' dropped" in text
+
+
+def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical(tmp_path):
+    """Issue 21: ``ct_*_vs_fixed_percent`` of the engine's features.csv entered Table 2 and the clinical model."""
+    from engine.config import load_config
+    from engine.contract import ALL_METHODS, DIAGNOSTIC_COLUMNS, feature_names, vs_fixed_column
+    from engine.study import run_table_study
+
+    rng = np.random.default_rng(5)
+    n = 45
+    y = (np.arange(n) % 3 == 0).astype(float)
+    table = pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(n)], "split": "train", "label": y,
+                          "age": rng.normal(70, 6, n) + 4 * y})
+    columns = feature_names("ct", ["otsu", "fixed"])
+    assert vs_fixed_column("ct", "otsu") in columns  # the engine writes it
+    for column in columns:
+        table[column] = rng.normal(50, 10, n)
+    table.to_csv(tmp_path / "features.csv", index=False)
+    cfg = load_config(overrides={"run": {"report": False}, "stats": {"cv_folds": 2}})
+    run_table_study(tmp_path / "features.csv", tmp_path / "study", cfg)
+    model = json.loads((tmp_path / "study" / "model.json").read_text())
+    assert model["clinical_columns"] == ["age"]
+    table2 = pd.read_csv(tmp_path / "study" / "tables" / "table2_groups.csv")
+    assert set(table2["variable"]) == {"age"}
+    # every engine column is a model feature or a registered diagnostic: none is left to a name pattern
+    for modality in ("ct", "mri"):
+        for column in feature_names(modality, ALL_METHODS):
+            parsed = column.split("_")
+            assert column in DIAGNOSTIC_COLUMNS or (len(parsed) == 4 and parsed[1] in ALL_METHODS), column
