@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .contract import QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
+from .contract import NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
@@ -54,9 +54,24 @@ def _overrides(args) -> dict:
     return overrides
 
 
+#: Failures shown on the terminal after a run; the rest are in errors.csv.
+SHOWN_FAILURES = 5
+
+
+def _failure_lines(errors) -> list[str]:
+    """The first :data:`SHOWN_FAILURES` rows of errors.csv, one line each (patient, modality, stage, reason)."""
+    rows = errors.to_dict(orient="records")
+    lines = [f"  {r['patient_id']} {str(r['modality']).upper()} [{r['stage']}]: {_one_line(r['reason'])}"
+             for r in rows[:SHOWN_FAILURES]]
+    if len(rows) > SHOWN_FAILURES:
+        lines.append(f"  ... {len(rows) - SHOWN_FAILURES} more in errors.csv")
+    return lines
+
+
 def _summary(result, out_dir: Path) -> str:
     lines = [f"{result.n_patients} patients, backend {result.backend}, "
              f"{result.n_failed} failed patient-modalit{'y' if result.n_failed == 1 else 'ies'} (errors.csv)"]
+    lines.extend(_failure_lines(result.errors))
     for modality, fit in result.thresholds.get("modalities", {}).items():
         parts = ", ".join(f"{m} {v['threshold']:.1f}" for m, v in fit["methods"].items())
         lines.append(f"{modality.upper()} thresholds ({fit['unit']}): {parts}  [{fit['n_patients']} training patients]")
@@ -97,12 +112,13 @@ def cmd_apply(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    from .executors import progress_reporter
     from .synthetic import synthesize_cohort
     from .userfiles import check_output_folder
 
     check_output_folder(args.out)
     manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
-                                 workers=args.workers)
+                                 workers=args.workers, progress=progress_reporter("synth", "patients"))
     print(f"synthetic cohort of {args.patients} patients: {Path(manifest).resolve()}")
     return 0
 
@@ -110,6 +126,7 @@ def cmd_synth(args) -> int:
 def cmd_demo(args) -> int:
     from .backend import resolve_backend
     from .config import load_config
+    from .executors import progress_reporter
     from .pipeline import run
     from .synthetic import synthesize_cohort
     from .userfiles import check_output_folder
@@ -120,7 +137,7 @@ def cmd_demo(args) -> int:
         resolve_backend("gpu")  # without a GPU: refused before minutes of synthesis, not after
     print(f"synthesizing {args.patients} patients (small size) into {out / 'cohort'} ...", file=sys.stderr)
     manifest = synthesize_cohort(out / "cohort", n_patients=args.patients, seed=args.seed, size="small",
-                                 workers=args.workers or 2)
+                                 workers=args.workers or 2, progress=progress_reporter("synth", "patients"))
     result = run(manifest, out_dir=out / "run", config=cfg, force=False)
     print(_summary(result, out / "run"))
     print(f"ground truth of the synthetic cohort: {(out / 'cohort' / 'truth.csv').resolve()}")
@@ -183,6 +200,11 @@ def cmd_stats(args) -> int:
     from .stats.cli import run_command
 
     return run_command(args)
+
+
+SEED_HELP = "seed of the synthetic cohort (same seed: identical cohort; default: 0)"
+JSON_HELP = "print JSON instead of text"
+CSV_HELP = "input CSV (one row per patient)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -260,53 +282,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
     parser.add_argument("--version", action="store_true", help="print the version and the backends available")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to the terminal")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the engine's INFO log (each stage, Dask's messages) on the terminal, "
+                             "and the traceback of an internal error")
     sub = parser.add_subparsers(dest="command")
 
     def cluster_options(p):
         p.add_argument("--backend", choices=["cpu", "gpu", "auto"], help="array backend (default: config, auto)")
-        p.add_argument("--scheduler", type=scheduler_address, help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
+        p.add_argument("--scheduler", type=scheduler_address,
+                       help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
         p.add_argument("--workers", type=positive_int, help="local Dask workers (default: one per core)")
         p.add_argument("--strict", action="store_true", help="any patient failure stops the run")
-        p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache")
+        p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache; also "
+                       "overwrite a folder that holds a finished run of another manifest")
         p.add_argument("--data-root", help="refuse manifest paths outside this folder")
 
     p = sub.add_parser("demo", help="synthesize a small cohort and run the whole study on it")
     p.add_argument("--out", default="sarco-demo", help="output folder (default: ./sarco-demo)")
     p.add_argument("--patients", type=positive_int, default=60, help="cohort size (default: 60)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help=SEED_HELP)
     cluster_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic cohort (DICOM, masks, manifest, truth)")
-    p.add_argument("out")
-    p.add_argument("--patients", type=positive_int, required=True)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--size", choices=["small", "clinical"], default="clinical")
+    p.add_argument("out", help="folder to write the cohort into (created)")
+    p.add_argument("--patients", type=positive_int, required=True, help="cohort size")
+    p.add_argument("--seed", type=non_negative_int, default=0, help=SEED_HELP)
+    p.add_argument("--size", choices=["small", "clinical"], default="clinical",
+                   help="clinical: 512 x 512 CT at ~0.7 mm (default); small: 256 x 256, for tests")
     p.add_argument("--workers", type=positive_int, default=1, help="processes (default: 1)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("inspect", help="what the engine sees in a series, file or mask")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("path", help="a DICOM series folder, a DICOM file, a NIfTI/NRRD image or a mask")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run the study on a cohort manifest")
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--manifest", required=True, help="cohort CSV: one row per patient (README 'Inputs')")
     p.add_argument("--config", help="YAML config (keys not given take the defaults of configs/default.yaml)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="run folder (created; a rerun into it resumes)")
     cluster_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("apply", help="score new patients with a frozen model.json (no refit)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", required=True, help="the model.json of a 'sarco run' folder")
+    p.add_argument("--manifest", required=True, help="CSV of the patients to score (same columns as for run)")
+    p.add_argument("--out", required=True, help="output folder (created; patients already done there are reused)")
     cluster_options(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("report", help="re-render report.html from a run folder")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the folder of a finished 'sarco run' or 'sarco study'")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="results back to the PACS: DICOM-SEG, TID 1500 SR, QA capture "
@@ -336,20 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="stand-alone statistics on a CSV")
     stats = p.add_subparsers(dest="stats_command", required=True)
     roc = stats.add_parser("roc", help="AUC with DeLong CI, Youden cut-off, sensitivity, specificity")
-    roc.add_argument("--csv", required=True)
-    roc.add_argument("--label", required=True)
-    roc.add_argument("--score", required=True)
-    roc.add_argument("--json", action="store_true")
+    roc.add_argument("--csv", required=True, help=CSV_HELP)
+    roc.add_argument("--label", required=True, help="0/1 outcome column")
+    roc.add_argument("--score", required=True, help="score column (higher = more likely 1)")
+    roc.add_argument("--json", action="store_true", help=JSON_HELP)
     icc = stats.add_parser("icc", help="intraclass correlation (Shrout & Fleiss) from a long table")
-    icc.add_argument("--csv", required=True)
-    icc.add_argument("--target", required=True)
-    icc.add_argument("--rater", required=True)
-    icc.add_argument("--value", required=True)
-    icc.add_argument("--json", action="store_true")
+    icc.add_argument("--csv", required=True, help="long CSV: one row per target x rater")
+    icc.add_argument("--target", required=True, help="column naming what was measured (a patient)")
+    icc.add_argument("--rater", required=True, help="column naming who measured it")
+    icc.add_argument("--value", required=True, help="column of the measurement")
+    icc.add_argument("--json", action="store_true", help=JSON_HELP)
     register_stats(stats)
     p.set_defaults(func=cmd_stats)
     register_study(sub)
     return parser
+
+
+def _not_a_note(record: logging.LogRecord) -> bool:
+    """Terminal log filter: a note is printed once, in the command's summary (run.log keeps it)."""
+    return not getattr(record, NOTE_RECORD, False)
 
 
 def _one_line(text: str) -> str:
@@ -428,6 +460,7 @@ def _dispatch(argv) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # the engine logs INFO into run.log; the terminal shows it only with -v
+        handler.addFilter(_not_a_note)  # a note is printed once, in the command's summary
     if args.command in ("run", "apply", "demo"):
         from .executors import quiet_dask
 

@@ -27,6 +27,7 @@ from .contract import (
     STANDARDIZATION_KEY,
     scanner_label,
 )
+from .rundir import add_note
 from .tasks import group_histogram, sum_histograms
 
 log = logging.getLogger("sarco")
@@ -95,8 +96,7 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
             # results: its features stay empty and the run says why.
             if notes is None:
                 raise
-            notes.append(f"{modality.upper()} {method}: no threshold ({exc}); its features are left empty")
-            log.warning("%s %s fit failed: %s", modality, method, exc)
+            add_note(notes, f"{modality.upper()} {method}: no threshold ({exc}); its features are left empty")
             continue
         fits[method] = dataclasses.asdict(result)
     fixed = cfg.modality_fit(modality).fixed
@@ -214,8 +214,7 @@ def scanner_cohort(modality: str, train: list[dict], cfg: Config, notes: list[st
                    "standardisation (preprocess.mri.standardize: none). T2 signal has no absolute unit, so one "
                    "pooled threshold mixes the scanners' scales and the MRI fat features are not comparable "
                    "between them; consider preprocess.mri.standardize: reference.")
-        notes.append(message)
-        log.warning("%s", message)
+        add_note(notes, message)
     return scanners
 
 
@@ -254,8 +253,7 @@ def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backen
     fits = fit_cohort(counts, lo, hi, modality, cfg, notes)
     diagnostic = bimodality_diagnostic(counts, lo, hi, modality, cfg, fits)
     if diagnostic["likely_one_tissue"]:
-        notes.append(diagnostic["message"])
-        log.warning("%s", diagnostic["message"])
+        add_note(notes, diagnostic["message"])
     else:
         log.info("%s", diagnostic["message"])
     return {

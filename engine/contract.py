@@ -199,6 +199,10 @@ MRI_REFERENCE_COLUMNS = ("patient_id", "scanner", "reference", "reason", "region
 PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV, SPLIT_CSV, PREDICTIONS_CSV,
                      MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV, MRI_REFERENCE_CSV)
 
+#: Attribute of a log record that is also one of the command's notes (:func:`engine.rundir.add_note`):
+#: the CLI prints notes in its summary and keeps such records off the terminal's log handler.
+NOTE_RECORD = "sarco_note"
+
 #: One row per failed patient and modality (METHOD.md section 6).
 ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")
 

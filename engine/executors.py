@@ -165,36 +165,68 @@ def progress(results, total: int, desc: str, *, interval_s: float = PROGRESS_INT
 
     On a terminal: a tqdm bar. Otherwise (a nightly job, a CI log): a line every ``interval_s``
     seconds and one when the pass ends, e.g. ``pass 1: 120/2000 series, 3 failed, 1.3 series/s,
-    about 24 min left``. Results with ``status == "error"`` count as failed.
+    about 24 min left``. Results with ``status == "error"`` count as failed, results with
+    ``cached`` true are counted as taken from the cache.
     """
     stream = stream or sys.stderr
     if stream.isatty():
         from tqdm import tqdm
 
         with tqdm(total=total, desc=desc, unit="series", file=stream, leave=True) as bar:
+            cached = 0
             for result in results:
+                if isinstance(result, dict) and result.get("cached"):
+                    cached += 1
+                    bar.set_postfix_str(f"{cached} from the cache", refresh=False)
                 bar.update(1)
                 yield result
         return
     started = last = time.monotonic()
-    done = failed = 0
+    done = failed = cached = 0
     for result in results:
         done += 1
         failed += isinstance(result, dict) and result.get("status") == "error"
+        cached += isinstance(result, dict) and bool(result.get("cached"))
         now = time.monotonic()
         if now - last >= interval_s:
             last = now
-            print(_progress_line(desc, done, total, failed, now - started), file=stream, flush=True)
+            print(_progress_line(desc, done, total, failed, now - started, cached), file=stream, flush=True)
         yield result
     if total:
-        print(_progress_line(desc, done, total, failed, time.monotonic() - started), file=stream, flush=True)
+        print(_progress_line(desc, done, total, failed, time.monotonic() - started, cached), file=stream,
+              flush=True)
 
 
-def _progress_line(desc: str, done: int, total: int, failed: int, elapsed_s: float) -> str:
+def progress_reporter(desc: str, unit: str, *, interval_s: float = PROGRESS_INTERVAL_S, stream=None):
+    """A ``callback(done, total)`` that reports a loop the caller drives (``sarco synth``; issue 21).
+
+    The same lines as :func:`progress` (``synth: 20/60 patients, 0.8 patients/s, under a minute
+    left``): one at most every ``interval_s`` seconds, counted from the first call's creation,
+    and one when ``done == total``.
+    """
+    stream = stream or sys.stderr
+    started = time.monotonic()
+    last = [started]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= interval_s:
+            last[0] = now
+            print(_progress_line(desc, done, total, None, now - started, unit=unit), file=stream, flush=True)
+
+    return report
+
+
+def _progress_line(desc: str, done: int, total: int, failed: int | None, elapsed_s: float, cached: int = 0,
+                   unit: str = "series") -> str:
     rate = done / elapsed_s if elapsed_s > 0 else float("inf")
-    line = f"{desc}: {done}/{total} series, {failed} failed"
+    line = f"{desc}: {done}/{total} {unit}"
+    if failed is not None:
+        line += f", {failed} failed"
+    if cached:  # a rerun says what it did not redo (issue 21)
+        line += f", {cached} from the cache"
     if done and elapsed_s > 0:
-        line += f", {rate:.1f} series/s"
+        line += f", {rate:.1f} {unit}/s"
     if done < total and done and elapsed_s > 0:
         left_min = (total - done) / rate / 60
         line += f", about {left_min:.0f} min left" if left_min >= 1 else ", under a minute left"

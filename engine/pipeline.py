@@ -51,6 +51,8 @@ from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
 from .outputs import write_csv, write_json
 from .rundir import (
     RunFailed,
+    add_note,
+    check_folder_owner,
     error_frame,
     error_rows,
     provenance,
@@ -159,8 +161,7 @@ def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
         write_panels(batch.out_dir, records)
         index = render_sheet(batch.out_dir)
     except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features
-        batch.notes.append(f"QA contact sheet not written: {type(exc).__name__}: {exc}")
-        log.warning("QA contact sheet not written: %s", exc)
+        add_note(batch.notes, f"QA contact sheet not written: {type(exc).__name__}: {exc}")
         return
     log.info("QA contact sheet: %s (%.1f s)", index, time.time() - started)
 
@@ -287,6 +288,7 @@ def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = F
     started = time.time()
     manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
     out_dir = Path(out_dir)
+    check_folder_owner(out_dir, manifest_path, "run", force)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = assign_splits(manifest.table, train_fraction=cfg.stats.train_fraction, seed=cfg.stats.split_seed)
     batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems])
@@ -328,7 +330,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
     write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
                                                  manifest.clinical_columns))
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run",
-                                                     source_entries(jobs)))
+                                                     source_entries(jobs), manifest.source))
     reused, computed = _reuse_note(summaries)
     result = RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                        len(manifest.patient_ids), batch.notes, reused, computed)
@@ -351,6 +353,7 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
     cfg = load_config(overrides=model["config"]).with_overrides(overrides)
     manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
     out_dir = Path(out_dir)
+    check_folder_owner(out_dir, manifest_path, "apply", force)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = manifest.table["split"].where(manifest.table["split"] != "", "prospective")
     batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems])
@@ -376,7 +379,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
 
         score_new_patients(out_dir, features, batch.manifest, model["statistics"])
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "apply",
-                                                     source_entries(jobs)))
+                                                     source_entries(jobs), batch.manifest.source))
     reused, computed = _reuse_note(summaries)
     return RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                      len(batch.manifest.patient_ids), batch.notes, reused, computed)

@@ -7,6 +7,8 @@ published outputs, the run log, the tables every run writes, and provenance.json
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -24,6 +26,8 @@ from .contract import (
     FEATURES_PARQUET,
     GPU_DISTRIBUTIONS,
     LOCK_FILE,
+    NOTE_RECORD,
+    PROVENANCE_JSON,
     PUBLISHED_OUTPUTS,
     RUN_LOG,
     SOURCE_IMAGE,
@@ -34,10 +38,20 @@ from .contract import (
     TEMP_GLOB,
     source_key,
 )
-from .errors import SarcoError
+from .errors import SarcoError, UsageError
 from .outputs import write_csv, write_parquet
 
 log = logging.getLogger("sarco")
+
+
+def add_note(notes: list[str], message: str) -> None:
+    """Append ``message`` to the command's ``notes`` and log it as a warning marked :data:`NOTE_RECORD`.
+
+    The command prints its notes once, in its summary, so the terminal's log handler skips
+    these records; run.log keeps them (issue 21: every warning was printed twice).
+    """
+    notes.append(message)
+    log.warning("%s", message, extra={NOTE_RECORD: True})
 
 
 class RunFailed(SarcoError):
@@ -159,11 +173,42 @@ def source_entries(jobs: list[dict]) -> dict:
     return dict(sorted(entries.items()))
 
 
+def manifest_identity(manifest_path) -> dict:
+    """Which manifest a run read: its file name and a digest of its resolved path (the path itself
+    may name a person or a site, so only its digest is kept)."""
+    path = Path(manifest_path).resolve()
+    return {"name": path.name, "path_sha256": hashlib.sha256(str(path).encode("utf-8")).hexdigest()}
+
+
+def check_folder_owner(out_dir: Path, manifest_path, mode: str, force: bool) -> None:
+    """Refuse, before any work, to overwrite a finished run folder made by another manifest (issue 21).
+
+    A ``run`` folder is reused by a rerun of the same manifest (resume: the cache is kept);
+    ``apply`` folders take a new manifest each night by design. Refused unless ``force``: a
+    ``run`` into a finished folder of another manifest, and a ``run`` or ``apply`` into a folder
+    that the other command made. A folder of an older engine (no manifest recorded) is reused.
+    """
+    if force:
+        return
+    try:
+        previous = json.loads((Path(out_dir) / PROVENANCE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no finished run there (or one we cannot read: the retraction replaces it)
+    if not isinstance(previous, dict) or not isinstance(previous.get("manifest"), dict):
+        return
+    before, now = previous["manifest"], manifest_identity(manifest_path)
+    other_mode = previous.get("mode") not in (None, mode)
+    if other_mode or (mode == "run" and before.get("path_sha256") != now["path_sha256"]):
+        what = f"a finished 'sarco {previous.get('mode') or 'run'}' of manifest '{before.get('name')}'"
+        raise UsageError(f"'{out_dir}' holds {what}; give another --out, or add --force to overwrite it")
+
+
 def provenance(config: dict, backend: str, summaries: list[dict], started: float, mode: str,
-               sources: dict | None = None) -> dict:
-    """provenance.json: input digests, config, versions, backend, timing and sources of one run or apply."""
+               sources: dict | None = None, manifest_path=None) -> dict:
+    """provenance.json: input digests, config, versions, backend, timing, sources and manifest of one run or apply."""
     inputs = {source_key(s["patient_id"], s["modality"]): s.get("input_blake3") for s in summaries
               if s.get("input_blake3")}
     return {"engine_version": __version__, "mode": mode, "backend": backend, "config": config,
+            "manifest": manifest_identity(manifest_path) if manifest_path is not None else None,
             "versions": _versions(), "platform": platform.platform(), "input_blake3": dict(sorted(inputs.items())),
             SOURCES_KEY: sources or {}, "started_unix": round(started, 3), "finished_unix": round(time.time(), 3)}

@@ -38,6 +38,7 @@ from .contract import (
 from .errors import UsageError
 from .manifest import Manifest
 from .outputs import dumps_json, write_csv, write_json, write_text
+from .rundir import add_note
 from .userfiles import read_csv_table
 
 log = logging.getLogger("sarco")
@@ -93,8 +94,7 @@ def drop_sparse_candidates(table: pd.DataFrame, models: dict[str, list[str]], no
             if n and undefined / n > LOST_SHARE_WARN:
                 message = (f"{name}: {column} is undefined for {undefined} of {n} training patients (no voxel of "
                            f"that tissue); removed from the candidates so the model keeps those patients")
-                notes.append(message)
-                log.warning("%s", message)
+                add_note(notes, message)
             else:
                 keep.append(column)
         kept[name] = keep
@@ -144,8 +144,7 @@ def patient_accounting(table: pd.DataFrame, model_features: dict[str, list[str]]
             if len(rows) and len(reasons) / len(rows) > LOST_SHARE_WARN:
                 why = "; ".join(f"{v} {k}" for k, v in counts.items())
                 message = (f"{name}: {len(reasons)} of {len(rows)} {split} patients left out ({why})")
-                notes.append(message)
-                log.warning("%s", message)
+                add_note(notes, message)
         out[name] = per_split
     return out
 
@@ -269,7 +268,7 @@ def register_cli(subparsers) -> None:
     parser = subparsers.add_parser("study", help="the statistics stage (Tables 2-5, models, report) on any "
                                    "feature table")
     parser.add_argument("--table", required=True, help="CSV: patient_id, label, split, features, clinical columns")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--config", help="YAML config (the stats keys apply)")
     parser.set_defaults(func=study_command)
 

@@ -58,7 +58,8 @@ def roc_command(csv, label: str, score: str, as_json: bool = False) -> tuple[dic
     s = pd.to_numeric(df[score], errors="coerce")
     bad_label = df[label].notna() & y.isna() | ~y.isin([0, 1]) & y.notna()
     if bad_label.any():
-        raise UsageError(f"label column '{label}' must hold 1, 0 or empty; found {sorted(set(df.loc[bad_label, label].astype(str)))[:5]}")
+        found = sorted(set(df.loc[bad_label, label].astype(str)))[:5]
+        raise UsageError(f"label column '{label}' must hold 1, 0 or empty; found {found}")
     keep = y.notna() & s.notna()
     try:
         summary = roc_summary(y[keep].to_numpy(), s[keep].to_numpy())
@@ -208,15 +209,15 @@ def logistic_command(csv, label: str, variables: list[str], as_json: bool = Fals
 def register(stats_subparsers) -> None:
     """Add ``sarco stats groups|logistic`` to the ``stats`` sub-command parser."""
     groups = stats_subparsers.add_parser("groups", help="Table 2: each variable by group, with the test used")
-    groups.add_argument("--csv", required=True)
+    groups.add_argument("--csv", required=True, help="input CSV (one row per patient; a manifest too)")
     groups.add_argument("--label", required=True, help="0/1 outcome column")
-    groups.add_argument("--json", action="store_true")
+    groups.add_argument("--json", action="store_true", help="print JSON instead of text")
     logistic = stats_subparsers.add_parser(
         "logistic", help="multivariable logistic regression: OR, 95%% CI, p (Firth when separated)")
-    logistic.add_argument("--csv", required=True)
+    logistic.add_argument("--csv", required=True, help="input CSV (one row per patient)")
     logistic.add_argument("--label", required=True, help="0/1 outcome column")
     logistic.add_argument("--vars", required=True, help="predictor columns, comma-separated")
-    logistic.add_argument("--json", action="store_true")
+    logistic.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run_command(args) -> int:
