@@ -7,7 +7,7 @@ and clinical columns they expect. Reading checks the format and version before a
 from __future__ import annotations
 
 from . import __version__
-from .contract import MODEL_FORMAT, MODEL_FORMAT_VERSION
+from .contract import MODEL_FORMAT, MODEL_FORMAT_VERSION, TABLE_MODEL_FORMAT
 from .errors import UsageError
 from .userfiles import read_json_object
 
@@ -29,6 +29,9 @@ def read_bundle(path) -> dict:
         written by a newer engine (a user mistake: exit status 2).
     """
     model = read_json_object(path, "model file")
+    if model.get("format") == TABLE_MODEL_FORMAT:
+        raise UsageError(f"model file '{path}' was written by 'sarco study --table': statistics on a feature table, "
+                         "no thresholds to measure images with; give the model.json of a 'sarco run' folder")
     if model.get("format") != MODEL_FORMAT:
         raise UsageError(f"model file '{path}' is not a sarco model bundle (no \"format\": \"{MODEL_FORMAT}\"); "
                          "give the model.json of a sarco run folder")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .contract import ALL_METHODS, FIXED, MODALITIES, modality_methods
 from .errors import ConfigError
+from .userfiles import check_scheduler_address
 
 
 class _Strict(BaseModel):
@@ -212,6 +213,12 @@ class RunConfig(_Strict):
     report: bool = True
     qa: bool = True
     exclude: str | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value):
+        # the same check as --scheduler (issue 21: a config file's address was used unchecked)
+        return None if value is None else check_scheduler_address(value)
 
 
 class Config(_Strict):

@@ -227,6 +227,9 @@ FETCH_LOG_COLUMNS = ("patient_id", "modality", "status", "files", "reason")
 
 MODEL_FORMAT = "sarco-model"
 MODEL_FORMAT_VERSION = 1
+#: ``model.json`` of ``sarco study --table``: statistics only, no thresholds to apply to images, so
+#: ``sarco apply`` refuses it by this format (issue 21).
+TABLE_MODEL_FORMAT = "sarco-table-study/1"
 
 
 def patient_stem(patient_id: str, modality: str) -> str:

@@ -350,7 +350,7 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
     """
     started = time.time()
     model = read_bundle(model_path)
-    cfg = load_config(overrides=model["config"]).with_overrides(overrides)
+    cfg = apply_config(model, overrides)
     manifest = read_manifest(manifest_path, data_root=cfg.io.data_root)
     out_dir = Path(out_dir)
     check_folder_owner(out_dir, manifest_path, "apply", force)
@@ -359,6 +359,19 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
     batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems])
     with run_log(out_dir), run_lock(out_dir):
         return _apply(batch, model, started)
+
+
+#: ``run`` keys of a bundle's config that name the machine of the training run, not the model:
+#: ``apply`` does not inherit them (a scheduler of that night is gone; issue 21).
+MACHINE_KEYS = ("scheduler", "workers")
+
+
+def apply_config(model: dict, overrides: dict | None = None) -> Config:
+    """The config of ``sarco apply``: the bundle's, validated as a config file is, without its
+    :data:`MACHINE_KEYS`, with the command line's ``overrides`` over it."""
+    saved = {**model["config"], "run": {k: v for k, v in (model["config"].get("run") or {}).items()
+                                        if k not in MACHINE_KEYS}}
+    return load_config(overrides=saved).with_overrides(overrides)
 
 
 def _apply(batch: _Batch, model: dict, started: float) -> RunResult:

@@ -28,6 +28,7 @@ from .contract import (
     SPLIT,
     STUDY_JSON,
     TABLE_FILES,
+    TABLE_MODEL_FORMAT,
     THRESHOLDS_JSON,
     imaging_models,
     method_features,
@@ -43,9 +44,6 @@ from .userfiles import read_csv_table
 
 log = logging.getLogger("sarco")
 
-
-#: ``model.json`` of ``sarco study --table``: statistics only, no thresholds to apply to images.
-TABLE_MODEL_FORMAT = "sarco-table-study/1"
 
 #: Columns of a feature table that are never clinical variables.
 RESERVED_COLUMNS = (PATIENT_ID, LABEL, SPLIT)

@@ -46,7 +46,7 @@ def test_stats_logistic_names_and_drops_collinear_variables(tmp_path, capsys):
     assert "n/a" not in text and "'age_months' dropped" in text and "'ct_otsu_muscle_percent' dropped" in text
 
 
-def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical(tmp_path):
+def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical(tmp_path, capsys):
     """Issue 21: ``ct_*_vs_fixed_percent`` of the engine's features.csv entered Table 2 and the clinical model."""
     from engine.config import load_config
     from engine.contract import ALL_METHODS, DIAGNOSTIC_COLUMNS, feature_names, vs_fixed_column
@@ -68,6 +68,14 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     assert model["clinical_columns"] == ["age"]
     table2 = pd.read_csv(tmp_path / "study" / "tables" / "table2_groups.csv")
     assert set(table2["variable"]) == {"age"}
+    # issue 21: this model.json has no thresholds; apply refuses it in one line naming why
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("patient_id,label\nP1,1\n")
+    argv = ["apply", "--model", str(tmp_path / "study" / "model.json"), "--manifest", str(manifest),
+            "--out", str(tmp_path / "applied")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sarco study --table" in err and "sarco run" in err
     # every engine column is a model feature or a registered diagnostic: none is left to a name pattern
     for modality in ("ct", "mri"):
         for column in feature_names(modality, ALL_METHODS):
@@ -105,3 +113,35 @@ def test_synth_reports_progress(tmp_path, capsys):
     """Issue 21: ``sarco synth`` was silent for the whole synthesis (~76 s for 12 clinical patients)."""
     assert main(["synth", str(tmp_path / "c"), "--patients", "2", "--size", "small"]) == 0
     assert "synth: 2/2 patients" in capsys.readouterr().err
+
+
+def test_scheduler_in_a_config_file_is_checked_like_the_option(tmp_path, capsys):
+    """Issue 21: ``run.scheduler`` from a config file (or a bundle) reached Dask unchecked."""
+    config = tmp_path / "c.yaml"
+    config.write_text("run:\n  scheduler: headnode\n")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("patient_id,label\nP1,1\n")
+    assert main(["run", "--manifest", str(manifest), "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run.scheduler" in err and "headnode" in err
+    assert not (tmp_path / "o" / "run.log").exists()
+
+
+def test_apply_does_not_inherit_the_training_machine(tmp_path):
+    """Issue 21: apply reused the bundle's saved ``run.scheduler`` (that night's cluster), unchecked."""
+    import pytest
+
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    from engine.pipeline import apply_config
+
+    saved = load_config(overrides={"run": {"scheduler": "tcp://trainhead:8786", "workers": 32},
+                                   "stats": {"cv_folds": 3}}).to_dict()
+    cfg = apply_config({"config": saved})
+    assert cfg.run.scheduler is None and cfg.run.workers is None and cfg.stats.cv_folds == 3
+    assert apply_config({"config": saved}, {"run": {"scheduler": "inline"}}).run.scheduler == "inline"
+    saved["run"]["scheduler"] = "not an address"
+    assert apply_config({"config": saved}).run.scheduler is None
+    saved["stats"]["cv_folds"] = 0
+    with pytest.raises(ConfigError, match="stats.cv_folds"):
+        apply_config({"config": saved})
