@@ -145,3 +145,54 @@ def test_apply_does_not_inherit_the_training_machine(tmp_path):
     saved["stats"]["cv_folds"] = 0
     with pytest.raises(ConfigError, match="stats.cv_folds"):
         apply_config({"config": saved})
+
+
+def test_a_run_prints_each_note_once_shows_failures_and_guards_its_folder(shared_cohort, tmp_path, capsys):
+    """Issue 21: every warning printed twice (stderr WARNING + stdout note), a failed patient showed only
+    a count, a cached rerun looked like a fresh one, and another manifest silently overwrote a run folder."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.cohorts import first_patients
+
+    manifest = pd.read_csv(first_patients(shared_cohort, 12, "everyday"), dtype=str, keep_default_na=False)
+    manifest[["mri_image", "mri_roi", "mri_segmentation"]] = ""  # CT only: seconds, not minutes
+    manifest.loc[2, "ct_image"] = "patients/not_there"
+    path = shared_cohort.parent / "manifest_everyday_ct.csv"
+    manifest.to_csv(path, index=False)
+    config = tmp_path / "fast.yaml"
+    config.write_text("run: {habitats: false, report: false, qa: false, scheduler: inline}\nstats: {cv_folds: 2}\n")
+    out = tmp_path / "run"
+    argv = ["run", "--manifest", str(path), "--config", str(config), "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=600)
+    assert done.returncode == 0, done.stderr
+    notes = [line[len("note: "):] for line in done.stdout.splitlines() if line.startswith("note: ")]
+    assert any("left out" in n for n in notes)  # a warning-level note: it was on stderr too
+    assert len(notes) == len(set(notes))
+    for note in notes:
+        assert note not in done.stderr
+    assert "WARNING" not in done.stderr
+    # the failure itself, not only its count
+    failed = manifest.loc[2, "patient_id"]
+    assert f"  {failed} CT [ingest]: image file not found: patients/not_there" in done.stdout
+
+    # a rerun says what it took from the cache
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "pass 1: 12/12 series, 1 failed, 12 from the cache" in captured.err
+    assert "pass 2: 11/11 series, 0 failed, 11 from the cache" in captured.err
+
+    # another manifest into the finished folder: refused in one line before any work
+    other = tmp_path / "other.csv"
+    manifest.to_csv(other, index=False)
+    before = (out / "features.csv").stat().st_mtime_ns
+    assert main(["run", "--manifest", str(other), "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "manifest_everyday_ct.csv" in err and "--force" in err
+    assert (out / "features.csv").stat().st_mtime_ns == before
+    # --force lets it through the check (the run itself is the same as above)
+    from engine.rundir import check_folder_owner
+
+    check_folder_owner(out, other, "run", force=True)
