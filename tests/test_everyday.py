@@ -196,3 +196,25 @@ def test_a_run_prints_each_note_once_shows_failures_and_guards_its_folder(shared
     from engine.rundir import check_folder_owner
 
     check_folder_owner(out, other, "run", force=True)
+
+
+def test_table2_shows_median_iqr_for_a_mann_whitney_row():
+    """Issue 21: a variable compared by Mann-Whitney U was described as mean ± SD."""
+    import statistics
+
+    from engine.stats.groups import compare_groups
+
+    rng = np.random.default_rng(8)
+    n = 40
+    y = np.r_[np.zeros(n), np.ones(n)]
+    df = pd.DataFrame({"label": y, "crp": np.exp(rng.normal(1, 1.2, 2 * n)) + 3 * y,
+                       "age": rng.normal(65, 8, 2 * n) + 2 * y})
+    table = compare_groups(df, label="label", variables=["crp", "age"]).set_index("variable")
+    assert table.loc["crp", "test"].startswith("Mann-Whitney")
+    for g in (0, 1):
+        x = df.loc[df["label"] == g, "crp"].tolist()
+        q1, median, q3 = statistics.quantiles(x, n=4, method="inclusive")  # R type 7
+        assert median == statistics.median(x)
+        assert table.loc["crp", f"value_{g}"] == f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
+    assert table.loc["age", "test"].endswith("t-test")
+    assert table.loc["age", "value_0"] == f"{df.loc[y == 0, 'age'].mean():.2f} ± {df.loc[y == 0, 'age'].std():.2f}"

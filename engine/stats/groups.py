@@ -1,6 +1,8 @@
 """Table 2: clinical variables by outcome group, with the test SPSS users expect.
 
-Continuous variables: mean +/- SD per group, then
+Continuous variables: per group mean +/- SD, or median [Q1, Q3] (R's default quantiles) for a
+variable compared by Mann-Whitney U (skewed data are described by what the test compares), with
+the test chosen by
 
 1. normality in each group by the Lilliefors test (Kolmogorov-Smirnov with the mean and SD
    estimated from the same data, as SPSS's "Tests of Normality" table; statsmodels
@@ -101,6 +103,28 @@ def mann_whitney(x0: np.ndarray, x1: np.ndarray) -> tuple[float, float, str]:
     return float(result.statistic), float(result.pvalue), TEST_MW_NORMAL
 
 
+def compare_continuous(x0: np.ndarray, x1: np.ndarray) -> tuple[str, float, float, str]:
+    """``(test, statistic, p, reason)`` of two groups by the rule of the module docstring.
+
+    The one place the rule is applied: Table 2's rows and the report's box plots (issue 21)
+    use it, so a figure never shows another test's p than the table.
+    """
+    choice, reason = choose_continuous_test(x0, x1)
+    if choice == "mann-whitney":
+        statistic, p, test = mann_whitney(x0, x1)
+    else:
+        result = stats.ttest_ind(x0, x1, equal_var=choice == "student")
+        statistic, p = float(result.statistic), float(result.pvalue)
+        test = TEST_STUDENT if choice == "student" else TEST_WELCH
+    return test, statistic, p, reason
+
+
+def median_iqr(x: np.ndarray) -> str:
+    """``median [Q1, Q3]`` with R's default quantiles (type 7, linear interpolation)."""
+    q1, median, q3 = np.quantile(x, [0.25, 0.5, 0.75])
+    return f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
+
+
 def _continuous(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
     x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     keep = ~np.isnan(x)
@@ -114,13 +138,10 @@ def _continuous(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
     if x0.size == 0 or x1.size == 0:
         row.update(test="", statistic=np.nan, p=np.nan, note="a group has no values: no test")
         return [row]
-    choice, reason = choose_continuous_test(x0, x1)
-    if choice == "mann-whitney":
-        statistic, p, test = mann_whitney(x0, x1)
-    else:
-        result = stats.ttest_ind(x0, x1, equal_var=choice == "student")
-        statistic, p = float(result.statistic), float(result.pvalue)
-        test = TEST_STUDENT if choice == "student" else TEST_WELCH
+    test, statistic, p, reason = compare_continuous(x0, x1)
+    if test in (TEST_MW_EXACT, TEST_MW_NORMAL):
+        # a rank test's variable is described by ranks' own summary, not by mean and SD (issue 21)
+        row["value_0"], row["value_1"] = median_iqr(x0), median_iqr(x1)
     row.update(test=test, statistic=statistic, p=p, note=reason)
     return [row]
 
