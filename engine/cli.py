@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .contract import NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
+from .contract import ALL_METHODS, MODALITIES, NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
@@ -68,12 +68,20 @@ def _failure_lines(errors) -> list[str]:
     return lines
 
 
+def _canonical(entries: dict, order) -> list[tuple]:
+    """``entries`` items in the contract's ``order``; names it does not know after them, sorted."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(entries.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
+
+
 def _summary(result, out_dir: Path) -> str:
     lines = [f"{result.n_patients} patients, backend {result.backend}, "
              f"{result.n_failed} failed patient-modalit{'y' if result.n_failed == 1 else 'ies'} (errors.csv)"]
     lines.extend(_failure_lines(result.errors))
-    for modality, fit in result.thresholds.get("modalities", {}).items():
-        parts = ", ".join(f"{m} {v['threshold']:.1f}" for m, v in fit["methods"].items())
+    for modality, fit in _canonical(result.thresholds.get("modalities", {}), MODALITIES):
+        # canonical order, not the file's: model.json is written with sorted keys, so apply
+        # printed fixed, gmm, kmeans, otsu where run printed otsu, kmeans, gmm, fixed (issue 21)
+        parts = ", ".join(f"{m} {v['threshold']:.1f}" for m, v in _canonical(fit["methods"], ALL_METHODS))
         lines.append(f"{modality.upper()} thresholds ({fit['unit']}): {parts}  [{fit['n_patients']} training patients]")
     if result.reused:
         lines.append(f"rerun: {result.reused} series taken from the cache, {result.computed} computed")

@@ -218,3 +218,25 @@ def test_table2_shows_median_iqr_for_a_mann_whitney_row():
         assert table.loc["crp", f"value_{g}"] == f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
     assert table.loc["age", "test"].endswith("t-test")
     assert table.loc["age", "value_0"] == f"{df.loc[y == 0, 'age'].mean():.2f} ± {df.loc[y == 0, 'age'].std():.2f}"
+
+
+def test_apply_prints_the_thresholds_in_the_order_run_does(tmp_path):
+    """Issue 21: model.json is written with sorted keys, so apply printed fixed, gmm, kmeans, otsu."""
+    from types import SimpleNamespace
+
+    from engine.cli import _summary
+    from engine.outputs import write_json
+
+    fit = {"unit": "HU", "n_patients": 5,
+           "methods": {m: {"threshold": t} for m, t in (("otsu", -3), ("kmeans", -2), ("gmm", 17), ("fixed", -29.5))}}
+    thresholds = {"modalities": {"mri": {**fit, "unit": "signal"}, "ct": fit}}
+    write_json(tmp_path / "model.json", {"thresholds": thresholds})
+    reread = json.loads((tmp_path / "model.json").read_text())["thresholds"]
+    lines = []
+    for source in (thresholds, reread):
+        result = SimpleNamespace(n_patients=1, backend="cpu", n_failed=0, errors=pd.DataFrame(
+            columns=["patient_id", "modality", "stage", "reason"]), thresholds=source, reused=0, notes=[])
+        lines.append([line for line in _summary(result, tmp_path).splitlines() if "thresholds" in line])
+    assert lines[0] == lines[1]
+    assert lines[1][0].startswith("CT thresholds (HU): otsu -3.0, kmeans -2.0, gmm 17.0, fixed -29.5")
+    assert lines[1][1].startswith("MRI thresholds (signal): otsu")
