@@ -240,3 +240,27 @@ def test_apply_prints_the_thresholds_in_the_order_run_does(tmp_path):
     assert lines[0] == lines[1]
     assert lines[1][0].startswith("CT thresholds (HU): otsu -3.0, kmeans -2.0, gmm 17.0, fixed -29.5")
     assert lines[1][1].startswith("MRI thresholds (signal): otsu")
+
+
+def test_a_combined_model_identical_to_the_clinical_one_says_why():
+    """Issue 21: the combined model came out identical to the clinical one with no word of why."""
+    from engine.stats import run_study
+    from engine.stats.study import study_summary
+
+    rng = np.random.default_rng(4)
+    n = 80
+    age = rng.normal(70, 8, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(age - 70) / 3))).astype(float)
+    features = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "label": y, "split": "train", "age": age})
+    imaging = [f"ct_otsu_{t}_{s}" for t in ("fat", "muscle") for s in ("mean", "volume")]
+    for column in imaging:
+        features[column] = rng.normal(0, 1, n)  # noise: nothing enters next to age
+    result = run_study(features, clinical_columns=["age"], imaging_models={"ct_otsu": imaging}, folds=2)
+    assert result.multivariable["combined"].selected == result.multivariable["clinical"].selected == ["age"]
+    why = study_summary(result)["models"]["combined"]["same_as_clinical"]
+    assert why.startswith("the combined model is identical to the clinical model")
+    # the strongest imaging feature and its univariable p, from statsmodels on the same patients
+    p = {c: sm.Logit(y, sm.add_constant(features[c])).fit(disp=0).pvalues[c] for c in imaging}
+    strongest = min(p, key=p.get)
+    assert f"{strongest}: p = {p[strongest]:.3g}" in why
+    assert any(note == f"combined: {why}" for note in result.notes)

@@ -116,6 +116,8 @@ class StudyResult:
     comparisons: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
     multivariable: dict[str, MultivariableResult] = field(default_factory=dict)
     best_imaging_model: str | None = None
+    #: Why the combined model kept only the clinical model's variables (None: it did not).
+    combined_same_as_clinical: str | None = None
 
     def to_bundle(self) -> dict:
         """The frozen models and cut-offs, JSON-safe; :func:`score_bundle` scores with it."""
@@ -359,6 +361,43 @@ def _fit_combined(cohort: _Cohort, fitted: dict[str, _Fitted], best: str | None)
     return _fit_model(cohort, "combined", cohort.clinical + imaging, fitted[best].rows, cohort.clinical_categorical)
 
 
+def _fmt_p(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3g}")
+
+
+def combined_same_as_clinical(cohort: _Cohort, fitted: dict[str, _Fitted], best: str | None) -> str | None:
+    """Why the combined model selected exactly the clinical model's variables, or None (issue 21).
+
+    Without it a reader sees two identical rows in Tables 3-5 and suspects a bug. The reason is
+    read from the combined selection: no feature of the best imaging model entered (its best
+    univariable p), or the backward elimination removed those that did (their p).
+    """
+    if best is None or "combined" not in fitted or "clinical" not in fitted:
+        return None
+    combined, clinical = fitted["combined"].mv, fitted["clinical"].mv
+    if combined.model is None or clinical.model is None or set(combined.selected) != set(clinical.selected):
+        return None
+    imaging = [v for v in combined.candidates if v not in cohort.clinical]
+    entered = [v for v in combined.entered if v in imaging]
+    if not entered:
+        p_by = combined.univariate.groupby("variable", sort=False)["p_variable"].first().reindex(imaging)
+        p_by = p_by.astype(float).dropna()
+        strongest = (f" (the strongest, {p_by.idxmin()}: p = {_fmt_p(float(p_by.min()))})" if len(p_by) else "")
+        why = f"no {best} feature had univariable p < {cohort.p_enter:g} on these patients{strongest}"
+    else:
+        removed = {r["variable"]: r["p"] for r in combined.removed}
+        dropped = {d["variable"] for d in combined.dropped_collinear}
+        parts = [f"{v} removed at p = {_fmt_p(removed[v])}" if v in removed else
+                 f"{v} dropped as collinear" if v in dropped else v for v in entered]
+        why = (f"the {best} features that entered left the model in the backward elimination "
+               f"(p > {cohort.p_remove:g}): " + "; ".join(parts))
+    same_rows = combined.n == clinical.n
+    what = "is identical to" if same_rows else "selected the same variables as"
+    rows = "" if same_rows else (f" (fitted on the {combined.n} training patients with {best} features, "
+                                 f"the clinical model on {clinical.n})")
+    return f"the combined model {what} the clinical model{rows}: {why}"
+
+
 def _training_cutoffs(cohort: _Cohort, models: dict[str, LogisticModel]) -> dict[str, float]:
     """Youden cut-off of each model on the training split (frozen for every split); drops failures."""
     cutoffs: dict[str, float] = {}
@@ -506,6 +545,9 @@ def run_study(
     combined = _fit_combined(cohort, fitted, best)
     if combined is not None:
         fitted["combined"] = combined
+    same_as_clinical = combined_same_as_clinical(cohort, fitted, best)
+    if same_as_clinical:
+        cohort.notes.append(f"combined: {same_as_clinical}")
     models = {name: f.mv.model for name, f in fitted.items() if f.mv.model is not None}
     cutoffs = _training_cutoffs(cohort, models)
     predictions = _predictions(cohort, models, cutoffs)
@@ -515,6 +557,7 @@ def run_study(
         cv=_cv_table(fitted, models), predictions=predictions, notes=cohort.notes, models=models, cutoffs=cutoffs,
         table_combined=table_combined, comparisons=_comparisons(cohort, predictions, models, best),
         multivariable={name: f.mv for name, f in fitted.items()}, best_imaging_model=best,
+        combined_same_as_clinical=same_as_clinical,
     )
 
 
@@ -523,7 +566,8 @@ def study_summary(result: StudyResult) -> dict:
 
     ``{"format", "best_imaging_model", "models": {name: {"cv_auc_mean", "cv_auc_sd", "apparent_auc",
     "auc": {split: f}, "auc_ci": {split: [low, high]}, "n": {split: n}, "features": [...],
-    "cutoff", "method", "status"}}}``; non-finite numbers are ``None``.
+    "cutoff", "method", "status"}}}`` (and ``same_as_clinical``, the reason, on a combined model that
+    kept only the clinical model's variables); non-finite numbers are ``None``.
     """
     def number(x):
         return float(x) if x is not None and np.isfinite(x) else None
@@ -544,5 +588,7 @@ def study_summary(result: StudyResult) -> dict:
             "method": model.method,
             "status": model.status,
         }
+    if "combined" in models and result.combined_same_as_clinical:
+        models["combined"]["same_as_clinical"] = result.combined_same_as_clinical
     return {"format": STUDY_FORMAT, "best_imaging_model": result.best_imaging_model,
             "cv_selection": CV_SELECTION, "models": models}
