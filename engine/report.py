@@ -94,7 +94,8 @@ FIGURE_DPI = 100
 # itself (engine.contract.TABLE_FILES), so the report never re-derives them.
 TABLE_TEXT = {
     "table2": ("Table 2. Clinical characteristics by group",
-               "Each clinical variable in patients without and with sarcopenia, per cohort: mean ± SD or n (%), "
+               "Each clinical variable in patients without and with sarcopenia, per cohort: mean ± SD (median "
+               "[Q1, Q3] where the test is Mann-Whitney U) or n (%), "
                "the test used (chosen as SPSS users expect: Lilliefors normality, Levene, Student/Welch t, "
                "Mann-Whitney U; Pearson chi-square or Fisher's exact test) and its p."),
     "table3": ("Table 3. Logistic regression of clinical variables",
@@ -560,9 +561,20 @@ def _feature_unit(modality: str, stat: str, unit: str) -> str:
     return {"mean": f"mean ({unit})" if unit else "mean", "volume": "volume (cm³)", "percent": "percent (%)"}[stat]
 
 
+#: Short names of Table 2's tests for the box plots' titles.
+_SHORT_TEST = {"Student's t-test": "t", "Welch's t-test": "Welch"}
+
+
+def _box_p(groups: list[np.ndarray]) -> tuple[float, str]:
+    """(p, short test name) of a feature's two groups by Table 2's rule (issue 21: was Mann-Whitney for all)."""
+    from .stats import groups as group_tests
+
+    test, _, p, _ = group_tests.compare_continuous(groups[0], groups[1])
+    return p, _SHORT_TEST.get(test, "MW")
+
+
 def _box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit: str) -> str | None:
     """Figure 3: every feature of ``modality`` by label on the training split (rows: methods)."""
-    from scipy.stats import mannwhitneyu
 
     train = features[features["split"].astype(str) == "train"]
     labels = pd.to_numeric(train["label"], errors="coerce")
@@ -595,18 +607,19 @@ def _box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit:
                 ax.set_xticks([])
             title = f"{METHOD_NAMES.get(method, method)} {tissue} {stat}"
             if all(g.size >= 2 for g in groups):
-                p = mannwhitneyu(groups[0], groups[1]).pvalue
+                p, test = _box_p(groups)
                 star = " *" if p < 0.05 else ""
                 p_text = format_p(p)
                 p_text = p_text if p_text.startswith("<") else f"={p_text}"
-                ax.set_title(f"{title}\np{p_text}{star}", fontsize=8.5, color="#c0392b" if star else "black")
+                ax.set_title(f"{title}\np{p_text} ({test}){star}", fontsize=8.5,
+                             color="#c0392b" if star else "black")
             else:
                 ax.set_title(title, fontsize=8.5)
             ax.tick_params(labelsize=7.5)
             ax.set_ylabel(_feature_unit(modality, stat, unit), fontsize=7.5)
     fig.suptitle(f"{MODALITY_NAMES.get(modality, modality)} features by group, training split "
                  f"(n={int((labels == 0).sum())} non-sarcopenia, {int((labels == 1).sum())} sarcopenia; "
-                 f"p: Mann-Whitney U, * p<0.05)", fontsize=10)
+                 f"p: the test Table 2's rule picks, t, Welch or MW = Mann-Whitney U; * p<0.05)", fontsize=10)
     return _png_data_uri(fig)
 
 
@@ -754,7 +767,9 @@ def _cohort_section(features: pd.DataFrame, errors: pd.DataFrame | None) -> dict
                              [False, True, True, True, True]),
             "modalities": _table(["Modality", "Patients with features", "Patients with an error"], modality_rows,
                                  [False, True, True]),
-            "n_patients": len(features), "n_failures": n_failures, "failed_patients": failed_patients}
+            "n_patients": len(features), "n_failures": n_failures, "failed_patients": failed_patients,
+            # without errors.csv (a 'sarco study --table' folder) failures are unknown, not absent
+            "errors_known": errors is not None}
 
 
 def _fit_details(fit: dict) -> str:
@@ -846,9 +861,14 @@ def _tables_section(run_dir: Path) -> tuple[list[dict], str | None]:
         return [], ("not available: the run folder has no tables/ folder (statistics were disabled or failed; "
                     "see the notes below)")
     tables = []
+    study = _read_json_quiet(run_dir / STUDY_JSON) or {}
+    # a combined model that kept only the clinical variables says why (issue 21)
+    same_as_clinical = ((study.get("models") or {}).get("combined") or {}).get("same_as_clinical")
     for key, (title, lead) in TABLE_TEXT.items():
         filename = STUDY_TABLE_FILES[key]
         path = tables_dir / filename
+        if key == "table_combined" and same_as_clinical:
+            lead = f"{lead} Why it matches the clinical model: {same_as_clinical}."
         entry = {"key": key, "title": title, "lead": lead, "table": None, "missing": None}
         if not path.is_file():
             if key in ("table_combined", "comparisons"):
@@ -929,6 +949,24 @@ def _config_text(config: Any) -> str:
                          allow_unicode=True).rstrip()
     except Exception:  # noqa: BLE001 - a value YAML cannot represent: fall back to JSON
         return json.dumps(config, indent=2, default=str)
+
+
+def _run_name(run_dir: Path, provenance: dict | None, model: dict | None) -> str:
+    """What identifies the run (issue 21: the folder's name alone, often ``run``): the command and the
+    manifest (or feature table) it read, when it started, and the folder."""
+    provenance = provenance or {}
+    manifest = provenance.get("manifest") if isinstance(provenance.get("manifest"), dict) else {}
+    source_table = (model or {}).get("source_table")
+    parts = []
+    if manifest.get("name"):
+        parts.append(f"sarco {provenance.get('mode') or 'run'} of {manifest['name']}")
+    elif source_table:
+        parts.append(f"sarco study --table {Path(str(source_table)).name}")
+    started = _utc(provenance.get("started_unix"))
+    if started:
+        parts.append(f"started {started}")
+    parts.append(f"folder {run_dir.resolve().name}")
+    return ", ".join(parts)
 
 
 def _provenance_section(provenance: dict | None) -> dict | None:
@@ -1082,7 +1120,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         "run_date": _utc((provenance or {}).get("finished_unix")) or "unknown",
         "backend": (provenance or {}).get("backend") or "unknown",
         "generated": datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "run_name": run_dir.resolve().name,
+        "run_name": _run_name(run_dir, provenance, model),
         "cohort": _cohort_section(features, errors),
         "thresholds": threshold_sections,
         "diagnostics": diagnostic_sections(thresholds, features),

@@ -62,8 +62,12 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     for column in columns:
         table[column] = rng.normal(50, 10, n)
     table.to_csv(tmp_path / "features.csv", index=False)
-    cfg = load_config(overrides={"run": {"report": False}, "stats": {"cv_folds": 2}})
+    cfg = load_config(overrides={"stats": {"cv_folds": 2}})
     run_table_study(tmp_path / "features.csv", tmp_path / "study", cfg)
+    # issue 21: its report said "no processing failure" while listing errors.csv as missing
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert "no processing failure" not in html and "processing failures not known" in html
+    assert "sarco study --table features.csv" in html
     model = json.loads((tmp_path / "study" / "model.json").read_text())
     assert model["clinical_columns"] == ["age"]
     table2 = pd.read_csv(tmp_path / "study" / "tables" / "table2_groups.csv")
@@ -264,3 +268,35 @@ def test_a_combined_model_identical_to_the_clinical_one_says_why():
     strongest = min(p, key=p.get)
     assert f"{strongest}: p = {p[strongest]:.3g}" in why
     assert any(note == f"combined: {why}" for note in result.notes)
+
+
+def test_report_names_the_run_explains_an_identical_combined_model_and_tests_boxes_as_table2(tmp_path,
+                                                                                         monkeypatch):
+    """Issue 21: the report's "Run" was the folder's name ("run"), a combined model identical to the clinical
+    one said nothing, and the box plots' p-values were Mann-Whitney for every feature."""
+    from markupsafe import escape
+
+    from engine.report import render_report
+    from engine.stats import groups
+    from tests.test_report import make_run
+
+    run = make_run(tmp_path)
+    provenance = json.loads((run / "provenance.json").read_text())
+    provenance["manifest"] = {"name": "cohort_2024.csv", "path_sha256": "0" * 64}
+    (run / "provenance.json").write_text(json.dumps(provenance))
+    why = "no ct_otsu feature had univariable p < 0.05 on these patients"
+    (run / "study.json").write_text(json.dumps({"models": {"combined": {"same_as_clinical": why}}}))
+    (run / "tables" / "combined_logistic.csv").write_bytes((run / "tables" / "table3_clinical_logistic.csv").read_bytes())
+    calls = []
+    real = groups.compare_continuous
+
+    def spy(x0, x1):
+        calls.append((len(x0), len(x1)))
+        return real(x0, x1)
+
+    monkeypatch.setattr(groups, "compare_continuous", spy)
+    html = render_report(run).read_text()
+    assert "sarco run of cohort_2024.csv, started 2024-11-23 16:40 UTC, folder run" in html
+    assert str(escape(why)) in html
+    # every box (2 modalities x 3 methods x 6 features) tested by Table 2's rule on the training groups
+    assert calls == [(5, 5)] * 36
