@@ -286,7 +286,8 @@ def test_report_names_the_run_explains_an_identical_combined_model_and_tests_box
     (run / "provenance.json").write_text(json.dumps(provenance))
     why = "no ct_otsu feature had univariable p < 0.05 on these patients"
     (run / "study.json").write_text(json.dumps({"models": {"combined": {"same_as_clinical": why}}}))
-    (run / "tables" / "combined_logistic.csv").write_bytes((run / "tables" / "table3_clinical_logistic.csv").read_bytes())
+    tables = run / "tables"
+    (tables / "combined_logistic.csv").write_bytes((tables / "table3_clinical_logistic.csv").read_bytes())
     calls = []
     real = groups.compare_continuous
 
