@@ -181,7 +181,7 @@ def histogram_groups(train: list[dict], max_groups: int = MAX_HISTOGRAM_GROUPS) 
     """
     n_groups = min(len(train), max_groups)
     edges = [round(i * len(train) / n_groups) for i in range(n_groups + 1)]
-    return [train[a:b] for a, b in zip(edges, edges[1:])]
+    return [train[a:b] for a, b in zip(edges, edges[1:], strict=False)]
 
 
 def _by_scanner(train: list[dict]) -> dict[str, list[dict]]:

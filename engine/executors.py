@@ -103,7 +103,7 @@ class DaskExecutor:
         def send(n: int) -> None:
             batch = list(itertools.islice(todo, n))
             if batch:
-                *columns, batch_keys = zip(*batch)
+                *columns, batch_keys = zip(*batch, strict=True)
                 for future in self.client.map(fn, *columns, key=list(batch_keys), pure=False, **kwargs):
                     completed.add(future)
 
@@ -137,8 +137,8 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
-            raise ExecutorUnavailable("backend gpu needs dask-cuda for its local cluster: pip install 'sarco-engine[gpu]' "
-                            "(or pass --scheduler to use an existing cluster)") from exc
+            raise ExecutorUnavailable("backend gpu needs dask-cuda for its local cluster: pip install "
+                                      "'sarco-engine[gpu]' (or pass --scheduler to use an existing cluster)") from exc
         # One worker per GPU; DICOM decoding runs on the worker's CPU threads.
         with dask.config.set(no_profiler):
             cluster = LocalCUDACluster(threads_per_worker=max(1, (os.cpu_count() or 2) // 2),

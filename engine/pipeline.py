@@ -307,8 +307,9 @@ def _run(batch: _Batch, started: float) -> RunResult:
             print(f"Dask dashboard: {executor.dashboard_link}", file=sys.stderr)
         summaries = _pass1(executor, batch, jobs)
         ok = [s for s in summaries if s["status"] == "ok"]
-        is_training = (lambda s: batch.splits[s["patient_id"]] == "train"
-                       and not np.isnan(manifest.table.loc[s["patient_id"], "label"]))
+        def is_training(s):
+            return (batch.splits[s["patient_id"]] == "train"
+                    and not np.isnan(manifest.table.loc[s["patient_id"], "label"]))
         thresholds = fit_thresholds(executor, ok, is_training, cfg, backend, batch.notes)
         if not thresholds["modalities"]:
             write_csv(out_dir / ERRORS_CSV, error_frame(batch.errors))

@@ -77,7 +77,8 @@ from .contract import (
 from .contract import TABLE_FILES as STUDY_TABLE_FILES
 from .outputs import write_text
 
-METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"), "fixed": ("black", "-.")}
+METHOD_STYLES = {"otsu": ("#1b9e77", "-"), "kmeans": ("#d95f02", "--"), "gmm": ("#7570b3", ":"),
+                 "fixed": ("black", "-.")}
 #: Outlines of each scanner's share of a pooled histogram (issue 16).
 SCANNER_COLOURS = ("#e7298a", "#1f78b4", "#66a61e", "#a6761d")
 
@@ -307,7 +308,7 @@ def html_table(frame: pd.DataFrame) -> dict:
             formatters.append(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
     rows = []
     for record in frame.itertuples(index=False, name=None):
-        rows.append([fmt(v) for fmt, v in zip(formatters, record)])
+        rows.append([fmt(v) for fmt, v in zip(formatters, record, strict=True)])
     return _table([readable_header(c) for c in columns], rows, numeric, titles=columns, dropped=dropped)
 
 
@@ -528,7 +529,7 @@ def _roc_figure(predictions: pd.DataFrame, notes: list[str]) -> str | None:
     fig = _figure(min(5.4 * len(panels), 16.2), 5.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colours = _model_colours(models)
-    for ax, (split, rows) in zip(axes, panels):
+    for ax, (split, rows) in zip(axes, panels, strict=False):
         y_all = labels[rows].astype(int)
         ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1, linestyle="--")
         for curve in _roc_curves(y_all, predictions, rows, models, split, notes):
@@ -599,7 +600,7 @@ def _box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit:
             if drawn:
                 parts = ax.boxplot(groups, tick_labels=["non-sarc.", "sarc."], widths=0.6, patch_artist=True,
                                    medianprops={"color": "black"}, flierprops={"markersize": 3})
-                for patch, label in zip(parts["boxes"], (0, 1)):
+                for patch, label in zip(parts["boxes"], (0, 1), strict=True):
                     patch.set_facecolor(GROUP_COLOURS[label])
                     patch.set_alpha(0.55)
             else:
