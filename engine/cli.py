@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET into a local cache, and write "
                                      "a manifest to run")
-    p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, required=True)
+    p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, required=True,
+                   help="the DICOM node to C-FIND and C-GET from")
     p.add_argument("--out", required=True, help="the cache folder (series already there are not fetched again)")
     p.add_argument("--manifest", help="a manifest naming {ct,mri}_series_uid or {ct,mri}_study_uid per patient")
     p.add_argument("--study", action="append", metavar="UID", help="a StudyInstanceUID (repeatable)")
