@@ -333,6 +333,11 @@ def qa_png_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:
     return Path(run_dir) / QA_DIR / f"{patient_stem(patient_id, modality)}.png"
 
 
+def qa_key_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """The key of the QA picture drawn last (a rerun with the same key does not draw it again)."""
+    return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.qa-key.json"
+
+
 # ----------------------------------------------------------------------------- atomic writes
 #: Every file is written as ``.tmp-<pid>-<name>`` beside its destination and renamed into place
 #: (:func:`engine.outputs.atomic_path`); the run lock sweeps this pattern, and the crash-safety

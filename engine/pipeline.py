@@ -142,7 +142,7 @@ def _render_qa(executor, batch: _Batch, summaries: list[dict], thresholds: dict)
     todo = [s for s in summaries if s["status"] == "ok" and s["modality"] in specs]
     try:
         results = executor.stream(render_series, todo, [specs[s["modality"]] for s in todo],
-                                  run_dir=str(batch.out_dir),
+                                  run_dir=str(batch.out_dir), force=batch.force,
                                   keys=[f"qa-{s['patient_id']}-{s['modality']}" for s in todo])
         return list(progress(results, len(todo), "QA"))
     except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features

@@ -339,3 +339,25 @@ def test_issue23_sheet_script_filters_and_enlarges_in_a_real_browser(tmp_path):
     assert re.search(rf'<tr data-id="{ids[5]}" data-mod="ct"[^>]*>', dom).group(0).count("hidden") == 0
     assert re.search(r'<div id="box"[^>]*class="open"', dom)
     assert f"{ids[5]} CT" in re.search(r'id="cap">([^<]*)<', dom).group(1)
+
+
+def test_a_rerun_draws_only_changed_pictures(tmp_path):
+    from engine.qa import qa_specs, render_series
+
+    image, mask = _phantom("LPS")
+    sample = preprocess(image, mask, spacing_mm=(1.0, 1.0, 1.0), margin_mm=5.0, window=(-190.0, 150.0))
+    sample.save(tmp_path / "cache" / "A__ct.npz")
+    summary = {"patient_id": "A", "modality": "ct", "key": "k1", "sample": str(tmp_path / "cache" / "A__ct.npz"),
+               "roi_voxels": sample.roi_voxels, "excluded_voxels": sample.excluded_voxels}
+    specs = qa_specs({"modalities": {"ct": _one_tissue_entry(False)}}, {"ct": "low"})
+    png = tmp_path / QA_DIR / "A__ct.png"
+    assert render_series(summary, specs["ct"], str(tmp_path))["png"] == "A__ct.png" and png.is_file()
+    png.write_bytes(b"sentinel")
+    render_series(summary, specs["ct"], str(tmp_path))
+    assert png.read_bytes() == b"sentinel", "same key: not drawn again"
+    render_series(summary, qa_specs({"modalities": {"ct": _one_tissue_entry(True)}}, {"ct": "low"})["ct"],
+                  str(tmp_path))
+    assert png.read_bytes()[:4] == b"\x89PNG", "the one-tissue warning changes the colours: drawn again"
+    png.write_bytes(b"sentinel")
+    render_series(summary, specs["ct"], str(tmp_path), force=True)
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
-from ..contract import CACHE_DIR, MODALITY_NAMES, STANDARDIZATION_KEY, qa_png_path, qa_strip_path
-from ..outputs import write_bytes
+from ..contract import CACHE_DIR, MODALITY_NAMES, STANDARDIZATION_KEY, qa_key_path, qa_png_path, qa_strip_path
+from ..outputs import write_bytes, write_json
 from .panel import OverlayChoice, load_strip, overlay_choice, png_bytes, render_panel
 from .reference import reference_caption
 from .sheet import SHEET_FIELDS, SHEET_WARNINGS, SheetField, panel_record, render_sheet, write_panels
@@ -33,7 +35,30 @@ def series_source(summary: dict) -> str:
     return f"derived {derived['level']}" if derived else "hand ROI"
 
 
-def render_series(summary: dict, spec: dict, run_dir: str) -> dict:
+#: Version of the pictures' drawing: a change that alters the pictures bumps it, so a rerun redraws them.
+QA_PANEL_FORMAT = 1
+
+
+def _panel_key(summary: dict, spec: dict, strip_file: Path) -> str:
+    """What a picture depends on: the series' pass-1 key, the modality's spec, its strip file, the drawing."""
+    try:
+        stat = strip_file.stat()
+        strip = [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        strip = None
+    text = json.dumps({"sample": summary.get("key"), "spec": spec, "strip": strip, "format": QA_PANEL_FORMAT},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _drawn_key(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def render_series(summary: dict, spec: dict, run_dir: str, force: bool = False) -> dict:
     """QA task (one Dask task per series): draw ``qa/<patient>__<modality>.png``; return its sheet record.
 
     Parameters
@@ -44,6 +69,8 @@ def render_series(summary: dict, spec: dict, run_dir: str) -> dict:
         The modality's entry of :func:`qa_specs`.
     run_dir : str
         The run folder.
+    force : bool
+        Draw it even when the picture of the same key is there (``sarco run --force``).
 
     Returns
     -------
@@ -56,8 +83,13 @@ def render_series(summary: dict, spec: dict, run_dir: str) -> dict:
 
     pid, modality = summary["patient_id"], summary["modality"]
     target = qa_png_path(run_dir, pid, modality)
-    strip = load_strip(qa_strip_path(Path(run_dir) / CACHE_DIR, pid, modality))
+    cache = Path(run_dir) / CACHE_DIR
+    strip_file = qa_strip_path(cache, pid, modality)
+    strip = load_strip(strip_file)
     record = panel_record(summary, target.name, strip)
+    key, key_file = _panel_key(summary, spec, strip_file), qa_key_path(cache, pid, modality)
+    if not force and target.is_file() and _drawn_key(key_file) == key:
+        return record   # a nightly rerun draws only the new or changed series
     try:
         sample = RoiSample.load(summary["sample"])
         title = f"{pid}   {MODALITY_NAMES.get(modality, modality)}   {series_source(summary)}"
@@ -66,6 +98,7 @@ def render_series(summary: dict, spec: dict, run_dir: str) -> dict:
         picture = render_panel(sample, strip, modality=modality, fat_is=spec["fat_is"],
                                choice=OverlayChoice(**spec["overlay"]), title=title)
         write_bytes(target, png_bytes(picture))
+        write_json(key_file, {"key": key})
     except Exception as exc:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
         record.update(status="error", error=f"{type(exc).__name__}: {exc}", png="")
     return record
