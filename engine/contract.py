@@ -181,6 +181,8 @@ HABITATS_DIR = "habitats"
 CACHE_DIR = "cache"
 #: Per-patient feature rows of pass 2, under the cache folder.
 FEATURE_CACHE_DIR = "features"
+#: Per-patient keys of the QA pictures drawn last, under the cache folder.
+QA_CACHE_DIR = "qa"
 
 #: ``sarco export`` (issue 22): one row per patient, modality, object and destination.
 EXPORT_LOG_CSV = "export_log.csv"
@@ -335,7 +337,7 @@ def qa_png_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:
 
 def qa_key_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
     """The key of the QA picture drawn last (a rerun with the same key does not draw it again)."""
-    return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.qa-key.json"
+    return Path(cache_dir) / QA_CACHE_DIR / f"{patient_stem(patient_id, modality)}.json"
 
 
 # ----------------------------------------------------------------------------- atomic writes
