@@ -215,7 +215,8 @@ def _synthetic_sheet(tmp_path, n_patients: int, *, one_tissue: bool = False, dis
         (tmp_path / DERIVED_ROI_DIR).mkdir()
         pd.DataFrame({"patient_id": ids[:2], "modality": "ct", "upper_vertebra": "L3", "lower_vertebra": "L4",
                       "disc_z_mm": [-101.25, -99.0], "slab_min_z_mm": -106.0, "slab_max_z_mm": -96.0,
-                      "canal_x_mm": 0.0, "canal_y_mm": 10.0, "method": "bodies", "dropped_voxels": [0, 312]}
+                      "canal_x_mm": 0.0, "canal_y_mm": 10.0, "method": ["endplates_canal", "extent_anterior"],
+                      "dropped_voxels": [0, 312]}
                      ).to_csv(tmp_path / DERIVED_ROI_DIR / DISC_PLANES_CSV, index=False)
     return qa_sheet.render_sheet(tmp_path).read_text(encoding="utf-8"), ids
 
@@ -257,7 +258,8 @@ def test_issue23_sheet_reads_disc_planes_when_published(tmp_path):
     page, ids = _synthetic_sheet(tmp_path, 12, disc_planes=True)
     assert "Disc z (mm)" in page
     assert 'data-v="-101.25"' in _row(page, ids[0], "ct")
-    assert "dropped_voxels" in _row(page, ids[1], "ct") and "dropped_voxels" not in _row(page, ids[0], "ct")
+    assert 'data-v="312"' in _row(page, ids[1], "ct") and "Stray voxels" in page
+    assert "plane_fallback" in _row(page, ids[1], "ct") and "plane_fallback" not in _row(page, ids[0], "ct")
 
 
 def test_issue23_sheet_without_disc_planes_has_no_disc_column(tmp_path):

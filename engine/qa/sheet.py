@@ -30,8 +30,6 @@ import pandas as pd
 
 from ..contract import (
     ALL_METHODS,
-    DERIVED_ROI_DIR,
-    DISC_PLANES_CSV,
     EXCLUSION_COLUMNS,
     FEATURES_CSV,
     FIXED,
@@ -42,15 +40,19 @@ from ..contract import (
     QA_PANELS_JSON,
     STANDARDIZATION_KEY,
     THRESHOLDS_JSON,
+    disc_planes_path,
     excluded_voxels_column,
     feature_name,
     roi_volume_column,
     vs_fixed_column,
 )
+from ..io.segmentation import BODY_SOURCES, PLANE_METHODS
 from ..outputs import write_json, write_text
 from .panel import overlay_choice
 from .reference import reference_caption
 
+#: How the disc plane is found when nothing goes wrong (engine.io.segmentation.PLANE_METHODS, BODY_SOURCES).
+PREFERRED_PLANE_METHOD = f"{PLANE_METHODS[0]}_{BODY_SOURCES[0]}"
 #: Warn when a fitted method and the fixed HU bound classify more than this share of a series' voxels differently.
 VS_FIXED_WARN_PERCENT = 10.0
 #: Warn when more than this share of the ROI's voxels lies outside the intensity window.
@@ -96,6 +98,16 @@ def _disc_plane(row: dict) -> object:
     return None if value is None else float(value)
 
 
+def _dropped_voxels(row: dict) -> object:
+    value = (row["record"].get("disc_plane") or {}).get("dropped_voxels")
+    return None if value is None else float(value)
+
+
+def _plane_method(row: dict) -> str:
+    method = (row["record"].get("disc_plane") or {}).get("method")
+    return method if isinstance(method, str) else ""
+
+
 def _mri_reference(summary: dict) -> dict | None:
     return summary.get(STANDARDIZATION_KEY) if summary.get("modality") == "mri" else None
 
@@ -119,6 +131,8 @@ def _reference_flag(summary: dict) -> object:
 SHEET_FIELDS: list[SheetField] = [
     SheetField("disc_z_mm", "Disc z (mm)", "LPS z of the disc plane the derived ROI is centred on "
                "(derived_roi/disc_planes.csv)", from_row=_disc_plane),
+    SheetField("dropped_voxels", "Stray voxels", "stray voxels of the level's vertebra labels left out when "
+               "the disc plane was found (derived_roi/disc_planes.csv)", from_row=_dropped_voxels, decimals=0),
     # issue 24: each MRI series' intensity reference (mri_reference.csv; outlined green on the picture)
     SheetField("mri_reference", "MRI reference", "the tissue the MRI series was scaled on, its signal before "
                "scaling and the scale (mri_reference.csv)", from_summary=_reference_name),
@@ -165,9 +179,10 @@ SHEET_WARNINGS: list[SheetWarning] = [
                  "from the modality's median", lambda r: "roi_volume" in r["outliers"]),
     SheetWarning("fat_outlier", "fat % outlier", f"fat % (painted method) more than {OUTLIER_Z:g} robust SDs "
                  "from the modality's median", lambda r: "fat" in r["outliers"]),
-    SheetWarning("dropped_voxels", "stray vertebra voxels", "the disc plane's derivation dropped stray "
-                 "vertebra voxels (derived_roi/disc_planes.csv)",
-                 lambda r: float((r["record"].get("disc_plane") or {}).get("dropped_voxels") or 0) > 0),
+    SheetWarning("plane_fallback", "disc plane: fallback", "the disc plane was not found from the facing "
+                 f"endplates of bodies located from the canal ({PREFERRED_PLANE_METHOD}) but by a fallback "
+                 "(derived_roi/disc_planes.csv, column method): check the strip",
+                 lambda r: _plane_method(r) not in ("", PREFERRED_PLANE_METHOD)),
     SheetWarning("no_strip", "no sagittal strip", "the sagittal strip could not be cut",
                  lambda r: not r["record"].get("strip")),
     SheetWarning("no_picture", "no picture", "the QA picture could not be drawn", lambda r: not r["record"].get("png")),
@@ -203,7 +218,7 @@ def write_panels(run_dir, records: list[dict]) -> Path:
 
 
 def _disc_planes(run_dir: Path) -> dict[tuple[str, str], dict]:
-    path = run_dir / DERIVED_ROI_DIR / DISC_PLANES_CSV
+    path = disc_planes_path(run_dir)
     if not path.is_file():
         return {}
     try:
