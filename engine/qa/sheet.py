@@ -314,14 +314,14 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
     fields = [f for f in SHEET_FIELDS if any(_field_value(f, r) not in (None, "") for r in rows)]
     method_heads = [(f"Fat % {METHOD_NAMES.get(m, m)}", f"{{modality}}_{m}_fat_percent: fat voxels / ROI voxels in "
                      "the window x 100") for m in methods]
-    heads = ([("Patient", "patient_id"), ("Mod.", "modality"), ("Split", "split of the study"),
+    heads = ([("Patient", "patient_id; its button adds the series to the exclusion list"),
+              ("Mod.", "modality"), ("Split", "split of the study"),
               ("Label", "1 = sarcopenia, 0 = not"), ("QA picture", "click to enlarge")] + method_heads
              + [("ROI cm³", "{modality}_roi_volume / 1000: ROI volume in cm³ after resampling"),
                 ("Outside window %", "ROI voxels outside the intensity window / ROI voxels x 100")]
-             + [(f.header, f.description) for f in fields] + [("Warnings", "filter with the menu above"),
-                                                             ("Exclude", "add this series to the exclusion list")])
+             + [(f.header, f.description) for f in fields] + [("Warnings", "filter with the menu above")])
     head_html = "".join(
-        f'<th{" class=nosort" if title in ("QA picture", "Exclude") else ""} title="{html.escape(tip)}">'
+        f'<th{" class=nosort" if title == "QA picture" else ""} title="{html.escape(tip)}">'
         f'{html.escape(title)}</th>' for title, tip in heads)
     labels = {w.key: w.label for w in SHEET_WARNINGS}
     descriptions = {w.key: w.description for w in SHEET_WARNINGS}
@@ -338,15 +338,15 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
                          for k in row["warnings"])
         reason = "; ".join(labels[k] for k in row["warnings"]) or "flagged at QA review"
         label_text = {1.0: "1", 0.0: "0"}.get(row["label"], "")
-        cells = [_cell(pid), _cell(modality, text=name), _cell(row["split"]),
+        cells = [f'<td class="t" data-v="{html.escape(pid)}">{html.escape(pid)}<br><button type="button" class="ex" '
+                 'title="add to the exclusion list and copy its line">exclude</button></td>',
+                 _cell(modality, text=name), _cell(row["split"]),
                  _cell(row["label"], 0, label_text or None),
                  f'<td class="pic">{picture}</td>']
         cells += [_cell(row["fat"].get(m), 1) for m in methods]
         cells += [_cell(row["roi_volume_cm3"], 1), _cell(row["excluded_percent"], 1)]
         cells += [_cell(v if isinstance(v := _field_value(f, row), str) else _number(v), f.decimals) for f in fields]
         cells.append(f'<td class="ws" data-v="{len(row["warnings"])}">{badges}</td>')
-        cells.append('<td class="t"><button type="button" class="ex" title="add to the exclusion list and copy '
-                     'its line">exclude</button></td>')
         body.append(f'<tr data-id="{html.escape(pid)}" data-mod="{html.escape(modality)}" '
                     f'data-w="{html.escape(" ".join(row["warnings"]))}" data-reason="{html.escape(reason)}">'
                     + "".join(cells) + "</tr>")
@@ -386,7 +386,7 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-:root {{ --thumb: 300px; }}
+:root {{ --thumb: 270px; }}
 * {{ box-sizing: border-box; }}
 body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d1d1f;
         background: #fafafa; }}
@@ -411,6 +411,7 @@ th[aria-sort=descending]::after {{ content: " \\25BC"; }}
 td {{ border-top: 1px solid #e2e2e2; padding: 4px 6px; text-align: right; vertical-align: middle;
       font-variant-numeric: tabular-nums; }}
 td.t {{ text-align: left; }}
+button.ex {{ margin-top: 4px; font-size: 12px; }}
 td.ws {{ text-align: left; max-width: 12em; }}
 td.pic {{ width: calc(var(--thumb) + 12px); }}
 td.pic img {{ width: var(--thumb); display: block; cursor: zoom-in; border-radius: 2px; }}
@@ -435,7 +436,7 @@ tr.marked td {{ background: #fde8e8; }}
 <option value="-">no warning</option>{options}</select></label>
 <label>Modality <select id="fm"><option value="">all</option>{mod_options}</select></label>
 <label>Patient <input id="fq" size="12" placeholder="id contains"></label>
-<label>Picture size <input id="fs" type="range" min="180" max="640" step="10" value="300"></label>
+<label>Picture size <input id="fs" type="range" min="180" max="640" step="10" value="270"></label>
 <span>Exclusion list: <b id="nexcl">0</b> <button type="button" id="copyall">copy CSV</button>
 <button type="button" id="download">download flagged.csv</button></span>
 </div>
