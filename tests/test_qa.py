@@ -304,7 +304,8 @@ def test_issue23_report_links_the_contact_sheet(tmp_path):
 def test_issue23_terminal_summary_prints_the_sheet_path(tmp_path):
     from engine.cli import _summary
 
-    result = SimpleNamespace(n_patients=1, backend="cpu", n_failed=0, thresholds={}, reused=0, notes=[])
+    result = SimpleNamespace(n_patients=1, backend="cpu", n_failed=0, thresholds={}, reused=0, notes=[],
+                             errors=pd.DataFrame(columns=["patient_id", "modality", "stage", "reason"]))
     assert "QA:" not in _summary(result, tmp_path)
     (tmp_path / QA_DIR).mkdir()
     (tmp_path / QA_DIR / QA_INDEX).write_text("<html></html>")
