@@ -470,6 +470,9 @@ def _dispatch(argv) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # the engine logs INFO into run.log; the terminal shows it only with -v
         handler.addFilter(_not_a_note)  # a note is printed once, in the command's summary
+    if args.command in ("export", "fetch") and not args.verbose:
+        # pynetdicom logs every refused connection as ERROR; the per-patient line already says it
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if args.command in ("run", "apply", "demo"):
         from .executors import quiet_dask
 

@@ -59,15 +59,23 @@ def set_nodelay(assoc) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def associate(ae, address: PacsAddress, *, nodelay: bool = True, **kwargs):
-    """An established association with ``address``, or a :class:`PacsError` saying why not."""
+def _reachable(address: PacsAddress) -> str | None:
+    """None when something accepts a TCP connection at ``address``, else the system's reason."""
     try:
         with socket.create_connection((address.host, address.port), timeout=CONNECT_TIMEOUT_S):
-            pass
+            return None
     except OSError as exc:
-        raise PacsError(f"nothing answers at {address.host}:{address.port} ({(exc.strerror or str(exc)).lower()})") \
-            from None
+        return (exc.strerror or str(exc)).lower()
+
+
+def associate(ae, address: PacsAddress, *, nodelay: bool = True, **kwargs):
+    """An established association with ``address``, or a :class:`PacsError` saying why not.
+
+    Only a failed association is followed by a plain TCP probe (dead port or a refusing peer?): a
+    probe before every association would hold one of the peer's DICOM threads for nothing.
+    """
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.connection_timeout = CONNECT_TIMEOUT_S
     assoc = ae.associate(address.host, address.port, ae_title=address.aet, **kwargs)
     if assoc.is_established:
         if nodelay:
@@ -76,6 +84,9 @@ def associate(ae, address: PacsAddress, *, nodelay: bool = True, **kwargs):
     if assoc.is_rejected:
         raise PacsError(f"{address} rejected the association (is the calling AE title '{ae.ae_title}' known to it, "
                         "and the called AE title right?)")
+    unreachable = _reachable(address)
+    if unreachable is not None:
+        raise PacsError(f"nothing answers at {address.host}:{address.port} ({unreachable})")
     if assoc.is_aborted:
         raise PacsError(f"{address} aborted the association")
     raise PacsError(f"{address} did not accept an association (no common presentation context?)")
