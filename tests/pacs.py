@@ -180,6 +180,7 @@ def store_files(pacs: Pacs, files, calling_aet: str = "SARCOTEST") -> int:
 
     datasets = [pydicom.dcmread(str(f)) for f in files]
     ae = AE(ae_title=calling_aet)
+    ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 300  # a loaded CI machine, not a slow PACS
     for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
         ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", pacs.dicom_port, ae_title=PACS_AET)
