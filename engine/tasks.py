@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from . import __version__
 from .contract import (
@@ -122,20 +123,15 @@ def content_digest(*paths: str) -> str:
     return digest.hexdigest()
 
 
-def _one_itk_thread_on_dask_workers() -> None:
-    """On a Dask worker every task already has a core: ITK's filters must not spread over all of them.
+def _one_itk_thread() -> None:
+    """ITK's filters run on one thread in every task, inline runs included.
 
-    Dask runs one task per worker thread and as many worker threads as cores, so ITK's default
-    (a thread per core for each filter) would oversubscribe the machine. Inline runs keep it.
+    N4's B-spline fit is not bit-reproducible across thread counts (its internal filters follow
+    ITK's global default, not the corrector's own setting), so MRI features depended on where a
+    task ran: on an H200 machine the 16-core inline run and a LocalCUDACluster worker gave different
+    thresholds (device check, issue 25). One thread also keeps a Dask worker, which already has a
+    core per task, from oversubscribing the machine.
     """
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return
-    import SimpleITK as sitk
-
     if sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() != 1:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
@@ -245,7 +241,7 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
             return cached
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
     reached = {"stage": "ingest"}  # the step an unforeseen error happened in
-    _one_itk_thread_on_dask_workers()
+    _one_itk_thread()
     try:
         summary = {**base, **_ingest(job, cfg, cache, derive_from, reached)}
     except InputError as exc:

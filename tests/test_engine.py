@@ -323,3 +323,27 @@ def test_group_histogram_is_the_histogram_of_the_pooled_voxels(ct_reference):
     counts = group_histogram(paths, -190.0, 150.0, 1.0, "cpu")
     assert counts.dtype == np.int64 and counts.sum() == pooled.size
     np.testing.assert_array_equal(counts, expected)
+
+
+def test_mri_sample_does_not_depend_on_itk_threads_before_the_task(cohort, tmp_path):
+    """Issue 25's device check: a LocalCUDACluster worker (ITK on one thread) and the inline run on a
+    16-core machine (ITK's default, a thread per core) gave different MRI thresholds, because N4's
+    B-spline fit follows ITK's global thread count. Every task now runs ITK on one thread, so the
+    caller's setting must not reach the sample."""
+    from engine.tasks import ingest_and_preprocess
+
+    row = pd.read_csv(cohort, dtype=str, keep_default_na=False).iloc[0]
+    job = {"patient_id": row["patient_id"], "modality": "mri", "image": str(cohort.parent / row["mri_image"]),
+           "roi": str(cohort.parent / row["mri_roi"]), "series_uid": None}
+    config = _config().to_dict()
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    samples = []
+    try:
+        for threads in (4, 1):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            summary = ingest_and_preprocess(job, config, str(tmp_path / f"threads{threads}"), force=True)
+            assert summary["status"] == "ok", summary
+            samples.append(np.load(summary["sample"])["values"])
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    assert samples[0].tobytes() == samples[1].tobytes()
