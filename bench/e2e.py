@@ -74,7 +74,7 @@ def _measure(window_values: np.ndarray, roi_voxels: int, window) -> dict:
             "fat_count": stats.fat_count}
 
 
-def ours(job: dict, config: dict, cache_dir: str) -> dict:
+def ours(job: dict, config, cache_dir: str) -> dict:
     """Pass 1 + histogram + tissue statistics of one series, as the pipeline runs them."""
     from engine.preprocess import RoiSample
     from engine.tasks import ingest_and_preprocess, patient_histogram
@@ -83,7 +83,7 @@ def ours(job: dict, config: dict, cache_dir: str) -> dict:
     summary = ingest_and_preprocess(job, config, cache_dir, force=True)
     if summary["status"] != "ok":
         raise RuntimeError(f"ours failed on {job['patient_id']}: [{summary['stage']}] {summary['reason']}")
-    low, high = config["preprocess"]["ct"]["window"]
+    low, high = config.preprocess.ct.window
     counts = patient_histogram(summary["sample"], low, high, 1.0, "cpu")
     window_values = RoiSample.load(summary["sample"]).window_values
     stats = tissue_stats(window_values, THRESHOLD_HU, fat_is="low")
@@ -173,7 +173,7 @@ def _series_facts(ct_dir: str) -> dict:
             "transfer_syntax": header.file_meta.TransferSyntaxUID.name}
 
 
-def _time_series(job: dict, config: dict, window, work_dir: str, repeats: int) -> dict:
+def _time_series(job: dict, config, window, work_dir: str, repeats: int) -> dict:
     t_floor = median_time(lambda: floor_read(job["image"]), repeats=repeats, warmup=1)
     t_ours = median_time(lambda: ours(job, config, work_dir), repeats=repeats, warmup=1)
     t_naive = median_time(lambda: naive(job["image"], job["roi"], window), repeats=repeats, warmup=1)
@@ -206,8 +206,8 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_series: i
     n_series = n_series or (1 if quick else 2)
     repeats = repeats or (3 if quick else 7)
     manifest = cohort_manifest(cache_dir or default_cache_dir(), "clinical", n_series)
-    config = load_config(overrides={"run": {"backend": "cpu"}}).to_dict()
-    window = tuple(config["preprocess"]["ct"]["window"])
+    config = load_config(overrides={"run": {"backend": "cpu"}})
+    window = tuple(config.preprocess.ct.window)
     rows = []
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)

@@ -22,8 +22,9 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .contract import ALL_METHODS, MODALITIES, NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
+from .contract import MODALITIES, NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
+from .methods import method_names
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
 # complete (exit 1); anything else reaching main() is a bug.
@@ -81,7 +82,7 @@ def _summary(result, out_dir: Path) -> str:
     for modality, fit in _canonical(result.thresholds.get("modalities", {}), MODALITIES):
         # canonical order, not the file's: model.json is written with sorted keys, so apply
         # printed fixed, gmm, kmeans, otsu where run printed otsu, kmeans, gmm, fixed (issue 21)
-        parts = ", ".join(f"{m} {v['threshold']:.1f}" for m, v in _canonical(fit["methods"], ALL_METHODS))
+        parts = ", ".join(f"{m} {v['threshold']:.1f}" for m, v in _canonical(fit["methods"], method_names()))
         lines.append(f"{modality.upper()} thresholds ({fit['unit']}): {parts}  [{fit['n_patients']} training patients]")
     if result.reused:
         lines.append(f"rerun: {result.reused} series taken from the cache, {result.computed} computed")

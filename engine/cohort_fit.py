@@ -7,18 +7,18 @@ order), and every method's threshold is fitted on the host copy of the pooled co
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 
 import numpy as np
 
+from kernels import bin_centers
+
 from . import __version__
+from . import methods as fit_methods
 from .backend import to_host
 from .config import Config
 from .contract import (
-    FIXED,
-    METHOD_NAMES,
     MODALITIES,
     MODALITY_NAMES,
     SCANNER_FIELDS,
@@ -74,48 +74,27 @@ def fit_cohort(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Con
     by 1e-12, which is enough to flip a voxel that sits on it. Host fits make CPU and GPU runs
     give bit-identical thresholds and therefore identical habitat labels.
     """
-    from kernels import bin_centers, fit_threshold
-
     width = cfg.modality_fit(modality).bin_width
     host_counts = to_host(counts)
     centers = bin_centers(lo, hi, width)
-    options = {
-        "otsu": {},
-        "kmeans": {"seed": cfg.fit.seed, "max_iter": cfg.fit.kmeans_max_iter, "tol": cfg.fit.kmeans_tol},
-        "gmm": {"max_iter": cfg.fit.gmm_max_iter, "tol": cfg.fit.gmm_tol, "reg_covar": cfg.fit.gmm_reg_covar},
-    }
     fits = {}
-    for method in cfg.modality_methods(modality):
-        if method == FIXED:
-            fits[method] = fixed_fit(cfg)
-            continue
+    for name in cfg.modality_methods(modality):
+        method = fit_methods.get(name)
         try:
-            result = fit_threshold((host_counts, centers), method, **options[method])
+            fits[name] = method.fit(host_counts, centers, cfg.fit.options(name), cfg, modality)
         except ValueError as exc:
             # A degenerate pooled histogram for one method must not cost the other methods'
             # results: its features stay empty and the run says why.
             if notes is None:
                 raise
-            add_note(notes, f"{modality.upper()} {method}: no threshold ({exc}); its features are left empty")
+            add_note(notes, f"{modality.upper()} {name}: no threshold ({exc}); its features are left empty")
             continue
-        fits[method] = dataclasses.asdict(result)
     fixed = cfg.modality_fit(modality).fixed
     if fixed is not None:
-        for method, fit in fits.items():
-            if method != FIXED:
-                fit["vs_fixed_fat_bound_hu"] = float(fit["threshold"]) - fixed.fat_hu[1]
+        for name, fit in fits.items():
+            if not fit_methods.get(name).reference:
+                fit["vs_fixed_fat_bound_hu"] = float(fit["threshold"]) - fixed.fat_bound_hu
     return fits
-
-
-def fixed_fit(cfg: Config) -> dict:
-    """The fixed method's entry of thresholds.json: the clinical HU ranges, nothing fitted.
-
-    ``threshold`` is the one split the classify kernel applies (fat ``x <= t``), the midpoint of
-    the gap between the fat and muscle ranges (:class:`engine.config.FixedRanges`).
-    """
-    fixed = cfg.fit.ct.fixed
-    return {"threshold": fixed.threshold_hu, "fat_hu": list(fixed.fat_hu), "muscle_hu": list(fixed.muscle_hu),
-            "method": FIXED}
 
 
 def bimodality_diagnostic(counts: np.ndarray, lo: float, hi: float, modality: str, cfg: Config,
@@ -131,17 +110,14 @@ def bimodality_diagnostic(counts: np.ndarray, lo: float, hi: float, modality: st
     of fat too; the weight separates those. The message says so in plain words, with (CT) each
     fitted threshold's position relative to the fixed fat bound.
     """
-    from kernels import bin_centers, fit_threshold
-
     width = cfg.modality_fit(modality).bin_width
     host_counts = to_host(counts)
     if isinstance(fits.get("gmm"), dict) and "weights" in fits["gmm"]:
         gmm = fits["gmm"]
     else:
         try:
-            gmm = dataclasses.asdict(fit_threshold((host_counts, bin_centers(lo, hi, width)), "gmm",
-                                                   max_iter=cfg.fit.gmm_max_iter, tol=cfg.fit.gmm_tol,
-                                                   reg_covar=cfg.fit.gmm_reg_covar))
+            gmm = fit_methods.get("gmm").fit(host_counts, bin_centers(lo, hi, width), cfg.fit.options("gmm"), cfg,
+                                             modality)
         except ValueError as exc:
             return {"ashman_d": None, "minor_weight": None, "likely_one_tissue": None,
                     "message": f"no two-Gaussian fit of the pooled histogram ({exc})"}
@@ -155,13 +131,14 @@ def bimodality_diagnostic(counts: np.ndarray, lo: float, hi: float, modality: st
     fixed = cfg.modality_fit(modality).fixed
     where = ""
     if fixed is not None:
-        bound = fixed.fat_hu[1]
-        placed = [f"{METHOD_NAMES.get(m, m)} {float(f['threshold']):+.1f} HU" for m, f in fits.items() if m != FIXED]
+        bound = fixed.fat_bound_hu
+        placed = [f"{fit_methods.display_name(m)} {float(f['threshold']):+.1f} HU" for m, f in fits.items()
+                  if not fit_methods.get(m).reference]
         if placed:
             where = f"; fitted thresholds {', '.join(placed)} against the fixed fat bound {bound:+g} HU"
     if one_tissue:
         advice = (" Compare the fixed method's features (fat <= "
-                  f"{fixed.fat_hu[1]:g} HU)." if fixed is not None else
+                  f"{fixed.fat_bound_hu:g} HU)." if fixed is not None else
                   " Read the fitted fat features with caution: there is no fixed reference on this modality.")
         message = (f"{name}: the pooled training histogram looks like ONE tissue ({measured}{where}). "
                    "A two-class fit always finds two classes, so the fitted thresholds are probably splitting "

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from .contract import ALL_METHODS, FIXED, MODALITIES, modality_methods
+from . import methods as fit_methods
+from .contract import FIXED, MODALITIES
 from .errors import ConfigError
 from .userfiles import check_scheduler_address
 
@@ -112,8 +114,9 @@ class FixedRanges(_Strict):
         return value
 
     @property
-    def threshold_hu(self) -> float:
-        """The single split the kernels apply: fat ``x <= threshold_hu``."""
+    def fat_bound_hu(self) -> float:
+        """The one fixed fat bound (issue 21): fat ``x <= fat_bound_hu``, what the kernels apply, what every
+        fitted threshold is compared with, what the report shows."""
         return (self.fat_hu[1] + self.muscle_hu[0]) / 2.0
 
 
@@ -134,24 +137,60 @@ class MriFit(ModalityFit):
 
 
 class FitConfig(_Strict):
-    methods: list[Literal[ALL_METHODS]] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
+    """``fit``: the methods to run, their options (``fit.<method>``, each method's own model in
+    :mod:`engine.methods`) and each modality's bins, fat side and fixed ranges."""
+
+    # extra keys are the registered methods' options, checked against each method's model below
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    methods: list[str] = Field(default_factory=fit_methods.default_methods, min_length=1)
     seed: int = 0
     # "cuml" was accepted but never read (issue 15): only the histogram fit exists.
     kmeans_impl: Literal["histogram"] = "histogram"
-    kmeans_max_iter: int = Field(300, gt=0)
-    kmeans_tol: float = Field(1e-4, gt=0)
-    gmm_max_iter: int = Field(100, gt=0)
-    gmm_tol: float = Field(1e-3, gt=0)
-    gmm_reg_covar: float = Field(1e-6, ge=0)
     ct: ModalityFit = ModalityFit(fat_is="low", fixed=FixedRanges())
     mri: MriFit = MriFit(fat_is="high")
 
     @field_validator("methods")
     @classmethod
-    def _unique(cls, value):
+    def _registered_once(cls, value):
+        unknown = [m for m in value if not fit_methods.is_method(m)]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}; expected some of {list(fit_methods.method_names())}")
         if len(set(value)) != len(value):
             raise ValueError(f"methods are listed twice: {value}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_of_every_method(cls, data):
+        # every registered method's options are present (defaults filled), so a dump states them all
+        if isinstance(data, dict):
+            data = {**{m.name: {} for m in fit_methods.registered() if m.options.model_fields}, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _method_options(self):
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for key, value in list(extra.items()):
+            if not fit_methods.is_method(key):
+                raise PydanticCustomError("extra_forbidden", "unknown key", {"key": key})
+            model = fit_methods.get(key).options
+            if isinstance(value, model):
+                continue
+            try:
+                extra[key] = model.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                inner = ".".join(str(part) for part in first["loc"])
+                raise PydanticCustomError(first["type"], first["msg"],
+                                          {"key": f"{key}.{inner}" if inner else key,
+                                           "value": first.get("input")}) from None
+        return self
+
+    def options(self, method: str) -> fit_methods.MethodOptions:
+        """The validated options of ``method`` (``fit.<method>``)."""
+        extra = self.__pydantic_extra__ or {}
+        return extra.get(method) or fit_methods.get(method).options()
 
 
 class StatsConfig(_Strict):
@@ -226,7 +265,7 @@ class Config(_Strict):
     io: IOConfig = IOConfig()
     roi: RoiConfig = RoiConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
-    fit: FitConfig = FitConfig()
+    fit: FitConfig = Field(default_factory=FitConfig)
     stats: StatsConfig = StatsConfig()
     run: RunConfig = RunConfig()
 
@@ -238,7 +277,7 @@ class Config(_Strict):
 
     def modality_methods(self, modality: str) -> list[str]:
         """The configured methods that apply to ``modality`` (``fixed`` is CT only)."""
-        return modality_methods(modality, self.fit.methods)
+        return fit_methods.modality_methods(modality, self.fit.methods)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -279,16 +318,58 @@ def validate(raw: dict[str, Any]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"a config must be a mapping of sections, got {type(raw).__name__}")
     try:
-        cfg = Config.model_validate(raw)
+        cfg = Config.model_validate(_migrate(raw))
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        loc = [str(part) for part in first["loc"]]
+        context = first.get("ctx") or {}
+        if "key" in context:  # raised by a model validator on an extra key (a method's options)
+            loc.append(str(context["key"]))
+        key = ".".join(loc) or "<root>"
         if first["type"] == "extra_forbidden":
-            raise ConfigError(key, "unknown key (check the spelling against configs/default.yaml)") from None
-        value = first.get("input")
+            raise ConfigError(key, f"unknown key; {_known_keys(loc[:-1])}") from None
+        value = context.get("value", first.get("input"))
         raise ConfigError(key, f"{first['msg']} (got {value!r})") from None
     _check_fixed_ranges(cfg)
     return cfg
+
+
+def _known_keys(section: list[str]) -> str:
+    """The keys a section accepts, for an unknown-key message: the user needs no file to look them up
+    (the wheel ships no configs/ folder)."""
+    model: Any = Config
+    for part in section:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        annotation = getattr(field, "annotation", None)
+        if annotation is None or not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    else:
+        keys = list(model.model_fields)
+        if model is FitConfig:
+            keys += [m.name for m in fit_methods.registered() if m.options.model_fields]
+        where = ".".join(section) or "the top level"
+        return f"{where} accepts: {', '.join(keys)}"
+    return "check the spelling"
+
+
+#: Options of the fits that were flat keys of ``fit`` before the method registry (issue 21); a config
+#: or a model.json written then still loads.
+_FLAT_FIT_OPTIONS = {"kmeans_max_iter": ("kmeans", "max_iter"), "kmeans_tol": ("kmeans", "tol"),
+                     "gmm_max_iter": ("gmm", "max_iter"), "gmm_tol": ("gmm", "tol"),
+                     "gmm_reg_covar": ("gmm", "reg_covar")}
+
+
+def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    fit = raw.get("fit")
+    if not isinstance(fit, dict) or not set(fit) & set(_FLAT_FIT_OPTIONS):
+        return raw
+    fit = dict(fit)
+    for old, (method, option) in _FLAT_FIT_OPTIONS.items():
+        if old in fit:
+            nested = fit.get(method)
+            fit[method] = {**(nested if isinstance(nested, dict) else {}), option: fit.pop(old)}
+    return {**raw, "fit": fit}
 
 
 def _check_fixed_ranges(cfg: Config) -> None:

@@ -4,7 +4,8 @@ Feature columns and their parts, manifest columns, table and output file names, 
 values, the per-patient cache layout (ROI sample ``.npz`` keys included), error columns and the
 temporary-file pattern of atomic writes. The pipeline, the tasks, the statistics glue, the
 report, the manifest reader, the config schema and the tests import these names; none of them
-re-derives a layout by hand. Adding a feature column or a table touches this module only.
+re-derives a layout by hand. Adding a table touches this module only; adding a feature stat touches
+:mod:`engine.features` only, adding a fit method :mod:`engine.methods` only (issue 21).
 
 Deliberately imports nothing but the standard library: a report renderer, a test or a tool
 that only reads a run folder should not pay for numpy, pandas or Dask to learn its layout.
@@ -14,23 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .features import stat_names
+
 # ----------------------------------------------------------------------------- vocabulary
 MODALITIES = ("ct", "mri")
 MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
 #: DICOM Modality (0008,0060) each manifest modality must carry.
 DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
-#: Methods fitted on the pooled training histogram (METHOD.md section 3).
-METHODS = ("otsu", "kmeans", "gmm")
-#: The clinical reference (METHOD.md section 3): fixed Hounsfield ranges, nothing fitted. CT only:
-#: MRI signal has no absolute unit, so a fixed range has no meaning there.
+#: The clinical reference method (METHOD.md section 3): fixed Hounsfield ranges, nothing fitted, CT
+#: only. Every fit method (name, display name, modalities) is an entry of :mod:`engine.methods`;
+#: this name is here because the ``*_vs_fixed_percent`` columns are built from it.
 FIXED = "fixed"
-#: Every method a config may list, in canonical order.
-ALL_METHODS = METHODS + (FIXED,)
-#: Methods that only exist for some modalities.
-METHOD_MODALITIES = {FIXED: ("ct",)}
-METHOD_NAMES = {"otsu": "Otsu", "kmeans": "K-means", "gmm": "GMM", FIXED: "Fixed HU"}
 TISSUES = ("fat", "muscle")
-STATS = ("mean", "volume", "percent")
 SPLITS = ("train", "validation", "prospective")
 SPLIT_NAMES = {"train": "Training", "validation": "Retrospective validation",
                "prospective": "Prospective validation"}
@@ -47,8 +43,9 @@ def feature_name(modality: str, method: str, tissue: str, stat: str) -> str:
 
 
 def method_features(modality: str, method: str) -> list[str]:
-    """The 6 features of one (modality, method): one imaging model's candidates."""
-    return [feature_name(modality, method, tissue, stat) for tissue in TISSUES for stat in STATS]
+    """The features of one (modality, method), one per tissue and registered stat (:mod:`engine.features`):
+    one imaging model's candidates."""
+    return [feature_name(modality, method, tissue, stat) for tissue in TISSUES for stat in stat_names()]
 
 
 def roi_volume_column(modality: str) -> str:
@@ -57,11 +54,6 @@ def roi_volume_column(modality: str) -> str:
 
 def excluded_voxels_column(modality: str) -> str:
     return f"{modality}_excluded_voxels"
-
-
-def modality_methods(modality: str, methods) -> list[str]:
-    """The configured ``methods`` that apply to ``modality`` (``fixed`` is CT only)."""
-    return [m for m in methods if modality in METHOD_MODALITIES.get(m, MODALITIES)]
 
 
 def vs_fixed_column(modality: str, method: str) -> str:
@@ -75,28 +67,40 @@ def vs_fixed_column(modality: str, method: str) -> str:
 
 
 def vs_fixed_columns(modality: str, methods) -> list[str]:
-    """The disagreement columns of a modality: one per fitted method, when ``fixed`` is run too."""
-    methods = modality_methods(modality, methods)
+    """The disagreement columns of a modality: one per other method, when ``fixed`` is among ``methods``.
+
+    ``methods``: those that apply to ``modality`` (:func:`engine.methods.modality_methods`).
+    """
     if FIXED not in methods:
         return []
     return [vs_fixed_column(modality, m) for m in methods if m != FIXED]
 
 
 def feature_names(modality: str, methods) -> list[str]:
-    """The feature columns of one modality, in canonical order."""
-    names = [name for method in modality_methods(modality, methods) for name in method_features(modality, method)]
+    """The feature columns of one modality, in canonical order.
+
+    ``methods``: those that apply to ``modality`` (:func:`engine.methods.modality_methods`).
+    """
+    names = [name for method in methods for name in method_features(modality, method)]
     return names + [roi_volume_column(modality), excluded_voxels_column(modality)] + vs_fixed_columns(modality, methods)
 
 
 #: Every per-patient column the engine produces that is neither a body-composition feature of a
 #: (modality, method) model nor a clinical variable: ``sarco study --table`` and the statistics
-#: recognise them by this set, never by a name pattern (issue 21). A stage that adds a diagnostic
-#: column to :func:`feature_names` adds its names here, one line per family.
-DIAGNOSTIC_COLUMNS: frozenset[str] = frozenset(
-    [roi_volume_column(m) for m in MODALITIES]
-    + [excluded_voxels_column(m) for m in MODALITIES]
-    + [column for m in MODALITIES for column in vs_fixed_columns(m, ALL_METHODS)]
-)
+#: recognise them by :func:`is_diagnostic_column`, built from the same name functions (issue 21).
+#: A stage that adds a diagnostic column to :func:`feature_names` adds its family there.
+def is_diagnostic_column(column: str) -> bool:
+    """Whether ``column`` is one of the names :func:`feature_names` builds besides the model features:
+    ``{modality}_roi_volume``, ``{modality}_excluded_voxels`` or ``{modality}_{method}_vs_fixed_percent``
+    for any method (registered fit methods included)."""
+    for modality in MODALITIES:
+        if column in (roi_volume_column(modality), excluded_voxels_column(modality)):
+            return True
+        prefix, suffix = f"{modality}_", vs_fixed_column(modality, "")[len(modality) + 1:]
+        method = column[len(prefix):-len(suffix)] if column.startswith(prefix) and column.endswith(suffix) else ""
+        if method and method.isalnum() and column == vs_fixed_column(modality, method):
+            return True
+    return False
 
 
 def model_name(modality: str, method: str) -> str:
@@ -104,16 +108,19 @@ def model_name(modality: str, method: str) -> str:
     return f"{modality}_{method}"
 
 
-def imaging_models(modalities, methods) -> dict[str, list[str]]:
-    """One model per (modality, method) over its 6 features (METHOD.md section 5)."""
-    return {model_name(m, method): method_features(m, method) for m in modalities
-            for method in modality_methods(m, methods)}
+def imaging_models(methods_by_modality: dict) -> dict[str, list[str]]:
+    """One model per (modality, method) over its features (METHOD.md section 5).
+
+    ``methods_by_modality``: modality -> the methods that apply to it.
+    """
+    return {model_name(m, method): method_features(m, method) for m, methods in methods_by_modality.items()
+            for method in methods}
 
 
 def parse_feature(column: str) -> tuple[str, str, str, str] | None:
     """(modality, method, tissue, stat) of a method feature column, or None for any other column."""
     parts = column.split("_")
-    if len(parts) != 4 or parts[0] not in MODALITIES or parts[2] not in TISSUES or parts[3] not in STATS:
+    if len(parts) != 4 or parts[0] not in MODALITIES or parts[2] not in TISSUES or parts[3] not in stat_names():
         return None
     return parts[0], parts[1], parts[2], parts[3]
 
@@ -172,6 +179,12 @@ TABLE_FILES = {
     "comparisons": "model_comparisons.csv",
 }
 
+#: One row per series of pass 1 (issue 21): what the report and QA need of each series beyond its
+#: features (scanner, standardisation, where the ROI came from), published so they never read ``cache/``.
+SERIES_CSV = "series.csv"
+SERIES_COLUMNS = ("patient_id", "modality", "status", "scanner", "roi_source", "roi_level", "standardization_method",
+                  "standardization_scale")
+
 #: Machine-readable summary of every statistical model (``sarco run`` and ``sarco study``).
 STUDY_JSON = "study.json"
 RUN_LOG = "run.log"
@@ -199,7 +212,8 @@ MRI_REFERENCE_COLUMNS = ("patient_id", "scanner", "reference", "reason", "region
 #: thresholds.json beside another run's model.json; habitat maps and the cache are per patient
 #: and keyed, not retracted.
 PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV, SPLIT_CSV, PREDICTIONS_CSV,
-                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV, MRI_REFERENCE_CSV)
+                     MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV, MRI_REFERENCE_CSV,
+                     SERIES_CSV)
 
 #: Attribute of a log record that is also one of the command's notes (:func:`engine.rundir.add_note`):
 #: the CLI prints notes in its summary and keeps such records off the terminal's log handler.
@@ -326,8 +340,21 @@ def derived_roi_path(run_dir: str | Path, patient_id: str, modality: str) -> Pat
     return Path(run_dir) / DERIVED_ROI_DIR / f"{patient_stem(patient_id, modality)}_roi.nii.gz"
 
 
+#: Published per-series preview slices (issue 21): what the report's overlays draw, so that the report
+#: never reads ``cache/``. Written by pass 1, atomically, keyed like the habitat maps.
+PREVIEWS_DIR = "previews"
+#: Arrays of a published preview ``.npz`` (:mod:`engine.previews`): the axial slice with most ROI
+#: voxels, the ROI's pixels on it (row, column, value, in window) and the crop grid's geometry.
+PREVIEW_KEYS = ("preview", "preview_z", "roi_rows", "roi_columns", "roi_values", "roi_in_window", "spacing",
+                "direction")
+
+def preview_path(run_dir: str | Path, patient_id: str, modality: str) -> Path:
+    """The published preview slice (an ``.npz``, :data:`PREVIEW_KEYS`) of one series."""
+    return Path(run_dir) / PREVIEWS_DIR / f"{patient_stem(patient_id, modality)}.preview.npz"
+
+
 def qa_strip_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
-    """Pass 1's cached cranio-caudal strip (an ``.npz``) that the QA PNG draws."""
+    """Pass 1's cached sagittal strip (an ``.npz``) that the QA task draws during the run."""
     return Path(cache_dir) / f"{patient_stem(patient_id, modality)}.strip.npz"
 
 

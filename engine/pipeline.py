@@ -44,6 +44,7 @@ from .contract import (
     derived_roi_path,
     disc_planes_path,
     feature_names,
+    preview_path,
     series_uid_column,
 )
 from .executors import open_executor, progress
@@ -60,6 +61,7 @@ from .rundir import (
     run_lock,
     run_log,
     source_entries,
+    write_series,
     write_tables,
 )
 from .tasks import classify_and_measure, ingest_and_preprocess
@@ -122,9 +124,11 @@ def _jobs(manifest: Manifest, modalities=MODALITIES) -> list[dict]:
 
 
 def _place_outputs(jobs: list[dict], out_dir: Path) -> list[dict]:
-    """Where each job writes its derived ROI (issue 17): the run folder, for review and reuse."""
+    """Where each job publishes its derived ROI (issue 17) and its pictures' data (issue 21): the run folder."""
     for job in jobs:
-        job["derived_roi"] = str(derived_roi_path(out_dir, job["patient_id"], job["modality"]))
+        pid, modality = job["patient_id"], job["modality"]
+        job["derived_roi"] = str(derived_roi_path(out_dir, pid, modality))
+        job["preview"] = str(preview_path(out_dir, pid, modality))
     return jobs
 
 
@@ -190,7 +194,7 @@ def _publish_mri_reference(batch: _Batch, summaries: list[dict]) -> None:
 
 
 def _pass1(executor, batch: _Batch, jobs: list[dict]) -> list[dict]:
-    results = executor.stream(ingest_and_preprocess, jobs, config=batch.cfg.to_dict(), cache_dir=str(batch.cache_dir),
+    results = executor.stream(ingest_and_preprocess, jobs, cfg=batch.cfg, cache_dir=str(batch.cache_dir),
                               force=batch.force, keys=[f"pass1-{j['patient_id']}-{j['modality']}" for j in jobs])
     summaries = list(progress(results, len(jobs), "pass 1"))
     batch.errors += error_rows(summaries)
@@ -218,7 +222,7 @@ def _pass2(executor, batch: _Batch, ok: list[dict], thresholds: dict, backend: s
     todo = [s for s in ok if s["modality"] in thresholds["modalities"]]
     frozen = {modality: threshold_values(thresholds, modality) for modality in thresholds["modalities"]}
     results = executor.stream(classify_and_measure, todo, [frozen[s["modality"]] for s in todo],
-                              config=batch.cfg.to_dict(), habitat_dir=habitat_dir, cache_dir=str(batch.cache_dir),
+                              cfg=batch.cfg, habitat_dir=habitat_dir, cache_dir=str(batch.cache_dir),
                               backend=backend, force=batch.force,
                               keys=[f"pass2-{s['patient_id']}-{s['modality']}" for s in todo])
     rows = list(progress(results, len(todo), "pass 2"))
@@ -237,7 +241,8 @@ def _check_strict(batch: _Batch) -> None:
 def _feature_table(batch: _Batch, rows: list[dict], modalities) -> pd.DataFrame:
     manifest = batch.manifest
     table = _split_frame(batch)
-    columns = [name for modality in modalities for name in feature_names(modality, batch.cfg.fit.methods)]
+    cfg = batch.cfg
+    columns = [name for modality in modalities for name in feature_names(modality, cfg.modality_methods(modality))]
     values = {pid: {} for pid in manifest.patient_ids}
     for row in rows:
         if row["status"] == "ok":
@@ -308,9 +313,11 @@ def _run(batch: _Batch, started: float) -> RunResult:
             print(f"Dask dashboard: {executor.dashboard_link}", file=sys.stderr)
         summaries = _pass1(executor, batch, jobs)
         ok = [s for s in summaries if s["status"] == "ok"]
-        def is_training(s):
-            return (batch.splits[s["patient_id"]] == "train"
-                    and not np.isnan(manifest.table.loc[s["patient_id"], "label"]))
+
+        def is_training(summary: dict) -> bool:
+            pid = summary["patient_id"]
+            return bool(batch.splits[pid] == "train" and not np.isnan(manifest.table.loc[pid, "label"]))
+
         thresholds = fit_thresholds(executor, ok, is_training, cfg, backend, batch.notes)
         if not thresholds["modalities"]:
             write_csv(out_dir / ERRORS_CSV, error_frame(batch.errors))
@@ -318,6 +325,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
                             "see errors.csv" if batch.errors else "no training patient in the manifest")
         retract_outputs(out_dir)
         _publish_mri_reference(batch, summaries)
+        write_series(out_dir, summaries)
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
         qa_records = _render_qa(executor, batch, summaries, thresholds)
@@ -328,7 +336,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
         from .study import run_statistics
 
         statistics = run_statistics(out_dir, features, manifest, cfg, modalities, batch.notes)
-    feature_columns = [c for m in modalities for c in feature_names(m, cfg.fit.methods)]
+    feature_columns = [c for m in modalities for c in feature_names(m, cfg.modality_methods(m))]
     write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
                                                  manifest.clinical_columns))
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run",
@@ -386,6 +394,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
         summaries = _pass1(executor, batch, jobs)
         retract_outputs(out_dir)
         _publish_mri_reference(batch, summaries)
+        write_series(out_dir, summaries)
         features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
         qa_records = _render_qa(executor, batch, summaries, thresholds)
     _write_sheet(batch, qa_records)

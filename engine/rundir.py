@@ -30,12 +30,17 @@ from .contract import (
     PROVENANCE_JSON,
     PUBLISHED_OUTPUTS,
     RUN_LOG,
+    SCANNER_KEY,
+    SERIES_COLUMNS,
+    SERIES_CSV,
     SOURCE_IMAGE,
     SOURCE_SERIES_UID,
     SOURCES_KEY,
     SPLIT_CSV,
+    STANDARDIZATION_KEY,
     TABLES_DIR,
     TEMP_GLOB,
+    scanner_label,
     source_key,
 )
 from .errors import SarcoError, UsageError
@@ -144,6 +149,28 @@ def write_tables(out_dir: Path, features: pd.DataFrame, errors: pd.DataFrame, sp
     write_parquet(out_dir / FEATURES_PARQUET, features)
     write_csv(out_dir / ERRORS_CSV, errors)
     write_csv(out_dir / SPLIT_CSV, split_frame)
+
+
+def series_frame(summaries: list[dict]) -> pd.DataFrame:
+    """series.csv: one row per series of pass 1, what the report and QA show of it (issue 21).
+
+    Published so that neither reads pass 1's cache (``cache/`` may be deleted after a run).
+    """
+    rows = []
+    for s in sorted(summaries, key=lambda s: (s["patient_id"], s["modality"])):
+        derived = s.get("derived_roi") or {}
+        standardization = s.get(STANDARDIZATION_KEY) or {}
+        ok = s["status"] == "ok"
+        rows.append({"patient_id": s["patient_id"], "modality": s["modality"], "status": s["status"],
+                     "scanner": scanner_label(s.get(SCANNER_KEY)) if ok else "",
+                     "roi_source": ("derived" if derived else "hand") if ok else "",
+                     "roi_level": derived.get("level", ""), "standardization_method": standardization.get("method", ""),
+                     "standardization_scale": standardization.get("scale")})
+    return pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+
+
+def write_series(out_dir: Path, summaries: list[dict]) -> None:
+    write_csv(out_dir / SERIES_CSV, series_frame(summaries))
 
 
 def _versions() -> dict:

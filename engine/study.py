@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import methods as fit_methods
 from .contract import (
-    ALL_METHODS,
-    DIAGNOSTIC_COLUMNS,
     FEATURES_CSV,
     LABEL,
     MODALITIES,
@@ -31,6 +30,7 @@ from .contract import (
     TABLE_MODEL_FORMAT,
     THRESHOLDS_JSON,
     imaging_models,
+    is_diagnostic_column,
     method_features,
     model_name,
     parse_feature,
@@ -187,7 +187,8 @@ def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cf
     """Fit the study's models on the training split and write the tables; return the bundle."""
     columns = clinical_columns(manifest, cfg.stats.clinical_columns)
     table = _with_clinical(features, manifest, columns)
-    bundle, _ = _study(table, columns, imaging_models(modalities, cfg.fit.methods), cfg, out_dir, notes)
+    models = imaging_models({m: cfg.modality_methods(m) for m in modalities})
+    bundle, _ = _study(table, columns, models, cfg, out_dir, notes)
     return bundle
 
 
@@ -195,7 +196,7 @@ def table_models(columns) -> dict[str, list[str]]:
     """Imaging models of a feature table: one per (modality, method) with a column named as in
     METHOD.md section 4 (:func:`engine.contract.parse_feature`), in the engine's order."""
     found = {parts[:2] for parts in map(parse_feature, map(str, columns)) if parts is not None}
-    order = {m: i for i, m in enumerate(ALL_METHODS)}
+    order = {m: i for i, m in enumerate(fit_methods.method_names())}
     keys = sorted(found, key=lambda k: (MODALITIES.index(k[0]), order.get(k[1], len(order)), k[1]))
     return {model_name(m, method): method_features(m, method) for m, method in keys}
 
@@ -214,7 +215,7 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
 
     The table has ``patient_id``, ``label`` (1/0/empty), ``split`` (train/validation/prospective),
     imaging features named as in METHOD.md section 4 and any other column as a clinical variable
-    (the engine's diagnostic columns, :data:`engine.contract.DIAGNOSTIC_COLUMNS`, are not clinical).
+    (the engine's diagnostic columns, :func:`engine.contract.is_diagnostic_column`, are not clinical).
     Writes what ``sarco run`` writes for statistics: tables/, predictions.csv, study.json,
     model.json (:data:`TABLE_MODEL_FORMAT`), features.csv, and report.html when ``run.report``.
     Returns the ``study.json`` summary and the notes.
@@ -223,10 +224,11 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
 
     table = read_feature_table(table_path)
     models = table_models(table.columns)
-    imaging = {c for columns in models.values() for c in columns} | DIAGNOSTIC_COLUMNS
+    imaging = {c for columns in models.values() for c in columns}
     columns = cfg.stats.clinical_columns
     if columns is None:
-        columns = [c for c in table.columns if c not in RESERVED_COLUMNS and c not in imaging]
+        columns = [c for c in table.columns
+                   if c not in RESERVED_COLUMNS and c not in imaging and not is_diagnostic_column(str(c))]
     if not models and not columns:
         raise UsageError(f"feature table '{table_path}' has neither imaging features nor clinical columns")
     out_dir = Path(out_dir)

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
+from .config import Config
 from .contract import (
     DICOM_MODALITY,
     DISC_PLANE_KEY,
@@ -40,6 +41,8 @@ from .contract import (
     vs_fixed_column,
 )
 from .errors import InputError
+from .features import TissueMeasure, measure
+from .previews import write_preview
 
 #: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
 #: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23).
@@ -218,16 +221,26 @@ def _standardize_options(prep) -> dict:
             "reference": prep.reference}
 
 
-def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool = False) -> dict:
+def _validated(cfg) -> Config:
+    """The run's config as it crosses into a task: validated once, before the run (issue 21).
+
+    A task never re-validates: the frozen :class:`~engine.config.Config` travels to the workers as
+    it is (it pickles). A plain mapping is refused, so a caller cannot skip the validation.
+    """
+    if not isinstance(cfg, Config):
+        raise TypeError(f"a task takes the run's validated Config (engine.config.load_config), got "
+                        f"{type(cfg).__name__}")
+    return cfg
+
+
+def ingest_and_preprocess(job: dict, cfg: Config, cache_dir: str, force: bool = False) -> dict:
     """Pass 1 for one patient and modality: read, check, resample, N4, window -> cached ROI sample.
 
     Returns a summary dict: ``status`` ``ok`` (with the sample path and its size and value range)
     or ``error`` (with ``stage`` and ``reason``). Errors are cached too, under the same key: a
     broken study is not re-read every night until its files change.
     """
-    from .config import validate
-
-    cfg = validate(config)
+    cfg = _validated(cfg)
     pid, modality = job["patient_id"], job["modality"]
     # the segmentation counts only when it is used: an explicit ROI wins over it
     derive_from = job.get("segmentation") or "" if not job["roi"] else ""
@@ -247,7 +260,8 @@ def ingest_and_preprocess(job: dict, config: dict, cache_dir: str, force: bool =
     except InputError as exc:
         summary = {**base, "status": "error", "stage": exc.stage, "reason": _as_written(exc.reason, job)}
     except MemoryError:
-        summary = {**base, "status": "error", "stage": reached["stage"], "reason": "ran out of memory reading this study"}
+        summary = {**base, "status": "error", "stage": reached["stage"],
+                   "reason": "ran out of memory reading this study"}
     except Exception as exc:  # an input we did not foresee must not stop the night's batch
         summary = {**base, "status": "error", "stage": reached["stage"],
                    "reason": _as_written(f"unexpected {type(exc).__name__} while reading this study: {exc}", job)}
@@ -267,9 +281,11 @@ def _cached_summary(job: dict, key: str, cache: Path, derive_from: str, *, need_
     sample_file = sample_path(cache, pid, modality)
     derived_file = job.get("derived_roi")
     derived_ok = not (derive_from and derived_file) or Path(derived_file).exists()
+    # the published preview must be there too (a run folder whose previews/ was deleted redraws them)
+    preview_ok = not job.get("preview") or Path(job["preview"]).exists()
     if not cached or cached.get("key") != key:
         return None
-    if cached["status"] != "error" and not (sample_file.exists() and derived_ok):
+    if cached["status"] != "error" and not (sample_file.exists() and derived_ok and preview_ok):
         return None
     if cached["status"] == "ok" and need_strip and cached.get("qa_strip_attempted") != QA_STRIP_FORMAT:
         return None
@@ -345,6 +361,8 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
             _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
         except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
             pass
+    if job.get("preview"):  # the report's overlays and the QA sheet draw it (published: cache/ may go)
+        write_preview(job["preview"], sample)
     sample_file = sample_path(cache, pid, modality)
     sample.save(sample_file)
     info = image.info
@@ -409,10 +427,10 @@ def disagreement_with_fixed(modality: str, methods: list[str], all_stats, n_wind
         return {}
     fixed_fat = int(all_stats[methods.index(FIXED)].fat_count)
     return {vs_fixed_column(modality, method): 100.0 * abs(int(stats.fat_count) - fixed_fat) / n_window
-            for method, stats in zip(methods, all_stats) if method != FIXED}
+            for method, stats in zip(methods, all_stats, strict=True) if method != FIXED}
 
 
-def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_dir: str | None,
+def classify_and_measure(summary: dict, thresholds: dict, cfg: Config, habitat_dir: str | None,
                          cache_dir: str, backend: str = "cpu", force: bool = False) -> dict:
     """Pass 2 for one patient and modality: frozen thresholds -> features (+ habitat maps).
 
@@ -422,11 +440,10 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
     from kernels import classify, tissue_stats
 
     from .backend import to_device, to_host
-    from .config import validate
     from .outputs import write_image
     from .preprocess import RoiSample
 
-    cfg = validate(config)
+    cfg = _validated(cfg)
     pid, modality = summary["patient_id"], summary["modality"]
     methods = [m for m in cfg.fit.methods if m in thresholds]  # a method whose fit failed has no threshold
     fat_is = cfg.modality_fit(modality).fat_is
@@ -450,18 +467,17 @@ def classify_and_measure(summary: dict, thresholds: dict, config: dict, habitat_
             # One read of the voxels for every method's threshold (the kernels take a sequence).
             method_thresholds = [float(thresholds[m]) for m in methods]
             all_stats = tissue_stats(window_values, method_thresholds, fat_is=fat_is)
-            for method, stats in zip(methods, all_stats):
+            for method, stats in zip(methods, all_stats, strict=True):
                 for tissue in TISSUES:
-                    count = int(getattr(stats, f"{tissue}_count"))
-                    total = float(getattr(stats, f"{tissue}_sum"))
-                    features[feature_name(modality, method, tissue, "mean")] = total / count if count else float("nan")
-                    features[feature_name(modality, method, tissue, "volume")] = count * voxel_mm3
-                    features[feature_name(modality, method, tissue, "percent")] = 100.0 * count / n_window
+                    tissue_measure = TissueMeasure(int(getattr(stats, f"{tissue}_count")),
+                                                   float(getattr(stats, f"{tissue}_sum")), voxel_mm3, n_window)
+                    for stat, value in measure(tissue_measure).items():  # every registered stat (engine.features)
+                        features[feature_name(modality, method, tissue, stat)] = value
             features.update(disagreement_with_fixed(modality, methods, all_stats, n_window))
             if habitat_dir is not None:
                 stage = "write"
                 all_labels = to_host(classify(window_values, method_thresholds, fat_is=fat_is))
-                for method, method_labels in zip(methods, all_labels):
+                for method, method_labels in zip(methods, all_labels, strict=True):
                     labels = np.full(sample.roi_voxels, HABITAT_LABELS["outside_window"], np.uint8)
                     labels[sample.in_window] = method_labels
                     write_image(habitat_path(habitat_dir, pid, modality, method), sample.label_volume(labels))

@@ -39,8 +39,6 @@ __all__ = [
     "fit_threshold",
 ]
 
-FIT_METHODS = ("otsu", "kmeans", "gmm")
-
 # scikit-learn adds 10 * eps to every component's weight so that an empty component never
 # divides by zero; reproduced so EM follows the same path as GaussianMixture.
 _EPS10 = 10 * numpy.finfo(numpy.float64).eps
@@ -618,6 +616,9 @@ def gmm_threshold(counts, centers, *, max_iter: int = 100, tol: float = 1e-3,
 # ------------------------------------------------------------------------------ entry point
 
 _FITS = {"otsu": otsu_threshold, "kmeans": kmeans_threshold, "gmm": gmm_threshold}
+#: The fits :func:`fit_threshold` dispatches to (the engine's method registry, ``engine.methods``,
+#: points at the same functions and adds the reference method and the options' schema).
+FIT_METHODS = tuple(_FITS)
 
 
 def fit_threshold(values_or_histogram, method: str, *, lo: float | None = None,

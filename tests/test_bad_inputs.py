@@ -247,7 +247,7 @@ def test_volume_and_series_limits_are_clear_patient_errors(io_limits, needles, c
     from engine.tasks import ingest_and_preprocess
 
     config = load_config(overrides={**corpus.RUN_OVERRIDES, "io": {**corpus.RUN_OVERRIDES["io"], **io_limits}})
-    summary = ingest_and_preprocess(_job(cohort, "SYN0001"), config.to_dict(), str(tmp_path))
+    summary = ingest_and_preprocess(_job(cohort, "SYN0001"), config, str(tmp_path))
     assert (summary["status"], summary["stage"]) == ("error", "ingest")
     for needle in needles:
         assert needle in summary["reason"], summary["reason"]
@@ -276,7 +276,7 @@ def test_reasons_show_paths_as_the_manifest_wrote_them(tmp_path):
     job = {"patient_id": "P1", "modality": "ct", "image": str(tmp_path / "patients" / "P1" / "ct"),
            "roi": str(tmp_path / "patients" / "P1" / "ct_roi.nii.gz"), "series_uid": None,
            "manifest_dir": str(tmp_path)}
-    summary = ingest_and_preprocess(job, load_config(overrides=corpus.RUN_OVERRIDES).to_dict(), str(tmp_path / "c"))
+    summary = ingest_and_preprocess(job, load_config(overrides=corpus.RUN_OVERRIDES), str(tmp_path / "c"))
     assert summary["reason"] == "image file not found: patients/P1/ct"
 
 
@@ -313,7 +313,7 @@ def test_series_description_chooses_in_one_scan_of_the_folder(cohort, tmp_path, 
     from engine.tasks import ingest_and_preprocess
 
     job = _job(cohort, "SYN0001")
-    alone = ingest_and_preprocess(job, load_config(overrides=corpus.RUN_OVERRIDES).to_dict(), str(tmp_path / "c0"))
+    alone = ingest_and_preprocess(job, load_config(overrides=corpus.RUN_OVERRIDES), str(tmp_path / "c0"))
     assert alone["status"] == "ok"
     folder = tmp_path / "ct"
     shutil.copytree(job["image"], folder)
@@ -326,20 +326,20 @@ def test_series_description_chooses_in_one_scan_of_the_folder(cohort, tmp_path, 
         return load_config(overrides={**corpus.RUN_OVERRIDES,
                                       "io": {**corpus.RUN_OVERRIDES["io"], "series_description": {"ct": pattern}}})
 
-    unchosen = ingest_and_preprocess(job, config(None).to_dict(), str(tmp_path / "c1"))
+    unchosen = ingest_and_preprocess(job, config(None), str(tmp_path / "c1"))
     assert (unchosen["status"], unchosen["stage"]) == ("error", "ingest")
     assert "2 image series found" in unchosen["reason"] and "io.series_description.ct" in unchosen["reason"]
 
     scans = []
     real_scan = dicom._scan
     monkeypatch.setattr(dicom, "_scan", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
-    chosen = ingest_and_preprocess(job, config("L3-L4").to_dict(), str(tmp_path / "c2"))
+    chosen = ingest_and_preprocess(job, config("L3-L4"), str(tmp_path / "c2"))
     assert chosen["status"] == "ok", chosen.get("reason")
     assert chosen["roi_voxels"] == alone["roi_voxels"] and chosen["min"] == alone["min"]
     assert len(scans) == 1
 
     for pattern, matches in (("AX", 2), ("SAG", 0)):
-        summary = ingest_and_preprocess(job, config(pattern).to_dict(), str(tmp_path / f"c-{pattern}"))
+        summary = ingest_and_preprocess(job, config(pattern), str(tmp_path / f"c-{pattern}"))
         assert (summary["status"], summary["stage"]) == ("error", "ingest")
         assert f"io.series_description '{pattern}' matches {matches} image series, expected exactly 1" \
             in summary["reason"]

@@ -49,7 +49,8 @@ def test_stats_logistic_names_and_drops_collinear_variables(tmp_path, capsys):
 def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical(tmp_path, capsys):
     """Issue 21: ``ct_*_vs_fixed_percent`` of the engine's features.csv entered Table 2 and the clinical model."""
     from engine.config import load_config
-    from engine.contract import ALL_METHODS, DIAGNOSTIC_COLUMNS, feature_names, vs_fixed_column
+    from engine.contract import feature_names, is_diagnostic_column, vs_fixed_column
+    from engine.methods import method_names
     from engine.study import run_table_study
 
     rng = np.random.default_rng(5)
@@ -82,9 +83,9 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     assert len(err.splitlines()) == 1 and "sarco study --table" in err and "sarco run" in err
     # every engine column is a model feature or a registered diagnostic: none is left to a name pattern
     for modality in ("ct", "mri"):
-        for column in feature_names(modality, ALL_METHODS):
+        for column in feature_names(modality, method_names()):
             parsed = column.split("_")
-            assert column in DIAGNOSTIC_COLUMNS or (len(parsed) == 4 and parsed[1] in ALL_METHODS), column
+            assert is_diagnostic_column(column) or (len(parsed) == 4 and parsed[1] in method_names()), column
 
 
 def _actions_without_help(parser, path=("sarco",)):

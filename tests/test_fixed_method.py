@@ -64,7 +64,7 @@ def test_fixed_is_on_by_default_with_alberta_ranges():
     assert "fixed" in cfg.fit.methods
     assert cfg.fit.ct.fixed.fat_hu == (-190.0, -30.0) and cfg.fit.ct.fixed.muscle_hu == (-29.0, 150.0)
     # the gap rule: fat x <= -29.5, the same x <= t the classify kernel applies to a fitted threshold
-    assert cfg.fit.ct.fixed.threshold_hu == -29.5
+    assert cfg.fit.ct.fixed.fat_bound_hu == -29.5
     assert cfg.modality_methods("mri") == ["otsu", "kmeans", "gmm"]
 
 
@@ -79,11 +79,12 @@ def test_bad_fixed_config_names_the_key(overrides):
 
 
 def test_no_mri_fixed_and_the_disagreement_is_no_model_candidate():
-    methods = load_config().fit.methods
-    models = imaging_models(["ct", "mri"], methods)
+    cfg = load_config()
+    methods = cfg.modality_methods("ct")
+    models = imaging_models({m: cfg.modality_methods(m) for m in ("ct", "mri")})
     assert models["ct_fixed"] == method_features("ct", "fixed")
     assert "mri_fixed" not in models
-    assert not any("fixed" in c for c in feature_names("mri", methods))
+    assert not any("fixed" in c for c in feature_names("mri", cfg.modality_methods("mri")))
     assert vs_fixed_columns("ct", methods) == [vs_fixed_column("ct", m) for m in ("otsu", "kmeans", "gmm")]
     assert parse_feature("ct_otsu_vs_fixed_percent") is None
     assert all(c not in cols for cols in models.values() for c in vs_fixed_columns("ct", methods))
@@ -93,7 +94,7 @@ def test_fixed_threshold_gap_rule_on_float_voxels():
     from kernels import classify
 
     values = np.array([-30.0, -29.6, -29.5, -29.4, -29.0])
-    labels = classify(values, [load_config().fit.ct.fixed.threshold_hu], fat_is="low")[0]
+    labels = classify(values, [load_config().fit.ct.fixed.fat_bound_hu], fat_is="low")[0]
     assert list(labels) == [2, 2, 2, 1, 1]  # HABITAT_LABELS: fat 2, muscle 1
 
 

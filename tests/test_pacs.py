@@ -29,12 +29,12 @@ from engine.contract import (
     FEATURES_CSV,
     FETCH_MANIFEST,
     HABITATS_DIR,
-    METHOD_NAMES,
     PROVENANCE_JSON,
     SOURCES_KEY,
     habitat_path,
     source_key,
 )
+from engine.methods import display_name
 from engine.pipeline import run
 from tests import cohorts
 from tests.pacs import free_port, store_files
@@ -179,7 +179,7 @@ def test_seg_segments_equal_the_habitat_maps_on_the_source_grid(pacs, run_dir, e
                         for r in s.ReferencedInstanceSequence} == set(referenced)  # only the ROI's slices
             for tissue, value in (("muscle", 1), ("fat", 2)):
                 number = 2 * i + 1 + (tissue == "fat")
-                assert labels_by_number[number] == f"{METHOD_NAMES[method]} {tissue}"
+                assert labels_by_number[number] == f"{display_name(method)} {tissue}"
                 pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=referenced,
                                                            segment_numbers=[number])[..., 0]
                 expected = labels[in_roi] == value
@@ -226,13 +226,13 @@ def test_sr_numbers_equal_features_csv(run_dir, exported):
         assert len(groups) == 2 * len(methods)
         for method in methods:
             for tissue in ("muscle", "fat"):
-                group = groups[f"{METHOD_NAMES[method]} {tissue}"]
+                group = groups[f"{display_name(method)} {tissue}"]
                 row = features.loc[patient]
                 assert group["118565006"] == pytest.approx(row[f"ct_{method}_{tissue}_volume"] / 1000, rel=1e-9)
                 assert group["112031"] == pytest.approx(row[f"ct_{method}_{tissue}_mean"], rel=1e-9)
                 assert group["ROIPCT"] == pytest.approx(row[f"ct_{method}_{tissue}_percent"], rel=1e-9)
                 label = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}[group["segment"]]
-                assert label == f"{METHOD_NAMES[method]} {tissue}"
+                assert label == f"{display_name(method)} {tissue}"
                 if method != "fixed":
                     assert group["VSFIXED"] == pytest.approx(row[f"ct_{method}_vs_fixed_percent"], rel=1e-9)
 

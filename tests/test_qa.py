@@ -287,7 +287,8 @@ def test_sheet_rerender_reads_only_published_files(tmp_path):
 
 # ----------------------------------------------------------------------------- where a reader finds it
 def test_issue23_report_links_the_contact_sheet(tmp_path):
-    from engine.report import _qa_sheet_link, render_report
+    from engine.report import render_report
+    from engine.report.render import _qa_sheet_link
     from tests.test_report import make_run
 
     run = make_run(tmp_path, modalities=("ct",), tables=False, errors=[])

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from markupsafe import escape
 
-from engine.contract import CACHE_DIR, sample_path
+from engine.contract import PREVIEWS_DIR, preview_path
 from engine.preprocess import Grid, RoiSample
+from engine.previews import write_preview
 from engine.report import format_number, format_p, html_table, render_report
 
 SECTION_HEADINGS = ("Sarcopenia study report", "1. Cohort", "2. Muscle/fat thresholds", "3. Statistical tables",
@@ -43,7 +44,8 @@ def _histogram(modality: str, rng: np.random.Generator) -> dict:
 
 
 def _sample(modality: str, sarcopenia: bool, rng: np.random.Generator) -> RoiSample:
-    """A fake cached ROI sample: an elliptical ROI on a (Z, Y, X) = (3, 32, 40) crop, fat patches inside."""
+    """A fake ROI sample (its preview is published as pass 1 does): an elliptical ROI on a
+    (Z, Y, X) = (3, 32, 40) crop, fat patches inside."""
     nx, ny, nz = 40, 32, 3
     zz, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
     roi = ((xx - 20) / 15.0) ** 2 + ((yy - 16) / 11.0) ** 2 <= 1.0
@@ -74,7 +76,7 @@ def make_run(root, *, modalities=("ct", "mri"), tables=True, errors=ERRORS, seed
     """Write a fake run folder with the engine's file names under ``root``; return its path."""
     rng = np.random.default_rng(seed)
     run = root / "run"
-    (run / "cache").mkdir(parents=True)
+    run.mkdir(parents=True)
     ids = [f"P{i:03d}" for i in range(N_PATIENTS)]
     splits = ["train"] * 10 + ["validation"] * 6 + ["prospective"] * 4
     labels = [1, 0] * 5 + [1, 0, 0, 1, 0, 1] + [1, 0, 0, np.nan]
@@ -95,9 +97,9 @@ def make_run(root, *, modalities=("ct", "mri"), tables=True, errors=ERRORS, seed
         failed = [e["patient_id"] for e in errors if e["modality"] == modality]
         features.loc[features["patient_id"].isin(failed), [c for c in features if c.startswith(modality + "_")]] \
             = np.nan
-        for pid, lab in zip(ids, labels):
+        for pid, lab in zip(ids, labels, strict=True):
             if pid not in failed and lab == lab:
-                _sample(modality, lab == 1, rng).save(sample_path(run / CACHE_DIR, pid, modality))
+                write_preview(preview_path(run, pid, modality), _sample(modality, lab == 1, rng))
     features.to_csv(run / "features.csv", index=False)
 
     thresholds = {"engine_version": "0.1.0", "modalities": {}}
@@ -240,7 +242,7 @@ def test_optional_files_missing_render_with_notes(tmp_path):
     run = make_run(tmp_path, modalities=("ct",), tables=False, errors=[])
     for name in ("predictions.csv", "errors.csv", "provenance.json", "model.json"):
         (run / name).unlink()
-    for npz in (run / "cache").iterdir():  # damaged cache files: no overlay, no crash
+    for npz in (run / PREVIEWS_DIR).iterdir():  # damaged previews: no overlay, no crash
         npz.write_bytes(b"PK\x03\x04 not a zip archive")
     html = render_report(run).read_text(encoding="utf-8")
     _assert_self_contained(html)
@@ -274,14 +276,14 @@ def test_number_formatting():
 
 def test_identical_roc_curves_are_drawn_once_and_named_together():
     """Issue 14: a model whose curve equals another's must not hide it: one curve, both names."""
-    from engine.report import _roc_curves
+    from engine.report.figures import roc_curves
 
     rng = np.random.default_rng(0)
     y = pd.Series(np.r_[np.ones(20), np.zeros(20)].astype(int))
     p = rng.random(40) + 0.3 * y.to_numpy()
     predictions = pd.DataFrame({"p_ct_otsu": p, "p_combined": 1 / (1 + np.exp(-3 * p)),  # same ranking
                                 "p_clinical": rng.random(40)})
-    curves = _roc_curves(y, predictions, pd.Series(True, index=y.index), ["ct_otsu", "combined", "clinical"],
+    curves = roc_curves(y, predictions, pd.Series(True, index=y.index), ["ct_otsu", "combined", "clinical"],
                          "validation", [])
     assert [c["models"] for c in curves] == [["ct_otsu", "combined"], ["clinical"]]
     low, high = curves[0]["ci"]
@@ -290,7 +292,7 @@ def test_identical_roc_curves_are_drawn_once_and_named_together():
 
 def test_statistics_tables_read_like_the_paper(tmp_path):
     """Issue 14: Table 2 shows mean ± SD or n (%), the test and p in five columns, not a CSV dump."""
-    from engine.report_tables import render_table2, render_table5
+    from engine.report.tables import render_table2, render_table5
     from engine.stats import table2
 
     rng = np.random.default_rng(1)
@@ -316,7 +318,7 @@ def test_statistics_tables_read_like_the_paper(tmp_path):
 
 
 def test_summary_names_the_best_model_by_cv_and_its_held_out_auc():
-    from engine.report_tables import study_overview
+    from engine.report.tables import study_overview
 
     features = pd.DataFrame({"label": [1, 0, 1, 0, np.nan], "split": ["train", "train", "validation", "validation",
                                                                       "validation"]})

@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ..contract import FIXED, METHOD_NAMES
+from ..contract import FIXED
+from ..methods import display_name
 
 LOCAL_SCHEME = "99SARCO"
 
@@ -48,7 +49,7 @@ TWO_TISSUES = Code("TWOTISSUES", LOCAL_SCHEME, "Two tissues")
 
 def method_code(method: str) -> Code:
     """The method as a coded concept: ``OTSU`` = "Otsu threshold" in ``99SARCO``."""
-    return Code(method.upper(), LOCAL_SCHEME, f"{METHOD_NAMES.get(method, method)} threshold")
+    return Code(method.upper(), LOCAL_SCHEME, f"{display_name(method)} threshold")
 
 
 def local_scheme_identification() -> Dataset:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import __version__
-from ..contract import HABITAT_LABELS, METHOD_NAMES, TISSUES
+from ..contract import HABITAT_LABELS, TISSUES
+from ..methods import display_name
 from . import codes as sarco_codes
 from .source import PatientResult, habitats_on_source
 
@@ -26,7 +27,7 @@ def segment_number(method_index: int, tissue: str) -> int:
 
 
 def segment_label(method: str, tissue: str) -> str:
-    return f"{METHOD_NAMES.get(method, method)} {tissue}"
+    return f"{display_name(method)} {tissue}"
 
 
 def roi_slices(labels: dict[str, np.ndarray]) -> np.ndarray:
@@ -54,7 +55,7 @@ def build_seg(result: PatientResult, uids, built: dict):
         for tissue in SEGMENT_TISSUES:
             planes.append(labels[method][slices] == HABITAT_LABELS[tissue])
             algorithm = hd.AlgorithmIdentificationSequence(
-                name=f"sarco-engine {METHOD_NAMES.get(method, method)}", version=__version__,
+                name=f"sarco-engine {display_name(method)}", version=__version__,
                 family=sarco_codes.ALGORITHM_FAMILY[method])
             descriptions.append(hd.seg.SegmentDescription(
                 segment_number=segment_number(i, tissue), segment_label=segment_label(method, tissue),

@@ -33,12 +33,12 @@ from ..contract import (
     derived_roi_path,
     feature_name,
     habitat_path,
-    modality_methods,
     qa_png_path,
     source_key,
     vs_fixed_column,
 )
 from ..errors import InputError, SarcoError, UsageError
+from ..methods import modality_methods
 
 
 class ExportError(SarcoError):

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..contract import FIXED, METHOD_NAMES, MODALITY_NAMES
+from ..contract import FIXED, MODALITY_NAMES
+from ..methods import display_name
+from ..previews import preview_of, tissue_masks
 from .orientation import continuous_index, slice_view
 
 # CT display window (HU): soft tissue, wide enough to show fat (-100) and muscle (+50); the report's.
@@ -79,14 +81,14 @@ def overlay_choice(entry: dict, modality: str) -> OverlayChoice:
     if one_tissue:
         why = "cohort histogram looks like ONE tissue: fitted split not painted"
         if FIXED in methods:
-            return OverlayChoice(FIXED, methods[FIXED], f"{METHOD_NAMES[FIXED]} reference, fat <= "
+            return OverlayChoice(FIXED, methods[FIXED], f"{display_name(FIXED)} reference, fat <= "
                                  f"{methods[FIXED]:g} {unit} ({why})".strip(), True)
         return OverlayChoice(None, None, f"tissues not painted: {why}, and {MODALITY_NAMES.get(modality, modality)} "
                                          "has no fixed reference", True)
     chosen = fitted[0] if fitted else (FIXED if FIXED in methods else None)
     if chosen is None:
         return OverlayChoice(None, None, "tissues not painted: no threshold")
-    return OverlayChoice(chosen, methods[chosen], f"{METHOD_NAMES.get(chosen, chosen)} split at "
+    return OverlayChoice(chosen, methods[chosen], f"{display_name(chosen)} split at "
                                                   f"{methods[chosen]:.1f} {unit}".rstrip())
 
 
@@ -107,35 +109,17 @@ def _grey_rgb(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def slice_voxels(sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(row, col, value, in_window) of the ROI voxels on the sample's preview slice (storage order)."""
-    size = np.asarray(sample.grid.size, dtype=np.int64).ravel()
-    preview = np.asarray(sample.preview)
-    if size.size != 3 or preview.ndim != 2 or preview.shape != (int(size[1]), int(size[0])):
-        return None
-    plane = int(size[0] * size[1])
-    flat = np.asarray(sample.flat_index, dtype=np.int64)
-    on_slice = flat // plane == int(sample.preview_z)
-    rows, cols = np.divmod(flat[on_slice] % plane, int(size[0]))
-    return rows, cols, np.asarray(sample.values)[on_slice], np.asarray(sample.in_window, bool)[on_slice]
-
-
 def tissue_layers(sample, choice: OverlayChoice, fat_is: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(roi, muscle, fat) boolean (Y, X) masks of the preview slice in storage order."""
-    from kernels import FAT, MUSCLE, classify
+    """(roi, muscle, fat) boolean (Y, X) masks of the preview slice in storage order.
 
-    shape = np.asarray(sample.preview).shape
-    roi, muscle, fat = (np.zeros(shape, bool) for _ in range(3))
-    voxels = slice_voxels(sample)
-    if voxels is None:
-        return roi, muscle, fat
-    rows, cols, values, in_window = voxels
-    roi[rows, cols] = True
-    if choice.method is not None and choice.threshold is not None and in_window.any():
-        labels = np.asarray(classify(values[in_window], float(choice.threshold), fat_is=fat_is))
-        muscle[rows[in_window][labels == MUSCLE], cols[in_window][labels == MUSCLE]] = True
-        fat[rows[in_window][labels == FAT], cols[in_window][labels == FAT]] = True
-    return roi, muscle, fat
+    The classification is :func:`engine.previews.tissue_masks`, the report's overlay's too (issue 21).
+    """
+    preview = preview_of(sample)
+    if preview is None:
+        shape = np.asarray(sample.preview).shape
+        return tuple(np.zeros(shape, bool) for _ in range(3))  # type: ignore[return-value]
+    threshold = choice.threshold if choice.method is not None else None
+    return tissue_masks(preview, threshold, fat_is)
 
 
 def _scale(array: np.ndarray, rows: int, cols: int) -> np.ndarray:

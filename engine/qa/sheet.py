@@ -29,11 +29,9 @@ import numpy as np
 import pandas as pd
 
 from ..contract import (
-    ALL_METHODS,
     EXCLUSION_COLUMNS,
     FEATURES_CSV,
     FIXED,
-    METHOD_NAMES,
     MODALITY_NAMES,
     QA_DIR,
     QA_INDEX,
@@ -47,6 +45,7 @@ from ..contract import (
     vs_fixed_column,
 )
 from ..io.segmentation import BODY_SOURCES, PLANE_METHODS
+from ..methods import display_name, method_order
 from ..outputs import write_json, write_text
 from .panel import overlay_choice
 from .reference import reference_caption
@@ -254,7 +253,7 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
                                                features.to_dict("records"), strict=True)}
     entries = thresholds.get("modalities", {})
     present = {m for entry in entries.values() for m in entry.get("methods", {})}
-    methods = [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))
+    methods = method_order(sorted(present))
     rows = []
     for record in records:
         pid, modality = str(record["patient_id"]), record["modality"]
@@ -312,7 +311,7 @@ def _field_value(field: SheetField, row: dict):
 def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name: str) -> str:
     """The contact sheet's HTML (self-contained: inline CSS and script, pictures by relative path)."""
     fields = [f for f in SHEET_FIELDS if any(_field_value(f, r) not in (None, "") for r in rows)]
-    method_heads = [(f"Fat % {METHOD_NAMES.get(m, m)}", f"{{modality}}_{m}_fat_percent: fat voxels / ROI voxels in "
+    method_heads = [(f"Fat % {display_name(m)}", f"{{modality}}_{m}_fat_percent: fat voxels / ROI voxels in "
                      "the window x 100") for m in methods]
     heads = ([("Patient", "patient_id; its button adds the series to the exclusion list"),
               ("Mod.", "modality"), ("Split", "split of the study"),

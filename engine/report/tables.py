@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .report import MODALITY_NAMES, SPLIT_NAMES, model_label
+from ..contract import MODALITY_NAMES, SPLIT_NAMES
+from .format import model_label
 
 FALLBACK_MARK = "‡"
 FALLBACK_NOTE = (f"{FALLBACK_MARK} no candidate had univariable p < 0.05: the best univariable candidate alone "
