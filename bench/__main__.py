@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             run, descriptions[name] = _resolve(BENCHES[name])
             rows = _call(run, args.quick, options.get(name, {"cache_dir": cache_dir}))
             report["rows"].extend({"bench": name, **row} for row in rows)
-        except Exception as exc:  # one broken benchmark must not lose the others' results
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not lose the others' results
             failed = True
             traceback.print_exc()
             status["error"] = f"{type(exc).__name__}: {exc}"

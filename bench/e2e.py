@@ -111,7 +111,9 @@ def naive(ct_dir: str, roi_path: str, window) -> dict:
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(ct_dir))
     image = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
     mask = _naive_mask(roi_path, image)
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), SPACING_MM)]
+    size = [
+        max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), SPACING_MM, strict=True)
+    ]
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     resampled = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), SPACING_MM,
                               image.GetDirection(), background, sitk.sitkFloat32)

@@ -115,7 +115,7 @@ def _cupy_or_none():
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None
         return cupy
-    except Exception:  # no cupy, no driver, no device
+    except Exception:  # noqa: BLE001 - no cupy, no driver, no device
         return None
 
 
@@ -134,8 +134,8 @@ def run(quick: bool = False) -> list[dict]:
 
         # the partial statistic alone
         edges = np.arange(lo - 0.5, hi + 1.0, 1.0)
-        t_ref = _median_time(lambda: np.histogram(voxels, bins=edges), REPEATS, warmup=True)
-        t_ours = _median_time(lambda: histogram(voxels, lo=lo, hi=hi), REPEATS, warmup=True)
+        t_ref = _median_time(lambda voxels=voxels, edges=edges: np.histogram(voxels, bins=edges), REPEATS, warmup=True)
+        t_ours = _median_time(lambda voxels=voxels: histogram(voxels, lo=lo, hi=hi), REPEATS, warmup=True)
         rows.append(_row("histogram", n_voxels, "numpy.histogram (reference)", t_ref, 1.0))
         rows.append(_row("histogram", n_voxels, "ours: kernels.histogram (numpy)", t_ours,
                          t_ref / t_ours))
@@ -145,16 +145,20 @@ def run(quick: bool = False) -> list[dict]:
                 t_ref = None
             else:
                 # warm-up only where it is cheap (skimage); sklearn's fits cost seconds
-                t_ref = _median_time(lambda: call(voxels), repeats, warmup=method == "otsu")
+                t_ref = _median_time(lambda call=call, voxels=voxels: call(voxels), repeats, warmup=method == "otsu")
                 rows.append(_row(method, n_voxels, name + " (reference)", t_ref, 1.0))
-            t_ours = _median_time(lambda: _ours(voxels, method), REPEATS, warmup=True)
+            t_ours = _median_time(lambda voxels=voxels, method=method: _ours(voxels, method), REPEATS, warmup=True)
             rows.append(_row(method, n_voxels, "ours: histogram + fit (numpy)", t_ours,
                              (t_ref / t_ours) if t_ref else None))
             if cupy is not None:
                 device_voxels = cupy.asarray(voxels)
                 sync = cupy.cuda.Device().synchronize
-                t_gpu = _median_time(lambda: _ours(device_voxels, method), REPEATS, sync=sync,
-                                     warmup=True)
+                t_gpu = _median_time(
+                    lambda device_voxels=device_voxels, method=method: _ours(device_voxels, method),
+                    REPEATS,
+                    sync=sync,
+                    warmup=True,
+                )
                 rows.append(_row(method, n_voxels, "ours: histogram + fit (cupy)", t_gpu,
                                  (t_ref / t_gpu) if t_ref else None))
                 if method == "kmeans":

@@ -58,9 +58,16 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None,
             crop = resampled_crop(job, config)
             reference = None
             for shrink in SHRINK_FACTORS:
-                timing = median_time(lambda: n4_correct(crop, shrink_factor=shrink, iterations=prep.n4_iterations,
-                                                        convergence_threshold=prep.n4_convergence_threshold),
-                                     repeats=repeats, warmup=0)
+                timing = median_time(
+                    lambda crop=crop, shrink=shrink: n4_correct(
+                        crop,
+                        shrink_factor=shrink,
+                        iterations=prep.n4_iterations,
+                        convergence_threshold=prep.n4_convergence_threshold,
+                    ),
+                    repeats=repeats,
+                    warmup=0,
+                )
                 reference = reference or timing.median_s
                 rows.append({"bench": "n4", "size": size, "series": f"{job['patient_id']}/mri",
                              "crop_xyz": "x".join(str(n) for n in crop.GetSize()),

@@ -43,8 +43,12 @@ def _label_map(shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]
         start = centre + (n - 2) * step - body // 2
         labels[max(start, 0):max(start + body, 0), ny // 2 - ny // 16:ny // 2 + ny // 16,
                nx // 2 - nx // 16:nx // 2 + nx // 16] = ids[f"vertebrae_{name}"]
-    muscles = {"autochthon_left": (ny // 2 + ny // 10, nx // 2 + nx // 20), "autochthon_right": (ny // 2 + ny // 10, nx // 2 - nx // 10),
-               "iliopsoas_left": (ny // 2 - ny // 20, nx // 2 + nx // 8), "iliopsoas_right": (ny // 2 - ny // 20, nx // 2 - nx // 6)}
+    muscles = {
+        "autochthon_left": (ny // 2 + ny // 10, nx // 2 + nx // 20),
+        "autochthon_right": (ny // 2 + ny // 10, nx // 2 - nx // 10),
+        "iliopsoas_left": (ny // 2 - ny // 20, nx // 2 + nx // 8),
+        "iliopsoas_right": (ny // 2 - ny // 20, nx // 2 - nx // 6),
+    }
     size = max(ny // 20, 3)
     for name, (y, x) in muscles.items():
         labels[:, y:y + size, x:x + size] = ids[name]
@@ -84,9 +88,9 @@ def run(quick: bool = False, *, cache_dir=None, repeats: int | None = None) -> l
             seg_path, roi_path = Path(folder) / f"total{suffix}", Path(folder) / f"hand_roi{suffix}"
             _write(labels, seg_path, spacing)
             _write(hand, roi_path, spacing)
-            hand_t = median_time(lambda: read_mask(roi_path, reference), repeats=repeats)
-            read_t = median_time(lambda: sitk.ReadImage(str(seg_path)), repeats=repeats)
-            derived_t = median_time(lambda: derive_roi_from_file(
+            hand_t = median_time(lambda roi_path=roi_path: read_mask(roi_path, reference), repeats=repeats)
+            read_t = median_time(lambda seg_path=seg_path: sitk.ReadImage(str(seg_path)), repeats=repeats)
+            derived_t = median_time(lambda seg_path=seg_path: derive_roi_from_file(
                 seg_path, reference, label_table=derive.label_table(), level=derive.level,
                 thickness_mm=derive.thickness_mm, muscles=derive.muscles), repeats=repeats)
             derived_voxels = int(sitk.GetArrayViewFromImage(derived_t.result.roi).astype(bool).sum())

@@ -19,7 +19,7 @@ def gpu_status() -> tuple[bool, str]:
     """(available, description) of the CUDA device CuPy sees, without raising."""
     try:
         import cupy
-    except Exception as exc:  # ImportError, or a CUDA library mismatch at import time
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA library mismatch at import time
         return False, f"CuPy not importable ({type(exc).__name__}: {exc})"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -28,7 +28,7 @@ def gpu_status() -> tuple[bool, str]:
         props = cupy.cuda.runtime.getDeviceProperties(0)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return True, f"{name} ({count} device{'s' if count > 1 else ''})"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to query the device means no usable device
         return False, f"no CUDA device ({type(exc).__name__}: {exc})"
 
 

@@ -450,7 +450,7 @@ def _run_command(args) -> int:
             traceback.print_exc()
         _say(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"{type(exc).__name__}: {exc}")
         return 1
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the last boundary: a bug is reported as one line, not a traceback
         where = _keep_traceback(args)
         _say(f"internal error (a bug in sarco-engine {__version__}; please report it): "
              f"{type(exc).__name__}: {_one_line(exc)}; {where}")

@@ -20,7 +20,18 @@ They never contain DICOM identifiers (names, MRNs, dates): only the manifest's
 from __future__ import annotations
 
 # Stages, in pipeline order; they name the ``stage`` column of errors.csv.
-STAGES = ("manifest", "ingest", "mask", "segmentation", "preprocess", "histogram", "fit", "classify", "features", "write")
+STAGES = (
+    "manifest",
+    "ingest",
+    "mask",
+    "segmentation",
+    "preprocess",
+    "histogram",
+    "fit",
+    "classify",
+    "features",
+    "write",
+)
 
 
 class SarcoError(Exception):

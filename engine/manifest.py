@@ -235,7 +235,7 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
     seen_ids: dict[str, int] = {}
     labels, splits = [], []
     for offset, (line, cells) in enumerate(records):
-        record = dict(zip(header, cells))
+        record = dict(zip(header, cells, strict=True))
         pid = record["patient_id"]
         if not pid:
             raise ManifestError("patient_id is empty", line=line, column="patient_id")
@@ -277,7 +277,7 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
         # A column that is numeric apart from a few stray cells is numeric with missing cells;
         # a column that is mostly text is categorical (sex, occupation, yes/no).
         if present.sum() and bad.sum() <= 0.2 * present.sum():
-            for pid, value in zip(table.loc[bad, "patient_id"], values[bad]):
+            for pid, value in zip(table.loc[bad, "patient_id"], values[bad], strict=True):
                 problems.append(PatientError(pid, "clinical", "manifest",
                                              f"clinical column '{column}' has the non-numeric value '{value}'; "
                                              "it is treated as missing"))

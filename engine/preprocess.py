@@ -137,7 +137,7 @@ class RoiSample:
 def whole_volume_grid(image: sitk.Image, spacing_mm) -> Grid:
     """The grid a whole-volume resample of ``image`` to ``spacing_mm`` produces."""
     size_in, spacing_in = image.GetSize(), image.GetSpacing()
-    size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size_in, spacing_in, spacing_mm))
+    size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size_in, spacing_in, spacing_mm, strict=True))
     return Grid(size, tuple(float(s) for s in spacing_mm), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
 

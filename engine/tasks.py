@@ -262,7 +262,7 @@ def ingest_and_preprocess(job: dict, cfg: Config, cache_dir: str, force: bool = 
     except MemoryError:
         summary = {**base, "status": "error", "stage": reached["stage"],
                    "reason": "ran out of memory reading this study"}
-    except Exception as exc:  # an input we did not foresee must not stop the night's batch
+    except Exception as exc:  # noqa: BLE001 - an input we did not foresee must not stop the night's batch
         summary = {**base, "status": "error", "stage": reached["stage"],
                    "reason": _as_written(f"unexpected {type(exc).__name__} while reading this study: {exc}", job)}
     cache.mkdir(parents=True, exist_ok=True)
@@ -487,7 +487,7 @@ def classify_and_measure(summary: dict, thresholds: dict, cfg: Config, habitat_d
         result = {**base, "status": "ok", "features": features}
     except InputError as exc:
         result = {**base, "status": "error", "stage": exc.stage, "reason": exc.reason}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an unforeseen failure is this patient's error, the batch goes on
         result = {**base, "status": "error", "stage": stage,
                   "reason": f"unexpected {type(exc).__name__} while measuring: {exc}"}
     _write_json(cache_path, result)

@@ -321,7 +321,7 @@ def _lloyd_pair(xp: ModuleType, centers, weights, seeds: tuple[float, float],
     previous_is_high = None
     converged = False
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is read after the loop)
         is_high = (centers - centroids[1]) ** 2 < (centers - centroids[0]) ** 2
         weight_high = xp.where(is_high, weights, 0.0)
         weight_low = weights - weight_high
@@ -582,7 +582,7 @@ def gmm_threshold(counts, centers, *, max_iter: int = 100, tol: float = 1e-3,
     lower_bound = -math.inf
     converged = False
     n_iter = 0
-    for n_iter in range(1, int(max_iter) + 1):
+    for n_iter in range(1, int(max_iter) + 1):  # noqa: B007 (the count is read after the loop)
         previous_lower_bound = lower_bound
         log_prob = _weighted_log_prob(xp, centers, means, variances, mix_weights)
         log_norm = _logsumexp_pair(xp, log_prob)

@@ -59,7 +59,7 @@ def missing() -> int:
     for module, dist in {**REQUIRED_MODULES, **OPTIONAL_MODULES}.items():
         try:
             imported = importlib.import_module(module)
-        except Exception as exc:  # ImportError, or a broken binary (a wrong glibc, a CUDA mismatch)
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a broken binary (a wrong glibc, a CUDA mismatch)
             if module in REQUIRED_MODULES:
                 absent.append(f"{dist} ({type(exc).__name__}: {str(exc)[:80]})")
             continue
@@ -79,7 +79,7 @@ def device() -> int:
     attributes = d.attributes
     try:
         nvrtc = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
-    except Exception as exc:  # the stand-in of a rehearsal has no NVRTC
+    except Exception as exc:  # noqa: BLE001 - the stand-in of a rehearsal has no NVRTC
         nvrtc = f"unavailable ({type(exc).__name__})"
     figures = {
         "device_name": name, "compute_capability": str(d.compute_capability),
@@ -108,7 +108,7 @@ def ptx() -> int:
         try:
             program = compiler._NVRTCProgram(_cuda.cuda_source(name), name)
             text = program.compile(_cuda._NVRTC_OPTIONS + ("-ftz=true", f"-arch={target}"))[0]
-        except Exception as exc:  # an NVRTC older than the device: CuPy falls back to PTX
+        except Exception as exc:  # noqa: BLE001 - an NVRTC older than the device: CuPy falls back to PTX
             print(f"-arch={target}: {type(exc).__name__}: {exc}; compute_{arch} instead")
             target = f"compute_{arch}"
             program = compiler._NVRTCProgram(_cuda.cuda_source(name), name)

@@ -23,7 +23,7 @@ def _cupy_or_none():
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None
         return cupy
-    except Exception:  # ImportError, CUDARuntimeError without a driver, ...
+    except Exception:  # noqa: BLE001 - ImportError, CUDARuntimeError without a driver, ...
         return None
 
 

@@ -413,7 +413,7 @@ def _other_grid_mask(image):
     import SimpleITK as sitk
 
     spacing = [s * 2.0 for s in image.GetSpacing()[:2]] + [image.GetSpacing()[2]]
-    size = [max(1, int(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    size = [max(1, int(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)]
     origin = [o + 0.3 for o in image.GetOrigin()]
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin, spacing,
                          image.GetDirection(), 0, image.GetPixelID())

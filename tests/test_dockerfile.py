@@ -268,7 +268,9 @@ def test_detects_a_missing_gpu_extra(dockerfile):
 
 
 def test_detects_a_missing_healthcheck_and_entrypoint(dockerfile):
-    stripped = "\n".join(line for line in dockerfile.splitlines() if not line.startswith(("HEALTHCHECK ", "ENTRYPOINT ")))
+    stripped = "\n".join(
+        line for line in dockerfile.splitlines() if not line.startswith(("HEALTHCHECK ", "ENTRYPOINT "))
+    )
     assert healthcheck_command(stripped) is None
     assert entrypoint(stripped) is None
 

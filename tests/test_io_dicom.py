@@ -85,7 +85,10 @@ def _assert_no_phi(text: str):
 def test_round_trip_every_transfer_syntax(tmp_path, transfer_syntax, signed):
     stored = _stored(signed=signed)
     files = _write(tmp_path, stored, transfer_syntax=transfer_syntax, rescale_slope=0.5, shuffle_seed=7)
-    assert all(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[transfer_syntax] for f in files)
+    assert all(
+        pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[transfer_syntax]
+        for f in files
+    )
 
     image, info = read_dicom_series(tmp_path)
 
@@ -222,7 +225,12 @@ def test_inconsistent_orientation(tmp_path):
 def test_mixed_rows_and_pixel_spacing(tmp_path):
     uid = pydicom.uid.generate_uid()
     _write(tmp_path / "a", series_uid=uid)
-    _write(tmp_path / "a", _stored(shape=(1, 32, 64)), series_uid=uid, origin_mm=(ORIGIN[0], ORIGIN[1], ORIGIN[2] + 12 * 2.5))
+    _write(
+        tmp_path / "a",
+        _stored(shape=(1, 32, 64)),
+        series_uid=uid,
+        origin_mm=(ORIGIN[0], ORIGIN[1], ORIGIN[2] + 12 * 2.5),
+    )
     with pytest.raises(InputError, match="mixes image sizes"):
         read_dicom_series(tmp_path / "a")
     files = _write(tmp_path / "b")
@@ -371,7 +379,10 @@ def _native_slices(folder, *, allocated: int, stored_bits: int, signed: bool, ex
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if explicit else ImplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
         ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            ds.file_meta.MediaStorageSOPClassUID,
+            ds.file_meta.MediaStorageSOPInstanceUID,
+        )
         ds.Modality, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "CT", series, frame
         ds.ImagePositionPatient = [0.0, 0.0, 2.0 * (n - 1 - k)]  # written in reverse z order
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -477,7 +488,9 @@ def test_dicomdir_tree_uses_referenced_files(tmp_path):
 
     stored = _stored(seed=12, shape=(5, 16, 16))
     # a DICOMDIR's STUDY record needs StudyDate, StudyTime and StudyID
-    files = _write(tmp_path / "export_src", stored, shuffle_seed=4, patient={**PHI, "StudyTime": "101500", "StudyID": "7"})
+    files = _write(
+        tmp_path / "export_src", stored, shuffle_seed=4, patient={**PHI, "StudyTime": "101500", "StudyID": "7"}
+    )
     file_set = FileSet()
     for path in files:
         file_set.add(pydicom.dcmread(path))
@@ -550,7 +563,9 @@ def test_unreadable_file_reported(tmp_path, monkeypatch):
     path = tmp_path / "locked.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.float32)), str(path))
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if pathlib.Path(p) == path else real_access(p, mode, *a, **k))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, *a, **k: False if pathlib.Path(p) == path else real_access(p, mode, *a, **k)
+    )
     with pytest.raises(InputError, match="not readable \\(permission denied\\)"):
         read_image(path)
 
@@ -599,7 +614,13 @@ def test_inspect_seg_nrrd_lists_segments(tmp_path):
     mask = np.zeros((4, 8, 8), np.uint8)
     mask[1, 2:4, 2:4] = 1
     mask[2, 5:7, 5:7] = 2
-    path = write_mask(tmp_path / "roi.seg.nrrd", mask, spacing_mm=(1, 1, 2), origin_mm=(0, 0, 0), segment_names={1: "psoas", 2: "erector"})
+    path = write_mask(
+        tmp_path / "roi.seg.nrrd",
+        mask,
+        spacing_mm=(1, 1, 2),
+        origin_mm=(0, 0, 0),
+        segment_names={1: "psoas", 2: "erector"},
+    )
     d = inspect_path(path)
     assert [s["name"] for s in d["segments"]] == ["psoas", "erector"]
     assert "psoas (label 1, layer 0)" in format_inspection(d)

@@ -78,7 +78,11 @@ def test_float_label_map_with_tiny_geometry_noise_is_not_resampled(tmp_path):
 def test_seg_nrrd_single_layer(tmp_path):
     labels = _labels()
     path = write_mask(
-        tmp_path / "roi.seg.nrrd", labels, spacing_mm=SPACING, origin_mm=ORIGIN, segment_names={1: "psoas", 2: "erector", 5: "stray"}
+        tmp_path / "roi.seg.nrrd",
+        labels,
+        spacing_mm=SPACING,
+        origin_mm=ORIGIN,
+        segment_names={1: "psoas", 2: "erector", 5: "stray"},
     )
     reference = _reference()
     _check_on_reference(read_mask(path, reference), reference, labels != 0)
@@ -94,7 +98,13 @@ def test_seg_nrrd_single_layer(tmp_path):
 def test_seg_nrrd_segment_names_as_a_list(tmp_path):
     labels = _labels()
     labels[labels == 5] = 3
-    path = write_mask(tmp_path / "roi.seg.nrrd", labels, spacing_mm=SPACING, origin_mm=ORIGIN, segment_names=["psoas", "erector", "qlumb"])
+    path = write_mask(
+        tmp_path / "roi.seg.nrrd",
+        labels,
+        spacing_mm=SPACING,
+        origin_mm=ORIGIN,
+        segment_names=["psoas", "erector", "qlumb"],
+    )
     reference = _reference()
     _check_on_reference(read_mask(path, reference, segments=["qlumb"]), reference, labels == 3)
 
@@ -139,7 +149,9 @@ def test_seg_nrrd_multi_layer(tmp_path):
     layers[..., 0][psoas] = 1
     layers[..., 0][fat] = 3
     layers[..., 1][erector] = 1
-    path = _write_slicer_multilayer(tmp_path / "roi.seg.nrrd", layers, [("psoas", 1, 0), ("erector", 1, 1), ("fat", 3, 0)])
+    path = _write_slicer_multilayer(
+        tmp_path / "roi.seg.nrrd", layers, [("psoas", 1, 0), ("erector", 1, 1), ("fat", 3, 0)]
+    )
     reference = _reference()
     _check_on_reference(read_mask(path, reference, segments=["psoas"]), reference, psoas)
     _check_on_reference(read_mask(path, reference, segments=["erector"]), reference, erector)
@@ -155,7 +167,9 @@ def test_seg_nrrd_multi_layer(tmp_path):
 def ct_series(tmp_path):
     rng = np.random.default_rng(3)
     stored = rng.integers(0, 2000, size=SHAPE).astype(np.uint16)
-    files = write_dicom_series(tmp_path / "ct", stored, spacing_mm=SPACING, origin_mm=ORIGIN, rescale_intercept=-1024, shuffle_seed=5)
+    files = write_dicom_series(
+        tmp_path / "ct", stored, spacing_mm=SPACING, origin_mm=ORIGIN, rescale_intercept=-1024, shuffle_seed=5
+    )
     image, _ = read_dicom_series(tmp_path / "ct")
     return files, image
 
@@ -163,7 +177,9 @@ def ct_series(tmp_path):
 def test_dicom_seg_round_trip(tmp_path, ct_series):
     files, image = ct_series
     labels = _labels()
-    path = write_dicom_seg(tmp_path / "roi_seg.dcm", labels, files, segment_names={1: "psoas", 2: "erector", 5: "stray"})
+    path = write_dicom_seg(
+        tmp_path / "roi_seg.dcm", labels, files, segment_names={1: "psoas", 2: "erector", 5: "stray"}
+    )
     assert pydicom.dcmread(path, stop_before_pixels=True).Modality == "SEG"
     _check_on_reference(read_mask(path, image), image, labels != 0)
     _check_on_reference(read_mask(path, image, segments=["erector"]), image, labels == 2)
@@ -182,7 +198,15 @@ def test_dicom_seg_onto_a_resampled_reference(tmp_path, ct_series):
     files, image = ct_series
     labels = _labels()
     path = write_dicom_seg(tmp_path / "roi_seg.dcm", labels, files)
-    finer = sitk.Resample(image, [80, 64, 25], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [0.4, 0.45, 1.0], image.GetDirection())
+    finer = sitk.Resample(
+        image,
+        [80, 64, 25],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        [0.4, 0.45, 1.0],
+        image.GetDirection(),
+    )
     native = read_mask_native(path)
     assert same_grid(native, image)
     expected = sitk.Resample(native, finer, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -248,7 +272,9 @@ def test_oblique_reference_grid(tmp_path):
     labels = _labels()
     path = write_mask(tmp_path / "axial.nrrd", labels, spacing_mm=SPACING, origin_mm=ORIGIN)  # not rotated
     result = read_mask(path, reference)
-    expected = sitk.Resample(sitk.ReadImage(str(path)) != 0, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    expected = sitk.Resample(
+        sitk.ReadImage(str(path)) != 0, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
     _check_on_reference(result, reference, _array(expected))
 
 

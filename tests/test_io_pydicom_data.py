@@ -64,7 +64,9 @@ def _collect():
             frames = int(header.get("NumberOfFrames", 1) or 1)
             broken = any(word in path.name.lower() for word in ("truncated", "too_short"))
             unplaceable = frames > 1 and not _has_frame_positions(header)
-            no_geometry = frames == 1 and (header.get("ImagePositionPatient") is None or header.get("ImageOrientationPatient") is None)
+            no_geometry = frames == 1 and (
+                header.get("ImagePositionPatient") is None or header.get("ImageOrientationPatient") is None
+            )
             expectation = "error" if (broken or unplaceable or no_geometry) else "read"
             cases.append(pytest.param(path, expectation, id=f"{root.name}/{path.relative_to(root)}"))
     return cases
@@ -78,9 +80,20 @@ def test_the_file_list_is_not_trivial():
     names = {c.values[0].name for c in CASES}
     assert len(readable) >= 40, f"only {len(readable)} readable CT/MR files found"
     # the transfer syntaxes PACS exports use are all represented
-    for expected in ("MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm",
-                     "MR_small_implicit.dcm", "CT_small.dcm", "MR2_J2KR.dcm", "693_J2KR.dcm", "bad_sequence.dcm",
-                     "eCT_Supplemental.dcm", "MR_truncated.dcm", "emri_small.dcm"):
+    for expected in (
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "CT_small.dcm",
+        "MR2_J2KR.dcm",
+        "693_J2KR.dcm",
+        "bad_sequence.dcm",
+        "eCT_Supplemental.dcm",
+        "MR_truncated.dcm",
+        "emri_small.dcm",
+    ):
         assert expected in names, f"{expected} missing: is pydicom-data installed?"
     syntaxes = {str(_header(c.values[0]).file_meta.TransferSyntaxUID) for c in readable}
     for uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.5",
@@ -100,7 +113,7 @@ def _reference(path: pathlib.Path) -> np.ndarray:
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else pydicom.Dataset()
     out, keys = [], []
     for index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        def find(sequence, keyword, default):
+        def find(sequence, keyword, default, item=item):
             for group in (item, shared):
                 if sequence in group and keyword in group[sequence][0]:
                     return group[sequence][0][keyword].value

@@ -143,7 +143,7 @@ def test_segmentation_column_is_read_not_clinical(tmp_path):
 def test_clinical_column_of_file_paths_is_refused(tmp_path, cells):
     for pid in ("P1", "P2", "P3"):
         (tmp_path / "scans" / pid).mkdir(parents=True)
-    rows = "".join(f"{pid},1,ct/{pid},\"{cell}\"\n" for pid, cell in zip(("P1", "P2", "P3"), cells))
+    rows = "".join(f"{pid},1,ct/{pid},\"{cell}\"\n" for pid, cell in zip(("P1", "P2", "P3"), cells, strict=True))
     with pytest.raises(ManifestError, match="holds file paths") as info:
         read_manifest(_write(tmp_path, "patient_id,label,ct_image,scan_path\n" + rows))
     assert info.value.column == "scan_path"

@@ -63,7 +63,12 @@ def _derive(path, reference, **kwargs):
 
 def test_the_total_v2_ids_of_the_issue():
     assert (TS["vertebrae_L4"], TS["vertebrae_L3"]) == (28, 29)
-    assert (TS["autochthon_left"], TS["autochthon_right"], TS["iliopsoas_left"], TS["iliopsoas_right"]) == (86, 87, 88, 89)
+    assert (TS["autochthon_left"], TS["autochthon_right"], TS["iliopsoas_left"], TS["iliopsoas_right"]) == (
+        86,
+        87,
+        88,
+        89,
+    )
     assert (TS["vertebrae_L5"], TS["vertebrae_L1"], TS["vertebrae_T12"], TS["vertebrae_C1"]) == (27, 31, 32, 50)
 
 

@@ -22,7 +22,14 @@ def _cohort(n=220, seed=3):
     rbc = rng.normal(4.4, 0.5, n)
     hemoglobin = 30 * rbc + rng.normal(0, 6, n)  # a proxy: enters univariately, leaves in the model
     noise = rng.normal(0, 1, n)
-    eta = -1.0 + 0.07 * (age - 68) - 0.2 * (bmi - 24) - 0.15 * (albumin - 38) - 2.0e-5 * (muscle_volume - 8e4) - 0.8 * (rbc - 4.4)
+    eta = (
+        -1.0
+        + 0.07 * (age - 68)
+        - 0.2 * (bmi - 24)
+        - 0.15 * (albumin - 38)
+        - 2.0e-5 * (muscle_volume - 8e4)
+        - 0.8 * (rbc - 4.4)
+    )
     y = rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
     return pd.DataFrame({"label": y, "age": age, "bmi": bmi, "albumin": albumin, "muscle_volume": muscle_volume,
                          "rbc": rbc, "hemoglobin": hemoglobin, "noise": noise})

@@ -32,7 +32,7 @@ def _cohort(n=150, seed=11):
         "albumin": rng.normal(38, 3, n),
         "hypertension": rng.integers(0, 2, n),
     })
-    for name, columns in MODELS.items():
+    for name in MODELS:
         fat_percent = rng.normal(20, 4, n) + (9.0 * y if name == "ct_otsu" else 0.0)  # the known signal
         df[f"{name}_fat_percent"] = fat_percent
         df[f"{name}_muscle_percent"] = 100.0 - fat_percent

@@ -183,7 +183,7 @@ def test_truth_matches_the_written_ct(cohort):
         roi = sitk.GetArrayFromImage(mask)
         assert set(np.unique(roi)) <= {0, *ROI_LABELS}
         assert int((roi > 0).sum()) == int(t["ct_roi_voxels"])
-        assert -120 < np.median(hu[roi > 0]) < 90        # muscle or marbled fat, not bone or air: the mask is on its image
+        assert -120 < np.median(hu[roi > 0]) < 90  # muscle or marbled fat, not bone or air: the mask is on its image
         measured.append(float((hu[roi > 0] < -30).mean()))
         expected.append(float(t["ct_true_fat_fraction"]))
     measured, expected = np.array(measured), np.array(expected)

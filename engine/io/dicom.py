@@ -56,7 +56,23 @@ log = logging.getLogger("sarco")
 
 # Modalities and SOP classes that carry no image to read (DICOM-SEG, SR, RT objects, ...).
 _NON_IMAGE_MODALITIES = frozenset(
-    {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "PR", "KO", "REG", "DOC", "RWV", "AU", "ECG", "PLAN", "FID"}
+    {
+        "SEG",
+        "SR",
+        "RTSTRUCT",
+        "RTPLAN",
+        "RTRECORD",
+        "RTDOSE",
+        "PR",
+        "KO",
+        "REG",
+        "DOC",
+        "RWV",
+        "AU",
+        "ECG",
+        "PLAN",
+        "FID",
+    }
 )
 _NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.66",  # segmentation, registration, fiducials, surface seg
@@ -201,7 +217,9 @@ def _dicomdir_files(dicomdir: pathlib.Path, notes: list[str], root: pathlib.Path
             ds = pydicom.dcmread(str(dicomdir), force=False)
         records = ds.DirectoryRecordSequence
     except Exception as exc:  # noqa: BLE001 - any parse failure falls back to walking the folder
-        notes.append(f"{_relative(dicomdir, root)}: DICOMDIR could not be read ({type(exc).__name__}); folder scanned instead")
+        notes.append(
+            f"{_relative(dicomdir, root)}: DICOMDIR could not be read ({type(exc).__name__}); folder scanned instead"
+        )
         return None
     files = []
     base = dicomdir.parent
@@ -437,7 +455,9 @@ def _field_strength(header) -> float | None:
 
 def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Sequence[str]) -> SeriesInfo:
     first = members[0][1]
-    syntaxes = sorted({_ts_label(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", None)) for _, h in members})
+    syntaxes = sorted(
+        {_ts_label(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", None)) for _, h in members}
+    )
     sop = first.get("SOPClassUID")
     try:
         sop_name = sop.name if sop else ""
@@ -549,7 +569,7 @@ def _frames_of_multiframe(header, file_index: int, modality: str) -> list[_Frame
     frames = []
     for index, item in enumerate(per_frame):
 
-        def lookup(sequence: str, keyword: str):
+        def lookup(sequence: str, keyword: str, item=item):
             return functional_group_value(item, shared, sequence, keyword, fallback=header)
 
         position = lookup("PlanePositionSequence", "ImagePositionPatient")
@@ -737,7 +757,9 @@ def _stack_spacing(frames: list[_Frame], order: list[int], sorted_d: np.ndarray,
 
 
 #: How a caller of the reader chooses one series among several (ends the "several series" message).
-DEFAULT_SERIES_HINT = "name the one to use in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
+DEFAULT_SERIES_HINT = (
+    "name the one to use in the manifest's ct_series_uid/mri_series_uid column, or set io.series_description"
+)
 
 
 def _series_by_description(scan: _Scan, image_series: dict, pattern: str) -> str:
@@ -761,7 +783,10 @@ def _select_series(scan: _Scan, series_uid: str | None, where, hint: str = DEFAU
         series_uid = _series_by_description(scan, image_series, series_description)
 
     def listing(groups) -> str:
-        infos = sorted((_series_info(uid, m, ()) for uid, m in groups.items()), key=lambda s: (s.modality, s.description, s.series_uid))
+        infos = sorted(
+            (_series_info(uid, m, ()) for uid, m in groups.items()),
+            key=lambda s: (s.modality, s.description, s.series_uid),
+        )
         return "; ".join(info.summary() for info in infos)
 
     if series_uid is not None:
@@ -804,7 +829,9 @@ def _check_grayscale(header, modality: str) -> None:
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2") or "")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(
-            STAGE, f"{modality} series is a colour image ({photometric}, {samples} samples per pixel); a grayscale CT/MR series is needed"
+            STAGE,
+            f"{modality} series is a colour image ({photometric}, {samples} samples per pixel); "
+            "a grayscale CT/MR series is needed",
         )
 
 
@@ -876,7 +903,9 @@ def _decode_native(path: pathlib.Path, layout: _NativeLayout, frames: int, rows:
     except PermissionError:
         raise InputError(STAGE, f"{modality} file is not readable (permission denied): {path.name}") from None
     except OSError as exc:
-        raise InputError(STAGE, f"{modality} file {path.name} could not be read ({exc.strerror or type(exc).__name__})") from None
+        raise InputError(
+            STAGE, f"{modality} file {path.name} could not be read ({exc.strerror or type(exc).__name__})"
+        ) from None
     if len(data) < expected:
         raise _short_pixel_data(modality, where, len(data), expected, path.name)
     stored = np.frombuffer(data, dtype=layout.dtype).reshape(frames, rows, cols)
@@ -887,7 +916,9 @@ def _decode_native(path: pathlib.Path, layout: _NativeLayout, frames: int, rows:
     return stored
 
 
-def _decode(path: pathlib.Path, frames_expected: int, rows: int, cols: int, modality: str, where: str) -> tuple[np.ndarray, object]:
+def _decode(
+    path: pathlib.Path, frames_expected: int, rows: int, cols: int, modality: str, where: str
+) -> tuple[np.ndarray, object]:
     """Decoded stored values of one file by pydicom, (frames, rows, cols), and its dataset."""
     import pydicom
 
@@ -898,7 +929,9 @@ def _decode(path: pathlib.Path, frames_expected: int, rows: int, cols: int, moda
     except PermissionError:
         raise InputError(STAGE, f"{modality} file is not readable (permission denied): {path.name}") from None
     except Exception as exc:  # noqa: BLE001
-        raise InputError(STAGE, f"{modality} file {path.name} could not be read ({type(exc).__name__}); it may be truncated") from None
+        raise InputError(
+            STAGE, f"{modality} file {path.name} could not be read ({type(exc).__name__}); it may be truncated"
+        ) from None
     ts_uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     ts = _ts_label(ts_uid)
     if "PixelData" not in ds:
@@ -986,7 +1019,7 @@ class DicomSeries:
         first = frames[0]
         self.size = (first.cols, first.rows, len(frames))
         self.carrier = geometry_carrier(geometry.spacing, geometry.origin, geometry.direction)
-        self._layouts = [_native_layout(h, pixel_at.get(f)) for f, h in zip(self._files, self._headers)]
+        self._layouts = [_native_layout(h, pixel_at.get(f)) for f, h in zip(self._files, self._headers, strict=True)]
         self._first_frame: dict[int, _Frame] = {}  # file index -> its first frame, for messages
         for frame in frames:
             self._first_frame.setdefault(frame.file_index, frame)
@@ -1074,8 +1107,11 @@ class DicomSeries:
                 volume[slot_of[frame_index]] = _rescaled(plane, ds, frame)
             del stored, ds
         if not np.isfinite(volume).all():
-            raise InputError(STAGE, f"{self._modality} series gives non-finite values after its Rescale Slope/Intercept "
-                                    "or Modality LUT; the header is corrupt, re-export the series")
+            raise InputError(
+                STAGE,
+                f"{self._modality} series gives non-finite values after its Rescale Slope/Intercept "
+                "or Modality LUT; the header is corrupt, re-export the series",
+            )
         image = sitk.GetImageFromArray(volume, isVector=False)
         image.SetSpacing(self._geometry.spacing)
         image.SetOrigin(self.carrier.TransformIndexToPhysicalPoint((x0, y0, z0)))
@@ -1124,7 +1160,8 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         raise InputError(
             STAGE,
             f"{modality} series headers claim {rows} x {cols} x {n_frames} = {claimed} voxels, more than the "
-            f"limit of {max_voxels} (io.max_voxels_per_volume); the header is corrupt or the series is not a lumbar volume",
+            f"limit of {max_voxels} (io.max_voxels_per_volume); the header is corrupt or the series is not a "
+            "lumbar volume",
         )
     if rows <= 0 or cols <= 0:
         raise InputError(STAGE, f"{modality} series headers claim an empty image ({rows} x {cols})")
@@ -1144,7 +1181,11 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
 
     info = _series_info(uid, members, tuple(_summarise_notes(scan.notes)) + tuple(geometry.notes))
     info = dataclasses.replace(
-        info, spacing=tuple(geometry.spacing), origin=geometry.origin, direction=geometry.direction, n_slices=len(frames)
+        info,
+        spacing=tuple(geometry.spacing),
+        origin=geometry.origin,
+        direction=geometry.direction,
+        n_slices=len(frames),
     )
     series = DicomSeries(info=info, files=files, headers=headers, frames=frames, geometry=geometry, modality=modality,
                          pixel_at=scan.pixel_at)
@@ -1162,7 +1203,8 @@ def read_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
         A series folder (loose files or a DICOMDIR tree) or a single DICOM file.
     series_uid : str, optional
         The SeriesInstanceUID to read when the folder holds several image series
-        (the manifest's ``ct_series_uid``/``mri_series_uid`` column). DICOM-SEG, SR and other non-image objects are ignored.
+        (the manifest's ``ct_series_uid``/``mri_series_uid`` column). DICOM-SEG, SR and other non-image
+        objects are ignored.
     max_voxels : int
         Refuse (before decoding any pixel data) a series whose headers claim more voxels.
     max_files : int

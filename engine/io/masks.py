@@ -83,7 +83,9 @@ def physical_bounds(image, index_min=None, index_max=None) -> tuple[np.ndarray, 
 
 def format_box(low: np.ndarray, high: np.ndarray) -> str:
     """An axis-aligned physical box for a message: ``x [lo, hi], y [..], z [..]`` (mm)."""
-    return ", ".join(f"{axis} [{format_mm(lo)}, {format_mm(hi)}]" for axis, lo, hi in zip("xyz", low, high))
+    return ", ".join(
+        f"{axis} [{format_mm(lo)}, {format_mm(hi)}]" for axis, lo, hi in zip("xyz", low, high, strict=True)
+    )
 
 
 def _roi_bounds(mask) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +170,7 @@ def seg_nrrd_segments(image) -> list[dict]:
     index = 0
     while any(key.startswith(f"Segment{index}_") for key in keys):
 
-        def get(suffix: str, default=None):
+        def get(suffix: str, default=None, index=index):
             key = f"Segment{index}_{suffix}"
             return image.GetMetaData(key).strip() if key in keys else default
 
@@ -176,7 +178,9 @@ def seg_nrrd_segments(image) -> list[dict]:
             label_value = int(float(get("LabelValue", "1")))
             layer = int(float(get("Layer", "0")))
         except ValueError:
-            raise InputError(STAGE, f"3D Slicer segmentation has an invalid LabelValue/Layer for segment {index}") from None
+            raise InputError(
+                STAGE, f"3D Slicer segmentation has an invalid LabelValue/Layer for segment {index}"
+            ) from None
         segments.append(
             {
                 "index": index,
@@ -210,7 +214,9 @@ def _match_segments(available: list[dict], segments, labels, label_key: str, kin
         chosen += [s for s in matches if s not in chosen]
     if not chosen:
         listing = ", ".join(f"'{s['name']}' (label {s[label_key]})" for s in available) or "none"
-        raise InputError(STAGE, f"{kind} has no segment {', '.join(missing)} (config segments/labels); segments found: {listing}")
+        raise InputError(
+            STAGE, f"{kind} has no segment {', '.join(missing)} (config segments/labels); segments found: {listing}"
+        )
     return chosen
 
 
@@ -232,14 +238,18 @@ def _read_seg_nrrd(path, labels, segments, max_voxels):
         if n_layers != 1:
             raise InputError(STAGE, "3D Slicer segmentation has several layers but no Segment*_ header keys")
         if segments is not None:
-            raise InputError(STAGE, "3D Slicer segmentation has no segment names in its header; select with labels instead")
+            raise InputError(
+                STAGE, "3D Slicer segmentation has no segment names in its header; select with labels instead"
+            )
         return _read_label_map(path, labels, max_voxels)
     chosen = _match_segments(available, segments, labels, "label_value", "3D Slicer segmentation")
     selected = np.zeros(image.GetSize()[::-1], dtype=bool)
     for segment in chosen:
         if not 0 <= segment["layer"] < n_layers:
             raise InputError(
-                STAGE, f"3D Slicer segment '{segment['name']}' is in layer {segment['layer']}, but the file has {n_layers} layer(s)"
+                STAGE,
+                f"3D Slicer segment '{segment['name']}' is in layer {segment['layer']}, "
+                f"but the file has {n_layers} layer(s)",
             )
         layer = values if n_layers == 1 else values[..., segment["layer"]]
         selected |= layer == segment["label_value"]
@@ -260,13 +270,16 @@ def _dicom_seg_dataset(path):
             ds = pydicom.dcmread(str(path), force=False)
     except InvalidDicomError:
         raise InputError(
-            STAGE, f"ROI mask file is not a DICOM file nor a known mask format (.nii, .nii.gz, .nrrd, .seg.nrrd, DICOM-SEG): {path}"
+            STAGE,
+            "ROI mask file is not a DICOM file nor a known mask format "
+            f"(.nii, .nii.gz, .nrrd, .seg.nrrd, DICOM-SEG): {path}",
         ) from None
     except Exception as exc:  # noqa: BLE001
         raise InputError(STAGE, f"ROI mask file could not be read ({type(exc).__name__}; truncated?): {path}") from None
     if str(ds.get("SOPClassUID", "")) != _SEG_SOP_CLASS and str(ds.get("Modality", "")).upper() != "SEG":
         raise InputError(
-            STAGE, f"ROI mask file is a DICOM {ds.get('Modality', 'object')} object, not a DICOM Segmentation (SEG): {path}"
+            STAGE,
+            f"ROI mask file is a DICOM {ds.get('Modality', 'object')} object, not a DICOM Segmentation (SEG): {path}",
         )
     return ds
 
@@ -313,7 +326,9 @@ def _seg_plane(ds, n_frames: int) -> dict:
     shared = first_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame or len(per_frame) != n_frames:
-        raise InputError(STAGE, "DICOM-SEG has no per-frame functional groups; its frames cannot be placed in physical space")
+        raise InputError(
+            STAGE, "DICOM-SEG has no per-frame functional groups; its frames cannot be placed in physical space"
+        )
 
     def lookup(item, sequence, keyword):
         return functional_group_value(item, shared, sequence, keyword)
@@ -321,7 +336,10 @@ def _seg_plane(ds, n_frames: int) -> dict:
     orientation = lookup(per_frame[0], "PlaneOrientationSequence", "ImageOrientationPatient")
     pixel_spacing = lookup(per_frame[0], "PixelMeasuresSequence", "PixelSpacing")
     if orientation is None or pixel_spacing is None:
-        raise InputError(STAGE, "DICOM-SEG has no PlaneOrientationSequence/PixelMeasuresSequence; it cannot be placed in physical space")
+        raise InputError(
+            STAGE,
+            "DICOM-SEG has no PlaneOrientationSequence/PixelMeasuresSequence; it cannot be placed in physical space",
+        )
     orientation = [float(v) for v in orientation]
     orientations, positions, numbers = [], [], []
     for index, item in enumerate(per_frame):
@@ -329,7 +347,9 @@ def _seg_plane(ds, n_frames: int) -> dict:
         orientations.append([float(v) for v in frame_orientation] if frame_orientation is not None else orientation)
         position = lookup(item, "PlanePositionSequence", "ImagePositionPatient")
         if position is None:
-            raise InputError(STAGE, f"DICOM-SEG frame {index + 1} has no ImagePositionPatient; it cannot be placed in physical space")
+            raise InputError(
+                STAGE, f"DICOM-SEG frame {index + 1} has no ImagePositionPatient; it cannot be placed in physical space"
+            )
         positions.append([float(v) for v in position])
         number = lookup(item, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
         numbers.append(int(number) if number is not None else 1)
@@ -381,7 +401,9 @@ def _seg_slots(plane: dict) -> tuple[np.ndarray, float]:
     if np.max(np.abs((distances - distances[first]) - slot * step)) > 0.1 * step:
         raise InputError(STAGE, "DICOM-SEG frames are not on a regular slice grid; it cannot be rebuilt as a volume")
     if worst_tilt(positions[np.argsort(distances, kind="stable")], normal) is not None:
-        raise InputError(STAGE, "DICOM-SEG frames are shifted in-plane (tilted stack); it cannot be rebuilt as a volume")
+        raise InputError(
+            STAGE, "DICOM-SEG frames are shifted in-plane (tilted stack); it cannot be rebuilt as a volume"
+        )
     plane["origin"] = positions[first]
     return slot, step
 
@@ -418,13 +440,21 @@ def _seg_file_in_folder(folder: pathlib.Path) -> pathlib.Path:
     files = [f for s in series for f in s.files]
     if len(files) != 1:
         raise InputError(
-            STAGE, f"ROI mask folder holds {len(files)} DICOM-SEG files; point the manifest at the one SEG file to use: {folder}"
+            STAGE,
+            f"ROI mask folder holds {len(files)} DICOM-SEG files; "
+            f"point the manifest at the one SEG file to use: {folder}",
         )
     return files[0]
 
 
-def read_mask_native(path, *, labels: Sequence | None = None, segments: Sequence[str] | None = None, max_voxels: int | None = 400_000_000,
-                     frame_of_reference_uid: str | None = None):
+def read_mask_native(
+    path,
+    *,
+    labels: Sequence | None = None,
+    segments: Sequence[str] | None = None,
+    max_voxels: int | None = 400_000_000,
+    frame_of_reference_uid: str | None = None,
+):
     """Read and select a mask on its own grid: uint8 0/1 SimpleITK image (no resampling, no emptiness check).
 
     ``frame_of_reference_uid``: the image's; a DICOM-SEG of another frame of reference is refused.
@@ -441,8 +471,15 @@ def read_mask_native(path, *, labels: Sequence | None = None, segments: Sequence
     return _read_label_map(target, labels, max_voxels)
 
 
-def read_mask(path, reference, *, labels: Sequence | None = None, segments: Sequence[str] | None = None, max_voxels: int | None = 400_000_000,
-              frame_of_reference_uid: str | None = None):
+def read_mask(
+    path,
+    reference,
+    *,
+    labels: Sequence | None = None,
+    segments: Sequence[str] | None = None,
+    max_voxels: int | None = 400_000_000,
+    frame_of_reference_uid: str | None = None,
+):
     """Read an ROI mask and return it as uint8 0/1 on the reference image's grid.
 
     Parameters

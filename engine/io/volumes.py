@@ -197,7 +197,9 @@ def read_volume_file(path, *, stage: str = STAGE, what: str = "image file", max_
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise InputError(stage, f"{what} could not be read (corrupt or not a {image_format(target)} file): {path}") from None
+        raise InputError(
+            stage, f"{what} could not be read (corrupt or not a {image_format(target)} file): {path}"
+        ) from None
     size = reader.GetSize()
     n_voxels = int(np.prod(size, dtype=np.int64)) * int(reader.GetNumberOfComponents())
     if max_voxels is not None and n_voxels > max_voxels:
@@ -244,25 +246,25 @@ class ImageSource:
             self._size = tuple(int(v) for v in image.GetSize())
             self._carrier = geometry_carrier(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
-    def GetDimension(self):  # noqa: N802 - SimpleITK's names
+    def GetDimension(self):  # SimpleITK's names (this stands in for an sitk.Image)
         return 3
 
-    def GetSize(self):  # noqa: N802
+    def GetSize(self):
         return self._size
 
-    def GetSpacing(self):  # noqa: N802
+    def GetSpacing(self):
         return self._carrier.GetSpacing()
 
-    def GetOrigin(self):  # noqa: N802
+    def GetOrigin(self):
         return self._carrier.GetOrigin()
 
-    def GetDirection(self):  # noqa: N802
+    def GetDirection(self):
         return self._carrier.GetDirection()
 
-    def TransformIndexToPhysicalPoint(self, index):  # noqa: N802
+    def TransformIndexToPhysicalPoint(self, index):
         return self._carrier.TransformIndexToPhysicalPoint([int(v) for v in index])
 
-    def TransformContinuousIndexToPhysicalPoint(self, index):  # noqa: N802
+    def TransformContinuousIndexToPhysicalPoint(self, index):
         return self._carrier.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
 
     def read(self, index=(0, 0, 0), size=None):
@@ -306,7 +308,9 @@ def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
     image = read_volume_file(target, max_voxels=max_voxels)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
-            STAGE, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel; a grayscale volume is needed: {path}"
+            STAGE,
+            f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            f"a grayscale volume is needed: {path}",
         )
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
@@ -335,7 +339,8 @@ def read_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
         A DICOM series folder (or DICOMDIR tree), a single DICOM file, or a
         ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha`` volume.
     series_uid : str, optional
-        Which DICOM series to read when a folder holds several (the manifest's ``ct_series_uid``/``mri_series_uid`` column).
+        Which DICOM series to read when a folder holds several
+        (the manifest's ``ct_series_uid``/``mri_series_uid`` column).
     max_voxels : int
         Refuse volumes whose header claims more voxels (before reading the data).
     max_files : int

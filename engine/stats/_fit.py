@@ -239,7 +239,7 @@ def _ml(X1: np.ndarray, y: np.ndarray):
         warnings.simplefilter("always")
         try:
             result = sm.Logit(y, X1).fit(method="newton", maxiter=100, disp=0, tol=1e-10)
-        except Exception as exc:  # PerfectSeparationError in old statsmodels, LinAlgError...
+        except Exception as exc:  # noqa: BLE001 - PerfectSeparationError in old statsmodels, LinAlgError...
             if "separation" in type(exc).__name__.lower() or "separation" in str(exc).lower():
                 return None, True, str(exc)
             return None, False, f"{type(exc).__name__}: {exc}"
@@ -342,8 +342,8 @@ def term_table(
     ``or`` is per unit of the column (per presence for a dummy), ``or_per_sd`` per one sample SD
     (``exp(b_std)``; NaN for dummies, where it has no reading). A Firth fit (``method == "firth"``)
     reports its penalised estimates with penalised likelihood-ratio p-values and, when
-    ``profile_ci``, profile penalised-likelihood CIs (NaN otherwise: they cost ~30 refits each). ``fitted`` marks the columns that were
-    fitted (constant columns are not: their rows are NaN).
+    ``profile_ci``, profile penalised-likelihood CIs (NaN otherwise: they cost ~30 refits each).
+    ``fitted`` marks the columns that were fitted (constant columns are not: their rows are NaN).
     """
     k = len(columns)
     fitted = np.ones(k, dtype=bool) if fitted is None else fitted

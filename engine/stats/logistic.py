@@ -170,7 +170,7 @@ def drop_collinear(
             residual = target - basis @ coef
             if np.sqrt(np.mean(residual**2)) < COLLINEAR_TOL:
                 collinear = True
-                for c, owner in zip(coef[1:], kept_owner):
+                for c, owner in zip(coef[1:], kept_owner, strict=True):
                     if abs(c) > 1e-6:
                         partners.add(owner)
         if collinear:

@@ -203,7 +203,7 @@ def fit_logistic_model(
     constant = constant_columns(X)
     if constant.any():
         notes.append(
-            f"{name}: column(s) {[c for c, k in zip(columns, constant) if k]} constant among the "
+            f"{name}: column(s) {[c for c, k in zip(columns, constant, strict=True) if k]} constant among the "
             f"{len(rows)} fitting rows; not fitted (coefficient 0)"
         )
     Z, means, scales = standardise(X)

@@ -603,11 +603,11 @@ def _reader_roi(rendered: _Rendered, grid: _Grid, rng) -> tuple[np.ndarray, str]
     structure[1] = ndimage.generate_binary_structure(2, 1)
     out = sub.copy()
     body = rendered.tissue[box] != AIR
-    for label, op in zip(sorted(ROI_LABELS), ops):    # erode first, then grow into what is free
+    for label, op in zip(sorted(ROI_LABELS), ops, strict=True):    # erode first, then grow into what is free
         if op < 0:
             drawn = sub == label
             out[drawn & ~ndimage.binary_erosion(drawn, structure)] = 0
-    for label, op in zip(sorted(ROI_LABELS), ops):
+    for label, op in zip(sorted(ROI_LABELS), ops, strict=True):
         if op > 0:
             grown = ndimage.binary_dilation(sub == label, structure) & (out == 0) & (sub == 0) & body
             out[grown] = label
@@ -824,16 +824,39 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     ct_phi, mr_phi = _phi(clinical, index, _rng(seed, index, _S_PHI))
     areas = _muscle_areas(anat)
     return {
-        "index": index, "label": label, "clinical": clinical, "params": params,
-        "ct": {"grid": ct_grid, "stored": ct_stored, "roi": ct_roi, "rendered": ct, "reader_op": ct_reader_op,
-               "noise_sd": ct_noise_sd, "phi": ct_phi, "disc_z_mm": round(ct_frame[2], 3)},
-        "mr": {"grid": mr_grid, "stored": mr_stored, "roi": mr_roi, "rendered": mr, "reader_op": mr_reader_op,
-               "noise_sd": noise_sd, "phi": mr_phi, "disc_z_mm": round(mr_frame[2], 3), "vendor": vendor, "muscle_signal": muscle_signal,
-               "fat_ratio": fat_ratio, "bias_amplitude": bias_amp, "bits": mr_bits,
-               "fov_mm": float(mr_grid.u.size * mr_grid.spacing_mm[0]),
-               "air_fraction": float(np.mean(mr.tissue == AIR))},
+        "index": index,
+        "label": label,
+        "clinical": clinical,
+        "params": params,
+        "ct": {
+            "grid": ct_grid,
+            "stored": ct_stored,
+            "roi": ct_roi,
+            "rendered": ct,
+            "reader_op": ct_reader_op,
+            "noise_sd": ct_noise_sd,
+            "phi": ct_phi,
+            "disc_z_mm": round(ct_frame[2], 3),
+        },
+        "mr": {
+            "grid": mr_grid,
+            "stored": mr_stored,
+            "roi": mr_roi,
+            "rendered": mr,
+            "reader_op": mr_reader_op,
+            "noise_sd": noise_sd,
+            "phi": mr_phi,
+            "disc_z_mm": round(mr_frame[2], 3),
+            "vendor": vendor,
+            "muscle_signal": muscle_signal,
+            "fat_ratio": fat_ratio,
+            "bias_amplitude": bias_amp,
+            "bits": mr_bits,
+            "fov_mm": float(mr_grid.u.size * mr_grid.spacing_mm[0]),
+            "air_fraction": float(np.mean(mr.tissue == AIR)),
+        },
         "areas": areas,
-        "vertebra": anat.vertebra,   # issue 17: the TotalSegmentator writer splits L3/L4 at its disc
+        "vertebra": anat.vertebra,  # issue 17: the TotalSegmentator writer splits L3/L4 at its disc
     }
 
 
@@ -928,11 +951,22 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
     # ---- CT series: transfer syntax mixed across patients, fall back where unsupported ----
     syntax = _CT_SYNTAXES[index % len(_CT_SYNTAXES)]
     g = ct["grid"]
-    ct_kwargs = dict(spacing_mm=g.spacing_mm, origin_mm=g.origin_mm, modality="CT", rescale_slope=1.0,
-                     rescale_intercept=-1024.0, bits_stored=12, slice_thickness_mm=g.thickness_mm,
-                     patient=ct["phi"], series_description="AX ABD L3-L4 3mm", series_uid=_uid(seed, index, "ct-series"),
-                     study_uid=study["ct"], series_number=2, manufacturer="SYNTHETIC CT",
-                     shuffle_seed=_stream_int(seed, index, 101))
+    ct_kwargs = dict(
+        spacing_mm=g.spacing_mm,
+        origin_mm=g.origin_mm,
+        modality="CT",
+        rescale_slope=1.0,
+        rescale_intercept=-1024.0,
+        bits_stored=12,
+        slice_thickness_mm=g.thickness_mm,
+        patient=ct["phi"],
+        series_description="AX ABD L3-L4 3mm",
+        series_uid=_uid(seed, index, "ct-series"),
+        study_uid=study["ct"],
+        series_number=2,
+        manufacturer="SYNTHETIC CT",
+        shuffle_seed=_stream_int(seed, index, 101),
+    )
     try:
         ct_files = write_dicom_series(pdir / "ct", ct["stored"], transfer_syntax=syntax, **ct_kwargs)
     except NotImplementedError:
@@ -1256,7 +1290,7 @@ def synthesize_cohort(out_dir, *, n_patients: int, seed: int = 0, size: str = "c
     manifest_rows = [results[i][0] for i in range(n_patients)]
     truth_rows = [results[i][1] for i in range(n_patients)]
     if splits:
-        for row, split in zip(manifest_rows, _assign_splits(manifest_rows, seed)):
+        for row, split in zip(manifest_rows, _assign_splits(manifest_rows, seed), strict=True):
             row["split"] = split
     planted = sorted({s for i in range(n_patients) for s in results[i][2]})
 

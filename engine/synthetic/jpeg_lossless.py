@@ -105,7 +105,7 @@ def _huffman_table(category: np.ndarray) -> tuple[list[int], list[int], dict[int
             k += 1
         code <<= 1
         size += 1
-    return bits, huffval, dict(zip(huffval, codes)), dict(zip(huffval, huffsize))
+    return bits, huffval, dict(zip(huffval, codes, strict=True)), dict(zip(huffval, huffsize, strict=True))
 
 
 def _entropy_coded(diff: np.ndarray, category: np.ndarray, codes: dict[int, int], sizes: dict[int, int]) -> bytes:

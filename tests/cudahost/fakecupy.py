@@ -84,7 +84,7 @@ def _unwrap(value, *, allow_host_arrays=False):
     return value
 
 
-class ndarray(NDArrayOperatorsMixin):  # noqa: N801  (CuPy's name)
+class ndarray(NDArrayOperatorsMixin):  # CuPy's name
     """Device-array stand-in holding a numpy array (never a numpy.ndarray itself)."""
 
     __module__ = "cupy"
@@ -266,7 +266,7 @@ class Function:
             raise TypeError(f"{self.name} takes {len(self.signature)} arguments, "
                             f"got {len(args)}")
         keep, pointers = [], []
-        for index, (arg, (kind, size)) in enumerate(zip(args, self.signature)):
+        for index, (arg, (kind, size)) in enumerate(zip(args, self.signature, strict=True)):
             buffer = _argument(self.name, index, arg, kind, size)
             keep.append(buffer)
             pointers.append(buffer if isinstance(buffer, int) else
