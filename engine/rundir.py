@@ -189,14 +189,16 @@ def _versions() -> dict:
 def source_entries(jobs: list[dict]) -> dict:
     """provenance.json's ``sources``: where each series was read from, for ``sarco export`` (issue 22).
 
-    Only the manifest's own words (the image path, resolved, and the ``{modality}_series_uid`` cell
+    Only the manifest's own words (the image path made absolute, and the ``{modality}_series_uid`` cell
     when the manifest gave one): identities and UIDs are read from the source files at export time.
+    Symlinks are not resolved: a broken input (a symlink loop, say) is that patient's error in
+    pass 1, never the whole run's.
     """
     entries = {}
     for job in jobs:
         if job.get("image"):
             entries[source_key(job["patient_id"], job["modality"])] = {
-                SOURCE_IMAGE: str(Path(job["image"]).resolve()), SOURCE_SERIES_UID: job.get("series_uid") or ""}
+                SOURCE_IMAGE: os.path.abspath(job["image"]), SOURCE_SERIES_UID: job.get("series_uid") or ""}
     return dict(sorted(entries.items()))
 
 
