@@ -18,7 +18,7 @@ log = logging.getLogger("sarco")
 def gpu_status() -> tuple[bool, str]:
     """(available, description) of the CUDA device CuPy sees, without raising."""
     try:
-        import cupy
+        import cupy  # lazy: CuPy, GPU runs only
     except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA library mismatch at import time
         return False, f"CuPy not importable ({type(exc).__name__}: {exc})"
     try:
@@ -52,7 +52,7 @@ def resolve_backend(requested: str) -> str:
 def to_device(array: np.ndarray, backend: str):
     """Host array -> the backend's array (one host-to-device copy on the GPU)."""
     if backend == "gpu":
-        import cupy
+        import cupy  # lazy: CuPy, GPU runs only
 
         return cupy.asarray(array)
     return array

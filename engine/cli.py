@@ -34,6 +34,7 @@ PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirect
 
 
 def _version_text() -> str:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .backend import gpu_status
 
     available, description = gpu_status()
@@ -96,6 +97,7 @@ def _summary(result, out_dir: Path) -> str:
 
 
 def cmd_run(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .config import load_config
     from .pipeline import run
     from .userfiles import check_output_folder, require_file, user_file
@@ -111,6 +113,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_apply(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .pipeline import apply
     from .userfiles import check_output_folder
 
@@ -121,6 +124,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .executors import progress_reporter
     from .synthetic import synthesize_cohort
     from .userfiles import check_output_folder
@@ -133,6 +137,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .backend import resolve_backend
     from .config import load_config
     from .executors import progress_reporter
@@ -154,6 +159,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .io import format_inspection, inspect_path
 
     info = inspect_path(args.path)
@@ -162,12 +168,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_report(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .report import render_report
     from .userfiles import require_run_folder
 
     run_dir = require_run_folder(args.run_dir)
     sheet = None
     if (Path(run_dir) / QA_DIR / QA_PANELS_JSON).is_file():  # the QA sheet too, from the same published files
+        # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
         from .qa import render_sheet
 
         sheet = render_sheet(run_dir)
@@ -179,6 +187,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .exporters import export_run
 
     result = export_run(args.run_dir, dicom_dir=args.dicom, pacs=args.pacs, dicomweb=args.dicomweb,
@@ -194,7 +203,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .fetch import fetch
+    from .fetch import fetch  # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
 
     result = fetch(args.pacs, args.out, manifest=args.manifest, studies=args.study or (), series=args.series or (),
                    query=args.query or (), calling_aet=args.aet)
@@ -206,6 +215,7 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .stats.cli import run_command
 
     return run_command(args)
@@ -245,6 +255,7 @@ def non_negative_int(text: str) -> int:
 
 def scheduler_address(text: str) -> str:
     """argparse type: ``inline`` or a Dask scheduler address (:func:`engine.userfiles.check_scheduler_address`)."""
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .userfiles import check_scheduler_address
 
     try:
@@ -255,6 +266,7 @@ def scheduler_address(text: str) -> str:
 
 def pacs_address(text: str) -> str:
     """argparse type: ``AET@HOST:PORT`` (:func:`engine.pacs.parse_address`)."""
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .pacs import parse_address
 
     try:
@@ -265,6 +277,7 @@ def pacs_address(text: str) -> str:
 
 
 def calling_aet(text: str) -> str:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .pacs import check_calling_aet
 
     try:
@@ -275,6 +288,7 @@ def calling_aet(text: str) -> str:
 
 def export_objects(text: str) -> list[str]:
     """argparse type: a comma-separated subset of the exporters (``seg,sr,sc``)."""
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .exporters import EXPORTERS
 
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
@@ -285,6 +299,7 @@ def export_objects(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .stats.cli import register as register_stats
     from .study import register_cli as register_study
 
@@ -453,7 +468,7 @@ def _run_command(args) -> int:
     except Exception as exc:  # noqa: BLE001 - the last boundary: a bug is reported as one line, not a traceback
         where = _keep_traceback(args)
         _say(f"internal error (a bug in sarco-engine {__version__}; please report it): "
-             f"{type(exc).__name__}: {_one_line(exc)}; {where}")
+             f"{type(exc).__name__}: {_one_line(str(exc))}; {where}")
         return 1
 
 
@@ -475,6 +490,7 @@ def _dispatch(argv) -> int:
         # pynetdicom logs every refused connection as ERROR; the per-patient line already says it
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if args.command in ("run", "apply", "demo"):
+        # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
         from .executors import quiet_dask
 
         quiet_dask(args.verbose)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 
@@ -243,7 +244,7 @@ def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backen
         "methods": fits,
         "diagnostic": diagnostic,
         SCANNERS_KEY: scanners,
-        **({"standardize": cfg.modality_preprocess(modality).standardize} if modality == "mri" else {}),
+        **({"standardize": cfg.preprocess.mri.standardize} if modality == "mri" else {}),
     }
 
 
@@ -256,7 +257,7 @@ def fit_thresholds(executor, ok: list[dict], is_training, cfg: Config, backend: 
 
     ``is_training(summary)`` says whether a pass-1 summary belongs to a labelled training patient.
     """
-    thresholds = {"engine_version": __version__, "modalities": {}}
+    thresholds: dict[str, Any] = {"engine_version": __version__, "modalities": {}}
     present = {s["modality"] for s in ok}
     for modality in MODALITIES:
         train = sorted((s for s in ok if s["modality"] == modality and is_training(s)), key=lambda s: s["patient_id"])

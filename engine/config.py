@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from . import methods as fit_methods
-from .contract import FIXED, MODALITIES
+from .contract import FIXED, MODALITIES, SEGMENTATION_MUSCLES, TOTALSEGMENTATOR_TOTAL_V2, VERTEBRAE, vertebra_structure
 from .errors import ConfigError
 from .userfiles import check_scheduler_address
 
@@ -27,8 +27,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_series_description() -> dict[str, str | None]:
+    return {"ct": None, "mri": None}
+
+
 class IOConfig(_Strict):
-    series_description: dict[str, str | None] = Field(default_factory=lambda: {"ct": None, "mri": None})
+    series_description: dict[str, str | None] = Field(default_factory=_no_series_description)
     mask_labels: list[int] | None = None
     mask_segments: list[str] | None = None
     max_voxels_per_volume: int = Field(400_000_000, gt=0)
@@ -203,6 +207,13 @@ class StatsConfig(_Strict):
     clinical_columns: list[str] | None = None
 
 
+Muscle = Literal["paraspinal", "psoas"]
+
+
+def _both_muscles() -> list[Muscle]:
+    return ["paraspinal", "psoas"]
+
+
 class DeriveConfig(_Strict):
     """``roi.derive``: the ROI from a whole-body segmentation when a patient has none (issue 17)."""
 
@@ -210,20 +221,18 @@ class DeriveConfig(_Strict):
     labels: dict[str, int] = Field(default_factory=dict)
     level: str = "L3/L4"
     thickness_mm: float = Field(20.0, gt=0)
-    muscles: list[Literal["paraspinal", "psoas"]] = Field(default_factory=lambda: ["paraspinal", "psoas"],
-                                                           min_length=1)
+    muscles: list[Muscle] = Field(default_factory=_both_muscles, min_length=1)
 
     @field_validator("level")
     @classmethod
     def _level(cls, value):
-        from .io.segmentation import parse_level
+        from .io.segmentation import parse_level  # lazy: SimpleITK, scipy.ndimage
 
         return parse_level(value).name
 
     @field_validator("labels")
     @classmethod
     def _known_structures(cls, value):
-        from .contract import SEGMENTATION_MUSCLES, VERTEBRAE, vertebra_structure
 
         known = set(SEGMENTATION_MUSCLES) | {vertebra_structure(v) for v in VERTEBRAE}
         unknown = sorted(set(value) - known)
@@ -234,7 +243,6 @@ class DeriveConfig(_Strict):
 
     def label_table(self) -> dict[str, int]:
         """Structure name -> label value: the preset's, with ``labels`` over it."""
-        from .contract import TOTALSEGMENTATOR_TOTAL_V2
 
         return {**(TOTALSEGMENTATOR_TOTAL_V2 if self.preset == "totalsegmentator" else {}), **self.labels}
 

@@ -16,6 +16,8 @@ import time
 import warnings
 from contextlib import contextmanager
 
+from tqdm import tqdm
+
 from .errors import SarcoError
 
 log = logging.getLogger("sarco")
@@ -94,7 +96,7 @@ class DaskExecutor:
         pass 1 (README "Performance"). Chunks of ``chunk`` tasks (:meth:`stream_chunk`), the next
         sent each time a chunk's worth has finished, bound it; each chunk is one ``client.map``.
         """
-        from distributed import as_completed
+        from distributed import as_completed  # lazy: Dask; the inline CPU path must not pay for it
 
         chunk = chunk or self.stream_chunk()
         todo = zip(*iterables, keys, strict=True)
@@ -122,6 +124,7 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
     if scheduler == "inline":
         yield InlineExecutor()
         return
+    # lazy: Dask; the inline CPU path must not pay for it
     import dask
     from distributed import Client
 
@@ -135,7 +138,7 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
         client = Client(scheduler, timeout="30s")
     elif backend == "gpu":
         try:
-            from dask_cuda import LocalCUDACluster
+            from dask_cuda import LocalCUDACluster  # lazy: dask_cuda, GPU runs only
         except ImportError as exc:
             raise ExecutorUnavailable("backend gpu needs dask-cuda for its local cluster: pip install "
                                       "'sarco-engine[gpu]' (or pass --scheduler to use an existing cluster)") from exc
@@ -145,7 +148,7 @@ def open_executor(scheduler: str | None, workers: int | None, backend: str):
                                        silence_logs=logging.WARNING)
         client = Client(cluster)
     else:
-        from distributed import LocalCluster
+        from distributed import LocalCluster  # lazy: Dask; the inline CPU path must not pay for it
 
         # Processes, one thread each: pydicom decoding holds the GIL.
         with dask.config.set(no_profiler):
@@ -170,8 +173,6 @@ def progress(results, total: int, desc: str, *, interval_s: float = PROGRESS_INT
     """
     stream = stream or sys.stderr
     if stream.isatty():
-        from tqdm import tqdm
-
         with tqdm(total=total, desc=desc, unit="series", file=stream, leave=True) as bar:
             cached = 0
             for result in results:
@@ -242,7 +243,7 @@ def quiet_dask(verbose: bool) -> None:
     and bokeh's warning about the dashboard's wildcard host (Dask's own setting, nothing a user
     can act on) is silenced with bokeh's other warnings.
     """
-    import dask
+    import dask  # lazy: Dask; the inline CPU path must not pay for it
 
     level = "info" if verbose else "warning"
     levels = {name: level for name in DASK_LOGGERS}

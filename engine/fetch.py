@@ -18,6 +18,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+
 from .contract import (
     DICOM_MODALITY,
     FETCH_LOG_COLUMNS,
@@ -99,7 +103,6 @@ def fetch(pacs: str, out_dir, *, manifest=None, studies=(), series=(), query=(),
                 _absolute_paths(row, base)
     finally:
         client.close()
-    import pandas as pd
 
     for modality in MODALITIES:
         for column in (image_column(modality), series_uid_column(modality)):
@@ -112,7 +115,6 @@ def fetch(pacs: str, out_dir, *, manifest=None, studies=(), series=(), query=(),
 
 
 def _query_filters(query) -> dict[str, str]:
-    from pydicom.datadict import tag_for_keyword
 
     filters = {}
     for item in query:
@@ -228,7 +230,7 @@ class _Client:
         self._received = 0
 
     def _association(self):
-        from pynetdicom import AE, build_role, evt
+        from pynetdicom import AE, build_role, evt  # lazy: network client; fetch/export only
 
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
@@ -253,7 +255,6 @@ class _Client:
         return 0x0000
 
     def find_series(self, **keys) -> list[dict]:
-        from pydicom.dataset import Dataset
 
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
@@ -275,7 +276,6 @@ class _Client:
 
     def get_series(self, study_uid: str, series_uid: str, target: Path) -> int:
         """C-GET one series into ``target`` (complete or not at all); returns the number of files."""
-        from pydicom.dataset import Dataset
 
         partial = target.with_name(temp_name(target.name, os.getpid()))
         shutil.rmtree(partial, ignore_errors=True)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from .contract import (
     ENGINE_COLUMNS,
+    EXCLUSION_COLUMNS,
     MODALITIES,
     REQUIRED_COLUMNS,
     SPLITS,
@@ -297,7 +298,7 @@ def assign_splits(table: pd.DataFrame, *, train_fraction: float = 0.6, seed: int
     set of patient ids (rows are sorted by id first), never on manifest row order. Rows with an
     empty split and no label go to validation: they are scored, never fitted.
     """
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn is heavy; only where it is used
 
     split = table["split"].copy()
     empty = split == ""
@@ -327,7 +328,6 @@ def exclude_reviewed(jobs: list[dict], exclusion_csv: str | None, manifest: Mani
     processed at all, so it enters no fit and gets no features; the run notes how many were left
     out. An id the manifest lacks is a run-level mistake (a list from another cohort).
     """
-    from .contract import EXCLUSION_COLUMNS
 
     if not exclusion_csv:
         return jobs

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import SimpleITK as sitk
 
 from .contract import temp_name
 
@@ -86,7 +87,6 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
 
 
 def write_image(path: str | Path, image) -> Path:
-    import SimpleITK as sitk
 
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)

@@ -50,6 +50,7 @@ from .contract import (
 from .executors import open_executor, progress
 from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
 from .outputs import write_csv, write_json
+from .qa import qa_specs, render_series, render_sheet, write_panels
 from .rundir import (
     RunFailed,
     add_note,
@@ -64,6 +65,7 @@ from .rundir import (
     write_series,
     write_tables,
 )
+from .standardize import reference_rows
 from .tasks import classify_and_measure, ingest_and_preprocess
 
 log = logging.getLogger("sarco")
@@ -140,7 +142,6 @@ def _render_qa(executor, batch: _Batch, summaries: list[dict], thresholds: dict)
     """
     if not batch.cfg.run.qa:
         return None
-    from .qa import qa_specs, render_series
 
     specs = qa_specs(thresholds, {m: batch.cfg.modality_fit(m).fat_is for m in MODALITIES})
     todo = [s for s in summaries if s["status"] == "ok" and s["modality"] in specs]
@@ -159,7 +160,6 @@ def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
     """qa/panels.json and the contact sheet qa/index.html, from the published files."""
     if records is None:
         return
-    from .qa import render_sheet, write_panels
 
     started = time.time()
     try:
@@ -173,7 +173,6 @@ def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
 
 def _publish_mri_reference(batch: _Batch, summaries: list[dict]) -> None:
     """mri_reference.csv: each standardised MRI series' reference (issue 24), and a note on flags."""
-    from .standardize import reference_rows
 
     rows = reference_rows(summaries)
     if not rows:
@@ -243,7 +242,7 @@ def _feature_table(batch: _Batch, rows: list[dict], modalities) -> pd.DataFrame:
     table = _split_frame(batch)
     cfg = batch.cfg
     columns = [name for modality in modalities for name in feature_names(modality, cfg.modality_methods(modality))]
-    values = {pid: {} for pid in manifest.patient_ids}
+    values: dict[str, dict[str, float]] = {pid: {} for pid in manifest.patient_ids}
     for row in rows:
         if row["status"] == "ok":
             values[row["patient_id"]].update(row["features"])
@@ -333,6 +332,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
     modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
     statistics = None
     if cfg.stats.enabled:
+        # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
         from .study import run_statistics
 
         statistics = run_statistics(out_dir, features, manifest, cfg, modalities, batch.notes)
@@ -345,6 +345,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
     result = RunResult(out_dir, features, thresholds, error_frame(batch.errors), backend,
                        len(manifest.patient_ids), batch.notes, reused, computed)
     if cfg.run.report:
+        # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
         from .report import render_report
 
         render_report(out_dir)
@@ -399,6 +400,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
         qa_records = _render_qa(executor, batch, summaries, thresholds)
     _write_sheet(batch, qa_records)
     if model.get("statistics"):
+        # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
         from .study import score_new_patients
 
         score_new_patients(out_dir, features, batch.manifest, model["statistics"])

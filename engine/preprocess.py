@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,10 +25,21 @@ import SimpleITK as sitk
 from .contract import REFERENCE_PREVIEW_KEY
 from .errors import InputError
 from .outputs import atomic_path
+from .standardize import choose_reference, measure_references, standardization_record
 
 # Interpolation needs the input voxels around each output point; 2 extra voxels make the
 # crop's buffer edge unreachable from any output point.
 _INPUT_PAD_VOXELS = 2
+
+
+def _ints3(values) -> tuple[int, int, int]:
+    x, y, z = (int(v) for v in values)
+    return x, y, z
+
+
+def _floats3(values) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class Grid:
 
     @classmethod
     def of(cls, image: sitk.Image) -> Grid:
-        return cls(tuple(int(s) for s in image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+        return cls(_ints3(image.GetSize()), _floats3(image.GetSpacing()), _floats3(image.GetOrigin()),
                    tuple(image.GetDirection()))
 
     @property
@@ -106,7 +118,7 @@ class RoiSample:
 
     def save(self, path: str | Path) -> None:
         """Write as an uncompressed ``.npz`` (no pickle; keys :data:`engine.contract.SAMPLE_KEYS`), atomically."""
-        arrays = {"values": self.values, "flat_index": self.flat_index, "in_window": self.in_window,
+        arrays: dict[str, Any] = {"values": self.values, "flat_index": self.flat_index, "in_window": self.in_window,
                   "size": np.asarray(self.grid.size, np.int64), "spacing": np.asarray(self.grid.spacing),
                   "origin": np.asarray(self.grid.origin), "direction": np.asarray(self.grid.direction),
                   "preview": self.preview, "preview_z": np.int64(self.preview_z)}
@@ -120,8 +132,8 @@ class RoiSample:
     def load(cls, path: str | Path) -> RoiSample:
         """Read a sample written by :meth:`save` (raises ``OSError``/``ValueError``/``KeyError`` if damaged)."""
         with np.load(path, allow_pickle=False) as data:
-            grid = Grid(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),
-                        tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))
+            grid = Grid(_ints3(data["size"]), _floats3(data["spacing"]), _floats3(data["origin"]),
+                        tuple(float(v) for v in data["direction"]))
             reference = data[REFERENCE_PREVIEW_KEY] if REFERENCE_PREVIEW_KEY in data.files else None
             return cls(data["values"], data["flat_index"], data["in_window"], grid, data["preview"],
                        int(data["preview_z"]), reference_preview=reference)
@@ -137,8 +149,8 @@ class RoiSample:
 def whole_volume_grid(image: sitk.Image, spacing_mm) -> Grid:
     """The grid a whole-volume resample of ``image`` to ``spacing_mm`` produces."""
     size_in, spacing_in = image.GetSize(), image.GetSpacing()
-    size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size_in, spacing_in, spacing_mm, strict=True))
-    return Grid(size, tuple(float(s) for s in spacing_mm), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+    size = _ints3(max(1, int(round(n * s / t))) for n, s, t in zip(size_in, spacing_in, spacing_mm, strict=True))
+    return Grid(size, _floats3(spacing_mm), _floats3(image.GetOrigin()), tuple(image.GetDirection()))
 
 
 def _bbox_index(mask_array_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +189,7 @@ def crop_grid(image: sitk.Image, mask: sitk.Image, spacing_mm, margin_mm: float)
     start = np.maximum(np.floor(out_idx.min(axis=0)) - margin_vox, 0).astype(int)
     stop = np.minimum(np.ceil(out_idx.max(axis=0)) + margin_vox, np.asarray(full.size) - 1).astype(int)
     origin = _physical(full.origin, full.spacing, full.direction, start[None, :].astype(float))[0]
-    return Grid(tuple(int(v) for v in stop - start + 1), full.spacing, tuple(float(v) for v in origin), full.direction)
+    return Grid(_ints3(stop - start + 1), full.spacing, _floats3(origin), full.direction)
 
 
 def _input_region(image: sitk.Image, grid: Grid) -> tuple[list[int], list[int]]:
@@ -231,7 +243,7 @@ def whole_slices(crop: Grid, full: Grid) -> Grid:
     start = np.rint(_continuous_index(full.origin, full.spacing, full.direction, np.asarray(crop.origin)))
     start = np.array([0, 0, int(start[2])])
     origin = _physical(full.origin, full.spacing, full.direction, start[None, :].astype(float))[0]
-    return Grid((full.size[0], full.size[1], crop.size[2]), full.spacing, tuple(float(v) for v in origin),
+    return Grid((full.size[0], full.size[1], crop.size[2]), full.spacing, _floats3(origin),
                 full.direction)
 
 
@@ -352,7 +364,6 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
     together, the references measured on them, and the crop cut back out of that correction (the
     ROI's values and the reference must share one N4 run: its output scale depends on the region).
     """
-    from .standardize import choose_reference, measure_references, standardization_record
 
     def measure(volume_image: sitk.Image, roi_image: sitk.Image):
         return measure_references(sitk.GetArrayViewFromImage(volume_image),

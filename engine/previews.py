@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels import FAT, MUSCLE, classify
+
 from .contract import PREVIEW_KEYS
 from .outputs import write_bytes
 
@@ -76,7 +78,6 @@ def tissue_masks(preview: Preview, threshold: float | None,
     (a method's frozen threshold; None: no tissue), so the overlay is the habitat map's slice,
     voxel for voxel. Out-of-window pixels are ROI but neither tissue.
     """
-    from kernels import FAT, MUSCLE, classify
 
     roi, muscle, fat = (np.zeros(preview.image.shape, bool) for _ in range(3))
     roi[preview.rows, preview.columns] = True

@@ -14,6 +14,7 @@ import os
 import platform
 import time
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -174,7 +175,6 @@ def write_series(out_dir: Path, summaries: list[dict]) -> None:
 
 
 def _versions() -> dict:
-    from importlib import metadata
 
     versions = {"python": platform.python_version(), "sarco-engine": __version__}
     for name in ("numpy", "scipy", "pandas", "scikit-learn", "statsmodels", "SimpleITK", "pydicom", "pylibjpeg",

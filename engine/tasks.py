@@ -11,15 +11,21 @@ recomputes only what is missing or stale.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
+import blake3
 import numpy as np
 import SimpleITK as sitk
 
+from kernels import classify, histogram, tissue_stats
+
 from . import __version__
+from .backend import to_device, to_host
 from .config import Config
 from .contract import (
     DICOM_MODALITY,
@@ -42,7 +48,12 @@ from .contract import (
 )
 from .errors import InputError
 from .features import TissueMeasure, measure
+from .io import open_image, read_mask
+from .io.segmentation import derive_roi_from_file
+from .outputs import write_bytes, write_image, write_json
+from .preprocess import RoiSample, preprocess
 from .previews import write_preview
+from .qa.strip import sagittal_strip
 
 #: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
 #: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23).
@@ -55,7 +66,7 @@ def _hash(data) -> str:
 
 def _files_under(path: Path) -> list[Path]:
     if path.is_dir():
-        files = []
+        files: list[Path] = []
         for root, dirs, names in os.walk(path, followlinks=False):
             dirs.sort()
             files.extend(Path(root) / name for name in sorted(names))
@@ -69,7 +80,7 @@ def stat_signature(*paths: str) -> list:
     Like make and rsync, a file that changed has a new size or mtime; reading every byte of a
     2,000-patient export on each nightly rerun would cost more than the work it saves.
     """
-    signature = []
+    signature: list[Any] = []
     for text in paths:
         if not text:
             signature.append(None)
@@ -78,7 +89,7 @@ def stat_signature(*paths: str) -> list:
         if not path.exists():
             signature.append([text, "missing"])
             continue
-        entries = []
+        entries: list[list[Any]] = []
         for file in _files_under(path):
             try:
                 st = file.stat()
@@ -106,7 +117,6 @@ def content_digest(*paths: str) -> str:
     Only regular files are read: opening a named pipe left in a series folder would block the
     worker for ever (the ingest skips such files too).
     """
-    import blake3
 
     digest = blake3.blake3()
     for text in paths:
@@ -147,7 +157,6 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, data) -> None:
-    from .outputs import write_json
 
     write_json(path, data)
 
@@ -175,8 +184,6 @@ def _as_written(reason: str, job: dict) -> str:
 
 def _derive_roi(segmentation: str, image, cfg, write_to: str | None):
     """The ROI from a whole-body segmentation (``roi.derive``), written to ``write_to`` for review."""
-    from .io.segmentation import derive_roi_from_file
-    from .outputs import write_image
 
     derive = cfg.roi.derive
     derived = derive_roi_from_file(segmentation, image, label_table=derive.label_table(), level=derive.level,
@@ -203,10 +210,7 @@ def _save_qa_strip(image, mask, derived, path: Path) -> None:
 
     Cut here, while the series is open: only the ROI's slices plus a margin are decoded.
     """
-    import io
 
-    from .outputs import write_bytes
-    from .qa.strip import sagittal_strip
 
     buffer = io.BytesIO()
     np.savez(buffer, **sagittal_strip(image, mask, derived))
@@ -299,7 +303,6 @@ def _cached_summary(job: dict, key: str, cache: Path, derive_from: str, *, need_
 
 def _open_checked_image(job: dict, cfg):
     """The series (checked now, decoded later where the ROI's crop needs it) of the right modality."""
-    from .io import open_image
 
     modality = job["modality"]
     if not job["image"]:
@@ -320,7 +323,6 @@ def _open_checked_image(job: dict, cfg):
 
 def _roi_mask(job: dict, image, cfg, derive_from: str, reached: dict):
     """(ROI mask on the image grid, the derivation or None): the manifest's ROI, else one derived."""
-    from .io import read_mask
 
     reached["stage"] = "mask"
     if derive_from:
@@ -336,7 +338,6 @@ def _roi_mask(job: dict, image, cfg, derive_from: str, reached: dict):
 
 def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dict:
     """The work of pass 1 for one series; returns the ``ok`` part of its summary, or raises InputError."""
-    from .preprocess import preprocess
 
     pid, modality = job["patient_id"], job["modality"]
     if not job["roi"] and not derive_from:
@@ -384,10 +385,7 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
 
 def patient_histogram(sample_path: str, lo: float, hi: float, bin_width: float, backend: str = "cpu") -> np.ndarray:
     """The in-window ROI histogram of one patient on the cohort's bins (int64, host memory)."""
-    from kernels import histogram
 
-    from .backend import to_device, to_host
-    from .preprocess import RoiSample
 
     values = RoiSample.load(sample_path).window_values
     counts = histogram(to_device(values, backend), lo=lo, hi=hi, bin_width=bin_width)
@@ -437,11 +435,7 @@ def classify_and_measure(summary: dict, thresholds: dict, cfg: Config, habitat_d
     ``thresholds`` maps method -> threshold for this modality. Returns ``{"status": "ok",
     "features": {...}}`` or an error dict as pass 1 does.
     """
-    from kernels import classify, tissue_stats
 
-    from .backend import to_device, to_host
-    from .outputs import write_image
-    from .preprocess import RoiSample
 
     cfg = _validated(cfg)
     pid, modality = summary["patient_id"], summary["modality"]

@@ -14,6 +14,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
+
 from .contract import FEATURES_CSV, THRESHOLDS_JSON
 from .errors import UsageError
 
@@ -106,7 +108,6 @@ def read_csv_table(path, columns=(), what: str = "CSV file", dtype=None):
 
     A UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted; ``dtype`` as :func:`pandas.read_csv`.
     """
-    import pandas as pd
 
     target = require_file(path, what)
     try:
@@ -132,7 +133,7 @@ def check_scheduler_address(address: str) -> str:
     """
     if address == "inline":
         return address
-    from distributed.comm import get_address_host_port
+    from distributed.comm import get_address_host_port  # lazy: Dask; the inline CPU path must not pay for it
 
     try:
         get_address_host_port(address)

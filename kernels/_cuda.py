@@ -50,14 +50,14 @@ def cuda_source(filename: str) -> str:
 @functools.cache
 def raw_module(filename: str):
     """Return a ``cupy.RawModule`` compiled from ``kernels/<filename>`` with NVRTC (cached)."""
-    import cupy  # noqa: PLC0415  (lazy: CPU installs never import cupy)
+    import cupy  # lazy: CuPy, GPU runs only
 
     return cupy.RawModule(code=cuda_source(filename), options=_NVRTC_OPTIONS)
 
 
 @functools.cache
 def _device_attributes(device_id: int) -> tuple[int, int, int]:
-    import cupy  # noqa: PLC0415
+    import cupy  # lazy: CuPy, GPU runs only
 
     attributes = cupy.cuda.Device(device_id).attributes
     default = int(attributes["MaxSharedMemoryPerBlock"])
@@ -67,21 +67,21 @@ def _device_attributes(device_id: int) -> tuple[int, int, int]:
 
 def multiprocessor_count() -> int:
     """Number of SMs of the current CUDA device."""
-    import cupy  # noqa: PLC0415
+    import cupy  # lazy: CuPy, GPU runs only
 
     return _device_attributes(cupy.cuda.Device().id)[0]
 
 
 def shared_memory_per_block() -> int:
     """Shared memory a block may use without opting in (bytes, 48 KiB on current GPUs)."""
-    import cupy  # noqa: PLC0415
+    import cupy  # lazy: CuPy, GPU runs only
 
     return _device_attributes(cupy.cuda.Device().id)[1]
 
 
 def shared_memory_per_block_optin() -> int:
     """Shared memory a block may use after opting in (bytes, 227 KiB on sm_90)."""
-    import cupy  # noqa: PLC0415
+    import cupy  # lazy: CuPy, GPU runs only
 
     return _device_attributes(cupy.cuda.Device().id)[2]
 

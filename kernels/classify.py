@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from kernels import _cuda
 from kernels.xp import array_namespace, is_cupy_namespace
 
 __all__ = ["TissueStats", "classify", "tissue_stats", "exact_sum", "MUSCLE", "FAT"]
@@ -342,9 +343,8 @@ def exact_sum(bins, dtype) -> float:
 
 
 def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
-    import cupy  # noqa: PLC0415  (lazy)
+    import cupy  # lazy: CuPy, GPU runs only
 
-    from kernels import _cuda  # noqa: PLC0415
 
     flat = cupy.ascontiguousarray(_cuda.as_kernel_dtype(values.reshape(-1)))
     n, m = flat.size, len(thresholds)

@@ -38,8 +38,8 @@ def kmeans_threshold_cuml(values, seed: int = 0, *, n_init: int = 1,
     """
     array_namespace(values)  # TypeError for anything but a numpy/cupy array
     try:
-        import cupy  # noqa: PLC0415
-        from cuml.cluster import KMeans  # noqa: PLC0415
+        import cupy  # lazy: CuPy, GPU runs only
+        from cuml.cluster import KMeans  # lazy: cuML, the GPU cross-check only
     except ImportError as error:  # pragma: no cover - depends on the install
         raise ImportError(
             "kmeans_threshold_cuml needs RAPIDS cuML and CuPy (pip install "

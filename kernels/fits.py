@@ -20,8 +20,10 @@ The low class of every fit is ``x <= threshold``, as in scikit-image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy
 
@@ -415,6 +417,7 @@ def kmeans_threshold(counts, centers, *, seed: int = 0, max_iter: int = 300,
         fitted = _lloyd_pair(xp, centers, weights, seeds, int(max_iter), tol_abs)
         if best is None or fitted[1] < best[1]:
             best = fitted
+    assert best is not None, "n_init must be at least 1"
     (low, high), inertia, n_iter, converged = best
     return KMeansResult(
         threshold=0.5 * (low + high),
@@ -598,10 +601,10 @@ def gmm_threshold(counts, centers, *, max_iter: int = 100, tol: float = 1e-3,
     means_pair = _as_float_pair(means)
     variances_pair = _as_float_pair(variances)
     weights_pair = _as_float_pair(mix_weights)
-    order = sorted(range(2), key=lambda j: means_pair[j])
-    means_pair = tuple(means_pair[j] for j in order)
-    variances_pair = tuple(variances_pair[j] for j in order)
-    weights_pair = tuple(weights_pair[j] for j in order)
+    first, second = sorted(range(2), key=lambda j: means_pair[j])
+    means_pair = (means_pair[first], means_pair[second])
+    variances_pair = (variances_pair[first], variances_pair[second])
+    weights_pair = (weights_pair[first], weights_pair[second])
     return GMMResult(
         threshold=equal_density_point(means_pair, variances_pair, weights_pair),
         means=means_pair,
@@ -615,7 +618,7 @@ def gmm_threshold(counts, centers, *, max_iter: int = 100, tol: float = 1e-3,
 
 # ------------------------------------------------------------------------------ entry point
 
-_FITS = {"otsu": otsu_threshold, "kmeans": kmeans_threshold, "gmm": gmm_threshold}
+_FITS: dict[str, Callable[..., Any]] = {"otsu": otsu_threshold, "kmeans": kmeans_threshold, "gmm": gmm_threshold}
 #: The fits :func:`fit_threshold` dispatches to (the engine's method registry, ``engine.methods``,
 #: points at the same functions and adds the reference method and the options' schema).
 FIT_METHODS = tuple(_FITS)

@@ -19,6 +19,7 @@ from types import ModuleType
 
 import numpy
 
+from kernels import _cuda
 from kernels.xp import array_namespace, is_cupy_namespace
 
 __all__ = ["histogram", "bin_centers", "n_bins_for", "MAX_BINS"]
@@ -254,9 +255,8 @@ def shared_memory_plan(n_bins: int, default_bytes: int, optin_bytes: int) -> tup
 
 
 def _histogram_cupy(values, lo: float, width: float, n_bins: int):
-    import cupy  # noqa: PLC0415  (lazy)
+    import cupy  # lazy: CuPy, GPU runs only
 
-    from kernels import _cuda  # noqa: PLC0415
 
     flat = values.reshape(-1)
     flat = cupy.ascontiguousarray(_cuda.as_kernel_dtype(flat))

@@ -10,6 +10,7 @@ silent device-to-host copy. :func:`array_namespace` refuses instead.
 
 from __future__ import annotations
 
+import importlib
 import numbers
 import sys
 from types import ModuleType
@@ -32,7 +33,7 @@ def _cupy_if_cupy_array(obj) -> ModuleType | None:
         return None
     cupy = sys.modules.get("cupy")
     if cupy is None:  # a cupy-looking type without cupy imported: import to check for real
-        import cupy  # noqa: PLC0415  (lazy on purpose)
+        cupy = importlib.import_module("cupy")
     return cupy if isinstance(obj, cupy.ndarray) else None
 
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from pydicom.uid import generate_uid
 
 from ..contract import EXPORT_LOG_COLUMNS, EXPORT_LOG_CSV, MODALITY_NAMES
 from ..errors import UsageError
 from ..outputs import write_csv
+from ..pacs import CALLING_AET, parse_address
 from .destinations import DeliveryError, DicomwebDestination, DimseDestination, FolderDestination
 from .sc import build_sc
 from .seg import build_seg
@@ -61,7 +63,6 @@ class ExportUids:
         self._seed = [identity, patient_id, modality]
 
     def uid(self, *parts: str) -> str:
-        from pydicom.uid import generate_uid
 
         return str(generate_uid(entropy_srcs=[*self._seed, *parts]))
 
@@ -103,7 +104,6 @@ DONE_STATUSES = ("written", "stored", "skipped")
 
 
 def _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay) -> list:
-    from ..pacs import CALLING_AET, parse_address
 
     destinations: list = []
     if dicom_dir is not None:

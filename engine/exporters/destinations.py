@@ -58,7 +58,7 @@ class DimseDestination:
 
     def open(self):
         """The association (kept, or a new one): a :class:`DeliveryError` when the peer is unreachable or refuses."""
-        from pynetdicom import AE
+        from pynetdicom import AE  # lazy: network client; fetch/export only
 
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
@@ -104,7 +104,7 @@ class DicomwebDestination:
     """STOW-RS, then QIDO-RS to confirm the instance is there."""
 
     def __init__(self, url: str):
-        from dicomweb_client.api import DICOMwebClient
+        from dicomweb_client.api import DICOMwebClient  # lazy: network client; DICOMweb export only
 
         self.url = url.rstrip("/")
         self.name = f"dicomweb {self.url}"
@@ -114,7 +114,7 @@ class DicomwebDestination:
         pass  # every request stands alone; an unreachable server fails its STOW-RS
 
     def deliver(self, patient_id: str, modality: str, kind: str, dataset) -> str:
-        import requests
+        import requests  # lazy: network client; DICOMweb export only
 
         try:
             self._client.store_instances([dataset])

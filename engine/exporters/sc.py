@@ -7,14 +7,14 @@ radiologist can read at a glance, so it goes in the study as an RGB Secondary Ca
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from .source import ExportError, PatientResult
 
 
 def build_sc(result: PatientResult, uids, built: dict):
     """The SC dataset of one patient's QA PNG; None when the run drew no QA picture."""
-    import highdicom as hd
-    from PIL import Image
+    import highdicom as hd  # lazy: highdicom is heavy; export only
 
     if result.qa_png is None:
         return None

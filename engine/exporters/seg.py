@@ -15,7 +15,7 @@ from .. import __version__
 from ..contract import HABITAT_LABELS, TISSUES
 from ..methods import display_name
 from . import codes as sarco_codes
-from .source import PatientResult, habitats_on_source
+from .source import ExportError, PatientResult, habitats_on_source
 
 #: Tissues in segment order within a method.
 SEGMENT_TISSUES = ("muscle", "fat")
@@ -39,9 +39,8 @@ def roi_slices(labels: dict[str, np.ndarray]) -> np.ndarray:
 
 def build_seg(result: PatientResult, uids, built: dict):
     """The DICOM-SEG dataset of one patient (None when the ROI misses every source slice)."""
-    import highdicom as hd
+    import highdicom as hd  # lazy: highdicom is heavy; export only
 
-    from .source import ExportError
 
     labels = habitats_on_source(result)
     slices = roi_slices(labels)

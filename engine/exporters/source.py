@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+import SimpleITK as sitk
 
 from ..contract import (
     DERIVED_ROI_DIR,
@@ -38,7 +40,9 @@ from ..contract import (
     vs_fixed_column,
 )
 from ..errors import InputError, SarcoError, UsageError
+from ..io.dicom import open_dicom_series
 from ..methods import modality_methods
+from ..userfiles import require_run_folder
 
 
 class ExportError(SarcoError):
@@ -66,7 +70,6 @@ class SourceSeries:
 
     def reference_image(self):
         """An empty SimpleITK image on the source grid (the resampling target)."""
-        import SimpleITK as sitk
 
         image = sitk.Image(list(self.size), sitk.sitkUInt8)
         image.SetSpacing(self.spacing)
@@ -126,7 +129,6 @@ class RunFolder:
 
     @classmethod
     def open(cls, run_dir) -> RunFolder:
-        from ..userfiles import require_run_folder
 
         path = require_run_folder(run_dir)
         provenance_file = path / PROVENANCE_JSON
@@ -202,7 +204,6 @@ def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str,
     path = derived_roi_path(run_dir, patient_id, modality)
     if not path.is_file() or path.parent.name != DERIVED_ROI_DIR:
         return ()
-    import SimpleITK as sitk
 
     present = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).tolist())
     return tuple(group for group, muscles in ROI_MUSCLE_GROUPS.items()
@@ -211,9 +212,7 @@ def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str,
 
 def read_source(run: RunFolder, patient_id: str, modality: str):
     """The source series of one patient (checked again: it may have moved since the run)."""
-    import pydicom
 
-    from ..io.dicom import open_dicom_series
 
     entry = run.source_entry(patient_id, modality)
     image = Path(entry[SOURCE_IMAGE])
@@ -256,7 +255,6 @@ def habitats_on_source(result: PatientResult) -> dict[str, np.ndarray]:
     Slice ``k`` is ``result.source.datasets[k]``; outside the habitat map's extent the label is
     :data:`HABITAT_LABELS` ``outside_roi`` (0).
     """
-    import SimpleITK as sitk
 
     reference = result.series.reference_image()
     labels = {}

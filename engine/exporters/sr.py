@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from pydicom.sr.codedict import codes
+
 from .. import __version__
 from ..contract import FIXED
 from . import codes as sarco_codes
@@ -20,13 +22,13 @@ from .source import ExportError, PatientResult
 
 
 def _measurement(name, value: float, unit, **kwargs):
-    import highdicom as hd
+    import highdicom as hd  # lazy: highdicom is heavy; export only
 
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, **kwargs)
 
 
 def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
-    import highdicom as hd
+    import highdicom as hd  # lazy: highdicom is heavy; export only
 
     volume_cm3 = result.feature(method, tissue, "volume") / 1000.0
     mean = result.feature(method, tissue, "mean")
@@ -66,8 +68,7 @@ def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
 
 def build_sr(result: PatientResult, uids, built: dict):
     """The Comprehensive 3D SR of one patient; needs the SEG built first (its segments are referenced)."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+    import highdicom as hd  # lazy: highdicom is heavy; export only
 
     seg = built.get("seg")
     if seg is None:

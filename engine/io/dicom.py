@@ -42,8 +42,14 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_rescale
+from pydicom.uid import UID
 
 from engine.errors import InputError
 from engine.io.geometry import first_item, functional_group_value, same_orientation, slice_axes, worst_tilt
@@ -209,7 +215,6 @@ def _summarise_notes(notes: list[str]) -> list[str]:
 
 def _dicomdir_files(dicomdir: pathlib.Path, notes: list[str], root: pathlib.Path) -> list[pathlib.Path] | None:
     """Files referenced by a DICOMDIR (``ReferencedFileID``), or None when it cannot be parsed."""
-    import pydicom
 
     try:
         with warnings.catch_warnings():
@@ -328,8 +333,6 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str],
     Data element: ``offset`` is where that element starts, so a decode can seek straight to
     it instead of parsing the header a second time.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     label = _relative(path, root)
     try:
@@ -421,7 +424,6 @@ def series_key(header) -> str:
 
 
 def _ts_label(uid) -> str:
-    from pydicom.uid import UID
 
     uid = UID(str(uid)) if uid else None
     if uid is None:
@@ -453,7 +455,7 @@ def _field_strength(header) -> float | None:
         return None
 
 
-def _series_info(uid: str, members: list[tuple[pathlib.Path, object]], notes: Sequence[str]) -> SeriesInfo:
+def _series_info(uid: str, members: list[tuple[pathlib.Path, Any]], notes: Sequence[str]) -> SeriesInfo:
     first = members[0][1]
     syntaxes = sorted(
         {_ts_label(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", None)) for _, h in members}
@@ -662,7 +664,7 @@ def _check_geometry(frames: list[_Frame], modality: str, headers: Sequence) -> _
     return _Geometry(
         order=order,
         spacing=(col_spacing, row_spacing, z_spacing),
-        origin=tuple(float(v) for v in frames[order[0]].position),
+        origin=_xyz(frames[order[0]].position),
         direction=tuple(float(v) for v in axes.reshape(-1)),
         notes=notes,
     )
@@ -710,6 +712,11 @@ def _single_slice_spacing(header, notes: list[str]) -> float:
             pass
     notes.append("single slice: z spacing unknown, 1.0 mm assumed")
     return 1.0
+
+
+def _xyz(values) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
 
 
 def _stack_spacing(frames: list[_Frame], order: list[int], sorted_d: np.ndarray, normal: np.ndarray,
@@ -816,7 +823,6 @@ _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True
 
 
 def _is_native(transfer_syntax) -> bool:
-    from pydicom.uid import UID
 
     try:
         return not UID(str(transfer_syntax)).is_compressed
@@ -920,7 +926,6 @@ def _decode(
     path: pathlib.Path, frames_expected: int, rows: int, cols: int, modality: str, where: str
 ) -> tuple[np.ndarray, object]:
     """Decoded stored values of one file by pydicom, (frames, rows, cols), and its dataset."""
-    import pydicom
 
     try:
         with warnings.catch_warnings():
@@ -968,7 +973,6 @@ def _decode(
 
 def _rescaled(stored: np.ndarray, ds, frame: _Frame) -> np.ndarray:
     """Real-world values (float32) of one frame: Modality LUT or Rescale Slope/Intercept."""
-    from pydicom.pixels import apply_rescale
 
     if frame.slope is not None or frame.intercept is not None:
         slope = 1.0 if frame.slope is None else frame.slope
@@ -980,7 +984,6 @@ def _rescaled(stored: np.ndarray, ds, frame: _Frame) -> np.ndarray:
 def geometry_carrier(spacing, origin, direction):
     """A 1-voxel SimpleITK image with this geometry: index <-> physical transforms by ITK's own
     arithmetic (ITK does not bound-check them) without allocating the whole grid."""
-    import SimpleITK as sitk
 
     carrier = sitk.Image([1, 1, 1], sitk.sitkUInt8)
     carrier.SetSpacing(tuple(spacing))
@@ -1079,7 +1082,6 @@ class DicomSeries:
         Real-world values (HU for CT); the box keeps the series' spacing and direction, its
         origin is the physical position of ``index``.
         """
-        import SimpleITK as sitk
 
         x0, y0, z0 = (int(v) for v in index)
         nx, ny, nz = (int(v) for v in (size if size is not None else self.size))
@@ -1182,7 +1184,7 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
     info = _series_info(uid, members, tuple(_summarise_notes(scan.notes)) + tuple(geometry.notes))
     info = dataclasses.replace(
         info,
-        spacing=tuple(geometry.spacing),
+        spacing=geometry.spacing,
         origin=geometry.origin,
         direction=geometry.direction,
         n_slices=len(frames),

@@ -14,14 +14,18 @@ import os
 import pathlib
 
 import numpy as np
+import pydicom
+import SimpleITK as sitk
 
 from engine.errors import InputError, UsageError
+from engine.io.dicom import read_dicom_series, scan_dicom
+from engine.io.masks import read_mask_native, seg_nrrd_segments
+from engine.io.volumes import _check_access, image_format, read_volume_file
 
 __all__ = ["inspect_path", "format_inspection"]
 
 
 def _value_range(image) -> tuple[float, float]:
-    import SimpleITK as sitk
 
     values = sitk.GetArrayViewFromImage(image)
     if values.size == 0:
@@ -39,7 +43,6 @@ def _geometry(image) -> dict:
 
 
 def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> dict:
-    from engine.io.dicom import read_dicom_series, scan_dicom
 
     series, skipped = scan_dicom(target)
     image_series = [s for s in series if s.is_image]
@@ -84,9 +87,7 @@ def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> d
 
 
 def _inspect_dicom_seg(path) -> dict:
-    import pydicom
 
-    from engine.io.masks import read_mask_native
 
     ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     segments = [f"{int(item.SegmentNumber)}: {item.get('SegmentLabel', '')}" for item in ds.get("SegmentSequence", [])]
@@ -96,7 +97,6 @@ def _inspect_dicom_seg(path) -> dict:
     except InputError as error:
         out["error"] = error.reason
         return out
-    import SimpleITK as sitk
 
     out.update(_geometry(mask))
     out["roi_voxels"] = int(sitk.GetArrayViewFromImage(mask).sum())
@@ -130,10 +130,7 @@ def inspect_path(path, *, series_uid: str | None = None) -> dict:
     InputError
         When the path exists but cannot be read at all (permission, a named pipe, ...).
     """
-    import SimpleITK as sitk
 
-    from engine.io.masks import seg_nrrd_segments
-    from engine.io.volumes import _check_access, image_format, read_volume_file
 
     if not os.path.lexists(path):
         raise UsageError(f"'{path}' not found: give a DICOM folder or file, a NIfTI, NRRD or MetaImage file, "

@@ -26,9 +26,12 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
 
 from engine.errors import InputError
-from engine.io.dicom import format_mm
+from engine.io.dicom import format_mm, scan_dicom_folder
 from engine.io.geometry import first_item, functional_group_value, same_orientation, slice_axes, worst_tilt
 from engine.io.volumes import _check_access, image_format, read_volume_file
 
@@ -77,8 +80,8 @@ def physical_bounds(image, index_min=None, index_max=None) -> tuple[np.ndarray, 
         for cy in (lo[1], hi[1]):
             for cz in (lo[2], hi[2]):
                 corners.append(image.TransformContinuousIndexToPhysicalPoint((float(cx), float(cy), float(cz))))
-    corners = np.asarray(corners)
-    return corners.min(axis=0), corners.max(axis=0)
+    points = np.asarray(corners)
+    return points.min(axis=0), points.max(axis=0)
 
 
 def format_box(low: np.ndarray, high: np.ndarray) -> str:
@@ -89,7 +92,6 @@ def format_box(low: np.ndarray, high: np.ndarray) -> str:
 
 
 def _roi_bounds(mask) -> tuple[np.ndarray, np.ndarray]:
-    import SimpleITK as sitk
 
     array = sitk.GetArrayViewFromImage(mask)
     zz, yy, xx = np.nonzero(array)
@@ -98,7 +100,6 @@ def _roi_bounds(mask) -> tuple[np.ndarray, np.ndarray]:
 
 def _binary_image(selected: np.ndarray, like):
     """uint8 0/1 SimpleITK image from a boolean (Z, Y, X) array with the geometry of ``like``."""
-    import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(selected.astype(np.uint8))
     image.SetSpacing(like.GetSpacing())
@@ -119,7 +120,6 @@ def _values_found(values: Iterable) -> str:
 
 
 def _as_3d(image, path):
-    import SimpleITK as sitk
 
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
@@ -129,7 +129,6 @@ def _as_3d(image, path):
 
 
 def _read_label_map(path, labels, max_voxels):
-    import SimpleITK as sitk
 
     image = _as_3d(read_volume_file(path, stage=STAGE, what="ROI mask file", max_voxels=max_voxels), path)
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -221,7 +220,6 @@ def _match_segments(available: list[dict], segments, labels, label_key: str, kin
 
 
 def _read_seg_nrrd(path, labels, segments, max_voxels):
-    import SimpleITK as sitk
 
     image = read_volume_file(path, stage=STAGE, what="ROI mask file", max_voxels=max_voxels)
     if image.GetDimension() == 4:
@@ -261,8 +259,6 @@ def _read_seg_nrrd(path, labels, segments, max_voxels):
 
 
 def _dicom_seg_dataset(path):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():
@@ -409,7 +405,6 @@ def _seg_slots(plane: dict) -> tuple[np.ndarray, float]:
 
 
 def _seg_reference_image(plane: dict, step: float, rows: int, cols: int):
-    import SimpleITK as sitk
 
     row_cosine, col_cosine, normal = plane["axes"]
     image = sitk.Image(cols, rows, 1, sitk.sitkUInt8)  # carries the geometry only
@@ -430,7 +425,6 @@ def mask_format(path) -> str:
 
 
 def _seg_file_in_folder(folder: pathlib.Path) -> pathlib.Path:
-    from engine.io.dicom import scan_dicom_folder
 
     try:
         found = scan_dicom_folder(folder)
@@ -520,7 +514,6 @@ def read_mask(
     :data:`GRID_TOLERANCE`, is resampled onto the reference grid with nearest neighbour
     (identity transform); otherwise its voxels are taken as they are.
     """
-    import SimpleITK as sitk
 
     if reference.GetDimension() != 3:
         raise ValueError(f"reference must be a 3-D image; got {reference.GetDimension()}-D")

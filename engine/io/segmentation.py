@@ -31,10 +31,13 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
 
 from engine.contract import ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE, vertebra_structure
 from engine.errors import InputError
 from engine.io.masks import format_box, physical_bounds
+from engine.io.volumes import _check_access
 
 __all__ = ["DerivedRoi", "DiscPlane", "Level", "VertebralBody", "derive_roi", "derive_roi_from_file",
            "facing_endplates_mm", "in_slab", "level_plane_mm", "parse_level", "place_level", "slab_bounds_mm",
@@ -225,7 +228,6 @@ def _crop_to(present: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _largest_component(block: np.ndarray) -> tuple[np.ndarray, int]:
     """The largest 26-connected component of a boolean block, and how many voxels lay outside it."""
-    from scipy import ndimage
 
     components, count = ndimage.label(block, structure=np.ones((3, 3, 3), dtype=bool))
     if count <= 1:
@@ -244,7 +246,6 @@ def _physical(image, index_xyz: np.ndarray) -> np.ndarray:
 
 def _canal_hole(projection: np.ndarray, pixel_mm2: float) -> np.ndarray | None:
     """The 2-D pixels of the largest hole the projected vertebra encloses (the canal), or None."""
-    from scipy import ndimage
 
     holes = ndimage.binary_fill_holes(projection) & ~projection
     found, count = ndimage.label(holes)
@@ -477,7 +478,6 @@ def _check_slab_inside(reference, plane_mm: float, half_mm: float, level: Level)
 
 def _reference_block(reference, lo: np.ndarray, hi: np.ndarray):
     """A geometry-only SimpleITK image of the reference's index box ``lo..hi`` (inclusive)."""
-    import SimpleITK as sitk
 
     block = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkUInt8)
     block.SetSpacing(reference.GetSpacing())
@@ -585,7 +585,6 @@ class DerivedRoi:
 
 def _slab_roi(muscles_block, reference, lo, hi, slab_mm: tuple[float, float]):
     """Place a (Z, Y, X) block of ROI labels over the reference's box, zero outside the exact slab."""
-    import SimpleITK as sitk
 
     kk, jj, ii = np.meshgrid(*(np.arange(lo[a], hi[a] + 1) for a in (2, 1, 0)), indexing="ij")
     z0, c = _superior_coefficients(reference)
@@ -644,7 +643,6 @@ def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label
     if seg_box is None:
         raise InputError(STAGE, f"the segmentation does not reach the {level.name} slab of the image "
                                 f"(z={plane:.1f} +- {half:g} mm)")
-    import SimpleITK as sitk
 
     muscles_native = read_block(*seg_box)
     on_block = sitk.Resample(muscles_native, block, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -662,7 +660,6 @@ def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label
 
 
 def _reader(path: pathlib.Path, *, information: bool = True):
-    import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -680,7 +677,6 @@ def _reader(path: pathlib.Path, *, information: bool = True):
 
 def _read_region(path, lo, hi):
     """A label file's inclusive index box as uint8, read through ITK's region extraction."""
-    import SimpleITK as sitk
 
     reader = _reader(path)
     reader.SetExtractIndex([int(v) for v in lo])
@@ -702,7 +698,6 @@ def _structure_file(folder: pathlib.Path, structure: str) -> pathlib.Path | None
 
 def _vertebrae_in_folder(folder: pathlib.Path) -> dict:
     """Every vertebra with a non-empty mask file in a TotalSegmentator folder (the error path only)."""
-    import SimpleITK as sitk
 
     present = {}
     for vertebra in VERTEBRAE:
@@ -718,7 +713,6 @@ def _same_grid(a, b) -> bool:
 
 
 def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
-    import SimpleITK as sitk
 
     bodies: dict[str, VertebralBody | None] = {}
     geometry = None
@@ -764,7 +758,6 @@ def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
 
 
 def _derive_from_label_map(path, reference, label_table, level, thickness_mm, muscles):
-    import SimpleITK as sitk
 
     reader = _reader(path)
     image = reader.Execute()          # read once, as stored (uint8 for TotalSegmentator): never cast to float
@@ -816,7 +809,6 @@ def derive_roi_from_file(path, reference, *, label_table: dict[str, int], level:
         at least one slice (:func:`slab_bounds_mm`).
     muscles : sequence of {"paraspinal", "psoas"}
     """
-    from engine.io.volumes import _check_access
 
     target = _check_access(path, STAGE, "segmentation")
     chosen = parse_level(level)

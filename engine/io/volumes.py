@@ -7,13 +7,17 @@ and a small dict describing it (no patient identifiers).
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import pathlib
 import stat
+import zlib
 
 import numpy as np
+import SimpleITK as sitk
 
 from engine.errors import InputError
+from engine.io.dicom import geometry_carrier, open_dicom_series
 
 __all__ = ["ImageSource", "open_image", "read_image", "image_format", "VOLUME_SUFFIXES"]
 
@@ -56,7 +60,6 @@ def _check_access(path, stage: str, what: str) -> pathlib.Path:
 
 
 def _nifti_opener(path):
-    import gzip
 
     return gzip.open if str(path).lower().endswith(".gz") else open
 
@@ -123,7 +126,6 @@ def _nifti_short_by(path) -> str | None:
     match by a 1-in-2**32 chance; otherwise the stream is read to its end (which also checks
     its CRC) to say what is wrong. None when the file is complete or its header is not understood.
     """
-    import zlib
 
     opener = _nifti_opener(path)
     try:
@@ -189,7 +191,6 @@ def read_volume_file(path, *, stage: str = STAGE, what: str = "image file", max_
 
     Raises InputError when the file cannot be read or claims more than ``max_voxels``.
     """
-    import SimpleITK as sitk
 
     target = _check_access(path, stage, what)
     reader = sitk.ImageFileReader()
@@ -235,7 +236,6 @@ class ImageSource:
     """
 
     def __init__(self, info: dict, *, series=None, image=None):
-        from engine.io.dicom import geometry_carrier
 
         self.info = info
         self._series = series
@@ -269,7 +269,6 @@ class ImageSource:
 
     def read(self, index=(0, 0, 0), size=None):
         """float32 SimpleITK image of the box ``index`` .. ``index + size`` (x, y, z; default all)."""
-        import SimpleITK as sitk
 
         if self._series is not None:
             return self._series.read(index, size)
@@ -293,9 +292,7 @@ def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
     the slices concerned. ``series_description`` chooses a DICOM folder's series by a regular
     expression on its description (:func:`engine.io.dicom.open_dicom_series`).
     """
-    import SimpleITK as sitk
 
-    from engine.io.dicom import open_dicom_series
 
     target = _check_access(path, STAGE, "image file")
     kind = image_format(target)

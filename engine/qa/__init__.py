@@ -79,7 +79,7 @@ def render_series(summary: dict, spec: dict, run_dir: str, force: bool = False) 
         ``png`` empty when the picture could not be drawn (the sheet shows the series without
         one and the batch goes on).
     """
-    from ..preprocess import RoiSample  # SimpleITK: the sheet alone (sarco report) does not need it
+    from ..preprocess import RoiSample  # lazy: SimpleITK; the sheet alone (sarco report) does not need it
 
     pid, modality = summary["patient_id"], summary["modality"]
     target = qa_png_path(run_dir, pid, modality)

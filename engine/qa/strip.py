@@ -18,6 +18,7 @@ were not the same size.
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 from .orientation import continuous_index, index_axes_of, index_axis_along, slice_view
 
@@ -101,7 +102,6 @@ def sagittal_strip(image, mask, derived=None, margin_mm: float = STRIP_MARGIN_MM
         ROI's extent); ``level`` what they are; ``x_mm`` the strip's LPS x; ``midline`` how it
         was found; ``top``/``bottom``/``left``/``right`` side letters.
     """
-    import SimpleITK as sitk
 
     origin, spacing, direction = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
     size = image.GetSize()

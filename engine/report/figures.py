@@ -21,6 +21,7 @@ from ..methods import get as get_method
 from ..methods import registered as registered_methods
 from ..previews import Preview
 from ..stats import groups as group_tests
+from ..stats.roc import auc_ci
 from .format import format_p, model_label
 from .overlay import FAT_RGBA, MUSCLE_RGBA, display_window, habitat_overlay
 
@@ -36,7 +37,7 @@ FIGURE_DPI = 100
 
 
 def figure(width_in: float, height_in: float):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib is heavy; figures only
 
     return Figure(figsize=(width_in, height_in), layout="constrained")
 
@@ -101,9 +102,8 @@ def _scanner_shares(ax, hist: dict, edges: np.ndarray) -> None:
 
 def roc_curves(y: pd.Series, predictions: pd.DataFrame, rows, models: list[str], split: str, notes: list[str]):
     """One curve per distinct ROC on a split: models with identical curves share one, named together."""
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # lazy: scikit-learn is heavy; only where it is used
 
-    from ..stats.roc import auc_ci
 
     curves: list[dict] = []
     for model in models:

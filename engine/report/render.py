@@ -30,6 +30,7 @@ from typing import Any
 
 import jinja2
 import pandas as pd
+import yaml
 
 from ..contract import (
     ERRORS_CSV,
@@ -487,7 +488,6 @@ def _config_text(config: Any) -> str:
     if config is None:
         return ""
     try:
-        import yaml
 
         class _Dumper(yaml.SafeDumper):
             pass
@@ -509,7 +509,8 @@ def _run_name(run_dir: Path, provenance: dict | None, model: dict | None) -> str
     """What identifies the run (issue 21: the folder's name alone, often ``run``): the command and the
     manifest (or feature table) it read, when it started, and the folder."""
     provenance = provenance or {}
-    manifest = provenance.get("manifest") if isinstance(provenance.get("manifest"), dict) else {}
+    read = provenance.get("manifest")
+    manifest = read if isinstance(read, dict) else {}
     source_table = (model or {}).get("source_table")
     parts = []
     if manifest.get("name"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,7 @@ class LogitFit:
 
     def firth_lr_p(self, indices: list[int]) -> float:
         """Penalised likelihood-ratio p that the coefficients at ``indices`` are all zero."""
-        if self.method != "firth" or self.X1 is None or not indices:
+        if self.method != "firth" or self.X1 is None or self.y is None or not indices:
             return float("nan")
         return firth_lr_test(self.X1, self.y, self._positions(indices), self.penalised_llf)[1]
 
@@ -73,7 +74,7 @@ class LogitFit:
 
     def firth_profile_ci(self, index: int, alpha: float = 0.05) -> tuple[float, float]:
         """Profile penalised-likelihood CI of ``params[index]`` (standardised space)."""
-        if self.method != "firth" or self.X1 is None:
+        if self.method != "firth" or self.X1 is None or self.y is None:
             return float("nan"), float("nan")
         full = np.arange(self.params.size) if self.fitted_index is None else np.asarray(self.fitted_index)
         params, cov = self.params[full], self.cov[np.ix_(full, full)]
@@ -169,6 +170,7 @@ def _firth(
                 break
             step /= 2.0
         beta = beta + step
+        assert candidate is not None  # the halving loop ran at least once
         current, info, prob, w, loglik = candidate
         if np.max(np.abs(step), initial=0.0) < tol:
             converged = True
@@ -231,6 +233,7 @@ def firth_profile_ci(
 
 
 def _ml(X1: np.ndarray, y: np.ndarray):
+    # lazy: statsmodels is heavy; only where a model is fitted
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
@@ -359,7 +362,7 @@ def term_table(
     for j, owner in enumerate(owners):
         if fitted[j]:
             variable_index.setdefault(owner, []).append(j + 1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     if intercept:
         # the intercept's own test is not reported for Firth fits (its zero is not the z-scored zero)
         rows.append({"variable": "(intercept)", "term": "(intercept)",
@@ -368,7 +371,7 @@ def term_table(
                      "z": np.nan if firth or not report_estimates else z[0],
                      "p": np.nan if firth else p[0], "p_variable": np.nan if firth else p[0]})
     for j in range(k):
-        row = {"variable": owners[j], "term": columns[j]}
+        row: dict[str, Any] = {"variable": owners[j], "term": columns[j]}
         if not fitted[j]:
             rows.append(row)
             continue

@@ -51,7 +51,7 @@ def roc_command(csv, label: str, score: str, as_json: bool = False) -> tuple[dic
     :func:`engine.stats.roc.roc_summary` dict (plus ``csv``, ``label``, ``score``,
     ``dropped_rows``; non-finite numbers as None) and its text: JSON when ``as_json``.
     """
-    from .roc import roc_summary
+    from .roc import roc_summary  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     df = _read(csv, [label, score])
     y = pd.to_numeric(df[label], errors="coerce")
@@ -93,7 +93,7 @@ def icc_command(csv, target: str, rater: str, value: str, as_json: bool = False)
     (rows: ``type, description, icc, f, df1, df2, p, ci_low, ci_high``) and its text: JSON when
     ``as_json``. The study reports ICC2 (two-way random, absolute agreement, single rater).
     """
-    from .icc import icc
+    from .icc import icc  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     df = _read(csv, [target, rater, value])
     try:
@@ -126,12 +126,13 @@ def groups_command(csv, label: str, as_json: bool = False) -> tuple[dict, str]:
     "statistic", "p", "n_0", "n_1", "value_0", "value_1", "note"}]}`` (one entry per continuous
     variable, one per level of a categorical one) and its text: JSON when ``as_json``.
     """
+    # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
     from .groups import RESERVED, compare_groups
     from .models import label_vector
 
     df = _read(csv, [label])
     y = label_vector(df[label])
-    from ..contract import ENGINE_COLUMNS
+    from ..contract import ENGINE_COLUMNS  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     variables = [c for c in df.columns if c not in RESERVED | set(ENGINE_COLUMNS) | {label}]
     if not variables:
@@ -169,6 +170,7 @@ def logistic_command(csv, label: str, variables: list[str], as_json: bool = Fals
     combination of the intercept and earlier ones is dropped as the study stage drops it
     (:func:`engine.stats.logistic.drop_collinear`), listed in ``dropped_collinear`` with a note.
     """
+    # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
     from ._design import missing_rows, resolve_categorical
     from .logistic import drop_collinear
     from .models import fit_logistic_model, label_vector
@@ -222,7 +224,7 @@ def register(stats_subparsers) -> None:
 
 def run_command(args) -> int:
     """Run one ``sarco stats`` sub-command; a user mistake prints one line and returns 2."""
-    import sys
+    import sys  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     try:
         if args.stats_command == "roc":

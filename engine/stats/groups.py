@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from ._design import as_keys, resolve_categorical, sorted_levels
+from .models import label_vector
 
 ALPHA_ASSUMPTIONS = 0.05
 
@@ -67,7 +68,7 @@ TEST_FISHER_RX2 = "Fisher-Freeman-Halton exact test"
 
 def lilliefors_p(x: np.ndarray) -> float:
     """Lilliefors normality p-value (K-S with estimated mean and SD), as SPSS reports it."""
-    from statsmodels.stats.diagnostic import lilliefors
+    from statsmodels.stats.diagnostic import lilliefors  # lazy: statsmodels is heavy; only where a model is fitted
 
     return float(lilliefors(np.asarray(x, dtype=float), dist="norm", pvalmethod="table")[1])
 
@@ -163,7 +164,7 @@ def fisher_exact_rx2(table: np.ndarray) -> float:
     ValueError
         If the table is not r x 2 or more than :data:`MAX_EXACT_TABLES` tables would be enumerated.
     """
-    from scipy.special import gammaln
+    from scipy.special import gammaln  # lazy: scipy.stats is heavy; `sarco --help` should not wait for it
 
     table = np.asarray(table, dtype=np.int64)
     if table.ndim != 2 or table.shape[1] != 2:
@@ -237,7 +238,6 @@ def _categorical(variable: str, values: pd.Series, y: np.ndarray) -> list[dict]:
 
 
 def _outcome(df: pd.DataFrame, label: str) -> np.ndarray:
-    from .models import label_vector
 
     return label_vector(df[label])
 

@@ -83,7 +83,7 @@ def anova_mean_squares(ratings: np.ndarray) -> dict:
 
 def icc_from_matrix(ratings: np.ndarray, *, alpha: float = 0.05) -> pd.DataFrame:
     """The six ICCs with F tests and ``1 - alpha`` CIs from an ``(n targets, k raters)`` matrix."""
-    from scipy import stats  # here, not at import: `sarco --help` should not wait for scipy
+    from scipy import stats  # lazy: scipy.stats is heavy; `sarco --help` should not wait for it
 
     ms = anova_mean_squares(ratings)
     n, k = ms["n"], ms["k"]

@@ -316,6 +316,7 @@ def cross_validated_selection(
         ``mean``, ``sd`` (ddof=1 over folds), ``per_fold``, ``folds``, ``n``, ``n_events``, ``seed``,
         ``selected_per_fold`` (list of feature lists), ``notes``.
     """
+    # lazy: scikit-learn is heavy; only where it is used
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 

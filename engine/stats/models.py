@@ -259,6 +259,7 @@ def cross_validated_auc(
         ``mean``, ``sd`` (sample SD over folds, ddof=1), ``per_fold`` (list), ``folds``, ``n``,
         ``n_events``, ``seed``, ``notes``.
     """
+    # lazy: scikit-learn is heavy; only where it is used
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -296,7 +297,8 @@ def _fit_model(cohort: _Cohort, name: str, candidates: list[str], rows: np.ndarr
                             f"(at least {MIN_PER_CLASS} of each needed)")
         return None
     train_df = cohort.features.loc[rows]
-    settings = dict(p_enter=cohort.p_enter, p_remove=cohort.p_remove, categorical=categorical, alpha=cohort.alpha)
+    settings: dict[str, Any] = dict(p_enter=cohort.p_enter, p_remove=cohort.p_remove, categorical=categorical,
+                                    alpha=cohort.alpha)
     mv = multivariable_logistic(train_df, cohort.label, candidates, name=name, **settings)
     cohort.notes.extend(mv.notes)
     if mv.model is None:

@@ -79,11 +79,17 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
+from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
+from engine.manifest import assign_splits
 from engine.outputs import write_text
+from engine.synthetic.dicom_writer import write_dicom_seg, write_dicom_series, write_mask
 
 __all__ = ["synthesize_cohort", "ROI_LABELS", "MANIFEST_COLUMNS", "CLINICAL_COLUMNS"]
 
@@ -107,7 +113,7 @@ _FAT_TISSUES = np.zeros(_N_TISSUES, dtype=bool)
 _FAT_TISSUES[[SUBCUT_FAT, VISCERAL_FAT, RETRO_FAT, IM_FAT]] = True
 
 # --- acquisition -------------------------------------------------------------------------
-_SIZES = {
+_SIZES: dict[str, dict[str, Any]] = {
     # CT: matrix, pixel range (mm); MR: matrix choices (or None = from FOV), pixel range (mm)
     "clinical": {"ct_matrix": 512, "ct_pixel": (0.68, 0.78), "mr_pixel": (0.5, 0.9), "mr_matrix": None},
     "small": {"ct_matrix": 256, "ct_pixel": (1.40, 1.50), "mr_pixel": (1.0, 1.8), "mr_matrix": (128, 160, 192)},
@@ -138,7 +144,7 @@ def _mr_scanner_header(vendor: str) -> dict:
     return dict(_MR_SCANNERS[vendor])
 
 # --- clinical distributions (paper Table 2, training group: sarcopenia vs non-sarcopenia) ---
-_CLINICAL = {
+_CLINICAL: dict[int, dict[str, Any]] = {
     1: {"age": (71.65, 7.01), "female": 45 / 79, "bmi": (22.83, 3.18), "albumin": (35.90, 3.32),
         "hemoglobin": (130.77, 16.31), "rbc": (4.36, 0.48), "wbc": (6.27, 2.06),
         "hypertension": 37 / 79, "diabetes": 11 / 79, "smoking": 20 / 79,
@@ -157,7 +163,7 @@ _OCCUPATIONS = ("worker", "retired", "farmer", "freelance", "others")
 # reaches a cross-validated AUC of about 0.87 (1,500 simulated patients; clinical model 0.78),
 # leaving the measured CT models in the paper's validation range (0.77-0.96) instead of at
 # 1.000; see the README.
-_SARCOPENIA_EFFECTS = {
+_SARCOPENIA_EFFECTS: dict[str, Any] = {
     "imf_beta": {1: (4.0, 22.7), 0: (3.0, 30.0)},     # means 0.150 vs 0.091
     "muscle_hu": {1: 46.0, 0: 50.0},
     "muscle_scale": 0.93,
@@ -477,8 +483,8 @@ def _build_fat_field(anat: _Anatomy, target_fraction: float, rng: np.random.Gene
     step = 1.0
     lo_u, hi_u, lo_v, hi_v = np.inf, -np.inf, np.inf, -np.inf
     for blob in anat.compartments.values():
-        for w in (-_FIELD_HALF_EXTENT_MM, _FIELD_HALF_EXTENT_MM):
-            cx, cy, a, b = blob.section(w)
+        for w_end in (-_FIELD_HALF_EXTENT_MM, _FIELD_HALF_EXTENT_MM):
+            cx, cy, a, b = blob.section(w_end)
             reach = math.hypot(a, b) * 1.2 + 4.0
             lo_u, hi_u = min(lo_u, cx - reach), max(hi_u, cx + reach)
             lo_v, hi_v = min(lo_v, cy - reach), max(hi_v, cy + reach)
@@ -709,7 +715,6 @@ def _planted_strings(*headers: dict) -> list[str]:
 # One patient
 # =========================================================================================
 def _uid(seed: int, index: int, what: str) -> str:
-    from pydicom.uid import generate_uid  # noqa: PLC0415  (pydicom only where files are written)
 
     return str(generate_uid(entropy_srcs=["sarco-engine synth", str(seed), str(index), what]))
 
@@ -937,7 +942,6 @@ def _truth_fractions(rendered: _Rendered, roi: np.ndarray, grid: _Grid) -> dict:
 def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool = False,
                    spine_fov: bool = False) -> tuple[dict, dict, list]:
     """Simulate and write one patient; returns (manifest row, truth row, planted PHI strings)."""
-    from engine.synthetic.dicom_writer import write_dicom_seg, write_dicom_series, write_mask  # noqa: PLC0415
 
     sim = _simulate(seed, index, size, lean, spine_fov)
     pid = f"SYN{index + 1:04d}"
@@ -1055,7 +1059,6 @@ def _totalsegmentator_labels(rendered: _Rendered, grid: _Grid, vertebra: _Verteb
     :func:`_vertebra_labels`. The grid spans about 48 mm around the disc, so L3 and L4 are the
     vertebrae in it.
     """
-    from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
 
     labels = np.zeros(rendered.tissue.shape, dtype=np.uint8)
     for roi_label, structure in _TS_MUSCLES.items():
@@ -1093,7 +1096,6 @@ def _vertebra_labels(labels: np.ndarray, rendered: _Rendered, grid: _Grid, verte
     * pedicles join each body to its posterior elements, as they do in a real label;
     * small stray components of a neighbour's label sit inside a body (:data:`_STRAYS`).
     """
-    from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
 
     shape = labels.shape
     bone = np.isin(rendered.tissue, (CORTICAL, CANCELLOUS))
@@ -1158,8 +1160,6 @@ def _write_totalsegmentator(pdir: Path, modality: str, labels: np.ndarray, grid:
     (every other TotalSegmentator structure would be an empty mask; they are left out). ``ras``:
     stored as TotalSegmentator writes (RAS), else in the DICOM series' LPS order.
     """
-    from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
-    from engine.synthetic.dicom_writer import write_mask  # noqa: PLC0415
 
     stored, geometry = _storage(labels, grid, ras)
     ml = write_mask(pdir / f"{modality}_totalseg.nii.gz", stored, **geometry)
@@ -1206,9 +1206,7 @@ def _csv_text(rows: list[dict], columns) -> str:
 
 def _assign_splits(rows: list[dict], seed: int) -> list[str]:
     """The engine's own seeded, stratified 6:4 train/validation split (:func:`engine.manifest.assign_splits`)."""
-    import pandas as pd
 
-    from engine.manifest import assign_splits
 
     table = pd.DataFrame({"split": [""] * len(rows), "label": [float(r["label"]) for r in rows]},
                          index=[r["patient_id"] for r in rows])

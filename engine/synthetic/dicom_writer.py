@@ -20,8 +20,14 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, generate_uid
 
 from engine.outputs import atomic_path
 from engine.synthetic.jpeg_lossless import encode_sv1
@@ -65,8 +71,7 @@ def _ds(value: float) -> str:
     return text
 
 
-def _uid(entropy: Sequence[str] | None = None) -> str:
-    from pydicom.uid import generate_uid
+def _uid(entropy: Sequence[object] | None = None) -> str:
 
     if entropy is None:
         return generate_uid()
@@ -228,7 +233,6 @@ def _file_plan(n_slices: int, shuffle_seed) -> tuple[list[str], list[int], np.nd
 
 def _slice_dataset(series: dict, k: int, instance_number: int):
     """The header of slice ``k`` (no pixel data yet)."""
-    from pydicom.dataset import Dataset
 
     modality = series["modality"]
     sop_class = _CT_IMAGE_STORAGE if modality == "CT" else _MR_IMAGE_STORAGE
@@ -258,8 +262,6 @@ def _slice_dataset(series: dict, k: int, instance_number: int):
 
 
 def _file_meta(sop_class: str, sop_uid: str, transfer_syntax: str):
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import UID
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -315,10 +317,9 @@ def _set_pixel_module(ds, series: dict) -> None:
 
 def _set_pixels(ds, frame: np.ndarray, transfer_syntax: str, bits_stored: int) -> None:
     """PixelData of one frame in ``transfer_syntax`` (native, JPEG Lossless SV1, or pydicom's encoders)."""
-    import pydicom
 
     if transfer_syntax in ("explicit_le", "implicit_le", "big_endian"):
-        byte_order = ">" if transfer_syntax == "big_endian" else "<"
+        byte_order: Literal["<", ">"] = ">" if transfer_syntax == "big_endian" else "<"
         ds.PixelData = frame.astype(frame.dtype.newbyteorder(byte_order)).tobytes()
         ds["PixelData"].VR = "OW"
     elif transfer_syntax == "jpeg_lossless":
@@ -335,7 +336,6 @@ def _set_pixels(ds, frame: np.ndarray, transfer_syntax: str, bits_stored: int) -
 
 
 def _label_image(mask: np.ndarray, spacing_mm, origin_mm, direction):
-    import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask))
     image.SetSpacing([float(s) for s in spacing_mm])
@@ -363,7 +363,6 @@ def write_mask(
         Every non-zero label present becomes one segment in layer 0, as Slicer writes a
         single-layer binary-labelmap segmentation.
     """
-    import SimpleITK as sitk
 
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -418,9 +417,7 @@ def write_dicom_seg(path, mask, source_files, *, segment_names=None) -> pathlib.
         SegmentLabel per label value (default ``Segment_<label>``); a sequence names labels
         1, 2, 3, ... in order.
     """
-    import highdicom as hd
-    import pydicom
-    from pydicom.sr.codedict import codes
+    import highdicom as hd  # lazy: highdicom is heavy; export only
 
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
