@@ -233,7 +233,6 @@ class DeriveConfig(_Strict):
     @field_validator("labels")
     @classmethod
     def _known_structures(cls, value):
-
         known = set(SEGMENTATION_MUSCLES) | {vertebra_structure(v) for v in VERTEBRAE}
         unknown = sorted(set(value) - known)
         if unknown:

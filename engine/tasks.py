@@ -211,7 +211,6 @@ def _save_qa_strip(image, mask, derived, path: Path) -> None:
     Cut here, while the series is open: only the ROI's slices plus a margin are decoded.
     """
 
-
     buffer = io.BytesIO()
     np.savez(buffer, **sagittal_strip(image, mask, derived))
     write_bytes(path, buffer.getvalue())
@@ -386,7 +385,6 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
 def patient_histogram(sample_path: str, lo: float, hi: float, bin_width: float, backend: str = "cpu") -> np.ndarray:
     """The in-window ROI histogram of one patient on the cohort's bins (int64, host memory)."""
 
-
     values = RoiSample.load(sample_path).window_values
     counts = histogram(to_device(values, backend), lo=lo, hi=hi, bin_width=bin_width)
     return to_host(counts).astype(np.int64)
@@ -435,7 +433,6 @@ def classify_and_measure(summary: dict, thresholds: dict, cfg: Config, habitat_d
     ``thresholds`` maps method -> threshold for this modality. Returns ``{"status": "ok",
     "features": {...}}`` or an error dict as pass 1 does.
     """
-
 
     cfg = _validated(cfg)
     pid, modality = summary["patient_id"], summary["modality"]

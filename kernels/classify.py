@@ -345,7 +345,6 @@ def exact_sum(bins, dtype) -> float:
 def _run_cupy(values, thresholds, fat_is_high, *, want_labels, want_stats):
     import cupy  # lazy: CuPy, GPU runs only
 
-
     flat = cupy.ascontiguousarray(_cuda.as_kernel_dtype(values.reshape(-1)))
     n, m = flat.size, len(thresholds)
     kernel = _cuda.raw_module("classify.cu").get_function(f"classify_{flat.dtype.name}")

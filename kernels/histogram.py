@@ -257,7 +257,6 @@ def shared_memory_plan(n_bins: int, default_bytes: int, optin_bytes: int) -> tup
 def _histogram_cupy(values, lo: float, width: float, n_bins: int):
     import cupy  # lazy: CuPy, GPU runs only
 
-
     flat = values.reshape(-1)
     flat = cupy.ascontiguousarray(_cuda.as_kernel_dtype(flat))
     name = flat.dtype.name

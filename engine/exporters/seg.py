@@ -41,7 +41,6 @@ def build_seg(result: PatientResult, uids, built: dict):
     """The DICOM-SEG dataset of one patient (None when the ROI misses every source slice)."""
     import highdicom as hd  # lazy: highdicom is heavy; export only
 
-
     labels = habitats_on_source(result)
     slices = roi_slices(labels)
     if slices.size == 0:

@@ -213,7 +213,6 @@ def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str,
 def read_source(run: RunFolder, patient_id: str, modality: str):
     """The source series of one patient (checked again: it may have moved since the run)."""
 
-
     entry = run.source_entry(patient_id, modality)
     image = Path(entry[SOURCE_IMAGE])
     if not image.exists():

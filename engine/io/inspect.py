@@ -88,7 +88,6 @@ def _inspect_dicom(target: pathlib.Path, series_uid: str | None, kind: str) -> d
 
 def _inspect_dicom_seg(path) -> dict:
 
-
     ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     segments = [f"{int(item.SegmentNumber)}: {item.get('SegmentLabel', '')}" for item in ds.get("SegmentSequence", [])]
     out: dict = {"kind": "dicom-seg", "segments": segments}
@@ -130,7 +129,6 @@ def inspect_path(path, *, series_uid: str | None = None) -> dict:
     InputError
         When the path exists but cannot be read at all (permission, a named pipe, ...).
     """
-
 
     if not os.path.lexists(path):
         raise UsageError(f"'{path}' not found: give a DICOM folder or file, a NIfTI, NRRD or MetaImage file, "

@@ -120,7 +120,6 @@ def _values_found(values: Iterable) -> str:
 
 
 def _as_3d(image, path):
-
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     if image.GetDimension() != 3:
@@ -129,7 +128,6 @@ def _as_3d(image, path):
 
 
 def _read_label_map(path, labels, max_voxels):
-
     image = _as_3d(read_volume_file(path, stage=STAGE, what="ROI mask file", max_voxels=max_voxels), path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
@@ -220,7 +218,6 @@ def _match_segments(available: list[dict], segments, labels, label_key: str, kin
 
 
 def _read_seg_nrrd(path, labels, segments, max_voxels):
-
     image = read_volume_file(path, stage=STAGE, what="ROI mask file", max_voxels=max_voxels)
     if image.GetDimension() == 4:
         # a 4-D scalar NRRD (layers as the 4th axis) rather than a vector image
@@ -259,7 +256,6 @@ def _read_seg_nrrd(path, labels, segments, max_voxels):
 
 
 def _dicom_seg_dataset(path):
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -405,7 +401,6 @@ def _seg_slots(plane: dict) -> tuple[np.ndarray, float]:
 
 
 def _seg_reference_image(plane: dict, step: float, rows: int, cols: int):
-
     row_cosine, col_cosine, normal = plane["axes"]
     image = sitk.Image(cols, rows, 1, sitk.sitkUInt8)  # carries the geometry only
     spacing = plane["pixel_spacing"]

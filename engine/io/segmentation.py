@@ -660,7 +660,6 @@ def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label
 
 
 def _reader(path: pathlib.Path, *, information: bool = True):
-
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     if information:
@@ -713,7 +712,6 @@ def _same_grid(a, b) -> bool:
 
 
 def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
-
     bodies: dict[str, VertebralBody | None] = {}
     geometry = None
     for vertebra in level.vertebrae:
@@ -758,7 +756,6 @@ def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
 
 
 def _derive_from_label_map(path, reference, label_table, level, thickness_mm, muscles):
-
     reader = _reader(path)
     image = reader.Execute()          # read once, as stored (uint8 for TotalSegmentator): never cast to float
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):

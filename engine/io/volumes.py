@@ -60,7 +60,6 @@ def _check_access(path, stage: str, what: str) -> pathlib.Path:
 
 
 def _nifti_opener(path):
-
     return gzip.open if str(path).lower().endswith(".gz") else open
 
 
@@ -236,7 +235,6 @@ class ImageSource:
     """
 
     def __init__(self, info: dict, *, series=None, image=None):
-
         self.info = info
         self._series = series
         self._image = image
@@ -292,7 +290,6 @@ def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
     the slices concerned. ``series_description`` chooses a DICOM folder's series by a regular
     expression on its description (:func:`engine.io.dicom.open_dicom_series`).
     """
-
 
     target = _check_access(path, STAGE, "image file")
     kind = image_format(target)

@@ -117,7 +117,7 @@ def tissue_layers(sample, choice: OverlayChoice, fat_is: str) -> tuple[np.ndarra
     preview = preview_of(sample)
     if preview is None:
         shape = np.asarray(sample.preview).shape
-        return tuple(np.zeros(shape, bool) for _ in range(3))  # type: ignore[return-value]
+        return np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool)
     threshold = choice.threshold if choice.method is not None else None
     return tissue_masks(preview, threshold, fat_is)
 

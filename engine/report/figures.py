@@ -104,7 +104,6 @@ def roc_curves(y: pd.Series, predictions: pd.DataFrame, rows, models: list[str],
     """One curve per distinct ROC on a split: models with identical curves share one, named together."""
     from sklearn.metrics import roc_curve  # lazy: scikit-learn is heavy; only where it is used
 
-
     curves: list[dict] = []
     for model in models:
         score = pd.to_numeric(predictions.loc[rows, f"p_{model}"], errors="coerce")

@@ -1207,7 +1207,6 @@ def _csv_text(rows: list[dict], columns) -> str:
 def _assign_splits(rows: list[dict], seed: int) -> list[str]:
     """The engine's own seeded, stratified 6:4 train/validation split (:func:`engine.manifest.assign_splits`)."""
 
-
     table = pd.DataFrame({"split": [""] * len(rows), "label": [float(r["label"]) for r in rows]},
                          index=[r["patient_id"] for r in rows])
     split = assign_splits(table, train_fraction=0.6, seed=seed)

@@ -262,7 +262,6 @@ def _slice_dataset(series: dict, k: int, instance_number: int):
 
 
 def _file_meta(sop_class: str, sop_uid: str, transfer_syntax: str):
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
@@ -336,7 +335,6 @@ def _set_pixels(ds, frame: np.ndarray, transfer_syntax: str, bits_stored: int) -
 
 
 def _label_image(mask: np.ndarray, spacing_mm, origin_mm, direction):
-
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask))
     image.SetSpacing([float(s) for s in spacing_mm])
     image.SetOrigin([float(o) for o in origin_mm])
