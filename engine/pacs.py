@@ -88,5 +88,5 @@ def associate(ae, address: PacsAddress, *, nodelay: bool = True, **kwargs):
     if unreachable is not None:
         raise PacsError(f"nothing answers at {address.host}:{address.port} ({unreachable})")
     if assoc.is_aborted:
-        raise PacsError(f"{address} aborted the association")
+        raise PacsError(f"{address} aborted the association (is the calling AE title '{ae.ae_title}' known to it?)")
     raise PacsError(f"{address} did not accept an association (no common presentation context?)")

@@ -335,7 +335,7 @@ def test_mri_sample_does_not_depend_on_itk_threads_before_the_task(cohort, tmp_p
     row = pd.read_csv(cohort, dtype=str, keep_default_na=False).iloc[0]
     job = {"patient_id": row["patient_id"], "modality": "mri", "image": str(cohort.parent / row["mri_image"]),
            "roi": str(cohort.parent / row["mri_roi"]), "series_uid": None}
-    config = _config().to_dict()
+    config = _config()
     before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     samples = []
     try:

@@ -285,7 +285,9 @@ def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, capsys):
     """Issue 22: the association refused (unknown AE title) or nobody listening: every object failed, none done."""
     cases = [(f"ORTHANC@127.0.0.1:{free_port()}", "SARCOTEST", "nothing answers")]
     if pacs.kind == "orthanc":  # the qrscp fallback accepts any calling AE title
-        cases.append((pacs.address, "INTRUDER", "rejected the association"))
+        # Orthanc answers an unknown calling AE title with A-ASSOCIATE-RJ, but under load the socket's
+        # close can overtake the RJ PDU and pynetdicom sees an abort: either is a refused association.
+        cases.append((pacs.address, "INTRUDER", "(?:rejected|aborted) the association"))
         before = len(pacs.rest("/instances"))
     for address, aet, words in cases:
         assert main(["export", str(run_dir), "--pacs", address, "--aet", aet]) == 1
