@@ -22,9 +22,12 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .backend import gpu_status, resolve_backend
 from .contract import MODALITIES, NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
 from .errors import ConfigError, ManifestError, SarcoError, UsageError
+from .executors import progress_reporter, quiet_dask
 from .methods import method_names
+from .pacs import check_calling_aet, parse_address
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
 # complete (exit 1); anything else reaching main() is a bug.
@@ -34,9 +37,6 @@ PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirect
 
 
 def _version_text() -> str:
-    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .backend import gpu_status
-
     available, description = gpu_status()
     gpu = f"gpu ({description})" if available else f"gpu unavailable: {description}"
     return f"sarco-engine {__version__}\nbackends: cpu, {gpu}"
@@ -125,7 +125,6 @@ def cmd_apply(args) -> int:
 
 def cmd_synth(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .executors import progress_reporter
     from .synthetic import synthesize_cohort
     from .userfiles import check_output_folder
 
@@ -138,9 +137,7 @@ def cmd_synth(args) -> int:
 
 def cmd_demo(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .backend import resolve_backend
     from .config import load_config
-    from .executors import progress_reporter
     from .pipeline import run
     from .synthetic import synthesize_cohort
     from .userfiles import check_output_folder
@@ -266,9 +263,6 @@ def scheduler_address(text: str) -> str:
 
 def pacs_address(text: str) -> str:
     """argparse type: ``AET@HOST:PORT`` (:func:`engine.pacs.parse_address`)."""
-    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .pacs import parse_address
-
     try:
         parse_address(text)
     except UsageError as exc:
@@ -277,9 +271,6 @@ def pacs_address(text: str) -> str:
 
 
 def calling_aet(text: str) -> str:
-    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .pacs import check_calling_aet
-
     try:
         return check_calling_aet(text)
     except UsageError as exc:
@@ -490,9 +481,6 @@ def _dispatch(argv) -> int:
         # pynetdicom logs every refused connection as ERROR; the per-patient line already says it
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if args.command in ("run", "apply", "demo"):
-        # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-        from .executors import quiet_dask
-
         quiet_dask(args.verbose)
     return _run_command(args)
 

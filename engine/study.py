@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import __version__
 from . import methods as fit_methods
 from .contract import (
     FEATURES_CSV,
@@ -149,7 +150,7 @@ def patient_accounting(table: pd.DataFrame, model_features: dict[str, list[str]]
 
 def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]], cfg, out_dir: Path, notes):
     """Run :func:`engine.stats.run_study` and write tables/, predictions.csv and study.json."""
-    # lazy: scipy.stats/statsmodels behind these; only the statistics stage pays
+    # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
     from .stats import run_study
     from .stats.study import study_summary
 
@@ -221,7 +222,6 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     model.json (:data:`TABLE_MODEL_FORMAT`), features.csv, and report.html when ``run.report``.
     Returns the ``study.json`` summary and the notes.
     """
-    from . import __version__  # lazy: scipy.stats/statsmodels behind these; only the statistics stage pays
 
     table = read_feature_table(table_path)
     models = table_models(table.columns)
@@ -245,7 +245,8 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
                                       "config": cfg.to_dict(), "source_table": str(table_path),
                                       "statistics": bundle, "clinical_columns": columns})
     if cfg.run.report:
-        from .report import render_report  # lazy: scipy.stats/statsmodels behind these; only the statistics stage pays
+        # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
+        from .report import render_report
 
         render_report(out_dir)
     return summary, notes
@@ -253,7 +254,7 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
 
 def study_command(args) -> int:
     """``sarco study``: run :func:`run_table_study` and print the models; a table mistake exits 2."""
-    # lazy: scipy.stats/statsmodels behind these; only the statistics stage pays
+    # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
     from .config import load_config
     from .stats.cli import study_text
 
@@ -277,7 +278,8 @@ def register_cli(subparsers) -> None:
 
 def score_new_patients(out_dir: Path, features: pd.DataFrame, manifest: Manifest, bundle: dict) -> pd.DataFrame:
     """``sarco apply``: the frozen models' probabilities and calls for every patient."""
-    from .stats import score_bundle  # lazy: scipy.stats/statsmodels behind these; only the statistics stage pays
+    # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
+    from .stats import score_bundle
 
     columns = [c for c in bundle.get("clinical_columns", []) if c in manifest.table.columns]
     table = _with_clinical(features, manifest, columns)

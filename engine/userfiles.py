@@ -14,8 +14,6 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
-
 from .contract import FEATURES_CSV, THRESHOLDS_JSON
 from .errors import UsageError
 
@@ -108,6 +106,7 @@ def read_csv_table(path, columns=(), what: str = "CSV file", dtype=None):
 
     A UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted; ``dtype`` as :func:`pandas.read_csv`.
     """
+    import pandas as pd  # lazy: pandas; the path checks every command runs first stay fast
 
     target = require_file(path, what)
     try:

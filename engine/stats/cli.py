@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..contract import ENGINE_COLUMNS
 from ..errors import UsageError
 from ..userfiles import read_csv_table
 
@@ -132,7 +134,6 @@ def groups_command(csv, label: str, as_json: bool = False) -> tuple[dict, str]:
 
     df = _read(csv, [label])
     y = label_vector(df[label])
-    from ..contract import ENGINE_COLUMNS  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     variables = [c for c in df.columns if c not in RESERVED | set(ENGINE_COLUMNS) | {label}]
     if not variables:
@@ -224,7 +225,6 @@ def register(stats_subparsers) -> None:
 
 def run_command(args) -> int:
     """Run one ``sarco stats`` sub-command; a user mistake prints one line and returns 2."""
-    import sys  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     try:
         if args.stats_command == "roc":
