@@ -29,6 +29,7 @@ from .contract import (
     scanner_label,
 )
 from .rundir import add_note
+from .runfolder import method_record, registered_stats
 from .tasks import group_histogram, sum_histograms
 
 log = logging.getLogger("sarco")
@@ -241,7 +242,7 @@ def fit_modality(executor, modality: str, train: list[dict], cfg: Config, backen
         "n_voxels": int(counts.sum()),
         "histogram": {"lo": lo, "hi": hi, "bin_width": width, "counts": [int(c) for c in counts],
                       **({"by_scanner": by_scanner} if by_scanner else {})},
-        "methods": fits,
+        "methods": {name: method_record(name, fit, cfg.modality_fit(modality).fat_is) for name, fit in fits.items()},
         "diagnostic": diagnostic,
         SCANNERS_KEY: scanners,
         **({"standardize": cfg.preprocess.mri.standardize} if modality == "mri" else {}),
@@ -257,7 +258,8 @@ def fit_thresholds(executor, ok: list[dict], is_training, cfg: Config, backend: 
 
     ``is_training(summary)`` says whether a pass-1 summary belongs to a labelled training patient.
     """
-    thresholds: dict[str, Any] = {"engine_version": __version__, "modalities": {}}
+    thresholds: dict[str, Any] = {"engine_version": __version__, "modalities": {},
+                                  "stats": [stat.to_json() for stat in registered_stats()]}
     present = {s["modality"] for s in ok}
     for modality in MODALITIES:
         train = sorted((s for s in ok if s["modality"] == modality and is_training(s)), key=lambda s: s["patient_id"])

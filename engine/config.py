@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from . import methods as fit_methods
 from .contract import FIXED, MODALITIES, SEGMENTATION_MUSCLES, TOTALSEGMENTATOR_TOTAL_V2, VERTEBRAE, vertebra_structure
 from .errors import ConfigError
+from .plugins import check_module_name, import_plugins
 from .userfiles import check_scheduler_address
 
 
@@ -259,6 +260,12 @@ class RunConfig(_Strict):
     report: bool = True
     qa: bool = True
     exclude: str | None = None
+    plugins: list[str] = Field(default_factory=list)
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, value):
+        return [check_module_name(name) for name in value]
 
     @field_validator("scheduler")
     @classmethod
@@ -324,6 +331,7 @@ def validate(raw: dict[str, Any]) -> Config:
     """Validate a plain mapping against the schema; raise ConfigError naming the first bad key."""
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"a config must be a mapping of sections, got {type(raw).__name__}")
+    _import_plugins(raw)
     try:
         cfg = Config.model_validate(_migrate(raw))
     except ValidationError as exc:
@@ -339,6 +347,23 @@ def validate(raw: dict[str, Any]) -> Config:
         raise ConfigError(key, f"{first['msg']} (got {value!r})") from None
     _check_fixed_ranges(cfg)
     return cfg
+
+
+def _import_plugins(raw: dict[str, Any]) -> None:
+    """Import ``run.plugins`` (and the installed plug-ins) before the schema checks ``fit.methods``
+    against the registries they extend; a malformed list is left to the schema's message."""
+    run = raw.get("run")
+    names = run.get("plugins") if isinstance(run, dict) else None
+    names = names if isinstance(names, list) else []
+    import_plugins([n for n in names if isinstance(n, str) and _is_module_name(n)])
+
+
+def _is_module_name(name: str) -> bool:
+    try:
+        check_module_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _known_keys(section: list[str]) -> str:
@@ -417,6 +442,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(loaded, dict):
             raise ConfigError("<root>", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
         raw = loaded
+    _import_plugins(_deep_merge(raw, overrides or {}))  # a plug-in's default method joins the defaults below
     # Merge over the schema's defaults, not just over the file, so a partial section
     # (preprocess: {mri: {n4: false}}) keeps the defaults of its siblings.
     raw = _deep_merge(Config().model_dump(mode="json"), raw)

@@ -45,6 +45,12 @@ class GMMOptions(MethodOptions):
     reg_covar: float = Field(1e-6, ge=0)
 
 
+#: Algorithm families of DICOM CID 7162 (the keywords of ``pydicom.sr.codedict.codes.cid7162``): a method's
+#: ``family``, written into thresholds.json, is what the DICOM-SEG's Algorithm Identification states.
+ALGORITHM_FAMILIES = ("AdaptiveFiltering", "ArtificialIntelligence", "ClusterAnalysis", "DeformableModels",
+                      "EdgeDetection", "HistogramAnalysis", "ManualProcessing", "MorphologicalOperations",
+                      "MultiScaleResolutionFiltering", "MultispectralProcessing", "NeighborhoodAnalysis")
+
 #: ``fit(counts, centers, options, cfg, modality) -> dict``: the method's entry of thresholds.json
 #: (JSON-ready, with a ``threshold`` key; low class ``x <= threshold``); ValueError if it cannot fit.
 FitFunction = Callable[[np.ndarray, np.ndarray, Any, Any, str], dict]
@@ -72,6 +78,8 @@ class FitMethod:
         every other method with it).
     default : bool
         Whether ``fit.methods`` lists it by default.
+    family : str
+        Its algorithm family, a keyword of :data:`ALGORITHM_FAMILIES` (DICOM CID 7162), for the SEG.
     """
 
     name: str
@@ -81,6 +89,7 @@ class FitMethod:
     modalities: tuple[str, ...] = MODALITIES
     reference: bool = False
     default: bool = True
+    family: str = "HistogramAnalysis"
 
 
 def _otsu(counts, centers, options, cfg, modality) -> dict:
@@ -117,6 +126,9 @@ def register(method: FitMethod) -> FitMethod:
     unknown = set(method.modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"method {method.name!r}: unknown modality {sorted(unknown)}")
+    if method.family not in ALGORITHM_FAMILIES:
+        raise ValueError(f"method {method.name!r}: family {method.family!r} is not a DICOM CID 7162 algorithm "
+                         f"family; expected one of {', '.join(ALGORITHM_FAMILIES)}")
     _REGISTRY[method.name] = method
     return method
 
@@ -127,7 +139,7 @@ def unregister(name: str) -> None:
 
 
 register(FitMethod("otsu", "Otsu", _otsu))
-register(FitMethod("kmeans", "K-means", _kmeans, KMeansOptions))
+register(FitMethod("kmeans", "K-means", _kmeans, KMeansOptions, family="ClusterAnalysis"))
 register(FitMethod("gmm", "GMM", _gmm, GMMOptions))
 # CT only: MRI signal has no absolute unit, so a fixed range has no meaning there.
 register(FitMethod(FIXED, "Fixed HU", _fixed, modalities=("ct",), reference=True))

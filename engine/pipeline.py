@@ -26,7 +26,7 @@ import pandas as pd
 from . import __version__
 from .backend import resolve_backend
 from .bundle import make_bundle, read_bundle
-from .cohort_fit import fit_thresholds, threshold_values
+from .cohort_fit import fit_thresholds
 from .config import Config, load_config
 from .contract import (
     CACHE_DIR,
@@ -65,6 +65,7 @@ from .rundir import (
     write_series,
     write_tables,
 )
+from .runfolder import Thresholds
 from .standardize import reference_rows
 from .tasks import classify_and_measure, ingest_and_preprocess
 
@@ -143,7 +144,7 @@ def _render_qa(executor, batch: _Batch, summaries: list[dict], thresholds: dict)
     if not batch.cfg.run.qa:
         return None
 
-    specs = qa_specs(thresholds, {m: batch.cfg.modality_fit(m).fat_is for m in MODALITIES})
+    specs = qa_specs(thresholds, {m: fit.fat_is for m, fit in Thresholds.from_json(thresholds).modalities.items()})
     todo = [s for s in summaries if s["status"] == "ok" and s["modality"] in specs]
     try:
         results = executor.stream(render_series, todo, [specs[s["modality"]] for s in todo],
@@ -219,7 +220,7 @@ def _write_disc_planes(out_dir: Path, summaries: list[dict]) -> None:
 def _pass2(executor, batch: _Batch, ok: list[dict], thresholds: dict, backend: str) -> list[dict]:
     habitat_dir = str(batch.out_dir / HABITATS_DIR) if batch.cfg.run.habitats else None
     todo = [s for s in ok if s["modality"] in thresholds["modalities"]]
-    frozen = {modality: threshold_values(thresholds, modality) for modality in thresholds["modalities"]}
+    frozen = Thresholds.from_json(thresholds).modalities  # typed: the fat side recorded at the fit travels with it
     results = executor.stream(classify_and_measure, todo, [frozen[s["modality"]] for s in todo],
                               cfg=batch.cfg, habitat_dir=habitat_dir, cache_dir=str(batch.cache_dir),
                               backend=backend, force=batch.force,

@@ -47,13 +47,15 @@ from .contract import (
     vs_fixed_column,
 )
 from .errors import InputError
-from .features import TissueMeasure, measure
+from .features import TissueMeasure, measure, stat_names
 from .io import open_image, read_mask
 from .io.segmentation import derive_roi_from_file
 from .outputs import write_bytes, write_image, write_json
+from .plugins import import_plugins
 from .preprocess import RoiSample, preprocess
 from .previews import write_preview
 from .qa.strip import sagittal_strip
+from .runfolder import ModalityThresholds
 
 #: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
 #: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23).
@@ -229,10 +231,13 @@ def _validated(cfg) -> Config:
 
     A task never re-validates: the frozen :class:`~engine.config.Config` travels to the workers as
     it is (it pickles). A plain mapping is refused, so a caller cannot skip the validation.
+    The run's plug-ins (``run.plugins``, installed entry points) are imported here, once per
+    process, so every Dask worker, local or external, has the stats and methods the client has.
     """
     if not isinstance(cfg, Config):
         raise TypeError(f"a task takes the run's validated Config (engine.config.load_config), got "
                         f"{type(cfg).__name__}")
+    import_plugins(cfg.run.plugins)
     return cfg
 
 
@@ -426,20 +431,25 @@ def disagreement_with_fixed(modality: str, methods: list[str], all_stats, n_wind
             for method, stats in zip(methods, all_stats, strict=True) if method != FIXED}
 
 
-def classify_and_measure(summary: dict, thresholds: dict, cfg: Config, habitat_dir: str | None,
-                         cache_dir: str, backend: str = "cpu", force: bool = False) -> dict:
+def classify_and_measure(summary: dict, thresholds: ModalityThresholds | dict, cfg: Config,
+                         habitat_dir: str | None, cache_dir: str, backend: str = "cpu", force: bool = False) -> dict:
     """Pass 2 for one patient and modality: frozen thresholds -> features (+ habitat maps).
 
-    ``thresholds`` maps method -> threshold for this modality. Returns ``{"status": "ok",
-    "features": {...}}`` or an error dict as pass 1 does.
+    ``thresholds`` is the modality's frozen fit (:class:`engine.runfolder.ModalityThresholds`,
+    whose fat side is the one recorded at the fit), or a mapping method -> threshold (fat side from
+    the config). Returns ``{"status": "ok", "features": {...}}`` or an error dict as pass 1 does.
+    The cache key covers the registered stats: a stat added since a patient was cached recomputes it.
     """
 
     cfg = _validated(cfg)
     pid, modality = summary["patient_id"], summary["modality"]
+    if isinstance(thresholds, ModalityThresholds):
+        fat_is, thresholds = thresholds.fat_is, thresholds.values()
+    else:
+        fat_is = cfg.modality_fit(modality).fat_is
     methods = [m for m in cfg.fit.methods if m in thresholds]  # a method whose fit failed has no threshold
-    fat_is = cfg.modality_fit(modality).fat_is
     key = _hash({"sample": summary["key"], "thresholds": {m: thresholds[m] for m in methods}, "fat_is": fat_is,
-                 "habitats": habitat_dir is not None, "engine": __version__})
+                 "stats": stat_names(), "habitats": habitat_dir is not None, "engine": __version__})
     cache_path = features_cache_path(cache_dir, pid, modality)
     base = {"patient_id": pid, "modality": modality, "key": key}
     if not force:

@@ -13,8 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ..contract import FIXED
+from ..features import INTENSITY
 from ..methods import display_name
+from ..runfolder import StatInfo
 
 LOCAL_SCHEME = "99SARCO"
 
@@ -23,9 +24,6 @@ TISSUE_TYPE = {"muscle": Code("71616004", "SCT", "Muscle"), "fat": Code("5560300
 #: ROI muscle group (``roi.derive.muscles``) -> anatomic region of the segments and finding site.
 MUSCLE_REGION = {"paraspinal": Code("44947003", "SCT", "Erector spinae muscle"),
                  "psoas": Code("68455001", "SCT", "Iliopsoas muscle")}
-#: Algorithm family (CID 7162) of each method.
-ALGORITHM_FAMILY = {"otsu": codes.cid7162.HistogramAnalysis, "kmeans": codes.cid7162.ClusterAnalysis,
-                    "gmm": codes.cid7162.HistogramAnalysis, FIXED: codes.cid7162.HistogramAnalysis}
 
 VOLUME = codes.SCT.Volume
 MEAN = codes.SCT.Mean
@@ -45,6 +43,34 @@ ASHMAN_D = Code("ASHMAND", LOCAL_SCHEME, "Ashman D of the pooled training histog
 BIMODALITY = Code("BIMODAL", LOCAL_SCHEME, "Pooled training histogram")
 ONE_TISSUE = Code("ONETISSUE", LOCAL_SCHEME, "Likely one tissue: fitted fat unreliable")
 TWO_TISSUES = Code("TWOTISSUES", LOCAL_SCHEME, "Two tissues")
+
+
+def algorithm_family(keyword: str) -> Code:
+    """A method's algorithm family (CID 7162) from the keyword its registry entry and thresholds.json carry."""
+    return getattr(codes.cid7162, keyword)
+
+
+#: The standard concepts of the built-in stats; any other registered stat is coded in ``99SARCO``.
+_STAT_CONCEPTS = {"volume": VOLUME, "percent": PERCENT_OF_ROI}
+#: Stored or shown units (:mod:`engine.features`) as UCUM codes; another unit becomes a UCUM annotation.
+_UCUM = {"%": PERCENT, "cm³": CUBIC_CENTIMETER, "mm³": Code("mm3", "UCUM", "cubic millimeter"), "": NO_UNIT}
+
+
+def stat_measurement(stat: StatInfo, modality: str) -> tuple[Code, Code, float, Code | None]:
+    """(concept name, unit, factor from the stored value, derivation) of a stat's SR measurement.
+
+    The mean is the modality's intensity concept with derivation "Mean" (as before the stat list was
+    read from the run folder); volume and percent keep their codes; a plug-in stat is named in
+    ``99SARCO`` by its name (upper case) and label, in its shown unit.
+    """
+    if stat.name == "mean":
+        return MEAN_NAME[modality], MEAN_UNIT[modality], 1.0, MEAN
+    concept = _STAT_CONCEPTS.get(stat.name) or Code(stat.name.upper()[:16], LOCAL_SCHEME, stat.label[:64])
+    shown = stat.display_unit if stat.display_unit is not None else stat.unit
+    scale = stat.display_scale if stat.display_unit is not None else 1.0
+    if shown == INTENSITY:
+        return concept, MEAN_UNIT[modality], scale, None
+    return concept, _UCUM.get(shown) or Code(f"{{{shown}}}", "UCUM", shown[:64]), scale, None
 
 
 def method_code(method: str) -> Code:

@@ -54,7 +54,7 @@ def build_seg(result: PatientResult, uids, built: dict):
             planes.append(labels[method][slices] == HABITAT_LABELS[tissue])
             algorithm = hd.AlgorithmIdentificationSequence(
                 name=f"sarco-engine {display_name(method)}", version=__version__,
-                family=sarco_codes.ALGORITHM_FAMILY[method])
+                family=sarco_codes.algorithm_family(result.fits[method].family))
             descriptions.append(hd.seg.SegmentDescription(
                 segment_number=segment_number(i, tissue), segment_label=segment_label(method, tissue),
                 segmented_property_category=sarco_codes.TISSUE_CATEGORY,

@@ -42,6 +42,7 @@ from ..contract import (
 from ..errors import InputError, SarcoError, UsageError
 from ..io.dicom import open_dicom_series
 from ..methods import modality_methods
+from ..runfolder import MethodFit, StatInfo, Thresholds, read_json_file, read_table, registered_stats
 from ..userfiles import require_run_folder
 
 
@@ -101,6 +102,8 @@ class PatientResult:
     identity: str
     source: SourceSeries | None = None
     extras: dict = field(default_factory=dict)
+    fits: dict[str, MethodFit] = field(default_factory=dict)  # each method's typed fit (family, classes)
+    stats: tuple[StatInfo, ...] = field(default_factory=registered_stats)  # the run folder's stat list
 
     @property
     def series(self) -> SourceSeries:
@@ -138,9 +141,7 @@ class RunFolder:
         if SOURCES_KEY not in provenance:
             raise UsageError(f"run folder '{run_dir}' was written by an engine that did not record its sources; "
                              "rerun it (the cache makes that quick) before exporting")
-        thresholds = json.loads((path / THRESHOLDS_JSON).read_text(encoding="utf-8"))
-        features = pd.read_csv(path / FEATURES_CSV, dtype={"patient_id": str}, keep_default_na=True)
-        return cls(path, features, thresholds, provenance)
+        return cls(path, read_table(path, FEATURES_CSV), read_json_file(path, THRESHOLDS_JSON), provenance)
 
     @property
     def digest(self) -> str:
@@ -173,6 +174,7 @@ class RunFolder:
         row = self.features.loc[self.features["patient_id"] == patient_id].iloc[0]
         methods = self.methods(modality)
         fit = self.thresholds["modalities"][modality]
+        typed = Thresholds.from_json(self.thresholds)
         habitats = {m: habitat_path(self.path / HABITATS_DIR, patient_id, modality, m) for m in methods}
         missing = [m for m, p in habitats.items() if not p.is_file()]
         if missing:
@@ -186,7 +188,8 @@ class RunFolder:
             thresholds={m: float(fit["methods"][m]["threshold"]) for m in methods},
             diagnostic=fit.get("diagnostic") or {}, habitats=habitats,
             muscles=derived_muscles(self.path, patient_id, modality), qa_png=png if png.is_file() else None,
-            identity=f"{self.digest}/{digest}", extras={"fixed": fit["methods"].get(FIXED)})
+            identity=f"{self.digest}/{digest}", extras={"fixed": fit["methods"].get(FIXED)},
+            fits={m: typed[modality].methods[m] for m in methods}, stats=typed.stats)
 
     def source_entry(self, patient_id: str, modality: str) -> dict:
         entry = self.provenance[SOURCES_KEY].get(source_key(patient_id, modality))

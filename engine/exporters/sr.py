@@ -1,8 +1,9 @@
 """TID 1500 measurement report (Comprehensive 3D SR, highdicom) of one patient's features.
 
 One measurement group (TID 1411, volumetric ROI) per method and tissue, referencing that segment of
-the SEG: volume (cm3), mean (HU for CT; MRI signal in arbitrary units) and percent of the ROI in the
-window (``99SARCO ROIPCT``), with the method's cohort threshold. Fitted methods also carry the
+the SEG: every stat of the run folder's stat list (:func:`engine.exporters.codes.stat_measurement`):
+volume (cm3), mean (HU for CT; MRI signal in arbitrary units), percent of the ROI in the window
+(``99SARCO ROIPCT``) and any registered stat, with the method's cohort threshold. Fitted methods also carry the
 pooled histogram's bimodality verdict (a qualitative evaluation) and Ashman's D, and on CT the share
 of voxels they classify unlike the fixed HU reference; the fixed method's own groups are that
 reference. Numbers are features.csv's (volumes mm^3 / 1000).
@@ -30,16 +31,15 @@ def _measurement(name, value: float, unit, **kwargs):
 def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
     import highdicom as hd  # lazy: highdicom is heavy; export only
 
-    volume_cm3 = result.feature(method, tissue, "volume") / 1000.0
-    mean = result.feature(method, tissue, "mean")
-    percent = result.feature(method, tissue, "percent")
     method_code = sarco_codes.method_code(method)
-    measurements = [_measurement(sarco_codes.VOLUME, volume_cm3, sarco_codes.CUBIC_CENTIMETER, method=method_code),
-                    _measurement(sarco_codes.PERCENT_OF_ROI, percent, sarco_codes.PERCENT, method=method_code)]
-    if math.isfinite(mean):  # a tissue without a voxel has no mean
-        measurements.append(_measurement(sarco_codes.MEAN_NAME[result.modality], mean,
-                                         sarco_codes.MEAN_UNIT[result.modality], derivation=sarco_codes.MEAN,
-                                         method=method_code))
+    measurements = []
+    for stat in result.stats:  # the run folder's stat list: a registered stat needs no edit here
+        value = result.feature(method, tissue, stat.name)
+        if not math.isfinite(value):  # a tissue without a voxel has no mean
+            continue
+        name, unit, scale, derivation = sarco_codes.stat_measurement(stat, result.modality)
+        measurements.append(_measurement(name, value * scale, unit, method=method_code,
+                                         **({"derivation": derivation} if derivation is not None else {})))
     threshold_unit = sarco_codes.MEAN_UNIT[result.modality]
     measurements.append(_measurement(sarco_codes.THRESHOLD, result.thresholds[method], threshold_unit,
                                      method=method_code))

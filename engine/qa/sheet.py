@@ -38,6 +38,7 @@ from ..contract import (
     QA_PANELS_JSON,
     STANDARDIZATION_KEY,
     THRESHOLDS_JSON,
+    TISSUES,
     disc_planes_path,
     excluded_voxels_column,
     feature_name,
@@ -47,6 +48,7 @@ from ..contract import (
 from ..io.segmentation import BODY_SOURCES, PLANE_METHODS
 from ..methods import display_name, method_order
 from ..outputs import write_json, write_text
+from ..runfolder import Thresholds, read_json_file, read_table
 from .panel import overlay_choice
 from .reference import reference_caption
 
@@ -308,9 +310,26 @@ def _field_value(field: SheetField, row: dict):
     return row["record"].get("fields", {}).get(field.key)
 
 
+def _stats_tip(row: dict, method: str, stats) -> str:
+    """A method cell's tooltip: every stat of the run folder's stat list, per tissue (``fat: mean -80.2 HU, ...``)."""
+    unit = (row["entry"] or {}).get("unit") or ""
+    parts = []
+    for tissue in TISSUES:
+        values = []
+        for stat in stats:
+            number = _number(row["features"].get(feature_name(row["modality"], method, tissue, stat.name)))
+            shown = number * stat.display_scale if stat.display_unit is not None else number
+            shown_unit = stat.display_unit if stat.display_unit is not None else stat.stored_unit(unit)
+            values.append(f"{stat.label} {shown:.4g} {shown_unit}".rstrip() if math.isfinite(number) else
+                          f"{stat.label} –")
+        parts.append(f"{tissue}: {', '.join(values)}")
+    return html.escape(f"{display_name(method)}: {'; '.join(parts)}")
+
+
 def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name: str) -> str:
     """The contact sheet's HTML (self-contained: inline CSS and script, pictures by relative path)."""
     fields = [f for f in SHEET_FIELDS if any(_field_value(f, r) not in (None, "") for r in rows)]
+    stats = Thresholds.from_json(thresholds).stats
     method_heads = [(f"Fat % {display_name(m)}", f"{{modality}}_{m}_fat_percent: fat voxels / ROI voxels in "
                      "the window x 100") for m in methods]
     heads = ([("Patient", "patient_id; its button adds the series to the exclusion list"),
@@ -342,7 +361,8 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
                  _cell(modality, text=name), _cell(row["split"]),
                  _cell(row["label"], 0, label_text or None),
                  f'<td class="pic">{picture}</td>']
-        cells += [_cell(row["fat"].get(m), 1) for m in methods]
+        cells += [_cell(row["fat"].get(m), 1).replace("<td", f'<td title="{_stats_tip(row, m, stats)}"', 1)
+                  for m in methods]
         cells += [_cell(row["roi_volume_cm3"], 1), _cell(row["excluded_percent"], 1)]
         cells += [_cell(v if isinstance(v := _field_value(f, row), str) else _number(v), f.decimals) for f in fields]
         cells.append(f'<td class="ws" data-v="{len(row["warnings"])}">{badges}</td>')
@@ -371,10 +391,9 @@ def render_sheet(run_dir) -> Path:
     """(Re)write ``qa/index.html`` from the run folder's published files; returns its path."""
     run_dir = Path(run_dir)
     records = json.loads((run_dir / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8"))
-    features = pd.read_csv(run_dir / FEATURES_CSV, dtype={"patient_id": str}) if (run_dir / FEATURES_CSV).is_file() \
+    features = read_table(run_dir, FEATURES_CSV) if (run_dir / FEATURES_CSV).is_file() \
         else pd.DataFrame({"patient_id": []})
-    thresholds_file = run_dir / THRESHOLDS_JSON
-    thresholds = json.loads(thresholds_file.read_text(encoding="utf-8")) if thresholds_file.is_file() else {}
+    thresholds = read_json_file(run_dir, THRESHOLDS_JSON) if (run_dir / THRESHOLDS_JSON).is_file() else {}
     rows, methods = sheet_rows(records, features, thresholds, _disc_planes(run_dir))
     index = run_dir / QA_DIR / QA_INDEX
     write_text(index, render_html(rows, methods, thresholds, run_dir.resolve().name))

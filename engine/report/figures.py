@@ -14,12 +14,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import features as feature_stats
 from ..contract import MODALITY_NAMES, SPLIT_NAMES, SPLITS, TISSUES, feature_name
 from ..methods import display_name, is_method, method_order
 from ..methods import get as get_method
 from ..methods import registered as registered_methods
 from ..previews import Preview
+from ..runfolder import StatInfo, registered_stats
 from ..stats import groups as group_tests
 from ..stats.roc import auc_ci
 from .format import format_p, model_label
@@ -194,22 +194,27 @@ def _box_p(groups: list[np.ndarray]) -> tuple[float, str]:
     return p, _SHORT_TEST.get(test, "MW")
 
 
-def box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit: str) -> str | None:
-    """Figure 3: every feature of ``modality`` by label on the training split (rows: methods)."""
+def box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit: str,
+               stats: tuple[StatInfo, ...] | None = None) -> str | None:
+    """Figure 3: every feature of ``modality`` by label on the training split (rows: methods).
+
+    ``stats``: the run folder's stat list (thresholds.json); default the registered stats.
+    """
+    by_name = {s.name: s for s in (stats or registered_stats())}
     train = features[features["split"].astype(str) == "train"]
     labels = pd.to_numeric(train["label"], errors="coerce")
     train = train[labels.isin([0, 1])]
     labels = labels[labels.isin([0, 1])].astype(int)
     if train.empty:
         return None
-    columns = [(t, s) for t in TISSUES for s in feature_stats.stat_names()]
+    columns = [(t, s) for t in TISSUES for s in by_name]
     fig = figure(2.35 * len(columns), 2.45 * len(methods) + 0.5)
     axes = fig.subplots(len(methods), len(columns), squeeze=False)
     for r, method in enumerate(methods):
         for c, (tissue, stat) in enumerate(columns):
             ax = axes[r][c]
             name = feature_name(modality, method, tissue, stat)
-            entry = feature_stats.get(stat)
+            entry = by_name[stat]
             groups = []
             for label in (0, 1):
                 values = pd.to_numeric(train.loc[labels == label, name], errors="coerce") if name in train else \
@@ -237,7 +242,7 @@ def box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit: 
             else:
                 ax.set_title(title, fontsize=8.5)
             ax.tick_params(labelsize=7.5)
-            ax.set_ylabel(feature_stats.axis_label(stat, unit), fontsize=7.5)
+            ax.set_ylabel(entry.axis_label(unit), fontsize=7.5)
     fig.suptitle(f"{MODALITY_NAMES.get(modality, modality)} features by group, training split "
                  f"(n={int((labels == 0).sum())} non-sarcopenia, {int((labels == 1).sum())} sarcopenia; "
                  f"p: the test Table 2's rule picks, t, Welch or MW = Mann-Whitney U; * p<0.05)", fontsize=10)

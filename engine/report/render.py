@@ -64,6 +64,7 @@ from ..contract import TABLE_FILES as STUDY_TABLE_FILES
 from ..methods import display_name, method_order
 from ..outputs import write_text
 from ..previews import Preview, read_preview
+from ..runfolder import StatInfo, Thresholds, read_json_file, read_table
 from .figures import box_figure, overlay_figure, roc_figure, safe_figure, threshold_figure
 from .format import format_number, format_threshold, html_table, model_label, plain_table, threshold_decimals
 from .tables import RENDERERS, study_overview
@@ -137,14 +138,12 @@ def _read_json(path: Path, notes: list[str], what: str) -> dict | None:
     return data
 
 
-def _read_csv(path: Path, notes: list[str], what: str, **kwargs) -> pd.DataFrame | None:
+def _read_csv(path: Path, notes: list[str], what: str) -> pd.DataFrame | None:
     if not path.is_file():
         notes.append(f"{path.name} not found: {what} not available.")
         return None
     try:
-        return pd.read_csv(path, **kwargs)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+        return read_table(path.parent, path.name)  # the table's read options are the run folder API's
     except (OSError, ValueError) as exc:
         notes.append(f"{path.name} could not be read ({exc}): {what} not available.")
         return None
@@ -196,9 +195,8 @@ def read_series(run_dir: Path, notes: list[str] | None = None) -> pd.DataFrame |
             notes.append(f"{SERIES_CSV} not found: the scanners of the MRI series not available.")
         return None
     try:
-        return pd.read_csv(path, dtype={"patient_id": str, "modality": str, "scanner": str}, keep_default_na=False,
-                           na_values={"standardization_scale": [""]})
-    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return read_table(run_dir, SERIES_CSV)
+    except (OSError, ValueError):
         return None
 
 
@@ -556,7 +554,8 @@ def _feature_methods(features: pd.DataFrame, modality: str) -> list[str]:
 # entry point
 
 
-def _box_sections(features: pd.DataFrame, thr_modalities: dict, figure_notes: list[str]) -> list[dict]:
+def _box_sections(features: pd.DataFrame, thr_modalities: dict, figure_notes: list[str],
+                  stats: tuple[StatInfo, ...] | None = None) -> list[dict]:
     boxes = []
     for modality in MODALITIES:
         methods = _feature_methods(features, modality)
@@ -564,7 +563,7 @@ def _box_sections(features: pd.DataFrame, thr_modalities: dict, figure_notes: li
             continue
         unit = (thr_modalities.get(modality) or {}).get("unit") or ("HU" if modality == "ct" else "")
         image = safe_figure(figure_notes, f"The {modality.upper()} box-plot figure", box_figure, modality,
-                             features, methods, unit)
+                             features, methods, unit, stats)
         if image is None:
             figure_notes.append(f"No labelled training patient with {modality.upper()} features: no box plots.")
         boxes.append({"name": MODALITY_NAMES[modality], "figure": image})
@@ -628,14 +627,8 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    features = pd.read_csv(_require(run_dir / FEATURES_CSV), dtype={"patient_id": str, "split": str})
-    with open(_require(run_dir / THRESHOLDS_JSON), encoding="utf-8") as handle:
-        try:
-            thresholds = json.load(handle)
-        except ValueError as exc:
-            raise ValueError(f"thresholds.json in {run_dir} is not valid JSON ({exc})") from exc
-    if not isinstance(thresholds, dict):
-        raise ValueError(f"thresholds.json in {run_dir} does not hold a JSON object")
+    features = read_table(_require(run_dir / FEATURES_CSV).parent, FEATURES_CSV)
+    thresholds = read_json_file(_require(run_dir / THRESHOLDS_JSON).parent, THRESHOLDS_JSON)
     for column in ("patient_id", "split", "label"):
         if column not in features:
             raise ValueError(f"features.csv in {run_dir} has no `{column}` column")
@@ -644,14 +637,14 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     figure_notes: list[str] = []  # what a figure had to leave out
     provenance = _read_json(run_dir / PROVENANCE_JSON, missing, "provenance")
     model = _read_json(run_dir / MODEL_JSON, missing, "model notes")
-    errors = _read_csv(run_dir / ERRORS_CSV, missing, "the error list", dtype=str, keep_default_na=False)
-    predictions = _read_csv(run_dir / PREDICTIONS_CSV, missing, "ROC curves", dtype={"patient_id": str})
+    errors = _read_csv(run_dir / ERRORS_CSV, missing, "the error list")
+    predictions = _read_csv(run_dir / PREDICTIONS_CSV, missing, "ROC curves")
 
     statistics = _statistics_section(run_dir, model, features, predictions, missing, figure_notes)
     thr_modalities = thresholds.get("modalities") or {}
     threshold_sections = _threshold_sections(thresholds, figure_notes)
 
-    boxes = _box_sections(features, thr_modalities, figure_notes)
+    boxes = _box_sections(features, thr_modalities, figure_notes, Thresholds.from_json(thresholds).stats)
 
     overlays = []
     for modality in [m for m in MODALITIES if m in thr_modalities] + \

@@ -1,0 +1,211 @@
+"""thresholds.json as types: each modality's frozen fits, and the registry metadata that travels with them.
+
+A method's fit is a set of class bounds on the intensity axis (N classes -> N - 1 ascending bounds,
+as scikit-image's ``threshold_multiotsu`` returns them) with the tissue of each class, low to high.
+Two-class methods (every method the kernels classify today) have one bound, ``threshold``; the fat
+side follows from the classes. The entry also records what a reader needs without the engine's
+registries (a run folder may be rendered or exported where a plug-in is not installed): the display
+name, the algorithm family (DICOM CID 7162 keyword) and whether it is the clinical reference; the
+file records the list of feature stats with their units and labels.
+
+Files written before these keys existed still read: bounds from ``threshold``, classes from the
+modality's ``fat_is``, display and family from the registry (or the method's own name and
+histogram analysis for a method no longer registered).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import features as feature_registry
+from .. import methods as method_registry
+
+#: Keys of a method's entry that this module writes (the rest is the fit's own detail).
+_METHOD_KEYS = ("threshold", "bounds", "classes", "display", "family", "reference")
+_TWO_CLASSES = {"low": ("fat", "muscle"), "high": ("muscle", "fat")}
+
+
+def two_classes(fat_is: str) -> tuple[str, str]:
+    """The tissues of the low and high class for a modality's fat side (``low``: fat is x <= t)."""
+    try:
+        return _TWO_CLASSES[fat_is]
+    except KeyError:
+        raise ValueError(f"fat_is is 'low' or 'high', got {fat_is!r}") from None
+
+
+@dataclass(frozen=True)
+class StatInfo:
+    """A feature stat as the run folder records it (:class:`engine.features.FeatureStat` without its formula)."""
+
+    name: str
+    unit: str
+    label: str
+    definition: str = ""
+    display_unit: str | None = None
+    display_scale: float = 1.0
+
+    def stored_unit(self, intensity_unit: str) -> str:
+        return self.unit.replace(feature_registry.INTENSITY, intensity_unit)
+
+    def axis_label(self, intensity_unit: str) -> str:
+        """A figure axis: ``mean (HU)``, ``volume (cm³)``."""
+        shown = self.display_unit or self.stored_unit(intensity_unit)
+        return f"{self.label} ({shown})" if shown else self.label
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "unit": self.unit, "label": self.label, "definition": self.definition,
+                "display_unit": self.display_unit, "display_scale": self.display_scale}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> StatInfo:
+        return cls(str(data["name"]), str(data.get("unit", "")), str(data.get("label", data["name"])),
+                   str(data.get("definition", "")), data.get("display_unit"), float(data.get("display_scale", 1.0)))
+
+
+def registered_stats() -> tuple[StatInfo, ...]:
+    """The stats this process has registered (built-ins and plug-ins), as the run folder records them."""
+    return tuple(StatInfo(s.name, s.unit, s.label, s.definition, s.display_unit, s.display_scale)
+                 for s in feature_registry.registered())
+
+
+@dataclass(frozen=True)
+class MethodFit:
+    """One method's frozen fit on one modality.
+
+    Attributes
+    ----------
+    name : str
+        The method (feature columns, configs).
+    bounds : tuple of float
+        The N - 1 class bounds, ascending, in the modality's intensity unit; class ``k`` holds
+        ``bounds[k-1] < x <= bounds[k]``.
+    classes : tuple of str
+        The tissue of each class, low to high intensity (N entries).
+    display, family : str
+        The reader's name; the DICOM CID 7162 algorithm family keyword.
+    reference : bool
+        The clinical reference (nothing fitted).
+    details : mapping
+        The rest of the fit's entry (iterations, means, ``vs_fixed_fat_bound_hu``, ...).
+    """
+
+    name: str
+    bounds: tuple[float, ...]
+    classes: tuple[str, ...]
+    display: str
+    family: str = "HistogramAnalysis"
+    reference: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.classes) != len(self.bounds) + 1:
+            raise ValueError(f"method {self.name!r}: {len(self.classes)} classes need {len(self.classes) - 1} "
+                             f"bounds, got {len(self.bounds)}")
+
+    @property
+    def threshold(self) -> float:
+        """The one bound of a two-class fit (what the classify kernel applies)."""
+        if len(self.bounds) != 1:
+            raise ValueError(f"method {self.name!r} has {len(self.classes)} classes; the engine classifies "
+                             "two (fat and muscle) per method")
+        return float(self.bounds[0])
+
+    @property
+    def fat_is(self) -> str:
+        """``low`` when fat is the low class of a two-class fit, else ``high``."""
+        return "low" if self.classes[0] == "fat" else "high"
+
+    @property
+    def fitted(self) -> bool:
+        """Whether every bound is a number (a failed fit records NaN/null)."""
+        return all(b is not None and math.isfinite(b) for b in self.bounds)
+
+    def to_json(self) -> dict:
+        bounds = list(self.bounds)
+        return {**self.details, "threshold": bounds[0] if len(bounds) == 1 else None, "bounds": bounds,
+                "classes": list(self.classes), "display": self.display, "family": self.family,
+                "reference": self.reference}
+
+
+def method_record(name: str, fit: Mapping, fat_is: str) -> dict:
+    """A method's thresholds.json entry: its fit's dict with the registry's metadata and its bounds added."""
+    entry = method_registry.get(name)
+    bounds = fit.get("bounds")
+    bounds = [float(b) for b in bounds] if bounds is not None else [float(fit["threshold"])]
+    classes = fit.get("classes") or two_classes(fat_is)
+    details = {k: v for k, v in fit.items() if k not in _METHOD_KEYS}
+    return MethodFit(name, tuple(bounds), tuple(classes), entry.display, entry.family, entry.reference,
+                     details).to_json()
+
+
+def _method_from_json(name: str, data: Mapping, fat_is: str) -> MethodFit:
+    known = method_registry.get(name) if method_registry.is_method(name) else None
+    raw_bounds = data.get("bounds")
+    if raw_bounds is None:
+        raw_bounds = [data.get("threshold")]
+    bounds = tuple(math.nan if b is None else float(b) for b in raw_bounds)
+    classes = tuple(data.get("classes") or two_classes(fat_is))
+    return MethodFit(name, bounds, classes, str(data.get("display") or (known.display if known else name)),
+                     str(data.get("family") or (known.family if known else "HistogramAnalysis")),
+                     bool(data.get("reference", known.reference if known else False)),
+                     {k: v for k, v in data.items() if k not in _METHOD_KEYS})
+
+
+@dataclass(frozen=True)
+class ModalityThresholds:
+    """One modality's entry of thresholds.json: the fat side, unit, the fits and the pooled histogram."""
+
+    modality: str
+    fat_is: str
+    unit: str
+    methods: Mapping[str, MethodFit]
+    diagnostic: Mapping[str, Any] = field(default_factory=dict)
+    histogram: Mapping[str, Any] = field(default_factory=dict)
+    n_patients: int = 0
+
+    def values(self) -> dict[str, float]:
+        """method -> its (two-class) threshold, in thresholds.json order."""
+        return {name: fit.threshold for name, fit in self.methods.items()}
+
+    @classmethod
+    def from_json(cls, modality: str, data: Mapping) -> ModalityThresholds:
+        fat_is = str(data.get("fat_is") or ("low" if modality == "ct" else "high"))
+        methods = {name: _method_from_json(name, fit, fat_is) for name, fit in (data.get("methods") or {}).items()}
+        return cls(modality, fat_is, str(data.get("unit") or ("HU" if modality == "ct" else "signal")), methods,
+                   dict(data.get("diagnostic") or {}), dict(data.get("histogram") or {}),
+                   int(data.get("n_patients") or 0))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """thresholds.json (or a model bundle's ``thresholds``): every fitted modality and the stat list."""
+
+    modalities: Mapping[str, ModalityThresholds]
+    stats: tuple[StatInfo, ...]
+    engine_version: str = ""
+
+    def __contains__(self, modality: str) -> bool:
+        return modality in self.modalities
+
+    def __getitem__(self, modality: str) -> ModalityThresholds:
+        return self.modalities[modality]
+
+    def stat_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stats)
+
+    def stat(self, name: str) -> StatInfo:
+        for info in self.stats:
+            if info.name == name:
+                return info
+        raise KeyError(f"the run folder records no feature stat {name!r}; it has {', '.join(self.stat_names())}")
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Thresholds:
+        """Parse a thresholds.json mapping; a file without a ``stats`` list (older engines) gets this
+        process's registered stats."""
+        modalities = {m: ModalityThresholds.from_json(m, entry) for m, entry in (data.get("modalities") or {}).items()}
+        stats = tuple(StatInfo.from_json(s) for s in data["stats"]) if data.get("stats") else registered_stats()
+        return cls(modalities, stats, str(data.get("engine_version") or ""))
