@@ -137,6 +137,8 @@ def test_method_fit_bounds_and_classes():
     three = MethodFit("three", (1.0, 5.0), ("fat", "muscle", "bone"), "Three")
     with pytest.raises(ValueError, match="classifies two"):
         _ = three.threshold
+    with pytest.raises(ConfigError, match="two per method"):  # stops the run before pass 2, naming the method
+        method_record("otsu", {"bounds": [1.0, 5.0], "classes": ["fat", "muscle", "bone"]}, "low")
     record = method_record("gmm", {"threshold": 12.5, "means": [1, 2]}, "high")
     assert record["bounds"] == [12.5] and record["classes"] == ["muscle", "fat"] and record["display"] == "GMM"
     parsed = Thresholds.from_json({"modalities": {"mri": {"fat_is": "high", "methods": {"gmm": record}}}})

@@ -22,6 +22,8 @@ from typing import Any
 
 from .. import features as feature_registry
 from .. import methods as method_registry
+from ..contract import TISSUES
+from ..errors import ConfigError
 
 #: Keys of a method's entry that this module writes (the rest is the fit's own detail).
 _METHOD_KEYS = ("threshold", "bounds", "classes", "display", "family", "reference")
@@ -135,9 +137,12 @@ def method_record(name: str, fit: Mapping, fat_is: str) -> dict:
     entry = method_registry.get(name)
     bounds = fit.get("bounds")
     bounds = [float(b) for b in bounds] if bounds is not None else [float(fit["threshold"])]
-    classes = fit.get("classes") or two_classes(fat_is)
+    classes = tuple(fit.get("classes") or two_classes(fat_is))
+    if sorted(classes) != sorted(TISSUES):
+        raise ConfigError("fit.methods", f"method {name!r} returned the classes {list(classes)}; the classify "
+                                         f"kernels measure two per method, {' and '.join(TISSUES)}")
     details = {k: v for k, v in fit.items() if k not in _METHOD_KEYS}
-    return MethodFit(name, tuple(bounds), tuple(classes), entry.display, entry.family, entry.reference,
+    return MethodFit(name, tuple(bounds), classes, entry.display, entry.family, entry.reference,
                      details).to_json()
 
 
