@@ -305,14 +305,18 @@ def copied_modules(sop_class_uid: str) -> tuple[tuple[str, bool, dict[str, str]]
                  for m in get_iod_module_map()[iod] if m["ie"] in COPIED_ENTITIES or m["key"] in READ_MODULES)
 
 
-def _add_empty_type2(ds) -> None:
+def _complete_modules(ds) -> None:
     """Absent Type 2 attributes of the mandatory modules, and of the optional ones the source has, added
-    empty (an optional module the source lacks stays absent: half a Clinical Trial module is invalid)."""
+    empty (an optional module the source lacks stays absent: half a Clinical Trial module is invalid);
+    an empty Type 3 sequence removed (it says nothing, and a module that defines its items wants one)."""
     for _, mandatory, attributes in copied_modules(str(ds.SOPClassUID)):
-        if mandatory or any(keyword in ds for keyword in attributes):
-            for keyword, kind in attributes.items():
-                if kind == "2" and keyword not in ds:
-                    setattr(ds, keyword, None)  # None: the attribute present with an empty value
+        if not (mandatory or any(keyword in ds for keyword in attributes)):
+            continue
+        for keyword, kind in attributes.items():
+            if kind == "2" and keyword not in ds:
+                setattr(ds, keyword, None)  # None: the attribute present with an empty value
+            elif kind == "3" and keyword in ds and ds[keyword].VR == "SQ" and not ds[keyword].value:
+                delattr(ds, keyword)
 
 
 def complete_identity(datasets: list, new_study: Callable[[str], str] | None = None) -> None:
@@ -345,7 +349,7 @@ def complete_identity(datasets: list, new_study: Callable[[str], str] | None = N
         raise ExportError("source", "a source image has no SOP Instance UID (in its data set or file meta), so "
                                     "the exported objects cannot reference it")
     for ds in datasets:
-        _add_empty_type2(ds)
+        _complete_modules(ds)
 
 
 def _looks_dicom(path: Path) -> bool:
@@ -355,6 +359,23 @@ def _looks_dicom(path: Path) -> bool:
             return handle.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def habitat_grid_mm(result: PatientResult) -> tuple[float, float, float]:
+    """The spacing (x, y, z) in mm of the grid the run measured on: its habitat maps' (header only)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(next(iter(result.habitats.values()))))
+    reader.ReadImageInformation()
+    x, y, z = reader.GetSpacing()
+    return float(x), float(y), float(z)
+
+
+def source_grid_volumes_mm3(labels: dict[str, np.ndarray], series: SourceSeries) -> dict[tuple[str, str], float]:
+    """(method, tissue) -> volume in mm^3 of that habitat on the source grid: its voxels in ``labels``
+    (:func:`habitats_on_source`) times the source voxel's volume, as a reader of the DICOM-SEG counts it."""
+    voxel_mm3 = float(np.prod(series.spacing))
+    return {(method, tissue): float(np.count_nonzero(values == HABITAT_LABELS[tissue])) * voxel_mm3
+            for method, values in labels.items() for tissue in ("muscle", "fat")}
 
 
 def habitats_on_source(result: PatientResult) -> dict[str, np.ndarray]:
