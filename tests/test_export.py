@@ -205,7 +205,8 @@ def test_a_source_missing_every_type2_attribute_at_once(synthetic_result, tmp_pa
     assert all("PatientSex" not in ds and "StudyID" not in ds for ds in ablated.series.datasets)
     built = build_objects(ablated)
     assert _validate(built, tmp_path) == []
-    assert built["seg"].PatientSex == "" and built["sr"].AccessionNumber == ""  # Type 2: present, empty
+    for keyword in ("PatientSex", "AccessionNumber", "StudyID", "ReferringPhysicianName"):  # Type 2: present, empty
+        assert keyword in built["seg"] and keyword in built["sr"] and not built["seg"].get(keyword)
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
@@ -292,7 +293,7 @@ def _sr_groups(sr_path: Path) -> list[dict]:
                 group.ConceptNameCodeSequence[0].CodeValue != "126010":
             continue
         for item in group.ContentSequence:
-            if item.ConceptNameCodeSequence[0].CodeValue != "1125006":  # each Measurement Group
+            if item.ConceptNameCodeSequence[0].CodeValue != "125007":  # each Measurement Group
                 continue
             found: dict = {}
             for entry in item.ContentSequence:
@@ -312,9 +313,10 @@ def test_the_sr_states_its_grid_and_the_seg_volumes(export_case, tmp_path, capsy
     segment's volume on the source grid, which equals the SEG's voxels counted independently."""
     manifest, out = export_case
     assert _export(["export", str(out), "--manifest", str(manifest), "--dicom", str(tmp_path)], capsys)[0] == 0
-    source = sorted((p for p in Path(pd.read_csv(manifest)["ct_image"][0]).iterdir()), key=lambda p: p.name)
-    first, second = (pydicom.dcmread(str(p), stop_before_pixels=True) for p in source[:2])
-    dz = abs(float(first.ImagePositionPatient[2]) - float(second.ImagePositionPatient[2]))
+    folder = Path(pd.read_csv(manifest)["ct_image"][0])
+    source = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in folder.iterdir()]
+    first = source[0]
+    dz = float(np.median(np.diff(sorted(float(ds.ImagePositionPatient[2]) for ds in source))))
     voxel_mm3 = float(first.PixelSpacing[0]) * float(first.PixelSpacing[1]) * dz
     seg_volumes = _segment_volumes_cm3(tmp_path / "SYN0001__ct_seg.dcm", voxel_mm3)
     groups = _sr_groups(tmp_path / "SYN0001__ct_sr.dcm")

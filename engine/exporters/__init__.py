@@ -30,7 +30,7 @@ from ..pacs import CALLING_AET, parse_address
 from .destinations import DeliveryError, DicomwebDestination, DimseDestination, FolderDestination
 from .sc import build_sc
 from .seg import build_seg
-from .source import ExportError, PatientResult, RunFolder, complete_identity, read_source
+from .source import ExportError, PatientResult, RunFolder, complete_geometry, complete_identity, read_source
 from .sr import build_sr
 
 log = logging.getLogger("sarco")
@@ -201,6 +201,7 @@ def build_objects(result: PatientResult, exporters: Sequence[Exporter] = tuple(E
     """
     uids = ExportUids(result.identity, result.patient_id, result.modality)
     complete_identity(result.series.datasets, (lambda part: uids.uid("new study", part)) if new_study else None)
+    complete_geometry(result.series)
     built: dict = {}
     for exporter in exporters:
         built[exporter.name] = exporter.build(result, uids, built)

@@ -15,6 +15,11 @@ from PIL import Image
 from ..qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
 from .source import ExportError, PatientResult
 
+#: Body parts (PS3.16 CID 4031) under which the lumbar QA picture may be filed as the source was; any
+#: other (a scanner's own term such as PARTIALBODY, or none) files it under the lumbar spine.
+UNPAIRED_BODY_PARTS = frozenset({"LSPINE", "SPINE", "TLSPINE", "ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN",
+                                 "CHESTABDPELVIS", "PELVIS", "WHOLEBODY"})
+
 
 def build_sc(result: PatientResult, uids, built: dict):
     """The SC dataset of one patient's QA PNG; None when the run drew no QA picture."""
@@ -39,6 +44,7 @@ def build_sc(result: PatientResult, uids, built: dict):
         series_description=uids.description("sc"))
     # General Series' Laterality (type 2C) is required for a paired body part: naming the lumbar
     # spine says this one is not
-    capture.BodyPartExamined = str(getattr(reference, "BodyPartExamined", "") or "") or "LSPINE"
+    body_part = str(getattr(reference, "BodyPartExamined", "") or "")
+    capture.BodyPartExamined = body_part if body_part in UNPAIRED_BODY_PARTS else "LSPINE"
     capture.BurnedInAnnotation = "NO"  # the title band, the only identifying text, is blank
     return capture

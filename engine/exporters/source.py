@@ -352,6 +352,15 @@ def complete_identity(datasets: list, new_study: Callable[[str], str] | None = N
         _complete_modules(ds)
 
 
+def complete_geometry(series: SourceSeries) -> None:
+    """Slice Thickness where a source left it absent or empty (Type 2 in the Image Plane module; a
+    minimal writer such as SimpleITK's omits it): the slice spacing, since the SEG's Pixel Measures
+    need a value. In memory only, like :func:`complete_identity`."""
+    for ds in series.datasets:
+        if ds.get("SliceThickness") in (None, ""):
+            ds.SliceThickness = round(float(series.spacing[2]), 6)
+
+
 def _looks_dicom(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
