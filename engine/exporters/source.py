@@ -225,7 +225,8 @@ def _read_thresholds(path: Path, run_dir) -> dict:
     """The thresholds the objects state: the run's fit, or the frozen model's in an apply folder."""
     if not (path / THRESHOLDS_JSON).is_file():
         raise UsageError(f"'{run_dir}' is not a sarco run or apply folder: {THRESHOLDS_JSON} is missing; give the "
-                         "--out folder of a finished `sarco run` or `sarco apply`")
+                         "--out folder of a finished `sarco run` or `sarco apply` (an apply folder of an older "
+                         "engine: rerun the same `sarco apply`, its cache makes that quick)")
     return read_json_object(path / THRESHOLDS_JSON, "thresholds file")
 
 
@@ -269,9 +270,6 @@ def read_source(run: RunFolder, patient_id: str, modality: str):
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ExportError("source", "the source is a multi-frame (enhanced) object; exporting onto it is not "
                                     "supported yet")
-    if not all(str(getattr(ds, "FrameOfReferenceUID", "") or "") for ds in datasets):
-        raise ExportError("source", "the source series has no Frame of Reference UID, so a DICOM-SEG cannot be "
-                                    "placed on it; the PACS export of this study is incomplete")
     normal = np.asarray(info.direction or (1, 0, 0, 0, 1, 0, 0, 0, 1), dtype=float).reshape(3, 3)[:, 2]
     datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal)))
     if info.spacing is None or info.origin is None or info.direction is None:
@@ -345,6 +343,9 @@ def complete_identity(datasets: list, new_study: Callable[[str], str] | None = N
         for ds in datasets:
             ds.StudyInstanceUID = new_study("study")
             ds.SeriesInstanceUID = new_study("series")
+    if not all(str(getattr(ds, "FrameOfReferenceUID", "") or "") for ds in datasets):
+        raise ExportError("source", "the source series has no Frame of Reference UID, so a DICOM-SEG cannot be "
+                                    "placed on it; the PACS export of this study is incomplete")
     if not all(str(ds.get("SOPInstanceUID", "") or "") and str(ds.get("SOPClassUID", "") or "") for ds in datasets):
         raise ExportError("source", "a source image has no SOP Instance UID (in its data set or file meta), so "
                                     "the exported objects cannot reference it")
