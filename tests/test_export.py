@@ -11,8 +11,9 @@ modules that is not Type 1, one at a time).
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from PIL import Image
 from engine.cli import main
 from engine.config import load_config
 from engine.contract import EXPORT_LOG_CSV, FEATURES_CSV, MODEL_JSON, THRESHOLDS_JSON
-from engine.exporters import EXPORTERS, build_objects
+from engine.exporters import EXPORTERS, build_objects, export_run
 from engine.exporters.source import ExportError, RunFolder, copied_modules, read_source
 from engine.pipeline import run
 from engine.qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
@@ -98,6 +99,18 @@ def export_case(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def exported(export_case, tmp_path_factory):
+    """``sarco export RUN --manifest M --dicom OUT --new-study`` of the shared run: (folder, stderr)."""
+    manifest, out = export_case
+    folder = tmp_path_factory.mktemp("exported")
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):
+        status = main(["export", str(out), "--manifest", str(manifest), "--dicom", str(folder), "--new-study"])
+    assert status == 0, console.getvalue()
+    return folder, console.getvalue()
+
+
+@pytest.fixture(scope="module")
 def synthetic_result(export_case):
     """SYN0001's result with its source series read (the ablation copies and edits its headers)."""
     manifest, out = export_case
@@ -133,15 +146,27 @@ ABLATED_MODULES = [(key, attributes) for key, _, attributes in copied_modules(CT
                    if not key.startswith("clinical-trial")]
 
 
-#: Type 3 attributes whose presence makes a Type 1C one required (PS3.3 C.7.1.1: Patient's Alternative
-#: Calendar): added alone, the source itself would be invalid.
-CONDITIONS = {"PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar"}
+#: Type 3 attributes whose presence makes a Type 1C one required (PS3.3 C.7.1.1): a date in an
+#: alternative calendar (Patient's Alternative Calendar), a strain or genetic modification (a
+#: non-human patient: Patient Species), Patient Identity Removed (De-identification Method). Added
+#: alone, the source itself would be invalid.
+CONDITIONS = {"PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar", "StrainDescription",
+              "StrainNomenclature", "StrainStockSequence", "StrainAdditionalInformation", "StrainCodeSequence",
+              "GeneticModificationsSequence", "PatientIdentityRemoved"}
+
+
+def _copy(ds):
+    """A deep copy of a header, through its encoding (several times faster than ``copy.deepcopy``)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
 
 
 def _ablated(result, keywords, how: str):
     """A copy of ``result`` (Otsu only: the headers are what is tested) whose every source header has
     ``keywords`` deleted or emptied (added empty where absent)."""
-    datasets = [copy.deepcopy(ds) for ds in result.series.datasets]
+    datasets = [_copy(ds) for ds in result.series.datasets]
     for ds in datasets:
         for keyword in [keywords] if isinstance(keywords, str) else keywords:
             if how == "deleted":
@@ -243,38 +268,38 @@ def _log(path: Path) -> pd.DataFrame:
 
 
 @needs_siemens
-def test_the_real_anonymised_siemens_series(export_case, tmp_path, capsys):
-    """Issue 29: the real Siemens CT (empty Study/Series/SOP UIDs; 'unexpected KeyError: ''' before) is
-    one clear line per object; with --new-study its objects are written, valid, in a new study."""
+def test_the_real_anonymised_siemens_series(export_case, exported, tmp_path):
+    """Issue 29: the real Siemens CT (empty Study/Series/SOP UIDs; "unexpected KeyError: ''" before) is
+    one clear line per object; with --new-study its objects are written, valid, in a new study, and
+    the sources that have their UIDs stay in their own studies."""
     manifest, out = export_case
-    status, err = _export(["export", str(out), "--manifest", str(manifest), "--dicom", str(tmp_path / "a")], capsys)
-    assert status == 0  # the other patients exported
-    log = _log(tmp_path / "a" / EXPORT_LOG_CSV)
-    assert set(log.loc["REAL0001", "status"]) == {"failed"}
-    assert log.loc[("REAL0001", "seg"), "reason"].startswith("[source] the source series has no Study Instance UID")
-    assert "unexpected" not in err and "Traceback" not in err
-    assert set(log.loc["GDCM0001", "status"]) == {"written"}
-    status, err = _export(["export", str(out), "--manifest", str(manifest), "--dicom", str(tmp_path / "b"),
-                           "--new-study"], capsys)
-    assert status == 0 and err == ""
-    seg = hd.seg.segread(tmp_path / "b" / "REAL0001__ct_seg.dcm")
+    result = export_run(out, manifest=manifest, dicom_dir=tmp_path / "a", patients=["REAL0001"])
+    log = result.log.set_index("object")
+    assert set(log["status"]) == {"failed"}
+    assert log.loc["seg", "reason"].startswith("[source] the source series has no Study Instance UID and no "
+                                               "Series Instance UID")
+    assert "--new-study" in log.loc["seg", "reason"]
+    folder, err = exported
+    assert err == ""  # every patient exported, REAL0001 in a new study
+    seg = hd.seg.segread(folder / "REAL0001__ct_seg.dcm")
+    assert seg.StudyInstanceUID and not seg.PatientID  # the anonymised patient, as the source has it
     sources = {pydicom.dcmread(str(p), stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
                for p in (SIEMENS / "dicom").iterdir()}
     referenced = {i.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
                   for i in series.ReferencedInstanceSequence}
     assert referenced and referenced <= sources  # the source images, by the UIDs of their file meta
-    for kind in ("seg", "sr", "sc"):
-        assert _validate({kind: pydicom.dcmread(str(tmp_path / "b" / f"REAL0001__ct_{kind}.dcm"))},
-                         tmp_path / "check" / kind) == []
+    synthetic = pydicom.dcmread(str(folder / "SYN0001__ct_seg.dcm"), stop_before_pixels=True)
+    first = next(Path(pd.read_csv(manifest)["ct_image"][0]).iterdir())
+    assert synthetic.StudyInstanceUID == pydicom.dcmread(str(first), stop_before_pixels=True).StudyInstanceUID
+    built = {kind: pydicom.dcmread(str(folder / f"REAL0001__ct_{kind}.dcm")) for kind in EXPORTERS}
+    assert _validate(built, tmp_path / "check") == []
 
 
 @needs_dciodvfy
-def test_a_source_written_by_simpleitk_exports_valid_objects(export_case, tmp_path, capsys):
+def test_a_source_written_by_simpleitk_exports_valid_objects(exported, tmp_path):
     """Issue 29: DICOM written by another writer (SimpleITK/GDCM, a minimal header) exports cleanly."""
-    manifest, out = export_case
-    status, _ = _export(["export", str(out), "--manifest", str(manifest), "--dicom", str(tmp_path)], capsys)
-    assert status == 0
-    built = {kind: pydicom.dcmread(str(tmp_path / f"GDCM0001__ct_{kind}.dcm")) for kind in EXPORTERS}
+    folder, _ = exported
+    built = {kind: pydicom.dcmread(str(folder / f"GDCM0001__ct_{kind}.dcm")) for kind in EXPORTERS}
     assert _validate(built, tmp_path / "check") == []
 
 
@@ -313,11 +338,11 @@ def _sr_groups(sr_path: Path) -> list[dict]:
     return groups
 
 
-def test_the_sr_states_its_grid_and_the_seg_volumes(export_case, tmp_path, capsys):
+def test_the_sr_states_its_grid_and_the_seg_volumes(export_case, exported):
     """Issue 29: the SR's volumes are the 1 mm grid's (features.csv); it says so, and also carries each
     segment's volume on the source grid, which equals the SEG's voxels counted independently."""
     manifest, out = export_case
-    assert _export(["export", str(out), "--manifest", str(manifest), "--dicom", str(tmp_path)], capsys)[0] == 0
+    tmp_path, _ = exported
     folder = Path(pd.read_csv(manifest)["ct_image"][0])
     source = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in folder.iterdir()]
     first = source[0]
@@ -365,13 +390,11 @@ def _identifiers(manifest: Path) -> set[bytes]:
     return needles
 
 
-def test_no_file_of_the_run_folder_holds_a_source_uid_or_path(export_case, tmp_path, capsys):
+def test_no_file_of_the_run_folder_holds_a_source_uid_or_path(export_case, exported):
     """Issue 29: after a run and an export, no file of the run folder (cache/ included, compressed ones
     decompressed) holds a UID of its sources or an absolute path (provenance.json held both before)."""
     manifest, out = export_case
-    status, _ = _export(["export", str(out), "--manifest", str(manifest), "--dicom", str(tmp_path / "dicom")], capsys)
-    assert status == 0
-    needles = _identifiers(manifest) | {str(tmp_path).encode(), str(out.resolve()).encode()}
+    needles = _identifiers(manifest) | {str(exported[0]).encode(), str(out.resolve()).encode()}
     assert len(needles) > 20  # positive control: the sources have UIDs to find
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.suffix == ".npz" for p in files) and any(p.suffix == ".parquet" for p in files)

@@ -325,7 +325,7 @@ def complete_identity(datasets: list, new_study: Callable[[str], str] | None = N
     converter may drop them; PS3.5 7.4.2: Type 2 is present, possibly empty), Type 3 ones are left
     as they are. Without a Study or Series Instance UID the objects cannot go back into the source
     study: an :class:`ExportError`, unless ``new_study`` is given, which then names the new study
-    and series (``new_study("study")``, ``new_study("series")``).
+    and series (``new_study("study")``, ``new_study("series")``). A source with both UIDs keeps them.
     """
     for ds in datasets:
         meta = getattr(ds, "file_meta", None)
@@ -339,7 +339,7 @@ def complete_identity(datasets: list, new_study: Callable[[str], str] | None = N
         raise ExportError("source", f"the source series has no {' and no '.join(missing)} (an anonymiser removed "
                                     "them?), so its results cannot go back into its study; export it to files "
                                     "as a new study with --dicom OUT --new-study")
-    if new_study is not None:
+    if missing and new_study is not None:
         for ds in datasets:
             ds.StudyInstanceUID = new_study("study")
             ds.SeriesInstanceUID = new_study("series")
