@@ -7,8 +7,9 @@ this patient, logged as ``skipped``). Every object goes into the source study, w
 instance UIDs derived from the run and the patient (:class:`ExportUids`): exporting the same run
 again sends the same UIDs, so the PACS does not collect duplicate series.
 
-:func:`export_run` is the batch: per patient and modality, read the source DICOM (the identities
-come from there, never from the run folder), build every object, deliver each to every destination,
+:func:`export_run` is the batch: per patient and modality, read the source DICOM (found through the
+manifest the user gives; the identities come from there, never from the run folder), build every
+object (:func:`build_objects`), deliver each to every destination,
 and log one row per object and destination (``export_log.csv``). A patient's failure is its rows'
 status and reason; the batch goes on.
 """
