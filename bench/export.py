@@ -37,13 +37,13 @@ def _run_and_export(manifest: Path, work: Path, pacs_address: str | None) -> dic
     result = run(manifest, out_dir=work / "run", config=config)
     run_s = time.perf_counter() - start
     start = time.perf_counter()
-    exported = export_run(work / "run", dicom_dir=work / "dicom")
+    exported = export_run(work / "run", dicom_dir=work / "dicom", manifest=manifest)
     folder_s = time.perf_counter() - start
     row = {"patients": result.n_patients, "run_s": round(run_s, 2), "export_folder_s": round(folder_s, 2),
            "export_over_run": round(ratio(folder_s, run_s), 3), "exported": exported.done, "failed": exported.failed}
     if pacs_address is not None:
         start = time.perf_counter()
-        stored = export_run(work / "run", pacs=pacs_address, calling_aet="SARCO")
+        stored = export_run(work / "run", pacs=pacs_address, calling_aet="SARCO", manifest=manifest)
         pacs_s = time.perf_counter() - start
         row.update({"export_pacs_s": round(pacs_s, 2), "pacs_over_run": round(ratio(pacs_s, run_s), 3),
                     "stored": stored.done})

@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
         cfg = load_config(args.config, _overrides(args))
     result = run(args.manifest, out_dir=args.out, config=cfg, force=args.force)
     print(_summary(result, Path(args.out)))
-    return 0
+    return batch_status(result)
 
 
 def cmd_apply(args) -> int:
@@ -120,7 +120,13 @@ def cmd_apply(args) -> int:
     check_output_folder(args.out)
     result = apply(args.model, args.manifest, out_dir=args.out, overrides=_overrides(args), force=args.force)
     print(_summary(result, Path(args.out)))
-    return 0
+    return batch_status(result)
+
+
+def batch_status(result) -> int:
+    """The exit status ``run`` and ``apply`` share: 0 every patient done, 1 some failed (errors.csv says
+    which; a cron job can tell a failed night from a good one), 2 a user mistake (raised before)."""
+    return 1 if result.n_failed else 0
 
 
 def cmd_synth(args) -> int:
@@ -188,7 +194,8 @@ def cmd_export(args) -> int:
     from .exporters import export_run
 
     result = export_run(args.run_dir, dicom_dir=args.dicom, pacs=args.pacs, dicomweb=args.dicomweb,
-                        objects=args.objects, calling_aet=args.aet)
+                        objects=args.objects, calling_aet=args.aet, new_study=args.new_study,
+                        manifest=args.manifest)
     for row in result.log.itertuples():
         if row.status not in ("written", "stored", "skipped"):
             print(f"patient {row.patient_id} ({row.modality}) {row.object.upper()} -> {row.destination}: "
@@ -353,13 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="results back to the PACS: DICOM-SEG, TID 1500 SR, QA capture "
                                       "in each source study")
-    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("run_dir", help="a finished run or apply folder")
+    p.add_argument("--manifest", metavar="M", help="the manifest the run read: where its source series are")
     p.add_argument("--dicom", metavar="OUT_DIR", help="write the DICOM files here (outside the run folder)")
     p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, help="C-STORE them to this DICOM node")
     p.add_argument("--dicomweb", metavar="URL", help="STOW-RS them to this DICOMweb root (checked by QIDO)")
     p.add_argument("--objects", type=export_objects, default=["seg", "sr", "sc"],
                    help="which objects, comma-separated (default: seg,sr,sc)")
     p.add_argument("--aet", type=calling_aet, default="SARCO", help="our AE title (default: SARCO)")
+    p.add_argument("--new-study", action="store_true",
+                   help="a source without Study/Series Instance UID goes into a new study (with --dicom only)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET into a local cache, and write "

@@ -222,11 +222,10 @@ NOTE_RECORD = "sarco_note"
 #: One row per failed patient and modality (METHOD.md section 6).
 ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")
 
-#: provenance.json's map ``{patient_id}/{modality}`` -> where the series was read from (issue 22):
-#: the manifest's image path (resolved) and its ``{modality}_series_uid`` cell, nothing read from
-#: the files. ``sarco export`` reads the identities from those files at export time only.
+#: provenance.json's map ``{patient_id}/{modality}`` -> whether the manifest chose the series by its
+#: ``{modality}_series_uid`` cell; no path and no UID (the run folder holds no identifier).
+#: ``sarco export`` finds the sources through the manifest the user gives it.
 SOURCES_KEY = "sources"
-SOURCE_IMAGE = "image"
 SOURCE_SERIES_UID = "series_uid"
 
 

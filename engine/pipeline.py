@@ -169,7 +169,8 @@ def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
     except Exception as exc:  # noqa: BLE001 - QA pictures must not cost the night's features
         add_note(batch.notes, f"QA contact sheet not written: {type(exc).__name__}: {exc}")
         return
-    log.info("QA contact sheet: %s (%.1f s)", index, time.time() - started)
+    # relative: run.log stays in the run folder, which holds no absolute path
+    log.info("QA contact sheet: %s (%.1f s)", Path(index).relative_to(batch.out_dir), time.time() - started)
 
 
 def _publish_mri_reference(batch: _Batch, summaries: list[dict]) -> None:
@@ -405,6 +406,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
         from .study import score_new_patients
 
         score_new_patients(out_dir, features, batch.manifest, model["statistics"])
+    write_json(out_dir / THRESHOLDS_JSON, thresholds)  # the frozen model's: what `sarco export` states
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "apply",
                                                      source_entries(jobs), batch.manifest.source))
     reused, computed = _reuse_note(summaries)

@@ -34,7 +34,6 @@ from .contract import (
     SCANNER_KEY,
     SERIES_COLUMNS,
     SERIES_CSV,
-    SOURCE_IMAGE,
     SOURCE_SERIES_UID,
     SOURCES_KEY,
     SPLIT_CSV,
@@ -187,18 +186,13 @@ def _versions() -> dict:
 
 
 def source_entries(jobs: list[dict]) -> dict:
-    """provenance.json's ``sources``: where each series was read from, for ``sarco export`` (issue 22).
-
-    Only the manifest's own words (the image path made absolute, and the ``{modality}_series_uid`` cell
-    when the manifest gave one): identities and UIDs are read from the source files at export time.
-    Symlinks are not resolved: a broken input (a symlink loop, say) is that patient's error in
-    pass 1, never the whole run's.
-    """
+    """provenance.json's ``sources``: which series the run read, and whether the manifest chose each by
+    its ``{modality}_series_uid`` cell; never a path or a UID (the run folder holds no identifier).
+    ``sarco export`` finds the sources through the manifest the user gives it again."""
     entries = {}
     for job in jobs:
         if job.get("image"):
-            entries[source_key(job["patient_id"], job["modality"])] = {
-                SOURCE_IMAGE: os.path.abspath(job["image"]), SOURCE_SERIES_UID: job.get("series_uid") or ""}
+            entries[source_key(job["patient_id"], job["modality"])] = {SOURCE_SERIES_UID: bool(job.get("series_uid"))}
     return dict(sorted(entries.items()))
 
 

@@ -274,8 +274,19 @@ def ingest_and_preprocess(job: dict, cfg: Config, cache_dir: str, force: bool = 
         summary = {**base, "status": "error", "stage": reached["stage"],
                    "reason": _as_written(f"unexpected {type(exc).__name__} while reading this study: {exc}", job)}
     cache.mkdir(parents=True, exist_ok=True)
-    _write_json(summary_path(cache, pid, modality), summary)
+    _write_json(summary_path(cache, pid, modality), _without_paths(summary))
     return summary
+
+
+def _without_paths(summary: dict) -> dict:
+    """The cached summary as written: file names, not absolute paths (the run folder holds no path,
+    and a moved folder finds its files again: :func:`_cached_summary` puts the path back)."""
+    written = dict(summary)
+    if "sample" in written:
+        written["sample"] = Path(written["sample"]).name
+    if isinstance(written.get("derived_roi"), dict) and written["derived_roi"].get("path"):
+        written["derived_roi"] = {**written["derived_roi"], "path": Path(written["derived_roi"]["path"]).name}
+    return written
 
 
 def _cached_summary(job: dict, key: str, cache: Path, derive_from: str, *, need_strip: bool) -> dict | None:

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -698,6 +699,21 @@ def readable_bytes(path: Path) -> list[bytes]:
 
         views.append(pd.read_parquet(path).to_csv().encode())
     return views
+
+
+def every_view(path: Path) -> list[bytes]:
+    """:func:`readable_bytes`, and each member of a zip archive (``.npz``) decompressed."""
+    views = readable_bytes(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            views += [archive.read(name) for name in archive.namelist()]
+    return views
+
+
+def find_bytes(folder: Path, needles: set[bytes]) -> list[str]:
+    """``file: needle`` for every needle (a UID, a path) found in any view of any file under ``folder``."""
+    return sorted({f"{p.relative_to(folder)}: {n.decode()}" for p in folder.rglob("*") if p.is_file()
+                   for view in every_view(p) for n in needles if n in view})
 
 
 def find_phi(folder: Path, planted: list[str]) -> list[str]:

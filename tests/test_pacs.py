@@ -30,13 +30,12 @@ from engine.contract import (
     FETCH_MANIFEST,
     HABITATS_DIR,
     PROVENANCE_JSON,
-    SOURCES_KEY,
     habitat_path,
-    source_key,
 )
 from engine.methods import display_name
 from engine.pipeline import run
 from tests import cohorts
+from tests import corruptions as corpus
 from tests.pacs import free_port, store_files
 
 N_PATIENTS = 3
@@ -91,11 +90,18 @@ def run_dir(fetched, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(pacs, run_dir, tmp_path_factory):
+def exported(pacs, fetched, run_dir, tmp_path_factory):
     """``sarco export --pacs --dicom``: the files written, the export log and the PACS's instance count after."""
     out = tmp_path_factory.mktemp("pacs_export")
-    assert main(["export", str(run_dir), "--pacs", pacs.address, "--dicom", str(out), "--aet", "SARCOTEST"]) == 0
+    assert main(["export", str(run_dir), "--pacs", pacs.address, "--dicom", str(out), "--aet", "SARCOTEST",
+                 "--manifest", str(fetched / FETCH_MANIFEST)]) == 0
     return out
+
+
+def _source_dir(fetched: Path, patient: str) -> Path:
+    """A patient's fetched CT series folder, from the fetch manifest (the run folder keeps no path)."""
+    manifest = pd.read_csv(fetched / FETCH_MANIFEST, dtype=str, keep_default_na=False).set_index("patient_id")
+    return fetched / manifest.loc[patient, "ct_image"]
 
 
 def _read_log(path: Path) -> pd.DataFrame:
@@ -118,14 +124,13 @@ def test_fetch_retrieves_every_file_and_is_incremental(pacs, stored, fetched, ca
     assert {p: p.stat().st_mtime_ns for p in _series_files(fetched / "series")} == before
 
 
-def test_export_lands_in_the_source_study_once(pacs, run_dir, exported):
+def test_export_lands_in_the_source_study_once(pacs, fetched, run_dir, exported):
     """SEG, SR and SC go into each source study; exporting the same run again adds no series (stable UIDs)."""
     log = _read_log(exported / EXPORT_LOG_CSV)
     assert set(log["status"]) == {"stored", "written"} and len(log) == 2 * 3 * N_PATIENTS
     for patient in log["patient_id"].unique():
         files = {kind: pydicom.dcmread(str(exported / f"{patient}__ct_{kind}.dcm")) for kind in ("seg", "sr", "sc")}
-        source = Path(json.loads((run_dir / PROVENANCE_JSON).read_text())[SOURCES_KEY][source_key(patient, "ct")]
-                      ["image"])
+        source = _source_dir(fetched, patient)
         first = pydicom.dcmread(str(_series_files(source)[0]), stop_before_pixels=True)
         for kind, ds in files.items():
             assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.PatientID == first.PatientID, kind
@@ -138,7 +143,8 @@ def test_export_lands_in_the_source_study_once(pacs, run_dir, exported):
     series = {s: len(pacs.rest(f"/studies/{s}")["Series"]) for s in studies}
     assert set(series.values()) == {4}  # CT + SEG + SR + SC
     instances = len(pacs.rest("/instances"))
-    assert main(["export", str(run_dir), "--pacs", pacs.address, "--aet", "SARCOTEST"]) == 0
+    assert main(["export", str(run_dir), "--pacs", pacs.address, "--aet", "SARCOTEST",
+                 "--manifest", str(fetched / FETCH_MANIFEST)]) == 0
     assert len(pacs.rest("/instances")) == instances
     assert {s: len(pacs.rest(f"/studies/{s}")["Series"]) for s in studies} == series
 
@@ -157,19 +163,18 @@ def _source_reference(source_dir: Path, habitat: Path):
     return uids, labels
 
 
-def test_seg_segments_equal_the_habitat_maps_on_the_source_grid(pacs, run_dir, exported):
+def test_seg_segments_equal_the_habitat_maps_on_the_source_grid(pacs, fetched, run_dir, exported):
     """Issue 22: each method's muscle and fat segments equal its habitat map resampled (nearest) by SimpleITK."""
     import highdicom as hd
 
     methods = json.loads((run_dir / PROVENANCE_JSON).read_text())["config"]["fit"]["methods"]
-    sources = json.loads((run_dir / PROVENANCE_JSON).read_text())[SOURCES_KEY]
     for patient in ("SYN0001", "SYN0002", "SYN0003"):
         seg = hd.seg.segread(str(exported / f"{patient}__ct_seg.dcm"))
         assert seg.SegmentationType == "BINARY"
         labels_by_number = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
         ref_uids = None
         for i, method in enumerate(methods):
-            uids, labels = _source_reference(Path(sources[source_key(patient, "ct")]["image"]),
+            uids, labels = _source_reference(_source_dir(fetched, patient),
                                              habitat_path(run_dir / HABITATS_DIR, patient, "ct", method))
             in_roi = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
             referenced = [uids[k] for k in in_roi]
@@ -247,41 +252,56 @@ def test_dciodvfy_finds_no_error(exported):
         assert not errors, f"{kind}: {errors}"
 
 
-def _broken_run(run_dir: Path, tmp_path: Path) -> Path:
-    """A copy of the run whose SYN0001 source is gone and SYN0002 source lost its Frame of Reference UID."""
-    broken = tmp_path / "run"
-    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("cache"))
-    provenance = json.loads((broken / PROVENANCE_JSON).read_text())
-    sources = provenance[SOURCES_KEY]
-    sources[source_key("SYN0001", "ct")]["image"] = str(tmp_path / "moved_away")
+def _broken_manifest(fetched: Path, tmp_path: Path) -> Path:
+    """The fetch manifest with SYN0001's source gone and SYN0002's changed since the run (Frame of Reference
+    UID removed: the run's content digest no longer matches)."""
+    manifest = pd.read_csv(fetched / FETCH_MANIFEST, dtype=str, keep_default_na=False)
+    manifest["ct_image"] = [str(fetched / p) for p in manifest["ct_image"]]
+    manifest.loc[manifest["patient_id"] == "SYN0001", "ct_image"] = str(tmp_path / "moved_away")
     no_frame = tmp_path / "no_frame"
     no_frame.mkdir()
-    for path in _series_files(Path(sources[source_key("SYN0002", "ct")]["image"])):
+    for path in _series_files(_source_dir(fetched, "SYN0002")):
         ds = pydicom.dcmread(str(path))
         del ds.FrameOfReferenceUID
         ds.save_as(no_frame / path.name)
-    sources[source_key("SYN0002", "ct")]["image"] = str(no_frame)
-    (broken / PROVENANCE_JSON).write_text(json.dumps(provenance))
-    return broken
+    manifest.loc[manifest["patient_id"] == "SYN0002", "ct_image"] = str(no_frame)
+    manifest.to_csv(tmp_path / "broken.csv", index=False)
+    return tmp_path / "broken.csv"
 
 
-def test_bad_sources_fail_their_patient_only(run_dir, tmp_path, capsys):
-    """Issue 22: a vanished source and a study without a frame of reference are per-patient errors."""
-    broken = _broken_run(run_dir, tmp_path)
+def test_bad_sources_fail_their_patient_only(fetched, run_dir, tmp_path, capsys):
+    """Issue 22: a vanished source and a source changed since the run are per-patient errors."""
     out = tmp_path / "dicom"
-    assert main(["export", str(broken), "--dicom", str(out)]) == 0
+    broken = _broken_manifest(fetched, tmp_path)
+    assert main(["export", str(run_dir), "--dicom", str(out), "--manifest", str(broken)]) == 0
     log = _read_log(out / EXPORT_LOG_CSV).set_index(["patient_id", "object"])
     assert set(log.loc["SYN0001", "status"]) == {"failed"}
     assert "gone" in log.loc[("SYN0001", "seg"), "reason"]
     assert set(log.loc["SYN0002", "status"]) == {"failed"}
-    assert "Frame of Reference" in log.loc[("SYN0002", "seg"), "reason"]
+    assert "not the ones the run measured" in log.loc[("SYN0002", "seg"), "reason"]
     assert set(log.loc["SYN0003", "status"]) == {"written"}
     assert sorted(p.name for p in out.glob("*.dcm")) == [f"SYN0003__ct_{k}.dcm" for k in ("sc", "seg", "sr")]
     err = capsys.readouterr().err
     assert "patient SYN0001 (ct) SEG" in err and "Traceback" not in err
 
 
-def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, capsys):
+def test_the_fetched_run_folder_holds_no_source_uid_or_path(fetched, run_dir, exported):
+    """Issue 29: a run of fetched series, exported to the PACS: no file of its folder (cache/ included,
+    compressed ones decompressed) holds a UID of the fetched series or an absolute path (provenance.json
+    held the SeriesInstanceUIDs and paths before)."""
+    manifest = pd.read_csv(fetched / FETCH_MANIFEST, dtype=str, keep_default_na=False)
+    needles = {str(fetched.resolve()).encode(), str(run_dir.resolve()).encode(), str(exported.resolve()).encode()}
+    for patient in manifest["patient_id"]:
+        for path in _series_files(_source_dir(fetched, patient)):
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            needles |= {str(ds.get(k)).encode() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                                                          "FrameOfReferenceUID")}
+    assert set(manifest["ct_series_uid"].str.encode("ascii")) <= needles  # the fetch manifest names them
+    assert (run_dir / EXPORT_LOG_CSV).is_file()
+    assert corpus.find_bytes(run_dir, needles) == []
+
+
+def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, fetched, run_dir, capsys):
     """Issue 22: the association refused (unknown AE title) or nobody listening: every object failed, none done."""
     cases = [(f"ORTHANC@127.0.0.1:{free_port()}", "SARCOTEST", "nothing answers")]
     if pacs.kind == "orthanc":  # the qrscp fallback accepts any calling AE title
@@ -290,7 +310,8 @@ def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, capsys):
         cases.append((pacs.address, "INTRUDER", "(?:rejected|aborted) the association"))
         before = len(pacs.rest("/instances"))
     for address, aet, words in cases:
-        assert main(["export", str(run_dir), "--pacs", address, "--aet", aet]) == 1
+        assert main(["export", str(run_dir), "--pacs", address, "--aet", aet,
+                     "--manifest", str(fetched / FETCH_MANIFEST)]) == 1
         log = _read_log(run_dir / EXPORT_LOG_CSV)
         assert len(log) == 3 * N_PATIENTS and not log["status"].isin(["stored", "written"]).any()
         assert log["reason"].str.contains(words).all(), log.to_string()
@@ -321,11 +342,12 @@ def test_user_mistakes_are_one_line_and_exit_2(run_dir, tmp_path, capsys, argv, 
     assert len(err.splitlines()) == 1 and words in err, err
 
 
-def test_dicomweb_stow_is_confirmed_by_qido(pacs, run_dir, tmp_path):
+def test_dicomweb_stow_is_confirmed_by_qido(pacs, fetched, run_dir, tmp_path):
     """Issue 22: STOW-RS to Orthanc's DICOMweb plugin, each instance then found by QIDO-RS."""
     if not pacs.dicomweb:
         pytest.skip("no DICOMweb server (Orthanc's DICOMweb plugin is not installed)")
-    assert main(["export", str(run_dir), "--dicomweb", pacs.dicomweb_url, "--objects", "seg,sr"]) == 0
+    assert main(["export", str(run_dir), "--dicomweb", pacs.dicomweb_url, "--objects", "seg,sr",
+                 "--manifest", str(fetched / FETCH_MANIFEST)]) == 0
     log = _read_log(run_dir / EXPORT_LOG_CSV)
     assert set(log["status"]) == {"stored"} and len(log) == 2 * N_PATIENTS
 
@@ -349,7 +371,7 @@ def test_fetch_by_study_and_by_query(pacs, stored, tmp_path):
     assert len(manifest) == N_PATIENTS and (manifest["ct_image"] != "").all()
 
 
-def test_a_derived_roi_names_its_muscles(run_dir, tmp_path):
+def test_a_derived_roi_names_its_muscles(fetched, run_dir, tmp_path):
     """Issue 22: where the ROI was derived, the segments carry erector spinae / iliopsoas as anatomic regions."""
     import SimpleITK as sitk
 
@@ -363,7 +385,8 @@ def test_a_derived_roi_names_its_muscles(run_dir, tmp_path):
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(roi, str(path))
     out = tmp_path / "dicom"
-    assert main(["export", str(copy), "--dicom", str(out), "--objects", "seg,sr"]) == 0
+    assert main(["export", str(copy), "--dicom", str(out), "--objects", "seg,sr",
+                 "--manifest", str(fetched / FETCH_MANIFEST)]) == 0
     seg = pydicom.dcmread(str(out / "SYN0001__ct_seg.dcm"), stop_before_pixels=True)
     for segment in seg.SegmentSequence:
         assert {c.CodeValue for c in segment.AnatomicRegionSequence} == {"44947003", "68455001"}

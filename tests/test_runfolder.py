@@ -238,13 +238,13 @@ def test_a_plugin_stat_reaches_the_qa_sheet(runs):
     assert "Mid-range: fat: mean" in sheet and f"voxel count {count:.4g} voxels" in sheet
 
 
-def test_a_plugin_method_and_stat_export(runs, tmp_path):
+def test_a_plugin_method_and_stat_export(runs, ct_manifest, tmp_path):
     """Issue 28: a registered method exported nowhere (ALGORITHM_FAMILY KeyError in the SEG); the SR
     hard-coded volume, mean and percent. Now the SEG states the method's family and the SR every stat."""
     from engine.exporters import export_run
 
     out, _, _, _ = runs
-    result = export_run(out, dicom_dir=tmp_path / "dicom", objects=("seg", "sr"))
+    result = export_run(out, dicom_dir=tmp_path / "dicom", objects=("seg", "sr"), manifest=ct_manifest)
     assert set(result.log["status"]) == {"written"}, result.log.to_string()
     features = RunFolder(out).features
     pid = features.frame["patient_id"].iloc[0]

@@ -7,8 +7,9 @@ this patient, logged as ``skipped``). Every object goes into the source study, w
 instance UIDs derived from the run and the patient (:class:`ExportUids`): exporting the same run
 again sends the same UIDs, so the PACS does not collect duplicate series.
 
-:func:`export_run` is the batch: per patient and modality, read the source DICOM (the identities
-come from there, never from the run folder), build every object, deliver each to every destination,
+:func:`export_run` is the batch: per patient and modality, read the source DICOM (found through the
+manifest the user gives; the identities come from there, never from the run folder), build every
+object (:func:`build_objects`), deliver each to every destination,
 and log one row per object and destination (``export_log.csv``). A patient's failure is its rows'
 status and reason; the batch goes on.
 """
@@ -30,7 +31,7 @@ from ..pacs import CALLING_AET, parse_address
 from .destinations import DeliveryError, DicomwebDestination, DimseDestination, FolderDestination
 from .sc import build_sc
 from .seg import build_seg
-from .source import ExportError, PatientResult, RunFolder, read_source
+from .source import ExportError, PatientResult, RunFolder, complete_geometry, complete_identity, read_source
 from .sr import build_sr
 
 log = logging.getLogger("sarco")
@@ -121,13 +122,17 @@ def _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay) -> list:
 
 def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: str | None = None,
                objects: Sequence[str] = tuple(EXPORTERS), patients: Sequence[str] | None = None,
-               calling_aet: str | None = None, nodelay: bool = True) -> ExportResult:
+               calling_aet: str | None = None, nodelay: bool = True, new_study: bool = False,
+               manifest=None) -> ExportResult:
     """Export a run's results into the source studies (``sarco export``).
 
     Parameters
     ----------
     run_dir : path-like
-        A finished run folder (``sarco run``/``sarco apply``).
+        A finished run or apply folder (``sarco run``/``sarco apply``).
+    manifest : path-like
+        A manifest naming each patient's source series (the one the run read): the run folder keeps
+        no path to its sources. Each series is checked against the run's content digest.
     dicom_dir : path-like, optional
         Write DICOM files here (``{patient}__{modality}_{seg|sr|sc}.dcm``). Must lie outside the run
         folder, which never holds an identifier.
@@ -139,24 +144,33 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
         Names of :data:`EXPORTERS` to build (default all).
     patients : sequence of str, optional
         Only these patient ids.
+    new_study : bool
+        A source without a Study or Series Instance UID goes into a new study (its UIDs derived from
+        the run and the patient) instead of failing; files only (``dicom_dir``), since a PACS would
+        file it apart from the patient's images.
     """
     unknown = [o for o in objects if o not in EXPORTERS]
     if unknown:
         raise UsageError(f"unknown export object(s) {', '.join(unknown)}; choose from {', '.join(EXPORTERS)}")
     if "sr" in objects and "seg" not in objects:
         raise UsageError("the SR references the SEG's segments: export 'seg' with 'sr'")
-    run = RunFolder.open(run_dir)
+    if new_study and (pacs is not None or dicomweb is not None or dicom_dir is None):
+        raise UsageError("--new-study writes a new study, for files only: give --dicom OUT_DIR and no --pacs or "
+                         "--dicomweb")
+    run = RunFolder.open(run_dir, manifest)
     if dicom_dir is not None and Path(dicom_dir).resolve().is_relative_to(run.path.resolve()):
         raise UsageError(f"--dicom '{dicom_dir}' lies inside the run folder, which never holds an identifier; "
                          "give a folder outside it")
     destinations = _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay)
+    if run.manifest is None:
+        raise UsageError("give the manifest the run read (--manifest M): the run folder keeps no path to its sources")
     rows: list[dict] = []
     try:
         for patient_id, modality in run.series():
             if patients is not None and patient_id not in patients:
                 continue
             rows += _export_one(run, patient_id, modality, [EXPORTERS[o] for o in EXPORTERS if o in objects],
-                                destinations)
+                                destinations, new_study=new_study)
     finally:
         for destination in destinations:
             destination.close()
@@ -172,17 +186,31 @@ def _row(patient_id, modality, kind, destination, status, reason=""):
             "status": status, "reason": reason}
 
 
-def _build(run: RunFolder, patient_id: str, modality: str, exporters) -> tuple[PatientResult, dict]:
+def _build(run: RunFolder, patient_id: str, modality: str, exporters,
+           new_study: bool = False) -> tuple[PatientResult, dict]:
     result = run.result(patient_id, modality)
     result.source = read_source(run, patient_id, modality)
-    uids = ExportUids(result.identity, patient_id, modality)
+    return result, build_objects(result, exporters, new_study)
+
+
+def build_objects(result: PatientResult, exporters: Sequence[Exporter] = tuple(EXPORTERS.values()),
+                  new_study: bool = False) -> dict:
+    """Every object of one patient (name -> Dataset or None), built from its result and source series.
+
+    The source headers are completed first (:func:`complete_identity`): a source from another writer
+    (Type 2 attributes absent, SOP UIDs in the file meta only) exports as one from the engine's own.
+    """
+    uids = ExportUids(result.identity, result.patient_id, result.modality)
+    complete_identity(result.series.datasets, (lambda part: uids.uid("new study", part)) if new_study else None)
+    complete_geometry(result.series)
     built: dict = {}
     for exporter in exporters:
         built[exporter.name] = exporter.build(result, uids, built)
-    return result, built
+    return built
 
 
-def _export_one(run: RunFolder, patient_id: str, modality: str, exporters, destinations) -> list[dict]:
+def _export_one(run: RunFolder, patient_id: str, modality: str, exporters, destinations,
+                new_study: bool = False) -> list[dict]:
     """The log rows of one patient and modality: reach the destinations, build everything, deliver each object.
 
     A destination that cannot be reached (dead port, refused association) fails this patient's rows
@@ -200,7 +228,7 @@ def _export_one(run: RunFolder, patient_id: str, modality: str, exporters, desti
         return rows
     where = ", ".join(d.name for d in reachable)
     try:
-        _, built = _build(run, patient_id, modality, exporters)
+        _, built = _build(run, patient_id, modality, exporters, new_study)
     except ExportError as exc:
         log.info("export %s (%s) [%s]: %s", patient_id, modality, exc.step, exc.reason)
         return rows + [_row(patient_id, modality, e.name, where, "failed", f"[{exc.step}] {exc.reason}")

@@ -43,6 +43,16 @@ ASHMAN_D = Code("ASHMAND", LOCAL_SCHEME, "Ashman D of the pooled training histog
 BIMODALITY = Code("BIMODAL", LOCAL_SCHEME, "Pooled training histogram")
 ONE_TISSUE = Code("ONETISSUE", LOCAL_SCHEME, "Likely one tissue: fitted fat unreliable")
 TWO_TISSUES = Code("TWOTISSUES", LOCAL_SCHEME, "Two tissues")
+#: The grid the volume, mean and percent were measured on (the run's resampled grid), and the volume
+#: of the same segment counted on the source grid, as the DICOM-SEG holds it: the two differ by the
+#: partial voxels of the boundary (docs/export.md).
+MEASUREMENT_GRID = Code("GRID", LOCAL_SCHEME, "Measurement grid")
+SOURCE_GRID_VOLUME = Code("SRCVOL", LOCAL_SCHEME, "Volume on the source image grid (as in the DICOM-SEG)")
+
+
+def resampled_grid(spacing_mm) -> Code:
+    """The value of :data:`MEASUREMENT_GRID`: the run's resampled grid, its spacing in the meaning."""
+    return Code("RESAMPLED", LOCAL_SCHEME, "Resampled grid " + " x ".join(f"{s:g}" for s in spacing_mm) + " mm")
 
 
 def algorithm_family(keyword: str) -> Code:

@@ -32,7 +32,8 @@ class FolderDestination:
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        self.name = str(self.folder)
+        # the folder's name only: export_log.csv lands in the run folder, which holds no absolute path
+        self.name = f"folder {self.folder.name}"
 
     def open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
 """Secondary Capture of the QA picture, in the source study with the source's identity (highdicom).
 
 Viewers show SEG-derived SR numbers poorly; the run's QA PNG (ROI, habitats, the numbers) is what a
-radiologist can read at a glance, so it goes in the study as an RGB Secondary Capture.
+radiologist can read at a glance, so it goes in the study as an RGB Secondary Capture. Its title
+band (the run's pseudonym, the modality, the ROI's source) is blanked first: a pseudonym burnt into
+pixels that sit in the real patient's study would be a key from pseudonym to identity in the PACS.
+What remains is the picture, its side letters, legend and numbers: Burned In Annotation NO.
 """
 
 from __future__ import annotations
@@ -9,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
 from .source import ExportError, PatientResult
+
+#: Body parts (PS3.16 CID 4031) under which the lumbar QA picture may be filed as the source was; any
+#: other (a scanner's own term such as PARTIALBODY, or none) files it under the lumbar spine.
+UNPAIRED_BODY_PARTS = frozenset({"LSPINE", "SPINE", "TLSPINE", "ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN",
+                                 "CHESTABDPELVIS", "PELVIS", "WHOLEBODY"})
 
 
 def build_sc(result: PatientResult, uids, built: dict):
@@ -20,9 +29,10 @@ def build_sc(result: PatientResult, uids, built: dict):
         return None
     try:
         with Image.open(result.qa_png) as picture:
-            pixels = np.ascontiguousarray(np.asarray(picture.convert("RGB"), dtype=np.uint8))
+            pixels = np.array(picture.convert("RGB"), dtype=np.uint8)  # a writable copy: the title is blanked
     except OSError as exc:
         raise ExportError("sc", f"the QA picture could not be read: {exc}") from None
+    pixels[:TITLE_BAND_PX] = BACKGROUND_RGB  # the title names the run's pseudonym
     reference = result.series.datasets[0]
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
@@ -34,5 +44,7 @@ def build_sc(result: PatientResult, uids, built: dict):
         series_description=uids.description("sc"))
     # General Series' Laterality (type 2C) is required for a paired body part: naming the lumbar
     # spine says this one is not
-    capture.BodyPartExamined = str(getattr(reference, "BodyPartExamined", "") or "") or "LSPINE"
+    body_part = str(getattr(reference, "BodyPartExamined", "") or "")
+    capture.BodyPartExamined = body_part if body_part in UNPAIRED_BODY_PARTS else "LSPINE"
+    capture.BurnedInAnnotation = "NO"  # the title band, the only identifying text, is blank
     return capture

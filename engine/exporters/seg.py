@@ -15,11 +15,15 @@ from .. import __version__
 from ..contract import HABITAT_LABELS, TISSUES
 from ..methods import display_name
 from . import codes as sarco_codes
-from .source import ExportError, PatientResult, habitats_on_source
+from .source import ExportError, PatientResult, habitats_on_source, source_grid_volumes_mm3
 
 #: Tissues in segment order within a method.
 SEGMENT_TISSUES = ("muscle", "fat")
 assert set(SEGMENT_TISSUES) == set(TISSUES)
+
+
+#: ``PatientResult.extras`` key of the segments' volumes on the source grid (mm^3), for the SR.
+SOURCE_GRID_KEY = "source_grid_mm3"
 
 
 def segment_number(method_index: int, tissue: str) -> int:
@@ -42,6 +46,7 @@ def build_seg(result: PatientResult, uids, built: dict):
     import highdicom as hd  # lazy: highdicom is heavy; export only
 
     labels = habitats_on_source(result)
+    result.extras[SOURCE_GRID_KEY] = source_grid_volumes_mm3(labels, result.series)  # the SR states them too
     slices = roi_slices(labels)
     if slices.size == 0:
         raise ExportError("seg", "the habitat maps do not overlap the source series (was it replaced since the run?)")

@@ -1,8 +1,11 @@
 """One patient's result as the exporters see it: the run folder's numbers and maps, and the source series.
 
-The run folder holds no identifier (METHOD.md section 6): the identities (patient, study, series,
-SOP instances, frame of reference) are read here, at export time, from the DICOM files the run read,
-found again through provenance.json's ``sources`` (the manifest's image path). Nothing read here is
+The run folder holds no identifier and no path to its sources (METHOD.md section 6): the sources
+are found through the manifest the user gives to ``sarco export --manifest`` (the one the run read,
+or any naming the same patients and files), and each is checked against the run's content digest
+of that series (provenance.json's ``input_blake3``), so a manifest that points elsewhere fails that
+patient instead of exporting onto the wrong images. The identities (patient, study, series, SOP
+instances, frame of reference) are read from those DICOM files at export time; nothing read here is
 written back into the run folder.
 """
 
@@ -11,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +33,22 @@ from ..contract import (
     PROVENANCE_JSON,
     ROI_MUSCLE_GROUPS,
     ROI_MUSCLE_LABELS,
-    SOURCE_IMAGE,
-    SOURCE_SERIES_UID,
-    SOURCES_KEY,
     THRESHOLDS_JSON,
     derived_roi_path,
     feature_name,
     habitat_path,
     qa_png_path,
+    series_uid_column,
     source_key,
     vs_fixed_column,
 )
-from ..errors import InputError, SarcoError, UsageError
+from ..errors import InputError, ManifestError, SarcoError, UsageError
 from ..io.dicom import open_dicom_series
+from ..manifest import Manifest, read_manifest
 from ..methods import modality_methods
-from ..runfolder import MethodFit, StatInfo, Thresholds, read_json_file, read_table, registered_stats
-from ..userfiles import require_run_folder
+from ..runfolder import MethodFit, StatInfo, Thresholds, read_table, registered_stats
+from ..tasks import content_digest
+from ..userfiles import read_json_object, require_folder
 
 
 class ExportError(SarcoError):
@@ -123,25 +128,23 @@ class PatientResult:
 
 @dataclass
 class RunFolder:
-    """The published files of a run that the exporters read (no cache, no identifier)."""
+    """The published files of a run or apply folder that the exporters read (no cache, no identifier),
+    and the manifest that says where its sources are."""
 
     path: Path
     features: pd.DataFrame
     thresholds: dict
     provenance: dict
+    manifest: Manifest | None = None
 
     @classmethod
-    def open(cls, run_dir) -> RunFolder:
-
-        path = require_run_folder(run_dir)
-        provenance_file = path / PROVENANCE_JSON
-        if not provenance_file.is_file():
-            raise UsageError(f"run folder '{run_dir}' has no {PROVENANCE_JSON}; the run did not finish")
-        provenance = json.loads(provenance_file.read_text(encoding="utf-8"))
-        if SOURCES_KEY not in provenance:
-            raise UsageError(f"run folder '{run_dir}' was written by an engine that did not record its sources; "
-                             "rerun it (the cache makes that quick) before exporting")
-        return cls(path, read_table(path, FEATURES_CSV), read_json_file(path, THRESHOLDS_JSON), provenance)
+    def open(cls, run_dir, manifest=None) -> RunFolder:
+        path = require_folder(run_dir, "run folder")
+        provenance = _read_provenance(path, run_dir)
+        thresholds = _read_thresholds(path, run_dir)
+        if not (path / FEATURES_CSV).is_file():
+            raise UsageError(f"'{run_dir}' is not a sarco run folder: {FEATURES_CSV} is missing")
+        return cls(path, read_table(path, FEATURES_CSV), thresholds, provenance, _read_sources(manifest))
 
     @property
     def digest(self) -> str:
@@ -191,15 +194,54 @@ class RunFolder:
             identity=f"{self.digest}/{digest}", extras={"fixed": fit["methods"].get(FIXED)},
             fits={m: typed[modality].methods[m] for m in methods}, stats=typed.stats)
 
-    def source_entry(self, patient_id: str, modality: str) -> dict:
-        entry = self.provenance[SOURCES_KEY].get(source_key(patient_id, modality))
-        if not entry or not entry.get(SOURCE_IMAGE):
-            raise ExportError("source", "the run recorded no image path for this series")
-        return entry
+    def source_entry(self, patient_id: str, modality: str) -> tuple[Path, str | None]:
+        """(image path, SeriesInstanceUID or None) of one series, from the manifest, checked against the run."""
+        manifest = self.manifest
+        if manifest is None:
+            raise ExportError("source", "no manifest was given to find the source series")
+        inputs = manifest.inputs(patient_id, modality) if patient_id in manifest.table.index else None
+        if inputs is None or not inputs[0]:
+            raise ExportError("source", f"the manifest names no {modality} image for this patient")
+        image, roi = inputs
+        expected = self.provenance.get("input_blake3", {}).get(source_key(patient_id, modality))
+        if expected and Path(image).exists():
+            # the digest the run took of the same files (engine.tasks): image and ROI, or the segmentation
+            found = content_digest(image, roi or manifest.segmentation(patient_id, modality))
+            if found != expected:
+                raise ExportError("source", "the manifest's files for this series are not the ones the run "
+                                            "measured (changed or another series); give the manifest the run read")
+        uid = manifest.table.loc[patient_id].get(series_uid_column(modality), "") or None
+        return Path(image), uid
 
     def series_description_pattern(self, modality: str) -> str | None:
         patterns = self.provenance.get("config", {}).get("io", {}).get("series_description") or {}
         return patterns.get(modality)
+
+
+def _read_provenance(path: Path, run_dir) -> dict:
+    provenance_file = path / PROVENANCE_JSON
+    if not provenance_file.is_file():
+        raise UsageError(f"run folder '{run_dir}' has no {PROVENANCE_JSON}; the run did not finish")
+    return read_json_object(provenance_file, "provenance file")
+
+
+def _read_thresholds(path: Path, run_dir) -> dict:
+    """The thresholds the objects state: the run's fit, or the frozen model's in an apply folder."""
+    if not (path / THRESHOLDS_JSON).is_file():
+        raise UsageError(f"'{run_dir}' is not a sarco run or apply folder: {THRESHOLDS_JSON} is missing; give the "
+                         "--out folder of a finished `sarco run` or `sarco apply` (an apply folder of an older "
+                         "engine: rerun the same `sarco apply`, its cache makes that quick)")
+    return read_json_object(path / THRESHOLDS_JSON, "thresholds file")
+
+
+def _read_sources(manifest) -> Manifest | None:
+    """The manifest that names the sources (None: none given; the command line requires one)."""
+    if manifest is None:
+        return None
+    try:
+        return read_manifest(manifest)
+    except ManifestError as exc:
+        raise UsageError(f"--manifest: {exc}") from None
 
 
 def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str, ...]:
@@ -216,30 +258,112 @@ def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str,
 def read_source(run: RunFolder, patient_id: str, modality: str):
     """The source series of one patient (checked again: it may have moved since the run)."""
 
-    entry = run.source_entry(patient_id, modality)
-    image = Path(entry[SOURCE_IMAGE])
+    image, series_uid = run.source_entry(patient_id, modality)
     if not image.exists():
         raise ExportError("source", f"the source series '{image}' is gone (moved or deleted since the run)")
     if not image.is_dir() and not _looks_dicom(image):
         raise ExportError("source", f"the source '{image.name}' is not DICOM; only DICOM sources can go back to a PACS")
     try:
-        series = open_dicom_series(image, series_uid=entry.get(SOURCE_SERIES_UID) or None,
+        series = open_dicom_series(image, series_uid=series_uid,
                                    series_description=run.series_description_pattern(modality))
     except InputError as exc:
         raise ExportError("source", f"the source series no longer reads: {exc.reason}") from None
     info = series.info
-    datasets = [pydicom.dcmread(str(f)) for f in info.files]
+    # the exporters need the headers only (geometry and identity), never the pixels
+    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in info.files]
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ExportError("source", "the source is a multi-frame (enhanced) object; exporting onto it is not "
                                     "supported yet")
-    if not all(str(getattr(ds, "FrameOfReferenceUID", "") or "") for ds in datasets):
-        raise ExportError("source", "the source series has no Frame of Reference UID, so a DICOM-SEG cannot be "
-                                    "placed on it; the PACS export of this study is incomplete")
     normal = np.asarray(info.direction or (1, 0, 0, 0, 1, 0, 0, 0, 1), dtype=float).reshape(3, 3)[:, 2]
     datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal)))
     if info.spacing is None or info.origin is None or info.direction is None:
         raise ExportError("source", "the source series has no geometry")
     return SourceSeries(datasets, tuple(info.spacing), tuple(info.origin), tuple(info.direction))
+
+
+#: Modules whose attributes the exported objects take from the source: the Patient and Study
+#: information entities (highdicom copies their root attributes into every object) and the General
+#: Series and General Equipment modules (read for references and the SC's body part).
+COPIED_ENTITIES = ("Patient", "Study")
+READ_MODULES = ("general-series", "general-equipment")
+#: The source attributes every exported object needs a value for (Type 1 in the objects).
+REQUIRED_UIDS = {"StudyInstanceUID": "Study Instance UID", "SeriesInstanceUID": "Series Instance UID"}
+
+
+@lru_cache(maxsize=8)
+def copied_modules(sop_class_uid: str) -> tuple[tuple[str, bool, dict[str, str]], ...]:
+    """The modules the exports copy from a source of this SOP class, from the standard's tables (PS3.3,
+    as highdicom ships them): (module key, mandatory, {keyword: type ``1``, ``2``, ``2C``, ``3``...})
+    of the root attributes, for the Patient and Study entities and :data:`READ_MODULES`."""
+    # lazy: highdicom is heavy; export only
+    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return ()
+    table = get_module_attribute_map()
+    return tuple((m["key"], m["usage"] == "M", {str(a["keyword"]): str(a["type"]) for a in table[m["key"]]
+                                                 if not a["path"]})
+                 for m in get_iod_module_map()[iod] if m["ie"] in COPIED_ENTITIES or m["key"] in READ_MODULES)
+
+
+def _complete_modules(ds) -> None:
+    """Absent Type 2 attributes of the mandatory modules, and of the optional ones the source has, added
+    empty (an optional module the source lacks stays absent: half a Clinical Trial module is invalid);
+    an empty Type 3 sequence removed (it says nothing, and a module that defines its items wants one)."""
+    for _, mandatory, attributes in copied_modules(str(ds.SOPClassUID)):
+        if not (mandatory or any(keyword in ds for keyword in attributes)):
+            continue
+        for keyword, kind in attributes.items():
+            if kind == "2" and keyword not in ds:
+                setattr(ds, keyword, None)  # None: the attribute present with an empty value
+            elif kind == "3" and keyword in ds and ds[keyword].VR == "SQ" and not ds[keyword].value:
+                delattr(ds, keyword)
+
+
+def complete_identity(datasets: list, new_study: Callable[[str], str] | None = None) -> None:
+    """Make the source headers (in memory only) something every exported object can be built from.
+
+    The SOP Class and Instance UIDs are taken from the file meta when the data set left them empty;
+    Type 2 attributes of the copied modules that are absent are added empty (an anonymiser or a
+    converter may drop them; PS3.5 7.4.2: Type 2 is present, possibly empty), Type 3 ones are left
+    as they are. Without a Study or Series Instance UID the objects cannot go back into the source
+    study: an :class:`ExportError`, unless ``new_study`` is given, which then names the new study
+    and series (``new_study("study")``, ``new_study("series")``). A source with both UIDs keeps them.
+    """
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                      ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(ds.get(keyword, "") or "") and meta is not None and str(meta.get(meta_keyword, "") or ""):
+                setattr(ds, keyword, str(meta.get(meta_keyword)))
+    missing = [name for keyword, name in REQUIRED_UIDS.items()
+               if not all(str(ds.get(keyword, "") or "") for ds in datasets)]
+    if missing and new_study is None:
+        raise ExportError("source", f"the source series has no {' and no '.join(missing)} (an anonymiser removed "
+                                    "them?), so its results cannot go back into its study; export it to files "
+                                    "as a new study with --dicom OUT --new-study")
+    if missing and new_study is not None:
+        for ds in datasets:
+            ds.StudyInstanceUID = new_study("study")
+            ds.SeriesInstanceUID = new_study("series")
+    if not all(str(getattr(ds, "FrameOfReferenceUID", "") or "") for ds in datasets):
+        raise ExportError("source", "the source series has no Frame of Reference UID, so a DICOM-SEG cannot be "
+                                    "placed on it; the PACS export of this study is incomplete")
+    if not all(str(ds.get("SOPInstanceUID", "") or "") and str(ds.get("SOPClassUID", "") or "") for ds in datasets):
+        raise ExportError("source", "a source image has no SOP Instance UID (in its data set or file meta), so "
+                                    "the exported objects cannot reference it")
+    for ds in datasets:
+        _complete_modules(ds)
+
+
+def complete_geometry(series: SourceSeries) -> None:
+    """Slice Thickness where a source left it absent or empty (Type 2 in the Image Plane module; a
+    minimal writer such as SimpleITK's omits it): the slice spacing, since the SEG's Pixel Measures
+    need a value. In memory only, like :func:`complete_identity`."""
+    for ds in series.datasets:
+        if ds.get("SliceThickness") in (None, ""):
+            ds.SliceThickness = round(float(series.spacing[2]), 6)
 
 
 def _looks_dicom(path: Path) -> bool:
@@ -249,6 +373,23 @@ def _looks_dicom(path: Path) -> bool:
             return handle.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def habitat_grid_mm(result: PatientResult) -> tuple[float, float, float]:
+    """The spacing (x, y, z) in mm of the grid the run measured on: its habitat maps' (header only)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(next(iter(result.habitats.values()))))
+    reader.ReadImageInformation()
+    x, y, z = reader.GetSpacing()
+    return float(x), float(y), float(z)
+
+
+def source_grid_volumes_mm3(labels: dict[str, np.ndarray], series: SourceSeries) -> dict[tuple[str, str], float]:
+    """(method, tissue) -> volume in mm^3 of that habitat on the source grid: its voxels in ``labels``
+    (:func:`habitats_on_source`) times the source voxel's volume, as a reader of the DICOM-SEG counts it."""
+    voxel_mm3 = float(np.prod(series.spacing))
+    return {(method, tissue): float(np.count_nonzero(values == HABITAT_LABELS[tissue])) * voxel_mm3
+            for method, values in labels.items() for tissue in ("muscle", "fat")}
 
 
 def habitats_on_source(result: PatientResult) -> dict[str, np.ndarray]:

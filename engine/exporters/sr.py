@@ -6,7 +6,10 @@ volume (cm3), mean (HU for CT; MRI signal in arbitrary units), percent of the RO
 (``99SARCO ROIPCT``) and any registered stat, with the method's cohort threshold. Fitted methods also carry the
 pooled histogram's bimodality verdict (a qualitative evaluation) and Ashman's D, and on CT the share
 of voxels they classify unlike the fixed HU reference; the fixed method's own groups are that
-reference. Numbers are features.csv's (volumes mm^3 / 1000).
+reference. Numbers are features.csv's (volumes mm^3 / 1000), measured on the run's resampled grid,
+which each group states (``99SARCO GRID``); each group also carries the segment's volume counted on
+the source grid as the SEG holds it (``99SARCO SRCVOL``), so a reader who counts the SEG's voxels
+finds that number, not the features' (docs/export.md: the two grids).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pydicom.sr.codedict import codes
 from .. import __version__
 from ..contract import FIXED
 from . import codes as sarco_codes
-from .seg import SEGMENT_TISSUES, segment_label, segment_number
-from .source import ExportError, PatientResult
+from .seg import SEGMENT_TISSUES, SOURCE_GRID_KEY, segment_label, segment_number
+from .source import ExportError, PatientResult, habitat_grid_mm
 
 
 def _measurement(name, value: float, unit, **kwargs):
@@ -40,10 +43,15 @@ def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
         name, unit, scale, derivation = sarco_codes.stat_measurement(stat, result.modality)
         measurements.append(_measurement(name, value * scale, unit, method=method_code,
                                          **({"derivation": derivation} if derivation is not None else {})))
+    source_mm3 = result.extras.get(SOURCE_GRID_KEY, {}).get((method, tissue))
+    if source_mm3 is not None:
+        measurements.append(_measurement(sarco_codes.SOURCE_GRID_VOLUME, source_mm3 / 1000.0,
+                                         sarco_codes.CUBIC_CENTIMETER, method=method_code))
     threshold_unit = sarco_codes.MEAN_UNIT[result.modality]
     measurements.append(_measurement(sarco_codes.THRESHOLD, result.thresholds[method], threshold_unit,
                                      method=method_code))
-    evaluations = None
+    evaluations = [hd.sr.QualitativeEvaluation(sarco_codes.MEASUREMENT_GRID,
+                                               sarco_codes.resampled_grid(habitat_grid_mm(result)))]
     if method != FIXED:
         vs_fixed = result.vs_fixed(method)
         if math.isfinite(vs_fixed):
@@ -51,7 +59,7 @@ def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
         one_tissue = result.diagnostic.get("likely_one_tissue")
         if one_tissue is not None:
             verdict = sarco_codes.ONE_TISSUE if one_tissue else sarco_codes.TWO_TISSUES
-            evaluations = [hd.sr.QualitativeEvaluation(sarco_codes.BIMODALITY, verdict)]
+            evaluations.append(hd.sr.QualitativeEvaluation(sarco_codes.BIMODALITY, verdict))
         if result.diagnostic.get("ashman_d") is not None:
             measurements.append(_measurement(sarco_codes.ASHMAN_D, result.diagnostic["ashman_d"], sarco_codes.NO_UNIT))
     source_series = hd.sr.SourceSeriesForSegmentation(result.series.datasets[0].SeriesInstanceUID)

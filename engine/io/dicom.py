@@ -1141,8 +1141,9 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
     scan = _scan(path, max_files)
     uid, members = _select_series(scan, series_uid, path, series_hint, series_description)
     if uid.startswith(NO_UID_PREFIX):
+        # the folder's name, not its path: run.log lives in the run folder, which holds no absolute path
         log.warning("%s: %d DICOM files without SeriesInstanceUID grouped by acquisition and geometry (%s)",
-                    path, len(members), uid)
+                    pathlib.Path(path).name, len(members), uid)
     headers = [h for _, h in members]
     files = [f for f, _ in members]
     modality = _modality_word(str(headers[0].get("Modality", "") or "").upper())

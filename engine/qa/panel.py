@@ -54,6 +54,8 @@ MAX_IMAGE_HEIGHT_PX = 420
 MARGIN_PX = 18
 MIN_WIDTH_PX = 640
 FONT_PX = 15
+#: The picture's top band, where the title (patient, modality, ROI source) is written.
+TITLE_BAND_PX = FONT_PX + 14
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choi
     marks: list[tuple[int, str]] = []
     if strip is not None:
         side, marks = strip_image(strip, modality, scale)
-    title_h, line_h = FONT_PX + 14, FONT_PX + 5
+    title_h, line_h = TITLE_BAND_PX, FONT_PX + 5
     band_h = max(axial.shape[0], side.shape[0] if side is not None else 0)
     width = max(MIN_WIDTH_PX, MARGIN_PX + axial.shape[1] + 2 * MARGIN_PX
                 + (side.shape[1] if side is not None else 140) + MARGIN_PX)
