@@ -126,12 +126,13 @@ def naive(ct_dir: str, roi_path: str, window) -> dict:
     return _measure(window_values, int(values.size), window)
 
 
-def lumbar_job(job: dict, out_dir: Path, n_slices: int = LUMBAR_SLICES) -> dict:
+def lumbar_job(job: dict, out_dir: Path, n_slices: int = LUMBAR_SLICES, transfer_syntax: str | None = None) -> dict:
     """The job's CT slab padded with copies of its end slices to ``n_slices``, and its ROI on that grid.
 
-    Written in the slab's own transfer syntax; the ROI keeps its physical position, so the
-    engine's crop and features are those of the slab while the files are those of a whole
-    lumbar CT.
+    Written in the slab's own transfer syntax unless ``transfer_syntax`` names one (a key of
+    :data:`engine.synthetic.dicom_writer.TRANSFER_SYNTAXES`); the ROI keeps its physical
+    position, so the engine's crop and features are those of the slab while the files are
+    those of a whole lumbar CT.
     """
     import pydicom
     import SimpleITK as sitk
@@ -152,7 +153,8 @@ def lumbar_job(job: dict, out_dir: Path, n_slices: int = LUMBAR_SLICES) -> dict:
                                 np.zeros((above, *mask.shape[1:]), mask.dtype)])
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     origin = np.asarray(image.GetOrigin()) - below * image.GetSpacing()[2] * direction[:, 2]
-    syntax = {uid: name for name, uid in TRANSFER_SYNTAXES.items()}[str(first.file_meta.TransferSyntaxUID)]
+    syntax = transfer_syntax or {uid: name for name, uid in TRANSFER_SYNTAXES.items()}[
+        str(first.file_meta.TransferSyntaxUID)]
     ct_dir = out_dir / f"{job['patient_id']}-lumbar" / "ct"
     write_dicom_series(ct_dir, tall, spacing_mm=image.GetSpacing(), origin_mm=tuple(origin),
                        direction=image.GetDirection(), rescale_slope=slope, rescale_intercept=intercept,
@@ -176,9 +178,10 @@ def _series_facts(ct_dir: str) -> dict:
 
 
 def _time_series(job: dict, config, window, work_dir: str, repeats: int) -> dict:
-    t_floor = median_time(lambda: floor_read(job["image"]), repeats=repeats, warmup=1)
-    t_ours = median_time(lambda: ours(job, config, work_dir), repeats=repeats, warmup=1)
-    t_naive = median_time(lambda: naive(job["image"], job["roi"], window), repeats=repeats, warmup=1)
+    warmup = 1 if repeats > 1 else 0   # one repeat is a smoke run (CI): no warm-up call
+    t_floor = median_time(lambda: floor_read(job["image"]), repeats=repeats, warmup=warmup)
+    t_ours = median_time(lambda: ours(job, config, work_dir), repeats=repeats, warmup=warmup)
+    t_naive = median_time(lambda: naive(job["image"], job["roi"], window), repeats=repeats, warmup=warmup)
     mine, theirs = t_ours.result, t_naive.result
     mean_diff = mine["mean_hu"] - theirs["mean_hu"]
     ours_vs_floor = ratio(t_ours.median_s, t_floor.median_s)

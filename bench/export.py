@@ -26,12 +26,12 @@ from pathlib import Path
 from ._common import cohort_manifest, default_cache_dir, ratio
 
 
-def _run_and_export(manifest: Path, work: Path, pacs_address: str | None) -> dict:
+def _run_and_export(manifest: Path, work: Path, pacs_address: str | None, scheduler: str | None = None) -> dict:
     from engine.config import load_config
     from engine.exporters import export_run
     from engine.pipeline import run
 
-    config = load_config(overrides={"run": {"backend": "cpu", "report": False, "qa": True},
+    config = load_config(overrides={"run": {"backend": "cpu", "report": False, "qa": True, "scheduler": scheduler},
                                     "stats": {"enabled": False}})
     start = time.perf_counter()
     result = run(manifest, out_dir=work / "run", config=config)
@@ -109,7 +109,13 @@ def _nodelay_rows(series_dir: Path, orthanc: bool) -> list[dict]:
     return rows
 
 
-def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | Path | None = None) -> list[dict]:
+def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | Path | None = None,
+        scheduler: str | None = None, orthanc: bool | None = None) -> list[dict]:
+    """Export vs run on ``n_patients`` (quick 3, full 40); C-STORE latency with and without TCP_NODELAY.
+
+    ``scheduler``: the run's (default a local cluster); ``orthanc``: store to a local Orthanc too
+    (default: when one is installed). The CI smoke test runs ``inline`` without Orthanc.
+    """
     from tests.pacs import orthanc_binary, start_orthanc
 
     n_patients = n_patients or (3 if quick else 40)
@@ -123,11 +129,11 @@ def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | 
     table["ct_image"] = [str((manifest.parent / p).resolve()) for p in table["ct_image"]]
     table["ct_roi"] = [str((manifest.parent / p).resolve()) for p in table["ct_roi"]]
     table.to_csv(ct_only, index=False)
-    orthanc = orthanc_binary() is not None
+    orthanc = orthanc_binary() is not None if orthanc is None else orthanc
     (work / "orthanc").mkdir()
     pacs = start_orthanc(work / "orthanc") if orthanc else None
     try:
-        row = _run_and_export(ct_only, work, pacs.address if pacs else None)
+        row = _run_and_export(ct_only, work, pacs.address if pacs else None, scheduler)
         rows = [{"part": "export vs run", **row}]
         rows += [{"part": "C-STORE latency", **r} for r in _nodelay_rows(Path(table["ct_image"].iloc[0]), orthanc)]
         return rows

@@ -119,11 +119,15 @@ def _cupy_or_none():
         return None
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Run the benchmark; return one dict per (method, size, contender) (see module doc)."""
-    sizes = [10**6] if quick else [10**6, 10**7]
-    if not quick and _free_memory_bytes() >= 8 * _GIB:
-        sizes.append(10**8)
+def run(quick: bool = False, *, sizes: list[int] | None = None) -> list[dict]:
+    """Run the benchmark; return one dict per (method, size, contender) (see module doc).
+
+    ``sizes``: voxel counts instead of the defaults (the CI smoke test runs 10**4).
+    """
+    if sizes is None:
+        sizes = [10**6] if quick else [10**6, 10**7]
+        if not quick and _free_memory_bytes() >= 8 * _GIB:
+            sizes.append(10**8)
     rows: list[dict] = []
     cupy = _cupy_or_none()
     lo, hi = CT_WINDOW

@@ -41,15 +41,20 @@ def resampled_crop(job: dict, config):
 
 
 def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None,
-        n_series: int | None = None, repeats: int | None = None) -> list[dict]:
-    """Time N4 at each shrink factor on ``n_series`` MRI series per size (quick 1 small; full 2 of each)."""
+        n_series: int | None = None, repeats: int | None = None, overrides: dict | None = None,
+        shrink_factors: tuple[int, ...] = SHRINK_FACTORS) -> list[dict]:
+    """Time N4 at each shrink factor on ``n_series`` MRI series per size (quick 1 small; full 2 of each).
+
+    ``overrides``: config overrides; with ``shrink_factors``, what the CI smoke test shrinks (one
+    N4 iteration at coarse shrink factors).
+    """
     from engine.config import load_config
     from engine.preprocess import n4_correct
 
     sizes = sizes or (("small",) if quick else ("small", "clinical"))
     n_series = n_series or (1 if quick else 2)
     repeats = repeats or (1 if quick else 3)
-    config = load_config()
+    config = load_config(overrides=overrides)
     prep = config.modality_preprocess("mri")
     rows = []
     for size in sizes:
@@ -57,7 +62,7 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None,
         for job in cohort_series(manifest, "mri"):
             crop = resampled_crop(job, config)
             reference = None
-            for shrink in SHRINK_FACTORS:
+            for shrink in shrink_factors:
                 timing = median_time(
                     lambda crop=crop, shrink=shrink: n4_correct(
                         crop,

@@ -59,9 +59,20 @@ def _sheet_folder(root: Path, n_patients: int) -> Path:
     return root
 
 
+def _with_run_key(overrides: dict | None, **run_keys) -> dict:
+    """``overrides`` with ``run_keys`` set in its ``run`` section."""
+    overrides = dict(overrides or {})
+    overrides["run"] = {**overrides.get("run", {}), **run_keys}
+    return overrides
+
+
 def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients: int | None = None,
-        repeats: int | None = None, sheet_patients: int | None = None) -> list[dict]:
-    """Pass 1 vs the QA task per series; the contact sheet's render time at ``sheet_patients`` x 2 series."""
+        repeats: int | None = None, sheet_patients: int | None = None,
+        overrides: dict | None = None) -> list[dict]:
+    """Pass 1 vs the QA task per series; the contact sheet's render time at ``sheet_patients`` x 2 series.
+
+    ``overrides``: config overrides for pass 1 (the CI smoke test runs one N4 iteration).
+    """
     from engine.config import load_config
     from engine.qa import qa_specs, render_series, render_sheet
     from engine.tasks import ingest_and_preprocess
@@ -74,8 +85,8 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients:
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
         run_dir = Path(tmp) / "run"
         for modality in ("ct", "mri"):
-            with_qa = load_config(overrides={"run": {"qa": True}}).to_dict()
-            without_qa = load_config(overrides={"run": {"qa": False}}).to_dict()
+            with_qa = load_config(overrides=_with_run_key(overrides, qa=True))
+            without_qa = load_config(overrides=_with_run_key(overrides, qa=False))
             for job in cohort_series(manifest, modality):
                 cache = str(run_dir / "cache")
                 warmup = 1 if modality == "ct" else 0   # an MRI pass 1 (N4) takes seconds: no warm-up call

@@ -49,13 +49,14 @@ GOAL_RSS_RATIO = 1.2
 RESULT_PREFIX = "SCALING-RESULT "
 
 
-def _child(manifest: str, out_dir: str, scheduler: str | None, workers: int | None, backend: str) -> dict:
+def _child(manifest: str, out_dir: str, scheduler: str | None, workers: int | None, backend: str,
+           preprocess: dict | None = None) -> dict:
     from engine.config import load_config
     from engine.pipeline import run
 
     overrides = {"run": {"scheduler": scheduler, "workers": workers, "backend": backend,
                          "report": False, "habitats": False},
-                 "stats": {"enabled": False}}
+                 "stats": {"enabled": False}, **({"preprocess": preprocess} if preprocess else {})}
     config = load_config(overrides=overrides)
     with TreeRssSampler(interval_s=0.1) as sampler:
         start = time.perf_counter()
@@ -67,7 +68,7 @@ def _child(manifest: str, out_dir: str, scheduler: str | None, workers: int | No
 
 
 def run_size(manifest: Path, *, scheduler: str | None, workers: int | None, backend: str,
-             work_dir: Path) -> dict:
+             work_dir: Path, preprocess: dict | None = None) -> dict:
     """One cohort size in a fresh subprocess; returns the child's measurements."""
     out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir)).resolve()
     command = [sys.executable, "-m", "bench.scaling", "--child", "--manifest", str(Path(manifest).resolve()),
@@ -76,6 +77,8 @@ def run_size(manifest: Path, *, scheduler: str | None, workers: int | None, back
         command += ["--scheduler", scheduler]
     if workers:
         command += ["--workers", str(workers)]
+    if preprocess:
+        command += ["--preprocess", json.dumps(preprocess)]
     # The child imports this package from the same tree as the parent, installed or not.
     repo_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
@@ -91,8 +94,11 @@ def run_size(manifest: Path, *, scheduler: str | None, workers: int | None, back
 
 
 def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None, scheduler: str | None = None,
-        workers: int | None = None, backend: str = "cpu") -> list[dict]:
-    """Time ``engine.pipeline.run`` on cohorts of each size in ``sizes`` (quick 6, 12; full 200, 2000)."""
+        workers: int | None = None, backend: str = "cpu", preprocess: dict | None = None) -> list[dict]:
+    """Time ``engine.pipeline.run`` on cohorts of each size in ``sizes`` (quick 6, 12; full 200, 2000).
+
+    ``preprocess``: overrides of the config's ``preprocess`` section (the CI smoke test turns N4 off).
+    """
     sizes = sorted(int(n) for n in (sizes or (QUICK_SIZES if quick else FULL_SIZES)))
     cache_dir = Path(cache_dir or default_cache_dir())
     workers = workers or usable_cores()
@@ -102,7 +108,7 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None,
     work_dir.mkdir(parents=True, exist_ok=True)
     for n in sizes:
         measured = run_size(cohort_manifest(cache_dir, "small", n), scheduler=scheduler, workers=workers,
-                            backend=backend, work_dir=work_dir)
+                            backend=backend, work_dir=work_dir, preprocess=preprocess)
         rows.append({"bench": "scaling", "n_patients": n, "scheduler": scheduler or "local cluster",
                      "workers": workers, "backend": measured["backend"], "n_failed": measured["n_failed"],
                      "pipeline_s": measured["pipeline_s"], "s_per_patient": measured["pipeline_s"] / n,
@@ -127,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--backend", default="cpu", choices=("cpu", "gpu", "auto"))
+    parser.add_argument("--preprocess", type=json.loads, default=None, help="internal: preprocess overrides (JSON)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default=None, help="comma-separated cohort sizes, e.g. 200,2000")
     parser.add_argument("--cache", default=None, help="where synthetic cohorts are kept")
     args = parser.parse_args(argv)
     if args.child:
-        measured = _child(args.manifest, args.out, args.scheduler, args.workers, args.backend)
+        measured = _child(args.manifest, args.out, args.scheduler, args.workers, args.backend, args.preprocess)
         print(RESULT_PREFIX + json.dumps(measured), flush=True)
         return 0
     from ._common import markdown_table

@@ -236,19 +236,23 @@ def _histogram_small_int(flat: numpy.ndarray, lo_int: int, n_bins: int,
 # ---------------------------------------------------------------------------------------- cupy
 
 _THREADS = 256
+#: At most this many sub-histograms per block: one per lane of a warp (the device check sweeps 8-32).
+MAX_REPLICAS = 32
 _MAX_VALUES_PER_BLOCK = (1 << 32) - 1  # 32-bit shared counters must not wrap
 
 
 def shared_memory_plan(n_bins: int, default_bytes: int, optin_bytes: int) -> tuple[int, int]:
     """(sub-histograms per block, dynamic shared bytes) of the CUDA histogram of ``n_bins``.
 
-    One 32-bit sub-histogram per warp while they fit in the default shared memory (which
-    keeps several blocks per SM); a single one in opted-in shared memory when one does not
-    fit in the default but fits after opting in (large MRI grids); ``(0, 0)`` (global atomics)
-    beyond that.
+    As many interleaved 32-bit sub-histograms as fit in the default shared memory (which keeps
+    several blocks per SM), a power of two up to one per lane of a warp (32: a CT window), so
+    that the lanes of a warp counting the same hot bin hit distinct addresses and banks; a single
+    one in opted-in shared memory when one does not fit in the default but fits after opting in
+    (large MRI grids); ``(0, 0)`` (global atomics) beyond that.
     """
     per_histogram = 4 * n_bins
-    replicas = min(_THREADS // 32, default_bytes // per_histogram)
+    fit = min(MAX_REPLICAS, default_bytes // per_histogram)
+    replicas = 1 << (fit.bit_length() - 1) if fit else 0   # the largest power of two that fits
     if replicas == 0 and per_histogram <= optin_bytes:
         replicas = 1
     return replicas, per_histogram * replicas

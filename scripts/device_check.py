@@ -9,6 +9,9 @@ by ``$DEVICE_CHECK_FIGURES`` (merged, so each check adds its own keys). Exit sta
     python scripts/device_check.py ptx                # the kernels' PTX as CuPy compiles them here
     python scripts/device_check.py big-histogram      # more than 2^31 values in one histogram
     python scripts/device_check.py bandwidth BENCH_JSON   # histogram vs copy bandwidth, from bench.json
+    python scripts/device_check.py replicas           # that bandwidth per cap on the sub-histogram copies
+    python scripts/device_check.py clinical-build WORK  # clinical-size JPEG 2000 CT series (CPU)
+    python scripts/device_check.py clinical WORK      # sarco run CPU vs GPU on them, timed
     python scripts/device_check.py compare RUN_A RUN_B    # thresholds.json and features.csv byte for byte
     python scripts/device_check.py report STEPS_TSV OUT_MD  # the summary table (Markdown)
 
@@ -182,6 +185,109 @@ def bandwidth(bench_json: str) -> int:
     return 0 if fraction >= 0.6 else 1
 
 
+def replicas(n_voxels: str = "1000000000") -> int:
+    """The histogram's fraction of copy bandwidth with at most 8, 16 and 32 shared sub-histograms per block.
+
+    The shipped cap (``kernels.histogram.MAX_REPLICAS``) trades conflict-free lanes (32 copies,
+    43.6 KiB of a CT window per block) against blocks per SM (8 copies: 10.9 KiB); this measures
+    which wins on this device. PASS when the shipped cap reaches 60 %.
+    """
+    import cupy
+
+    from bench.fits import _gpu_histogram_bandwidth
+    from kernels import histogram as histogram_module
+
+    shipped = histogram_module.MAX_REPLICAS
+    fractions = {}
+    try:
+        for cap in (8, 16, 32):
+            histogram_module.MAX_REPLICAS = cap
+            rows = _gpu_histogram_bandwidth(cupy, int(n_voxels))
+            if not rows:
+                print(f"not enough device memory for {int(n_voxels):,} int16 values")
+                return 1
+            fractions[cap] = round(rows[1]["ratio_vs_reference"], 3)
+            print(f"at most {cap} sub-histograms per block: {100 * fractions[cap]:.0f} % of copy bandwidth")
+    finally:
+        histogram_module.MAX_REPLICAS = shipped
+    best = max(fractions, key=lambda cap: fractions[cap])
+    _record(histogram_fraction_by_max_replicas={str(k): v for k, v in fractions.items()},
+            histogram_max_replicas_shipped=shipped, histogram_max_replicas_best=best)
+    print(f"shipped cap {shipped}: {100 * fractions[shipped]:.0f} %; best cap {best}: "
+          f"{100 * fractions[best]:.0f} % of copy bandwidth (goal >= 60 %)")
+    return 0 if fractions[shipped] >= 0.6 else 1
+
+
+def _clinical_manifest(work: Path, n_patients: int, n_slices: int) -> Path:
+    """``n_patients`` clinical-size CTs (512^2, ``n_slices`` slices of 3 mm, JPEG 2000) and their manifest."""
+    from bench._common import cohort_manifest, cohort_series
+    from bench.e2e import lumbar_job
+
+    slabs = cohort_series(cohort_manifest(work / "synth", "clinical", n_patients), "ct")
+    rows = ["patient_id,label,split,ct_image,ct_roi"]
+    for i, slab in enumerate(slabs):
+        job = lumbar_job(slab, work / "series", n_slices=n_slices, transfer_syntax="jpeg2000")
+        rows.append(f"{job['patient_id']},{i % 2},,{job['image']},{job['roi']}")
+    manifest = work / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def _clinical_size() -> tuple[int, int]:
+    return (int(os.environ.get("DEVICE_CHECK_CLINICAL_PATIENTS", "2")),
+            int(os.environ.get("DEVICE_CHECK_CLINICAL_SLICES", "300")))
+
+
+def clinical_build(work_dir: str) -> int:
+    """The clinical-size CT series of :func:`clinical` and their manifest (CPU only: JPEG 2000 encoding)."""
+    n_patients, n_slices = _clinical_size()
+    manifest = _clinical_manifest(Path(work_dir), n_patients, n_slices)
+    print(f"{n_patients} CT series of 512x512x{n_slices} JPEG 2000: {manifest}")
+    return 0
+
+
+def clinical(work_dir: str) -> int:
+    """``sarco run`` on CPU and on GPU (inline) over clinical-size CT series, timed in one call.
+
+    ``DEVICE_CHECK_CLINICAL_PATIENTS`` (2) series of 512^2 x ``DEVICE_CHECK_CLINICAL_SLICES``
+    (300) slices of 3 mm in JPEG 2000, built from the clinical synthetic slabs (untimed); then
+    the CPU run and the GPU run, one after the other on the same files (page cache warm for
+    both after an untimed header read), their features.csv compared byte for byte.
+    """
+    import subprocess
+
+    work = Path(work_dir)
+    manifest = work / "manifest.csv"
+    if not manifest.exists():   # device_check.sh builds it beforehand (clinical-build), on the CPU
+        clinical_build(work_dir)
+    series = [line.split(",")[3] for line in manifest.read_text().splitlines()[1:]]
+    n_patients, n_slices = len(series), len(list(Path(series[0]).iterdir()))
+    config = work / "config.yaml"
+    config.write_text("run:\n  report: false\n  qa: false\n  habitats: false\nstats:\n  enabled: false\n")
+    for path in sorted((work / "series").rglob("*")):   # warm the page cache for both runs
+        if path.is_file():
+            path.read_bytes()
+    seconds = {}
+    for backend in ("cpu", "gpu"):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--manifest", str(manifest), "--out",
+                               str(work / backend), "--config", str(config), "--backend", backend,
+                               "--scheduler", "inline"], capture_output=True, text=True)
+        seconds[backend] = round(time.perf_counter() - start, 2)
+        print(done.stdout[-1500:], done.stderr[-1500:])
+        if done.returncode != 0:
+            print(f"sarco run --backend {backend} exited {done.returncode}")
+            return 1
+    same = (work / "cpu" / "features.csv").read_bytes() == (work / "gpu" / "features.csv").read_bytes()
+    _record(clinical_series=n_patients, clinical_slices=n_slices, clinical_transfer_syntax="jpeg2000",
+            clinical_cpu_run_s=seconds["cpu"], clinical_gpu_run_s=seconds["gpu"],
+            clinical_gpu_speedup=round(seconds["cpu"] / seconds["gpu"], 3), clinical_features_identical=same)
+    print(f"{n_patients} CT series of 512x512x{n_slices} JPEG 2000: CPU {seconds['cpu']:.1f} s, GPU "
+          f"{seconds['gpu']:.1f} s ({seconds['cpu'] / seconds['gpu']:.2f}x); features.csv "
+          + ("identical" if same else "DIFFER"))
+    return 0 if same else 1
+
+
 def _flatten(value, prefix=""):
     if isinstance(value, dict):
         for k, v in value.items():
@@ -265,7 +371,9 @@ def report(steps_tsv: str, out_md: str) -> int:
 
 def main(argv: list[str]) -> int:
     commands = {"missing": missing, "device": device, "ptx": ptx, "big-histogram": big_histogram,
-                "bandwidth": bandwidth, "compare": compare, "report": report}
+                "bandwidth": bandwidth, "replicas": replicas, "clinical-build": clinical_build,
+                "clinical": clinical, "compare": compare,
+                "report": report}
     if not argv or argv[0] not in commands:
         print(f"usage: device_check.py {{{','.join(commands)}}} [args]", file=sys.stderr)
         return 2

@@ -21,7 +21,10 @@
 # bandwidth); a histogram of more than 2^31 values; pytest -m gpu on the real device; the NVRTC
 # and nvcc PTX tests; then the cohort run with --backend cpu, --backend gpu --scheduler inline
 # (at once) and --backend gpu on the default executor (dask-cuda's LocalCUDACluster), each GPU
-# run's thresholds.json and features.csv compared byte for byte with the CPU run's.
+# run's thresholds.json and features.csv compared byte for byte with the CPU run's; the histogram's
+# bandwidth per cap on its shared sub-histograms (8, 16, 32); and `sarco run` on CPU then GPU over
+# clinical-size CT series (DEVICE_CHECK_CLINICAL_PATIENTS (2) x 512^2 x DEVICE_CHECK_CLINICAL_SLICES
+# (300) slices, JPEG 2000), timed, features.csv byte for byte.
 # Every check ends within DEVICE_CHECK_BUDGET_S (345 s) of the start; later ones are skipped.
 # DEVICE_CHECK_PATIENTS (8) sets the cohort's size, DEVICE_CHECK_RUN_LIMIT_S (240) each run's limit,
 # PYTHON the interpreter (python3).
@@ -109,16 +112,21 @@ cpus="$(nproc)"
 ( check "sarco synth ($patients small patients)" 150 sarco synth "$cohort" --patients "$patients" --size small \
     --workers "$(( cpus < 8 ? cpus : 8 ))" > "$work/synth.line" ) &
 synth_job=$!
+( check "clinical CT series built (JPEG 2000, CPU)" 240 "$py" scripts/device_check.py clinical-build "$work/clinical" \
+    > "$work/clinical.line" ) &
+clinical_job=$!
 
 # ---------------------------------------------------------------- kernels on the device
 if [[ $has_cupy == 1 && -z $rehearse ]]; then
   check "PTX as CuPy compiles it here" 60 "$py" scripts/device_check.py ptx
   check "fits bench --quick (1e9-voxel histogram)" 150 "$py" -m bench --quick --only fits --out "$out/bench"
   check "histogram throughput vs copy bandwidth" 30 "$py" scripts/device_check.py bandwidth "$out/bench/bench.json"
+  check "histogram bandwidth per sub-histogram cap" 60 "$py" scripts/device_check.py replicas
   check "histogram of more than 2^31 values" 90 "$py" scripts/device_check.py big-histogram
 else
   for name in "PTX as CuPy compiles it here" "fits bench --quick (1e9-voxel histogram)" \
-              "histogram throughput vs copy bandwidth" "histogram of more than 2^31 values"; do
+              "histogram throughput vs copy bandwidth" "histogram bandwidth per sub-histogram cap" \
+              "histogram of more than 2^31 values"; do
     skip "$name" "$gpu_reason"
   done
 fi
@@ -160,6 +168,15 @@ if [[ -f $cohort/manifest.csv ]]; then
       skip "cpu == $gpu_run: thresholds.json, features.csv" "a run is missing"
     fi
   done
+fi
+
+# ---------------------------------------------------------------- clinical size, CPU vs GPU
+wait $clinical_job; cat "$work/clinical.line"
+if [[ $has_cupy == 1 && -f $work/clinical/manifest.csv ]]; then
+  check "clinical CT (512², ${DEVICE_CHECK_CLINICAL_SLICES:-300} slices, JPEG 2000): cpu vs gpu" 150 \
+    "$py" scripts/device_check.py clinical "$work/clinical"
+else
+  skip "clinical CT (512², 300 slices, JPEG 2000): cpu vs gpu" "no CuPy with a device, or no series"
 fi
 
 # ---------------------------------------------------------------- summary

@@ -11,9 +11,22 @@ from pathlib import Path
 import pytest
 
 import bench.__main__ as bench_main
-from bench import _common, e2e, synth_time
+from bench import _common, e2e, export, fits, n4, qa, scaling, synth_time
 
 ROOT = Path(__file__).resolve().parent.parent
+#: MRI pass 1 at smoke size: no N4, no standardisation (seconds instead of a minute on 2 cores).
+MRI_FAST = {"mri": {"n4": False, "standardize": "none"}}
+SMOKE_TESTS = {"fits", "e2e", "n4", "segmentation", "synth_time", "scaling", "qa", "export"}
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory):
+    """One small synthetic cohort for the module's benchmarks (synthesized on first use)."""
+    return tmp_path_factory.mktemp("bench_cache")
+
+
+def test_every_benchmark_has_a_smoke_test():
+    assert set(bench_main.BENCHES) == SMOKE_TESTS
 
 
 def test_median_time_calls_warmup_then_repeats():
@@ -111,3 +124,42 @@ def test_segmentation_bench_derives_the_hand_roi_it_times_against():
     for row in rows:
         assert row["roi_voxels_derived"] == row["roi_voxels_hand"] > 0
         assert {"hand_median_s", "read_only_median_s", "derived_median_s", "derived_over_hand"} <= set(row)
+
+
+def test_fits_bench_runs_every_method_against_its_reference():
+    rows = fits.run(quick=True, sizes=[10**4])
+    contenders = {(r["method"], r["contender"].endswith("(reference)")) for r in rows}
+    assert contenders == {(m, ref) for m in ("histogram", "otsu", "kmeans", "gmm") for ref in (True, False)}
+    assert all(r["n_voxels"] == 10**4 and r["median_s"] > 0 for r in rows)
+
+
+def test_n4_bench_times_each_shrink_factor_on_the_pass1_crop(bench_cache):
+    rows = n4.run(quick=True, cache_dir=bench_cache, n_series=1, repeats=1, shrink_factors=(8, 4),
+                  overrides={"preprocess": {"mri": {"n4_iterations": [1]}}})
+    assert [r["shrink_factor"] for r in rows] == [8, 4]
+    assert all(r["iterations"] == [1] and r["crop_voxels"] > 0 for r in rows)
+    assert rows[0]["ratio_vs_shrink4"] == 1.0
+
+
+def test_qa_bench_times_pass1_and_the_qa_task(bench_cache):
+    rows = qa.run(quick=True, cache_dir=bench_cache, n_patients=1, repeats=1, sheet_patients=5,
+                  overrides={"preprocess": MRI_FAST})
+    series, sheet = rows[:-1], rows[-1]
+    assert [r["series"] for r in series] == ["SYN0001/ct", "SYN0001/mri"]
+    assert all(r["png_kib"] > 0 and r["pass1_s"] > 0 and r["qa_render_s"] > 0 for r in series)
+    assert sheet["what"] == "contact sheet" and sheet["series"].startswith("10 ") and sheet["sheet_mib"] > 0
+
+
+def test_scaling_bench_runs_the_pipeline_in_a_child(bench_cache):
+    (row,) = scaling.run(quick=True, cache_dir=bench_cache, sizes=[1], workers=1, scheduler="inline",
+                         preprocess=MRI_FAST)
+    assert (row["n_patients"], row["n_failed"], row["backend"]) == (1, 0, "cpu")
+    assert row["peak_rss_tree_mib"] > 0 and row["rss_tree_ratio_vs_smallest"] == 1.0
+
+
+def test_export_bench_exports_the_run_it_times(bench_cache):
+    rows = export.run(quick=True, n_patients=1, cache_dir=bench_cache, scheduler="inline", orthanc=False)
+    run_row, *latency = rows
+    assert (run_row["patients"], run_row["exported"], run_row["failed"]) == (1, 1, 0)
+    assert [r["client_nodelay"] for r in latency] == [False, True]
+    assert all(r["peer"] == "pynetdicom storescp" and r["stores"] == 17 for r in latency)

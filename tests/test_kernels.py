@@ -686,12 +686,29 @@ def test_histogram_shared_memory_plan():
     from kernels.histogram import shared_memory_plan
 
     default, optin = 48 * 1024, 227 * 1024
-    assert shared_memory_plan(341, default, optin) == (8, 8 * 4 * 341)  # CT: one per warp
+    assert shared_memory_plan(341, default, optin) == (32, 32 * 4 * 341)  # CT: one per lane of a warp
+    assert shared_memory_plan(400, default, optin) == (16, 16 * 4 * 400)  # a power of two that fits
+    assert shared_memory_plan(6_144, default, optin) == (2, default)
     assert shared_memory_plan(12_288, default, optin) == (1, default)
     assert shared_memory_plan(12_289, default, optin) == (1, 4 * 12_289)  # opt in (MRI)
     assert shared_memory_plan(34_000, default, optin) == (1, 4 * 34_000)
     assert shared_memory_plan(optin // 4, default, optin) == (1, optin)
     assert shared_memory_plan(optin // 4 + 1, default, optin) == (0, 0)  # global atomics
+
+
+def test_histogram_of_a_few_hot_bins_is_exact_in_every_lane_copy(xp):
+    # A CT window (341 bins) gets one interleaved sub-histogram per lane of a warp (issue 28):
+    # data piled into three bins, as muscle and fat are, must still count exactly, also past the
+    # vector loads (odd length, unaligned start).
+    rng = np.random.default_rng(28)
+    values = rng.choice(np.array([-90, 40, 41, 150, 151], np.int16), size=100_003, p=[0.3, 0.4, 0.2, 0.05, 0.05])
+    expected = np.bincount(values[1:].astype(np.int64) + 190, minlength=341)[:341]
+    np.testing.assert_array_equal(to_numpy(histogram(xp.asarray(values)[1:], lo=-190, hi=150)), expected)
+    if getattr(xp, "is_cudahost_standin", False):
+        from tests.cudahost import fakecupy
+
+        name, _, _, shared = fakecupy.launches[-1]
+        assert (name, shared) == ("histogram_int16", 32 * 4 * 341)
 
 
 @pytest.mark.parametrize("n_bins", [34_001, 70_001], ids=["opted-in-shared", "global-atomics"])

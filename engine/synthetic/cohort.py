@@ -739,6 +739,7 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     ``lean``: no intramuscular fat at all (target 0, the marbling field never crosses its
     threshold); every random draw is still made, so the rest of the patient is unchanged.
     ``spine_fov``: the MRI is a spine protocol's 160-200 mm FOV (:func:`_spine_fov_acquisition`).
+    Each step draws from its own random stream (:func:`_rng`), so their order does not matter.
     """
     cfg = _SIZES[size]
     label = _patient_label(seed, index)
@@ -752,14 +753,21 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     if lean:
         params["imf_target_fraction"] = 0.0
         field.threshold = math.inf
-    canal_v = anat.canal.blob.cy
+    ct_phi, mr_phi = _phi(clinical, index, _rng(seed, index, _S_PHI))
+    return {
+        "index": index,
+        "label": label,
+        "clinical": clinical,
+        "params": params,
+        "ct": _simulate_ct(anat, field, params, cfg, (seed, index), ct_phi),
+        "mr": _simulate_mr(anat, field, label, cfg, (seed, index), mr_phi, spine_fov),
+        "areas": _muscle_areas(anat),
+        "vertebra": anat.vertebra,  # issue 17: the TotalSegmentator writer splits L3/L4 at its disc
+    }
 
-    # ---- CT -------------------------------------------------------------------------------
-    rng = _rng(seed, index, _S_CT)
-    ct_pixel = rng.uniform(*cfg["ct_pixel"])
-    ct_frame = (rng.normal(0.0, 10.0), rng.normal(0.0, 15.0), rng.uniform(-260.0, -120.0))
-    ct_grid = _make_grid(cfg["ct_matrix"], ct_pixel, _CT_SLICES, _CT_SLICE_MM, _CT_SLICE_MM,
-                         (rng.uniform(-6, 6), rng.uniform(-6, 6)), ct_frame, rng.uniform(-1.5, 1.5))
+
+def _ct_tables(params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(mean HU, texture SD HU) per tissue label of this patient's CT."""
     lut = np.zeros(_N_TISSUES, dtype=np.float32)
     lut[[AIR, GAS, TABLE]] = (-1000.0, -850.0, 150.0)
     lut[[SUBCUT_FAT, VISCERAL_FAT, RETRO_FAT, IM_FAT]] = params["fat_hu"]
@@ -770,7 +778,18 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     tex[[WALL_MUSCLE, MUSCLE]] = 12.0
     tex[[SUBCUT_FAT, VISCERAL_FAT, RETRO_FAT, IM_FAT]] = 8.0
     tex[[VISCERA, CANCELLOUS, GAS]] = (15.0, 40.0, 30.0)
-    ct = _render(anat, field, ct_grid, _CT_SUBSAMPLES_MM, lut, tex)
+    return lut, tex
+
+
+def _simulate_ct(anat, field, params: dict, cfg: dict, patient: tuple[int, int], phi: dict) -> dict:
+    """The CT study of one patient (``patient``: (seed, index)): grid, stored values, reader ROI."""
+    seed, index = patient
+    rng = _rng(seed, index, _S_CT)
+    ct_pixel = rng.uniform(*cfg["ct_pixel"])
+    ct_frame = (rng.normal(0.0, 10.0), rng.normal(0.0, 15.0), rng.uniform(-260.0, -120.0))
+    ct_grid = _make_grid(cfg["ct_matrix"], ct_pixel, _CT_SLICES, _CT_SLICE_MM, _CT_SLICE_MM,
+                         (rng.uniform(-6, 6), rng.uniform(-6, 6)), ct_frame, rng.uniform(-1.5, 1.5))
+    ct = _render(anat, field, ct_grid, _CT_SUBSAMPLES_MM, *_ct_tables(params))
     ct_noise_sd = float(rng.uniform(10.0, 15.0))
     shape = ct.mean.shape
     hu = ct.mean
@@ -778,9 +797,13 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(ct_noise_sd)
     ct_stored = np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
     ct_roi, ct_reader_op = _reader_roi(ct, ct_grid, _rng(seed, index, _S_READER_CT))
+    return {"grid": ct_grid, "stored": ct_stored, "roi": ct_roi, "rendered": ct, "reader_op": ct_reader_op,
+            "noise_sd": ct_noise_sd, "phi": phi, "disc_z_mm": round(ct_frame[2], 3)}
 
-    # ---- MR -------------------------------------------------------------------------------
-    rng = _rng(seed, index, _S_MR)
+
+def _mr_acquisition(anat, cfg: dict, rng, patient: tuple[int, int], spine_fov: bool):
+    """(vendor, grid, z of the disc in the scanner frame) of one patient's T2 MRI."""
+    seed, index = patient
     vendor = _VENDORS[index % 2]
     lo, hi = cfg["mr_pixel"]
     if cfg["mr_matrix"] is None:
@@ -790,13 +813,18 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
         mr_matrix = int(rng.choice(cfg["mr_matrix"]))
         mr_pixel = rng.uniform(max(lo, 190.0 / mr_matrix), min(hi, 280.0 / mr_matrix))
     mr_frame = (rng.normal(0.0, 10.0), rng.normal(0.0, 15.0), rng.uniform(-80.0, 80.0))
-    mr_centre = (rng.uniform(-5, 5), canal_v - 10.0 + rng.uniform(-5, 5))
+    mr_centre = (rng.uniform(-5, 5), anat.canal.blob.cy - 10.0 + rng.uniform(-5, 5))
     mr_z_shift = rng.uniform(-1.5, 1.5)
     if spine_fov:   # issue 24: a spine protocol's small FOV (its own stream: the rest is unchanged)
         mr_matrix, mr_pixel, mr_centre = _spine_fov_acquisition(anat, cfg, _rng(seed, index, _S_SPINE_FOV),
                                                                   _spine_fov_obese(index))
     mr_grid = _make_grid(mr_matrix, mr_pixel, _MR_SLICES, _MR_SPACING_MM, _MR_THICKNESS_MM, mr_centre, mr_frame,
                          mr_z_shift)
+    return vendor, mr_grid, mr_frame[2]
+
+
+def _mr_tables(label: int, vendor: str, rng) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(mean signal, texture SD) per tissue label of one T2 MRI, its muscle signal and fat/muscle ratio."""
     muscle_signal = float(rng.normal(300.0, 30.0) if vendor == "SIEMENS" else rng.normal(900.0, 80.0))
     fat_ratio = float(rng.uniform(2.7, 3.3))
     rel = np.zeros(_N_TISSUES, dtype=np.float32)
@@ -811,6 +839,15 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     tex[[WALL_MUSCLE, MUSCLE]] = 0.06 * muscle_signal
     tex[[SUBCUT_FAT, VISCERAL_FAT, RETRO_FAT, IM_FAT]] = 0.04 * fat_ratio * muscle_signal
     tex[[VISCERA, CANCELLOUS]] = (0.12 * muscle_signal, 0.1 * muscle_signal)
+    return lut, tex, muscle_signal, fat_ratio
+
+
+def _simulate_mr(anat, field, label: int, cfg: dict, patient: tuple[int, int], phi: dict, spine_fov: bool) -> dict:
+    """The T2 MRI study of one patient (``patient``: (seed, index)): grid, stored values, reader ROI."""
+    seed, index = patient
+    rng = _rng(seed, index, _S_MR)
+    vendor, mr_grid, disc_z = _mr_acquisition(anat, cfg, rng, patient, spine_fov)
+    lut, tex, muscle_signal, fat_ratio = _mr_tables(label, vendor, rng)
     mr = _render(anat, field, mr_grid, _MR_SUBSAMPLES_MM, lut, tex)
     shape = mr.mean.shape
     signal = mr.mean
@@ -825,44 +862,11 @@ def _simulate(seed: int, index: int, size: str, lean: bool = False, spine_fov: b
     mr_bits = 12 if vendor == "SIEMENS" else 16
     mr_stored = np.clip(np.rint(magnitude), 0, 2 ** mr_bits - 1).astype(np.uint16)
     mr_roi, mr_reader_op = _reader_roi(mr, mr_grid, _rng(seed, index, _S_READER_MR))
-
-    ct_phi, mr_phi = _phi(clinical, index, _rng(seed, index, _S_PHI))
-    areas = _muscle_areas(anat)
-    return {
-        "index": index,
-        "label": label,
-        "clinical": clinical,
-        "params": params,
-        "ct": {
-            "grid": ct_grid,
-            "stored": ct_stored,
-            "roi": ct_roi,
-            "rendered": ct,
-            "reader_op": ct_reader_op,
-            "noise_sd": ct_noise_sd,
-            "phi": ct_phi,
-            "disc_z_mm": round(ct_frame[2], 3),
-        },
-        "mr": {
-            "grid": mr_grid,
-            "stored": mr_stored,
-            "roi": mr_roi,
-            "rendered": mr,
-            "reader_op": mr_reader_op,
-            "noise_sd": noise_sd,
-            "phi": mr_phi,
-            "disc_z_mm": round(mr_frame[2], 3),
-            "vendor": vendor,
-            "muscle_signal": muscle_signal,
-            "fat_ratio": fat_ratio,
-            "bias_amplitude": bias_amp,
-            "bits": mr_bits,
+    return {"grid": mr_grid, "stored": mr_stored, "roi": mr_roi, "rendered": mr, "reader_op": mr_reader_op,
+            "noise_sd": noise_sd, "phi": phi, "disc_z_mm": round(disc_z, 3), "vendor": vendor,
+            "muscle_signal": muscle_signal, "fat_ratio": fat_ratio, "bias_amplitude": bias_amp, "bits": mr_bits,
             "fov_mm": float(mr_grid.u.size * mr_grid.spacing_mm[0]),
-            "air_fraction": float(np.mean(mr.tissue == AIR)),
-        },
-        "areas": areas,
-        "vertebra": anat.vertebra,  # issue 17: the TotalSegmentator writer splits L3/L4 at its disc
-    }
+            "air_fraction": float(np.mean(mr.tissue == AIR))}
 
 
 # =========================================================================================
@@ -950,9 +954,23 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
         shutil.rmtree(pdir)
     pdir.mkdir(parents=True)
     ct, mr = sim["ct"], sim["mr"]
-    study = {"ct": _uid(seed, index, "ct-study"), "mr": _uid(seed, index, "mr-study")}
+    syntax, ct_files = _write_ct_series(pdir, ct, seed, index)
+    _write_mr_series(pdir, mr, seed, index)
+    (ct_format, ct_roi_path), (mr_format, mr_roi_path) = _write_rois(pdir, ct, mr, ct_files, index)
 
-    # ---- CT series: transfer syntax mixed across patients, fall back where unsupported ----
+    rel = lambda p: Path(p).relative_to(out_dir).as_posix()  # noqa: E731
+    manifest_row = {"patient_id": pid, "label": sim["label"], "split": "",
+                    "ct_image": rel(pdir / "ct"), "ct_roi": rel(ct_roi_path),
+                    "mri_image": rel(pdir / "mri"), "mri_roi": rel(mr_roi_path), **sim["clinical"]}
+    manifest_row.update(_segmentation_cells(pdir, index, sim, rel))   # issue 17
+    files = {"ct_transfer_syntax": syntax, "ct_roi_format": ct_format, "mri_roi_format": mr_format}
+    return manifest_row, _truth_row(pid, sim, files), _planted_strings(ct["phi"], mr["phi"])
+
+
+def _write_ct_series(pdir: Path, ct: dict, seed: int, index: int) -> tuple[str, list]:
+    """The CT series (transfer syntax mixed across patients, falling back where unsupported):
+    (the syntax written, its files)."""
+    study_uid = _uid(seed, index, "ct-study")
     syntax = _CT_SYNTAXES[index % len(_CT_SYNTAXES)]
     g = ct["grid"]
     ct_kwargs = dict(
@@ -966,7 +984,7 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
         patient=ct["phi"],
         series_description="AX ABD L3-L4 3mm",
         series_uid=_uid(seed, index, "ct-series"),
-        study_uid=study["ct"],
+        study_uid=study_uid,
         series_number=2,
         manufacturer="SYNTHETIC CT",
         shuffle_seed=_stream_int(seed, index, 101),
@@ -977,17 +995,24 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
         syntax = "explicit_le"
         shutil.rmtree(pdir / "ct", ignore_errors=True)
         ct_files = write_dicom_series(pdir / "ct", ct["stored"], transfer_syntax=syntax, **ct_kwargs)
+    return syntax, ct_files
 
+
+def _write_mr_series(pdir: Path, mr: dict, seed: int, index: int) -> None:
+    """The T2 MRI series, with its vendor's description and scanner header."""
     g = mr["grid"]
     description = "t2_tse_tra_L3-4" if mr["vendor"] == "SIEMENS" else "T2W_TSE_TRA L3-4"
     write_dicom_series(pdir / "mri", mr["stored"], spacing_mm=g.spacing_mm, origin_mm=g.origin_mm, modality="MR",
                        bits_stored=mr["bits"], slice_thickness_mm=g.thickness_mm, patient=mr["phi"],
                        series_description=description, series_uid=_uid(seed, index, "mr-series"),
-                       study_uid=study["mr"], series_number=5, manufacturer=mr["vendor"],
+                       study_uid=_uid(seed, index, "mr-study"), series_number=5, manufacturer=mr["vendor"],
                        header=_mr_scanner_header(mr["vendor"]),
                        shuffle_seed=_stream_int(seed, index, 102))
 
-    # ---- ROI masks: formats cycle across patients; DICOM-SEG now and then for CT ----------
+
+def _write_rois(pdir: Path, ct: dict, mr: dict, ct_files: list, index: int) -> tuple[tuple[str, Path], ...]:
+    """The ROI masks, formats cycling across patients (DICOM-SEG now and then for CT):
+    ((CT format, path), (MRI format, path))."""
     ct_format = "dcm" if index % 7 == 3 else _ROI_FORMATS[index % 3]
     ct_roi_path = None
     if ct_format == "dcm":
@@ -1003,17 +1028,14 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
     g = mr["grid"]
     mr_roi_path = write_mask(pdir / f"mri_roi.{mr_format}", mr["roi"], spacing_mm=g.spacing_mm,
                              origin_mm=g.origin_mm, segment_names=_SEGMENT_NAMES)
+    return (ct_format, Path(ct_roi_path)), (mr_format, Path(mr_roi_path))
 
-    rel = lambda p: Path(p).relative_to(out_dir).as_posix()  # noqa: E731
-    manifest_row = {"patient_id": pid, "label": sim["label"], "split": "",
-                    "ct_image": rel(pdir / "ct"), "ct_roi": rel(ct_roi_path),
-                    "mri_image": rel(pdir / "mri"), "mri_roi": rel(mr_roi_path), **sim["clinical"]}
-    manifest_row.update(_segmentation_cells(pdir, index, sim, rel))   # issue 17
 
-    p = sim["params"]
+def _truth_row(pid: str, sim: dict, files: dict) -> dict:
+    """The patient's row of truth.csv (floats to 6 decimals); ``files``: what was written, by column."""
+    ct, mr, p, areas = sim["ct"], sim["mr"], sim["params"], sim["areas"]
     ct_truth = _truth_fractions(ct["rendered"], ct["roi"], ct["grid"])
     mr_truth = _truth_fractions(mr["rendered"], mr["roi"], mr["grid"])
-    areas = sim["areas"]
     truth_row = {
         "patient_id": pid, "label": sim["label"],
         "imf_target_fraction": p["imf_target_fraction"],
@@ -1034,12 +1056,12 @@ def _write_patient(out_dir: Path, seed: int, index: int, size: str, lean: bool =
         "mri_fat_to_muscle": mr["fat_ratio"], "mri_noise_sd": mr["noise_sd"],
         "mri_bias_amplitude": mr["bias_amplitude"],
         "mri_fov_mm": mr["fov_mm"], "mri_air_fraction": mr["air_fraction"],
-        "ct_transfer_syntax": syntax, "ct_roi_format": ct_format, "mri_roi_format": mr_format,
+        "ct_transfer_syntax": files["ct_transfer_syntax"], "ct_roi_format": files["ct_roi_format"],
+        "mri_roi_format": files["mri_roi_format"],
         "ct_reader_ops": ct["reader_op"], "mri_reader_ops": mr["reader_op"],
         "ct_disc_z_mm": ct["disc_z_mm"], "mri_disc_z_mm": mr["disc_z_mm"],
     }
-    truth_row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in truth_row.items()}
-    return manifest_row, truth_row, _planted_strings(ct["phi"], mr["phi"])
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in truth_row.items()}
 
 
 # =========================================================================================

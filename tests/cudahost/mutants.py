@@ -28,6 +28,8 @@ MUTANTS = [
      "__syncthreads();", "", 0),
     ("histogram: no barrier before merging the sub-histograms", "histogram.cu",
      "__syncthreads();", "", 1),
+    ("histogram: lane copies merged as if they were contiguous", "histogram.cu",
+     "shared_counts[b * replicas + r]", "shared_counts[r * n_bins + b]", 0),
     ("classify: no barrier after zeroing the exponent bins", "classify.cu",
      "__syncthreads();", "", 0),
     ("classify: no barrier before reading the warps' partial sums", "classify.cu",
