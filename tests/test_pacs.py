@@ -11,6 +11,7 @@ patient's clear error while the batch goes on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -36,7 +37,7 @@ from engine.contract import (
 )
 from engine.methods import display_name
 from engine.pipeline import run
-from tests import cohorts
+from tests import cohorts, faultpeers
 from tests.pacs import free_port, store_files
 
 N_PATIENTS = 3
@@ -114,7 +115,7 @@ def test_fetch_retrieves_every_file_and_is_incremental(pacs, stored, fetched, ca
     capsys.readouterr()
     assert main(["fetch", "--pacs", pacs.address, "--manifest", str(request), "--out", str(fetched),
                  "--aet", "SARCOTEST"]) == 0
-    assert f"0 series fetched, {N_PATIENTS} already in the cache" in capsys.readouterr().out
+    assert f"nothing new: all {N_PATIENTS} series already in the cache" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in _series_files(fetched / "series")} == before
 
 
@@ -269,7 +270,7 @@ def test_bad_sources_fail_their_patient_only(run_dir, tmp_path, capsys):
     """Issue 22: a vanished source and a study without a frame of reference are per-patient errors."""
     broken = _broken_run(run_dir, tmp_path)
     out = tmp_path / "dicom"
-    assert main(["export", str(broken), "--dicom", str(out)]) == 0
+    assert main(["export", str(broken), "--dicom", str(out)]) == 1  # some patients failed
     log = _read_log(out / EXPORT_LOG_CSV).set_index(["patient_id", "object"])
     assert set(log.loc["SYN0001", "status"]) == {"failed"}
     assert "gone" in log.loc[("SYN0001", "seg"), "reason"]
@@ -290,7 +291,7 @@ def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, capsys):
         cases.append((pacs.address, "INTRUDER", "(?:rejected|aborted) the association"))
         before = len(pacs.rest("/instances"))
     for address, aet, words in cases:
-        assert main(["export", str(run_dir), "--pacs", address, "--aet", aet]) == 1
+        assert main(["export", str(run_dir), "--pacs", address, "--aet", aet]) == 3  # the destination is down
         log = _read_log(run_dir / EXPORT_LOG_CSV)
         assert len(log) == 3 * N_PATIENTS and not log["status"].isin(["stored", "written"]).any()
         assert log["reason"].str.contains(words).all(), log.to_string()
@@ -369,3 +370,96 @@ def test_a_derived_roi_names_its_muscles(run_dir, tmp_path):
         assert {c.CodeValue for c in segment.AnatomicRegionSequence} == {"44947003", "68455001"}
     hand = pydicom.dcmread(str(out / "SYN0002__ct_seg.dcm"), stop_before_pixels=True)
     assert not any("AnatomicRegionSequence" in s for s in hand.SegmentSequence)  # a hand ROI names no muscle
+
+
+# ------------------------------------------------------------------------------------ faults (issue 29)
+def _fault_config(tmp_path: Path, timeout_s: float = 1.0, breaker: int = 2, associations: int = 1) -> str:
+    """A config whose ``pacs`` group makes a fault cost about a second."""
+    path = tmp_path / "faults.yaml"
+    path.write_text(f"pacs: {{timeout_s: {timeout_s}, connect_timeout_s: {timeout_s}, breaker_failures: {breaker}, "
+                    f"associations: {associations}}}\n")
+    return str(path)
+
+
+def _export(run_dir, tmp_path, *destination, **config) -> tuple[int, pd.DataFrame]:
+    status = main(["export", str(run_dir), *destination, "--aet", "SARCOTEST", "--config",
+                   _fault_config(tmp_path, **config)])
+    return status, _read_log(run_dir / EXPORT_LOG_CSV)
+
+
+def _fresh_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the run without its export journal (each fault test starts with nothing delivered)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache"))
+    return copy
+
+
+@pytest.mark.parametrize("peer", ["silent", "reset", "refused"])
+def test_a_dead_pacs_costs_a_few_timeouts_and_the_folder_gets_everything(run_dir, tmp_path, capsys, peer):
+    """Issue 29: a peer that never answers, resets or refuses trips the breaker before anything is sent to it:
+    every row for it is 'not attempted' (destination down), the folder beside it gets every object, exit 3."""
+    run = _fresh_run(run_dir, tmp_path)
+    peers = {"silent": faultpeers.silent_peer, "reset": faultpeers.reset_peer}
+    with peers.get(peer, lambda: contextlib.nullcontext(free_port()))() as port:
+        status, log = _export(run, tmp_path, "--pacs", f"ORTHANC@127.0.0.1:{port}", "--dicom", str(tmp_path / "out"))
+    assert status == 3
+    dead = log[log["destination"].str.startswith("pacs")]
+    assert len(dead) == 3 * N_PATIENTS and set(dead["status"]) == {"not attempted"}
+    assert dead["reason"].str.startswith("destination down after 2 failures in a row").all()
+    words = {"silent": "did not answer the association request within 1 s", "reset": "(?:reset|aborted|answers)",
+             "refused": "connection refused"}[peer]
+    assert dead["reason"].str.contains(words).all(), dead["reason"].iloc[0]
+    folder = log[~log["destination"].str.startswith("pacs")]
+    assert set(folder["status"]) == {"written"} and len(folder) == 3 * N_PATIENTS
+    assert "destination down" in capsys.readouterr().err
+
+
+def test_a_slow_pacs_within_the_timeout_stores_everything(run_dir, tmp_path):
+    """Issue 29: a peer that answers each C-STORE after 0.3 s, under a 2 s timeout, gets every object once."""
+    run = _fresh_run(run_dir, tmp_path)
+    with faultpeers.storage_scp(delay_s=0.3) as (port, stored):
+        status, log = _export(run, tmp_path, "--pacs", f"ORTHANC@127.0.0.1:{port}", timeout_s=2.0, associations=2)
+    assert status == 0 and set(log["status"]) == {"stored"} and len(log) == 3 * N_PATIENTS
+    assert len(stored) == len(set(stored)) == 3 * N_PATIENTS
+
+
+@pytest.mark.parametrize("fault", ["closes", "too slow"])
+def test_a_pacs_lost_mid_association_trips_the_breaker(run_dir, tmp_path, fault):
+    """Issue 29: associations accepted, then each C-STORE loses the connection (or is answered after the
+    timeout): two patients fail (their SR and SC not sent), the third is not attempted, exit 3."""
+    run = _fresh_run(run_dir, tmp_path)
+    options = {"close_on_store": True} if fault == "closes" else {"delay_s": 1.5}
+    with faultpeers.storage_scp(**options) as (port, stored):
+        status, log = _export(run, tmp_path, "--pacs", f"ORTHANC@127.0.0.1:{port}", timeout_s=0.5)
+    assert status == 3
+    by_patient = log.groupby("patient_id")["status"].apply(list).to_dict()
+    assert by_patient["SYN0001"] == by_patient["SYN0002"] == ["failed", "not sent", "not sent"]
+    assert by_patient["SYN0003"] == ["not attempted"] * 3
+    reason = log.loc[log["status"] == "failed", "reason"].iloc[0]
+    assert ("C-STORE" in reason) and ("within 0.5 s" in reason or fault == "closes"), reason
+
+
+def test_dicomweb_503_then_200_is_retried_and_stored(run_dir, tmp_path):
+    """Issue 29: a server that answers the first STOW-RS with 503 stores it on the client's retry."""
+    run = _fresh_run(run_dir, tmp_path)
+    with faultpeers.dicomweb_peer((503, 200)) as (url, sent):
+        status, log = _export(run, tmp_path, "--dicomweb", url)
+    assert status == 0 and set(log["status"]) == {"stored"} and len(log) == 3 * N_PATIENTS
+    assert sent[:2] == [503, 200] and len(sent) == 3 * N_PATIENTS + 1
+
+
+def test_a_dicomweb_server_down_is_not_tried_for_every_object(run_dir, tmp_path):
+    """Issue 29: STOW-RS answered 503 on every try: two patients fail, the breaker stops the third, exit 3;
+    a server that resets every connection is down before anything is built."""
+    run = _fresh_run(run_dir, tmp_path)
+    with faultpeers.dicomweb_peer((503,)) as (url, sent):
+        status, log = _export(run, tmp_path, "--dicomweb", url)
+    assert status == 3
+    by_patient = log.groupby("patient_id")["status"].apply(list).to_dict()
+    assert by_patient["SYN0001"] == by_patient["SYN0002"] == ["failed", "not sent", "not sent"]
+    assert by_patient["SYN0003"] == ["not attempted"] * 3
+    assert sent == [503] * 2 * 3  # two objects, three tries each
+    with faultpeers.reset_peer() as port:
+        status, log = _export(run, tmp_path, "--dicomweb", f"http://127.0.0.1:{port}")
+    assert status == 3 and set(log["status"]) == {"not attempted"}
+    assert log["reason"].str.contains("ConnectionError").all()
