@@ -22,6 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from pydicom.datadict import tag_for_keyword
@@ -251,7 +252,7 @@ class _Client:
         self.timeouts = timeouts
         self.move_port = move_port
         self._assoc = None
-        self._scp = None
+        self._scp: Any = None
         self._target: Path | None = None
         self._received = 0
 
@@ -279,7 +280,7 @@ class _Client:
         """Our storage SCP for C-MOVE, listening on ``move_port`` until :meth:`close`."""
         from pynetdicom import AE, evt  # lazy: network client; fetch/export only
 
-        if self._scp is not None:
+        if self._scp is not None or self.move_port is None:
             return
         ae = AE(ae_title=self.calling_aet)
         self.timeouts.apply(ae)

@@ -249,8 +249,9 @@ class Delivery:
 
     @staticmethod
     def _kinds(plan: SeriesPlan) -> list[str]:
-        """Every object some destination needs (built once for all of them)."""
-        return sorted({k for kinds in plan.needs.values() for k in kinds})
+        """Every object asked for: built once for all destinations, and an SR left to send still needs its
+        SEG built (it references the SEG's segments), even where the SEG itself was delivered earlier."""
+        return list(plan.keys)
 
     def _not_attempted(self, plan: SeriesPlan, names=None) -> list[dict]:
         return [row(plan.patient_id, plan.modality, kind, name, NOT_ATTEMPTED, self.destinations[name].breaker.why(),
