@@ -226,12 +226,10 @@ def cmd_export(args) -> int:
 
 def cmd_fetch(args) -> int:
     from .fetch import fetch  # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .pacs import Timeouts  # lazy: each command imports its own modules
 
-    settings = _pacs_settings(args)
     result = fetch(args.pacs, args.out, manifest=args.manifest, studies=args.study or (), series=args.series or (),
-                   query=args.query or (), calling_aet=args.aet,
-                   timeouts=Timeouts(settings.connect_timeout_s, settings.timeout_s), move_port=args.move_port)
+                   query=args.query or (), calling_aet=args.aet, settings=_pacs_settings(args),
+                   move_port=args.move_port)
     for problem in result.problems:
         print(problem, file=sys.stderr)
     if not result.fetched and not result.problems:
@@ -239,7 +237,9 @@ def cmd_fetch(args) -> int:
         return 0
     print(f"{result.fetched} series fetched, {result.reused} already in the cache, {len(result.problems)} problem(s); "
           f"manifest: {result.manifest.resolve()}")
-    return 1 if result.problems else 0
+    # 1: nothing to run (every request failed); requests that failed beside others leave their row without
+    # an image, which run/apply count as that patient's failure
+    return 1 if result.problems and not (result.fetched or result.reused) else 0
 
 
 def cmd_stats(args) -> int:
@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "per core)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET into a local cache, and write "
+    p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET (or C-MOVE) into a local cache, and write "
                                      "a manifest to run")
     p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, required=True,
                    help="the DICOM node to C-FIND and C-GET from")

@@ -28,6 +28,7 @@ import pandas as pd
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from .config import PacsConfig
 from .contract import (
     DICOM_MODALITY,
     FETCH_LOG_COLUMNS,
@@ -90,12 +91,15 @@ def series_folder(out_dir: Path, series_uid: str) -> Path:
 
 
 def fetch(pacs: str, out_dir, *, manifest=None, studies=(), series=(), query=(),
-          calling_aet: str = CALLING_AET, timeouts: Timeouts | None = None,
+          calling_aet: str = CALLING_AET, settings: PacsConfig | None = None,
           move_port: int | None = None) -> FetchResult:
     """Retrieve series by C-GET (or C-MOVE to ``move_port``) into ``out_dir`` and write ``out_dir/manifest.csv``.
 
-    Raises :class:`NothingMatched` when the request matched no series (nothing written).
+    ``settings``: the timeouts, and the failed associations in a row after which the PACS is taken
+    as down and the remaining requests fail at once (config ``pacs``). Raises :class:`NothingMatched`
+    when the request matched no series (nothing written).
     """
+    settings = settings or PacsConfig()
     address = parse_address(pacs)
     out = check_output_folder(out_dir, "cache folder")
     if manifest is None and not (studies or series or query):
@@ -104,7 +108,8 @@ def fetch(pacs: str, out_dir, *, manifest=None, studies=(), series=(), query=(),
     rows, header, base = (_manifest_rows(manifest) if manifest is not None else ([], [PATIENT_ID, LABEL, SPLIT], None))
     result = FetchResult(out / FETCH_MANIFEST)
     log_rows: list[dict] = []
-    client = _Client(address, calling_aet, timeouts or Timeouts(), move_port)
+    client = _Client(address, calling_aet, Timeouts(settings.connect_timeout_s, settings.timeout_s), move_port,
+                     settings.breaker_failures)
     try:
         if manifest is None:
             rows, header = _ad_hoc_rows(client, studies, series, filters, header)
@@ -246,8 +251,11 @@ def _resolve(client, request: _Request) -> tuple[str, str]:
 class _Client:
     """One association for every C-FIND and C-GET (or C-MOVE) of a fetch (opened on first use)."""
 
-    def __init__(self, address: PacsAddress, calling_aet: str, timeouts: Timeouts, move_port: int | None = None):
+    def __init__(self, address: PacsAddress, calling_aet: str, timeouts: Timeouts, move_port: int | None = None,
+                 breaker_failures: int = 3):
         self.address = address
+        self.breaker_failures = breaker_failures
+        self._failures: list[str] = []  # failed associations in a row
         self.calling_aet = calling_aet
         self.timeouts = timeouts
         self.move_port = move_port
@@ -261,19 +269,27 @@ class _Client:
 
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
+        if len(self._failures) >= self.breaker_failures:
+            raise PacsError(f"not attempted: the PACS is down ({len(self._failures)} failed associations in a row; "
+                            f"last: {self._failures[-1]})")
         ae = AE(ae_title=self.calling_aet)
         ae.add_requested_context(_STUDY_ROOT_FIND)
+        kwargs: dict = {}
         if self.move_port is not None:
             ae.add_requested_context(_STUDY_ROOT_MOVE)
-            self._assoc = associate(ae, self.address, timeouts=self.timeouts)
-            return self._assoc
-        ae.add_requested_context(_STUDY_ROOT_GET)
-        for sop_class in RETRIEVED_SOP_CLASSES:
-            for syntax in RETRIEVED_SYNTAXES:
-                ae.add_requested_context(sop_class, [syntax])
-        roles = [build_role(sop_class, scp_role=True) for sop_class in RETRIEVED_SOP_CLASSES]
-        self._assoc = associate(ae, self.address, timeouts=self.timeouts, ext_neg=roles,
-                                evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        else:
+            ae.add_requested_context(_STUDY_ROOT_GET)
+            for sop_class in RETRIEVED_SOP_CLASSES:
+                for syntax in RETRIEVED_SYNTAXES:
+                    ae.add_requested_context(sop_class, [syntax])
+            kwargs = {"ext_neg": [build_role(sop_class, scp_role=True) for sop_class in RETRIEVED_SOP_CLASSES],
+                      "evt_handlers": [(evt.EVT_C_STORE, self._on_store)]}
+        try:
+            self._assoc = associate(ae, self.address, timeouts=self.timeouts, **kwargs)
+        except PacsError as exc:
+            self._failures.append(str(exc))
+            raise
+        self._failures.clear()
         return self._assoc
 
     def _storage_scp(self) -> None:

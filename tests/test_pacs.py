@@ -282,8 +282,9 @@ def test_bad_sources_fail_their_patient_only(run_dir, tmp_path, capsys):
     assert "patient SYN0001 (ct) SEG" in err and "Traceback" not in err
 
 
-def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, capsys):
+def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, tmp_path, capsys):
     """Issue 22: the association refused (unknown AE title) or nobody listening: every object failed, none done."""
+    run_dir = _fresh_run(run_dir, tmp_path)  # nothing delivered yet (the journal would skip every object)
     cases = [(f"ORTHANC@127.0.0.1:{free_port()}", "SARCOTEST", "nothing answers")]
     if pacs.kind == "orthanc":  # the qrscp fallback accepts any calling AE title
         # Orthanc answers an unknown calling AE title with A-ASSOCIATE-RJ, but under load the socket's
@@ -309,6 +310,10 @@ def test_a_refusing_pacs_and_a_dead_port_store_nothing(pacs, run_dir, capsys):
     (["export", "{run}", "--dicom", "{out}", "--objects", "sr"], "export 'seg' with 'sr'"),
     (["fetch", "--pacs", "ORTHANC@127.0.0.1:4242", "--out", "{out}"], "say what to fetch"),
     (["fetch", "--pacs", "ORTHANC@127.0.0.1:4242", "--out", "{out}", "--query", "Nonsense=1"], "not a DICOM keyword"),
+    (["export", "{run}", "--dicom", "{out}", "--timeout", "0"], "above 0"),
+    (["export", "{run}", "--dicom", "{out}", "--config", "{missing}"], "not found"),
+    (["fetch", "--pacs", "ORTHANC@127.0.0.1:4242", "--out", "{out}", "--study", "1.2", "--move-port", "70000"],
+     "1-65535"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(run_dir, tmp_path, capsys, argv, words):
     """Issue 22: a bad address, a missing run folder, no destination: one line naming what to fix, exit 2."""
@@ -583,3 +588,17 @@ def _night(pacs, rows: pd.DataFrame, new: pd.DataFrame, tmp_path: Path, run_dir:
     return {"fetched": fetched, "stored": int(((log["status"] == "stored") & ~earlier).sum()),
             "earlier": int(earlier.sum()), "instances": len(pacs.rest("/instances")),
             "series_per_study": sorted(len(pacs.rest(f"/studies/{s}")["Series"]) for s in studies)}
+
+
+def test_fetch_from_a_silent_pacs_gives_up_after_a_few_timeouts(stored, tmp_path, capsys):
+    """Issue 29: a PACS that accepts and never answers: two associations time out (1 s each), the third
+    request is not attempted; exit 1 (nothing to run), each request's line says why."""
+    request, _ = stored
+    with faultpeers.silent_peer() as port:
+        status = main(["fetch", "--pacs", f"ORTHANC@127.0.0.1:{port}", "--manifest", str(request),
+                       "--out", str(tmp_path / "cache"), "--aet", "SARCOTEST", "--config", _fault_config(tmp_path)])
+    assert status == 1
+    reasons = list(_read_log(tmp_path / "cache" / "fetch_log.csv")["reason"])
+    assert all("did not answer the association request within 1 s" in r for r in reasons[:2]), reasons
+    assert reasons[2].startswith("not attempted: the PACS is down (2 failed associations in a row")
+    assert "Traceback" not in capsys.readouterr().err
