@@ -214,24 +214,29 @@ class Delivery:
             future.result()
 
     def run(self, plans: list[SeriesPlan]):
-        """Each plan's result, ``{"status": "ok" | "error", "rows": [...]}``, as its deliveries end."""
-        skipped: deque[dict] = deque()
-        by_series = {(p.patient_id, p.modality): p for p in plans}
+        """Each plan's result, ``{"status": "ok" | "error", "rows": [...]}``, as its deliveries end.
+
+        Once every destination is down, nothing more is built: the plans left are not attempted.
+        """
+        skipped: deque[SeriesPlan] = deque()
+        remaining = {(p.patient_id, p.modality): p for p in plans}
         for_tasks, for_keys = itertools.tee(self._live(plans, skipped))
         jobs = ((self.run_path, p.patient_id, p.modality, tuple(self._kinds(p))) for p in for_tasks)
         keys = (f"export-{self._token}-{p.patient_id}-{p.modality}" for p in for_keys)
         in_flight: deque[tuple[SeriesPlan, list[Future]]] = deque()
         for built in self.executor.stream(build_task, jobs, keys=keys):
-            plan = by_series[(built["patient_id"], built["modality"])]
+            plan = remaining[(built["patient_id"], built["modality"])]
             in_flight.append((plan, self._submit(plan, built)))
             while skipped:
-                yield skipped.popleft()
+                yield self._finish(remaining, skipped.popleft(), None)
             while in_flight and (len(in_flight) > 2 * self.associations or all(f.done() for f in in_flight[0][1])):
-                yield self._collect(*in_flight.popleft())
+                yield self._finish(remaining, *in_flight.popleft())
+            if all(d.breaker.down for d in self.destinations.values()):
+                break  # the builds still queued would be thrown away
         while in_flight:
-            yield self._collect(*in_flight.popleft())
-        while skipped:
-            yield skipped.popleft()
+            yield self._finish(remaining, *in_flight.popleft())
+        for plan in list(remaining.values()):  # skipped ones, and those left unbuilt after the break
+            yield self._finish(remaining, plan, None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -240,12 +245,17 @@ class Delivery:
     def _live(self, plans, skipped: deque):
         """The plans some live destination still needs (built); the others go straight to ``skipped``."""
         for plan in plans:
-            if not plan.needs:
-                skipped.append(self._outcome(plan, []))
-            elif any(not self.destinations[n].breaker.down for n in plan.needs):
+            if plan.needs and any(not self.destinations[n].breaker.down for n in plan.needs):
                 yield plan
             else:
-                skipped.append(self._outcome(plan, self._not_attempted(plan)))
+                skipped.append(plan)
+
+    def _finish(self, remaining: dict, plan: SeriesPlan, futures: list[Future] | None) -> dict:
+        """The outcome of a plan: its deliveries' rows, or (``futures`` None) not attempted / nothing needed."""
+        del remaining[(plan.patient_id, plan.modality)]
+        if futures is None:
+            return self._outcome(plan, self._not_attempted(plan))
+        return self._outcome(plan, [r for f in futures for r in f.result()])
 
     @staticmethod
     def _kinds(plan: SeriesPlan) -> list[str]:
@@ -300,8 +310,6 @@ class Delivery:
         ok = all(r["status"] in JOURNALED for r in rows)
         return {"status": "ok" if ok else "error", "rows": rows, "cached": not plan.needs}
 
-    def _collect(self, plan: SeriesPlan, futures: list[Future]) -> dict:
-        return self._outcome(plan, [r for f in futures for r in f.result()])
 
 
 def build_task(job: tuple) -> dict:
