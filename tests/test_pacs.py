@@ -605,3 +605,41 @@ def test_fetch_from_a_silent_pacs_gives_up_after_a_few_timeouts(stored, tmp_path
     assert all("did not answer the association request within 1 s" in r for r in reasons[:2]), reasons
     assert reasons[2].startswith("not attempted: the PACS is down (2 failed associations in a row")
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_breaker_counts_only_failures_of_the_destination_in_a_row():
+    """Issue 29: a refused object (not fatal) counts nothing, a success resets the count, three fatal in a row
+    trip it."""
+    from engine.exporters.destinations import Breaker, DeliveryError
+
+    breaker = Breaker(3)
+    for fatal in (True, True, False):
+        breaker.failed(DeliveryError("x", fatal=fatal))
+    breaker.succeeded()
+    breaker.failed(DeliveryError("silent", fatal=True))
+    breaker.failed(DeliveryError("silent", fatal=True))
+    assert not breaker.down
+    breaker.failed(DeliveryError("silent again", fatal=True))
+    assert breaker.down and breaker.why() == "destination down after 3 failures in a row; last: silent again"
+    breaker.succeeded()  # an object in flight that made it: the destination stays down for this export
+    assert breaker.down
+
+
+def test_a_torn_journal_line_is_ignored(tmp_path):
+    """Issue 29: an export killed while appending leaves a torn last line; the next export reads the rest
+    and goes on appending on a line of its own."""
+    from engine.exporters.delivery import Journal, row
+
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append([row("P1", "ct", "seg", "pacs X", "stored", "", "a" * 16),
+                    row("P1", "ct", "sr", "pacs X", "failed", "no", "b" * 16)])
+    journal._handle.write("P1,ct,sc,pacs X,sto")  # killed mid-line
+    journal._handle.flush()
+    journal._handle = None  # as after a kill: no compaction
+    again = Journal(tmp_path)
+    assert list(again.read()["object"]) == ["seg"]  # the failed row is not a delivery, the torn one is ignored
+    again.open()
+    again.append([row("P2", "ct", "seg", "pacs X", "stored", "", "c" * 16)])
+    again.close()
+    assert list(Journal(tmp_path).read()["patient_id"]) == ["P1", "P2"]
