@@ -458,7 +458,7 @@ def test_dicomweb_503_then_200_is_retried_and_stored(run_dir, tmp_path):
 
 def test_a_dicomweb_server_down_is_not_tried_for_every_object(run_dir, tmp_path):
     """Issue 29: STOW-RS answered 503 on every try: two patients fail, the breaker stops the third, exit 3;
-    a server that resets every connection is down before anything is built."""
+    a server that resets every connection, or accepts and never answers, is down before anything is built."""
     run = _fresh_run(run_dir, tmp_path)
     with faultpeers.dicomweb_peer((503,)) as (url, sent):
         status, log = _export(run, tmp_path, "--dicomweb", url, "--objects", "seg,sc")
@@ -467,10 +467,11 @@ def test_a_dicomweb_server_down_is_not_tried_for_every_object(run_dir, tmp_path)
     assert by_patient["SYN0001"] == by_patient["SYN0002"] == ["failed", "not sent"]
     assert by_patient["SYN0003"] == ["not attempted"] * 2
     assert sent == [503] * 2 * 3  # two objects, three tries each
-    with faultpeers.reset_peer() as port:
-        status, log = _export(run, tmp_path, "--dicomweb", f"http://127.0.0.1:{port}")
-    assert status == 3 and set(log["status"]) == {"not attempted"}
-    assert log["reason"].str.contains("ConnectionError").all()
+    for peer, words in ((faultpeers.reset_peer, "ConnectionError"), (faultpeers.silent_peer, "ReadTimeout")):
+        with peer() as port:
+            status, log = _export(run, tmp_path, "--dicomweb", f"http://127.0.0.1:{port}")
+        assert status == 3 and set(log["status"]) == {"not attempted"}
+        assert log["reason"].str.contains(words).all(), log["reason"].iloc[0]
 
 
 def test_fetch_that_matches_nothing_exits_1_naming_the_query(pacs, tmp_path, capsys):
