@@ -110,9 +110,10 @@ class ExportResult:
             yield key, bool(rows["status"].isin(DONE_STATUSES).all())
 
 
-#: Series per worker from which an export builds on a local cluster rather than inline (a build
-#: takes about a second; a cluster's start a few).
-CLUSTER_MIN_SERIES_PER_CORE = 4
+#: Series per worker from which an export builds on a local cluster rather than inline: a build takes
+#: 1-3 s, a cluster's start and its workers' imports 10-50 s (12 series on a loaded 2-core VM: inline
+#: 35 s, a fresh cluster 85 s; docs/pacs.md), so a small night stays in this process.
+CLUSTER_MIN_SERIES_PER_CORE = 8
 #: Statuses of an object that reached its destination (or had nothing to send).
 DONE_STATUSES = ("written", "stored", "skipped")
 EARLIER = "delivered by an earlier export"
