@@ -35,6 +35,7 @@ from ..contract import (
     CACHE_DIR,
     EXPORT_JOURNAL_COLUMNS,
     EXPORT_JOURNAL_CSV,
+    FEATURES_CSV,
     MODALITY_NAMES,
 )
 from ..outputs import write_csv
@@ -163,7 +164,7 @@ def build_objects(run_path: str, patient_id: str, modality: str, kinds: tuple[st
     from . import EXPORTERS, ExportUids  # lazy: the registry imports this module
 
     try:
-        run = _open_run(run_path, os.stat(Path(run_path) / "features.csv").st_mtime)
+        run = _open_run(run_path, os.stat(Path(run_path) / FEATURES_CSV).st_mtime)
         result = run.result(patient_id, modality)
         result.source = read_source(run, patient_id, modality)
         uids = ExportUids(result.identity, patient_id, modality)
