@@ -548,7 +548,7 @@ def _dispatch(argv) -> int:
     if args.command in ("export", "fetch") and not args.verbose:
         # pynetdicom logs every refused connection as ERROR; the per-patient line already says it
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-        logging.getLogger("retrying").setLevel(logging.CRITICAL)  # dicomweb_client's retries: the row says it
+        logging.getLogger("retrying").setLevel(logging.CRITICAL)  # dicomweb_client logs each failed request
     if args.command in ("run", "apply", "demo"):
         quiet_dask(args.verbose)
     return _run_command(args)

@@ -66,9 +66,10 @@ def _accepting(on_connection):
 
 
 @contextmanager
-def silent_peer():
-    """Accepts every connection and never sends a byte (a hung PACS, a firewall that black-holes)."""
-    with _accepting(lambda conn: None) as port:
+def silent_peer(connections: list | None = None):
+    """Accepts every connection and never sends a byte (a hung PACS, a firewall that black-holes);
+    each accepted connection is appended to ``connections`` when given."""
+    with _accepting(connections.append if connections is not None else (lambda conn: None)) as port:
         yield port
 
 

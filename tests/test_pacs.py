@@ -472,6 +472,10 @@ def test_a_dicomweb_server_down_is_not_tried_for_every_object(run_dir, tmp_path)
             status, log = _export(run, tmp_path, "--dicomweb", f"http://127.0.0.1:{port}")
         assert status == 3 and set(log["status"]) == {"not attempted"}
         assert log["reason"].str.contains(words).all(), log["reason"].iloc[0]
+    connections: list = []
+    with faultpeers.silent_peer(connections) as port:
+        _export(run, tmp_path, "--dicomweb", f"http://127.0.0.1:{port}")
+    assert len(connections) == 2  # one read timeout per try of the breaker, no retry of a timeout
 
 
 def test_fetch_that_matches_nothing_exits_1_naming_the_query(pacs, tmp_path, capsys):

@@ -16,6 +16,7 @@ HTTP 4xx) is that object's failure and resets nothing.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from ..errors import SarcoError
@@ -24,6 +25,8 @@ from ..pacs import CALLING_AET, PacsAddress, PacsError, Timeouts, associate
 
 #: HTTP statuses that say the server itself is unavailable, not that it refuses this object.
 _SERVER_DOWN = (502, 503, 504)
+#: HTTP statuses of a busy server: the request is tried again (:attr:`DicomwebDestination.RETRIES`).
+_BUSY = (429, 503, 504)
 
 
 class DeliveryError(SarcoError):
@@ -175,7 +178,9 @@ class DicomwebDestination:
     """STOW-RS, then QIDO-RS to confirm the instance is there; one HTTP session per pool thread."""
 
     network = True
-    #: dicomweb_client retries 429/408/503/504 with exponential back-off (1 s, 2 s between tries).
+    #: Tries of a request the server answered 429, 503 or 504 (busy), 0.5 s then 1 s apart. Only
+    #: those: dicomweb_client's own retry also repeats timeouts and resets (3 read timeouts per
+    #: request to a silent server), so it is off.
     RETRIES = 3
 
     def __init__(self, url: str, timeouts: Timeouts | None = None, breaker_failures: int = 3):
@@ -191,7 +196,7 @@ class DicomwebDestination:
             from dicomweb_client.api import DICOMwebClient  # lazy: network client; DICOMweb export only
 
             client = DICOMwebClient(url=self.url, timeout=(self.timeouts.connect_s, self.timeouts.response_s))
-            client.set_http_retry_params(retry=True, max_attempts=self.RETRIES, wait_exponential_multiplier=500)
+            client.set_http_retry_params(retry=False)
             self._local.client = client
         return client
 
@@ -213,20 +218,23 @@ class DicomwebDestination:
     def _http(self, call):
         """``call(client)`` with the HTTP failures as :class:`DeliveryError` (fatal when the server is down)."""
         import requests  # lazy: network client; DICOMweb export only
-        from retrying import RetryError  # lazy: dicomweb_client's retry loop; DICOMweb export only
 
-        try:
-            return call(self._client())
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise DeliveryError(f"cannot reach {self.url}: {type(exc).__name__}", fatal=True) from None
-        except RetryError as exc:  # a 429/503/504 on every try
-            status = getattr(getattr(exc.last_attempt, "value", None), "status_code", "?")
-            raise DeliveryError(f"{self.url} answered HTTP {status} to {self.RETRIES} tries", fatal=True) from None
-        except requests.exceptions.HTTPError as exc:
-            code = getattr(exc.response, "status_code", None)
-            raise DeliveryError(f"DICOMweb request to {self.url} failed: {exc}", fatal=code in _SERVER_DOWN) from None
-        except (requests.exceptions.RequestException, ValueError, RuntimeError) as exc:
-            raise DeliveryError(f"DICOMweb request to {self.url} failed: {exc}") from None
+        for attempt in range(1, self.RETRIES + 1):
+            try:
+                return call(self._client())
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                raise DeliveryError(f"cannot reach {self.url}: {type(exc).__name__}", fatal=True) from None
+            except requests.exceptions.HTTPError as exc:
+                code = getattr(exc.response, "status_code", None)
+                if code in _BUSY and attempt < self.RETRIES:
+                    time.sleep(0.5 * attempt)
+                    continue
+                tries = f" ({attempt} tries)" if code in _BUSY else ""
+                raise DeliveryError(f"DICOMweb request to {self.url} failed{tries}: {exc}",
+                                    fatal=code in _SERVER_DOWN) from None
+            except (requests.exceptions.RequestException, ValueError, RuntimeError) as exc:
+                raise DeliveryError(f"DICOMweb request to {self.url} failed: {exc}") from None
+        raise AssertionError("unreachable: the last try returns or raises")
 
     def close(self) -> None:
         self._local = threading.local()
