@@ -6,7 +6,7 @@ A destination's :meth:`deliver` returns the log status (``written``/``stored``) 
 (``pacs.associations``): each thread holds its own association or HTTP session.
 
 A failure of the destination itself (nothing listening, a silent peer, a refused or lost
-association, a reset, HTTP 502/503/504 after the client's retries) is ``fatal``; its
+association, a reset, HTTP 502/503/504, busy ones after 3 tries) is ``fatal``; its
 :class:`Breaker` counts them and, after ``pacs.breaker_failures`` in a row, declares the
 destination down: the rest of the export to it is logged at once as not attempted, so a dead PACS
 costs a few timeouts, not one per object. A refusal of one object (a C-STORE failure status, an
