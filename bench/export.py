@@ -1,17 +1,23 @@
-"""Benchmark: ``sarco export`` of a run against the run's own time, and what TCP_NODELAY buys a C-STORE.
+"""Benchmark: ``sarco export`` of a run against the run's own time, a silent PACS, and TCP_NODELAY.
 
 Export: a synthetic cohort (CT, small size) is run (:func:`engine.pipeline.run`, local scheduler,
 statistics and report off: a conservative run time) and then exported in the same process
-(:func:`engine.exporters.export_run`): DICOM-SEG, TID 1500 SR and QA Secondary Capture per patient
-to a folder, and by C-STORE to a local Orthanc when one is installed. The row gives both times and
-``export_over_run``, the ratio (goal: well under 1).
+(:func:`engine.exporters.export_run`, objects built on a local Dask cluster when there are enough
+series, delivered over ``pacs.associations`` associations): DICOM-SEG, TID 1500 SR and QA Secondary
+Capture per patient to a folder, then by C-STORE to a local Orthanc when one is installed, then to
+a folder again built inline in this process (what the cluster buys). The row gives the times and
+``export_over_run`` / ``pacs_over_run`` / ``inline_over_run`` (goal: 0.25 or less at 200 patients).
+
+Silent PACS: the same run exported to a port that accepts connections and never answers, with the
+default timeouts (``--quick``: 1 s): the seconds until the breaker declared it down (goal: under
+2 minutes whatever the batch size).
 
 TCP_NODELAY: the cohort's first CT series (small files) is C-STOREd over one association, per store
 the median of the stores' wall times, with and without TCP_NODELAY on our socket, to pynetdicom's own
 storage SCP in this process and to Orthanc with and without TCP_NODELAY on its side (DCMTK reads it
 from the environment). The first store of each association is left out (slow start).
 
-Run ``python -m bench --only export [--quick]``. ``--quick``: 3 patients; full: 40 patients.
+Run ``python -m bench --only export [--quick]``. ``--quick``: 3 patients (a smoke size); full: 200.
 """
 
 from __future__ import annotations
@@ -47,7 +53,28 @@ def _run_and_export(manifest: Path, work: Path, pacs_address: str | None, schedu
         pacs_s = time.perf_counter() - start
         row.update({"export_pacs_s": round(pacs_s, 2), "pacs_over_run": round(ratio(pacs_s, run_s), 3),
                     "stored": stored.done})
+    start = time.perf_counter()  # the same folder export built in this process: what the cluster buys
+    export_run(work / "run", dicom_dir=work / "dicom_inline", scheduler="inline", manifest=manifest)
+    inline_s = time.perf_counter() - start
+    row.update({"export_folder_inline_s": round(inline_s, 2), "inline_over_run": round(ratio(inline_s, run_s), 3)})
     return row
+
+
+def _silent_peer_row(run_dir: Path, manifest: Path, quick: bool) -> dict:
+    """Seconds an export to a peer that accepts and never answers takes to give up (breaker, default timeouts)."""
+    from engine.config import PacsConfig
+    from engine.exporters import export_run
+    from tests.faultpeers import silent_peer
+
+    settings = PacsConfig(timeout_s=1.0, connect_timeout_s=1.0) if quick else PacsConfig()
+    with silent_peer() as port:
+        start = time.perf_counter()
+        result = export_run(run_dir, pacs=f"ORTHANC@127.0.0.1:{port}", settings=settings, manifest=manifest)
+        seconds = time.perf_counter() - start
+    statuses = result.log["status"].value_counts().to_dict()
+    return {"part": "silent PACS", "patients": int(result.log["patient_id"].nunique()), "timeout_s": settings.timeout_s,
+            "breaker_failures": settings.breaker_failures, "give_up_s": round(seconds, 2),
+            "not_attempted": int(statuses.get("not attempted", 0)), "down": bool(result.down)}
 
 
 def _store_ms(port: int, datasets: list, client_nodelay: bool) -> float:
@@ -118,7 +145,7 @@ def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | 
     """
     from tests.pacs import orthanc_binary, start_orthanc
 
-    n_patients = n_patients or (3 if quick else 40)
+    n_patients = n_patients or (3 if quick else 200)
     manifest = cohort_manifest(cache_dir or default_cache_dir(), "small", n_patients)
     work = Path(tempfile.mkdtemp(prefix="sarco-bench-export-"))
     ct_only = work / "manifest_ct.csv"
@@ -134,7 +161,7 @@ def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | 
     pacs = start_orthanc(work / "orthanc") if orthanc else None
     try:
         row = _run_and_export(ct_only, work, pacs.address if pacs else None, scheduler)
-        rows = [{"part": "export vs run", **row}]
+        rows = [{"part": "export vs run", **row}, _silent_peer_row(work / "run", ct_only, quick)]
         rows += [{"part": "C-STORE latency", **r} for r in _nodelay_rows(Path(table["ct_image"].iloc[0]), orthanc)]
         return rows
     finally:

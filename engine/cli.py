@@ -189,32 +189,63 @@ def cmd_report(args) -> int:
     return 0
 
 
+#: ``sarco export``'s exit status when a destination went down (its breaker tripped): the rest for
+#: it was not attempted; rerun the same command once it is back (it sends only what is missing).
+EXIT_DESTINATION_DOWN = 3
+
+
+def _pacs_settings(args):
+    """The config's ``pacs`` group with ``--timeout``/``--connect-timeout`` over it (fetch, export)."""
+    # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
+    from .config import load_config
+    from .userfiles import require_file, user_file
+
+    if args.config is not None:
+        require_file(args.config, "config file")
+    overrides = {k: v for k, v in (("timeout_s", args.timeout), ("connect_timeout_s", args.connect_timeout))
+                 if v is not None}
+    with user_file(args.config, "config file"):
+        return load_config(args.config, {"pacs": overrides} if overrides else None).pacs
+
+
 def cmd_export(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
     from .exporters import export_run
 
     result = export_run(args.run_dir, dicom_dir=args.dicom, pacs=args.pacs, dicomweb=args.dicomweb,
-                        objects=args.objects, calling_aet=args.aet, new_study=args.new_study,
+                        objects=args.objects, calling_aet=args.aet, settings=_pacs_settings(args),
+                        scheduler=args.scheduler, workers=args.workers, new_study=args.new_study,
                         manifest=args.manifest)
     for row in result.log.itertuples():
-        if row.status not in ("written", "stored", "skipped"):
+        if row.status not in ("written", "stored", "skipped", "not attempted"):
             print(f"patient {row.patient_id} ({row.modality}) {row.object.upper()} -> {row.destination}: "
                   f"{row.status}: {row.reason}", file=sys.stderr)
+    for name, why in result.down.items():
+        print(f"{name}: {why}; the rest for it was not attempted (rerun to send it)", file=sys.stderr)
     objects = ", ".join(o.upper() for o in args.objects)
+    earlier = f" ({result.earlier} objects delivered by an earlier export, not sent again)" if result.earlier else ""
     print(f"exported {result.done} patient-modalit{'y' if result.done == 1 else 'ies'} ({objects}), "
-          f"{result.failed} failed; log: {result.log_paths[-1].resolve()}")
-    return 1 if result.failed and not result.done else 0
+          f"{result.failed} failed{earlier}; log: {result.log_paths[-1].resolve()}")
+    if result.down:
+        return EXIT_DESTINATION_DOWN
+    return 1 if result.failed else 0
 
 
 def cmd_fetch(args) -> int:
     from .fetch import fetch  # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
 
     result = fetch(args.pacs, args.out, manifest=args.manifest, studies=args.study or (), series=args.series or (),
-                   query=args.query or (), calling_aet=args.aet)
+                   query=args.query or (), calling_aet=args.aet, settings=_pacs_settings(args),
+                   move_port=args.move_port)
     for problem in result.problems:
         print(problem, file=sys.stderr)
+    if not result.fetched and not result.problems:
+        print(f"nothing new: all {result.reused} series already in the cache; manifest: {result.manifest.resolve()}")
+        return 0
     print(f"{result.fetched} series fetched, {result.reused} already in the cache, {len(result.problems)} problem(s); "
           f"manifest: {result.manifest.resolve()}")
+    # 1: nothing to run (every request failed); requests that failed beside others leave their row without
+    # an image, which run/apply count as that patient's failure
     return 1 if result.problems and not (result.fetched or result.reused) else 0
 
 
@@ -255,6 +286,25 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0 (seeds)."""
     return _whole_number(text, 0)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    value = _whole_number(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration in seconds, > 0 (timeouts)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got '{text}'")
+    return value
 
 
 def scheduler_address(text: str) -> str:
@@ -319,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "overwrite a folder that holds a finished run of another manifest")
         p.add_argument("--data-root", help="refuse manifest paths outside this folder")
 
+    def pacs_options(p):
+        p.add_argument("--config", help="YAML config whose 'pacs' group sets the timeouts, the breaker and the "
+                                        "associations (default: configs/default.yaml)")
+        p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                       help="longest wait for any one answer of the peer (default: config pacs.timeout_s, 30)")
+        p.add_argument("--connect-timeout", type=positive_seconds, metavar="SECONDS",
+                       help="longest wait for a TCP connection (default: config pacs.connect_timeout_s, 5)")
+
     p = sub.add_parser("demo", help="synthesize a small cohort and run the whole study on it")
     p.add_argument("--out", default="sarco-demo", help="output folder (default: ./sarco-demo)")
     p.add_argument("--patients", type=positive_int, default=60, help="cohort size (default: 60)")
@@ -370,9 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aet", type=calling_aet, default="SARCO", help="our AE title (default: SARCO)")
     p.add_argument("--new-study", action="store_true",
                    help="a source without Study/Series Instance UID goes into a new study (with --dicom only)")
+    pacs_options(p)
+    p.add_argument("--scheduler", type=scheduler_address,
+                   help="where the objects are built: tcp://HOST:PORT of a Dask scheduler, or 'inline' "
+                        "(default: a local cluster when there are more series than cores)")
+    p.add_argument("--workers", type=positive_int, help="local Dask workers building the objects (default: one "
+                                                        "per core)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET into a local cache, and write "
+    p = sub.add_parser("fetch", help="retrieve series from a PACS by C-GET (or C-MOVE) into a local cache, and write "
                                      "a manifest to run")
     p.add_argument("--pacs", metavar="AET@HOST:PORT", type=pacs_address, required=True,
                    help="the DICOM node to C-FIND and C-GET from")
@@ -384,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a C-FIND matching key at series level, e.g. Modality=CT or StudyDate=20260101-20260131 "
                         "(repeatable)")
     p.add_argument("--aet", type=calling_aet, default="SARCO", help="our AE title (default: SARCO)")
+    p.add_argument("--move-port", type=port_number, metavar="PORT",
+                   help="retrieve by C-MOVE to a storage SCP that fetch runs on this port (for a PACS that forbids "
+                        "C-GET; the PACS must know --aet at this machine's address and PORT)")
+    pacs_options(p)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("stats", help="stand-alone statistics on a CSV")
@@ -490,6 +558,7 @@ def _dispatch(argv) -> int:
     if args.command in ("export", "fetch") and not args.verbose:
         # pynetdicom logs every refused connection as ERROR; the per-patient line already says it
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+        logging.getLogger("retrying").setLevel(logging.CRITICAL)  # dicomweb_client logs each failed request
     if args.command in ("run", "apply", "demo"):
         quiet_dask(args.verbose)
     return _run_command(args)

@@ -274,6 +274,15 @@ class RunConfig(_Strict):
         return None if value is None else check_scheduler_address(value)
 
 
+class PacsConfig(_Strict):
+    """``sarco fetch`` and ``sarco export``: bounds on every wait for a peer, and what a dead one costs."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    breaker_failures: int = Field(3, ge=1)
+    associations: int = Field(4, ge=1)
+
+
 class Config(_Strict):
     version: Literal[1] = 1
     io: IOConfig = IOConfig()
@@ -282,6 +291,7 @@ class Config(_Strict):
     fit: FitConfig = Field(default_factory=FitConfig)
     stats: StatsConfig = StatsConfig()
     run: RunConfig = RunConfig()
+    pacs: PacsConfig = PacsConfig()
 
     def modality_preprocess(self, modality: str) -> ModalityPreprocess:
         return getattr(self.preprocess, modality)

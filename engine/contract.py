@@ -200,6 +200,12 @@ QA_CACHE_DIR = "qa"
 #: ``sarco export`` (issue 22): one row per patient, modality, object and destination.
 EXPORT_LOG_CSV = "export_log.csv"
 EXPORT_LOG_COLUMNS = ("patient_id", "modality", "object", "destination", "status", "reason")
+#: Every object an export delivered, under the cache folder, appended as each is confirmed (it
+#: outlives an interrupted export and a rerun into the folder, which retracts export_log.csv):
+#: the next export skips what it records. ``key`` digests the object's UIDs (run, input, patient,
+#: object), so changed results are sent again.
+EXPORT_JOURNAL_CSV = "export_journal.csv"
+EXPORT_JOURNAL_COLUMNS = (*EXPORT_LOG_COLUMNS, "key")
 
 #: Issue 24: the MRI intensity reference of every standardised series (engine diagnostics, never
 #: statistics candidates: the report and the QA sheet read it).

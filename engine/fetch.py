@@ -7,6 +7,11 @@ id a digest of the StudyInstanceUID, never the PACS's PatientID). Each series la
 ``series/<digest of its UID>/`` (no UID, no name in a path that reaches a run folder), written under
 a temporary name and renamed once the C-GET reported every sub-operation done: a folder there is a
 complete series, and a nightly rerun fetches only what it does not have yet (incremental).
+
+Retrieval is by C-GET on the query association, or, for a PACS that allows only C-MOVE, by C-MOVE
+to a storage SCP that fetch runs itself for the duration (``move_port``): the PACS must know our AE
+title (``--aet``) with this machine's address and that port. A query that matches nothing raises
+:class:`NothingMatched` (``sarco fetch`` exits 1 naming the query) and writes no manifest.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from .config import PacsConfig
 from .contract import (
     DICOM_MODALITY,
     FETCH_LOG_COLUMNS,
@@ -39,9 +46,9 @@ from .contract import (
     study_uid_column,
     temp_name,
 )
-from .errors import UsageError
+from .errors import SarcoError, UsageError
 from .outputs import write_csv
-from .pacs import CALLING_AET, PacsAddress, PacsError, associate, parse_address
+from .pacs import CALLING_AET, PacsAddress, PacsError, Timeouts, associate, parse_address
 from .userfiles import check_output_folder, require_file
 
 #: Storage SOP classes accepted as C-GET sub-operations: the images the engine reads.
@@ -54,6 +61,11 @@ RETRIEVED_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008
                       "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.2")
 _STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 _STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+_STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+
+
+class NothingMatched(SarcoError):
+    """The PACS holds nothing the request named (an empty PACS, an unknown UID, a query without hits)."""
 _MODALITY_OF = {dicom: m for m, dicom in DICOM_MODALITY.items()}
 
 
@@ -79,21 +91,32 @@ def series_folder(out_dir: Path, series_uid: str) -> Path:
 
 
 def fetch(pacs: str, out_dir, *, manifest=None, studies=(), series=(), query=(),
-          calling_aet: str = CALLING_AET) -> FetchResult:
-    """Retrieve series by C-GET into ``out_dir`` and write ``out_dir/manifest.csv`` (``sarco fetch``)."""
+          calling_aet: str = CALLING_AET, settings: PacsConfig | None = None,
+          move_port: int | None = None) -> FetchResult:
+    """Retrieve series by C-GET (or C-MOVE to ``move_port``) into ``out_dir`` and write ``out_dir/manifest.csv``.
+
+    ``settings``: the timeouts, and the failed associations in a row after which the PACS is taken
+    as down and the remaining requests fail at once (config ``pacs``). Raises :class:`NothingMatched`
+    when the request matched no series (nothing written).
+    """
+    settings = settings or PacsConfig()
     address = parse_address(pacs)
     out = check_output_folder(out_dir, "cache folder")
     if manifest is None and not (studies or series or query):
         raise UsageError("say what to fetch: --manifest M, --study UID, --series UID or --query KEY=VALUE")
     filters = _query_filters(query)
     rows, header, base = (_manifest_rows(manifest) if manifest is not None else ([], [PATIENT_ID, LABEL, SPLIT], None))
-    out.mkdir(parents=True, exist_ok=True)
     result = FetchResult(out / FETCH_MANIFEST)
     log_rows: list[dict] = []
-    client = _Client(address, calling_aet)
+    client = _Client(address, calling_aet, Timeouts(settings.connect_timeout_s, settings.timeout_s), move_port,
+                     settings.breaker_failures)
     try:
         if manifest is None:
             rows, header = _ad_hoc_rows(client, studies, series, filters, header)
+            if not rows:
+                raise NothingMatched(f"nothing on {address} matched {_describe(studies, series, query)}; "
+                                     "no manifest written")
+        out.mkdir(parents=True, exist_ok=True)
         for row in rows:
             for request in _requests(row):
                 status, files, reason = _fetch_request(client, request, row, out, result)
@@ -112,6 +135,12 @@ def fetch(pacs: str, out_dir, *, manifest=None, studies=(), series=(), query=(),
                                                  columns=header, dtype=str))
     write_csv(out / FETCH_LOG_CSV, pd.DataFrame(log_rows, columns=list(FETCH_LOG_COLUMNS)))
     return result
+
+
+def _describe(studies, series, query) -> str:
+    """The request as the command line gave it (``--study X --query Modality=CT``)."""
+    parts = [f"--study {u}" for u in studies] + [f"--series {u}" for u in series] + [f"--query {q}" for q in query]
+    return " ".join(parts)
 
 
 def _query_filters(query) -> dict[str, str]:
@@ -220,12 +249,18 @@ def _resolve(client, request: _Request) -> tuple[str, str]:
 
 
 class _Client:
-    """One association for every C-FIND and C-GET of a fetch (opened on first use)."""
+    """One association for every C-FIND and C-GET (or C-MOVE) of a fetch (opened on first use)."""
 
-    def __init__(self, address: PacsAddress, calling_aet: str):
+    def __init__(self, address: PacsAddress, calling_aet: str, timeouts: Timeouts, move_port: int | None = None,
+                 breaker_failures: int = 3):
         self.address = address
+        self.breaker_failures = breaker_failures
+        self._failures: list[str] = []  # failed associations in a row
         self.calling_aet = calling_aet
+        self.timeouts = timeouts
+        self.move_port = move_port
         self._assoc = None
+        self._scp: Any = None
         self._target: Path | None = None
         self._received = 0
 
@@ -234,15 +269,44 @@ class _Client:
 
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
+        if len(self._failures) >= self.breaker_failures:
+            raise PacsError(f"not attempted: the PACS is down ({len(self._failures)} failed associations in a row; "
+                            f"last: {self._failures[-1]})")
         ae = AE(ae_title=self.calling_aet)
         ae.add_requested_context(_STUDY_ROOT_FIND)
-        ae.add_requested_context(_STUDY_ROOT_GET)
-        for sop_class in RETRIEVED_SOP_CLASSES:
-            for syntax in RETRIEVED_SYNTAXES:
-                ae.add_requested_context(sop_class, [syntax])
-        roles = [build_role(sop_class, scp_role=True) for sop_class in RETRIEVED_SOP_CLASSES]
-        self._assoc = associate(ae, self.address, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        kwargs: dict = {}
+        if self.move_port is not None:
+            ae.add_requested_context(_STUDY_ROOT_MOVE)
+        else:
+            ae.add_requested_context(_STUDY_ROOT_GET)
+            for sop_class in RETRIEVED_SOP_CLASSES:
+                for syntax in RETRIEVED_SYNTAXES:
+                    ae.add_requested_context(sop_class, [syntax])
+            kwargs = {"ext_neg": [build_role(sop_class, scp_role=True) for sop_class in RETRIEVED_SOP_CLASSES],
+                      "evt_handlers": [(evt.EVT_C_STORE, self._on_store)]}
+        try:
+            self._assoc = associate(ae, self.address, timeouts=self.timeouts, **kwargs)
+        except PacsError as exc:
+            self._failures.append(str(exc))
+            raise
+        self._failures.clear()
         return self._assoc
+
+    def _storage_scp(self) -> None:
+        """Our storage SCP for C-MOVE, listening on ``move_port`` until :meth:`close`."""
+        from pynetdicom import AE, evt  # lazy: network client; fetch/export only
+
+        if self._scp is not None or self.move_port is None:
+            return
+        ae = AE(ae_title=self.calling_aet)
+        self.timeouts.apply(ae)
+        for sop_class in RETRIEVED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(RETRIEVED_SYNTAXES))
+        try:
+            self._scp = ae.start_server(("", self.move_port), block=False,
+                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        except OSError as exc:
+            raise UsageError(f"--move-port {self.move_port}: cannot listen there ({exc.strerror or exc})") from None
 
     def _on_store(self, event) -> int:
         if self._target is None:
@@ -287,24 +351,39 @@ class _Client:
         self._target, self._received = partial, 0
         final = None
         try:
-            for status, _ in self._association().send_c_get(query, _STUDY_ROOT_GET):
+            for status, _ in self._retrieve(query):
                 final = status
             code = getattr(final, "Status", None)
             failed = int(getattr(final, "NumberOfFailedSuboperations", 0) or 0)
+            verb = "C-GET" if self.move_port is None else "C-MOVE"
             if code is None:
-                raise PacsError(f"{self.address} did not finish the C-GET (association lost)")
+                raise PacsError(f"{self.address} did not finish the {verb} within {self.timeouts.response_s:g} s "
+                                "(association lost or peer silent)")
+            if code == 0xA801:
+                raise PacsError(f"{self.address} does not know the move destination '{self.calling_aet}': register "
+                                f"this AE title with this machine's address and port {self.move_port} at the PACS")
             if code != 0x0000 or failed:
-                raise PacsError(f"the C-GET of series {series_uid} did not complete (status 0x{code:04X}, "
+                raise PacsError(f"the {verb} of series {series_uid} did not complete (status 0x{code:04X}, "
                                 f"{failed} failed sub-operations)")
             if not self._received:
-                raise PacsError(f"the C-GET of series {series_uid} returned no image")
+                raise PacsError(f"the {verb} of series {series_uid} returned no image")
             os.replace(partial, target)
             return self._received
         finally:
             self._target = None
             shutil.rmtree(partial, ignore_errors=True)
 
+    def _retrieve(self, query: Dataset):
+        """The C-GET's responses, or the C-MOVE's to our own storage SCP."""
+        if self.move_port is None:
+            return self._association().send_c_get(query, _STUDY_ROOT_GET)
+        self._storage_scp()
+        return self._association().send_c_move(query, self.calling_aet, _STUDY_ROOT_MOVE)
+
     def close(self) -> None:
         if self._assoc is not None and self._assoc.is_established:
             self._assoc.release()
         self._assoc = None
+        if self._scp is not None:
+            self._scp.shutdown()
+            self._scp = None

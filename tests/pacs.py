@@ -24,6 +24,9 @@ ORTHANC_BINARIES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
 DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
 PACS_AET = "ORTHANC"
 TEST_AETS = ("SARCO", "SARCOTEST")
+#: The AE title ``sarco fetch --move-port`` uses in the tests: the PACS knows it at 127.0.0.1 and
+#: the port the test's storage SCP listens on (:attr:`Pacs.move_port`), and lets it C-MOVE.
+MOVE_AET = "SARCOMOVE"
 STARTUP_TIMEOUT_S = 60.0  # generous: a loaded CI machine imports slowly
 
 
@@ -35,6 +38,7 @@ class Pacs:
     process: subprocess.Popen
     storage: Path
     dicomweb: bool = False
+    move_port: int = 0
 
     @property
     def address(self) -> str:
@@ -51,6 +55,12 @@ class Pacs:
     def rest(self, path: str):
         with urllib.request.urlopen(f"{self.http}{path}", timeout=10) as response:
             return json.loads(response.read())
+
+    def restart(self) -> None:
+        """Stop and start the same server: same ports, same storage, same stored instances (Orthanc only)."""
+        self.stop()
+        self.process = _launch_orthanc(self.storage, True)
+        _wait_until_ready(self)
 
     def stop(self) -> None:
         """End the server. Its storage is a temporary folder thrown away with it, so after a short grace a
@@ -75,7 +85,7 @@ def orthanc_binary() -> str | None:
     return found or next((b for b in ORTHANC_BINARIES if Path(b).is_file()), None)
 
 
-def _orthanc_config(storage: Path, http_port: int, dicom_port: int, plugin: str | None) -> dict:
+def _orthanc_config(storage: Path, http_port: int, dicom_port: int, plugin: str | None, move_port: int) -> dict:
     config = {
         "Name": "sarco-test", "StorageDirectory": str(storage / "db"), "IndexDirectory": str(storage / "db"),
         "HttpServerEnabled": True, "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
@@ -85,7 +95,9 @@ def _orthanc_config(storage: Path, http_port: int, dicom_port: int, plugin: str 
         "DicomAlwaysAllowGet": False, "DicomAlwaysAllowMove": False,
         "DicomModalities": {aet.lower(): {"AET": aet, "Host": "127.0.0.1", "Port": 1, "AllowEcho": True,
                                           "AllowFind": True, "AllowGet": True, "AllowMove": False,
-                                          "AllowStore": True} for aet in TEST_AETS},
+                                          "AllowStore": True} for aet in TEST_AETS}
+        | {MOVE_AET.lower(): {"AET": MOVE_AET, "Host": "127.0.0.1", "Port": move_port, "AllowEcho": True,
+                              "AllowFind": True, "AllowGet": False, "AllowMove": True, "AllowStore": True}},
         "DicomAssociationCloseDelay": 0, "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 1,
         "OverwriteInstances": False, "StorageCompression": False, "HttpThreadsCount": 4,
         "DicomThreadsCount": 2, "KeepAlive": False,
@@ -96,7 +108,7 @@ def _orthanc_config(storage: Path, http_port: int, dicom_port: int, plugin: str 
     return config
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+def _wait_for_port(port: int | None, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -114,19 +126,28 @@ def start_orthanc(storage: Path, server_nodelay: bool = True) -> Pacs:
     """Orthanc on free loopback ports. ``server_nodelay``: DCMTK (Orthanc's DICOM layer) sets
     TCP_NODELAY on its sockets when the environment says ``TCP_NODELAY=1``; without it each response
     PDU, written in two pieces, waits for our delayed ACK (~45 ms per DIMSE exchange, bench/export.py)."""
-    binary = orthanc_binary()
     plugin = next((p for p in DICOMWEB_PLUGINS if Path(p).is_file()), None)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port, move_port = free_port(), free_port(), free_port()
     config = storage / "orthanc.json"
-    config.write_text(json.dumps(_orthanc_config(storage, http_port, dicom_port, plugin)))
-    log = storage / "orthanc.log"
+    config.write_text(json.dumps(_orthanc_config(storage, http_port, dicom_port, plugin, move_port)))
+    process = _launch_orthanc(storage, server_nodelay)
+    pacs = Pacs("orthanc", dicom_port, http_port, process, storage, dicomweb=plugin is not None, move_port=move_port)
+    _wait_until_ready(pacs)
+    return pacs
+
+
+def _launch_orthanc(storage: Path, server_nodelay: bool) -> subprocess.Popen:
     env = {**os.environ, "TCP_NODELAY": "1" if server_nodelay else "0"}
-    process = subprocess.Popen([binary, str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                               cwd=storage, env=env)
-    pacs = Pacs("orthanc", dicom_port, http_port, process, storage, dicomweb=plugin is not None)
+    with open(storage / "orthanc.log", "ab") as log:
+        return subprocess.Popen([orthanc_binary(), str(storage / "orthanc.json")], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=storage, env=env)
+
+
+def _wait_until_ready(pacs: Pacs) -> None:
+    log = pacs.storage / "orthanc.log"
     try:
-        _wait_for_port(http_port, process, log)
-        _wait_for_port(dicom_port, process, log)
+        _wait_for_port(pacs.http_port, pacs.process, log)
+        _wait_for_port(pacs.dicom_port, pacs.process, log)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:  # the HTTP socket opens before the REST API answers
             try:
@@ -139,23 +160,23 @@ def start_orthanc(storage: Path, server_nodelay: bool = True) -> Pacs:
     except BaseException:
         pacs.stop()
         raise
-    return pacs
 
 
 def start_qrscp(storage: Path) -> Pacs:
     """pynetdicom's Query/Retrieve SCP app (needs SQLAlchemy), knowing the test AE titles."""
-    dicom_port = free_port()
+    dicom_port, move_port = free_port(), free_port()
     (storage / "instances").mkdir(parents=True, exist_ok=True)
     sections = [f"[DEFAULT]\nport: {dicom_port}\nbind_address: 127.0.0.1\nae_title: {PACS_AET}\n"
                 f"dimse_timeout: 30\nacse_timeout: 30\nnetwork_timeout: 30\nmax_pdu: 16382\nlog_identifier: False\n"
                 f"instance_location: {storage / 'instances'}\ndatabase_location: {storage / 'index.sqlite'}\n"]
     sections += [f"[{aet}]\naddress: 127.0.0.1\nport: 1\n" for aet in TEST_AETS]
+    sections.append(f"[{MOVE_AET}]\naddress: 127.0.0.1\nport: {move_port}\n")
     config = storage / "qrscp.ini"
     config.write_text("\n".join(sections))
     log = storage / "qrscp.log"
     process = subprocess.Popen([sys.executable, "-m", "pynetdicom", "qrscp", "-c", str(config)],
                                stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=storage)
-    pacs = Pacs("qrscp", dicom_port, None, process, storage)
+    pacs = Pacs("qrscp", dicom_port, None, process, storage, move_port=move_port)
     try:
         _wait_for_port(dicom_port, process, log)
     except BaseException:

@@ -17,6 +17,7 @@ status and reason; the batch goes on.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,17 @@ from pathlib import Path
 import pandas as pd
 from pydicom.uid import generate_uid
 
-from ..contract import EXPORT_LOG_COLUMNS, EXPORT_LOG_CSV, MODALITY_NAMES
+from ..config import PacsConfig
+from ..contract import EXPORT_LOG_COLUMNS, EXPORT_LOG_CSV
 from ..errors import UsageError
+from ..executors import open_executor, progress
 from ..outputs import write_csv
-from ..pacs import CALLING_AET, parse_address
-from .destinations import DeliveryError, DicomwebDestination, DimseDestination, FolderDestination
+from ..pacs import CALLING_AET, Timeouts, parse_address
+from .delivery import Delivery, Journal, plan_exports
+from .destinations import DicomwebDestination, DimseDestination, FolderDestination
 from .sc import build_sc
 from .seg import build_seg
-from .source import ExportError, PatientResult, RunFolder, complete_geometry, complete_identity, read_source
+from .source import PatientResult, RunFolder, complete_geometry, complete_identity
 from .sr import build_sr
 
 log = logging.getLogger("sarco")
@@ -86,6 +90,8 @@ class ExportUids:
 class ExportResult:
     log: pd.DataFrame  # EXPORT_LOG_COLUMNS
     log_paths: list[Path] = field(default_factory=list)
+    #: Destinations whose breaker tripped (:class:`~.destinations.Breaker`): the reason, by name.
+    down: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -95,26 +101,55 @@ class ExportResult:
     def failed(self) -> int:
         return sum(1 for _, ok in self._patients() if not ok)
 
+    @property
+    def earlier(self) -> int:
+        """Objects not sent again: an earlier export delivered them."""
+        return int((self.log["reason"] == EARLIER).sum())
+
     def _patients(self):
         for key, rows in self.log.groupby(["patient_id", "modality"], sort=True):
             yield key, bool(rows["status"].isin(DONE_STATUSES).all())
 
 
+#: Series per worker from which an export builds on a local cluster rather than inline: a build takes
+#: 1-3 s, a cluster's start and its workers' imports 10-50 s (12 series on a loaded 2-core VM: inline
+#: 35 s, a fresh cluster 85 s; docs/pacs.md), so a small night stays in this process.
+CLUSTER_MIN_SERIES_PER_CORE = 8
 #: Statuses of an object that reached its destination (or had nothing to send).
 DONE_STATUSES = ("written", "stored", "skipped")
+EARLIER = "delivered by an earlier export"
 
 
-def _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay) -> list:
+def build_objects(result: PatientResult, exporters: Sequence[Exporter] = tuple(EXPORTERS.values()),
+                  new_study: bool = False) -> dict:
+    """Every object of one patient (name -> Dataset or None), built from its result and source series.
 
+    The source headers are completed first (:func:`complete_identity`): a source from another writer
+    (Type 2 attributes absent, SOP UIDs in the file meta only) exports as one from the engine's own.
+    """
+    uids = ExportUids(result.identity, result.patient_id, result.modality)
+    complete_identity(result.series.datasets, (lambda part: uids.uid("new study", part)) if new_study else None)
+    complete_geometry(result.series)
+    built: dict = {}
+    for exporter in exporters:
+        built[exporter.name] = exporter.build(result, uids, built)
+    return built
+
+
+def _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay, settings: PacsConfig) -> list:
+
+    timeouts = Timeouts(settings.connect_timeout_s, settings.timeout_s)
+    breaker = settings.breaker_failures
     destinations: list = []
     if dicom_dir is not None:
-        destinations.append(FolderDestination(dicom_dir))
+        destinations.append(FolderDestination(dicom_dir, breaker_failures=breaker))
     if pacs is not None:
-        destinations.append(DimseDestination(parse_address(pacs), calling_aet or CALLING_AET, nodelay=nodelay))
+        destinations.append(DimseDestination(parse_address(pacs), calling_aet or CALLING_AET, nodelay=nodelay,
+                                             timeouts=timeouts, breaker_failures=breaker))
     if dicomweb is not None:
         if not str(dicomweb).startswith(("http://", "https://")):
             raise UsageError(f"DICOMweb URL '{dicomweb}' must start with http:// or https://")
-        destinations.append(DicomwebDestination(dicomweb))
+        destinations.append(DicomwebDestination(dicomweb, timeouts=timeouts, breaker_failures=breaker))
     if not destinations:
         raise UsageError("give where to export: --dicom OUT_DIR, --pacs AET@HOST:PORT or --dicomweb URL")
     return destinations
@@ -122,7 +157,8 @@ def _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay) -> list:
 
 def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: str | None = None,
                objects: Sequence[str] = tuple(EXPORTERS), patients: Sequence[str] | None = None,
-               calling_aet: str | None = None, nodelay: bool = True, new_study: bool = False,
+               calling_aet: str | None = None, nodelay: bool = True, settings: PacsConfig | None = None,
+               scheduler: str | None = None, workers: int | None = None, new_study: bool = False,
                manifest=None) -> ExportResult:
     """Export a run's results into the source studies (``sarco export``).
 
@@ -148,6 +184,15 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
         A source without a Study or Series Instance UID goes into a new study (its UIDs derived from
         the run and the patient) instead of failing; files only (``dicom_dir``), since a PACS would
         file it apart from the patient's images.
+    settings : PacsConfig, optional
+        Timeouts, the breaker's limit and the associations per destination (config ``pacs``).
+    scheduler, workers
+        Where the objects are built: ``"inline"`` (this process), a Dask scheduler's address, or
+        None: a local cluster of ``workers`` processes (default one per core) when there are at
+        least :data:`CLUSTER_MIN_SERIES_PER_CORE` series per worker to build, else inline.
+
+    Objects that ``cache/export_journal.csv`` records as delivered to a destination (same run, same
+    input) are not sent there again: a second export after a failed or interrupted one sends the rest.
     """
     unknown = [o for o in objects if o not in EXPORTERS]
     if unknown:
@@ -161,105 +206,46 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
     if dicom_dir is not None and Path(dicom_dir).resolve().is_relative_to(run.path.resolve()):
         raise UsageError(f"--dicom '{dicom_dir}' lies inside the run folder, which never holds an identifier; "
                          "give a folder outside it")
-    destinations = _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay)
     if run.manifest is None:
         raise UsageError("give the manifest the run read (--manifest M): the run folder keeps no path to its sources")
-    rows: list[dict] = []
-    try:
-        for patient_id, modality in run.series():
-            if patients is not None and patient_id not in patients:
-                continue
-            rows += _export_one(run, patient_id, modality, [EXPORTERS[o] for o in EXPORTERS if o in objects],
-                                destinations, new_study=new_study)
-    finally:
-        for destination in destinations:
-            destination.close()
+    settings = settings or PacsConfig()
+    destinations = _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay, settings)
+    series = [s for s in run.series() if patients is None or s[0] in patients]
+    journal = Journal(run.path)
+    plans = plan_exports(run, series, [o for o in EXPORTERS if o in objects], destinations, journal.read())
+    sources = (None if manifest is None else str(Path(manifest).absolute()), new_study)
+    rows = _deliver_all(run, plans, destinations, journal, settings, scheduler, workers, sources)
     frame = pd.DataFrame(rows, columns=list(EXPORT_LOG_COLUMNS))
     paths = [run.path / EXPORT_LOG_CSV] + ([Path(dicom_dir) / EXPORT_LOG_CSV] if dicom_dir is not None else [])
     for path in paths:
         write_csv(path, frame)
-    return ExportResult(frame, paths)
+    return ExportResult(frame, paths, {d.name: d.breaker.why() for d in destinations if d.breaker.down})
 
 
-def _row(patient_id, modality, kind, destination, status, reason=""):
-    return {"patient_id": patient_id, "modality": modality, "object": kind, "destination": destination,
-            "status": status, "reason": reason}
-
-
-def _build(run: RunFolder, patient_id: str, modality: str, exporters,
-           new_study: bool = False) -> tuple[PatientResult, dict]:
-    result = run.result(patient_id, modality)
-    result.source = read_source(run, patient_id, modality)
-    return result, build_objects(result, exporters, new_study)
-
-
-def build_objects(result: PatientResult, exporters: Sequence[Exporter] = tuple(EXPORTERS.values()),
-                  new_study: bool = False) -> dict:
-    """Every object of one patient (name -> Dataset or None), built from its result and source series.
-
-    The source headers are completed first (:func:`complete_identity`): a source from another writer
-    (Type 2 attributes absent, SOP UIDs in the file meta only) exports as one from the engine's own.
-    """
-    uids = ExportUids(result.identity, result.patient_id, result.modality)
-    complete_identity(result.series.datasets, (lambda part: uids.uid("new study", part)) if new_study else None)
-    complete_geometry(result.series)
-    built: dict = {}
-    for exporter in exporters:
-        built[exporter.name] = exporter.build(result, uids, built)
-    return built
-
-
-def _export_one(run: RunFolder, patient_id: str, modality: str, exporters, destinations,
-                new_study: bool = False) -> list[dict]:
-    """The log rows of one patient and modality: reach the destinations, build everything, deliver each object.
-
-    A destination that cannot be reached (dead port, refused association) fails this patient's rows
-    for it before anything is built; it is tried again for the next patient.
-    """
-    rows, reachable = [], []
-    for destination in destinations:
-        try:
-            destination.open()
-            reachable.append(destination)
-        except DeliveryError as exc:
-            log.info("export %s (%s) to %s: %s", patient_id, modality, destination.name, exc.reason)
-            rows += [_row(patient_id, modality, e.name, destination.name, "failed", exc.reason) for e in exporters]
-    if not reachable:
-        return rows
-    where = ", ".join(d.name for d in reachable)
+def _deliver_all(run, plans, destinations, journal, settings, scheduler, workers, sources) -> list[dict]:
+    """Build and deliver every plan (progress lines as the passes print them); the log rows."""
+    to_build = sum(1 for p in plans if p.needs)
+    if scheduler is None and to_build < CLUSTER_MIN_SERIES_PER_CORE * (workers or os.cpu_count() or 1):
+        scheduler = "inline"  # a local cluster's start (seconds) costs more than a few builds
+    rows: list[dict] = []
+    journal.open()
     try:
-        _, built = _build(run, patient_id, modality, exporters, new_study)
-    except ExportError as exc:
-        log.info("export %s (%s) [%s]: %s", patient_id, modality, exc.step, exc.reason)
-        return rows + [_row(patient_id, modality, e.name, where, "failed", f"[{exc.step}] {exc.reason}")
-                       for e in exporters]
-    except Exception as exc:  # noqa: BLE001 - one patient's unforeseen problem must not stop the night's export
-        reason = f"unexpected {type(exc).__name__} while building the {MODALITY_NAMES[modality]} export: {exc}"
-        log.info("export %s (%s): %s", patient_id, modality, reason)
-        return rows + [_row(patient_id, modality, e.name, where, "failed", reason) for e in exporters]
-    for destination in reachable:
-        rows += _deliver(patient_id, modality, exporters, built, destination)
-    return rows
-
-
-def _deliver(patient_id: str, modality: str, exporters, built: dict, destination) -> list[dict]:
-    """Send one patient's objects in order; after a failure the rest are 'not sent' (the SR needs its SEG)."""
-    rows, failed = [], None
-    for exporter in exporters:
-        dataset = built[exporter.name]
-        if dataset is None:
-            rows.append(_row(patient_id, modality, exporter.name, destination.name, "skipped",
-                             "nothing to export (no QA picture in the run)"))
-        elif failed is not None:
-            rows.append(_row(patient_id, modality, exporter.name, destination.name, "not sent",
-                             f"the {failed} was not stored"))
-        else:
+        with open_executor(scheduler, workers, "cpu") as executor:
+            delivery = Delivery(executor, run.path, destinations, settings.associations, sources)
             try:
-                status = destination.deliver(patient_id, modality, exporter.name, dataset)
-                rows.append(_row(patient_id, modality, exporter.name, destination.name, status))
-            except DeliveryError as exc:
-                failed = exporter.name.upper()
-                log.info("export %s (%s) %s to %s: %s", patient_id, modality, exporter.name, destination.name,
-                         exc.reason)
-                rows.append(_row(patient_id, modality, exporter.name, destination.name, "failed", exc.reason))
-    return rows
+                delivery.preflight(sorted({n for p in plans for n in p.needs}))
+                for outcome in progress(delivery.run(plans), len(plans), "export"):
+                    journal.append(outcome["rows"])
+                    rows += outcome["rows"]
+            finally:
+                delivery.close()
+    finally:
+        journal.close()
+        for destination in destinations:
+            destination.close()
+    return sorted(rows, key=lambda r: (r["patient_id"], r["modality"], EXPORT_ORDER.get(r["object"], 99)))
+
+
+
+#: The log's order of objects within a patient: the registry's.
+EXPORT_ORDER = {name: i for i, name in enumerate(EXPORTERS)}
