@@ -206,10 +206,10 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
     if dicom_dir is not None and Path(dicom_dir).resolve().is_relative_to(run.path.resolve()):
         raise UsageError(f"--dicom '{dicom_dir}' lies inside the run folder, which never holds an identifier; "
                          "give a folder outside it")
-    if run.manifest is None:
-        raise UsageError("give the manifest the run read (--manifest M): the run folder keeps no path to its sources")
     settings = settings or PacsConfig()
     destinations = _destinations(dicom_dir, pacs, dicomweb, calling_aet, nodelay, settings)
+    if run.manifest is None:
+        raise UsageError("give the manifest the run read (--manifest M): the run folder keeps no path to its sources")
     series = [s for s in run.series() if patients is None or s[0] in patients]
     journal = Journal(run.path)
     plans = plan_exports(run, series, [o for o in EXPORTERS if o in objects], destinations, journal.read())
