@@ -276,6 +276,9 @@ SAMPLE_KEYS = ("values", "flat_index", "in_window", "size", "spacing", "origin",
                "preview_z")
 #: Optional array of an MRI sample: the intensity reference's region on the preview slice (issue 24).
 REFERENCE_PREVIEW_KEY = "reference_preview"
+#: Optional arrays of a CT sample: the ROI's native voxels (values, flat index, in window, grid as 18
+#: numbers: size, spacing, origin, direction), which the clinical reference counts (issue 30).
+NATIVE_SAMPLE_KEYS = ("native_values", "native_flat_index", "native_in_window", "native_grid")
 
 # ----------------------------------------------------------------------------- derived ROI (issue 17)
 #: Label values of a derived ROI (and of the synthetic cohort's hand ROIs): the four muscles of the
