@@ -55,11 +55,12 @@ from .methods import modality_methods, registered
 from .outputs import write_bytes, write_image, write_json
 from .preprocess import RoiSample, native_roi, preprocess
 from .previews import write_preview
-from .qa.strip import sagittal_strip
+from .qa.strip import sagittal_strip, strip_vertebrae, vertebra_bodies
 
 #: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
-#: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23).
-QA_STRIP_FORMAT = 2
+#: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23);
+#: 3: spans the vertebrae around the level, labelled (issue 30).
+QA_STRIP_FORMAT = 3
 #: Version of the cached ROI sample's layout: 2 adds the ROI's native voxels (CT; issue 30), so a
 #: series cached before them is read again.
 SAMPLE_FORMAT = 2
@@ -210,14 +211,18 @@ def _disc_plane_row(derived) -> dict:
             "method": derived.method, "dropped_voxels": int(derived.dropped_voxels)}
 
 
-def _save_qa_strip(image, mask, derived, path: Path) -> None:
+def _save_qa_strip(image, mask, derived, path: Path, segmentation: str = "", label_table=None) -> None:
     """Cache the QA panel's sagittal strip through the spinal canal (:func:`engine.qa.strip.sagittal_strip`).
 
-    Cut here, while the series is open: only the ROI's slices plus a margin are decoded.
+    Cut here, while the series is open: only the strip's slices are decoded. A derived ROI's strip
+    spans the vertebrae around the level, labelled (read again from ``segmentation``).
     """
 
+    bodies = None
+    if derived is not None and segmentation:
+        bodies = vertebra_bodies(segmentation, label_table or {}, strip_vertebrae(derived.level))
     buffer = io.BytesIO()
-    np.savez(buffer, **sagittal_strip(image, mask, derived))
+    np.savez(buffer, **sagittal_strip(image, mask, derived, bodies=bodies))
     write_bytes(path, buffer.getvalue())
 
 
@@ -366,7 +371,8 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
     cache.mkdir(parents=True, exist_ok=True)
     if cfg.run.qa:  # a run without QA pages does not pay for their strip
         try:
-            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
+            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality), derive_from,
+                           cfg.roi.derive.label_table())
         except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
             pass
     if job.get("preview"):  # the report's overlays and the QA sheet draw it (published: cache/ may go)
