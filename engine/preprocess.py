@@ -1,4 +1,4 @@
-"""Per-patient preprocessing (METHOD.md section 2): crop, 1 mm resample, N4, intensity window.
+"""Per-patient preprocessing (docs/method.md section 2): crop, 1 mm resample, N4, intensity window.
 
 The output is a :class:`RoiSample`: the ROI voxels of one patient and modality in the
 resampled space, compact enough to cache on disk and to ship to a GPU, plus the geometry

@@ -170,7 +170,7 @@ def _write_json(path: Path, data) -> None:
 def _as_written(reason: str, job: dict) -> str:
     """A reason with the job's absolute input paths shown relative to the manifest's folder.
 
-    The manifest's paths were written relative to its folder (METHOD.md section 1), so that is
+    The manifest's paths were written relative to its folder (docs/method.md section 1), so that is
     how a radiographer finds them again. Applies when the job carries ``manifest_dir``.
     """
     base = job.get("manifest_dir")

@@ -1,6 +1,6 @@
 """One patient's result as the exporters see it: the run folder's numbers and maps, and the source series.
 
-The run folder holds no identifier (METHOD.md section 6): the identities (patient, study, series,
+The run folder holds no identifier (docs/method.md section 6): the identities (patient, study, series,
 SOP instances, frame of reference) are read here, at export time, from the DICOM files the run read,
 found again through provenance.json's ``sources`` (the manifest's image path). Nothing read here is
 written back into the run folder.
