@@ -136,3 +136,17 @@ def test_synthetic_fixed_counts_the_truths_roi_voxels(tmp_path_factory, tmp_path
         # the planted truth on the same voxels: fat at the voxel centre; noise moves a few points
         assert features["ct_fixed_fat_percent"] == pytest.approx(100 * truth.loc[pid, "ct_true_fat_fraction"],
                                                                  abs=4.0)
+
+
+def test_real_ct_fixed_is_the_same_on_both_backends(real_ct, xp):
+    """The native voxels go through the same exact-sum kernels: equal bit for bit on either backend."""
+    from engine.preprocess import RoiSample
+    from kernels import tissue_stats
+
+    summary, features, _ = real_ct
+    native = RoiSample.load(summary["sample"]).native
+    stats = tissue_stats(xp.asarray(native.window_values), [-29.5], fat_is="low")[0]
+    assert int(stats.fat_count) * 27.0 == features["ct_fixed_fat_volume"]
+    assert int(stats.muscle_count) * 27.0 == features["ct_fixed_muscle_volume"]
+    assert float(stats.fat_sum) / int(stats.fat_count) == features["ct_fixed_fat_mean"]
+    assert float(stats.muscle_sum) / int(stats.muscle_count) == features["ct_fixed_muscle_mean"]
