@@ -21,6 +21,8 @@ from engine.io.segmentation import derive_roi_from_file
 from engine.qa import panel as qa_panel
 from engine.qa.strip import sagittal_strip, strip_vertebrae, vertebra_bodies
 
+from .cohorts import few_patients
+
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "totalseg_ct_t11_l2"
 LABELS = load_config().roi.derive.label_table()
 SPACING = (2.0, 2.0, 2.0)
@@ -164,3 +166,14 @@ def test_real_ct_strip_spans_the_neighbouring_bodies(real_strip):
     assert z.max() - z.min() > 80.0                                 # was the slab +- 25 mm: 70 mm
     marks = np.sort(np.asarray(strip["marks_mm"]))
     assert marks[1] == pytest.approx(derived.plane_mm)
+
+
+def test_folder_and_label_map_give_the_same_bodies(tmp_path_factory):
+    """TotalSegmentator's two output forms (the synthetic cohort writes both) name the same bodies."""
+    patient = few_patients(tmp_path_factory, 1, "strip_folder").parent / "patients" / "SYN0001"
+    names = strip_vertebrae("L3/L4")
+    from_folder = vertebra_bodies(patient / "ct_totalseg", LABELS, names)
+    from_map = vertebra_bodies(patient / "ct_totalseg.nii.gz", LABELS, names)
+    assert {"L3", "L4"} <= set(from_folder) and list(from_folder) == list(from_map)
+    for name, body in from_folder.items():
+        assert body == pytest.approx(from_map[name]), name
