@@ -1,4 +1,4 @@
-"""``sarco``: the command line (METHOD.md section 8). Thin: parse, validate, call the library.
+"""``sarco``: the command line (docs/method.md section 8). Thin: parse, validate, call the library.
 
 Exit status: 0 when the command completed (a run with failed patients still completed; they are
 in errors.csv), 1 when it could not (``--strict`` failure, nothing to fit, an input ``sarco

@@ -1,4 +1,4 @@
-"""The cohort-level fit (METHOD.md section 3): pool the training patients' histograms, fit, freeze.
+"""The cohort-level fit (docs/method.md section 3): pool the training patients' histograms, fit, freeze.
 
 Partial -> combine -> finalize: each group of training patients gives one histogram on the
 modality's explicit bins (a task), the partials add as a tree of tasks (int64, exact in any
@@ -34,7 +34,7 @@ from .tasks import group_histogram, sum_histograms
 
 log = logging.getLogger("sarco")
 
-# Bimodality diagnostic (METHOD.md section 3): Ashman's D of the two-Gaussian fit above this bound
+# Bimodality diagnostic (docs/method.md section 3): Ashman's D of the two-Gaussian fit above this bound
 # is the usual "clean separation" of two components (Ashman et al. 1994, J Hered 85:1).
 ASHMAN_D_CLEAN = 2.0
 # Below this the two Gaussians sit inside one peak whatever their weights (a muscle-only ROI:

@@ -22,7 +22,7 @@ MODALITIES = ("ct", "mri")
 MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
 #: DICOM Modality (0008,0060) each manifest modality must carry.
 DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
-#: The clinical reference method (METHOD.md section 3): fixed Hounsfield ranges, nothing fitted, CT
+#: The clinical reference method (docs/method.md section 3): fixed Hounsfield ranges, nothing fitted, CT
 #: only. Every fit method (name, display name, modalities) is an entry of :mod:`engine.methods`;
 #: this name is here because the ``*_vs_fixed_percent`` columns are built from it.
 FIXED = "fixed"
@@ -31,14 +31,14 @@ SPLITS = ("train", "validation", "prospective")
 SPLIT_NAMES = {"train": "Training", "validation": "Retrospective validation",
                "prospective": "Prospective validation"}
 
-#: Habitat map values (METHOD.md section 4). Muscle and fat are the classify kernel's own codes
+#: Habitat map values (docs/method.md section 4). Muscle and fat are the classify kernel's own codes
 #: (``kernels.MUSCLE``/``kernels.FAT``; a test keeps them equal).
 HABITAT_LABELS = {"outside_roi": 0, "muscle": 1, "fat": 2, "outside_window": 3}
 
 
 # ----------------------------------------------------------------------------- features
 def feature_name(modality: str, method: str, tissue: str, stat: str) -> str:
-    """``{modality}_{method}_{tissue}_{stat}`` (METHOD.md section 4)."""
+    """``{modality}_{method}_{tissue}_{stat}`` (docs/method.md section 4)."""
     return f"{modality}_{method}_{tissue}_{stat}"
 
 
@@ -109,7 +109,7 @@ def model_name(modality: str, method: str) -> str:
 
 
 def imaging_models(methods_by_modality: dict) -> dict[str, list[str]]:
-    """One model per (modality, method) over its features (METHOD.md section 5).
+    """One model per (modality, method) over its features (docs/method.md section 5).
 
     ``methods_by_modality``: modality -> the methods that apply to it.
     """
@@ -225,7 +225,7 @@ PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV
 #: the CLI prints notes in its summary and keeps such records off the terminal's log handler.
 NOTE_RECORD = "sarco_note"
 
-#: One row per failed patient and modality (METHOD.md section 6).
+#: One row per failed patient and modality (docs/method.md section 6).
 ERROR_COLUMNS = ("patient_id", "modality", "stage", "reason")
 
 #: provenance.json's map ``{patient_id}/{modality}`` -> whether the manifest chose the series by its
@@ -281,6 +281,9 @@ SAMPLE_KEYS = ("values", "flat_index", "in_window", "size", "spacing", "origin",
                "preview_z")
 #: Optional array of an MRI sample: the intensity reference's region on the preview slice (issue 24).
 REFERENCE_PREVIEW_KEY = "reference_preview"
+#: Optional arrays of a CT sample: the ROI's native voxels (values, flat index, in window, grid as 18
+#: numbers: size, spacing, origin, direction), which the clinical reference counts (issue 30).
+NATIVE_SAMPLE_KEYS = ("native_values", "native_flat_index", "native_in_window", "native_grid")
 
 # ----------------------------------------------------------------------------- derived ROI (issue 17)
 #: Label values of a derived ROI (and of the synthetic cohort's hand ROIs): the four muscles of the

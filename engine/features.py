@@ -1,4 +1,4 @@
-"""The feature registry (METHOD.md section 4): each per-tissue statistic's name, formula, unit and label.
+"""The feature registry (docs/method.md section 4): each per-tissue statistic's name, formula, unit and label.
 
 A feature column is ``{modality}_{method}_{tissue}_{stat}``; ``stat`` is an entry of this registry.
 Pass 2 (:func:`engine.tasks.classify_and_measure`) computes every registered stat through its

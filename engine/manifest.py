@@ -1,4 +1,4 @@
-"""The cohort manifest (METHOD.md section 1): one CSV row per patient.
+"""The cohort manifest (docs/method.md section 1): one CSV row per patient.
 
 Run-level problems (missing required column, duplicate column or patient_id, a label that is
 not 0/1, a misspelled engine column, a clinical column of file paths) raise
@@ -47,7 +47,7 @@ IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}
 PATH_COLUMNS = {m: (image_column(m), roi_column(m), segmentation_column(m)) for m in MODALITIES}
 # difflib.SequenceMatcher ratio at or above which a name is taken for a misspelled engine column
 MISSPELLING_SIMILARITY = 0.8
-# Endings of the image and mask files the engine reads (METHOD.md section 1), lower case.
+# Endings of the image and mask files the engine reads (docs/method.md section 1), lower case.
 IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima")
 # an absolute path with at least two components: /data/p1, ~/scans/p1, C:\data\p1, \\server\share
 _ABSOLUTE_PATH = re.compile(r"^(?:/|~/|[A-Za-z]:[\\/]|\\\\)[^/\\\s][^/\\]*[/\\][^/\\\s]")

@@ -1,4 +1,4 @@
-"""The fit-method registry (METHOD.md section 3): one entry per method, read by every consumer.
+"""The fit-method registry (docs/method.md section 3): one entry per method, read by every consumer.
 
 An entry names the method, its display name, the fit (a kernel function adapted to the pooled
 histogram), the pydantic model of its options (``fit.<method>`` in a config file), the modalities

@@ -1,4 +1,4 @@
-"""The cohort run (METHOD.md sections 2-6): ``run`` fits and measures, ``apply`` only measures.
+"""The cohort run (docs/method.md sections 2-6): ``run`` fits and measures, ``apply`` only measures.
 
     pass 1   per patient x modality: ingest -> preprocess -> ROI sample (cached on disk)
     reduce   training patients' histograms, summed as a tree -> Otsu / K-means / GMM -> thresholds
@@ -283,7 +283,7 @@ def run(manifest_path, *, out_dir, config: Config | None = None, force: bool = F
     Parameters
     ----------
     manifest_path : path-like
-        The cohort manifest (METHOD.md section 1).
+        The cohort manifest (docs/method.md section 1).
     out_dir : path-like
         The run folder. A rerun into the same folder recomputes only what is missing or stale.
     config : Config, optional

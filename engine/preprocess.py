@@ -1,4 +1,4 @@
-"""Per-patient preprocessing (METHOD.md section 2): crop, 1 mm resample, N4, intensity window.
+"""Per-patient preprocessing (docs/method.md section 2): crop, 1 mm resample, N4, intensity window.
 
 The output is a :class:`RoiSample`: the ROI voxels of one patient and modality in the
 resampled space, compact enough to cache on disk and to ship to a GPU, plus the geometry
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import REFERENCE_PREVIEW_KEY
+from .contract import NATIVE_SAMPLE_KEYS, REFERENCE_PREVIEW_KEY
 from .errors import InputError
 from .outputs import atomic_path
 from .standardize import choose_reference, measure_references, standardization_record
@@ -71,6 +71,70 @@ class Grid:
         return image
 
 
+@dataclass(frozen=True)
+class NativeRoi:
+    """The ROI's own voxels: the image's values under the mask on the image grid, nothing resampled.
+
+    The clinical reference (``fixed``, docs/method.md section 3) counts these, as Slice-O-Matic,
+    Comp2Comp and TotalSegmentator's tissue types do; the fitted methods use the resampled sample.
+
+    Attributes
+    ----------
+    values : (N,) float32 ndarray
+        The image's value (HU) of every ROI voxel, C order of :attr:`grid`.
+    flat_index : (N,) int64 ndarray
+        Index of each voxel in :attr:`grid`'s (Z, Y, X) C-order array.
+    in_window : (N,) bool ndarray
+        Whether the value lies inside the intensity window.
+    grid : Grid
+        The ROI's bounding box on the image's own grid (habitat maps of the reference use it).
+    """
+
+    values: np.ndarray
+    flat_index: np.ndarray
+    in_window: np.ndarray
+    grid: Grid
+
+    @property
+    def window_values(self) -> np.ndarray:
+        return self.values[self.in_window]
+
+    def label_volume(self, labels: np.ndarray) -> sitk.Image:
+        """A (Z, Y, X) uint8 image on :attr:`grid`, 0 outside the ROI, ``labels`` inside."""
+        volume = np.zeros(int(np.prod(self.grid.size)), np.uint8)
+        volume[self.flat_index] = labels
+        return self.grid.apply_to(sitk.GetImageFromArray(volume.reshape(self.grid.shape_zyx)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The ``.npz`` entries (:data:`engine.contract.NATIVE_SAMPLE_KEYS`)."""
+        grid = np.concatenate([self.grid.size, self.grid.spacing, self.grid.origin, self.grid.direction])
+        return dict(zip(NATIVE_SAMPLE_KEYS, (self.values, self.flat_index, self.in_window, grid), strict=True))
+
+    @classmethod
+    def from_arrays(cls, data) -> NativeRoi | None:
+        if NATIVE_SAMPLE_KEYS[0] not in data.files:
+            return None
+        values, flat_index, in_window, grid = (data[k] for k in NATIVE_SAMPLE_KEYS)
+        return cls(values, flat_index, in_window, Grid(_ints3(grid[:3]), _floats3(grid[3:6]), _floats3(grid[6:9]),
+                                                       tuple(float(v) for v in grid[9:])))
+
+
+def native_roi(image, mask: sitk.Image, window=None) -> NativeRoi:
+    """The image's values under the mask on the image grid (the ROI's bounding box is decoded only).
+
+    ``image``: a SimpleITK image or an :class:`engine.io.ImageSource` (a DICOM series decodes the
+    ROI's slices, which the resampled crop has just decoded and the source keeps).
+    """
+    lower, upper = _bbox_index(sitk.GetArrayViewFromImage(mask))
+    index, size = [int(v) for v in lower], [int(v) for v in upper - lower + 1]
+    box = sitk.RegionOfInterest(image, size, index) if isinstance(image, sitk.Image) else image.read(index, size)
+    roi = sitk.GetArrayViewFromImage(mask)[lower[2]:upper[2] + 1, lower[1]:upper[1] + 1, lower[0]:upper[0] + 1]
+    flat_index = np.flatnonzero(roi.ravel() != 0).astype(np.int64)
+    values = sitk.GetArrayViewFromImage(box).ravel()[flat_index].astype(np.float32)
+    in_window = np.ones(values.size, bool) if window is None else (values >= window[0]) & (values <= window[1])
+    return NativeRoi(values, flat_index, in_window, Grid.of(box))
+
+
 @dataclass
 class RoiSample:
     """The ROI voxels of one patient and modality after preprocessing.
@@ -103,6 +167,9 @@ class RoiSample:
     #: (Y, X) bool: the MRI reference's region on the preview slice (issue 24; QA draws it);
     #: stored in the ``.npz`` only when there is one (key ``reference_preview``).
     reference_preview: np.ndarray | None = None
+    #: The ROI's native voxels (:class:`NativeRoi`; CT, for the clinical reference); stored in the
+    #: ``.npz`` only when there are some (keys :data:`engine.contract.NATIVE_SAMPLE_KEYS`).
+    native: NativeRoi | None = None
 
     @property
     def roi_voxels(self) -> int:
@@ -124,6 +191,8 @@ class RoiSample:
                   "preview": self.preview, "preview_z": np.int64(self.preview_z)}
         if self.reference_preview is not None:
             arrays[REFERENCE_PREVIEW_KEY] = self.reference_preview
+        if self.native is not None:
+            arrays.update(self.native.arrays())
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
@@ -136,7 +205,7 @@ class RoiSample:
                         tuple(float(v) for v in data["direction"]))
             reference = data[REFERENCE_PREVIEW_KEY] if REFERENCE_PREVIEW_KEY in data.files else None
             return cls(data["values"], data["flat_index"], data["in_window"], grid, data["preview"],
-                       int(data["preview_z"]), reference_preview=reference)
+                       int(data["preview_z"]), reference_preview=reference, native=NativeRoi.from_arrays(data))
 
     def label_volume(self, labels: np.ndarray) -> sitk.Image:
         """A (Z, Y, X) uint8 image on :attr:`grid`, 0 outside the ROI, ``labels`` inside."""
@@ -393,5 +462,5 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
     return sitk.Cast(resampled * record["scale"], sitk.sitkFloat32), resampled_mask, record, reference_region
 
 
-__all__ = ["Grid", "RoiSample", "crop_and_resample", "crop_grid", "n4_correct", "preprocess", "resample_to",
-           "sub_box", "whole_slices", "whole_volume_grid"]
+__all__ = ["Grid", "NativeRoi", "RoiSample", "crop_and_resample", "crop_grid", "n4_correct", "native_roi", "preprocess",
+           "resample_to", "sub_box", "whole_slices", "whole_volume_grid"]

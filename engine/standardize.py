@@ -1,4 +1,4 @@
-"""MRI intensity standardisation on a reference tissue (METHOD.md section 2, step 4; issues 16, 24).
+"""MRI intensity standardisation on a reference tissue (docs/method.md section 2, step 4; issues 16, 24).
 
 T2 signal has no absolute unit: two scanners (or one scanner with another receiver gain) put the
 same muscle at different values, so a threshold fitted on pooled voxels falls between the

@@ -196,7 +196,7 @@ def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cf
 
 def table_models(columns) -> dict[str, list[str]]:
     """Imaging models of a feature table: one per (modality, method) with a column named as in
-    METHOD.md section 4 (:func:`engine.contract.parse_feature`), in the engine's order."""
+    docs/method.md section 4 (:func:`engine.contract.parse_feature`), in the engine's order."""
     found = {parts[:2] for parts in map(parse_feature, map(str, columns)) if parts is not None}
     order = {m: i for i, m in enumerate(fit_methods.method_names())}
     keys = sorted(found, key=lambda k: (MODALITIES.index(k[0]), order.get(k[1], len(order)), k[1]))
@@ -216,7 +216,7 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     """``sarco study --table``: the statistics stage on any feature table.
 
     The table has ``patient_id``, ``label`` (1/0/empty), ``split`` (train/validation/prospective),
-    imaging features named as in METHOD.md section 4 and any other column as a clinical variable
+    imaging features named as in docs/method.md section 4 and any other column as a clinical variable
     (the engine's diagnostic columns, :func:`engine.contract.is_diagnostic_column`, are not clinical).
     Writes what ``sarco run`` writes for statistics: tables/, predictions.csv, study.json,
     model.json (:data:`TABLE_MODEL_FORMAT`), features.csv, and report.html when ``run.report``.

@@ -50,16 +50,22 @@ from .errors import InputError
 from .features import TissueMeasure, measure, stat_names
 from .io import open_image, read_mask
 from .io.segmentation import derive_roi_from_file
+from .methods import get as get_method
+from .methods import modality_methods, registered
 from .outputs import write_bytes, write_image, write_json
 from .plugins import import_plugins
-from .preprocess import RoiSample, preprocess
+from .preprocess import RoiSample, native_roi, preprocess
 from .previews import write_preview
-from .qa.strip import sagittal_strip
+from .qa.strip import sagittal_strip, strip_vertebrae, vertebra_bodies
 from .runfolder import ModalityThresholds
 
 #: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
-#: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23).
-QA_STRIP_FORMAT = 2
+#: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23);
+#: 3: spans the vertebrae around the level, labelled (issue 30).
+QA_STRIP_FORMAT = 3
+#: Version of the cached ROI sample's layout: 2 adds the ROI's native voxels (CT; issue 30), so a
+#: series cached before them is read again.
+SAMPLE_FORMAT = 2
 
 
 def _hash(data) -> str:
@@ -166,7 +172,7 @@ def _write_json(path: Path, data) -> None:
 def _as_written(reason: str, job: dict) -> str:
     """A reason with the job's absolute input paths shown relative to the manifest's folder.
 
-    The manifest's paths were written relative to its folder (METHOD.md section 1), so that is
+    The manifest's paths were written relative to its folder (docs/method.md section 1), so that is
     how a radiographer finds them again. Applies when the job carries ``manifest_dir``.
     """
     base = job.get("manifest_dir")
@@ -207,14 +213,18 @@ def _disc_plane_row(derived) -> dict:
             "method": derived.method, "dropped_voxels": int(derived.dropped_voxels)}
 
 
-def _save_qa_strip(image, mask, derived, path: Path) -> None:
+def _save_qa_strip(image, mask, derived, path: Path, segmentation: str = "", label_table=None) -> None:
     """Cache the QA panel's sagittal strip through the spinal canal (:func:`engine.qa.strip.sagittal_strip`).
 
-    Cut here, while the series is open: only the ROI's slices plus a margin are decoded.
+    Cut here, while the series is open: only the strip's slices are decoded. A derived ROI's strip
+    spans the vertebrae around the level, labelled (read again from ``segmentation``).
     """
 
+    bodies = None
+    if derived is not None and segmentation:
+        bodies = vertebra_bodies(segmentation, label_table or {}, strip_vertebrae(derived.level))
     buffer = io.BytesIO()
-    np.savez(buffer, **sagittal_strip(image, mask, derived))
+    np.savez(buffer, **sagittal_strip(image, mask, derived, bodies=bodies))
     write_bytes(path, buffer.getvalue())
 
 
@@ -254,7 +264,7 @@ def ingest_and_preprocess(job: dict, cfg: Config, cache_dir: str, force: bool = 
     derive_from = job.get("segmentation") or "" if not job["roi"] else ""
     key = _hash({"inputs": stat_signature(job["image"], job["roi"], *([derive_from] if derive_from else [])),
                  "series_uid": job.get("series_uid"),
-                 "config": cfg.preprocess_key(modality), "engine": __version__})
+                 "config": cfg.preprocess_key(modality), "engine": __version__, "sample": SAMPLE_FORMAT})
     cache = Path(cache_dir)
     if not force:
         cached = _cached_summary(job, key, cache, derive_from, need_strip=cfg.run.qa)
@@ -371,10 +381,14 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
         low, high = prep.window
         raise InputError("preprocess", f"no ROI voxel lies inside the intensity window [{low:g}, {high:g}] "
                                        f"({sample.roi_voxels} ROI voxels, all excluded)")
+    if modality_methods(modality, [m.name for m in registered() if m.reference]):
+        # the clinical reference counts the ROI's own voxels on the image grid (issue 30)
+        sample.native = native_roi(image, mask, prep.window)
     cache.mkdir(parents=True, exist_ok=True)
     if cfg.run.qa:  # a run without QA pages does not pay for their strip
         try:
-            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality))
+            _save_qa_strip(image, mask, derived, qa_strip_path(cache, pid, modality), derive_from,
+                           cfg.roi.derive.label_table())
         except Exception:  # noqa: BLE001 - a QA picture must never fail a patient; the sheet shows it missing
             pass
     if job.get("preview"):  # the report's overlays and the QA sheet draw it (published: cache/ may go)
@@ -386,6 +400,7 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
                "excluded_voxels": sample.excluded_voxels, "window_voxels": int(in_window.size),
                "min": float(in_window.min()), "max": float(in_window.max()),
                "voxel_volume_mm3": sample.grid.voxel_volume_mm3,
+               **_native_summary(sample),
                "input_blake3": content_digest(job["image"], job["roi"] or derive_from),
                "image": {k: info[k] for k in ("modality", "size", "spacing", "transfer_syntax") if info and k in info},
                SCANNER_KEY: scanner_of(info), "qa_strip_attempted": QA_STRIP_FORMAT if cfg.run.qa else 0}
@@ -396,6 +411,15 @@ def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dic
     if sample.standardization is not None:
         summary[STANDARDIZATION_KEY] = sample.standardization
     return summary
+
+
+def _native_summary(sample: RoiSample) -> dict:
+    """The native voxels' counts of a pass-1 summary (empty without them)."""
+    native = sample.native
+    if native is None:
+        return {}
+    return {"native_roi_voxels": int(native.values.size), "native_window_voxels": int(native.in_window.sum()),
+            "native_voxel_volume_mm3": native.grid.voxel_volume_mm3}
 
 
 def patient_histogram(sample_path: str, lo: float, hi: float, bin_width: float, backend: str = "cpu") -> np.ndarray:
@@ -442,6 +466,52 @@ def disagreement_with_fixed(modality: str, methods: list[str], all_stats, n_wind
             for method, stats in zip(methods, all_stats, strict=True) if method != FIXED}
 
 
+def _native_methods(sample: RoiSample, methods: list[str]) -> list[int]:
+    """Indices of the methods measured on the ROI's native voxels: the clinical references (issue 30)."""
+    if sample.native is None:
+        return []
+    return [i for i, method in enumerate(methods) if get_method(method).reference]
+
+
+def _on_own_voxels(sample: RoiSample, methods: list[str], thresholds: list[float], fat_is: str, backend: str,
+                   resampled_stats) -> list[tuple]:
+    """Per method: (tissue stats, voxel volume mm³, window voxels) on the voxels it measures.
+
+    The fitted methods on the resampled sample (``resampled_stats``); the clinical reference
+    (``fixed``) on the ROI's native voxels with the native voxel volume, as the clinical tools
+    count it (docs/method.md section 3).
+    """
+    own = [(stats, sample.grid.voxel_volume_mm3, int(sample.window_values.size)) for stats in resampled_stats]
+    native = sample.native
+    chosen = _native_methods(sample, methods)
+    if native is None or not chosen:
+        return own
+    native_stats = tissue_stats(to_device(native.window_values, backend), [thresholds[i] for i in chosen],
+                                fat_is=fat_is)
+    for i, stats in zip(chosen, native_stats, strict=True):
+        own[i] = (stats, native.grid.voxel_volume_mm3, int(native.in_window.sum()))
+    return own
+
+
+def _write_habitats(sample: RoiSample, window_values, methods: list[str], thresholds: list[float], fat_is: str,
+                    backend: str, path_of) -> None:
+    """Each method's habitat map on the grid it measured: 1 mm for the fitted ones, the image's own for fixed.
+
+    ``window_values``: the sample's in-window values, already on the backend's device.
+    """
+    all_labels = to_host(classify(window_values, thresholds, fat_is=fat_is))
+    native = sample.native
+    chosen = _native_methods(sample, methods)
+    if native is not None and chosen:
+        native_labels = to_host(classify(to_device(native.window_values, backend), [thresholds[i] for i in chosen],
+                                         fat_is=fat_is))
+    for i, method in enumerate(methods):
+        on = native if (native is not None and i in chosen) else sample
+        labels = np.full(on.in_window.size, HABITAT_LABELS["outside_window"], np.uint8)
+        labels[on.in_window] = native_labels[chosen.index(i)] if on is native else all_labels[i]
+        write_image(path_of(method), on.label_volume(labels))
+
+
 def classify_and_measure(summary: dict, thresholds: ModalityThresholds | dict, cfg: Config,
                          habitat_dir: str | None, cache_dir: str, backend: str = "cpu", force: bool = False) -> dict:
     """Pass 2 for one patient and modality: frozen thresholds -> features (+ habitat maps).
@@ -479,20 +549,19 @@ def classify_and_measure(summary: dict, thresholds: ModalityThresholds | dict, c
             # One read of the voxels for every method's threshold (the kernels take a sequence).
             method_thresholds = [float(thresholds[m]) for m in methods]
             all_stats = tissue_stats(window_values, method_thresholds, fat_is=fat_is)
-            for method, stats in zip(methods, all_stats, strict=True):
+            measured = _on_own_voxels(sample, methods, method_thresholds, fat_is, backend, all_stats)
+            for method, (stats, mm3, n) in zip(methods, measured, strict=True):
                 for tissue in TISSUES:
                     tissue_measure = TissueMeasure(int(getattr(stats, f"{tissue}_count")),
-                                                   float(getattr(stats, f"{tissue}_sum")), voxel_mm3, n_window)
+                                                   float(getattr(stats, f"{tissue}_sum")), mm3, n)
                     for stat, value in measure(tissue_measure).items():  # every registered stat (engine.features)
                         features[feature_name(modality, method, tissue, stat)] = value
+            # voxel by voxel on the one grid both classify: the resampled voxels (fixed's bound included)
             features.update(disagreement_with_fixed(modality, methods, all_stats, n_window))
             if habitat_dir is not None:
                 stage = "write"
-                all_labels = to_host(classify(window_values, method_thresholds, fat_is=fat_is))
-                for method, method_labels in zip(methods, all_labels, strict=True):
-                    labels = np.full(sample.roi_voxels, HABITAT_LABELS["outside_window"], np.uint8)
-                    labels[sample.in_window] = method_labels
-                    write_image(habitat_path(habitat_dir, pid, modality, method), sample.label_volume(labels))
+                _write_habitats(sample, window_values, methods, method_thresholds, fat_is, backend,
+                                lambda method: habitat_path(habitat_dir, pid, modality, method))
                 stage = "classify"
         features[roi_volume_column(modality)] = sample.roi_voxels * voxel_mm3
         features[excluded_voxels_column(modality)] = float(sample.excluded_voxels)

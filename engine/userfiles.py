@@ -17,7 +17,7 @@ from pathlib import Path
 from .contract import FEATURES_CSV, THRESHOLDS_JSON
 from .errors import UsageError
 
-# The files without which a folder is not a run folder (METHOD.md section 6), and the
+# The files without which a folder is not a run folder (docs/method.md section 6), and the
 # features.csv columns every reader of a run folder relies on.
 RUN_FOLDER_FILES = (FEATURES_CSV, THRESHOLDS_JSON)
 RUN_FOLDER_FEATURE_COLUMNS = ("patient_id", "split", "label")
@@ -142,7 +142,7 @@ def check_scheduler_address(address: str) -> str:
 
 
 def require_run_folder(path) -> Path:
-    """``path`` as a Path if it holds a run's outputs (METHOD.md section 6), else a :class:`UsageError`.
+    """``path`` as a Path if it holds a run's outputs (docs/method.md section 6), else a :class:`UsageError`.
 
     A run folder has ``features.csv`` (with ``patient_id``, ``split`` and ``label`` columns) and
     ``thresholds.json`` (a JSON object); the other outputs are optional for its readers.

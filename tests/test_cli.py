@@ -1,4 +1,4 @@
-"""The command line: thin, validated, with honest exit codes (METHOD.md section 8)."""
+"""The command line: thin, validated, with honest exit codes (docs/method.md section 8)."""
 
 from __future__ import annotations
 

@@ -18,14 +18,17 @@ import pytest
 from engine.cohort_fit import bimodality_diagnostic, fit_cohort
 from engine.config import load_config
 from engine.contract import (
+    CACHE_DIR,
     feature_names,
     imaging_models,
     method_features,
     parse_feature,
+    sample_path,
     vs_fixed_column,
     vs_fixed_columns,
 )
 from engine.errors import ConfigError
+from engine.preprocess import RoiSample
 
 N_PATIENTS = 5
 SEED = 3
@@ -138,10 +141,13 @@ def test_fixed_features_habitats_and_disagreement(lean_run):
     for column in method_features("ct", "fixed") + vs_fixed_columns("ct", _config().fit.methods):
         assert column in features.columns and features[column].notna().all(), column
     np.testing.assert_allclose(features["ct_fixed_fat_percent"] + features["ct_fixed_muscle_percent"], 100.0)
-    for method in ("otsu", "kmeans", "gmm"):
-        expected = (features[f"ct_{method}_fat_percent"] - features["ct_fixed_fat_percent"]).abs()
-        np.testing.assert_allclose(features[f"ct_{method}_vs_fixed_percent"], expected, atol=1e-9)
     pid = features["patient_id"].iloc[0]
+    # fitted vs fixed: voxel by voxel on the 1 mm voxels both classify (fixed's features count the native ones)
+    window = RoiSample.load(sample_path(result.out_dir / CACHE_DIR, pid, "ct")).window_values
+    resampled_fixed = 100 * np.count_nonzero(window <= -29.5) / window.size
+    for method in ("otsu", "kmeans", "gmm"):
+        expected = abs(features[f"ct_{method}_fat_percent"].iloc[0] - resampled_fixed)
+        assert features[f"ct_{method}_vs_fixed_percent"].iloc[0] == pytest.approx(expected, abs=1e-9)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(result.out_dir / "habitats" / f"{pid}_ct_fixed.nii.gz")))
     fat, muscle = int((labels == 2).sum()), int((labels == 1).sum())
     assert fat / (fat + muscle) * 100 == pytest.approx(features["ct_fixed_fat_percent"].iloc[0], abs=1e-9)

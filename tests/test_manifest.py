@@ -1,4 +1,4 @@
-"""Manifest validation and the seeded, stratified split (METHOD.md section 1)."""
+"""Manifest validation and the seeded, stratified split (docs/method.md section 1)."""
 
 import numpy as np
 import pandas as pd

@@ -1,6 +1,6 @@
 """One patient's result as the exporters see it: the run folder's numbers and maps, and the source series.
 
-The run folder holds no identifier and no path to its sources (METHOD.md section 6): the sources
+The run folder holds no identifier and no path to its sources (docs/method.md section 6): the sources
 are found through the manifest the user gives to ``sarco export --manifest`` (the one the run read,
 or any naming the same patients and files), and each is checked against the run's content digest
 of that series (provenance.json's ``input_blake3``), so a manifest that points elsewhere fails that

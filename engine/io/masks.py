@@ -14,7 +14,7 @@ Formats:
 
 The binary mask (uint8 0/1) is returned on the reference image's grid. A mask on another grid
 is resampled with nearest neighbour (:func:`SimpleITK.Resample`, identity transform) as MRI
-preprocessing pipelines do (METHOD.md section 2.2). Masks with nothing selected, and masks
+preprocessing pipelines do (docs/method.md section 2, step 2). Masks with nothing selected, and masks
 that do not overlap the image in physical space, raise :class:`engine.errors.InputError`
 (stage ``mask``).
 """

@@ -208,6 +208,8 @@ class VertebralBody:
     z_mm: np.ndarray
     canal_xy_mm: tuple[float, float] | None
     dropped_voxels: int
+    #: LPS y of each body voxel centre (the QA strip places the vertebra's label at the body's centre).
+    y_mm: np.ndarray | None = None
 
     @property
     def extent_mm(self) -> tuple[float, float]:
@@ -322,7 +324,7 @@ def vertebral_body(labels: np.ndarray, image, value) -> VertebralBody | None:
         body = y <= y.min() + ANTERIOR_BODY_FRACTION * (y.max() - y.min())
     if not body.any():                                # a degenerate label: keep it whole
         body = np.ones(position.shape[0], dtype=bool)
-    return VertebralBody(columns[body], position[body, 2], canal, dropped)
+    return VertebralBody(columns[body], position[body, 2], canal, dropped, position[body, 1])
 
 
 def _column_extremes(columns: np.ndarray, z_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ def series_source(summary: dict) -> str:
 
 
 #: Version of the pictures' drawing: a change that alters the pictures bumps it, so a rerun redraws them.
-QA_PANEL_FORMAT = 1
+QA_PANEL_FORMAT = 2
 
 
 def _panel_key(summary: dict, spec: dict, strip_file: Path) -> str:

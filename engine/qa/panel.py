@@ -20,6 +20,7 @@ a second, at 2,000 patients (``python -m bench --only qa``).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ MIN_WIDTH_PX = 640
 FONT_PX = 15
 #: The picture's top band, where the title (patient, modality, ROI source) is written.
 TITLE_BAND_PX = FONT_PX + 14
+#: The vertebra labels on the strip: large enough to read in the sheet's 270 px thumbnail.
+VERTEBRA_FONT_PX = 28
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,54 @@ def canal_column(sample, view, x_mm: float, display_cols: int, shown_shape) -> i
     return int(round((col + 0.5) * display_cols / shown_shape[1] - 0.5))
 
 
+@dataclass(frozen=True)
+class VertebraLabel:
+    """A vertebra's name drawn on the strip at its body's centre (display pixels of the scaled strip)."""
+
+    name: str
+    row: int
+    col: int
+    at_level: bool
+
+
+def _display_position(value: float, axis_mm: np.ndarray, pixels: int) -> int:
+    """The scaled display pixel of an LPS coordinate along a strip axis (``axis_mm`` per source pixel)."""
+    order = np.argsort(axis_mm)
+    source = np.interp(value, axis_mm[order], np.arange(axis_mm.size, dtype=float)[order])
+    return int(round((source + 0.5) * pixels / axis_mm.size - 0.5))
+
+
+def vertebra_labels(strip: dict, rows: int, cols: int) -> list[VertebraLabel]:
+    """The strip's vertebra labels placed on its scaled display (``rows`` x ``cols``); none without bodies."""
+    names = [str(n) for n in np.atleast_1d(strip.get("vertebra_names", []))]
+    if not names or "y_mm" not in strip:
+        return []
+    z, y = np.asarray(strip["z_mm"], dtype=float), np.asarray(strip["y_mm"], dtype=float)
+    at_level = np.atleast_1d(strip["vertebra_at_level"])
+    placed = sorted((VertebraLabel(name, _display_position(float(zc), z, rows), _display_position(float(yc), y, cols),
+                                   bool(level))
+                     for name, yc, zc, level in zip(names, np.atleast_1d(strip["vertebra_y_mm"]),
+                                                    np.atleast_1d(strip["vertebra_z_mm"]), at_level, strict=True)),
+                    key=lambda label: label.row)
+    return _spread(placed, rows)
+
+
+def _spread(labels: list[VertebraLabel], rows: int) -> list[VertebraLabel]:
+    """Labels (top to bottom) moved apart to one label's height, outward from the level's; a label
+    pushed off the strip (a body the field of view cuts) is left out."""
+    if not labels:
+        return []
+    height = VERTEBRA_FONT_PX
+    anchor = next((i for i, label in enumerate(labels) if label.at_level), len(labels) // 2)
+    out = list(labels)
+    out[anchor] = dataclasses.replace(out[anchor], row=int(np.clip(out[anchor].row, height // 2, rows - height // 2)))
+    for i in range(anchor - 1, -1, -1):
+        out[i] = dataclasses.replace(out[i], row=min(out[i].row, out[i + 1].row - height))
+    for i in range(anchor + 1, len(out)):
+        out[i] = dataclasses.replace(out[i], row=max(out[i].row, out[i - 1].row + height))
+    return [label for label in out if height // 2 <= label.row <= rows - height // 2]
+
+
 def strip_image(strip: dict, modality: str, scale: float) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """(RGB strip in display order, [(display row, kind)] of its marks; kind ``plane``/``slab``/``extent``)."""
     image = np.asarray(strip["strip"], dtype=float)
@@ -230,8 +281,9 @@ def _side_letters(draw, box: tuple[int, int, int, int], letters: tuple[str, str,
 
 
 def _draw_strip(canvas, draw, side: np.ndarray, marks: list[tuple[int, str]], corner: tuple[int, int],
-                letters: tuple[str, str, str, str], font) -> None:
-    """Paste the strip at ``corner`` (left, top) with its marks: the plane solid orange, the rest dashed."""
+                letters: tuple[str, str, str, str], font, labels: list[VertebraLabel] | None = None) -> None:
+    """Paste the strip at ``corner`` (left, top) with its marks: the plane solid orange, the rest dashed;
+    each vertebra's name at its body's centre (the level's two orange), outlined black to read on bone."""
     left, top = corner
     canvas.paste(Image.fromarray(side), (left, top))
     for row, kind in marks:
@@ -240,6 +292,11 @@ def _draw_strip(canvas, draw, side: np.ndarray, marks: list[tuple[int, str]], co
                 draw.line([(left, top + row), (left + side.shape[1] - 1, top + row)], fill=PLANE_RGB, width=2)
             else:
                 _dashed_hline(draw, top + row, left, left + side.shape[1], SLAB_RGB)
+    big = _font(VERTEBRA_FONT_PX)
+    for label in labels or []:
+        if 0 <= label.row < side.shape[0] and 0 <= label.col < side.shape[1]:
+            draw.text((left + label.col, top + label.row), label.name, font=big, anchor="mm",
+                      fill=PLANE_RGB if label.at_level else TEXT_RGB, stroke_width=3, stroke_fill=(0, 0, 0))
     _side_letters(draw, (left, top, left + side.shape[1], top + side.shape[0]), letters, font)
 
 
@@ -269,7 +326,9 @@ def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choi
     if strip is not None:
         strip_text = _wrap(measure, f"strip: sagittal at x = {float(strip['x_mm']):.1f} mm ({strip['midline']}; cyan "
                                     f"dashes on the slice); {strip['level']} "
-                                    + ("(orange line, the slab dashed)" if len(marks) == 3 else "(dashed)"),
+                                    + ("(orange line, the slab dashed)" if len(marks) == 3 else "(dashed)")
+                                    + ("; vertebrae named at their bodies as the segmentation labels them"
+                                       if np.size(strip.get("vertebra_names", [])) else ""),
                            small, width - 2 * MARGIN_PX)
     height = title_h + MARGIN_PX + band_h + MARGIN_PX + line_h * (len(legend) + len(strip_text)) + 8
     canvas = Image.new("RGB", (width, height), BACKGROUND_RGB)
@@ -284,7 +343,8 @@ def render_panel(sample, strip: dict | None, *, modality: str, fat_is: str, choi
         if column is not None:
             _dashed_vline(draw, MARGIN_PX + column, top, top + axial.shape[0], CANAL_RGB)
         _draw_strip(canvas, draw, side, marks, (box[2] + 2 * MARGIN_PX, top),
-                    (str(strip["top"]), str(strip["bottom"]), str(strip["left"]), str(strip["right"])), small)
+                    (str(strip["top"]), str(strip["bottom"]), str(strip["left"]), str(strip["right"])), small,
+                    vertebra_labels(strip, side.shape[0], side.shape[1]))
     else:
         draw.text((box[2] + 2 * MARGIN_PX, top + band_h // 2), "no sagittal strip", fill=WARN_RGB, font=small)
     y = top + band_h + MARGIN_PX

@@ -1,6 +1,6 @@
 """Statistics of the study: Table 2 group comparisons, logistic models, ROC/DeLong, CV, ICC.
 
-Reproduces section 5 of METHOD.md. Fits use statsmodels ``Logit``, tests use scipy, ROC curves
+Reproduces section 5 of docs/method.md. Fits use statsmodels ``Logit``, tests use scipy, ROC curves
 and folds use scikit-learn; DeLong and the ICC are written here (no library has them).
 
 The names below are imported on first use (PEP 562), so that the command line can register
