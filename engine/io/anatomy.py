@@ -39,6 +39,15 @@ DISC_GAP_MAX_MM = 25.0
 #: Plausible distance between the centres of adjacent vertebral bodies (mm): 25-45 mm in adults;
 #: over 60 mm a vertebra between them carries no label.
 CENTRE_STEP_MAX_MM = 60.0
+#: Plausible distance from L5's centre down to the sacrum's cranial end (mm): half a body and a
+#: disc, 20-30 mm in adults; over 45 mm a vertebra between them carries no label.
+SACRUM_GAP_MAX_MM = 45.0
+#: A label whose voxels outside its largest component outnumber this share of its body's voxels
+#: holds a second vertebra (strays of a neighbour are a few hundred voxels).
+SECOND_BODY_FRACTION = 0.5
+#: A gap along the cranio-caudal axis inside a body's columns (median over columns, less one slice)
+#: wider than this (mm) is a disc: two bodies under one label. A body's own columns have none.
+INNER_GAP_MAX_MM = 4.0
 #: The 12th rib's head: its voxels within this share of the rib's voxels nearest the midline.
 RIB_HEAD_FRACTION = 0.1
 
@@ -85,6 +94,18 @@ def body_height_mm(body, slice_mm: float) -> float:
     return float(np.median(high - low)) + slice_mm
 
 
+def inner_gap_mm(body, slice_mm: float) -> float:
+    """Median over the body's columns of the widest gap between its voxels along the column (mm), less
+    one slice: 0 for one body, the disc's height where a label holds two."""
+    order = np.lexsort((body.z_mm, body.columns))
+    columns, z = body.columns[order], body.z_mm[order]
+    same = columns[1:] == columns[:-1]
+    steps = np.where(same, np.diff(z), 0.0)
+    starts = np.flatnonzero(np.r_[True, ~same])
+    widest = np.maximum.reduceat(np.r_[steps, 0.0], starts) if steps.size else np.zeros(1)
+    return max(float(np.median(widest)) - slice_mm, 0.0)
+
+
 def disc_gap_mm(upper, lower, slice_mm: float) -> float | None:
     """Median over the columns both bodies hold of the gap between their facing endplates (mm).
 
@@ -128,15 +149,23 @@ def _height_problems(bodies: dict, cut: set, slice_mm: float, level_vertebrae) -
     heights, problems = {}, []
     for vertebra in level_vertebrae:
         body = bodies.get(vertebra)
-        if body is None or vertebra in cut:
+        if body is None:
             continue
-        height = body_height_mm(body, slice_mm)
-        heights[vertebra] = round(height, 1)
+        height = body_height_mm(body, slice_mm)     # where the view cuts the body: a lower bound
+        if vertebra not in cut:
+            heights[vertebra] = round(height, 1)
         low, high = BODY_HEIGHT_MM
+        if body.dropped_voxels > SECOND_BODY_FRACTION * body.z_mm.size:
+            problems.append(f"the {vertebra} label holds a second piece as large as half its body "
+                            f"({body.dropped_voxels} voxels apart): two vertebrae under one label")
+        elif (inner := inner_gap_mm(body, slice_mm)) > INNER_GAP_MAX_MM:
+            problems.append(f"the {vertebra} label holds two bodies {inner:.0f} mm apart (a disc between them): "
+                            "two vertebrae under one label")
+            continue
         if height > high:
             problems.append(f"the {vertebra} body is {height:.0f} mm tall (adults: {low:g}-{high:g} mm): two "
                             "vertebrae under one label")
-        elif height < low:
+        elif height < low and vertebra not in cut:
             problems.append(f"the {vertebra} body is {height:.0f} mm tall (adults: {low:g}-{high:g} mm): a fragment "
                             "labelled as a vertebra")
     return heights, problems
@@ -155,7 +184,7 @@ def _sacrum_problem(bodies: dict, sacrum_top_mm: float | None) -> tuple[str, lis
         return f"sacrum below {lowest}", [f"the vertebra directly above the sacrum is labelled {lowest}, not L5: a "
                                           "level shifted by one (a sacralised L5 or a lumbarised S1 counted as a "
                                           "vertebra, or a label missing)"]
-    if gap > CENTRE_STEP_MAX_MM:
+    if gap > SACRUM_GAP_MAX_MM:
         return "sacrum far below L5", [f"L5 lies {gap:.0f} mm above the sacrum: a vertebra between them carries no "
                                        "label"]
     return "sacrum below L5", []
