@@ -86,7 +86,7 @@ def test_method_wide_disagreement_is_one_cohort_warning_and_rows_flag_what_diffe
     assert len(flagged) <= 0.05 * len(ids)
     header = re.search(r'<ul class="cohort warn".*?</ul>', page, re.S).group(0)
     assert "34 of 60 series" in header and "GMM" in header
-    assert "+15.3 HU lies inside the muscle range" in header
+    assert "the threshold of GMM (+15.3 HU) lies inside the muscle range" in header
     assert page.count("classifies more than 10 % of the ROI differently") == 1
 
 

@@ -43,28 +43,20 @@ class CohortWarning:
     text: str
 
 
-def split_inside_one_tissue(entry: dict, modality: str, method: str) -> str | None:
-    """Why ``method``'s threshold splits one tissue instead of fat from muscle, or None.
-
-    CT: the threshold lies inside the fixed muscle range (``fat_hu``/``muscle_hu`` of the entry's
-    ``fixed`` method: fat is x <= t, so t above the muscle range's lower bound calls muscle fat) or
-    below the fat range's. MRI (no fixed range): the threshold lies within :data:`COMPONENT_SD`
-    SDs of the mean of the pooled histogram's larger Gaussian component (muscle).
-    """
+def _split_inside(entry: dict, method: str) -> tuple[str, str] | None:
+    """(the tissue range ``method``'s threshold lies in, the threshold as text), or None."""
     fit = (entry.get("methods") or {}).get(method)
     if not isinstance(fit, dict) or fit.get("threshold") is None:
         return None
     t = float(fit["threshold"])
     fixed = (entry.get("methods") or {}).get(FIXED)
-    name = f"{MODALITY_NAMES.get(modality, modality)} {display_name(method)}"
     if isinstance(fixed, dict) and fixed.get("muscle_hu") and fixed.get("fat_hu"):
         muscle, fat = [float(v) for v in fixed["muscle_hu"]], [float(v) for v in fixed["fat_hu"]]
         if muscle[0] <= t <= muscle[1]:
-            return (f"{name}: the threshold {t:+.1f} HU lies inside the muscle range ({muscle[0]:g} to "
-                    f"{muscle[1]:g} HU): it splits muscle, not fat from muscle, so its fat features count lean "
-                    "muscle as fat")
+            return (f"inside the muscle range ({muscle[0]:g} to {muscle[1]:g} HU): it splits muscle, not fat from "
+                    "muscle, so its fat features count lean or low-density muscle as fat"), f"{t:+.1f} HU"
         if t < fat[0]:
-            return f"{name}: the threshold {t:+.1f} HU lies below the fat range ({fat[0]:g} HU): it splits fat"
+            return f"below the fat range ({fat[0]:g} HU): it splits fat", f"{t:+.1f} HU"
         return None
     diagnostic = entry.get("diagnostic") or {}
     means, variances, weights = (diagnostic.get(k) for k in ("means", "variances", "weights"))
@@ -73,9 +65,43 @@ def split_inside_one_tissue(entry: dict, modality: str, method: str) -> str | No
     major = int(np.argmax(weights))
     sd = float(np.sqrt(variances[major]))
     if abs(t - float(means[major])) <= COMPONENT_SD * sd:
-        return (f"{name}: the threshold {t:.4g} lies within {COMPONENT_SD:g} SD of the main tissue's mean "
-                f"({float(means[major]):.4g} +- {sd:.3g}): it splits that tissue, not fat from muscle")
+        return (f"within {COMPONENT_SD:g} SD of the main tissue's mean ({float(means[major]):.4g} +- {sd:.3g}): it "
+                "splits that tissue, not fat from muscle"), f"{t:.4g}"
     return None
+
+
+def split_inside_one_tissue(entry: dict, modality: str, method: str) -> str | None:
+    """Why ``method``'s threshold splits one tissue instead of fat from muscle, or None.
+
+    CT: the threshold lies inside the fixed muscle range (``fat_hu``/``muscle_hu`` of the entry's
+    ``fixed`` method: fat is x <= t, so t above the muscle range's lower bound calls muscle fat) or
+    below the fat range's. MRI (no fixed range): the threshold lies within :data:`COMPONENT_SD`
+    SDs of the mean of the pooled histogram's larger Gaussian component (muscle).
+    """
+    found = _split_inside(entry, method)
+    if found is None:
+        return None
+    where, threshold = found
+    return f"{MODALITY_NAMES.get(modality, modality)} {display_name(method)}: the threshold {threshold} lies {where}"
+
+
+def _split_warning(entry: dict, modality: str) -> CohortWarning | None:
+    """One warning for every fitted method whose split lies inside one tissue (grouped by where)."""
+    by_where: dict[str, list[str]] = {}
+    for method in [m for m in method_order(entry.get("methods") or {}) if m != FIXED]:
+        found = _split_inside(entry, method)
+        if found is not None:
+            by_where.setdefault(found[0], []).append(f"{display_name(method)} ({found[1]})")
+    if not by_where:
+        return None
+    parts = []
+    for where, methods in by_where.items():
+        subject = (f"the threshold of {methods[0]} lies" if len(methods) == 1
+                   else f"the thresholds of {', '.join(methods[:-1])} and {methods[-1]} lie")
+        parts.append(f"{subject} {where.replace('it splits', 'each splits').replace('its fat', 'their fat')}"
+                     if len(methods) > 1 else f"{subject} {where}")
+    return CohortWarning("splits_one_tissue", modality, None,
+                         f"{MODALITY_NAMES.get(modality, modality)}: {'; '.join(parts)}")
 
 
 def _robust_z(values: pd.Series) -> pd.Series:
@@ -121,10 +147,9 @@ def cohort_warnings(thresholds: dict, features: pd.DataFrame | None) -> list[Coh
             text = str(diagnostic.get("message") or f"{MODALITY_NAMES.get(modality, modality)}: the pooled training "
                        "histogram looks like one tissue")
             found.append(CohortWarning("one_tissue", modality, None, text))
-        for method in [m for m in method_order(entry.get("methods") or {}) if m != FIXED]:
-            why = split_inside_one_tissue(entry, modality, method)
-            if why:
-                found.append(CohortWarning("splits_one_tissue", modality, method, why))
+        split = _split_warning(entry, modality)
+        if split is not None:
+            found.append(split)
         if features is not None:
             found += vs_fixed_flags(entry, modality, features)[0]
     return found
