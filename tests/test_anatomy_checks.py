@@ -22,7 +22,7 @@ from engine.contract import ROI_MUSCLE_LABELS
 from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as TS
 from engine.errors import ConfigError, InputError
 from engine.io.anatomy import check_hand_laterality, mask_centre_x_mm
-from engine.io.segmentation import Level, derive_roi_from_file, judge_level, vertebral_body
+from engine.io.segmentation import Anchors, Level, derive_roi_from_file, judge_level, vertebral_body
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata"
 TOTALSEG = REAL / "totalseg_ct_t11_l2"
@@ -151,9 +151,7 @@ def test_real_tptbox_labels_through_the_config_pir_storage_and_a_cropped_view(tm
     assert any("L3 missing" in p or "two vertebrae" in p for p in figures.problems)
 
 
-def _no_anchors():
-    from engine.io.segmentation import Anchors
-
+def _no_anchors() -> Anchors:
     return Anchors()
 
 
