@@ -345,7 +345,7 @@ def _check_hand_sides(roi: str, cfg) -> None:
     sides = cfg.io.mask_sides
     centres = [mask_centre_x_mm(read_mask_native(roi, labels=labels, max_voxels=cfg.io.max_voxels_per_volume))
                for labels in (sides.left, sides.right)]
-    problem = check_hand_laterality(*centres, sides)
+    problem = check_hand_laterality(centres[0], centres[1], sides)
     if problem:
         raise InputError("mask", problem)
 

@@ -23,6 +23,7 @@ from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as TS
 from engine.errors import ConfigError, InputError
 from engine.io.anatomy import check_hand_laterality, mask_centre_x_mm
 from engine.io.segmentation import Anchors, Level, derive_roi_from_file, judge_level, vertebral_body
+from engine.tasks import _check_hand_sides
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata"
 TOTALSEG = REAL / "totalseg_ct_t11_l2"
@@ -274,3 +275,15 @@ def test_mask_sides_config_is_validated():
         load_config(overrides={"io": {"mask_sides": {"left": [1, 3], "right": [3, 4]}}})
     with pytest.raises(ConfigError, match="level_checks"):
         load_config(overrides={"roi": {"derive": {"level_checks": "ignore"}}})
+
+
+def test_hand_roi_sides_are_checked_where_pass_one_reads_the_roi(tmp_path):
+    """Pass 1's own check (engine.tasks) on a written label map, mirrored and not: one line, stage mask."""
+    cfg = load_config(overrides={"io": {"mask_sides": {"left": [1, 3], "right": [2, 4]}}})
+    good, mirrored = tmp_path / "good.nii.gz", tmp_path / "mirrored.nii.gz"
+    sitk.WriteImage(_hand_roi(True), str(good))
+    sitk.WriteImage(_hand_roi(False), str(mirrored))
+    _check_hand_sides(str(good), cfg)
+    with pytest.raises(InputError, match=SWAPPED) as caught:
+        _check_hand_sides(str(mirrored), cfg)
+    assert caught.value.stage == "mask"

@@ -858,8 +858,8 @@ def _anchors(positions_of, bodies: dict) -> Anchors:
     present = [b for b in bodies.values() if b is not None]
     canals = [b.canal_xy_mm[0] for b in present if b.canal_xy_mm is not None]
     midline = float(np.mean(canals or [b.centre_x_mm for b in present] or [0.0]))
-    heads = [rib_head_z_mm(p, midline) for p in map(positions_of, RIB12_STRUCTURES) if p is not None]
-    heads = [h for h in heads if h is not None]
+    found = [rib_head_z_mm(p, midline) for p in map(positions_of, RIB12_STRUCTURES) if p is not None]
+    heads = [h for h in found if h is not None]
     return Anchors(max(tops) if tops else None, float(np.mean(heads)) if heads and present else None)
 
 
