@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from . import methods as fit_methods
-from .contract import FIXED, MODALITIES, SEGMENTATION_MUSCLES, TOTALSEGMENTATOR_TOTAL_V2, VERTEBRAE, vertebra_structure
+from .contract import (
+    ANCHOR_STRUCTURES,
+    FIXED,
+    MODALITIES,
+    SEGMENTATION_MUSCLES,
+    TOTALSEGMENTATOR_TOTAL_V2,
+    VERTEBRAE,
+    vertebra_structure,
+)
 from .errors import ConfigError
 from .plugins import check_module_name, import_plugins
 from .userfiles import check_scheduler_address
@@ -32,10 +40,25 @@ def _no_series_description() -> dict[str, str | None]:
     return {"ct": None, "mri": None}
 
 
+class MaskSides(_Strict):
+    """``io.mask_sides``: the label values of a hand ROI's left- and right-named muscles (issue 30)."""
+
+    left: list[int] = Field(min_length=1)
+    right: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _apart(self):
+        both = sorted(set(self.left) & set(self.right))
+        if both:
+            raise ValueError(f"label(s) {both} named both left and right")
+        return self
+
+
 class IOConfig(_Strict):
     series_description: dict[str, str | None] = Field(default_factory=_no_series_description)
     mask_labels: list[int] | None = None
     mask_segments: list[str] | None = None
+    mask_sides: MaskSides | None = None
     max_voxels_per_volume: int = Field(400_000_000, gt=0)
     max_files_per_series: int = Field(5_000, gt=0)
     data_root: str | None = None
@@ -223,6 +246,7 @@ class DeriveConfig(_Strict):
     level: str = "L3/L4"
     thickness_mm: float = Field(20.0, gt=0)
     muscles: list[Muscle] = Field(default_factory=_both_muscles, min_length=1)
+    level_checks: Literal["error", "warn"] = "error"
 
     @field_validator("level")
     @classmethod
@@ -234,7 +258,7 @@ class DeriveConfig(_Strict):
     @field_validator("labels")
     @classmethod
     def _known_structures(cls, value):
-        known = set(SEGMENTATION_MUSCLES) | {vertebra_structure(v) for v in VERTEBRAE}
+        known = set(SEGMENTATION_MUSCLES) | {vertebra_structure(v) for v in VERTEBRAE} | set(ANCHOR_STRUCTURES)
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown structure {unknown}; expected TotalSegmentator names such as vertebrae_L3, "

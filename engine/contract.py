@@ -310,7 +310,11 @@ TOTALSEGMENTATOR_TOTAL_V2 = {
     **{vertebra_structure(v): 50 - i for i, v in enumerate(VERTEBRAE[:-1])},  # C1 50 ... L5 27
     vertebra_structure("S1"): 26,
     "autochthon_left": 86, "autochthon_right": 87, "iliopsoas_left": 88, "iliopsoas_right": 89,
+    # anchors of the level checks (issue 30): the sacrum below L5, the 12th ribs at T12
+    "sacrum": 25, "rib_left_12": 103, "rib_right_12": 115,
 }
+#: Structures of a label table other than vertebrae and muscles: the level checks' anchors.
+ANCHOR_STRUCTURES = ("sacrum", "rib_left_12", "rib_right_12")
 #: Derived ROIs (NIfTI on the image grid, labels :data:`ROI_MUSCLE_LABELS`), for review in 3D Slicer
 #: and for reuse as a manual ``ct_roi``/``mri_roi``.
 DERIVED_ROI_DIR = "derived_roi"
@@ -333,9 +337,17 @@ EXCLUSION_COLUMNS = ("patient_id", "modality", "reason")
 #: stray voxels of the two vertebra labels left out. A review table, never a feature: no column of
 #: it reaches features.csv or the statistics.
 DISC_PLANES_CSV = "disc_planes.csv"
+#: Issue 30: the anatomy checks' figures in disc_planes.csv (engine.io.anatomy): body heights of the
+#: level's vertebrae (``L3:27.5 L4:28``; a body cut by the field of view has none), the gap between
+#: their facing endplates, the vertebrae near the level as found cranial to caudal, the anchors seen
+#: (``sacrum below L5``, ``rib 12 at T12``), the mean signed LPS x offset (mm, + = patient left) of
+#: the left- and right-named muscles from the midline, and the contradiction a ``level_checks: warn``
+#: run accepted (empty when none).
+ANATOMY_COLUMNS = ("body_heights_mm", "disc_gap_mm", "vertebrae_order", "anchors", "left_offset_mm",
+                   "right_offset_mm", "anatomy_warning")
 DISC_PLANE_COLUMNS = ("patient_id", "modality", "level", "upper_vertebra", "lower_vertebra", "disc_z_mm",
                       "slab_min_z_mm", "slab_max_z_mm", "thickness_mm", "canal_x_mm", "canal_y_mm", "method",
-                      "dropped_voxels")
+                      "dropped_voxels", *ANATOMY_COLUMNS)
 #: Key of a pass-1 series summary holding its DISC_PLANE_COLUMNS values (less patient_id, modality).
 DISC_PLANE_KEY = "disc_plane"
 

@@ -49,6 +49,8 @@ from .contract import (
 from .errors import InputError
 from .features import TissueMeasure, measure, stat_names
 from .io import open_image, read_mask
+from .io.anatomy import check_hand_laterality, mask_centre_x_mm
+from .io.masks import read_mask_native
 from .io.segmentation import derive_roi_from_file
 from .methods import get as get_method
 from .methods import modality_methods, registered
@@ -195,7 +197,8 @@ def _derive_roi(segmentation: str, image, cfg, write_to: str | None):
 
     derive = cfg.roi.derive
     derived = derive_roi_from_file(segmentation, image, label_table=derive.label_table(), level=derive.level,
-                                   thickness_mm=derive.thickness_mm, muscles=derive.muscles)
+                                   thickness_mm=derive.thickness_mm, muscles=derive.muscles,
+                                   level_checks=derive.level_checks)
     if write_to:
         # on the image grid, labels kept: open it over the image in 3D Slicer, correct, give it back as *_roi
         write_image(write_to, derived.roi)
@@ -210,7 +213,7 @@ def _disc_plane_row(derived) -> dict:
             "disc_z_mm": round(derived.plane_mm, 3), "slab_min_z_mm": round(derived.slab_mm[0], 3),
             "slab_max_z_mm": round(derived.slab_mm[1], 3), "thickness_mm": derived.thickness_mm,
             "canal_x_mm": round(canal[0], 2) if canal else None, "canal_y_mm": round(canal[1], 2) if canal else None,
-            "method": derived.method, "dropped_voxels": int(derived.dropped_voxels)}
+            "method": derived.method, "dropped_voxels": int(derived.dropped_voxels), **derived.checks}
 
 
 def _save_qa_strip(image, mask, derived, path: Path, segmentation: str = "", label_table=None) -> None:
@@ -358,7 +361,19 @@ def _roi_mask(job: dict, image, cfg, derive_from: str, reached: dict):
     mask = read_mask(job["roi"], image, labels=cfg.io.mask_labels, segments=cfg.io.mask_segments,
                      max_voxels=cfg.io.max_voxels_per_volume,
                      frame_of_reference_uid=info.get("frame_of_reference_uid") or None)
+    if cfg.io.mask_sides is not None:
+        _check_hand_sides(job["roi"], cfg)
     return mask, None
+
+
+def _check_hand_sides(roi: str, cfg) -> None:
+    """``io.mask_sides``: a hand ROI's left labels must lie at the patient's left of its right ones (issue 30)."""
+    sides = cfg.io.mask_sides
+    centres = [mask_centre_x_mm(read_mask_native(roi, labels=labels, max_voxels=cfg.io.max_voxels_per_volume))
+               for labels in (sides.left, sides.right)]
+    problem = check_hand_laterality(centres[0], centres[1], sides)
+    if problem:
+        raise InputError("mask", problem)
 
 
 def _ingest(job: dict, cfg, cache: Path, derive_from: str, reached: dict) -> dict:

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 N_PATIENTS = 13
 BROKEN = "SYN0003"     # its segmentation loses L4
+MIRRORED = "SYN0005"   # its segmentation flipped left-right (the array; the header kept): issue 30
+FAILING = (BROKEN, MIRRORED)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,12 @@ def derived_cohort(shared_cohort):
     no_l4.CopyInformation(labels)
     sitk.WriteImage(no_l4, str(root / "derived_no_l4.nii.gz"))
     table.at[broken, "ct_segmentation"] = "derived_no_l4.nii.gz"
+    mirrored = table.index[table["patient_id"] == MIRRORED][0]
+    labels = sitk.ReadImage(str(root / table.at[mirrored, "ct_segmentation"]))
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(labels)[:, :, ::-1]))
+    flipped.CopyInformation(labels)
+    sitk.WriteImage(flipped, str(root / "derived_mirrored.nii.gz"))
+    table.at[mirrored, "ct_segmentation"] = "derived_mirrored.nii.gz"
     ct_only = table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).assign(ct_roi="")
     derived = root / "manifest_derived.csv"
     ct_only.to_csv(derived, index=False)
@@ -56,8 +64,8 @@ def test_derived_roi_fat_percent_tracks_truth(derived_run, derived_cohort):
     out, _ = derived_run
     features = pd.read_csv(out / "features.csv")
     truth = pd.read_csv(root / "truth.csv")
-    merged = features[features["patient_id"] != BROKEN].merge(truth, on="patient_id")
-    assert len(merged) == N_PATIENTS - 1 and merged["ct_otsu_fat_percent"].notna().all()
+    merged = features[~features["patient_id"].isin(FAILING)].merge(truth, on="patient_id")
+    assert len(merged) == N_PATIENTS - len(FAILING) and merged["ct_otsu_fat_percent"].notna().all()
     # The derived ROI is the segmentation's muscle compartments: the fat inside it is intramuscular
     # fat, which truth.csv gives as ct_true_imf_fraction. ct_true_fat_fraction is the hand ROI's
     # truth: it also counts the fat a reader's slightly dilated outline takes in at the borders.
@@ -69,13 +77,22 @@ def test_derived_roi_fat_percent_tracks_truth(derived_run, derived_cohort):
 
 def test_missing_l4_is_one_error_row_and_the_batch_goes_on(derived_run):
     out, result = derived_run
-    errors = pd.read_csv(out / "errors.csv")
-    assert list(errors["patient_id"]) == [BROKEN]
-    row = errors.iloc[0]
+    errors = pd.read_csv(out / "errors.csv").set_index("patient_id")
+    assert sorted(errors.index) == sorted(FAILING)
+    row = errors.loc[BROKEN]
     assert row["stage"] == "segmentation" and "no L4" in row["reason"] and "L3" in row["reason"]
     features = pd.read_csv(out / "features.csv").set_index("patient_id")
     assert np.isnan(features.at[BROKEN, "ct_otsu_fat_percent"])
-    assert features.drop(index=BROKEN)["ct_otsu_fat_percent"].notna().all()
+    assert features.drop(index=list(FAILING))["ct_otsu_fat_percent"].notna().all()
+
+
+def test_mirrored_segmentation_is_an_error_row_naming_it(derived_run):
+    """Issue 30: a segmentation flipped left-right was measured silently (exit 0, no note)."""
+    out, _ = derived_run
+    row = pd.read_csv(out / "errors.csv").set_index("patient_id").loc[MIRRORED]
+    assert row["stage"] == "segmentation"
+    assert "left and right swapped: mirrored mask or header" in row["reason"]
+    assert np.isnan(pd.read_csv(out / "features.csv").set_index("patient_id").at[MIRRORED, "ct_otsu_fat_percent"])
 
 
 def test_derived_roi_is_written_on_the_image_grid_with_muscle_labels(derived_run, derived_cohort):
@@ -102,7 +119,7 @@ def test_issue23_disc_planes_table_records_each_plane_within_2mm_of_the_body_dis
     out, _ = derived_run
     planes = pd.read_csv(disc_planes_path(out))
     assert tuple(planes.columns) == DISC_PLANE_COLUMNS
-    assert sorted(planes["patient_id"]) == sorted(set(pd.read_csv(out / "features.csv")["patient_id"]) - {BROKEN})
+    assert sorted(planes["patient_id"]) == sorted(set(pd.read_csv(out / "features.csv")["patient_id"]) - set(FAILING))
     assert (planes["modality"] == "ct").all()
     assert (planes["upper_vertebra"] == "L3").all() and (planes["lower_vertebra"] == "L4").all()
     merged = planes.merge(pd.read_csv(root / "truth.csv"), on="patient_id")
@@ -113,6 +130,9 @@ def test_issue23_disc_planes_table_records_each_plane_within_2mm_of_the_body_dis
     assert (merged["disc_z_mm"] < merged["slab_max_z_mm"]).all()
     features = pd.read_csv(out / "features.csv")
     assert not set(DISC_PLANE_COLUMNS[2:]) & set(features.columns)
+    # issue 30: the checks' figures; the phantom's grid holds L3 and L4 (L2 only as strays inside L3)
+    assert (merged["vertebrae_order"] == "L3 L4").all() and merged["anatomy_warning"].isna().all()
+    assert (merged["left_offset_mm"] > 10).all() and (merged["right_offset_mm"] < -10).all()
 
 
 def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
@@ -124,14 +144,15 @@ def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
     features = pd.read_csv(out / "features.csv")
     measured = features.loc[features["ct_otsu_fat_percent"].notna(), "patient_id"]
     pngs = sorted((out / QA_DIR).glob("*.png"))
-    assert len(pngs) == len(measured) == N_PATIENTS - 1
+    assert len(pngs) == len(measured) == N_PATIENTS - len(FAILING)
     for pid in measured:
         assert qa_png_path(out, pid, "ct").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text())
     assert sorted(r["patient_id"] for r in records) == sorted(measured)
     assert all(r["source"] == "derived L3/L4" and r["strip"] and "error" not in r for r in records)
     sheet = (out / QA_DIR / QA_INDEX).read_text()
-    assert sheet.count('<img loading="lazy"') == N_PATIENTS - 1 and "aria-sort" in sheet and "Fat % Otsu" in sheet
+    assert sheet.count('<img loading="lazy"') == N_PATIENTS - len(FAILING)
+    assert "aria-sort" in sheet and "Fat % Otsu" in sheet
 
 
 def test_exclusion_list_leaves_flagged_patients_out(derived_cohort, derived_run, tmp_path):
@@ -143,6 +164,6 @@ def test_exclusion_list_leaves_flagged_patients_out(derived_cohort, derived_run,
     result = run(manifest, out_dir=tmp_path / "rerun", config=cfg)
     features = result.features.set_index("patient_id")
     assert np.isnan(features.at["SYN0001", "ct_otsu_fat_percent"])
-    assert features.drop(index=["SYN0001", BROKEN])["ct_otsu_fat_percent"].notna().all()
+    assert features.drop(index=["SYN0001", *FAILING])["ct_otsu_fat_percent"].notna().all()
     assert "SYN0001" not in set(result.errors["patient_id"])
     assert any("excluded at review" in note for note in result.notes)

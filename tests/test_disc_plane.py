@@ -40,10 +40,10 @@ def _hand_phantom() -> sitk.Image:
         labels[slices, 10:14, 6:10] = 0
     labels[6:11, 14:16, 7:9] = L3           # spinous process below the body
     labels[3, 4, 6:8] = L3                  # stray voxels inside L4's body
-    labels[:, 16:19, 0:3] = AUTO_L
-    labels[:, 16:19, 13:16] = AUTO_R
-    labels[:, 0:2, 0:3] = PSOAS_L
-    labels[:, 0:2, 13:16] = PSOAS_R
+    labels[:, 16:19, 13:16] = AUTO_L     # left-named muscles at the patient's left (LPS +x)
+    labels[:, 16:19, 0:3] = AUTO_R
+    labels[:, 0:2, 13:16] = PSOAS_L
+    labels[:, 0:2, 0:3] = PSOAS_R
     image = sitk.GetImageFromArray(labels)
     image.SetSpacing((2.0, 2.0, SLICE_MM))
     return image

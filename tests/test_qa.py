@@ -246,8 +246,9 @@ def test_issue23_sheet_is_self_contained_and_sortable_filterable_enlargeable(tmp
 
 def test_issue23_sheet_warnings_are_filterable_per_row(tmp_path):
     page, ids = _synthetic_sheet(tmp_path, 40, one_tissue=True)
-    assert 'data-w="one_tissue' in _row(page, ids[0], "ct")
-    assert "one_tissue" not in re.search(r'data-w="([^"]*)"', _row(page, ids[0], "mri")).group(1)
+    # issue 30: a cohort fact is said once in the header, not on every row
+    assert "one_tissue" not in re.search(r'data-w="([^"]*)"', _row(page, ids[0], "ct")).group(1)
+    assert page.count("histogram looks like one tissue") == 1 and '<ul class="cohort warn"' in page
     assert "roi_volume_outlier" in _row(page, ids[7], "ct")
     assert "excluded" in re.search(r'data-w="([^"]*)"', _row(page, ids[5], "ct")).group(1)
     assert '<option value="roi_volume_outlier">' in page

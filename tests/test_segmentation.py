@@ -30,10 +30,10 @@ def _phantom(l3=True, l4=True, swap=False):
         labels[2:8, 2:5, 3:7] = lower
     if l3 or swap:
         labels[11:18, 2:5, 3:7] = upper
-    labels[:, 5:7, 1:3] = AUTO_L
-    labels[:, 5:7, 7:9] = AUTO_R
-    labels[:, 0:2, 0:3] = PSOAS_L
-    labels[:, 0:2, 7:10] = PSOAS_R
+    labels[:, 5:7, 7:9] = AUTO_L     # left-named muscles at the patient's left: LPS +x, high array index
+    labels[:, 5:7, 1:3] = AUTO_R
+    labels[:, 0:2, 7:10] = PSOAS_L
+    labels[:, 0:2, 0:3] = PSOAS_R
     image = sitk.GetImageFromArray(labels)
     image.SetSpacing((0.8, 0.9, 2.0))
     image.SetOrigin((10.0, -5.0, -20.0))
@@ -44,10 +44,10 @@ def _expected(slices=(8, 9, 10)):
     """The ROI by hand: the muscles as ROI labels (psoas 1/2, paraspinal 3/4) on the slab's slices."""
     roi = np.zeros((20, 8, 10), np.uint8)
     for k in slices:
-        roi[k, 5:7, 1:3] = 3
-        roi[k, 5:7, 7:9] = 4
-        roi[k, 0:2, 0:3] = 1
-        roi[k, 0:2, 7:10] = 2
+        roi[k, 5:7, 7:9] = 3
+        roi[k, 5:7, 1:3] = 4
+        roi[k, 0:2, 7:10] = 1
+        roi[k, 0:2, 0:3] = 2
     return roi
 
 

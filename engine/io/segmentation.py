@@ -28,7 +28,7 @@ outside the image, an empty ROI, a segmentation that does not overlap the image.
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from engine.contract import ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE, vertebra_structure
 from engine.errors import InputError
+from engine.io.anatomy import LevelFigures, check_laterality, check_level, rib_head_z_mm
 from engine.io.masks import format_box, physical_bounds
 from engine.io.volumes import _check_access
 
@@ -202,6 +203,8 @@ class VertebralBody:
         Centre of the spinal canal (LPS, mm) if the arch encloses it.
     dropped_voxels : int
         Voxels of the label outside its largest connected component (stray components).
+    centre_x_mm : float
+        Mean LPS x of the body's voxel centres (the midline where no canal is enclosed).
     """
 
     columns: np.ndarray
@@ -210,6 +213,7 @@ class VertebralBody:
     dropped_voxels: int
     #: LPS y of each body voxel centre (the QA strip places the vertebra's label at the body's centre).
     y_mm: np.ndarray | None = None
+    centre_x_mm: float = float("nan")
 
     @property
     def extent_mm(self) -> tuple[float, float]:
@@ -324,7 +328,8 @@ def vertebral_body(labels: np.ndarray, image, value) -> VertebralBody | None:
         body = y <= y.min() + ANTERIOR_BODY_FRACTION * (y.max() - y.min())
     if not body.any():                                # a degenerate label: keep it whole
         body = np.ones(position.shape[0], dtype=bool)
-    return VertebralBody(columns[body], position[body, 2], canal, dropped, position[body, 1])
+    return VertebralBody(columns[body], position[body, 2], canal, dropped, position[body, 1],
+                         float(position[body, 0].mean()))
 
 
 def _column_extremes(columns: np.ndarray, z_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -550,6 +555,9 @@ class DerivedRoi:
         LPS centre of the spinal canal at the level, None if no vertebra encloses it.
     dropped_voxels : int
         Stray voxels of the level's vertebra labels ignored (outside each label's largest component).
+    checks : dict
+        The anatomy checks' figures (:func:`anatomy_row`): body heights, disc gap, order, anchors,
+        laterality offsets, and the contradiction accepted by ``level_checks: warn`` (empty if none).
     """
 
     roi: object
@@ -561,6 +569,7 @@ class DerivedRoi:
     method: str = ""
     canal_xy_mm: tuple[float, float] | None = None
     dropped_voxels: int = 0
+    checks: dict = field(default_factory=dict)
 
     @property
     def slab_min_z_mm(self) -> float:
@@ -610,8 +619,117 @@ def _check_overlap(segmentation_geometry, reference) -> None:
                                 "check that it belongs to this image")
 
 
+# --------------------------------------------------------------------------- anatomy checks (issue 30)
+
+#: ``roi.derive.level_checks``: a contradiction of the level checks stops the patient, or is
+#: measured with a QA warning.
+LEVEL_CHECK_MODES = ("error", "warn")
+#: Structures that mark the sacrum (TotalSegmentator v2 names both), and the 12th ribs.
+SACRUM_STRUCTURES = ("sacrum", "vertebrae_S1")
+RIB12_STRUCTURES = ("rib_left_12", "rib_right_12")
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """LPS z (mm) of the sacrum's cranial end and of the 12th rib's head, None where not in view."""
+
+    sacrum_top_mm: float | None = None
+    rib_head_mm: float | None = None
+
+
+def check_window(level: Level) -> tuple[str, ...]:
+    """The vertebrae whose bodies the level checks read: two either side of the level and, for a
+    lumbar level, T11 to L5 (so the sacrum and the 12th rib can anchor the count). S1 is the sacrum."""
+    first = VERTEBRAE.index(level.cranial)
+    last = VERTEBRAE.index(level.caudal or level.cranial)
+    names = set(VERTEBRAE[max(0, first - 2):last + 3])
+    if any(v.startswith("L") for v in level.vertebrae):
+        names |= set(VERTEBRAE[VERTEBRAE.index("T11"):VERTEBRAE.index("L5") + 1])
+    return tuple(v for v in VERTEBRAE if v in names and v != "S1")
+
+
+def _cut_by_view(body, geometry) -> bool:
+    """Whether a body reaches the segmentation's cranial or caudal end (its height is then unknown)."""
+    size, _, _, _ = _geometry(geometry)
+    corners = np.array([[x, y, z] for x in (0, size[0] - 1) for y in (0, size[1] - 1) for z in (0, size[2] - 1)])
+    z = superior_mm(geometry, corners)
+    _, c = _superior_coefficients(geometry)
+    slack = float(np.max(np.abs(c))) + _BOUND_SLACK_MM
+    low, high = body.extent_mm
+    return bool(low <= z.min() + slack or high >= z.max() - slack)
+
+
+#: A neighbour's label whose body holds fewer voxels than this share of the level's bodies (median),
+#: and that the field of view does not cut, is only stray voxels (its vertebra is out of view).
+STRAY_BODY_FRACTION = 0.2
+
+
+def _without_strays(bodies: dict, level: Level, cut: set) -> dict:
+    """The neighbours' bodies less those that are only strays inside another vertebra."""
+    sizes = [bodies[v].z_mm.size for v in level.vertebrae if bodies.get(v) is not None]
+    if not sizes:
+        return bodies
+    smallest = STRAY_BODY_FRACTION * float(np.median(sizes))
+    return {v: (None if b is not None and v not in level.vertebrae and v not in cut and b.z_mm.size < smallest
+                else b) for v, b in bodies.items()}
+
+
+def judge_level(bodies: dict, level: Level, geometry, anchors: Anchors, mode: str) -> LevelFigures:
+    """Run the level checks (:func:`engine.io.anatomy.check_level`); raise or keep the contradictions.
+
+    ``mode`` ``error``: the first contradictions become the patient's InputError; ``warn``: they
+    stay in the figures (``problems``) for the QA sheet.
+    """
+    _, c = _superior_coefficients(geometry)
+    near = {v: b for v, b in bodies.items() if v in check_window(level) or v in level.vertebrae}
+    cut = {v for v, b in near.items() if b is not None and _cut_by_view(b, geometry)}
+    near = _without_strays(near, level, cut)
+    rib_judged = all(v in check_window(level) for v in ("T11", "T12", "L1"))
+    figures = check_level(near, level.vertebrae, slice_mm=float(np.max(np.abs(c))), cut=cut,
+                          sacrum_top_mm=anchors.sacrum_top_mm,
+                          rib_head_mm=anchors.rib_head_mm if rib_judged else None)
+    if figures.problems and mode == "error":
+        raise InputError(STAGE, f"the vertebra labels contradict anatomy at {level.name}: "
+                                f"{'; '.join(figures.problems)}; check the segmentation (or accept it with "
+                                "roi.derive.level_checks: warn)")
+    return figures
+
+
+def anatomy_row(figures: LevelFigures, left_offset_mm, right_offset_mm) -> dict:
+    """The checks' columns of ``disc_planes.csv`` (:data:`engine.contract.ANATOMY_COLUMNS`)."""
+    heights = figures.heights_mm
+    return {"body_heights_mm": " ".join(f"{v}:{h:g}" for v, h in heights.items()),
+            "disc_gap_mm": figures.disc_gap_mm, "vertebrae_order": figures.order, "anchors": figures.anchors,
+            "left_offset_mm": left_offset_mm, "right_offset_mm": right_offset_mm,
+            "anatomy_warning": "; ".join(figures.problems)}
+
+
+def _midline(placed: DiscPlane, level_bodies) -> tuple[float, str]:
+    """LPS x of the midline at the level: the canal's centre, else the vertebral bodies' centre."""
+    if placed.canal_xy_mm is not None:
+        return float(placed.canal_xy_mm[0]), "the canal"
+    xs = [b.centre_x_mm for b in level_bodies if b is not None]
+    return float(np.mean(xs)), "the vertebral body"
+
+
+def muscle_centres_x(block: np.ndarray, reference, lo: np.ndarray) -> dict[str, dict[str, float]]:
+    """``{"left": {muscle: mean LPS x}, "right": {...}}`` of the ROI muscles in a (Z, Y, X) label block.
+
+    ``lo`` is the block's first (i, j, k) index on the reference grid.
+    """
+    sides: dict[str, dict[str, float]] = {"left": {}, "right": {}}
+    for muscle, value in ROI_MUSCLE_LABELS.items():
+        kk, jj, ii = np.nonzero(block == value)
+        if ii.size == 0:
+            continue
+        index = np.stack([ii + lo[0], jj + lo[1], kk + lo[2]], axis=1)
+        sides[muscle.split("_", 1)[0]][muscle] = float(_physical(reference, index)[:, 0].mean())
+    return sides
+
+
 def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label_table: dict[str, int], *,
-               level: Level, thickness_mm: float, muscles=("paraspinal", "psoas")) -> DerivedRoi:
+               level: Level, thickness_mm: float, muscles=("paraspinal", "psoas"), anchors: Anchors | None = None,
+               level_checks: str = "error") -> DerivedRoi:
     """The chosen muscles within the level's slab, on the reference grid.
 
     Parameters
@@ -627,11 +745,20 @@ def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label
         Vertebra name -> :class:`VertebralBody`, or None where absent.
     label_table : dict
         Structure name -> label value (used for nothing but the muscle choice check here).
-    level, thickness_mm, muscles
+    level, thickness_mm, muscles, level_checks
         As ``roi.derive`` in the config.
+    anchors : Anchors, optional
+        The sacrum's and the 12th rib's positions, where the segmentation holds them.
+
+    Raises
+    ------
+    InputError
+        Besides the placement's problems: left and right swapped (always), and a contradiction of
+        the level checks unless ``level_checks`` is ``warn`` (:mod:`engine.io.anatomy`).
     """
     _check_overlap(segmentation_geometry, reference)
     placed = place_level(bodies, level)
+    figures = judge_level(bodies, level, segmentation_geometry, anchors or Anchors(), level_checks)
     plane = placed.plane_mm
     half = thickness_mm / 2.0
     _check_slab_inside(reference, plane, half, level)
@@ -648,14 +775,20 @@ def derive_roi(read_block, segmentation_geometry, reference, bodies: dict, label
 
     muscles_native = read_block(*seg_box)
     on_block = sitk.Resample(muscles_native, block, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    roi = _slab_roi(sitk.GetArrayFromImage(on_block), reference, lo, hi, slab)
+    muscles_block = sitk.GetArrayFromImage(on_block)
+    roi = _slab_roi(muscles_block, reference, lo, hi, slab)      # zeroes the block outside the slab
     if not sitk.GetArrayViewFromImage(roi).any():
         chosen = " and ".join(muscles)
         raise InputError(STAGE, f"the derived ROI is empty: no {chosen} voxel of the segmentation lies within "
                                 f"{half:g} mm of the {level.name} plane (z={plane:.1f} mm); check the label table "
                                 "(roi.derive.labels) and that the muscles were segmented")
+    midline_x, midline = _midline(placed, [bodies[v] for v in level.vertebrae])
+    sides = check_laterality(muscle_centres_x(muscles_block, reference, lo), midline_x, midline)
+    if sides.problem:
+        raise InputError(STAGE, sides.problem)
+    checks = anatomy_row(figures, sides.left_offset_mm, sides.right_offset_mm)
     return DerivedRoi(roi, level.name, plane, thickness_mm, placed.extents_mm, slab, placed.method,
-                      placed.canal_xy_mm, placed.dropped_voxels)
+                      placed.canal_xy_mm, placed.dropped_voxels, checks)
 
 
 # --------------------------------------------------------------------------- reading a segmentation
@@ -713,23 +846,58 @@ def _same_grid(a, b) -> bool:
             and np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection()))
 
 
-def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
+def _label_positions(labels: np.ndarray, image, value) -> np.ndarray:
+    """(N, 3) LPS positions of the voxel centres holding ``value`` (only the planes that hold it are scanned)."""
+    planes = np.flatnonzero((labels == value).any(axis=(1, 2)))
+    if planes.size == 0:
+        return np.zeros((0, 3))
+    kk, jj, ii = np.nonzero(labels[planes[0]:planes[-1] + 1] == value)
+    return _physical(image, np.stack([ii, jj, kk + planes[0]], axis=1))
+
+
+def _anchors(positions_of, bodies: dict) -> Anchors:
+    """The sacrum's top and the 12th rib's head from ``positions_of(structure) -> (N, 3) LPS or None``."""
+    tops = [float(p[:, 2].max()) for p in map(positions_of, SACRUM_STRUCTURES) if p is not None and p.shape[0]]
+    present = [b for b in bodies.values() if b is not None]
+    canals = [b.canal_xy_mm[0] for b in present if b.canal_xy_mm is not None]
+    midline = float(np.mean(canals or [b.centre_x_mm for b in present] or [0.0]))
+    found = [rib_head_z_mm(p, midline) for p in map(positions_of, RIB12_STRUCTURES) if p is not None]
+    heads = [h for h in found if h is not None]
+    return Anchors(max(tops) if tops else None, float(np.mean(heads)) if heads and present else None)
+
+
+def _needed_vertebrae(level: Level) -> tuple[str, ...]:
+    return tuple(v for v in VERTEBRAE if v in level.vertebrae or v in check_window(level))
+
+
+def _folder_mask(folder, structure: str, geometry):
+    """A per-structure mask file on ``geometry``'s grid (the first read sets it), or (None, geometry)."""
+    file = _structure_file(folder, structure)
+    if file is None:
+        return None, geometry
+    mask = _reader(file).Execute()
+    if geometry is None:
+        geometry = mask
+    elif not _same_grid(mask, geometry):     # columns are compared on one grid
+        mask = sitk.Resample(mask, geometry, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    return mask, geometry
+
+
+def _derive_from_folder(folder, reference, level, thickness_mm, muscles, level_checks):
     bodies: dict[str, VertebralBody | None] = {}
     geometry = None
-    for vertebra in level.vertebrae:
-        file = _structure_file(folder, vertebra_structure(vertebra))
-        if file is None:
-            bodies[vertebra] = None
-            continue
-        mask = _reader(file).Execute()
-        if geometry is None:
-            geometry = mask
-        elif not _same_grid(mask, geometry):     # columns are compared on one grid
-            mask = sitk.Resample(mask, geometry, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
-        bodies[vertebra] = vertebral_body(sitk.GetArrayViewFromImage(mask) != 0, mask, True)
-    if any(b is None for b in bodies.values()):
+    for vertebra in _needed_vertebrae(level):
+        mask, geometry = _folder_mask(folder, vertebra_structure(vertebra), geometry)
+        bodies[vertebra] = None if mask is None else vertebral_body(sitk.GetArrayViewFromImage(mask) != 0, mask, True)
+    if any(bodies[v] is None for v in level.vertebrae):
         found = _vertebrae_in_folder(folder)
         level_plane_mm({**found, **{k: b.extent_mm for k, b in bodies.items() if b is not None}}, level)
+
+    def positions_of(structure):
+        mask, _ = _folder_mask(folder, structure, geometry)
+        return None if mask is None else _label_positions(sitk.GetArrayViewFromImage(mask) != 0, mask, True)
+
+    anchors = _anchors(positions_of, bodies)
     files = {}
     for structure, muscle in SEGMENTATION_MUSCLES.items():
         if any(muscle in ROI_MUSCLE_GROUPS[g] for g in muscles):
@@ -754,23 +922,25 @@ def _derive_from_folder(folder, reference, level, thickness_mm, muscles):
         return result
 
     return derive_roi(read_block, geometry, reference, bodies, {}, level=level, thickness_mm=thickness_mm,
-                      muscles=muscles)
+                      muscles=muscles, anchors=anchors, level_checks=level_checks)
 
 
-def _derive_from_label_map(path, reference, label_table, level, thickness_mm, muscles):
+def _derive_from_label_map(path, reference, label_table, level, thickness_mm, muscles, level_checks):
     reader = _reader(path)
     image = reader.Execute()          # read once, as stored (uint8 for TotalSegmentator): never cast to float
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         image = sitk.Cast(sitk.Round(image), sitk.sitkUInt16)
     labels = sitk.GetArrayViewFromImage(image)
     bodies: dict[str, VertebralBody | None] = {}
-    for vertebra in level.vertebrae:
+    for vertebra in _needed_vertebrae(level):
         value = label_table.get(vertebra_structure(vertebra))
         bodies[vertebra] = None if value is None else vertebral_body(labels, image, int(value))
-    if any(b is None for b in bodies.values()):
+    if any(bodies[v] is None for v in level.vertebrae):
         values = {int(v) for v in np.unique(labels)}
         found = {v: (0.0, 0.0) for v in VERTEBRAE if label_table.get(vertebra_structure(v)) in values}
         level_plane_mm({**found, **{k: b.extent_mm for k, b in bodies.items() if b is not None}}, level)
+    anchors = _anchors(lambda s: None if s not in label_table else _label_positions(labels, image, int(label_table[s])),
+                       bodies)
     lut = _muscle_lut(label_table, muscles)
     if not lut.any():
         raise InputError(STAGE, "the label table names none of the chosen muscles "
@@ -785,11 +955,12 @@ def _derive_from_label_map(path, reference, label_table, level, thickness_mm, mu
         return result
 
     return derive_roi(read_block, image, reference, bodies, label_table, level=level, thickness_mm=thickness_mm,
-                      muscles=muscles)
+                      muscles=muscles, anchors=anchors, level_checks=level_checks)
 
 
 def derive_roi_from_file(path, reference, *, label_table: dict[str, int], level: str = "L3/L4",
-                         thickness_mm: float = 20.0, muscles=("paraspinal", "psoas")) -> DerivedRoi:
+                         thickness_mm: float = 20.0, muscles=("paraspinal", "psoas"),
+                         level_checks: str = "error") -> DerivedRoi:
     """Derive the ROI from a segmentation file (label map) or a TotalSegmentator folder.
 
     Parameters
@@ -807,10 +978,13 @@ def derive_roi_from_file(path, reference, *, label_table: dict[str, int], level:
         Slab thickness: the voxels whose centres lie in ``[plane - thickness/2, plane + thickness/2)``,
         at least one slice (:func:`slab_bounds_mm`).
     muscles : sequence of {"paraspinal", "psoas"}
+    level_checks : {"error", "warn"}
+        What a contradiction of the level checks does (:func:`judge_level`); left and right
+        swapped always stops the patient.
     """
 
     target = _check_access(path, STAGE, "segmentation")
     chosen = parse_level(level)
     if target.is_dir():
-        return _derive_from_folder(target, reference, chosen, thickness_mm, tuple(muscles))
-    return _derive_from_label_map(target, reference, label_table, chosen, thickness_mm, tuple(muscles))
+        return _derive_from_folder(target, reference, chosen, thickness_mm, tuple(muscles), level_checks)
+    return _derive_from_label_map(target, reference, label_table, chosen, thickness_mm, tuple(muscles), level_checks)

@@ -31,7 +31,6 @@ import pandas as pd
 from ..contract import (
     EXCLUSION_COLUMNS,
     FEATURES_CSV,
-    FIXED,
     MODALITY_NAMES,
     QA_DIR,
     QA_INDEX,
@@ -43,19 +42,17 @@ from ..contract import (
     excluded_voxels_column,
     feature_name,
     roi_volume_column,
-    vs_fixed_column,
 )
 from ..io.segmentation import BODY_SOURCES, PLANE_METHODS
 from ..methods import display_name, method_order
 from ..outputs import write_json, write_text
 from ..runfolder import Thresholds, read_json_file, read_table
+from .cohort import VS_FIXED_WARN_PERCENT, cohort_warnings, vs_fixed_flags
 from .panel import overlay_choice
 from .reference import reference_caption
 
 #: How the disc plane is found when nothing goes wrong (engine.io.segmentation.PLANE_METHODS, BODY_SOURCES).
 PREFERRED_PLANE_METHOD = f"{PLANE_METHODS[0]}_{BODY_SOURCES[0]}"
-#: Warn when a fitted method and the fixed HU bound classify more than this share of a series' voxels differently.
-VS_FIXED_WARN_PERCENT = 10.0
 #: Warn when more than this share of the ROI's voxels lies outside the intensity window.
 EXCLUDED_WARN_PERCENT = 5.0
 #: Robust z (|x - median| / (1.4826 MAD)) beyond which a series' ROI volume or fat % is an outlier.
@@ -152,27 +149,23 @@ class SheetWarning:
     applies: Callable[[dict], bool]
 
 
-def _vs_fixed(row: dict) -> float:
-    values = [row["features"].get(vs_fixed_column(row["modality"], m)) for m in row["entry"].get("methods", {})
-              if m != FIXED]
-    values = [float(v) for v in values if v is not None and np.isfinite(float(v))]
-    return max(values) if values else float("nan")
-
-
 def _excluded_percent(row: dict) -> float:
     roi = row["record"].get("roi_voxels") or 0
     return 100.0 * float(row["record"].get("excluded_voxels") or 0) / roi if roi else float("nan")
 
 
 #: The warnings a row can carry (filter menu order). ``applies`` takes the row (see SheetField.from_row)
-#: plus ``outliers`` (set of keys flagged by the cohort-wide robust z).
+#: plus ``outliers`` (set of keys flagged by the cohort-wide robust z). Cohort-level facts (one tissue,
+#: a split inside one tissue, a method-wide disagreement with fixed) are not row warnings: the
+#: header says them once (:mod:`engine.qa.cohort`, issue 30).
 SHEET_WARNINGS: list[SheetWarning] = [
-    SheetWarning("one_tissue", "one tissue (cohort)", "the modality's pooled training histogram looks like one "
-                 "tissue: the picture paints the fixed HU reference (CT) or no tissue (MRI)",
-                 lambda r: bool((r["entry"].get("diagnostic") or {}).get("likely_one_tissue"))),
+    SheetWarning("anatomy", "segmentation contradicts anatomy", "the vertebra labels contradict anatomy near the "
+                 "level and roi.derive.level_checks: warn accepted them (derived_roi/disc_planes.csv, column "
+                 "anatomy_warning): confirm the level on the strip", lambda r: bool(_anatomy_warning(r))),
     SheetWarning("vs_fixed", f"fitted vs fixed > {VS_FIXED_WARN_PERCENT:g} %", "a fitted method and the fixed "
-                 f"HU bound classify more than {VS_FIXED_WARN_PERCENT:g} % of the ROI differently",
-                 lambda r: _vs_fixed(r) > VS_FIXED_WARN_PERCENT),
+                 f"HU bound classify more than {VS_FIXED_WARN_PERCENT:g} % of the ROI differently (where that is "
+                 "the method's on most series, only where this series is an outlier)",
+                 lambda r: bool(r.get("vs_fixed_methods"))),
     SheetWarning("excluded", f"> {EXCLUDED_WARN_PERCENT:g} % outside window", "more than "
                  f"{EXCLUDED_WARN_PERCENT:g} % of the ROI's voxels lie outside the intensity window",
                  lambda r: _excluded_percent(r) > EXCLUDED_WARN_PERCENT),
@@ -191,6 +184,11 @@ SHEET_WARNINGS: list[SheetWarning] = [
                  "voxels, a wide spread or a fat/CSF ratio off its scanner's (mri_reference.csv)",
                  lambda r: bool(r["record"].get("fields", {}).get("mri_reference_flag"))),
 ]
+
+
+def _anatomy_warning(row: dict) -> str:
+    value = (row["record"].get("disc_plane") or {}).get("anatomy_warning")
+    return value if isinstance(value, str) else ""
 
 
 def panel_record(summary: dict, png_name: str, strip: dict | None) -> dict:
@@ -279,9 +277,20 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
             for r, flagged in zip(mine, _robust_outliers(series.astype(float)), strict=True):
                 if flagged:
                     r["outliers"].add(key)
+    _flag_vs_fixed(rows, entries, features)
     for row in rows:
         row["warnings"] = [w.key for w in SHEET_WARNINGS if w.applies(row)]
     return rows, methods
+
+
+def _flag_vs_fixed(rows: list[dict], entries: dict, features: pd.DataFrame) -> None:
+    """Each row's ``vs_fixed_methods``: the methods whose disagreement with fixed is this series' own."""
+    for modality in {r["modality"] for r in rows}:
+        mine = [r for r in rows if r["modality"] == modality]
+        table = pd.DataFrame([r["features"] for r in mine])
+        _, flags = vs_fixed_flags(entries.get(modality, {}), modality, table)
+        for position, row in enumerate(mine):
+            row["vs_fixed_methods"] = [m for m in flags.columns if bool(flags[m].iloc[position])]
 
 
 def _painted_method(entry: dict, modality: str) -> str | None:
@@ -326,7 +335,8 @@ def _stats_tip(row: dict, method: str, stats) -> str:
     return html.escape(f"{display_name(method)}: {'; '.join(parts)}")
 
 
-def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name: str) -> str:
+def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name: str,
+                features: pd.DataFrame | None = None) -> str:
     """The contact sheet's HTML (self-contained: inline CSS and script, pictures by relative path)."""
     fields = [f for f in SHEET_FIELDS if any(_field_value(f, r) not in (None, "") for r in rows)]
     stats = Thresholds.from_json(thresholds).stats
@@ -381,7 +391,10 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
         legends.append(f"<li{style}><b>{MODALITY_NAMES.get(modality, modality)}</b>: {html.escape(choice.legend)}</li>")
     n_warned = sum(bool(r["warnings"]) for r in rows)
     header_line = ",".join(EXCLUSION_COLUMNS)
+    cohort = "".join(f"<li>{html.escape(w.text)}</li>" for w in cohort_warnings(thresholds, features))
     return _PAGE.format(
+        cohort=f'<ul class="cohort warn" title="facts about the whole cohort, not flagged on each row">{cohort}</ul>'
+        if cohort else "",
         title=html.escape(f"QA contact sheet: {run_name}"), n=len(rows), n_warned=n_warned, options=options,
         mod_options=mod_options, legends="".join(legends), head=head_html, body="\n".join(body),
         header_line=html.escape(header_line), header_json=json.dumps(header_line), run_json=json.dumps(run_name))
@@ -396,7 +409,7 @@ def render_sheet(run_dir) -> Path:
     thresholds = read_json_file(run_dir, THRESHOLDS_JSON) if (run_dir / THRESHOLDS_JSON).is_file() else {}
     rows, methods = sheet_rows(records, features, thresholds, _disc_planes(run_dir))
     index = run_dir / QA_DIR / QA_INDEX
-    write_text(index, render_html(rows, methods, thresholds, run_dir.resolve().name))
+    write_text(index, render_html(rows, methods, thresholds, run_dir.resolve().name, features))
     return index
 
 
@@ -418,6 +431,7 @@ button:hover {{ background: #e6e6e6; }}
 details {{ margin: 4px 0 0; }}
 details ul {{ margin: 4px 0; padding-left: 20px; }}
 .warn {{ color: #9a5b00; }}
+ul.cohort {{ margin: 4px 0; font-weight: bold; }}
 main {{ padding: 0 16px 40px; }}
 table {{ border-collapse: collapse; width: 100%; background: #fff; }}
 th {{ position: sticky; top: var(--head, 96px); z-index: 2; background: #eceff3; padding: 6px 6px; text-align: right;
@@ -458,6 +472,7 @@ tr.marked td {{ background: #fde8e8; }}
 <span>Exclusion list: <b id="nexcl">0</b> <button type="button" id="copyall">copy CSV</button>
 <button type="button" id="download">download flagged.csv</button></span>
 </div>
+{cohort}
 <details><summary>How to read this page</summary><ul>
 <li>Each picture: the axial slice with the most ROI voxels (anterior up, the patient's right on image-left:
 radiological convention, letters at the edges) with the ROI outline (yellow) and the tissue colours (blue muscle,
@@ -466,7 +481,7 @@ red fat); beside it a sagittal strip through the spinal canal (superior up, ante
 is cut.</li>
 {legends}
 <li>Click a header to sort (again to reverse); click a picture to enlarge (arrow keys: previous / next; x: exclude;
-Esc: close). A link keeps a view: <code>index.html#w=one_tissue&amp;m=ct&amp;open</code>.</li>
+Esc: close). A link keeps a view: <code>index.html#w=vs_fixed&amp;m=ct&amp;open</code>.</li>
 <li>"exclude" adds the series' line ({header_line}) to the exclusion list and copies it. Save the list as a CSV
 beside the manifest and set <code>run.exclude</code> to it for the next run: those series are left out.</li>
 </ul>

@@ -64,6 +64,7 @@ from ..contract import TABLE_FILES as STUDY_TABLE_FILES
 from ..methods import display_name, method_order
 from ..outputs import write_text
 from ..previews import Preview, read_preview
+from ..qa.cohort import cohort_warnings
 from ..runfolder import StatInfo, Thresholds, read_json_file, read_table
 from .figures import box_figure, overlay_figure, roc_figure, safe_figure, threshold_figure
 from .format import format_number, format_threshold, html_table, model_label, plain_table, threshold_decimals
@@ -362,6 +363,9 @@ def diagnostic_sections(thresholds: dict, features: pd.DataFrame | None) -> list
         sections.append({
             "name": MODALITY_NAMES.get(modality, modality.upper()), "warn": bool(diagnostic.get("likely_one_tissue")),
             "message": str(diagnostic.get("message") or ""),
+            # issue 30: each method's split judged, method-wide disagreements with fixed said once
+            "cohort_warnings": [w.text for w in cohort_warnings({"modalities": {modality: info}}, features)
+                                if w.key != "one_tissue"],
             "table": plain_table(["Method", "Threshold − fixed fat bound (HU)",
                                   "Median % of ROI classified differently", "Max %"],
                                  rows, [False, True, True, True]) if rows else None,
