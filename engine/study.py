@@ -148,7 +148,8 @@ def patient_accounting(table: pd.DataFrame, model_features: dict[str, list[str]]
     return out
 
 
-def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]], cfg, out_dir: Path, notes):
+def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]], cfg, out_dir: Path, notes,
+           executor=None):
     """Run :func:`engine.stats.run_study` and write tables/, predictions.csv and study.json."""
     # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
     from .stats import run_study
@@ -159,7 +160,9 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
     # the CV folds are a statistics choice: seeded by the stats seed, not by the fit's K-means seed
     result = run_study(table, clinical_columns=columns, imaging_models=models, label="label", split="split",
                        folds=cfg.stats.cv_folds, seed=cfg.stats.split_seed, p_enter=cfg.stats.p_enter,
-                       p_remove=cfg.stats.p_remove)
+                       p_remove=cfg.stats.p_remove, repeats=cfg.stats.cv_repeats,
+                       permutations=cfg.stats.chance_permutations, chance_repeats=cfg.stats.chance_repeats,
+                       executor=executor)
     tables = Path(out_dir) / "tables"
     for attribute, name in TABLE_FILES.items():
         frame = getattr(result, attribute, None)
@@ -185,12 +188,16 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
     return bundle, json.loads(text)
 
 
-def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cfg, modalities, notes: list[str]):
-    """Fit the study's models on the training split and write the tables; return the bundle."""
+def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cfg, modalities, notes: list[str],
+                   executor=None):
+    """Fit the study's models on the training split and write the tables; return the bundle.
+
+    ``executor``: the run's (:mod:`engine.executors`), where the test against chance runs its permutations.
+    """
     columns = clinical_columns(manifest, cfg.stats.clinical_columns)
     table = _with_clinical(features, manifest, columns)
     models = imaging_models({m: cfg.modality_methods(m) for m in modalities})
-    bundle, _ = _study(table, columns, models, cfg, out_dir, notes)
+    bundle, _ = _study(table, columns, models, cfg, out_dir, notes, executor)
     return bundle
 
 
