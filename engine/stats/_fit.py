@@ -200,22 +200,30 @@ def firth_profile_ci(
     The bounds solve ``2 (l*_full - max_{b: b_index = t} l*(b)) = chi2_1(1 - alpha)`` on each side
     of the estimate, by bracketing outwards in steps of the Wald SE and then Brent's method.
 
-    The profile deficit at ``t`` is a function of ``t`` alone: every evaluation starts from the
-    estimate with ``b_index = t`` (a warm start from the previous evaluation made its value depend
-    on the path, so a bracket's two ends could share a sign). A side whose deficit never reaches
-    the critical value within the search is open (``-inf`` / ``+inf``: the profile is unbounded
-    there); a side that cannot be solved (the penalised fit fails there) is NaN. Never raises.
+    The profile deficit at ``t`` is a function of ``t`` alone (a warm start from the previous
+    evaluation made its value depend on the path, so a bracket's two ends could share a sign). Under
+    separation the penalised likelihood can have several local maxima at a fixed ``t``, so each
+    evaluation keeps the better of two fits: one from the estimate with ``b_index = t``, one from
+    the Wald ridge (the other coefficients moved by their regression on ``b_index``,
+    ``cov[:, index] / cov[index, index] * (t - b_index)``), which follows the profile far out. A
+    side whose deficit never reaches the critical value within the search is open (``-inf`` /
+    ``+inf``: the profile is unbounded there); a side that cannot be solved is NaN. Never raises.
     """
     target = stats.chi2.ppf(1.0 - alpha, df=1) / 2.0
     free = np.ones(X1.shape[1], dtype=bool)
     free[index] = False
     se = float(np.sqrt(max(cov[index, index], 1e-12)))
+    ridge = cov[:, index] / cov[index, index] if cov[index, index] > 0 else np.zeros(beta.size)
 
     def deficit(t: float) -> float:
-        start = beta.copy()
-        start[index] = t
-        _, _, _, _, value = _firth(X1, y, start=start, free=free, maxiter=200, tol=1e-10)
-        return (penalised_full - value) - target
+        at_estimate = beta.copy()
+        at_estimate[index] = t
+        best = -np.inf
+        for start in (at_estimate, beta + ridge * (t - beta[index])):
+            start[index] = t
+            _, _, _, _, value = _firth(X1, y, start=start, free=free, maxiter=200, tol=1e-10)
+            best = max(best, value)
+        return (penalised_full - best) - target
 
     low = _profile_bound(deficit, float(beta[index]), -1.0, se)
     high = _profile_bound(deficit, float(beta[index]), 1.0, se)
