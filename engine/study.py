@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -38,10 +39,11 @@ from .contract import (
     roi_volume_column,
 )
 from .errors import UsageError
+from .executors import InlineExecutor, open_executor
 from .manifest import Manifest
 from .outputs import dumps_json, write_csv, write_json, write_text
 from .rundir import add_note
-from .userfiles import read_csv_table
+from .userfiles import check_scheduler_address, read_csv_table
 
 log = logging.getLogger("sarco")
 
@@ -219,6 +221,17 @@ def read_feature_table(path) -> pd.DataFrame:
     return table
 
 
+@contextmanager
+def _study_executor(cfg):
+    """Where ``sarco study`` runs the test's permutations: the cluster ``run.scheduler``/``run.workers``
+    name (as ``sarco run``), in this process when there is no test."""
+    if cfg.stats.chance_permutations == 0:
+        yield InlineExecutor()
+        return
+    with open_executor(cfg.run.scheduler, cfg.run.workers, "cpu") as executor:
+        yield executor
+
+
 def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     """``sarco study --table``: the statistics stage on any feature table.
 
@@ -244,7 +257,8 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     notes: list[str] = []
     if not models:
         notes.append("no imaging feature columns ({modality}_{method}_{tissue}_{stat}): clinical model only")
-    bundle, summary = _study(table, columns, models, cfg, out_dir, notes)
+    with _study_executor(cfg) as executor:
+        bundle, summary = _study(table, columns, models, cfg, out_dir, notes, executor)
     write_csv(out_dir / FEATURES_CSV, table)
     write_json(out_dir / THRESHOLDS_JSON, {"modalities": {}, "source": "feature table",
                                            "note": f"statistics on {Path(table_path).name}; no threshold fitted"})
@@ -265,8 +279,11 @@ def study_command(args) -> int:
     from .config import load_config
     from .stats.cli import study_text
 
+    run = {name: getattr(args, name) for name in ("scheduler", "workers") if getattr(args, name, None) is not None}
+    if run.get("scheduler") is not None:
+        run["scheduler"] = check_scheduler_address(run["scheduler"])
     try:
-        summary, notes = run_table_study(args.table, args.out, load_config(args.config))
+        summary, notes = run_table_study(args.table, args.out, load_config(args.config, {"run": run} if run else None))
     except ValueError as exc:  # the table cannot carry the study (no training rows, one class, ...)
         raise UsageError(str(exc)) from None  # the CLI's boundary: one line, exit 2
     print(study_text(summary, notes, Path(args.out)))
@@ -280,6 +297,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--table", required=True, help="CSV: patient_id, label, split, features, clinical columns")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--config", help="YAML config (the stats keys apply)")
+    parser.add_argument("--scheduler", help="where the test against chance runs: tcp://HOST:PORT of a Dask "
+                        "scheduler, or 'inline' (default: config run.scheduler, a local cluster)")
+    parser.add_argument("--workers", type=int, help="local Dask workers for that test (default: one per core)")
     parser.set_defaults(func=study_command)
 
 

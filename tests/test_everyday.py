@@ -63,7 +63,7 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     for column in columns:
         table[column] = rng.normal(50, 10, n)
     table.to_csv(tmp_path / "features.csv", index=False)
-    cfg = load_config(overrides={"stats": {"cv_folds": 2}})
+    cfg = load_config(overrides={"stats": {"cv_folds": 2, "cv_repeats": 2, "chance_permutations": 0}})
     run_table_study(tmp_path / "features.csv", tmp_path / "study", cfg)
     # issue 21: its report said "no processing failure" while listing errors.csv as missing
     html = (tmp_path / "study" / "report.html").read_text()

@@ -25,7 +25,8 @@ def study(shared_cohort, tmp_path_factory):
     ct_manifest = manifest.parent / "manifest_study_ct.csv"
     table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).to_csv(ct_manifest, index=False)
     out = root / "run"
-    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "habitats": False}})
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "habitats": False},
+                                 "stats": {"cv_repeats": 3, "chance_permutations": 4, "chance_repeats": 2}})
     run(ct_manifest, out_dir=out, config=cfg)
     return ct_manifest, out
 
@@ -109,7 +110,9 @@ def test_sarco_study_on_any_feature_table(tmp_path, capsys):
 
     _feature_table(tmp_path / "features.csv")
     out = tmp_path / "study"
-    assert main(["study", "--table", str(tmp_path / "features.csv"), "--out", str(out)]) == 0
+    (tmp_path / "cheap.yaml").write_text("stats:\n  cv_repeats: 3\n  chance_permutations: 4\n  chance_repeats: 2\n")
+    assert main(["study", "--table", str(tmp_path / "features.csv"), "--out", str(out), "--scheduler", "inline",
+                 "--config", str(tmp_path / "cheap.yaml")]) == 0
     assert "ct_otsu" in capsys.readouterr().out
     for name in ("tables/table2_groups.csv", "tables/table5_performance.csv", "predictions.csv", "model.json",
                  "study.json", "report.html"):

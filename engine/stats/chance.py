@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from ..executors import InlineExecutor
-from .logistic import cross_validated_selection
+from .logistic import cross_validated_selection, numeric_cv_mean, numeric_matrix
 
-#: A model is better than chance when the test's p is below this.
+#: A model is better than chance when the test's p is at most this (with 99 permutations: exactly 5 % under the null).
 CHANCE_ALPHA = 0.05
 
 
@@ -84,11 +84,33 @@ class ChanceResult:
         return self._p(self.observed_best_imaging, self.null_best_imaging)
 
 
+def candidate_matrices(features: pd.DataFrame, models: list[CandidateModel],
+                       settings: ChanceSettings) -> dict[str, np.ndarray | None]:
+    """Each model's candidates on its rows as floats (None: a categorical of more than two levels),
+    and ``combined:<imaging model>`` for the combined model built on each imaging model."""
+    out: dict[str, np.ndarray | None] = {}
+    for m in models:
+        rows = np.asarray(m.rows)
+        out[m.name] = numeric_matrix(features.loc[rows, list(m.candidates)], list(m.candidates), list(m.categorical))
+        if settings.combined and m.imaging:
+            candidates = _combined_candidates(m, settings)
+            out[f"combined:{m.name}"] = numeric_matrix(features.loc[rows, candidates], candidates,
+                                                       list(settings.clinical_categorical))
+    return out
+
+
+def _combined_candidates(best: CandidateModel, settings: ChanceSettings) -> list[str]:
+    return list(settings.clinical) + [c for c in best.candidates if c not in settings.clinical]
+
+
 def _cv_mean(features: pd.DataFrame, y: np.ndarray, rows: np.ndarray, candidates: list[str], categorical: list[str],
-             settings: ChanceSettings) -> float:
+             settings: ChanceSettings, X: np.ndarray | None) -> float:
     y_rows = y[rows]
     if min(int(np.sum(y_rows == 1)), int(np.sum(y_rows == 0))) < settings.min_per_class:
         return float("nan")
+    if X is not None:  # the float-matrix path, without the DataFrame's per-call costs
+        return numeric_cv_mean(X, y_rows, folds=settings.folds, repeats=settings.repeats, seed=settings.seed,
+                               p_enter=settings.p_enter, p_remove=settings.p_remove)
     table = features.loc[rows, candidates].assign(**{settings.label: y_rows})
     cv = cross_validated_selection(table, settings.label, candidates, folds=settings.folds, repeats=settings.repeats,
                                    seed=settings.seed, categorical=categorical, p_enter=settings.p_enter,
@@ -96,17 +118,21 @@ def _cv_mean(features: pd.DataFrame, y: np.ndarray, rows: np.ndarray, candidates
     return float(cv["mean"])
 
 
-def model_cv_means(features: pd.DataFrame, y: np.ndarray, models: list[CandidateModel],
-                   settings: ChanceSettings) -> dict[str, float]:
-    """Repeated-CV mean AUC of every model (and the combined one rebuilt on the best imaging) for labels ``y``."""
-    means = {m.name: _cv_mean(features, y, np.asarray(m.rows), list(m.candidates), list(m.categorical), settings)
+def model_cv_means(features: pd.DataFrame, y: np.ndarray, models: list[CandidateModel], settings: ChanceSettings,
+                   matrices: dict[str, np.ndarray | None] | None = None) -> dict[str, float]:
+    """Repeated-CV mean AUC of every model (and the combined one rebuilt on the best imaging) for labels ``y``.
+
+    ``matrices``: :func:`candidate_matrices` of the same table (computed here when None).
+    """
+    matrices = candidate_matrices(features, models, settings) if matrices is None else matrices
+    means = {m.name: _cv_mean(features, y, np.asarray(m.rows), list(m.candidates), list(m.categorical), settings,
+                              matrices[m.name])
              for m in models}
     imaging = [m for m in models if m.imaging and np.isfinite(means[m.name])]
     if settings.combined and imaging:
         best = max(imaging, key=lambda m: means[m.name])  # first of equal maxima, as the study ranks
-        candidates = list(settings.clinical) + [c for c in best.candidates if c not in settings.clinical]
-        means["combined"] = _cv_mean(features, y, np.asarray(best.rows), candidates,
-                                     list(settings.clinical_categorical), settings)
+        means["combined"] = _cv_mean(features, y, np.asarray(best.rows), _combined_candidates(best, settings),
+                                     list(settings.clinical_categorical), settings, matrices[f"combined:{best.name}"])
     return means
 
 
@@ -120,9 +146,10 @@ def permuted_labels(y: np.ndarray, train: np.ndarray, seed: int, index: int) -> 
 
 
 def permutation_best(index: int, *, features: pd.DataFrame, y: np.ndarray, train: np.ndarray,
-                     models: list[CandidateModel], settings: ChanceSettings) -> tuple[float, float]:
+                     models: list[CandidateModel], settings: ChanceSettings,
+                     matrices: dict[str, np.ndarray | None]) -> tuple[float, float]:
     """One permutation (a task): the best CV AUC over all models and over the imaging models."""
-    means = model_cv_means(features, permuted_labels(y, train, settings.seed, index), models, settings)
+    means = model_cv_means(features, permuted_labels(y, train, settings.seed, index), models, settings, matrices)
     return _best(means, models)
 
 
@@ -155,10 +182,11 @@ def chance_test(features: pd.DataFrame, y: np.ndarray, train: np.ndarray, models
     executor = executor or InlineExecutor()
     token = uuid.uuid4().hex[:8]  # task keys unique on a cluster that outlives one study
     columns = sorted({c for m in models for c in m.candidates} | set(settings.clinical))
+    table = features[columns].reset_index(drop=True)
     futures = executor.map(permutation_best, range(int(permutations)),
                            keys=[f"chance-{token}-{i}" for i in range(int(permutations))],
-                           features=features[columns].reset_index(drop=True), y=y, train=train, models=models,
-                           settings=settings)
+                           features=table, y=y, train=train, models=models, settings=settings,
+                           matrices=candidate_matrices(table, models, settings))
     for future in futures:
         best, best_imaging = future.result()
         result.null_best.append(best)

@@ -299,16 +299,15 @@ def multivariable_logistic(
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC (ties count half); NaN without both classes."""
-    n_pos = int(np.sum(y == 1))
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """Mann-Whitney AUC over every case-control pair (ties count half); NaN without both classes."""
+    cases, controls = score[y == 1], score[y == 0]
+    if cases.size == 0 or controls.size == 0:
         return float("nan")
-    ranks = stats.rankdata(score)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    difference = cases[:, None] - controls[None, :]
+    return float(((difference > 0).sum() + 0.5 * (difference == 0).sum()) / difference.size)
 
 
-def _numeric_matrix(rows: pd.DataFrame, candidates: list[str], categorical: list[str]) -> np.ndarray | None:
+def numeric_matrix(rows: pd.DataFrame, candidates: list[str], categorical: list[str]) -> np.ndarray | None:
     """The candidates as floats (NaN missing), a two-level categorical as 0/1; None with more levels.
 
     A two-level categorical's dummy is the 0/1 column up to its sign (which level is the reference),
@@ -336,7 +335,7 @@ def _fold_selector(rows: pd.DataFrame, label: str, candidates: list[str], catego
     matrix (the same procedure, some 40 times faster); a set with a categorical of more levels runs
     :func:`multivariable_logistic` on the DataFrame.
     """
-    X = _numeric_matrix(rows, candidates, categorical)
+    X = numeric_matrix(rows, candidates, categorical)
     if X is not None:
 
         def select_fast(train_idx, test_idx, y):
@@ -438,6 +437,27 @@ def cross_validated_selection(
         folds=n_folds, selected_per_fold=selected,
     )
     return result
+
+
+def numeric_cv_mean(X: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int, p_enter: float = 0.05,
+                    p_remove: float = 0.10) -> float:
+    """:func:`cross_validated_selection`'s ``mean`` for a float candidate matrix (no DataFrame; resampling)."""
+    y = np.asarray(y, dtype=int)
+    n_folds = min(int(folds), int(y.sum()), int(y.size - y.sum()))
+    if n_folds < 2:
+        return float("nan")
+
+    def select(train_idx, test_idx, labels):
+        model = select_numeric(X[train_idx], labels[train_idx].astype(float), p_enter=p_enter, p_remove=p_remove)
+        return (None, []) if model is None else (model.predict_proba(X[test_idx]), [])
+
+    aucs, _ = _run_folds(select, y, n_folds, int(repeats), int(seed), [])
+    values = np.asarray(aucs, dtype=float).reshape(int(repeats), n_folds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_repeat = np.nanmean(values, axis=1)
+    finite = per_repeat[np.isfinite(per_repeat)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def _run_folds(select, y: np.ndarray, folds: int, repeats: int, seed: int, notes: list[str]):

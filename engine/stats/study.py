@@ -508,6 +508,20 @@ def _cv_table(fitted: dict[str, _Fitted], models, failed: dict[str, str] | None 
     return pd.DataFrame(rows, columns=columns)
 
 
+#: The repeated-CV columns that Tables 4 and 5 carry beside each model's rows.
+CV_BESIDE_COLUMNS = {"auc_mean": "cv_auc_mean", "auc_sd": "cv_auc_sd", "auc_ci_low": "cv_auc_ci_low",
+                     "auc_ci_high": "cv_auc_ci_high"}
+
+
+def _with_cv(table: pd.DataFrame, cv: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each model's repeated-CV mean, SD and interval (:data:`CV_BESIDE_COLUMNS`)."""
+    values = cv.set_index("model")[list(CV_BESIDE_COLUMNS)].rename(columns=CV_BESIDE_COLUMNS) if len(cv) else None
+    out = table.copy()
+    for column in CV_BESIDE_COLUMNS.values():
+        out[column] = out["model"].map(values[column]) if values is not None and len(out) else np.nan
+    return out
+
+
 def _best_model(fitted: dict[str, _Fitted], names: list[str]) -> str | None:
     """Highest repeated-CV AUC among ``names`` (ties: apparent AUC, then order); None without a CV."""
     usable = [n for n in names if n in fitted and fitted[n].mv.model is not None
@@ -553,7 +567,7 @@ def _verdict(fitted: dict[str, _Fitted], name: str | None, p: float) -> dict | N
     finite_p = bool(np.isfinite(p))
     return {"name": name, "cv_auc": float(cv["mean"]), "cv_auc_interval": [float(v) for v in cv["interval"]],
             "chance_p": float(p) if finite_p else None,
-            "better_than_chance": bool(p < CHANCE_ALPHA) if finite_p else None}
+            "better_than_chance": bool(p <= CHANCE_ALPHA) if finite_p else None}
 
 
 def _comparisons(cohort: _Cohort, predictions: pd.DataFrame, models, best: str | None) -> pd.DataFrame:
@@ -658,10 +672,11 @@ def run_study(
     best_overall = _best_model(fitted, ["clinical", *imaging_models, "combined"])
     chance = _chance(cohort, fitted, list(imaging_models), permutations,
                      repeats if chance_repeats is None else chance_repeats, executor)
+    cv_table = _cv_table(fitted, models, cohort.failed)
     return StudyResult(
-        table2=table2, table3=table3, table4=table4, table5=_table5(cohort, models, cutoffs, predictions),
-        cv=_cv_table(fitted, models, cohort.failed), predictions=predictions, notes=cohort.notes, models=models,
-        cutoffs=cutoffs,
+        table2=table2, table3=table3, table4=_with_cv(table4, cv_table),
+        table5=_with_cv(_table5(cohort, models, cutoffs, predictions), cv_table),
+        cv=cv_table, predictions=predictions, notes=cohort.notes, models=models, cutoffs=cutoffs,
         table_combined=table_combined, comparisons=_comparisons(cohort, predictions, models, best),
         multivariable={name: f.mv for name, f in fitted.items()}, best_imaging_model=best,
         combined_same_as_clinical=same_as_clinical,
