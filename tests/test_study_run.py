@@ -133,3 +133,27 @@ def test_sarco_study_user_mistake_is_one_line_exit_2(tmp_path, capsys, problem):
     assert main(["study", "--table", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("not found" in err or "split" in err)
+
+
+def test_study_json_names_the_best_model_with_its_test_against_chance(study):
+    """Issue 31: repeated CV settings, each model's interval, the best model with the permutation test's p."""
+    _, out = study
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["cv"] == {"folds": 5, "repeats": 3, "seed": 42}
+    assert summary["chance_test"]["permutations"] == 4 and summary["chance_test"]["cv_repeats"] == 2
+    models = summary["models"]
+    for model in models.values():
+        low, high = model["cv_auc_interval"]
+        assert low <= model["cv_auc_mean"] <= high
+    best = summary["best_model"]
+    assert set(best) == {"name", "cv_auc", "cv_auc_interval", "chance_p", "better_than_chance"}
+    assert best["cv_auc"] == max(m["cv_auc_mean"] for m in models.values())
+    assert best["chance_p"] in pytest.approx([k / 5 for k in range(1, 6)])  # (1 + exceedances) / (1 + 4)
+    assert best["better_than_chance"] is False  # with 4 permutations p >= 0.2
+    assert summary["best_imaging"]["name"] == summary["best_imaging_model"]
+    statistics = json.loads((out / "model.json").read_text())["statistics"]
+    assert statistics["best_model"] == best  # the chosen model travels with the frozen models
+    cv = pd.read_csv(out / "tables" / "cv_auc.csv")
+    assert list(cv["repeats"].unique()) == [3] and cv.filter(like="auc_repeat_").shape[1] == 3
+    table4 = pd.read_csv(out / "tables" / "table4_imaging_logistic.csv")
+    assert (table4["cv_auc_mean"] == table4["model"].map(cv.set_index("model")["auc_mean"])).all()
