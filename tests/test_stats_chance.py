@@ -17,9 +17,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from engine.stats._select import select_numeric
 from engine.stats.chance import CHANCE_ALPHA, CandidateModel, ChanceSettings, chance_test, model_cv_means
-from engine.stats.logistic import cross_validated_selection, multivariable_logistic
+from engine.stats.logistic import cross_validated_selection, multivariable_logistic, numeric_matrix
 
 
 def _table(seed: int, n: int = 40, effect: float = 0.0, k: int = 3) -> pd.DataFrame:
@@ -33,8 +32,10 @@ def _table(seed: int, n: int = 40, effect: float = 0.0, k: int = 3) -> pd.DataFr
 
 def test_repeated_cv_mean_equals_an_independent_implementation():
     table = _table(3, n=45, effect=1.0)
-    table["sex"] = np.where(np.random.default_rng(4).random(len(table)) < 0.5, "F", "M")  # a two-level categorical
-    candidates = ["f0", "f1", "f2", "sex"]
+    rng = np.random.default_rng(4)
+    table["sex"] = np.where(rng.random(len(table)) < 0.5, "F", "M")  # categoricals of two and three levels
+    table["work"] = rng.choice(["farmer", "office", "retired"], len(table))
+    candidates = ["f0", "f1", "f2", "sex", "work"]
     cv = cross_validated_selection(table, "label", candidates, folds=5, repeats=3, seed=7)
     y = table["label"].to_numpy(dtype=int)
     per_repeat = []
@@ -53,17 +54,22 @@ def test_repeated_cv_mean_equals_an_independent_implementation():
 
 
 def test_the_matrix_selection_makes_the_dataframe_selection_choices():
-    for seed in range(12):
+    """Numeric, collinear, missing and categorical (two and four levels, one level rare) candidates."""
+    for seed in range(16):
         rng = np.random.default_rng(100 + seed)
-        table = _table(seed, n=int(rng.integers(20, 50)), effect=float(rng.uniform(0, 2.5)), k=4)
+        table = _table(seed, n=int(rng.integers(24, 50)), effect=float(rng.uniform(0, 2.5)), k=4)
         table["f3"] = 100 - table["f2"]  # collinear with f2 (fat + muscle = 100)
         table.loc[rng.random(len(table)) < 0.05, "f1"] = np.nan
-        names = ["f0", "f1", "f2", "f3"]
+        y = table["label"].to_numpy()
+        table["sex"] = np.where(rng.random(len(table)) < 0.4 + 0.2 * y, "F", "M")
+        table["work"] = rng.choice(["farmer", "office", "retired", "trade"], len(table), p=[0.4, 0.3, 0.25, 0.05])
+        table.loc[(y == 1) & (rng.random(len(table)) < 0.5), "work"] = "retired"
+        names = ["f0", "f1", "f2", "f3", "sex", "work"]
         mv = multivariable_logistic(table, "label", names, profile_ci=False)
-        X = table[names].to_numpy(dtype=float)
-        fast = select_numeric(X, table["label"].to_numpy(dtype=float))
-        assert [names[c] for c in fast.columns] == list(mv.selected), seed
-        np.testing.assert_allclose(fast.predict_proba(X), mv.model.predict_proba(table), atol=1e-7)
+        matrix = numeric_matrix(table, names, ["sex", "work"])
+        fast = matrix.select(np.arange(len(table)), y.astype(float))
+        assert [names[v] for v in fast.variables] == list(mv.selected), seed
+        np.testing.assert_allclose(fast.predict_proba(matrix.X), mv.model.predict_proba(table), atol=1e-7)
 
 
 def _two_models(table: pd.DataFrame) -> list[CandidateModel]:

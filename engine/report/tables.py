@@ -283,8 +283,11 @@ def _chance_lines(summary: dict) -> list[str]:
         return ["No test against chance was run (stats.chance_permutations: 0): the best CV AUC below is the "
                 "maximum of several noisy estimates and may overstate."]
     if not best.get("better_than_chance"):
+        permutations = int(best.get("permutations") or 0)
+        floor = (f"; {permutations} permutations cannot give p below {1.0 / (1 + permutations):.2g}"
+                 if permutations and 1.0 / (1 + permutations) > 0.05 else "")
         return [f"No model predicts better than chance in cross-validation (p = {fmt_p(best['chance_p'])}, "
-                f"permutation test that repeats the choice of the best model); the figures below do not "
+                f"permutation test that repeats the choice of the best model{floor}); the figures below do not "
                 f"support a predictive model."]
     return []
 

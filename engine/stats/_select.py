@@ -21,7 +21,7 @@ test runs both on random tables and compares the selected variables and the pred
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special
@@ -45,6 +45,7 @@ class SelectedModel:
     params: np.ndarray
     means: np.ndarray
     scales: np.ndarray
+    variables: list[int] = field(default_factory=list)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """P(label = 1) per row of the candidate matrix ``X``; NaN where a selected column is missing."""
@@ -72,10 +73,25 @@ def _newton(X1: np.ndarray, y: np.ndarray):
     return beta, cov, converged
 
 
-def _fit(Z: np.ndarray, y: np.ndarray, separated: bool | None):
+def _wald_p(params: np.ndarray, cov: np.ndarray, indices: list[int]) -> float:
+    """Joint Wald p that ``params[indices]`` are zero (one index: the two-sided z test)."""
+    if len(indices) == 1:
+        i = indices[0]
+        return float(2.0 * special.ndtr(-abs(params[i]) / np.sqrt(max(cov[i, i], 0.0))))
+    b = params[indices]
+    try:
+        chi2 = float(b @ np.linalg.solve(cov[np.ix_(indices, indices)], b))
+    except np.linalg.LinAlgError:
+        return float("nan")
+    return float(special.chdtrc(len(indices), chi2))
+
+
+def _fit(Z: np.ndarray, y: np.ndarray, separated: bool | None, owners: list[int] | None = None):
     """One fit on a standardised design, deciding as :func:`engine.stats._fit.fit_standardised` does.
 
-    Returns ``(params, p per column, status)``: status ``ok`` (maximum likelihood, Wald p),
+    Returns ``(params, p per variable, status)`` (a variable: the columns of one ``owners`` value,
+    tested jointly as the DataFrame path tests a categorical's dummies; default one per column).
+    Status ``ok`` (maximum likelihood, Wald p),
     ``separation`` (Firth, penalised likelihood-ratio p), ``failed`` (maximum likelihood did not
     converge without separation: Firth's estimate and p, which a univariable screen does not use)
     or ``none`` (nothing could be fitted; params None). ``separated`` None: decided here, the linear
@@ -84,23 +100,24 @@ def _fit(Z: np.ndarray, y: np.ndarray, separated: bool | None):
     """
     X1 = np.hstack([np.ones((len(y), 1)), Z])
     k = Z.shape[1]
+    owners = list(range(k)) if owners is None else owners
+    groups = [[j + 1 for j in range(k) if owners[j] == o] for o in dict.fromkeys(owners)]
     if not separated:
         params, cov, converged = _newton(X1, y)
         if params is not None and np.all(np.isfinite(params)):
             if np.max(np.abs(params[1:]), initial=0.0) > ABSURD_STD_COEF:
                 separated = True
             elif converged and np.all(np.isfinite(cov)):
-                se = np.sqrt(np.clip(np.diag(cov)[1:], 0.0, None))
-                return params, 2.0 * special.ndtr(-np.abs(params[1:] / se)), "ok"
+                return params, np.array([_wald_p(params, cov, g) for g in groups]), "ok"
         if separated is None:
             separated = has_separation(X1, y)
     try:
         params, _, _, _, penalised = _firth(X1, y)
     except np.linalg.LinAlgError:
-        return None, np.full(k, np.nan), "none"
+        return None, np.full(len(groups), np.nan), "none"
     if not np.all(np.isfinite(params)):
-        return None, np.full(k, np.nan), "none"
-    p = np.array([firth_lr_test(X1, y, [j + 1], penalised)[1] for j in range(k)])
+        return None, np.full(len(groups), np.nan), "none"
+    p = np.array([firth_lr_test(X1, y, g, penalised)[1] for g in groups])
     return params, p, "separation" if separated else "failed"
 
 
@@ -201,64 +218,132 @@ def univariable_screen(X: np.ndarray, y: np.ndarray) -> _Screen:
     return screen
 
 
-def _drop_collinear(X: np.ndarray, order: list[int]) -> list[int]:
+@dataclass
+class CandidateMatrix:
+    """A model's candidates as the selection sees them: floats, categoricals as level indicators."""
+
+    X: np.ndarray
+    groups: list[list[int]]
+    categorical: list[bool]
+
+    def select(self, rows: np.ndarray, y: np.ndarray, *, p_enter: float = 0.05,
+               p_remove: float = 0.10) -> SelectedModel | None:
+        """:func:`select_numeric` on ``rows`` (indices) with their labels ``y``."""
+        return select_numeric(self.X[rows], y, groups=self.groups, categorical=self.categorical, p_enter=p_enter,
+                              p_remove=p_remove)
+
+
+def _columns(X: np.ndarray, group: list[int], categorical: bool, rows: np.ndarray | None = None) -> list[int]:
+    """A variable's design columns on ``rows``: a numeric one its column; a categorical one the 0/1
+    columns of the levels present there but the first (the reference, as ``build_encoding``)."""
+    if not categorical:
+        return list(group)
+    values = X[:, group] if rows is None else X[rows][:, group]
+    present = [c for c, any_one in zip(group, (values == 1).any(axis=0), strict=True) if any_one]
+    return present[1:]
+
+
+def _drop_collinear(X: np.ndarray, order: list[int], groups: list[list[int]], categorical: list[bool]) -> list[int]:
+    """Variables of ``order`` kept by :func:`engine.stats.logistic.drop_collinear`'s rule (rows: all of ``X``)."""
     n = len(X)
     kept: list[int] = []
     basis_columns = [np.ones(n)]
-    for j in order:
-        column = X[:, j]
-        sd = column.std(ddof=1) if n > 1 else 0.0
-        if not np.isfinite(sd) or sd == 0:
-            kept.append(j)  # constant: the elimination removes it first
-            continue
-        target = (column - column.mean()) / sd
+    for v in order:
         basis = np.column_stack(basis_columns)
-        coef, *_ = np.linalg.lstsq(basis, target, rcond=None)
-        if np.sqrt(np.mean((target - basis @ coef) ** 2)) < COLLINEAR_TOL:
-            continue
-        kept.append(j)
-        basis_columns.append(target)
+        new_columns, collinear = [], False
+        for j in _columns(X, groups[v], categorical[v]):
+            column = X[:, j]
+            sd = column.std(ddof=1) if n > 1 else 0.0
+            if not np.isfinite(sd) or sd == 0:
+                continue  # constant: the elimination removes it first
+            target = (column - column.mean()) / sd
+            coef, *_ = np.linalg.lstsq(basis, target, rcond=None)
+            collinear |= bool(np.sqrt(np.mean((target - basis @ coef) ** 2)) < COLLINEAR_TOL)
+            new_columns.append(target)
+        if not collinear:
+            kept.append(v)
+            basis_columns.extend(new_columns)
     return kept
 
 
-def select_numeric(X: np.ndarray, y: np.ndarray, *, p_enter: float = 0.05,
-                   p_remove: float = 0.10) -> SelectedModel | None:
-    """The whole selection on the rows of ``X`` (n, k candidates, NaN missing) and ``y`` (0/1).
+def _screen(X: np.ndarray, y: np.ndarray, groups: list[list[int]], categorical: list[bool]):
+    """Univariable p per variable (NaN: not usable) and the numeric variables' fits."""
+    numeric = [v for v in range(len(groups)) if not categorical[v]]
+    p = np.full(len(groups), np.nan)
+    screen = univariable_screen(X[:, [groups[v][0] for v in numeric]], y)
+    fits = {}
+    for i, v in enumerate(numeric):
+        p[v] = screen.p[i]
+        fits[v] = (screen.params[i], screen.means[[i]], screen.scales[[i]])
+    for v in range(len(groups)):
+        if not categorical[v]:
+            continue
+        rows = ~np.isnan(X[:, groups[v][0]])
+        yr = y[rows]
+        columns = _columns(X, groups[v], True, rows)
+        if not columns or yr.size == 0 or yr.min() == yr.max():
+            continue
+        Z, _, _ = _standardise(X[rows][:, columns])
+        _, p_variable, status = _fit(Z, yr, None, owners=[0] * len(columns))
+        if status in ("ok", "separation"):
+            p[v] = p_variable[0]
+    return p, fits
 
-    Returns the final model, or None when no candidate can be fitted (or the final fit fails).
+
+def select_numeric(X: np.ndarray, y: np.ndarray, *, groups: list[list[int]] | None = None,
+                   categorical: list[bool] | None = None, p_enter: float = 0.05,
+                   p_remove: float = 0.10) -> SelectedModel | None:
+    """The whole selection on the rows of ``X`` (n, columns; NaN missing) and ``y`` (0/1).
+
+    ``groups``: each candidate variable's columns of ``X`` (default: one numeric variable per
+    column); ``categorical``: per variable, whether its columns are the 0/1 indicators of its levels
+    (all levels, in ``sorted_levels`` order; NaN where the value is missing). Returns the final model
+    (``variables``: the selected variables), or None when no candidate can be fitted.
     """
-    screen = univariable_screen(X, y)
-    p_uni = screen.p
+    groups = [[j] for j in range(X.shape[1])] if groups is None else groups
+    categorical = [False] * len(groups) if categorical is None else categorical
+    p_uni, fits = _screen(X, y, groups, categorical)
     usable = np.flatnonzero(np.isfinite(p_uni))
     if usable.size == 0:
         return None
-    entered = [int(j) for j in usable if p_uni[j] < p_enter]
+    entered = [int(v) for v in usable if p_uni[v] < p_enter]
     if not entered:
-        entered = [int(j) for j in usable if p_uni[j] <= p_uni[usable].min() * (1.0 + TIE_RTOL)][:1]
-    if len(entered) == 1:  # its univariable fit, on the same rows, is the model
-        j = entered[0]
-        return SelectedModel([j], screen.params[j].copy(), screen.means[[j]], screen.scales[[j]])
-    rows = ~np.isnan(X[:, entered]).any(axis=1)
+        entered = [int(v) for v in usable if p_uni[v] <= p_uni[usable].min() * (1.0 + TIE_RTOL)][:1]
+    if len(entered) == 1 and entered[0] in fits:  # its univariable fit, on the same rows, is the model
+        params, means, scales = fits[entered[0]]
+        return SelectedModel(list(groups[entered[0]]), params.copy(), means, scales, entered)
+    rows = ~np.isnan(X[:, [groups[v][0] for v in entered]]).any(axis=1)
     Xr, yr = X[rows], y[rows]
     if yr.size == 0 or yr.min() == yr.max():
         return None
-    current = _drop_collinear(Xr, entered)
+    return _eliminate(Xr, yr, _drop_collinear(Xr, entered, groups, categorical), groups, categorical, p_remove)
+
+
+def _eliminate(Xr: np.ndarray, yr: np.ndarray, current: list[int], groups: list[list[int]], categorical: list[bool],
+               p_remove: float) -> SelectedModel | None:
+    """Backward elimination on fixed rows: remove the largest variable p while it is above ``p_remove``."""
     while True:
-        constant = constant_columns(Xr[:, current])
-        Z, means, scales = _standardise(Xr[:, current])
-        fitted = ~constant
-        params_fitted, p_fitted, _ = _fit(Z[:, fitted], yr, None) if fitted.any() else (None, None, "none")
+        columns, owners = [], []
+        for v in current:
+            own = _columns(Xr, groups[v], categorical[v])
+            columns.extend(own)
+            owners.extend([v] * len(own))
+        fitted = ~constant_columns(Xr[:, columns]) if columns else np.zeros(0, dtype=bool)
+        Z, means, scales = _standardise(Xr[:, columns])
+        fitted_owners = [o for o, f in zip(owners, fitted, strict=True) if f]
+        params_fitted, p_fitted, _ = (_fit(Z[:, fitted], yr, None, owners=fitted_owners) if fitted.any()
+                                      else (None, None, "none"))
         if len(current) <= 1 or params_fitted is None or p_fitted is None:
             break
-        p = np.full(len(current), np.inf)
-        p[fitted] = np.where(np.isfinite(p_fitted), p_fitted, np.inf)
+        p_by = dict(zip(dict.fromkeys(fitted_owners), p_fitted, strict=True))
+        p = np.array([p_by.get(v, np.inf) if np.isfinite(p_by.get(v, np.inf)) else np.inf for v in current])
         worst = int(np.argmax(p))
         if not p[worst] > p_remove:
             break
-        current = [c for i, c in enumerate(current) if i != worst]
+        current = [v for i, v in enumerate(current) if i != worst]
     if params_fitted is None:
         return None
-    params = np.zeros(len(current) + 1)
+    params = np.zeros(len(columns) + 1)
     params[0] = params_fitted[0]
     params[1:][fitted] = params_fitted[1:]
-    return SelectedModel(current, params, means, scales)
+    return SelectedModel(columns, params, means, scales, list(current))

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..executors import InlineExecutor
-from .logistic import cross_validated_selection, numeric_cv_mean, numeric_matrix
+from ._select import CandidateMatrix
+from .logistic import numeric_cv_mean, numeric_matrix
 
 #: A model is better than chance when the test's p is at most this (with 99 permutations: exactly 5 % under the null).
 CHANCE_ALPHA = 0.05
@@ -85,10 +86,10 @@ class ChanceResult:
 
 
 def candidate_matrices(features: pd.DataFrame, models: list[CandidateModel],
-                       settings: ChanceSettings) -> dict[str, np.ndarray | None]:
-    """Each model's candidates on its rows as floats (None: a categorical of more than two levels),
-    and ``combined:<imaging model>`` for the combined model built on each imaging model."""
-    out: dict[str, np.ndarray | None] = {}
+                       settings: ChanceSettings) -> dict[str, CandidateMatrix]:
+    """Each model's candidates on its rows (:func:`engine.stats.logistic.numeric_matrix`), and
+    ``combined:<imaging model>`` for the combined model built on each imaging model."""
+    out: dict[str, CandidateMatrix] = {}
     for m in models:
         rows = np.asarray(m.rows)
         out[m.name] = numeric_matrix(features.loc[rows, list(m.candidates)], list(m.candidates), list(m.categorical))
@@ -103,36 +104,26 @@ def _combined_candidates(best: CandidateModel, settings: ChanceSettings) -> list
     return list(settings.clinical) + [c for c in best.candidates if c not in settings.clinical]
 
 
-def _cv_mean(features: pd.DataFrame, y: np.ndarray, rows: np.ndarray, candidates: list[str], categorical: list[str],
-             settings: ChanceSettings, X: np.ndarray | None) -> float:
+def _cv_mean(y: np.ndarray, rows: np.ndarray, settings: ChanceSettings, matrix: CandidateMatrix) -> float:
     y_rows = y[rows]
     if min(int(np.sum(y_rows == 1)), int(np.sum(y_rows == 0))) < settings.min_per_class:
         return float("nan")
-    if X is not None:  # the float-matrix path, without the DataFrame's per-call costs
-        return numeric_cv_mean(X, y_rows, folds=settings.folds, repeats=settings.repeats, seed=settings.seed,
-                               p_enter=settings.p_enter, p_remove=settings.p_remove)
-    table = features.loc[rows, candidates].assign(**{settings.label: y_rows})
-    cv = cross_validated_selection(table, settings.label, candidates, folds=settings.folds, repeats=settings.repeats,
-                                   seed=settings.seed, categorical=categorical, p_enter=settings.p_enter,
-                                   p_remove=settings.p_remove, alpha=settings.alpha)
-    return float(cv["mean"])
+    return numeric_cv_mean(matrix, y_rows, folds=settings.folds, repeats=settings.repeats, seed=settings.seed,
+                           p_enter=settings.p_enter, p_remove=settings.p_remove)
 
 
 def model_cv_means(features: pd.DataFrame, y: np.ndarray, models: list[CandidateModel], settings: ChanceSettings,
-                   matrices: dict[str, np.ndarray | None] | None = None) -> dict[str, float]:
+                   matrices: dict[str, CandidateMatrix] | None = None) -> dict[str, float]:
     """Repeated-CV mean AUC of every model (and the combined one rebuilt on the best imaging) for labels ``y``.
 
     ``matrices``: :func:`candidate_matrices` of the same table (computed here when None).
     """
     matrices = candidate_matrices(features, models, settings) if matrices is None else matrices
-    means = {m.name: _cv_mean(features, y, np.asarray(m.rows), list(m.candidates), list(m.categorical), settings,
-                              matrices[m.name])
-             for m in models}
+    means = {m.name: _cv_mean(y, np.asarray(m.rows), settings, matrices[m.name]) for m in models}
     imaging = [m for m in models if m.imaging and np.isfinite(means[m.name])]
     if settings.combined and imaging:
         best = max(imaging, key=lambda m: means[m.name])  # first of equal maxima, as the study ranks
-        means["combined"] = _cv_mean(features, y, np.asarray(best.rows), _combined_candidates(best, settings),
-                                     list(settings.clinical_categorical), settings, matrices[f"combined:{best.name}"])
+        means["combined"] = _cv_mean(y, np.asarray(best.rows), settings, matrices[f"combined:{best.name}"])
     return means
 
 
@@ -147,7 +138,7 @@ def permuted_labels(y: np.ndarray, train: np.ndarray, seed: int, index: int) -> 
 
 def permutation_best(index: int, *, features: pd.DataFrame, y: np.ndarray, train: np.ndarray,
                      models: list[CandidateModel], settings: ChanceSettings,
-                     matrices: dict[str, np.ndarray | None]) -> tuple[float, float]:
+                     matrices: dict[str, CandidateMatrix]) -> tuple[float, float]:
     """One permutation (a task): the best CV AUC over all models and over the imaging models."""
     means = model_cv_means(features, permuted_labels(y, train, settings.seed, index), models, settings, matrices)
     return _best(means, models)

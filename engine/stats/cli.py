@@ -255,6 +255,9 @@ def chance_text(verdict: dict | None, what: str = "best model") -> str | None:
         test = f"better than chance (p = {p:.3g}, permutation test repeating the choice)"
     else:
         test = f"NOT better than chance (p = {p:.3g}, permutation test repeating the choice)"
+        permutations = int(verdict.get("permutations") or 0)
+        if permutations and 1.0 / (1 + permutations) > 0.05:
+            test += f"; {permutations} permutations cannot give p below {1.0 / (1 + permutations):.3g}"
     return f"{what}: {verdict['name']}, repeated CV AUC {_num(verdict.get('cv_auc'))}{interval}; {test}"
 
 

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._design import build_encoding, design_matrix, missing_rows, resolve_categorical
+from ._design import as_keys, build_encoding, design_matrix, missing_rows, resolve_categorical, sorted_levels
 from ._fit import TERM_COLUMNS, constant_columns
-from ._select import select_numeric
+from ._select import CandidateMatrix
 from .models import LogisticModel, fit_logistic_model, label_vector
 
 UNIVARIATE_COLUMNS = [
@@ -307,54 +307,48 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(((difference > 0).sum() + 0.5 * (difference == 0).sum()) / difference.size)
 
 
-def numeric_matrix(rows: pd.DataFrame, candidates: list[str], categorical: list[str]) -> np.ndarray | None:
-    """The candidates as floats (NaN missing), a two-level categorical as 0/1; None with more levels.
-
-    A two-level categorical's dummy is the 0/1 column up to its sign (which level is the reference),
-    so its p-values and predictions are those of the DataFrame path.
-    """
-    columns = []
+def numeric_matrix(rows: pd.DataFrame, candidates: list[str], categorical: list[str]) -> CandidateMatrix:
+    """The candidates as the float-matrix selection takes them: numeric columns as floats (NaN missing),
+    a categorical as one 0/1 column per level in ``sorted_levels`` order (NaN where missing); each
+    fold's selection takes the first level present as the reference, as ``build_encoding`` does."""
+    columns: list[np.ndarray] = []
+    groups: list[list[int]] = []
+    kinds: list[bool] = []
     for name in candidates:
         if name not in categorical:
+            groups.append([len(columns)])
             columns.append(pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=float))
+            kinds.append(False)
             continue
-        series = rows[name]
-        levels = sorted(series.dropna().astype(str).unique())
-        if len(levels) > 2:
-            return None
-        coded = (series.astype(str) == levels[-1]).to_numpy(dtype=float) if levels else np.zeros(len(series))
-        columns.append(np.where(series.isna().to_numpy(), np.nan, coded))
-    return np.column_stack(columns) if columns else np.zeros((len(rows), 0))
+        keys = as_keys(rows[name])
+        missing = np.array([k is None for k in keys])
+        levels = sorted_levels(k for k in keys if k is not None) or [""]
+        group = []
+        for level in levels:
+            group.append(len(columns))
+            columns.append(np.where(missing, np.nan, np.array([k == level for k in keys], dtype=float)))
+        groups.append(group)
+        kinds.append(True)
+    X = np.column_stack(columns) if columns else np.zeros((len(rows), 0))
+    return CandidateMatrix(X, groups, kinds)
 
 
 def _fold_selector(rows: pd.DataFrame, label: str, candidates: list[str], categorical: list[str],
                    p_enter: float, p_remove: float, alpha: float):
     """``select(train_idx, test_idx, y) -> (held-out scores, selected names)`` for one model's rows.
 
-    Numeric and two-level candidates run :func:`engine.stats._select.select_numeric` on a float
-    matrix (the same procedure, some 40 times faster); a set with a categorical of more levels runs
-    :func:`multivariable_logistic` on the DataFrame.
+    The selection runs :func:`engine.stats._select.select_numeric` on the candidates' float matrix
+    (:func:`numeric_matrix`): :func:`multivariable_logistic`'s procedure, some 40 times faster.
     """
-    X = numeric_matrix(rows, candidates, categorical)
-    if X is not None:
+    matrix = numeric_matrix(rows, candidates, categorical)
 
-        def select_fast(train_idx, test_idx, y):
-            model = select_numeric(X[train_idx], y[train_idx].astype(float), p_enter=p_enter, p_remove=p_remove)
-            if model is None:
-                return None, []
-            return model.predict_proba(X[test_idx]), [candidates[c] for c in model.columns]
+    def select(train_idx, test_idx, y):
+        model = matrix.select(train_idx, y[train_idx].astype(float), p_enter=p_enter, p_remove=p_remove)
+        if model is None:
+            return None, []
+        return model.predict_proba(matrix.X[test_idx]), [candidates[v] for v in model.variables]
 
-        return select_fast
-
-    def select_frame(train_idx, test_idx, y):
-        fold = rows.iloc[train_idx].assign(**{label: y[train_idx]})
-        mv = multivariable_logistic(fold, label, candidates, p_enter=p_enter, p_remove=p_remove,
-                                    categorical=categorical, alpha=alpha, profile_ci=False)
-        if mv.model is None:
-            return None, list(mv.selected)
-        return mv.model.predict_proba(rows.iloc[test_idx]), list(mv.selected)
-
-    return select_frame
+    return select
 
 
 def corrected_cv_interval(fold_aucs: np.ndarray, folds: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -439,17 +433,17 @@ def cross_validated_selection(
     return result
 
 
-def numeric_cv_mean(X: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int, p_enter: float = 0.05,
-                    p_remove: float = 0.10) -> float:
-    """:func:`cross_validated_selection`'s ``mean`` for a float candidate matrix (no DataFrame; resampling)."""
+def numeric_cv_mean(matrix: CandidateMatrix, y: np.ndarray, *, folds: int, repeats: int, seed: int,
+                    p_enter: float = 0.05, p_remove: float = 0.10) -> float:
+    """:func:`cross_validated_selection`'s ``mean`` on a :func:`numeric_matrix` (no DataFrame; resampling)."""
     y = np.asarray(y, dtype=int)
     n_folds = min(int(folds), int(y.sum()), int(y.size - y.sum()))
     if n_folds < 2:
         return float("nan")
 
     def select(train_idx, test_idx, labels):
-        model = select_numeric(X[train_idx], labels[train_idx].astype(float), p_enter=p_enter, p_remove=p_remove)
-        return (None, []) if model is None else (model.predict_proba(X[test_idx]), [])
+        model = matrix.select(train_idx, labels[train_idx].astype(float), p_enter=p_enter, p_remove=p_remove)
+        return (None, []) if model is None else (model.predict_proba(matrix.X[test_idx]), [])
 
     aucs, _ = _run_folds(select, y, n_folds, int(repeats), int(seed), [])
     values = np.asarray(aucs, dtype=float).reshape(int(repeats), n_folds)

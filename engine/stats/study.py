@@ -559,14 +559,15 @@ def _first_repeats_mean(cv: dict, repeats: int) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def _verdict(fitted: dict[str, _Fitted], name: str | None, p: float) -> dict | None:
-    """``{"name", "cv_auc", "cv_auc_interval", "chance_p", "better_than_chance"}`` (None without a model)."""
+def _verdict(fitted: dict[str, _Fitted], name: str | None, p: float, permutations: int) -> dict | None:
+    """``{"name", "cv_auc", "cv_auc_interval", "chance_p", "permutations", "better_than_chance"}``
+    (None without a model; p and the verdict None without a test)."""
     if name is None:
         return None
     cv = fitted[name].cv
     finite_p = bool(np.isfinite(p))
     return {"name": name, "cv_auc": float(cv["mean"]), "cv_auc_interval": [float(v) for v in cv["interval"]],
-            "chance_p": float(p) if finite_p else None,
+            "chance_p": float(p) if finite_p else None, "permutations": int(permutations) if finite_p else 0,
             "better_than_chance": bool(p <= CHANCE_ALPHA) if finite_p else None}
 
 
@@ -681,8 +682,8 @@ def run_study(
         multivariable={name: f.mv for name, f in fitted.items()}, best_imaging_model=best,
         combined_same_as_clinical=same_as_clinical,
         cv_settings={"folds": int(folds), "repeats": int(repeats), "seed": int(seed)},
-        best_model=_verdict(fitted, best_overall, chance.p_best),
-        best_imaging=_verdict(fitted, best, chance.p_best_imaging), chance_permutations=int(permutations),
+        best_model=_verdict(fitted, best_overall, chance.p_best, permutations),
+        best_imaging=_verdict(fitted, best, chance.p_best_imaging, permutations), chance_permutations=int(permutations),
         chance_repeats=int(min(repeats, repeats if chance_repeats is None else chance_repeats)),
         not_fitted=dict(cohort.failed),
     )
