@@ -128,11 +128,6 @@ def _standardise(X: np.ndarray):
     return (X - means) / scales, means, scales
 
 
-def _one_d_separated(x: np.ndarray, y: np.ndarray) -> bool:
-    cases, controls = x[y > 0.5], x[y <= 0.5]
-    return bool(cases.min() >= controls.max() or cases.max() <= controls.min())
-
-
 def _batched_newton(Z: np.ndarray, M: np.ndarray, y: np.ndarray):
     """Every univariable ML fit at once: column ``j`` of ``Z`` on the rows where ``M[:, j]`` is 1.
 
@@ -191,16 +186,20 @@ def univariable_screen(X: np.ndarray, y: np.ndarray) -> _Screen:
     centred = (filled - means) * M
     scales = np.sqrt((centred**2).sum(axis=0) / np.maximum(count - 1, 1))
     events = (y[:, None] * M).sum(axis=0)
-    ok = (count > 0) & (events > 0) & (events < count) & (count > 1)
-    for j in np.flatnonzero(ok):
-        ok[j] = not constant_columns(X[M[:, j] > 0, j][:, None])[0]
+    present = M > 0
+    high = np.where(present, X, -np.inf).max(axis=0, initial=-np.inf)
+    low = np.where(present, X, np.inf).min(axis=0, initial=np.inf)
+    size = np.maximum(np.maximum(np.abs(high), np.abs(low)), 1.0)
+    constant = (high - low) <= 1e-12 * size  # constant_columns' rule, per column on its rows
+    ok = (count > 1) & (events > 0) & (events < count) & ~constant
     scales = np.where(ok & (scales > 0), scales, 1.0)
     Z = centred / scales
     screen = _Screen(np.full(k, np.nan), np.full((k, 2), np.nan), means, scales)
-    separated = np.zeros(k, dtype=bool)
-    for j in np.flatnonzero(ok):
-        rows = M[:, j] > 0
-        separated[j] = _one_d_separated(X[rows, j], y[rows])
+    # one predictor is separated when the cases' and the controls' values do not overlap
+    case, control = present & (y[:, None] > 0.5), present & (y[:, None] <= 0.5)
+    case_low, case_high = np.where(case, X, np.inf).min(axis=0), np.where(case, X, -np.inf).max(axis=0)
+    control_low, control_high = np.where(control, X, np.inf).min(axis=0), np.where(control, X, -np.inf).max(axis=0)
+    separated = ok & ((case_low >= control_high) | (case_high <= control_low))
     plain = ok & ~separated
     if plain.any():
         b0, b1, p, converged = _batched_newton(Z[:, plain], M[:, plain], y)
