@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from engine.stats import run_study, score_bundle
 from engine.stats.cli import icc_command, roc_command
+from engine.stats.study import study_summary
 
 MODELS = {
     f"{mod}_{method}": [f"{mod}_{method}_{t}_{s}" for t in ("fat", "muscle") for s in ("mean", "volume", "percent")]
@@ -180,3 +181,23 @@ def test_study_summary_is_machine_readable(study):
     assert ct["cv_auc_mean"] == pytest.approx(result.cv.set_index("model").loc["ct_otsu", "auc_mean"])
     assert ct["features"] == result.models["ct_otsu"].features
     assert summary["best_imaging_model"] == "ct_otsu"
+
+
+def test_a_model_that_cannot_be_fitted_costs_that_model_only(monkeypatch):
+    """Issue 31: one model's numerical failure was the whole study's crash (exit 2, no model.json)."""
+    import engine.stats.study as study_module
+
+    real = study_module.multivariable_logistic
+
+    def failing(df, label, candidates, *, name="model", **kwargs):
+        if name == "mri_gmm":
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(df, label, candidates, name=name, **kwargs)
+
+    monkeypatch.setattr(study_module, "multivariable_logistic", failing)
+    df = _cohort(n=90, seed=5)
+    result = run_study(df, clinical_columns=["age", "sex"], imaging_models=MODELS, folds=3, seed=0)
+    assert "mri_gmm" not in result.models and {"ct_otsu", "ct_gmm", "mri_otsu", "clinical"} <= set(result.models)
+    assert "LinAlgError: Singular matrix" in result.not_fitted["mri_gmm"]
+    assert "could not be fitted" in result.cv.set_index("model").loc["mri_gmm", "note"]
+    assert study_summary(result)["not_fitted"] == result.not_fitted
