@@ -201,3 +201,17 @@ def test_a_model_that_cannot_be_fitted_costs_that_model_only(monkeypatch):
     assert "LinAlgError: Singular matrix" in result.not_fitted["mri_gmm"]
     assert "could not be fitted" in result.cv.set_index("model").loc["mri_gmm", "note"]
     assert study_summary(result)["not_fitted"] == result.not_fitted
+
+
+def test_the_chosen_model_line_that_study_and_apply_print():
+    from engine.stats.cli import chance_text
+
+    verdict = {"name": "ct_otsu", "cv_auc": 0.81, "cv_auc_interval": [0.62, 0.99], "chance_p": 0.01,
+               "permutations": 99, "better_than_chance": True}
+    assert chance_text(verdict, "chosen model") == ("chosen model: ct_otsu, repeated CV AUC 0.810 (95% interval "
+                                                    "0.620-0.990); better than chance (p = 0.01, permutation test "
+                                                    "repeating the choice)")
+    weak = chance_text({**verdict, "chance_p": 0.2, "permutations": 4, "better_than_chance": False})
+    assert "NOT better than chance (p = 0.2" in weak and "4 permutations cannot give p below 0.2" in weak
+    assert "not tested against chance" in chance_text({**verdict, "chance_p": None, "better_than_chance": None})
+    assert chance_text(None) is None
