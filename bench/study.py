@@ -13,9 +13,10 @@ and the in-fold selection alone, the DataFrame path (:func:`engine.stats.logisti
 against the float-matrix path that resampling uses (:func:`engine.stats._select.select_numeric`), on
 the training rows of one imaging model.
 
-Each row: ``{"bench": "study", "setting", "n_patients", "models", "median_s", "ratio_vs_reference"}``;
-``ratio_vs_reference`` is ``median_s / reference median_s`` (the cost as a multiple of the reference)
-for the study rows, and the speed-up ``reference / contender`` for the selection rows.
+Each row: ``{"bench": "study", "setting", "n_patients", "models", "median_s", "cpu_s",
+"ratio_vs_reference"}`` (``cpu_s``: this process's CPU time, what a loaded shared machine's wall
+time hides); ``ratio_vs_reference`` is ``cpu_s / reference cpu_s`` (the cost as a multiple of the
+reference) for the study rows, and the speed-up ``reference / contender`` for the selection rows.
 ``--quick``: 40 patients, two CT methods, 9 permutations.
 
 Run ``python -m bench.study [--quick]`` for a Markdown table.
@@ -66,13 +67,15 @@ def feature_table(n: int = 60, seed: int = 0, methods: dict[str, list[str]] | No
     return table, models
 
 
-def _time(call, repeats: int) -> float:
-    times = []
+def _time(call, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of this process (CPU time is what a shared machine's load hides)."""
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        cpu.append(time.process_time() - start_cpu)
+    return float(np.median(times)), float(np.median(cpu))
 
 
 def _study_rows(table, models, quick: bool) -> list[dict]:
@@ -81,12 +84,13 @@ def _study_rows(table, models, quick: bool) -> list[dict]:
                 "repeated CV + chance": dict(repeats=20, permutations=9 if quick else 99, chance_repeats=5)}
     rows, reference = [], None
     for name, options in settings.items():
-        seconds = _time(lambda options=options: run_study(table, clinical_columns=["age", "sex", "bmi"],
-                                                          imaging_models=models, seed=42, **options), 1)
-        reference = reference or seconds
+        seconds, cpu = _time(lambda options=options: run_study(table, clinical_columns=["age", "sex", "bmi"],
+                                                               imaging_models=models, seed=42, **options), 1)
+        reference = reference or cpu
         label = f"{name} ({options['permutations']} permutations)" if options["permutations"] else name
         rows.append({"bench": "study", "setting": label, "n_patients": len(table), "models": len(models) + 2,
-                     "median_s": round(seconds, 3), "ratio_vs_reference": round(seconds / reference, 2)})
+                     "median_s": round(seconds, 3), "cpu_s": round(cpu, 3),
+                     "ratio_vs_reference": round(cpu / reference, 2)})
     return rows
 
 
@@ -95,12 +99,13 @@ def _selection_rows(table, models, repeats: int) -> list[dict]:
     columns = next(iter(models.values()))
     X = train[columns].to_numpy(dtype=float)
     y = train["label"].to_numpy(dtype=float)
-    frame = _time(lambda: multivariable_logistic(train, "label", columns, profile_ci=False), repeats)
-    matrix = _time(lambda: select_numeric(X, y), repeats)
+    frame, frame_cpu = _time(lambda: multivariable_logistic(train, "label", columns, profile_ci=False), repeats)
+    matrix, matrix_cpu = _time(lambda: select_numeric(X, y), repeats)
     return [{"bench": "study", "setting": "one selection, DataFrame path", "n_patients": len(train), "models": 1,
-             "median_s": round(frame, 5), "ratio_vs_reference": 1.0},
+             "median_s": round(frame, 5), "cpu_s": round(frame_cpu, 5), "ratio_vs_reference": 1.0},
             {"bench": "study", "setting": "one selection, float-matrix path", "n_patients": len(train), "models": 1,
-             "median_s": round(matrix, 5), "ratio_vs_reference": round(frame / matrix, 1)}]
+             "median_s": round(matrix, 5), "cpu_s": round(matrix_cpu, 5),
+             "ratio_vs_reference": round(frame_cpu / max(matrix_cpu, 1e-9), 1)}]
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -148,7 +148,7 @@ def test_study_json_names_the_best_model_with_its_test_against_chance(study):
     best = summary["best_model"]
     assert set(best) == {"name", "cv_auc", "cv_auc_interval", "chance_p", "permutations", "better_than_chance"}
     assert best["cv_auc"] == max(m["cv_auc_mean"] for m in models.values())
-    assert best["chance_p"] in pytest.approx([k / 5 for k in range(1, 6)])  # (1 + exceedances) / (1 + 4)
+    assert any(best["chance_p"] == pytest.approx(k / 5) for k in range(1, 6))  # (1 + exceedances) / (1 + 4)
     assert best["better_than_chance"] is False  # with 4 permutations p >= 0.2
     assert summary["best_imaging"]["name"] == summary["best_imaging_model"]
     statistics = json.loads((out / "model.json").read_text())["statistics"]
