@@ -167,7 +167,8 @@ def test_a_run_prints_each_note_once_shows_failures_and_guards_its_folder(shared
     path = shared_cohort.parent / "manifest_everyday_ct.csv"
     manifest.to_csv(path, index=False)
     config = tmp_path / "fast.yaml"
-    config.write_text("run: {habitats: false, report: false, qa: false, scheduler: inline}\nstats: {cv_folds: 2}\n")
+    config.write_text("run: {habitats: false, report: false, qa: false, scheduler: inline}\n"
+                      "stats: {cv_folds: 2, cv_repeats: 2, chance_permutations: 0}\n")
     out = tmp_path / "run"
     argv = ["run", "--manifest", str(path), "--config", str(config), "--out", str(out)]
     done = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
