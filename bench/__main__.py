@@ -40,6 +40,7 @@ BENCHES: dict[str, str | Callable[..., list[dict]]] = {
     "scaling": "bench.scaling",
     "qa": "bench.qa",
     "export": "bench.export",
+    "study": "bench.study",
 }
 
 

@@ -120,6 +120,14 @@ def cmd_apply(args) -> int:
     check_output_folder(args.out)
     result = apply(args.model, args.manifest, out_dir=args.out, overrides=_overrides(args), force=args.force)
     print(_summary(result, Path(args.out)))
+    from .stats.cli import chance_text  # lazy: numpy/pandas; `sarco --help` and usage errors stay fast
+
+    statistics = json.loads(Path(args.model).read_text()).get("statistics") or {}
+    for verdict, what in ((statistics.get("best_model"), "chosen model"),
+                          (statistics.get("best_imaging"), "best imaging model")):
+        line = chance_text(verdict, what)
+        if line:
+            print(line)
     return batch_status(result)
 
 

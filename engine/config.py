@@ -226,6 +226,9 @@ class StatsConfig(_Strict):
     train_fraction: float = Field(0.6, gt=0, lt=1)
     split_seed: int = 42
     cv_folds: int = Field(5, ge=2)
+    cv_repeats: int = Field(20, ge=1)
+    chance_permutations: int = Field(99, ge=0)
+    chance_repeats: int = Field(5, ge=1)
     p_enter: float = Field(0.05, gt=0, lt=1)
     p_remove: float = Field(0.10, gt=0, lt=1)
     clinical_columns: list[str] | None = None

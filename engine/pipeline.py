@@ -330,14 +330,14 @@ def _run(batch: _Batch, started: float) -> RunResult:
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
         qa_records = _render_qa(executor, batch, summaries, thresholds)
-    _write_sheet(batch, qa_records)
-    modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
-    statistics = None
-    if cfg.stats.enabled:
-        # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
-        from .study import run_statistics
+        modalities = [m for m in MODALITIES if m in thresholds["modalities"]]
+        statistics = None
+        if cfg.stats.enabled:  # on the executor: the test against chance runs its permutations there
+            # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
+            from .study import run_statistics
 
-        statistics = run_statistics(out_dir, features, manifest, cfg, modalities, batch.notes)
+            statistics = run_statistics(out_dir, features, manifest, cfg, modalities, batch.notes, executor)
+    _write_sheet(batch, qa_records)
     feature_columns = [c for m in modalities for c in feature_names(m, cfg.modality_methods(m))]
     write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
                                                  manifest.clinical_columns))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -38,10 +39,11 @@ from .contract import (
     roi_volume_column,
 )
 from .errors import UsageError
+from .executors import InlineExecutor, open_executor
 from .manifest import Manifest
 from .outputs import dumps_json, write_csv, write_json, write_text
 from .rundir import add_note
-from .userfiles import read_csv_table
+from .userfiles import check_scheduler_address, read_csv_table
 
 log = logging.getLogger("sarco")
 
@@ -148,7 +150,8 @@ def patient_accounting(table: pd.DataFrame, model_features: dict[str, list[str]]
     return out
 
 
-def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]], cfg, out_dir: Path, notes):
+def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]], cfg, out_dir: Path, notes,
+           executor=None):
     """Run :func:`engine.stats.run_study` and write tables/, predictions.csv and study.json."""
     # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
     from .stats import run_study
@@ -159,7 +162,9 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
     # the CV folds are a statistics choice: seeded by the stats seed, not by the fit's K-means seed
     result = run_study(table, clinical_columns=columns, imaging_models=models, label="label", split="split",
                        folds=cfg.stats.cv_folds, seed=cfg.stats.split_seed, p_enter=cfg.stats.p_enter,
-                       p_remove=cfg.stats.p_remove)
+                       p_remove=cfg.stats.p_remove, repeats=cfg.stats.cv_repeats,
+                       permutations=cfg.stats.chance_permutations, chance_repeats=cfg.stats.chance_repeats,
+                       executor=executor)
     tables = Path(out_dir) / "tables"
     for attribute, name in TABLE_FILES.items():
         frame = getattr(result, attribute, None)
@@ -185,12 +190,16 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
     return bundle, json.loads(text)
 
 
-def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cfg, modalities, notes: list[str]):
-    """Fit the study's models on the training split and write the tables; return the bundle."""
+def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cfg, modalities, notes: list[str],
+                   executor=None):
+    """Fit the study's models on the training split and write the tables; return the bundle.
+
+    ``executor``: the run's (:mod:`engine.executors`), where the test against chance runs its permutations.
+    """
     columns = clinical_columns(manifest, cfg.stats.clinical_columns)
     table = _with_clinical(features, manifest, columns)
     models = imaging_models({m: cfg.modality_methods(m) for m in modalities})
-    bundle, _ = _study(table, columns, models, cfg, out_dir, notes)
+    bundle, _ = _study(table, columns, models, cfg, out_dir, notes, executor)
     return bundle
 
 
@@ -210,6 +219,17 @@ def read_feature_table(path) -> pd.DataFrame:
         duplicated = sorted(table.loc[table[PATIENT_ID].duplicated(), PATIENT_ID].astype(str).unique())[:5]
         raise UsageError(f"feature table '{path}': patient_id repeated ({duplicated})")
     return table
+
+
+@contextmanager
+def _study_executor(cfg):
+    """Where ``sarco study`` runs the test's permutations: the cluster ``run.scheduler``/``run.workers``
+    name (as ``sarco run``), in this process when there is no test."""
+    if cfg.stats.chance_permutations == 0:
+        yield InlineExecutor()
+        return
+    with open_executor(cfg.run.scheduler, cfg.run.workers, "cpu") as executor:
+        yield executor
 
 
 def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
@@ -237,7 +257,8 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
     notes: list[str] = []
     if not models:
         notes.append("no imaging feature columns ({modality}_{method}_{tissue}_{stat}): clinical model only")
-    bundle, summary = _study(table, columns, models, cfg, out_dir, notes)
+    with _study_executor(cfg) as executor:
+        bundle, summary = _study(table, columns, models, cfg, out_dir, notes, executor)
     write_csv(out_dir / FEATURES_CSV, table)
     write_json(out_dir / THRESHOLDS_JSON, {"modalities": {}, "source": "feature table",
                                            "note": f"statistics on {Path(table_path).name}; no threshold fitted"})
@@ -258,8 +279,11 @@ def study_command(args) -> int:
     from .config import load_config
     from .stats.cli import study_text
 
+    run = {name: getattr(args, name) for name in ("scheduler", "workers") if getattr(args, name, None) is not None}
+    if run.get("scheduler") is not None:
+        run["scheduler"] = check_scheduler_address(run["scheduler"])
     try:
-        summary, notes = run_table_study(args.table, args.out, load_config(args.config))
+        summary, notes = run_table_study(args.table, args.out, load_config(args.config, {"run": run} if run else None))
     except ValueError as exc:  # the table cannot carry the study (no training rows, one class, ...)
         raise UsageError(str(exc)) from None  # the CLI's boundary: one line, exit 2
     print(study_text(summary, notes, Path(args.out)))
@@ -273,6 +297,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--table", required=True, help="CSV: patient_id, label, split, features, clinical columns")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--config", help="YAML config (the stats keys apply)")
+    parser.add_argument("--scheduler", help="where the test against chance runs: tcp://HOST:PORT of a Dask "
+                        "scheduler, or 'inline' (default: config run.scheduler, a local cluster)")
+    parser.add_argument("--workers", type=int, help="local Dask workers for that test (default: one per core)")
     parser.set_defaults(func=study_command)
 
 

@@ -63,7 +63,7 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     for column in columns:
         table[column] = rng.normal(50, 10, n)
     table.to_csv(tmp_path / "features.csv", index=False)
-    cfg = load_config(overrides={"stats": {"cv_folds": 2}})
+    cfg = load_config(overrides={"stats": {"cv_folds": 2, "cv_repeats": 2, "chance_permutations": 0}})
     run_table_study(tmp_path / "features.csv", tmp_path / "study", cfg)
     # issue 21: its report said "no processing failure" while listing errors.csv as missing
     html = (tmp_path / "study" / "report.html").read_text()
@@ -167,7 +167,8 @@ def test_a_run_prints_each_note_once_shows_failures_and_guards_its_folder(shared
     path = shared_cohort.parent / "manifest_everyday_ct.csv"
     manifest.to_csv(path, index=False)
     config = tmp_path / "fast.yaml"
-    config.write_text("run: {habitats: false, report: false, qa: false, scheduler: inline}\nstats: {cv_folds: 2}\n")
+    config.write_text("run: {habitats: false, report: false, qa: false, scheduler: inline}\n"
+                      "stats: {cv_folds: 2, cv_repeats: 2, chance_permutations: 0}\n")
     out = tmp_path / "run"
     argv = ["run", "--manifest", str(path), "--config", str(config), "--out", str(out)]
     done = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,

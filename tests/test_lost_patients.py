@@ -44,7 +44,8 @@ def study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lost_patients")
     path = folder / "features.csv"
     _table(np.random.default_rng(3)).to_csv(path, index=False)
-    summary, notes = run_table_study(path, folder / "out", load_config())
+    cheap = {"run": {"scheduler": "inline"}, "stats": {"cv_repeats": 2, "chance_permutations": 0}}
+    summary, notes = run_table_study(path, folder / "out", load_config(overrides=cheap))
     return json.loads((folder / "out" / STUDY_JSON).read_text()), notes
 
 

@@ -41,6 +41,7 @@ def phi_run(cohort, tmp_path_factory):
     # whole mri section is given: load_config merges over the file, not over the schema defaults.)
     mri = {**load_config().preprocess.mri.model_dump(mode="json"), "n4_iterations": [5]}
     config = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": True},
+                                    "stats": {"cv_repeats": 2, "chance_permutations": 0},
                                     "preprocess": {"mri": mri}})
     console = io.StringIO()
     handler = logging.StreamHandler(console)

@@ -330,6 +330,32 @@ def test_summary_names_the_best_model_by_cv_and_its_held_out_auc():
         "ct_otsu": {**model, "cv_auc_mean": 0.90, "apparent_auc": 0.95, "features": ["ct_otsu_fat_percent"]}}}
     text = " ".join(study_overview(summary, features)["lines"])
     # the CV tie goes to the simpler model, never to the highest apparent AUC alone
-    assert "model by cross-validated AUC (selection inside the folds): CT Otsu, CV AUC 0.900" in text
+    assert "model by repeated cross-validated AUC (selection inside the folds): CT Otsu, CV AUC 0.900" in text
     assert "retrospective validation AUC 0.810 (0.700–0.920)" in text
     assert "5 patients" in text and "1 unlabelled" in text
+
+
+def test_summary_says_first_when_no_model_beats_chance_and_flags_what_contradicts():
+    """Issue 31: the demo's summary named "Clinical, CV AUC 0.920" best beside a validation AUC of 0.641
+    (0.405-0.876) without a word; a best model that is not better than chance is now said first."""
+    from engine.report.tables import study_overview
+
+    features = pd.DataFrame({"label": [1, 0, 1, 0], "split": ["train", "train", "validation", "validation"]})
+    clinical = {"cv_auc_mean": 0.92, "cv_auc_sd": 0.18, "cv_auc_interval": [0.41, 1.0], "apparent_auc": 0.95,
+                "features": ["age"], "auc": {"train": 0.95, "validation": 0.641},
+                "auc_ci": {"train": [0.9, 1.0], "validation": [0.405, 0.876]}, "n": {"train": 2, "validation": 2}}
+    verdict = {"name": "clinical", "cv_auc": 0.92, "cv_auc_interval": [0.41, 1.0], "chance_p": 0.23,
+               "permutations": 99, "better_than_chance": False}
+    summary = {"best_imaging_model": None, "best_model": verdict, "models": {"clinical": clinical}}
+    lines = study_overview(summary, features)["lines"]
+    assert lines[0].startswith("No model predicts better than chance in cross-validation (p = 0.23")
+    text = " ".join(lines)
+    assert "Clinical, CV AUC 0.920 (95% interval 0.410-1.000), not better than chance, p = 0.23" in text
+    assert "includes 0.5" in text
+    assert "Contradiction: the retrospective validation AUC of Clinical, 0.641 (0.405–0.876), excludes" in text
+    summary["best_model"] = {**verdict, "chance_p": 0.01, "better_than_chance": True, "cv_auc_interval": [0.8, 1.0]}
+    clinical.update(cv_auc_interval=[0.8, 1.0], auc={"train": 0.95, "validation": 0.9},
+                    auc_ci={"train": [0.9, 1.0], "validation": [0.8, 1.0]})
+    text = " ".join(study_overview(summary, features)["lines"])
+    assert not text.startswith("No model") and "better than chance, p = 0.01" in text
+    assert "Contradiction" not in text and "includes 0.5" not in text

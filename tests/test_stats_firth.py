@@ -13,11 +13,14 @@ aggregated patterns ``(case, age, oc, vic, vicl, vis, dia, count)``. References:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import optimize, special, stats
 
+from engine.stats.logistic import multivariable_logistic
 from engine.stats.models import fit_logistic_model
 
 TERMS = ["age", "oc", "vic", "vicl", "vis", "dia"]
@@ -94,3 +97,70 @@ def test_penalised_likelihood_ratio_p_values(sex2_fit):
         low, high = LOGISTF_CI[term]
         assert (summary.loc[term, "p"] < 0.05) == (not low <= 0 <= high), term
     assert summary.loc["dia", "p"] < 0.01 and summary.loc["oc", "p"] > 0.5
+
+
+REPRO = Path(__file__).resolve().parents[1] / ".." / "shared" / "repro" / "study_firth_profile_crash.csv"
+
+
+def _scratch_profile(x: np.ndarray, y: np.ndarray, j: int):
+    """logistf's profile deficit of slope ``j`` from the definition, in standardised units.
+
+    ``2 (l*_max - max_{b: b_j = t} l*(b)) - chi2_1(0.95)`` with the penalty on the full design,
+    the inner maximum by scipy's Nelder-Mead from the estimate then BFGS (not the engine's Newton):
+    a function of ``t`` alone. Returns ``(estimate, deficit)``.
+    """
+    z = (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
+    X1 = np.column_stack([np.ones(len(y)), z])
+    k = X1.shape[1]
+    full = optimize.minimize(lambda b: -_penalised_loglik(b, X1, y), np.zeros(k), method="BFGS", tol=1e-12)
+    others = [i for i in range(k) if i != j]
+
+    def deficit(t: float) -> float:
+        def negative(b):
+            beta = np.empty(k)
+            beta[others], beta[j] = b, t
+            return -_penalised_loglik(beta, X1, y)
+
+        start = optimize.minimize(negative, full.x[others], method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000})
+        fit = optimize.minimize(negative, start.x, method="BFGS", tol=1e-12)
+        return 2 * (min(fit.fun, start.fun) - full.fun) - stats.chi2.ppf(0.95, 1)
+
+    return full.x[j], deficit
+
+
+def test_profile_ci_of_the_crash_reproduction_equals_a_from_scratch_profile():
+    """Issue 31: on 28 training patients (6 cases) the profile bracket's ends shared a sign and the
+    whole study ended in "f(a) and f(b) must have different signs". Each bound now is where a profile
+    recomputed from the definition crosses the critical value: below it a little inside, above it a
+    little outside, and below it on a grid between the estimate and the bound (the first crossing).
+    Far out the penalised likelihood has a second, lower maximum at a fixed slope; a local fit
+    found that one and put the lower bound of the fat volume's slope at -85 SD units instead of -106."""
+    table = pd.read_csv(REPRO)
+    features = ["mri_kmeans_fat_volume", "mri_kmeans_fat_percent"]
+    outcome = fit_logistic_model(table, "label", features, name="mri_kmeans")
+    assert outcome.fit.status == "separation"
+    summary = outcome.summary.set_index("term")
+    y = table["label"].to_numpy(dtype=float)
+    x = table[features].to_numpy(dtype=float)
+    for j, term in enumerate(features, start=1):
+        estimate, deficit = _scratch_profile(x, y, j)
+        sd = x[:, j - 1].std(ddof=1)
+        for column in ("or_ci_low", "or_ci_high"):
+            bound = np.log(summary.loc[term, column]) * sd
+            inward = np.sign(estimate - bound)
+            assert deficit(bound + 1e-3 * inward) < 0 < deficit(bound - 1e-3 * inward), (term, column, bound)
+            for t in np.linspace(estimate, bound, 6)[1:-1]:
+                assert deficit(t) < 0, (term, column, t)
+
+
+def test_the_crash_reproduction_selects_and_fits_every_model():
+    """Issue 31: the selection of both models that crashed goes through, with finite profile bounds."""
+    table = pd.read_csv(REPRO)
+    for name in ("mri_kmeans",):
+        columns = [c for c in table.columns if c.startswith(f"{name}_")]
+        mv = multivariable_logistic(table, "label", columns, name=name)
+        assert mv.model is not None and mv.status == "separation"
+        selected = mv.summary.iloc[1:]
+        assert np.isfinite(selected[["or_ci_low", "or_ci_high"]].to_numpy()).all()
+        assert (selected["or_ci_low"] < selected["or"]).all() and (selected["or"] < selected["or_ci_high"]).all()

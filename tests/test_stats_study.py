@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from engine.stats import run_study, score_bundle
 from engine.stats.cli import icc_command, roc_command
+from engine.stats.study import study_summary
 
 MODELS = {
     f"{mod}_{method}": [f"{mod}_{method}_{t}_{s}" for t in ("fat", "muscle") for s in ("mean", "volume", "percent")]
@@ -180,3 +181,37 @@ def test_study_summary_is_machine_readable(study):
     assert ct["cv_auc_mean"] == pytest.approx(result.cv.set_index("model").loc["ct_otsu", "auc_mean"])
     assert ct["features"] == result.models["ct_otsu"].features
     assert summary["best_imaging_model"] == "ct_otsu"
+
+
+def test_a_model_that_cannot_be_fitted_costs_that_model_only(monkeypatch):
+    """Issue 31: one model's numerical failure was the whole study's crash (exit 2, no model.json)."""
+    import engine.stats.study as study_module
+
+    real = study_module.multivariable_logistic
+
+    def failing(df, label, candidates, *, name="model", **kwargs):
+        if name == "mri_gmm":
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(df, label, candidates, name=name, **kwargs)
+
+    monkeypatch.setattr(study_module, "multivariable_logistic", failing)
+    df = _cohort(n=90, seed=5)
+    result = run_study(df, clinical_columns=["age", "sex"], imaging_models=MODELS, folds=3, seed=0)
+    assert "mri_gmm" not in result.models and {"ct_otsu", "ct_gmm", "mri_otsu", "clinical"} <= set(result.models)
+    assert "LinAlgError: Singular matrix" in result.not_fitted["mri_gmm"]
+    assert "could not be fitted" in result.cv.set_index("model").loc["mri_gmm", "note"]
+    assert study_summary(result)["not_fitted"] == result.not_fitted
+
+
+def test_the_chosen_model_line_that_study_and_apply_print():
+    from engine.stats.cli import chance_text
+
+    verdict = {"name": "ct_otsu", "cv_auc": 0.81, "cv_auc_interval": [0.62, 0.99], "chance_p": 0.01,
+               "permutations": 99, "better_than_chance": True}
+    assert chance_text(verdict, "chosen model") == ("chosen model: ct_otsu, repeated CV AUC 0.810 (95% interval "
+                                                    "0.620-0.990); better than chance (p = 0.01, permutation test "
+                                                    "repeating the choice)")
+    weak = chance_text({**verdict, "chance_p": 0.2, "permutations": 4, "better_than_chance": False})
+    assert "NOT better than chance (p = 0.2" in weak and "4 permutations cannot give p below 0.2" in weak
+    assert "not tested against chance" in chance_text({**verdict, "chance_p": None, "better_than_chance": None})
+    assert chance_text(None) is None

@@ -25,7 +25,8 @@ def study(shared_cohort, tmp_path_factory):
     ct_manifest = manifest.parent / "manifest_study_ct.csv"
     table.drop(columns=[c for c in table.columns if c.startswith("mri_")]).to_csv(ct_manifest, index=False)
     out = root / "run"
-    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "habitats": False}})
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "habitats": False},
+                                 "stats": {"cv_repeats": 3, "chance_permutations": 4, "chance_repeats": 2}})
     run(ct_manifest, out_dir=out, config=cfg)
     return ct_manifest, out
 
@@ -109,7 +110,9 @@ def test_sarco_study_on_any_feature_table(tmp_path, capsys):
 
     _feature_table(tmp_path / "features.csv")
     out = tmp_path / "study"
-    assert main(["study", "--table", str(tmp_path / "features.csv"), "--out", str(out)]) == 0
+    (tmp_path / "cheap.yaml").write_text("stats:\n  cv_repeats: 3\n  chance_permutations: 4\n  chance_repeats: 2\n")
+    assert main(["study", "--table", str(tmp_path / "features.csv"), "--out", str(out), "--scheduler", "inline",
+                 "--config", str(tmp_path / "cheap.yaml")]) == 0
     assert "ct_otsu" in capsys.readouterr().out
     for name in ("tables/table2_groups.csv", "tables/table5_performance.csv", "predictions.csv", "model.json",
                  "study.json", "report.html"):
@@ -130,3 +133,27 @@ def test_sarco_study_user_mistake_is_one_line_exit_2(tmp_path, capsys, problem):
     assert main(["study", "--table", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("not found" in err or "split" in err)
+
+
+def test_study_json_names_the_best_model_with_its_test_against_chance(study):
+    """Issue 31: repeated CV settings, each model's interval, the best model with the permutation test's p."""
+    _, out = study
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["cv"] == {"folds": 5, "repeats": 3, "seed": 42}
+    assert summary["chance_test"]["permutations"] == 4 and summary["chance_test"]["cv_repeats"] == 2
+    models = summary["models"]
+    for model in models.values():
+        low, high = model["cv_auc_interval"]
+        assert low <= model["cv_auc_mean"] <= high
+    best = summary["best_model"]
+    assert set(best) == {"name", "cv_auc", "cv_auc_interval", "chance_p", "permutations", "better_than_chance"}
+    assert best["cv_auc"] == max(m["cv_auc_mean"] for m in models.values())
+    assert any(best["chance_p"] == pytest.approx(k / 5) for k in range(1, 6))  # (1 + exceedances) / (1 + 4)
+    assert best["better_than_chance"] is False  # with 4 permutations p >= 0.2
+    assert summary["best_imaging"]["name"] == summary["best_imaging_model"]
+    statistics = json.loads((out / "model.json").read_text())["statistics"]
+    assert statistics["best_model"] == best  # the chosen model travels with the frozen models
+    cv = pd.read_csv(out / "tables" / "cv_auc.csv")
+    assert list(cv["repeats"].unique()) == [3] and cv.filter(like="auc_repeat_").shape[1] == 3
+    table4 = pd.read_csv(out / "tables" / "table4_imaging_logistic.csv")
+    assert (table4["cv_auc_mean"] == table4["model"].map(cv.set_index("model")["auc_mean"])).all()

@@ -143,7 +143,11 @@ def _regression(frame: pd.DataFrame, per_sd: bool, sections: bool) -> dict:
     for model in pd.unique(frame["model"]):
         part = frame[frame["model"] == model]
         if sections:
-            rows.append({"section": model_label(model)})
+            first = part.iloc[0] if len(part) else {}
+            cv = (f" (repeated CV AUC {float(first['cv_auc_mean']):.3f}, 95% interval "
+                  f"{float(first['cv_auc_ci_low']):.3f}-{float(first['cv_auc_ci_high']):.3f})"
+                  if all(_finite(first.get(k)) for k in ("cv_auc_mean", "cv_auc_ci_low", "cv_auc_ci_high")) else "")
+            rows.append({"section": model_label(model) + cv})
         for _, row in part.iterrows():
             separated |= "separation" in (str(row.get("uni_status")), str(row.get("multi_status")))
             rows.append({"cells": [_term_label(row["term"], row["variable"]), *_uni_cells(row, per_sd),
@@ -208,14 +212,25 @@ def render_table5(frame: pd.DataFrame) -> dict:
 def render_cv(frame: pd.DataFrame) -> dict:
     rows = []
     for _, row in frame.iterrows():
-        cv = f"{float(row['auc_mean']):.3f} ± {float(row['auc_sd']):.3f}" if _finite(row["auc_mean"]) else ""
+        if not _finite(row.get("auc_mean")):
+            rows.append({"cells": [model_label(row["model"]), "", "", "", "", str(row.get("note") or "")],
+                         "sub": False})
+            continue
+        sd = f" ± {float(row['auc_sd']):.3f}" if _finite(row.get("auc_sd")) else ""
+        interval = (f"{float(row['auc_ci_low']):.3f}-{float(row['auc_ci_high']):.3f}"
+                    if _finite(row.get("auc_ci_low")) and _finite(row.get("auc_ci_high")) else "")
         apparent = f"{float(row['apparent_auc']):.3f}" if _finite(row.get("apparent_auc")) else ""
-        rows.append({"cells": [model_label(row["model"]), cv, apparent, str(int(row["folds"])),
-                               f"{int(row['n'])} ({int(row['n_events'])})"], "sub": False})
-    return clinical_table(["Model", "CV AUC (mean ± SD)", "Apparent AUC", "Folds", "Patients (sarcopenia)"],
-                          [False, True, True, True, True], rows,
-                          "CV: univariable screen and backward elimination repeated inside every fold, so the "
-                          "held-out fold never informs which variables are chosen.")
+        repeats = int(row["repeats"]) if _finite(row.get("repeats")) else 1
+        rows.append({"cells": [model_label(row["model"]), f"{float(row['auc_mean']):.3f}{sd}", interval, apparent,
+                               f"{int(row['folds'])} x {repeats}", f"{int(row['n'])} ({int(row['n_events'])})"],
+                     "sub": False})
+    return clinical_table(["Model", "CV AUC (mean ± SD across repeats)", "95% interval", "Apparent AUC",
+                           "Folds x repeats", "Patients (sarcopenia)"],
+                          [False, True, True, True, True, True], rows,
+                          "CV: repeated stratified K-fold on the training cohort, the univariable screen and backward "
+                          "elimination repeated inside every fold, so the held-out fold never informs which variables "
+                          "are chosen. Interval: the corrected repeated-CV t interval (Nadeau & Bengio 2003), which "
+                          "allows for the folds sharing patients.")
 
 
 def render_comparisons(frame: pd.DataFrame) -> dict:
@@ -233,8 +248,53 @@ RENDERERS = {"table2": render_table2, "table3": render_table3, "table4": render_
              "cv": render_cv, "table_combined": render_combined, "comparisons": render_comparisons}
 
 
+def _chance_words(verdict: dict) -> str:
+    p = verdict.get("chance_p")
+    if p is None:
+        return "not tested against chance"
+    return f"{'better' if verdict.get('better_than_chance') else 'not better'} than chance, p = {fmt_p(p)}"
+
+
+def _doubts(name: str, model: dict, verdict: dict) -> list[str]:
+    """What the numbers of the best model do not support: a CV interval that includes 0.5, a held-out
+    AUC whose CI excludes the CV AUC (the two disagree more than chance allows)."""
+    lines = []
+    low, high = (verdict.get("cv_auc_interval") or [None, None])[:2]
+    if _finite(low) and _finite(high) and low <= 0.5 <= high:
+        lines.append(f"The CV AUC interval of {model_label(name)} ({low:.3f}-{high:.3f}) includes 0.5.")
+    cv_auc = verdict.get("cv_auc")
+    for split, auc in (model.get("auc") or {}).items():
+        ci = (model.get("auc_ci") or {}).get(split) or [None, None]
+        if split == "train" or not (_finite(auc) and _finite(ci[0]) and _finite(ci[1]) and _finite(cv_auc)):
+            continue
+        if not ci[0] <= cv_auc <= ci[1]:
+            lines.append(f"Contradiction: the {SPLIT_NAMES.get(split, split).lower()} AUC of {model_label(name)}, "
+                         f"{fmt_auc_ci(auc, *ci)}, excludes its CV AUC {cv_auc:.3f}; one of them misleads "
+                         f"(a small or unlike cohort, or a model that does not transfer).")
+    return lines
+
+
+def _chance_lines(summary: dict) -> list[str]:
+    """The test against chance first: the headline when no model beats it."""
+    best = summary.get("best_model")
+    if not best:
+        return []
+    if best.get("chance_p") is None:
+        return ["No test against chance was run (stats.chance_permutations: 0): the best CV AUC below is the "
+                "maximum of several noisy estimates and may overstate."]
+    if not best.get("better_than_chance"):
+        permutations = int(best.get("permutations") or 0)
+        floor = (f"; {permutations} permutations cannot give p below {1.0 / (1 + permutations):.2g}"
+                 if permutations and 1.0 / (1 + permutations) > 0.05 else "")
+        return [f"No model predicts better than chance in cross-validation (p = {fmt_p(best['chance_p'])}, "
+                f"permutation test that repeats the choice of the best model{floor}); the figures below do not "
+                f"support a predictive model."]
+    return []
+
+
 def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
-    """The report's opening summary: cohort, best model by honest CV, its held-out AUCs with CI."""
+    """The report's opening summary: the test against chance, cohort, best model by repeated CV, its
+    held-out AUCs with CI, and what those numbers do not support."""
     if not summary or not summary.get("models"):
         return None
     labels = pd.to_numeric(features["label"], errors="coerce")
@@ -242,24 +302,40 @@ def study_overview(summary: dict | None, features: pd.DataFrame) -> dict | None:
     cohort = ", ".join(f"{SPLIT_NAMES.get(s, s).lower()} {int((split == s).sum())}"
                        for s in _ordered(features["split"]))
     models = summary["models"]
-    ranked = [n for n in models if _finite(models[n].get("cv_auc_mean"))]
     imaging = summary.get("best_imaging_model")
+    verdict = summary.get("best_model") or {}
+    best = verdict.get("name") if verdict.get("name") in models else _legacy_best(models, imaging)
+    lines = _chance_lines(summary)
+    lines.append(f"{len(features)} patients ({cohort}); {int((labels == 1).sum())} with sarcopenia, "
+                 f"{int((labels == 0).sum())} without, {int(labels.isna().sum())} unlabelled.")
+    if best:
+        model = models[best]
+        held_out = [f"{SPLIT_NAMES.get(s, s).lower()} AUC {fmt_auc_ci(model['auc'][s], *model['auc_ci'][s])} "
+                    f"(n = {model['n'][s]})" for s in model["auc"] if s != "train" and _finite(model["auc"][s])]
+        interval = model.get("cv_auc_interval") or [None, None]
+        spread = (f" (95% interval {interval[0]:.3f}-{interval[1]:.3f})" if _finite(interval[0])
+                  and _finite(interval[1]) else f" ± {model['cv_auc_sd'] or 0:.3f}")
+        chance = f", {_chance_words(verdict)}" if verdict else ""
+        lines.append(f"Best model by repeated cross-validated AUC (selection inside the folds): {model_label(best)}, "
+                     f"CV AUC {model['cv_auc_mean']:.3f}{spread}{chance}"
+                     + (f"; {'; '.join(held_out)}." if held_out else "; no held-out cohort."))
+        lines.extend(_doubts(best, model, verdict or {"cv_auc": model["cv_auc_mean"],
+                                                      "cv_auc_interval": interval}))
+    if imaging and imaging != best and imaging in models:
+        image = summary.get("best_imaging") or {}
+        chance = f", {_chance_words(image)}" if image else ""
+        lines.append(f"Best imaging model: {model_label(imaging)}, CV AUC {models[imaging]['cv_auc_mean']:.3f}"
+                     f"{chance}.")
+    return {"lines": lines}
+
+
+def _legacy_best(models: dict, imaging: str | None) -> str | None:
+    """The best model of a study.json without ``best_model`` (older runs): highest CV AUC."""
+    ranked = [n for n in models if _finite(models[n].get("cv_auc_mean"))]
 
     def rank(name):  # ties: apparent AUC, then the fewer features, then the study's best imaging model
         model = models[name]
         apparent = model.get("apparent_auc") if _finite(model.get("apparent_auc")) else -1.0
         return model["cv_auc_mean"], apparent, -len(model.get("features") or []), name == imaging
 
-    best = max(ranked, key=rank) if ranked else None
-    lines = [f"{len(features)} patients ({cohort}); {int((labels == 1).sum())} with sarcopenia, "
-             f"{int((labels == 0).sum())} without, {int(labels.isna().sum())} unlabelled."]
-    if best:
-        model = models[best]
-        held_out = [f"{SPLIT_NAMES.get(s, s).lower()} AUC {fmt_auc_ci(model['auc'][s], *model['auc_ci'][s])} "
-                    f"(n = {model['n'][s]})" for s in model["auc"] if s != "train" and _finite(model["auc"][s])]
-        lines.append(f"Best model by cross-validated AUC (selection inside the folds): {model_label(best)}, "
-                     f"CV AUC {model['cv_auc_mean']:.3f} ± {model['cv_auc_sd'] or 0:.3f}"
-                     + (f"; {'; '.join(held_out)}." if held_out else "; no held-out cohort."))
-    if imaging and imaging != best and imaging in models:
-        lines.append(f"Best imaging model: {model_label(imaging)}, CV AUC {models[imaging]['cv_auc_mean']:.3f}.")
-    return {"lines": lines}
+    return max(ranked, key=rank) if ranked else None

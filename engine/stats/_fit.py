@@ -199,37 +199,56 @@ def firth_profile_ci(
 
     The bounds solve ``2 (l*_full - max_{b: b_index = t} l*(b)) = chi2_1(1 - alpha)`` on each side
     of the estimate, by bracketing outwards in steps of the Wald SE and then Brent's method.
+
+    The profile deficit at ``t`` is a function of ``t`` alone (a warm start from the previous
+    evaluation made its value depend on the path, so a bracket's two ends could share a sign). Under
+    separation the penalised likelihood can have several local maxima at a fixed ``t``, so each
+    evaluation keeps the better of two fits: one from the estimate with ``b_index = t``, one from
+    the Wald ridge (the other coefficients moved by their regression on ``b_index``,
+    ``cov[:, index] / cov[index, index] * (t - b_index)``), which follows the profile far out. A
+    side whose deficit never reaches the critical value within the search is open (``-inf`` /
+    ``+inf``: the profile is unbounded there); a side that cannot be solved is NaN. Never raises.
     """
     target = stats.chi2.ppf(1.0 - alpha, df=1) / 2.0
     free = np.ones(X1.shape[1], dtype=bool)
     free[index] = False
     se = float(np.sqrt(max(cov[index, index], 1e-12)))
-    starts = {"value": beta.copy()}
+    ridge = cov[:, index] / cov[index, index] if cov[index, index] > 0 else np.zeros(beta.size)
 
     def deficit(t: float) -> float:
-        start = starts["value"].copy()
-        start[index] = t
-        fitted, _, _, _, value = _firth(X1, y, start=start, free=free, maxiter=100, tol=1e-8)
-        starts["value"] = fitted
-        return (penalised_full - value) - target
+        at_estimate = beta.copy()
+        at_estimate[index] = t
+        best = -np.inf
+        for start in (at_estimate, beta + ridge * (t - beta[index])):
+            start[index] = t
+            _, _, _, _, value = _firth(X1, y, start=start, free=free, maxiter=200, tol=1e-10)
+            best = max(best, value)
+        return (penalised_full - best) - target
 
-    bounds = []
-    for direction in (-1.0, 1.0):
-        starts["value"] = beta.copy()
-        inner, outer = float(beta[index]), float(beta[index]) + direction * se
-        found = False
+    low = _profile_bound(deficit, float(beta[index]), -1.0, se)
+    high = _profile_bound(deficit, float(beta[index]), 1.0, se)
+    return low, high
+
+
+def _profile_bound(deficit, estimate: float, direction: float, se: float) -> float:
+    """One side of a profile interval: bracket ``deficit`` outwards from ``estimate``, then Brent."""
+    inner, outer = estimate, estimate + direction * se
+    try:
+        outer_value = deficit(outer)
         for _ in range(60):
-            if deficit(outer) > 0:
-                found = True
+            if outer_value > 0:
                 break
             inner, outer = outer, outer + direction * se
             se *= 1.5
-        if not found:
-            bounds.append(direction * np.inf)
-            continue
-        starts["value"] = beta.copy()
-        bounds.append(float(optimize.brentq(deficit, min(inner, outer), max(inner, outer), xtol=1e-9)))
-    return bounds[0], bounds[1]
+            outer_value = deficit(outer)
+        else:
+            return direction * np.inf  # the deficit never reaches the critical value: open on this side
+        inner_value = deficit(inner)
+        if not (np.isfinite(outer_value) and np.isfinite(inner_value)) or inner_value > 0:
+            return float("nan")
+        return float(optimize.brentq(deficit, min(inner, outer), max(inner, outer), xtol=1e-9))
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+        return float("nan")
 
 
 def _ml(X1: np.ndarray, y: np.ndarray):

@@ -242,16 +242,39 @@ def run_command(args) -> int:
     return 0
 
 
+def chance_text(verdict: dict | None, what: str = "best model") -> str | None:
+    """One line on a chosen model and its test against chance (``study.json``'s ``best_model``), or None."""
+    if not verdict:
+        return None
+    low, high = (verdict.get("cv_auc_interval") or [None, None])[:2]
+    interval = f" (95% interval {_num(low)}-{_num(high)})" if low is not None and high is not None else ""
+    p = verdict.get("chance_p")
+    if p is None:
+        test = "not tested against chance (stats.chance_permutations: 0)"
+    elif verdict.get("better_than_chance"):
+        test = f"better than chance (p = {p:.3g}, permutation test repeating the choice)"
+    else:
+        test = f"NOT better than chance (p = {p:.3g}, permutation test repeating the choice)"
+        permutations = int(verdict.get("permutations") or 0)
+        if permutations and 1.0 / (1 + permutations) > 0.05:
+            test += f"; {permutations} permutations cannot give p below {1.0 / (1 + permutations):.3g}"
+    return f"{what}: {verdict['name']}, repeated CV AUC {_num(verdict.get('cv_auc'))}{interval}; {test}"
+
+
 def study_text(summary: dict, notes: list[str], out_dir: Path) -> str:
     """What ``sarco study`` prints: each model's CV AUC and held-out AUCs, then where the files are."""
     lines = [f"{'model':<12} {'CV AUC':>15} {'apparent':>9}  held-out AUC (95% CI)"]
+    for name, reason in (summary.get("not_fitted") or {}).items():
+        lines.append(f"{name:<12} {reason}")
     for name, model in summary.get("models", {}).items():
         cv = f"{_num(model['cv_auc_mean'])} ± {_num(model['cv_auc_sd'])}"
         held_out = ", ".join(
             f"{split} {_num(auc)} ({_num(model['auc_ci'][split][0])}-{_num(model['auc_ci'][split][1])})"
             for split, auc in model["auc"].items() if split != "train")
         lines.append(f"{name:<12} {cv:>15} {_num(model['apparent_auc']):>9}  {held_out or 'no held-out split'}")
-    if summary.get("best_imaging_model"):
+    chosen = [chance_text(summary.get("best_model")), chance_text(summary.get("best_imaging"), "best imaging model")]
+    lines.extend(line for line in chosen if line)
+    if summary.get("best_imaging_model") and not summary.get("best_imaging"):
         lines.append(f"best imaging model by cross-validated AUC: {summary['best_imaging_model']}")
     lines.extend(f"note: {n}" for n in notes)
     lines.append(f"results: {out_dir.resolve()}")

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ._design import resolve_categorical
+from .chance import CHANCE_ALPHA, CandidateModel, ChanceResult, ChanceSettings, chance_test
 from .groups import TABLE2_COLUMNS, ordered_splits
 from .groups import table2 as make_table2
 from .logistic import MultivariableResult, cross_validated_selection, multivariable_logistic
@@ -65,6 +66,9 @@ TABLE5_COLUMNS = [
 STUDY_FORMAT = "sarco-study/1"
 
 CV_SELECTION = "univariable screen + backward elimination repeated inside every fold"
+
+CHANCE_METHOD = ("training labels permuted; every model refitted with its selection inside the same repeated CV; "
+                 "best CV AUC of each permutation against the observed best")
 
 COMPARISON_COLUMNS = ["model_a", "model_b", "split", "n", "auc_a", "auc_b", "z", "p"]
 
@@ -119,6 +123,16 @@ class StudyResult:
     best_imaging_model: str | None = None
     #: Why the combined model kept only the clinical model's variables (None: it did not).
     combined_same_as_clinical: str | None = None
+    #: ``{"folds", "repeats", "seed"}`` of the repeated cross-validation
+    cv_settings: dict = field(default_factory=dict)
+    #: the best model (all models) and the best imaging model with the test against chance
+    #: (:func:`_verdict`); None without a cross-validated model
+    best_model: dict | None = None
+    best_imaging: dict | None = None
+    chance_permutations: int = 0
+    chance_repeats: int = 0
+    #: models that could not be fitted: name -> why
+    not_fitted: dict[str, str] = field(default_factory=dict)
 
     def to_bundle(self) -> dict:
         """The frozen models and cut-offs, JSON-safe; :func:`score_bundle` scores with it."""
@@ -129,6 +143,8 @@ class StudyResult:
             "models": {name: self.models[name].to_dict() for name in order},
             "cutoffs": {name: float(self.cutoffs[name]) for name in order},
             "best_imaging_model": self.best_imaging_model,
+            "best_model": self.best_model,
+            "best_imaging": self.best_imaging,
         }
 
 
@@ -238,7 +254,10 @@ class _Cohort:
     p_enter: float
     p_remove: float
     alpha: float
+    repeats: int = 1
     notes: list[str] = field(default_factory=list)
+    #: models that could not be fitted: name -> why
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,7 +273,7 @@ class _Fitted:
 
 
 def _prepare_cohort(features, *, clinical_columns, label, split, categorical, folds, seed, p_enter, p_remove,
-                    alpha) -> _Cohort:
+                    alpha, repeats=1) -> _Cohort:
     for column in ("patient_id", label, split):
         if column not in features.columns:
             raise ValueError(f"column '{column}' not in the feature table")
@@ -275,7 +294,7 @@ def _prepare_cohort(features, *, clinical_columns, label, split, categorical, fo
         features=features, y=y, labelled=labelled, split_values=split_values,
         train=labelled & (split_values == "train"), split=split, label=label, clinical=clinical,
         clinical_categorical=resolve_categorical(features, clinical, categorical), folds=folds, seed=seed,
-        p_enter=p_enter, p_remove=p_remove, alpha=alpha, notes=notes,
+        p_enter=p_enter, p_remove=p_remove, alpha=alpha, repeats=repeats, notes=notes,
     )
 
 
@@ -289,7 +308,22 @@ def _table2(cohort: _Cohort) -> pd.DataFrame:
 
 def _fit_model(cohort: _Cohort, name: str, candidates: list[str], rows: np.ndarray,
                categorical: list[str]) -> _Fitted | None:
-    """Select and fit one model on ``rows`` (training), then cross-validate the whole selection."""
+    """Select and fit one model on ``rows`` (training), then cross-validate the whole selection.
+
+    A model whose numbers fail (an optimiser, a singular design) is that model's failure only: it
+    is recorded in ``cohort.failed`` with the reason and the study goes on without it.
+    """
+    try:
+        return _select_and_validate(cohort, name, candidates, rows, categorical)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        reason = f"could not be fitted ({type(exc).__name__}: {exc})"
+        cohort.failed[name] = reason
+        cohort.notes.append(f"{name}: {reason}; the study goes on without it")
+        return None
+
+
+def _select_and_validate(cohort: _Cohort, name: str, candidates: list[str], rows: np.ndarray,
+                         categorical: list[str]) -> _Fitted | None:
     y = cohort.y
     n_pos, n_neg = int(np.sum(y[rows] == 1)), int(np.sum(y[rows] == 0))
     if min(n_pos, n_neg) < MIN_PER_CLASS:
@@ -304,8 +338,8 @@ def _fit_model(cohort: _Cohort, name: str, candidates: list[str], rows: np.ndarr
     if mv.model is None:
         cohort.notes.append(f"{name}: no model could be fitted; skipped")
         return _Fitted(mv, rows, candidates, categorical, {}, float("nan"))
-    cv = cross_validated_selection(train_df, cohort.label, candidates, folds=cohort.folds, seed=cohort.seed,
-                                   **settings)
+    cv = cross_validated_selection(train_df, cohort.label, candidates, folds=cohort.folds, repeats=cohort.repeats,
+                                   seed=cohort.seed, **settings)
     cohort.notes.extend(f"{name} cross-validation: {n}" for n in cv["notes"])
     p = mv.model.predict_proba(train_df)
     ok = ~np.isnan(p)
@@ -447,21 +481,94 @@ def _table5(cohort: _Cohort, models, cutoffs, predictions: pd.DataFrame) -> pd.D
     return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
 
 
-def _cv_table(fitted: dict[str, _Fitted], models) -> pd.DataFrame:
+CV_COLUMNS = ["model", "n", "n_events", "folds", "repeats", "auc_mean", "auc_sd", "auc_ci_low", "auc_ci_high",
+              "apparent_auc"]
+
+
+def _cv_table(fitted: dict[str, _Fitted], models, failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """Repeated-CV AUC per model: mean, SD across repeats, corrected interval, each repeat's AUC.
+
+    A model that could not be fitted has a row whose note says why.
+    """
     names = [n for n in models if n in fitted and fitted[n].cv]
-    max_folds = max((fitted[n].cv["folds"] for n in names), default=0)
+    max_repeats = max((len(fitted[n].cv["per_repeat"]) for n in names), default=0)
     rows = []
     for name in names:
         cv = fitted[name].cv
         row = {"model": name, "n": cv["n"], "n_events": cv["n_events"], "folds": cv["folds"],
-               "auc_mean": cv["mean"], "auc_sd": cv["sd"], "apparent_auc": fitted[name].apparent_auc,
-               "selection": CV_SELECTION, "note": "; ".join(cv["notes"])}
-        for i in range(max_folds):
-            row[f"auc_fold_{i + 1}"] = cv["per_fold"][i] if i < len(cv["per_fold"]) else np.nan
+               "repeats": cv["repeats"], "auc_mean": cv["mean"], "auc_sd": cv["sd"],
+               "auc_ci_low": cv["interval"][0], "auc_ci_high": cv["interval"][1],
+               "apparent_auc": fitted[name].apparent_auc, "selection": CV_SELECTION, "note": "; ".join(cv["notes"])}
+        for i in range(max_repeats):
+            row[f"auc_repeat_{i + 1}"] = cv["per_repeat"][i] if i < len(cv["per_repeat"]) else np.nan
         rows.append(row)
-    columns = ["model", "n", "n_events", "folds", "auc_mean", "auc_sd", "apparent_auc"] + [
-        f"auc_fold_{i + 1}" for i in range(max_folds)] + ["selection", "note"]
+    for name, reason in (failed or {}).items():
+        rows.append({"model": name, "selection": CV_SELECTION, "note": reason})
+    columns = CV_COLUMNS + [f"auc_repeat_{i + 1}" for i in range(max_repeats)] + ["selection", "note"]
     return pd.DataFrame(rows, columns=columns)
+
+
+#: The repeated-CV columns that Tables 4 and 5 carry beside each model's rows.
+CV_BESIDE_COLUMNS = {"auc_mean": "cv_auc_mean", "auc_sd": "cv_auc_sd", "auc_ci_low": "cv_auc_ci_low",
+                     "auc_ci_high": "cv_auc_ci_high"}
+
+
+def _with_cv(table: pd.DataFrame, cv: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each model's repeated-CV mean, SD and interval (:data:`CV_BESIDE_COLUMNS`)."""
+    values = cv.set_index("model")[list(CV_BESIDE_COLUMNS)].rename(columns=CV_BESIDE_COLUMNS) if len(cv) else None
+    out = table.copy()
+    for column in CV_BESIDE_COLUMNS.values():
+        out[column] = out["model"].map(values[column]) if values is not None and len(out) else np.nan
+    return out
+
+
+def _best_model(fitted: dict[str, _Fitted], names: list[str]) -> str | None:
+    """Highest repeated-CV AUC among ``names`` (ties: apparent AUC, then order); None without a CV."""
+    usable = [n for n in names if n in fitted and fitted[n].mv.model is not None
+              and np.isfinite(fitted[n].cv.get("mean", float("nan")))]
+    if not usable:
+        return None
+    return max(usable, key=lambda n: (fitted[n].cv["mean"], np.nan_to_num(fitted[n].apparent_auc, nan=-np.inf),
+                                      -usable.index(n)))
+
+
+def _chance(cohort: _Cohort, fitted: dict[str, _Fitted], imaging_names: list[str], permutations: int,
+            repeats: int, executor) -> ChanceResult:
+    """The permutation test of the best model and of the best imaging model (:mod:`engine.stats.chance`).
+
+    Its statistic is the best mean CV AUC over the first ``repeats`` repeats of the study's splitter
+    (the same folds; the observed value is read from the study's own CV, no refit).
+    """
+    candidates = [CandidateModel(name, tuple(fitted[name].candidates), tuple(bool(v) for v in fitted[name].rows),
+                                 tuple(fitted[name].categorical), imaging=name != "clinical")
+                  for name in ["clinical", *imaging_names] if name in fitted and fitted[name].cv]
+    repeats = max(1, min(int(repeats), cohort.repeats))
+    settings = ChanceSettings(label=cohort.label, folds=cohort.folds, repeats=repeats, seed=cohort.seed,
+                              p_enter=cohort.p_enter, p_remove=cohort.p_remove, alpha=cohort.alpha,
+                              min_per_class=MIN_PER_CLASS, clinical=tuple(cohort.clinical),
+                              clinical_categorical=tuple(cohort.clinical_categorical),
+                              combined="combined" in fitted and bool(fitted["combined"].cv))
+    observed = {name: _first_repeats_mean(f.cv, repeats) for name, f in fitted.items() if f.cv}
+    return chance_test(cohort.features, cohort.y, cohort.train, candidates, settings, observed,
+                       permutations=permutations, executor=executor)
+
+
+def _first_repeats_mean(cv: dict, repeats: int) -> float:
+    values = np.asarray(cv.get("per_repeat", [])[:repeats], dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _verdict(fitted: dict[str, _Fitted], name: str | None, p: float, permutations: int) -> dict | None:
+    """``{"name", "cv_auc", "cv_auc_interval", "chance_p", "permutations", "better_than_chance"}``
+    (None without a model; p and the verdict None without a test)."""
+    if name is None:
+        return None
+    cv = fitted[name].cv
+    finite_p = bool(np.isfinite(p))
+    return {"name": name, "cv_auc": float(cv["mean"]), "cv_auc_interval": [float(v) for v in cv["interval"]],
+            "chance_p": float(p) if finite_p else None, "permutations": int(permutations) if finite_p else 0,
+            "better_than_chance": bool(p <= CHANCE_ALPHA) if finite_p else None}
 
 
 def _comparisons(cohort: _Cohort, predictions: pd.DataFrame, models, best: str | None) -> pd.DataFrame:
@@ -511,6 +618,10 @@ def run_study(
     p_remove: float = 0.10,
     categorical: Iterable[str] | None = None,
     alpha: float = 0.05,
+    repeats: int = 1,
+    permutations: int = 0,
+    chance_repeats: int | None = None,
+    executor=None,
 ) -> StudyResult:
     """Run the paper's statistics on a feature table (one row per patient).
 
@@ -526,14 +637,19 @@ def run_study(
     categorical : list of str, optional
         Categorical clinical columns; default: the rule of :func:`engine.stats._design.is_categorical`.
         Imaging features are always numeric.
-    folds, seed : int
-        Stratified K-fold cross-validation of the whole selection on the training split.
+    folds, repeats, seed : int
+        Repeated stratified K-fold cross-validation of the whole selection on the training split.
+    permutations, chance_repeats : int
+        Label permutations of the test against chance (:mod:`engine.stats.chance`; 0: no test) and
+        the CV repeats its statistic averages (the first of the study's; None: all of them).
+    executor : optional
+        Where the permutations run (:mod:`engine.executors`); None: in this process.
     p_enter, p_remove : float
         Univariate entry and backward-elimination thresholds.
     """
     cohort = _prepare_cohort(features, clinical_columns=clinical_columns, label=label, split=split,
                              categorical=categorical, folds=folds, seed=seed, p_enter=p_enter, p_remove=p_remove,
-                             alpha=alpha)
+                             alpha=alpha, repeats=repeats)
     table2 = _table2(cohort)
     fitted: dict[str, _Fitted] = {}
     if cohort.clinical:  # clinical model first, as in the paper's Table 5
@@ -554,12 +670,22 @@ def run_study(
     cutoffs = _training_cutoffs(cohort, models)
     predictions = _predictions(cohort, models, cutoffs)
     table3, table4, table_combined = _regression_tables(fitted, imaging_models)
+    best_overall = _best_model(fitted, ["clinical", *imaging_models, "combined"])
+    chance = _chance(cohort, fitted, list(imaging_models), permutations,
+                     repeats if chance_repeats is None else chance_repeats, executor)
+    cv_table = _cv_table(fitted, models, cohort.failed)
     return StudyResult(
-        table2=table2, table3=table3, table4=table4, table5=_table5(cohort, models, cutoffs, predictions),
-        cv=_cv_table(fitted, models), predictions=predictions, notes=cohort.notes, models=models, cutoffs=cutoffs,
+        table2=table2, table3=table3, table4=_with_cv(table4, cv_table),
+        table5=_with_cv(_table5(cohort, models, cutoffs, predictions), cv_table),
+        cv=cv_table, predictions=predictions, notes=cohort.notes, models=models, cutoffs=cutoffs,
         table_combined=table_combined, comparisons=_comparisons(cohort, predictions, models, best),
         multivariable={name: f.mv for name, f in fitted.items()}, best_imaging_model=best,
         combined_same_as_clinical=same_as_clinical,
+        cv_settings={"folds": int(folds), "repeats": int(repeats), "seed": int(seed)},
+        best_model=_verdict(fitted, best_overall, chance.p_best, permutations),
+        best_imaging=_verdict(fitted, best, chance.p_best_imaging, permutations), chance_permutations=int(permutations),
+        chance_repeats=int(min(repeats, repeats if chance_repeats is None else chance_repeats)),
+        not_fitted=dict(cohort.failed),
     )
 
 
@@ -569,7 +695,10 @@ def study_summary(result: StudyResult) -> dict:
     ``{"format", "best_imaging_model", "models": {name: {"cv_auc_mean", "cv_auc_sd", "apparent_auc",
     "auc": {split: f}, "auc_ci": {split: [low, high]}, "n": {split: n}, "features": [...],
     "cutoff", "method", "status"}}}`` (and ``same_as_clinical``, the reason, on a combined model that
-    kept only the clinical model's variables); non-finite numbers are ``None``.
+    kept only the clinical model's variables); non-finite numbers are ``None``. Also ``"cv": {"folds",
+    "repeats", "seed"}``, per model ``cv_auc_interval``, ``"best_model"`` and ``"best_imaging"``
+    (``{"name", "cv_auc", "cv_auc_interval", "chance_p", "better_than_chance"}`` or None),
+    ``"chance_test"`` (permutations, alpha, method) and ``"not_fitted"`` (model -> why).
     """
     def number(x):
         return float(x) if x is not None and np.isfinite(x) else None
@@ -581,6 +710,8 @@ def study_summary(result: StudyResult) -> dict:
         models[name] = {
             "cv_auc_mean": number(cv.loc[name, "auc_mean"]) if name in cv.index else None,
             "cv_auc_sd": number(cv.loc[name, "auc_sd"]) if name in cv.index else None,
+            "cv_auc_interval": ([number(cv.loc[name, "auc_ci_low"]), number(cv.loc[name, "auc_ci_high"])]
+                                if name in cv.index else None),
             "apparent_auc": number(cv.loc[name, "apparent_auc"]) if name in cv.index else None,
             "auc": {r.split: number(r.auc) for r in rows.itertuples()},
             "auc_ci": {r.split: [number(r.auc_ci_low), number(r.auc_ci_high)] for r in rows.itertuples()},
@@ -593,4 +724,9 @@ def study_summary(result: StudyResult) -> dict:
     if "combined" in models and result.combined_same_as_clinical:
         models["combined"]["same_as_clinical"] = result.combined_same_as_clinical
     return {"format": STUDY_FORMAT, "best_imaging_model": result.best_imaging_model,
-            "cv_selection": CV_SELECTION, "models": models}
+            "cv_selection": CV_SELECTION, "cv": dict(result.cv_settings),
+            "chance_test": {"permutations": result.chance_permutations, "cv_repeats": result.chance_repeats,
+                            "alpha": CHANCE_ALPHA,
+                            "method": CHANCE_METHOD},
+            "best_model": result.best_model, "best_imaging": result.best_imaging,
+            "not_fitted": dict(result.not_fitted), "models": models}
