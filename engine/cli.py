@@ -356,7 +356,6 @@ def export_objects(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .stats.cli import register as register_stats
     from .study import register_cli as register_study
 
     parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
@@ -366,30 +365,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show the engine's INFO log (each stage, Dask's messages) on the terminal, "
                              "and the traceback of an internal error")
     sub = parser.add_subparsers(dest="command")
+    _add_batch_commands(sub)
+    _add_pacs_commands(sub)
+    _add_stats_command(sub)
+    register_study(sub)
+    return parser
 
-    def cluster_options(p):
-        p.add_argument("--backend", choices=["cpu", "gpu", "auto"], help="array backend (default: config, auto)")
-        p.add_argument("--scheduler", type=scheduler_address,
-                       help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
-        p.add_argument("--workers", type=positive_int, help="local Dask workers (default: one per core)")
-        p.add_argument("--strict", action="store_true", help="any patient failure stops the run")
-        p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache; also "
-                       "overwrite a folder that holds a finished run of another manifest")
-        p.add_argument("--data-root", help="refuse manifest paths outside this folder")
 
-    def pacs_options(p):
-        p.add_argument("--config", help="YAML config whose 'pacs' group sets the timeouts, the breaker and the "
-                                        "associations (default: configs/default.yaml)")
-        p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
-                       help="longest wait for any one answer of the peer (default: config pacs.timeout_s, 30)")
-        p.add_argument("--connect-timeout", type=positive_seconds, metavar="SECONDS",
-                       help="longest wait for a TCP connection (default: config pacs.connect_timeout_s, 5)")
+def _cluster_options(p) -> None:
+    p.add_argument("--backend", choices=["cpu", "gpu", "auto"], help="array backend (default: config, auto)")
+    p.add_argument("--scheduler", type=scheduler_address,
+                   help="tcp://HOST:PORT of an existing Dask scheduler, or 'inline' (no cluster)")
+    p.add_argument("--workers", type=positive_int, help="local Dask workers (default: one per core)")
+    p.add_argument("--strict", action="store_true", help="any patient failure stops the run")
+    p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache; also "
+                   "overwrite a folder that holds a finished run of another manifest")
+    p.add_argument("--data-root", help="refuse manifest paths outside this folder")
 
+
+def _pacs_options(p) -> None:
+    p.add_argument("--config", help="YAML config whose 'pacs' group sets the timeouts, the breaker and the "
+                                    "associations (default: configs/default.yaml)")
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                   help="longest wait for any one answer of the peer (default: config pacs.timeout_s, 30)")
+    p.add_argument("--connect-timeout", type=positive_seconds, metavar="SECONDS",
+                   help="longest wait for a TCP connection (default: config pacs.connect_timeout_s, 5)")
+
+
+def _add_batch_commands(sub) -> None:
+    """demo, synth, inspect, run, apply, report: the cohort's own commands."""
     p = sub.add_parser("demo", help="synthesize a small cohort and run the whole study on it")
     p.add_argument("--out", default="sarco-demo", help="output folder (default: ./sarco-demo)")
     p.add_argument("--patients", type=positive_int, default=60, help="cohort size (default: 60)")
     p.add_argument("--seed", type=non_negative_int, default=0, help=SEED_HELP)
-    cluster_options(p)
+    _cluster_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic cohort (DICOM, masks, manifest, truth)")
@@ -410,20 +419,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="cohort CSV: one row per patient (README 'Inputs')")
     p.add_argument("--config", help="YAML config (keys not given take the defaults of configs/default.yaml)")
     p.add_argument("--out", required=True, help="run folder (created; a rerun into it resumes)")
-    cluster_options(p)
+    _cluster_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("apply", help="score new patients with a frozen model.json (no refit)")
     p.add_argument("--model", required=True, help="the model.json of a 'sarco run' folder")
     p.add_argument("--manifest", required=True, help="CSV of the patients to score (same columns as for run)")
     p.add_argument("--out", required=True, help="output folder (created; patients already done there are reused)")
-    cluster_options(p)
+    _cluster_options(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("report", help="re-render report.html from a run folder")
     p.add_argument("run_dir", help="the folder of a finished 'sarco run' or 'sarco study'")
     p.set_defaults(func=cmd_report)
 
+
+
+def _add_pacs_commands(sub) -> None:
+    """export and fetch: the PACS round trip."""
     p = sub.add_parser("export", help="results back to the PACS: DICOM-SEG, TID 1500 SR, QA capture "
                                       "in each source study")
     p.add_argument("run_dir", help="a finished run or apply folder")
@@ -436,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aet", type=calling_aet, default="SARCO", help="our AE title (default: SARCO)")
     p.add_argument("--new-study", action="store_true",
                    help="a source without Study/Series Instance UID goes into a new study (with --dicom only)")
-    pacs_options(p)
+    _pacs_options(p)
     p.add_argument("--scheduler", type=scheduler_address,
                    help="where the objects are built: tcp://HOST:PORT of a Dask scheduler, or 'inline' "
                         "(default: a local cluster when there are more series than cores)")
@@ -459,8 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--move-port", type=port_number, metavar="PORT",
                    help="retrieve by C-MOVE to a storage SCP that fetch runs on this port (for a PACS that forbids "
                         "C-GET; the PACS must know --aet at this machine's address and PORT)")
-    pacs_options(p)
+    _pacs_options(p)
     p.set_defaults(func=cmd_fetch)
+
+
+
+def _add_stats_command(sub) -> None:
+    """sarco stats: stand-alone statistics on a CSV."""
+    from .stats.cli import register as register_stats  # lazy: as build_parser's imports
 
     p = sub.add_parser("stats", help="stand-alone statistics on a CSV")
     stats = p.add_subparsers(dest="stats_command", required=True)
@@ -477,8 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
     icc.add_argument("--json", action="store_true", help=JSON_HELP)
     register_stats(stats)
     p.set_defaults(func=cmd_stats)
-    register_study(sub)
-    return parser
 
 
 def _not_a_note(record: logging.LogRecord) -> bool:
