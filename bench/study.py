@@ -78,10 +78,11 @@ def _time(call, repeats: int) -> tuple[float, float]:
     return float(np.median(times)), float(np.median(cpu))
 
 
-def _study_rows(table, models, quick: bool) -> list[dict]:
+def _study_rows(table, models, cv_repeats: int, permutations: int) -> list[dict]:
     settings = {"one split": dict(repeats=1, permutations=0),
-                "repeated CV": dict(repeats=20, permutations=0),
-                "repeated CV + chance": dict(repeats=20, permutations=9 if quick else 99, chance_repeats=5)}
+                "repeated CV": dict(repeats=cv_repeats, permutations=0),
+                "repeated CV + chance": dict(repeats=cv_repeats, permutations=permutations,
+                                             chance_repeats=min(5, cv_repeats))}
     rows, reference = [], None
     for name, options in settings.items():
         seconds, cpu = _time(lambda options=options: run_study(table, clinical_columns=["age", "sex", "bmi"],
@@ -108,9 +109,13 @@ def _selection_rows(table, models, repeats: int) -> list[dict]:
              "ratio_vs_reference": round(frame_cpu / max(matrix_cpu, 1e-9), 1)}]
 
 
-def run(quick: bool = False) -> list[dict]:
-    table, models = feature_table(40 if quick else 60, methods={"ct": ["otsu", "fixed"]} if quick else None)
-    return _selection_rows(table, models, 3 if quick else 10) + _study_rows(table, models, quick)
+def run(quick: bool = False, *, n_patients: int | None = None, cv_repeats: int = 20,
+        permutations: int | None = None) -> list[dict]:
+    """The rows above; ``n_patients``, ``cv_repeats`` and ``permutations`` size it down (the CI smoke test)."""
+    table, models = feature_table(n_patients or (40 if quick else 60),
+                                  methods={"ct": ["otsu", "fixed"]} if quick else None)
+    permutations = permutations if permutations is not None else (9 if quick else 99)
+    return _selection_rows(table, models, 3 if quick else 10) + _study_rows(table, models, cv_repeats, permutations)
 
 
 def main(argv=None) -> int:

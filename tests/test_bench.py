@@ -16,7 +16,7 @@ from bench import _common, e2e, export, fits, n4, qa, scaling, synth_time
 ROOT = Path(__file__).resolve().parent.parent
 #: MRI pass 1 at smoke size: no N4, no standardisation (seconds instead of a minute on 2 cores).
 MRI_FAST = {"mri": {"n4": False, "standardize": "none"}}
-SMOKE_TESTS = {"fits", "e2e", "n4", "segmentation", "synth_time", "scaling", "qa", "export"}
+SMOKE_TESTS = {"fits", "e2e", "n4", "segmentation", "synth_time", "scaling", "qa", "export", "study"}
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,14 @@ def test_export_bench_exports_the_run_it_times(bench_cache):
     assert (run_row["patients"], run_row["exported"], run_row["failed"]) == (1, 1, 0)
     assert [r["client_nodelay"] for r in latency] == [False, True]
     assert all(r["peer"] == "pynetdicom storescp" and r["stores"] == 17 for r in latency)
+
+
+def test_study_bench_times_each_setting_and_both_selection_paths():
+    """The study bench's rows at smoke size: every setting, the permutations it was asked for."""
+    from bench import study
+
+    rows = study.run(quick=True, n_patients=30, cv_repeats=2, permutations=3)
+    settings = [r["setting"] for r in rows]
+    assert settings == ["one selection, DataFrame path", "one selection, float-matrix path", "one split",
+                        "repeated CV", "repeated CV + chance (3 permutations)"]
+    assert all(r["cpu_s"] >= 0 and r["n_patients"] in (18, 30) for r in rows)
