@@ -82,6 +82,9 @@ class MriPreprocess(ModalityPreprocess):
     standardize: Literal["none", "reference"] = "reference"
     standardize_target: float = Field(1000.0, gt=0)
     reference: Literal["auto", "csf", "subcutaneous_fat"] = "auto"
+    #: A series whose reference is doubtful (flagged): ``error`` = an errors.csv row, not measured;
+    #: ``keep`` = measured with its flag but left out of the cohort fit.
+    doubtful_reference: Literal["error", "keep"] = "error"
 
 
 class PreprocessConfig(_Strict):

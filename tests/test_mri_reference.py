@@ -220,3 +220,42 @@ def test_reference_is_the_default_for_mri():
 
     shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text())
     assert validate(shipped).preprocess.mri.standardize == "reference"
+
+
+# --------------------------------------------------------------------------- doubtful references
+def _screened(mode: str):
+    from types import SimpleNamespace
+
+    from engine.pipeline import _screen_mri_references
+
+    def summary(pid: str, fat: float, scanner: str = "A"):
+        record = {"reference": "csf", "reason": "CSF reliable", "region": "spinal canal", "reference_signal": 1000.0,
+                  "reference_voxels": 900, "reference_spread": 0.1, "scale": 1.0, "fat_to_csf": fat, "flag": ""}
+        return {"patient_id": pid, "modality": "mri", "status": "ok", "scanner": {"manufacturer": scanner},
+                "standardization": record, "key": pid}
+
+    summaries = [summary("P1", 0.80), summary("P2", 0.82), summary("P3", 0.78), summary("P4", 0.30),
+                 {"patient_id": "P4", "modality": "ct", "status": "ok", "key": "ct"}]
+    batch = SimpleNamespace(cfg=load_config(overrides={"preprocess": {"mri": {"doubtful_reference": mode}}}),
+                            errors=[], notes=[])
+    screened, rows = _screen_mri_references(batch, summaries)
+    return batch, screened, rows
+
+
+def test_a_doubtful_reference_is_an_error_row_naming_why():
+    """Issue 32: a flagged reference does not count silently (default: the series' errors.csv row)."""
+    batch, screened, rows = _screened("error")
+    assert [s["status"] for s in screened] == ["ok", "ok", "ok", "error", "ok"], "the CT series is untouched"
+    assert [(e["patient_id"], e["modality"], e["stage"]) for e in batch.errors] == [("P4", "mri", "preprocess")]
+    assert "doubtful" in batch.errors[0]["reason"] and "fat/CSF ratio 0.30" in batch.errors[0]["reason"]
+    assert len(rows) == 4 and rows[3]["flag"], "mri_reference.csv still lists it, with its flag"
+    assert any("1 series with a doubtful reference (P4)" in n and "errors.csv" in n for n in batch.notes)
+
+
+def test_a_kept_doubtful_reference_is_measured_but_left_out_of_the_fit():
+    from engine.standardize import DOUBTFUL_KEY
+
+    batch, screened, _ = _screened("keep")
+    assert [s["status"] for s in screened] == ["ok"] * 5 and not batch.errors
+    assert [DOUBTFUL_KEY in s for s in screened] == [False, False, False, True, False]
+    assert any("left out of the cohort fit" in n for n in batch.notes)

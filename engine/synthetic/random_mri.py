@@ -123,7 +123,7 @@ def _layout(d: Draw) -> _Layout:
     cw, ch = d.canal_wh_mm[0] / 2, d.canal_wh_mm[1] / 2
     vw, vh = d.body_wh_mm[0] / 2, d.body_wh_mm[1] / 2
     pw, ph = d.paraspinal_wh_mm[0] / 2, d.paraspinal_wh_mm[1] / 2
-    sw, sh = d.psoas_wh_mm[0] / 2, d.psoas_wh_mm[1] / 2
+    sw = d.psoas_wh_mm[0] / 2
     vertebra_y = -(ch + 6 + vh)
     paraspinal = ((-(5 + pw), ch + ph - 6), (5 + pw, ch + ph - 6))
     psoas = ((-(vw + sw + 2), vertebra_y + 0.3 * vh), (vw + sw + 2, vertebra_y + 0.3 * vh))
