@@ -216,6 +216,29 @@ def _largest(labels: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def _canal_component(volume: np.ndarray, labels: np.ndarray, pixel_mm2: float) -> np.ndarray:
+    """The canal among the bright midline components: canal-shaped, then the brightest.
+
+    A component is canal-shaped when its cross-section is plausible (``CANAL_AREA_MM2``) on at
+    least half of the slices; of those, the one with the highest median signal is the canal (CSF
+    is brighter than fat on T2). Size alone picked a fat pad beside the canal whenever it was the
+    larger. Without a canal-shaped component, the largest (the caller's area check names why).
+    """
+    low, high = CANAL_AREA_MM2
+    best, best_value = 0, -np.inf
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        component = labels[box] == k
+        area = component.reshape(component.shape[0], -1).sum(axis=1) * pixel_mm2
+        if np.count_nonzero((area >= low) & (area <= high)) < max(1, labels.shape[0] // 2):
+            continue
+        value = float(np.median(volume[box][component]))
+        if value > best_value:
+            best, best_value = k, value
+    return labels == best if best else _largest(labels)
+
+
 def _brightest_tissue(volume: np.ndarray, region: np.ndarray, spacing_xyz) -> np.ndarray:
     """The region's brightest tissue: split by Otsu while its two classes are distinct tissues.
 
@@ -274,8 +297,7 @@ def canal_csf_signal(volume: np.ndarray, roi: np.ndarray, spacing_xyz,
         labels, n = ndimage.label(bright)
         if n == 0:
             return _absent("csf", "no bright structure on the midline between the muscles")
-        region = _largest(labels)
-        region = _brightest_tissue(volume, region, spacing_xyz)
+        region = _brightest_tissue(volume, _canal_component(volume, labels, pixel_mm2), spacing_xyz)
         where = "spinal canal (image)"
     area = region.reshape(region.shape[0], -1).sum(axis=1) * pixel_mm2
     present = area > 0
