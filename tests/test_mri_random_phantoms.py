@@ -44,13 +44,13 @@ def random_run(request, tmp_path_factory):
 
 
 def test_random_phantoms_are_drawn_per_patient():
-    from engine.synthetic.random_mri import simulate
+    from engine.synthetic.random_mri import draw, patient_rng
 
-    draws = [simulate(SEEDS[0], i)["truth"] for i in range(6)]
-    assert len({d["n_slices"] for d in draws}) > 1 and len({round(d["fov_mm"]) for d in draws}) > 1
-    assert all(5 <= d["n_slices"] <= 30 and 0.1 <= d["field_strength"] <= 0.4 for d in draws)
-    again = simulate(SEEDS[0], 3)
-    assert again["truth"] == draws[3], "a patient depends only on the seed and its index"
+    draws = [draw(patient_rng(SEEDS[0], i), i) for i in range(12)]
+    assert len({d.n_slices for d in draws}) > 1 and len({round(d.fov_mm) for d in draws}) > 1
+    assert all(5 <= d.n_slices <= 30 and 0.1 <= d.field_strength <= 0.4 for d in draws)
+    assert {d.vendor for d in draws} == {0, 1}
+    assert draw(patient_rng(SEEDS[0], 3), 3) == draws[3], "a patient depends only on the seed and its index"
 
 
 @pytest.mark.parametrize("method", sorted(R_MIN))

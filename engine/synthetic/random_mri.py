@@ -189,9 +189,14 @@ def _bias_field(d: Draw, lay: _Layout, x, y, z, rng: np.random.Generator) -> np.
     return 1.0 + d.field_strength * field / span
 
 
+def patient_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of patient ``index`` of cohort ``seed`` (its first draws are :func:`draw`'s)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 32]))
+
+
 def simulate(seed: int, index: int) -> dict:
     """One patient: stored uint16 image, ROI labels, geometry and the truth (nothing written)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 32]))
+    rng = patient_rng(seed, index)
     d = draw(rng, index)
     lay = _layout(d)
     outlines = {name: _outline(rng) for name in ("body", "vertebra", "canal", "muscle1", "muscle2", "muscle3",
@@ -262,4 +267,4 @@ def _write_csv(path: Path, rows: list[dict], columns) -> Path:
     return path
 
 
-__all__ = ["ROI_NAMES", "TRUTH_COLUMNS", "VENDORS", "draw", "simulate", "write_random_mri_cohort"]
+__all__ = ["ROI_NAMES", "TRUTH_COLUMNS", "VENDORS", "draw", "patient_rng", "simulate", "write_random_mri_cohort"]
