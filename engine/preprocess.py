@@ -442,7 +442,8 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
     air edge often is). When no reliable reference is found there, whole axial slices are resampled,
     corrected by the same field, the references measured on them and the crop cut back out. When the
     crop has no usable subcutaneous fat, it is measured on the corrected shrunk slab N4 ran on, for
-    the fat/CSF ratio alone (the per-scanner check; a fat-suppressed series is this patient's error).
+    the fat-suppression check alone (a fat-suppressed series is this patient's error); the recorded
+    fat/CSF ratio (the per-scanner check) stays the crop's (4 mm partial volume would flag it).
     """
 
     def measure(volume_image: sitk.Image, roi_image: sitk.Image):
@@ -463,11 +464,11 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
         chosen, reason, flag = choose_reference(measured, reference)
         resampled, resampled_mask = sub_box(wide, crop), sub_box(wide_mask, crop)
         measured_on = "whole slices"
-    field = resample_args[3]
-    if not measured["subcutaneous_fat"].usable and field is not None:
-        measured = {**measured, "subcutaneous_fat": _slab_fat(field, mask)}
+    field, checked = resample_args[3], measured
+    if not measured["subcutaneous_fat"].usable and field is not None:   # the 4 mm slab: this check only
+        checked = {**measured, "subcutaneous_fat": _slab_fat(field, mask)}
     roi_values = sitk.GetArrayViewFromImage(resampled)[sitk.GetArrayViewFromImage(resampled_mask) != 0]
-    suppressed = fat_suppression_problem(measured, roi_values)
+    suppressed = fat_suppression_problem(checked, roi_values)
     if suppressed:
         raise InputError("preprocess", suppressed)
     record = standardization_record(measured, chosen, reason, flag, target)
