@@ -106,12 +106,15 @@ class MriPreprocess(ModalityPreprocess):
     standardize: Literal["none", "reference"] = "reference"
     standardize_target: float = Field(1000.0, gt=0)
     reference: Literal["auto", "csf", "subcutaneous_fat"] = "auto"
+    #: A series whose reference is doubtful (flagged): ``error`` = an errors.csv row, not measured;
+    #: ``keep`` = measured with its flag but left out of the cohort fit.
+    doubtful_reference: Literal["error", "keep"] = "error"
 
 
 class PreprocessConfig(_Strict):
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     ct: ModalityPreprocess = ModalityPreprocess(window=(-190.0, 150.0), n4=False, crop_margin_mm=5.0)
-    mri: MriPreprocess = MriPreprocess(window=None, n4=True, crop_margin_mm=20.0)
+    mri: MriPreprocess = MriPreprocess(window=None, n4=True, crop_margin_mm=20.0, n4_iterations=[50, 50])
 
     @field_validator("spacing_mm")
     @classmethod

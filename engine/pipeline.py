@@ -66,7 +66,7 @@ from .rundir import (
     write_tables,
 )
 from .runfolder import Thresholds
-from .standardize import reference_rows
+from .standardize import DOUBTFUL_KEY, reference_rows
 from .tasks import classify_and_measure, ingest_and_preprocess
 
 log = logging.getLogger("sarco")
@@ -173,10 +173,40 @@ def _write_sheet(batch: _Batch, records: list[dict] | None) -> None:
     log.info("QA contact sheet: %s (%.1f s)", Path(index).relative_to(batch.out_dir), time.time() - started)
 
 
-def _publish_mri_reference(batch: _Batch, summaries: list[dict]) -> None:
+def _screen_mri_references(batch: _Batch, summaries: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(pass-1 summaries, mri_reference.csv rows): a doubtful reference does not count silently.
+
+    A series whose reference is flagged (unreliable, or its fat/CSF ratio off its scanner's) becomes
+    that patient's error naming the flag (``preprocess.mri.doubtful_reference: error``), or stays,
+    marked :data:`DOUBTFUL_KEY`, to be measured but left out of the cohort fit (``keep``).
+    """
+    rows = reference_rows(summaries)
+    doubtful = {r["patient_id"]: r["flag"] for r in rows if r["flag"]}
+    if not doubtful:
+        return summaries, rows
+    keep = batch.cfg.preprocess.mri.doubtful_reference == "keep"
+    screened = []
+    for summary in summaries:
+        flag = doubtful.get(summary["patient_id"]) if summary.get("modality") == "mri" else None
+        if flag and keep:
+            summary = {**summary, DOUBTFUL_KEY: flag}
+        elif flag:
+            summary = {**summary, "status": "error", "stage": "preprocess",
+                       "reason": f"MRI reference doubtful: {flag} (not measured; preprocess.mri.doubtful_reference: "
+                                 "keep measures it, left out of the cohort fit)"}
+            batch.errors += error_rows([summary])
+        screened.append(summary)
+    shown = ", ".join(sorted(doubtful)[:5]) + (f" and {len(doubtful) - 5} more" if len(doubtful) > 5 else "")
+    what = "measured but left out of the cohort fit" if keep else "not measured (errors.csv)"
+    note = f"MRI standardisation: {len(doubtful)} series with a doubtful reference ({shown}), {what}"
+    batch.notes.append(note)
+    log.warning(note)
+    return screened, rows
+
+
+def _publish_mri_reference(batch: _Batch, summaries: list[dict], rows: list[dict]) -> None:
     """mri_reference.csv: each standardised MRI series' reference (issue 24), and a note on flags."""
 
-    rows = reference_rows(summaries)
     if not rows:
         return
     flags = {r["patient_id"]: r["flag"] for r in rows}
@@ -312,12 +342,13 @@ def _run(batch: _Batch, started: float) -> RunResult:
     with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
         if executor.dashboard_link:
             print(f"Dask dashboard: {executor.dashboard_link}", file=sys.stderr)
-        summaries = _pass1(executor, batch, jobs)
+        summaries, reference_table = _screen_mri_references(batch, _pass1(executor, batch, jobs))
         ok = [s for s in summaries if s["status"] == "ok"]
 
         def is_training(summary: dict) -> bool:
             pid = summary["patient_id"]
-            return bool(batch.splits[pid] == "train" and not np.isnan(manifest.table.loc[pid, "label"]))
+            return bool(batch.splits[pid] == "train" and not np.isnan(manifest.table.loc[pid, "label"])
+                        and DOUBTFUL_KEY not in summary)
 
         thresholds = fit_thresholds(executor, ok, is_training, cfg, backend, batch.notes)
         if not thresholds["modalities"]:
@@ -325,7 +356,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
             raise RunFailed("no modality has a usable training patient, so no threshold can be fitted; "
                             "see errors.csv" if batch.errors else "no training patient in the manifest")
         retract_outputs(out_dir)
-        _publish_mri_reference(batch, summaries)
+        _publish_mri_reference(batch, summaries, reference_table)
         write_series(out_dir, summaries)
         write_json(out_dir / THRESHOLDS_JSON, thresholds)
         features = _measure(executor, batch, ok, thresholds, backend)
@@ -394,9 +425,9 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
     jobs = _jobs(batch.manifest, [m for m in MODALITIES if m in thresholds["modalities"]])
     jobs = _place_outputs(exclude_reviewed(jobs, cfg.run.exclude, batch.manifest, batch.notes), out_dir)
     with open_executor(cfg.run.scheduler, cfg.run.workers, backend) as executor:
-        summaries = _pass1(executor, batch, jobs)
+        summaries, reference_table = _screen_mri_references(batch, _pass1(executor, batch, jobs))
         retract_outputs(out_dir)
-        _publish_mri_reference(batch, summaries)
+        _publish_mri_reference(batch, summaries, reference_table)
         write_series(out_dir, summaries)
         features = _measure(executor, batch, [s for s in summaries if s["status"] == "ok"], thresholds, backend)
         qa_records = _render_qa(executor, batch, summaries, thresholds)

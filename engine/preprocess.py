@@ -25,7 +25,13 @@ import SimpleITK as sitk
 from .contract import NATIVE_SAMPLE_KEYS, REFERENCE_PREVIEW_KEY
 from .errors import InputError
 from .outputs import atomic_path
-from .standardize import choose_reference, measure_references, standardization_record
+from .standardize import (
+    choose_reference,
+    fat_suppression_problem,
+    measure_references,
+    standardization_record,
+    subcutaneous_fat_measurement,
+)
 
 # Interpolation needs the input voxels around each output point; 2 extra voxels make the
 # crop's buffer edge unreachable from any output point.
@@ -351,6 +357,75 @@ def n4_correct(image: sitk.Image, *, shrink_factor: int = 4, iterations=(50, 50,
     return sitk.Cast(image / sitk.Exp(log_field), sitk.sitkFloat32)
 
 
+#: Fraction of the slab's 98th signal percentile above which a voxel is tissue for N4 (air and
+#: the noise floor below; every tissue, dark muscle included, above: an Otsu split of a T2 slab
+#: would keep only the bright fat and CSF and leave the muscle's field to extrapolation).
+N4_TISSUE_FRACTION = 0.05
+
+
+def _native_region(image, index: list[int], size: list[int]) -> sitk.Image:
+    """The input voxels of ``image`` (a SimpleITK image or an :class:`engine.io.ImageSource`) in a box."""
+    if isinstance(image, sitk.Image):
+        return sitk.RegionOfInterest(image, size, index)
+    return image.read(index, size)
+
+
+def n4_tissue_mask(image: sitk.Image) -> sitk.Image:
+    """uint8: the voxels of ``image`` above :data:`N4_TISSUE_FRACTION` x its 98th percentile."""
+    array = sitk.GetArrayViewFromImage(image)
+    mask = sitk.GetImageFromArray((array > N4_TISSUE_FRACTION * np.percentile(array, 98)).astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask
+
+
+@dataclass(frozen=True)
+class SeriesField:
+    """One MRI series' bias field (:func:`series_log_field`): the log field and the slab it was fitted on.
+
+    Both on the shrunk grid; ``slab`` is already corrected (float32).
+    """
+
+    log_field: sitk.Image
+    slab: sitk.Image
+
+
+def series_log_field(image, slab: Grid, *, shrink_factor: int = 4, iterations=(50, 50, 50, 50),
+                     convergence_threshold: float = 1e-6) -> SeriesField:
+    """The log bias field of one MRI series: N4 once, on the native whole slices of ``slab``, shrunk.
+
+    The slices the ROI's crop spans are read at their native resolution (whole field of view:
+    the field's scale is the body's, not the ROI's), averaged down (``sitk.BinShrink``) in-plane
+    to about ``shrink_factor`` output voxels (4 mm at 1 mm spacing; thick slices are not
+    shrunk), and N4 (Tustison 2010, SimpleITK, one ITK thread: its threaded B-spline fit is not
+    bit-reproducible across thread counts) estimates the field inside :func:`n4_tissue_mask`.
+    The field is on the shrunk grid; :func:`apply_log_field` divides it out of any grid inside
+    the slab, so the ROI's crop and the reference's slices share one correction (docs/mri.md).
+    """
+    index, size = _input_region(image, slab)
+    native = sitk.Cast(_native_region(image, index, size), sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(native)
+    if not np.isfinite(array).all():
+        raise InputError("preprocess", "MRI contains non-finite values; N4 cannot run")
+    factors = [max(1, min(int(round(shrink_factor * out / spacing)), n // 4))
+               for out, spacing, n in zip(slab.spacing, native.GetSpacing(), native.GetSize(), strict=True)]
+    small = sitk.BinShrink(native, factors)
+    mask = n4_tissue_mask(small)
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise InputError("preprocess", "MRI has no foreground tissue around the ROI for N4 (all voxels <= 0?)")
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    corrector.SetConvergenceThreshold(convergence_threshold)
+    corrector.SetNumberOfThreads(1)
+    corrected = corrector.Execute(small, mask)
+    return SeriesField(corrector.GetLogBiasFieldAsImage(small), sitk.Cast(corrected, sitk.sitkFloat32))
+
+
+def apply_log_field(volume: sitk.Image, log_field: sitk.Image) -> sitk.Image:
+    """``volume / exp(log_field)``, the field linearly interpolated onto ``volume``'s grid (float32)."""
+    on_grid = sitk.Resample(log_field, volume, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32, True)
+    return sitk.Cast(sitk.Cast(volume, sitk.sitkFloat32) / sitk.Exp(on_grid), sitk.sitkFloat32)
+
+
 def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 5.0,
                window=None, n4: bool = False, n4_shrink_factor: int = 4, n4_iterations=(50, 50, 50, 50),
                n4_convergence_threshold: float = 1e-6, default_value: float | None = None,
@@ -383,14 +458,17 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
     if not mask_array.any():
         raise InputError("mask", "ROI mask is empty")
     crop = crop_grid(image, mask, spacing_mm, margin_mm)
-    n4_options = {"shrink_factor": n4_shrink_factor, "iterations": n4_iterations,
-                  "convergence_threshold": n4_convergence_threshold} if n4 else None
+    field = None
+    if n4:   # one N4 per series, on its whole slices shrunk; the crop and the reference share it
+        field = series_log_field(image, whole_slices(crop, whole_volume_grid(image, spacing_mm)),
+                                     shrink_factor=n4_shrink_factor, iterations=n4_iterations,
+                                     convergence_threshold=n4_convergence_threshold)
     resampled, resampled_mask = _resampled_region(image, mask, spacing_mm, margin_mm, crop, default_value,
-                                                  n4_options)
+                                                  field)
     standardization = reference_region = None
     if standardize == "reference":
         resampled, resampled_mask, standardization, reference_region = _standardize_on_reference(
-            image, mask, (spacing_mm, margin_mm, default_value, n4_options), crop, resampled, resampled_mask,
+            image, mask, (spacing_mm, margin_mm, default_value, field), crop, resampled, resampled_mask,
             standardize_target, reference)
     roi = sitk.GetArrayViewFromImage(resampled_mask).ravel() != 0
     flat_index = np.flatnonzero(roi).astype(np.int64)
@@ -412,12 +490,12 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
 
 
 def _resampled_region(image, mask: sitk.Image, spacing_mm, margin_mm: float, grid: Grid,
-                      default_value: float | None, n4_options: dict | None) -> tuple[sitk.Image, sitk.Image]:
-    """``grid``'s resampled image (N4-corrected when ``n4_options``) and mask."""
+                      default_value: float | None, field: SeriesField | None) -> tuple[sitk.Image, sitk.Image]:
+    """``grid``'s resampled image (the series' bias field divided out when ``field``) and mask."""
     resampled, resampled_mask = crop_and_resample(image, mask, spacing_mm, margin_mm, default_value=default_value,
                                                   grid=grid)
-    if n4_options is not None:
-        resampled = n4_correct(resampled, **n4_options)
+    if field is not None:
+        resampled = apply_log_field(resampled, field.log_field)
     return resampled, resampled_mask
 
 
@@ -427,11 +505,14 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
     """(the crop scaled to its reference, the crop's mask, what was measured, the reference's
     region on the crop grid (Z, Y, X) bool, for QA).
 
-    The references are first looked for on the ROI's own N4-corrected crop (the canal lies between
-    the muscles, so CSF is always there; posterior fat with its air edge often is): no extra N4.
-    When no reliable reference is found there, whole axial slices are resampled and N4-corrected
-    together, the references measured on them, and the crop cut back out of that correction (the
-    ROI's values and the reference must share one N4 run: its output scale depends on the region).
+    Every grid here is corrected by the series' one field (:func:`series_log_field`), so the ROI's
+    values and the reference share one correction. The references are first looked for on the
+    ROI's crop (the canal lies between the muscles, so CSF is always there; posterior fat with its
+    air edge often is). When no reliable reference is found there, whole axial slices are resampled,
+    corrected by the same field, the references measured on them and the crop cut back out. When the
+    crop has no usable subcutaneous fat, it is measured on the corrected shrunk slab N4 ran on, for
+    the fat-suppression check alone (a fat-suppressed series is this patient's error); the recorded
+    fat/CSF ratio (the per-scanner check) stays the crop's (4 mm partial volume would flag it).
     """
 
     def measure(volume_image: sitk.Image, roi_image: sitk.Image):
@@ -445,13 +526,20 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
         chosen, flag = None, "none on the crop"
     measured_on = f"the ROI's crop (+{resample_args[1]:g} mm)"
     if chosen is None or flag:
-        spacing_mm, margin_mm, default_value, n4_options = resample_args
+        spacing_mm, margin_mm, default_value, field = resample_args
         region = whole_slices(crop, whole_volume_grid(image, spacing_mm))
-        wide, wide_mask = _resampled_region(image, mask, spacing_mm, margin_mm, region, default_value, n4_options)
+        wide, wide_mask = _resampled_region(image, mask, spacing_mm, margin_mm, region, default_value, field)
         measured = measure(wide, wide_mask)
         chosen, reason, flag = choose_reference(measured, reference)
         resampled, resampled_mask = sub_box(wide, crop), sub_box(wide_mask, crop)
         measured_on = "whole slices"
+    field, checked = resample_args[3], measured
+    if not measured["subcutaneous_fat"].usable and field is not None:   # the 4 mm slab: this check only
+        checked = {**measured, "subcutaneous_fat": _slab_fat(field, mask)}
+    roi_values = sitk.GetArrayViewFromImage(resampled)[sitk.GetArrayViewFromImage(resampled_mask) != 0]
+    suppressed = fat_suppression_problem(checked, roi_values)
+    if suppressed:
+        raise InputError("preprocess", suppressed)
     record = standardization_record(measured, chosen, reason, flag, target)
     record["measured_on"] = measured_on
     reference_region = chosen.region_mask
@@ -462,5 +550,13 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
     return sitk.Cast(resampled * record["scale"], sitk.sitkFloat32), resampled_mask, record, reference_region
 
 
-__all__ = ["Grid", "NativeRoi", "RoiSample", "crop_and_resample", "crop_grid", "n4_correct", "native_roi", "preprocess",
-           "resample_to", "sub_box", "whole_slices", "whole_volume_grid"]
+def _slab_fat(field: SeriesField, mask: sitk.Image):
+    """Subcutaneous fat on the corrected shrunk slab N4 ran on (the ROI resampled onto it)."""
+    roi = sitk.Resample(mask, field.slab, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return subcutaneous_fat_measurement(sitk.GetArrayViewFromImage(field.slab),
+                                        sitk.GetArrayViewFromImage(roi) != 0, field.slab.GetSpacing())
+
+
+__all__ = ["Grid", "NativeRoi", "RoiSample", "SeriesField", "apply_log_field", "crop_and_resample", "crop_grid",
+           "n4_correct", "n4_tissue_mask", "native_roi", "preprocess", "resample_to", "series_log_field", "sub_box",
+           "whole_slices", "whole_volume_grid"]
