@@ -112,7 +112,7 @@ def render_markdown(report: dict, descriptions: dict[str, str]) -> str:
 def _write(out_dir: Path, report: dict, descriptions: dict[str, str]) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report, descriptions)
-    from engine.outputs import write_text  # the engine's one atomic writer
+    from engine.runfolder.outputs import write_text  # the engine's one atomic writer
 
     for name, text in (("bench.json", json.dumps(report, indent=2, default=str) + "\n"), ("bench.md", markdown)):
         write_text(out_dir / name, text)

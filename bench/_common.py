@@ -162,7 +162,7 @@ def _gpu_name() -> str | None:
     # Only ask CuPy where it is installed: a CPU-only install never imports it.
     if importlib.util.find_spec("cupy") is None:
         return None
-    from engine.backend import gpu_status
+    from engine.batch.backend import gpu_status
 
     available, description = gpu_status()
     return description if available else None
@@ -266,7 +266,7 @@ def cohort_manifest(cache_dir: str | Path, size: str, n_patients: int, *, worker
         return full
     subset = root / f"manifest-{n_patients}.csv"
     if not subset.exists():
-        from engine.outputs import write_text
+        from engine.runfolder.outputs import write_text
 
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

@@ -6,10 +6,10 @@ the warm-up call, so all three pay decoding, not the disk):
 * ``floor``: ``pydicom.dcmread`` of every file + ``pixel_array`` + ``pydicom.pixels.apply_rescale``,
   sorted on z and stacked into a (Z, Y, X) float32 HU array. Nothing else: no checks, no
   geometry, no mask, no resampling. A reader that does useful work cannot beat it by much.
-* ``ours``: :func:`engine.tasks.ingest_and_preprocess` for the CT job (header scan and checks,
+* ``ours``: :func:`engine.batch.tasks.ingest_and_preprocess` for the CT job (header scan and checks,
   mask read, decode of the slices the crop needs, crop to the ROI + 5 mm, 1 mm resample of the
   crop, window, cached ROI sample with the BLAKE3 digest of its inputs), then
-  :func:`engine.tasks.patient_histogram` and :func:`kernels.tissue_stats` on the cached sample:
+  :func:`engine.batch.tasks.patient_histogram` and :func:`kernels.tissue_stats` on the cached sample:
   what pass 1, the histogram task and pass 2 cost for one series.
 * ``naive``: SimpleITK ``ImageSeriesReader`` (GDCM) of the whole series, ``sitk.Resample`` of the
   whole volume to 1 mm (linear) and of the mask onto the same grid (nearest), numpy masking and
@@ -76,8 +76,8 @@ def _measure(window_values: np.ndarray, roi_voxels: int, window) -> dict:
 
 def ours(job: dict, config, cache_dir: str) -> dict:
     """Pass 1 + histogram + tissue statistics of one series, as the pipeline runs them."""
-    from engine.preprocess import RoiSample
-    from engine.tasks import ingest_and_preprocess, patient_histogram
+    from engine.batch.tasks import ingest_and_preprocess, patient_histogram
+    from engine.measure.preprocess import RoiSample
     from kernels import tissue_stats
 
     summary = ingest_and_preprocess(job, config, cache_dir, force=True)

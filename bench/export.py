@@ -1,6 +1,6 @@
 """Benchmark: ``sarco export`` of a run against the run's own time, a silent PACS, and TCP_NODELAY.
 
-Export: a synthetic cohort (CT, small size) is run (:func:`engine.pipeline.run`, local scheduler,
+Export: a synthetic cohort (CT, small size) is run (:func:`engine.batch.pipeline.run`, local scheduler,
 statistics and report off: a conservative run time) and then exported in the same process
 (:func:`engine.exporters.export_run`, objects built on a local Dask cluster when there are enough
 series, delivered over ``pacs.associations`` associations): DICOM-SEG, TID 1500 SR and QA Secondary
@@ -33,9 +33,9 @@ from ._common import cohort_manifest, default_cache_dir, ratio
 
 
 def _run_and_export(manifest: Path, work: Path, pacs_address: str | None, scheduler: str | None = None) -> dict:
+    from engine.batch.pipeline import run
     from engine.config import load_config
     from engine.exporters import export_run
-    from engine.pipeline import run
 
     config = load_config(overrides={"run": {"backend": "cpu", "report": False, "qa": True, "scheduler": scheduler},
                                     "stats": {"enabled": False}})

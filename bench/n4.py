@@ -1,6 +1,6 @@
 """Benchmark: N4 bias-field correction time per T2 MRI series, shrink factor 4 vs 2.
 
-The engine runs N4 (:func:`engine.preprocess.n4_correct`, SimpleITK, one ITK thread) on the
+The engine runs N4 (:func:`engine.measure.preprocess.n4_correct`, SimpleITK, one ITK thread) on the
 resampled ROI neighbourhood of each MRI series: the ROI's bounding box + 20 mm at 1 mm
 spacing, which is what is timed here. The series is read, masked and crop-resampled once,
 untimed, exactly as pass 1 does; then N4 runs with the configured iterations (50, 50, 50, 50)
@@ -13,7 +13,7 @@ matrices are 128-192, clinical 256-512.
 Both sizes give crops of about the same size (the crop follows the anatomy, not the matrix),
 so the time per series is set by the ROI's extent and the shrink factor.
 
-A last row per series times the MRI pass 1 itself (:func:`engine.preprocess.preprocess` with the
+A last row per series times the MRI pass 1 itself (:func:`engine.measure.preprocess.preprocess` with the
 default MRI options: the series' one N4 on its whole slices shrunk, the field divided out of the
 crop, the reference measured and the crop scaled; the series opened and masked untimed) and its
 ratio to the crop's N4 at shrink 4 (the goal: at most 2).
@@ -36,7 +36,7 @@ SHRINK_FACTORS = (4, 2)
 def resampled_crop(job: dict, config):
     """The MRI crop N4 sees in pass 1: open, mask, crop + margin, 1 mm resample (untimed)."""
     from engine.io import open_image, read_mask
-    from engine.preprocess import crop_and_resample
+    from engine.measure.preprocess import crop_and_resample
 
     image = open_image(job["image"])
     mask = read_mask(job["roi"], image)
@@ -54,7 +54,7 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None,
     N4 iteration at coarse shrink factors).
     """
     from engine.config import load_config
-    from engine.preprocess import n4_correct
+    from engine.measure.preprocess import n4_correct
 
     sizes = sizes or (("small",) if quick else ("small", "clinical"))
     n_series = n_series or (1 if quick else 2)
@@ -93,7 +93,7 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None,
 def _pass1_row(job: dict, config, size: str, crop, repeats: int, crop_n4_s: float) -> dict:
     """The MRI pass 1 of one series (preprocess with the default MRI options), timed; ratio to the crop's N4."""
     from engine.io import open_image, read_mask
-    from engine.preprocess import preprocess
+    from engine.measure.preprocess import preprocess
 
     prep = config.modality_preprocess("mri")
     image = open_image(job["image"])

@@ -1,7 +1,7 @@
 """Benchmark: QA pictures and the contact sheet at 2,000 patients (issue 23), against pass 1 side by side.
 
 Per series of a synthetic cohort (CT and MRI), in this one process: pass 1 as a run does it
-(:func:`engine.tasks.ingest_and_preprocess`, forced, with the QA strip cut), pass 1 without the strip
+(:func:`engine.batch.tasks.ingest_and_preprocess`, forced, with the QA strip cut), pass 1 without the strip
 (``run.qa: false``), and the QA task (:func:`engine.qa.render_series`: the picture drawn and
 written, its record returned). Rows give the medians and the ratios to pass 1; the QA task is a
 Dask task like pass 1's, so at 2,000 patients it adds about that ratio of pass 1's time to the run
@@ -73,9 +73,9 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients:
 
     ``overrides``: config overrides for pass 1 (the CI smoke test runs one N4 iteration).
     """
+    from engine.batch.tasks import ingest_and_preprocess
     from engine.config import load_config
     from engine.qa import qa_specs, render_series, render_sheet
-    from engine.tasks import ingest_and_preprocess
 
     n_patients = n_patients or (1 if quick else 3)
     repeats = repeats or (1 if quick else 3)

@@ -1,4 +1,4 @@
-"""Benchmark: cohort scaling of ``engine.pipeline.run`` (time per patient and peak memory vs N).
+"""Benchmark: cohort scaling of ``engine.batch.pipeline.run`` (time per patient and peak memory vs N).
 
 For each cohort size N (small synthetic patients, CT + MRI each), the whole run (pass 1, the
 cohort fits, pass 2, the tables; statistics, report and habitat maps off) runs in its own
@@ -51,8 +51,8 @@ RESULT_PREFIX = "SCALING-RESULT "
 
 def _child(manifest: str, out_dir: str, scheduler: str | None, workers: int | None, backend: str,
            preprocess: dict | None = None) -> dict:
+    from engine.batch.pipeline import run
     from engine.config import load_config
-    from engine.pipeline import run
 
     overrides = {"run": {"scheduler": scheduler, "workers": workers, "backend": backend,
                          "report": False, "habitats": False},
@@ -95,7 +95,7 @@ def run_size(manifest: Path, *, scheduler: str | None, workers: int | None, back
 
 def run(quick: bool = False, *, cache_dir: str | Path | None = None, sizes=None, scheduler: str | None = None,
         workers: int | None = None, backend: str = "cpu", preprocess: dict | None = None) -> list[dict]:
-    """Time ``engine.pipeline.run`` on cohorts of each size in ``sizes`` (quick 6, 12; full 200, 2000).
+    """Time ``engine.batch.pipeline.run`` on cohorts of each size in ``sizes`` (quick 6, 12; full 200, 2000).
 
     ``preprocess``: overrides of the config's ``preprocess`` section (the CI smoke test turns N4 off).
     """

@@ -21,13 +21,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
-from .backend import gpu_status, resolve_backend
-from .contract import MODALITIES, NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
-from .errors import ConfigError, ManifestError, SarcoError, UsageError
-from .executors import progress_reporter, quiet_dask
-from .methods import method_names
-from .pacs import check_calling_aet, parse_address
+from engine import __version__
+from engine.batch.backend import gpu_status, resolve_backend
+from engine.batch.executors import progress_reporter, quiet_dask
+from engine.contract import MODALITIES, NOTE_RECORD, QA_DIR, QA_INDEX, QA_PANELS_JSON, REPORT_HTML
+from engine.errors import ConfigError, ManifestError, SarcoError, UsageError
+from engine.measure.methods import method_names
+from engine.pacs.dimse import check_calling_aet, parse_address
 
 # Errors that are the user's to fix (exit 2) and errors that mean the command could not
 # complete (exit 1); anything else reaching main() is a bug.
@@ -98,9 +98,9 @@ def _summary(result, out_dir: Path) -> str:
 
 def cmd_run(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .config import load_config
-    from .pipeline import run
-    from .userfiles import check_output_folder, require_file, user_file
+    from engine.batch.pipeline import run
+    from engine.config import load_config
+    from engine.inputs.userfiles import check_output_folder, require_file, user_file
 
     check_output_folder(args.out)
     if args.config is not None:
@@ -114,13 +114,13 @@ def cmd_run(args) -> int:
 
 def cmd_apply(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .pipeline import apply
-    from .userfiles import check_output_folder
+    from engine.batch.pipeline import apply
+    from engine.inputs.userfiles import check_output_folder
 
     check_output_folder(args.out)
     result = apply(args.model, args.manifest, out_dir=args.out, overrides=_overrides(args), force=args.force)
     print(_summary(result, Path(args.out)))
-    from .stats.cli import chance_text  # lazy: numpy/pandas; `sarco --help` and usage errors stay fast
+    from engine.stats.cli import chance_text  # lazy: numpy/pandas; `sarco --help` and usage errors stay fast
 
     statistics = json.loads(Path(args.model).read_text()).get("statistics") or {}
     for verdict, what in ((statistics.get("best_model"), "chosen model"),
@@ -139,8 +139,8 @@ def batch_status(result) -> int:
 
 def cmd_synth(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .synthetic import synthesize_cohort
-    from .userfiles import check_output_folder
+    from engine.inputs.userfiles import check_output_folder
+    from engine.synthetic import synthesize_cohort
 
     check_output_folder(args.out)
     manifest = synthesize_cohort(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
@@ -151,10 +151,10 @@ def cmd_synth(args) -> int:
 
 def cmd_demo(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .config import load_config
-    from .pipeline import run
-    from .synthetic import synthesize_cohort
-    from .userfiles import check_output_folder
+    from engine.batch.pipeline import run
+    from engine.config import load_config
+    from engine.inputs.userfiles import check_output_folder
+    from engine.synthetic import synthesize_cohort
 
     out = check_output_folder(args.out)
     cfg = load_config(None, _overrides(args))
@@ -171,7 +171,7 @@ def cmd_demo(args) -> int:
 
 def cmd_inspect(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .io import format_inspection, inspect_path
+    from engine.io import format_inspection, inspect_path
 
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
@@ -180,14 +180,14 @@ def cmd_inspect(args) -> int:
 
 def cmd_report(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .report import render_report
-    from .userfiles import require_run_folder
+    from engine.inputs.userfiles import require_run_folder
+    from engine.report import render_report
 
     run_dir = require_run_folder(args.run_dir)
     sheet = None
     if (Path(run_dir) / QA_DIR / QA_PANELS_JSON).is_file():  # the QA sheet too, from the same published files
         # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-        from .qa import render_sheet
+        from engine.qa import render_sheet
 
         sheet = render_sheet(run_dir)
     path = render_report(run_dir)
@@ -205,8 +205,8 @@ EXIT_DESTINATION_DOWN = 3
 def _pacs_settings(args):
     """The config's ``pacs`` group with ``--timeout``/``--connect-timeout`` over it (fetch, export)."""
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .config import load_config
-    from .userfiles import require_file, user_file
+    from engine.config import load_config
+    from engine.inputs.userfiles import require_file, user_file
 
     if args.config is not None:
         require_file(args.config, "config file")
@@ -218,7 +218,7 @@ def _pacs_settings(args):
 
 def cmd_export(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .exporters import export_run
+    from engine.exporters import export_run
 
     result = export_run(args.run_dir, dicom_dir=args.dicom, pacs=args.pacs, dicomweb=args.dicomweb,
                         objects=args.objects, calling_aet=args.aet, settings=_pacs_settings(args),
@@ -240,7 +240,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .fetch import fetch  # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
+    from engine.pacs.fetch import (
+        fetch,  # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
+    )
 
     result = fetch(args.pacs, args.out, manifest=args.manifest, studies=args.study or (), series=args.series or (),
                    query=args.query or (), calling_aet=args.aet, settings=_pacs_settings(args),
@@ -259,7 +261,7 @@ def cmd_fetch(args) -> int:
 
 def cmd_stats(args) -> int:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .stats.cli import run_command
+    from engine.stats.cli import run_command
 
     return run_command(args)
 
@@ -316,9 +318,12 @@ def positive_seconds(text: str) -> float:
 
 
 def scheduler_address(text: str) -> str:
-    """argparse type: ``inline`` or a Dask scheduler address (:func:`engine.userfiles.check_scheduler_address`)."""
+    """argparse type: ``inline`` or a Dask scheduler address.
+
+    See :func:`engine.inputs.userfiles.check_scheduler_address`.
+    """
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .userfiles import check_scheduler_address
+    from engine.inputs.userfiles import check_scheduler_address
 
     try:
         return check_scheduler_address(text)
@@ -327,7 +332,7 @@ def scheduler_address(text: str) -> str:
 
 
 def pacs_address(text: str) -> str:
-    """argparse type: ``AET@HOST:PORT`` (:func:`engine.pacs.parse_address`)."""
+    """argparse type: ``AET@HOST:PORT`` (:func:`engine.pacs.dimse.parse_address`)."""
     try:
         parse_address(text)
     except UsageError as exc:
@@ -345,7 +350,7 @@ def calling_aet(text: str) -> str:
 def export_objects(text: str) -> list[str]:
     """argparse type: a comma-separated subset of the exporters (``seg,sr,sc``)."""
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .exporters import EXPORTERS
+    from engine.exporters import EXPORTERS
 
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in EXPORTERS]
@@ -356,7 +361,7 @@ def export_objects(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     # lazy: each command imports its own modules: `sarco --help` and usage errors stay fast
-    from .study import register_cli as register_study
+    from engine.study import register_cli as register_study
 
     parser = _Parser(prog="sarco", description="Lumbar CT/MRI -> cohort-level muscle/fat habitats "
                                      "-> sarcopenia prediction (Otsu, K-means, GMM).")
@@ -479,7 +484,7 @@ def _add_pacs_commands(sub) -> None:
 
 def _add_stats_command(sub) -> None:
     """sarco stats: stand-alone statistics on a CSV."""
-    from .stats.cli import register as register_stats  # lazy: as build_parser's imports
+    from engine.stats.cli import register as register_stats  # lazy: as build_parser's imports
 
     p = sub.add_parser("stats", help="stand-alone statistics on a CSV")
     stats = p.add_subparsers(dest="stats_command", required=True)

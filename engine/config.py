@@ -17,8 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from . import methods as fit_methods
-from .contract import (
+from engine.contract import (
     ANCHOR_STRUCTURES,
     FIXED,
     MODALITIES,
@@ -27,9 +26,10 @@ from .contract import (
     VERTEBRAE,
     vertebra_structure,
 )
-from .errors import ConfigError
-from .plugins import check_module_name, import_plugins
-from .userfiles import check_scheduler_address
+from engine.errors import ConfigError
+from engine.inputs.userfiles import check_scheduler_address
+from engine.measure import methods as fit_methods
+from engine.measure.plugins import check_module_name, import_plugins
 
 
 class _Strict(BaseModel):
@@ -95,7 +95,7 @@ class ModalityPreprocess(_Strict):
 
 
 class MriPreprocess(ModalityPreprocess):
-    """MRI adds intensity standardisation (issue 16; :mod:`engine.standardize`).
+    """MRI adds intensity standardisation (issue 16; :mod:`engine.measure.standardize`).
 
     ``reference`` (default, issue 24): each series is scaled so that a reference tissue found
     outside the ROI (``reference``: ``auto`` picks CSF in the spinal canal, else subcutaneous
@@ -169,7 +169,7 @@ class MriFit(ModalityFit):
 
 class FitConfig(_Strict):
     """``fit``: the methods to run, their options (``fit.<method>``, each method's own model in
-    :mod:`engine.methods`) and each modality's bins, fat side and fixed ranges."""
+    :mod:`engine.measure.methods`) and each modality's bins, fat side and fixed ranges."""
 
     # extra keys are the registered methods' options, checked against each method's model below
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -257,7 +257,7 @@ class DeriveConfig(_Strict):
     @field_validator("level")
     @classmethod
     def _level(cls, value):
-        from .io.segmentation import parse_level  # lazy: SimpleITK, scipy.ndimage
+        from engine.io.segmentation import parse_level  # lazy: SimpleITK, scipy.ndimage
 
         return parse_level(value).name
 

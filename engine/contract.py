@@ -5,7 +5,7 @@ values, the per-patient cache layout (ROI sample ``.npz`` keys included), error 
 temporary-file pattern of atomic writes. The pipeline, the tasks, the statistics glue, the
 report, the manifest reader, the config schema and the tests import these names; none of them
 re-derives a layout by hand. Adding a table touches this module only; adding a feature stat touches
-:mod:`engine.features` only, adding a fit method :mod:`engine.methods` only (issue 21).
+:mod:`engine.measure.features` only, adding a fit method :mod:`engine.measure.methods` only (issue 21).
 
 Deliberately imports nothing but the standard library: a report renderer, a test or a tool
 that only reads a run folder should not pay for numpy, pandas or Dask to learn its layout.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .features import stat_names
+from engine.measure.features import stat_names
 
 # ----------------------------------------------------------------------------- vocabulary
 MODALITIES = ("ct", "mri")
@@ -23,7 +23,7 @@ MODALITY_NAMES = {"ct": "CT", "mri": "MRI"}
 #: DICOM Modality (0008,0060) each manifest modality must carry.
 DICOM_MODALITY = {"ct": "CT", "mri": "MR"}
 #: The clinical reference method (docs/method.md section 3): fixed Hounsfield ranges, nothing fitted, CT
-#: only. Every fit method (name, display name, modalities) is an entry of :mod:`engine.methods`;
+#: only. Every fit method (name, display name, modalities) is an entry of :mod:`engine.measure.methods`;
 #: this name is here because the ``*_vs_fixed_percent`` columns are built from it.
 FIXED = "fixed"
 TISSUES = ("fat", "muscle")
@@ -43,7 +43,7 @@ def feature_name(modality: str, method: str, tissue: str, stat: str) -> str:
 
 
 def method_features(modality: str, method: str) -> list[str]:
-    """The features of one (modality, method), one per tissue and registered stat (:mod:`engine.features`):
+    """The features of one (modality, method), one per tissue and registered stat (:mod:`engine.measure.features`):
     one imaging model's candidates."""
     return [feature_name(modality, method, tissue, stat) for tissue in TISSUES for stat in stat_names()]
 
@@ -69,7 +69,7 @@ def vs_fixed_column(modality: str, method: str) -> str:
 def vs_fixed_columns(modality: str, methods) -> list[str]:
     """The disagreement columns of a modality: one per other method, when ``fixed`` is among ``methods``.
 
-    ``methods``: those that apply to ``modality`` (:func:`engine.methods.modality_methods`).
+    ``methods``: those that apply to ``modality`` (:func:`engine.measure.methods.modality_methods`).
     """
     if FIXED not in methods:
         return []
@@ -79,7 +79,7 @@ def vs_fixed_columns(modality: str, methods) -> list[str]:
 def feature_names(modality: str, methods) -> list[str]:
     """The feature columns of one modality, in canonical order.
 
-    ``methods``: those that apply to ``modality`` (:func:`engine.methods.modality_methods`).
+    ``methods``: those that apply to ``modality`` (:func:`engine.measure.methods.modality_methods`).
     """
     names = [name for method in methods for name in method_features(modality, method)]
     return names + [roi_volume_column(modality), excluded_voxels_column(modality)] + vs_fixed_columns(modality, methods)
@@ -221,7 +221,7 @@ PUBLISHED_OUTPUTS = (THRESHOLDS_JSON, FEATURES_CSV, FEATURES_PARQUET, ERRORS_CSV
                      MODEL_JSON, PROVENANCE_JSON, REPORT_HTML, STUDY_JSON, EXPORT_LOG_CSV, MRI_REFERENCE_CSV,
                      SERIES_CSV)
 
-#: Attribute of a log record that is also one of the command's notes (:func:`engine.rundir.add_note`):
+#: Attribute of a log record that is also one of the command's notes (:func:`engine.runfolder.rundir.add_note`):
 #: the CLI prints notes in its summary and keeps such records off the terminal's log handler.
 NOTE_RECORD = "sarco_note"
 
@@ -276,7 +276,7 @@ def habitat_path(habitat_dir: str | Path, patient_id: str, modality: str, method
     return Path(habitat_dir) / f"{patient_id}_{modality}_{method}.nii.gz"
 
 
-#: Arrays of an ROI sample ``.npz`` (:class:`engine.preprocess.RoiSample`).
+#: Arrays of an ROI sample ``.npz`` (:class:`engine.measure.preprocess.RoiSample`).
 SAMPLE_KEYS = ("values", "flat_index", "in_window", "size", "spacing", "origin", "direction", "preview",
                "preview_z")
 #: Optional array of an MRI sample: the intensity reference's region on the preview slice (issue 24).
@@ -363,7 +363,7 @@ def derived_roi_path(run_dir: str | Path, patient_id: str, modality: str) -> Pat
 #: Published per-series preview slices (issue 21): what the report's overlays draw, so that the report
 #: never reads ``cache/``. Written by pass 1, atomically, keyed like the habitat maps.
 PREVIEWS_DIR = "previews"
-#: Arrays of a published preview ``.npz`` (:mod:`engine.previews`): the axial slice with most ROI
+#: Arrays of a published preview ``.npz`` (:mod:`engine.runfolder.previews`): the axial slice with most ROI
 #: voxels, the ROI's pixels on it (row, column, value, in window) and the crop grid's geometry.
 PREVIEW_KEYS = ("preview", "preview_z", "roi_rows", "roi_columns", "roi_values", "roi_in_window", "spacing",
                 "direction")
@@ -389,7 +389,7 @@ def qa_key_path(cache_dir: str | Path, patient_id: str, modality: str) -> Path:
 
 # ----------------------------------------------------------------------------- atomic writes
 #: Every file is written as ``.tmp-<pid>-<name>`` beside its destination and renamed into place
-#: (:func:`engine.outputs.atomic_path`); the run lock sweeps this pattern, and the crash-safety
+#: (:func:`engine.runfolder.outputs.atomic_path`); the run lock sweeps this pattern, and the crash-safety
 #: test asserts nothing matching it survives a completed rerun.
 TEMP_PREFIX = ".tmp-"
 TEMP_GLOB = f"{TEMP_PREFIX}*"

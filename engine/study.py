@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from . import methods as fit_methods
-from .contract import (
+from engine import __version__
+from engine.batch.executors import InlineExecutor, open_executor
+from engine.contract import (
     FEATURES_CSV,
     LABEL,
     MODALITIES,
@@ -38,12 +38,12 @@ from .contract import (
     parse_feature,
     roi_volume_column,
 )
-from .errors import UsageError
-from .executors import InlineExecutor, open_executor
-from .manifest import Manifest
-from .outputs import dumps_json, write_csv, write_json, write_text
-from .rundir import add_note
-from .userfiles import check_scheduler_address, read_csv_table
+from engine.errors import UsageError
+from engine.inputs.manifest import Manifest
+from engine.inputs.userfiles import check_scheduler_address, read_csv_table
+from engine.measure import methods as fit_methods
+from engine.runfolder.outputs import dumps_json, write_csv, write_json, write_text
+from engine.runfolder.rundir import add_note
 
 log = logging.getLogger("sarco")
 
@@ -154,8 +154,8 @@ def _study(table: pd.DataFrame, columns: list[str], models: dict[str, list[str]]
            executor=None):
     """Run :func:`engine.stats.run_study` and write tables/, predictions.csv and study.json."""
     # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
-    from .stats import run_study
-    from .stats.study import study_summary
+    from engine.stats import run_study
+    from engine.stats.study import study_summary
 
     own_notes: list[str] = []
     models = drop_sparse_candidates(table, models, own_notes)
@@ -194,7 +194,7 @@ def run_statistics(out_dir: Path, features: pd.DataFrame, manifest: Manifest, cf
                    executor=None):
     """Fit the study's models on the training split and write the tables; return the bundle.
 
-    ``executor``: the run's (:mod:`engine.executors`), where the test against chance runs its permutations.
+    ``executor``: the run's (:mod:`engine.batch.executors`), where the test against chance runs its permutations.
     """
     columns = clinical_columns(manifest, cfg.stats.clinical_columns)
     table = _with_clinical(features, manifest, columns)
@@ -267,7 +267,7 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
                                       "statistics": bundle, "clinical_columns": columns})
     if cfg.run.report:
         # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
-        from .report import render_report
+        from engine.report import render_report
 
         render_report(out_dir)
     return summary, notes
@@ -276,8 +276,8 @@ def run_table_study(table_path, out_dir, cfg) -> tuple[dict, list[str]]:
 def study_command(args) -> int:
     """``sarco study``: run :func:`run_table_study` and print the models; a table mistake exits 2."""
     # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
-    from .config import load_config
-    from .stats.cli import study_text
+    from engine.config import load_config
+    from engine.stats.cli import study_text
 
     run = {name: getattr(args, name) for name in ("scheduler", "workers") if getattr(args, name, None) is not None}
     if run.get("scheduler") is not None:
@@ -306,7 +306,7 @@ def register_cli(subparsers) -> None:
 def score_new_patients(out_dir: Path, features: pd.DataFrame, manifest: Manifest, bundle: dict) -> pd.DataFrame:
     """``sarco apply``: the frozen models' probabilities and calls for every patient."""
     # lazy: `sarco --help` imports this module; scipy.stats, statsmodels, the config load when it runs
-    from .stats import score_bundle
+    from engine.stats import score_bundle
 
     columns = [c for c in bundle.get("clinical_columns", []) if c in manifest.table.columns]
     table = _with_clinical(features, manifest, columns)

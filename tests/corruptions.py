@@ -617,7 +617,7 @@ def clean_ct_manifest(tmp_path_factory) -> Path:
 def clean_run(tmp_path_factory) -> Path:
     """The uninterrupted reference run of the clean CT manifest (in this process, inline)."""
     if "clean_run" not in _SESSION:
-        from engine.pipeline import run
+        from engine.batch.pipeline import run
 
         out = tmp_path_factory.mktemp("corpus_clean_run")
         run(clean_ct_manifest(tmp_path_factory), out_dir=out, config=run_config())

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from engine.batch.tasks import _check_hand_sides
 from engine.config import load_config
 from engine.contract import ROI_MUSCLE_LABELS
 from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as TS
 from engine.errors import ConfigError, InputError
 from engine.io.anatomy import check_hand_laterality, mask_centre_x_mm
 from engine.io.segmentation import Anchors, Level, derive_roi_from_file, judge_level, vertebral_body
-from engine.tasks import _check_hand_sides
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata"
 TOTALSEG = REAL / "totalseg_ct_t11_l2"
@@ -278,7 +278,7 @@ def test_mask_sides_config_is_validated():
 
 
 def test_hand_roi_sides_are_checked_where_pass_one_reads_the_roi(tmp_path):
-    """Pass 1's own check (engine.tasks) on a written label map, mirrored and not: one line, stage mask."""
+    """Pass 1's own check (engine.batch.tasks) on a written label map, mirrored and not: one line, stage mask."""
     cfg = load_config(overrides={"io": {"mask_sides": {"left": [1, 3], "right": [2, 4]}}})
     good, mirrored = tmp_path / "good.nii.gz", tmp_path / "mirrored.nii.gz"
     sitk.WriteImage(_hand_roi(True), str(good))

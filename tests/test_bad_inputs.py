@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.batch.pipeline import run
 from engine.errors import ConfigError, InputError, ManifestError
-from engine.pipeline import run
 from tests import corruptions as corpus
 
 pytestmark = pytest.mark.slow
@@ -146,7 +146,7 @@ def test_manifest_problems_stop_the_run_before_any_work(kind, text, needles, tmp
 
 
 def test_a_manifest_with_a_byte_order_mark_reads_as_without(tmp_path_factory, tmp_path):
-    from engine.manifest import read_manifest
+    from engine.inputs.manifest import read_manifest
 
     clean_manifest = corpus.clean_ct_manifest(tmp_path_factory)
     with_bom = clean_manifest.with_name("manifest_bom.csv")
@@ -162,7 +162,7 @@ def test_a_manifest_with_a_byte_order_mark_reads_as_without(tmp_path_factory, tm
 
 
 def test_a_utf16_manifest_is_refused_with_a_remedy(tmp_path):
-    from engine.manifest import read_manifest
+    from engine.inputs.manifest import read_manifest
 
     path = tmp_path / "m.csv"
     path.write_bytes("patient_id,label,ct_image\nP1,0,a\n".encode("utf-16"))
@@ -213,7 +213,7 @@ def test_data_root_refuses_a_manifest_path_outside_it(tmp_path, tmp_path_factory
 
 
 def test_data_root_sees_through_dot_dots_and_symbolic_links(tmp_path):
-    from engine.manifest import read_manifest
+    from engine.inputs.manifest import read_manifest
 
     root = tmp_path / "root"
     (root / "inside").mkdir(parents=True)
@@ -243,8 +243,8 @@ def _job(cohort: Path, patient_id: str) -> dict:
     ({"max_files_per_series": 10}, ("more than 10 files", "io.max_files_per_series")),
 ], ids=["voxels", "files"])
 def test_volume_and_series_limits_are_clear_patient_errors(io_limits, needles, cohort, tmp_path):
+    from engine.batch.tasks import ingest_and_preprocess
     from engine.config import load_config
-    from engine.tasks import ingest_and_preprocess
 
     config = load_config(overrides={**corpus.RUN_OVERRIDES, "io": {**corpus.RUN_OVERRIDES["io"], **io_limits}})
     summary = ingest_and_preprocess(_job(cohort, "SYN0001"), config, str(tmp_path))
@@ -270,8 +270,8 @@ def test_a_huge_header_is_refused_before_any_allocation(cohort, monkeypatch):
 
 
 def test_reasons_show_paths_as_the_manifest_wrote_them(tmp_path):
+    from engine.batch.tasks import ingest_and_preprocess
     from engine.config import load_config
-    from engine.tasks import ingest_and_preprocess
 
     job = {"patient_id": "P1", "modality": "ct", "image": str(tmp_path / "patients" / "P1" / "ct"),
            "roi": str(tmp_path / "patients" / "P1" / "ct_roi.nii.gz"), "series_uid": None,
@@ -307,10 +307,10 @@ def test_series_description_chooses_in_one_scan_of_the_folder(cohort, tmp_path, 
     """io.series_description picks the series of a two-series folder; the folder's headers are read once."""
     import shutil
 
+    from engine.batch.tasks import ingest_and_preprocess
     from engine.config import load_config
     from engine.io import dicom
     from engine.synthetic import write_dicom_series
-    from engine.tasks import ingest_and_preprocess
 
     job = _job(cohort, "SYN0001")
     alone = ingest_and_preprocess(job, load_config(overrides=corpus.RUN_OVERRIDES), str(tmp_path / "c0"))

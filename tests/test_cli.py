@@ -83,7 +83,7 @@ def test_bad_manifest_exits_2_naming_the_line(tmp_path, capsys):
 
 def test_gpu_backend_without_gpu_is_an_error_not_a_fallback(tmp_path, capsys):
     pytest.importorskip("numpy")
-    from engine.backend import gpu_status
+    from engine.batch.backend import gpu_status
 
     if gpu_status()[0]:
         pytest.skip("this machine has a GPU")
@@ -95,8 +95,8 @@ def test_gpu_backend_without_gpu_is_an_error_not_a_fallback(tmp_path, capsys):
 
 
 def test_cpu_install_never_imports_gpu_stack():
-    code = ("import sys, engine.cli, engine.pipeline, engine.tasks, engine.report, kernels\n"
-            "from engine.backend import resolve_backend\n"
+    code = ("import sys, engine.cli, engine.batch.pipeline, engine.batch.tasks, engine.report, kernels\n"
+            "from engine.batch.backend import resolve_backend\n"
             "resolve_backend('cpu')\n"
             "bad = [m for m in ('cupy', 'cuml', 'cucim', 'dask_cuda') if m in sys.modules]\n"
             "assert not bad, bad\n")

@@ -131,7 +131,7 @@ def test_no_traceback_reaches_the_terminal(mistakes, index):
 
 
 def test_demo_on_gpu_without_one_is_refused_before_synthesizing(mistakes, capsys):
-    from engine.backend import gpu_status
+    from engine.batch.backend import gpu_status
 
     if gpu_status()[0]:
         pytest.skip("this machine has a GPU")

@@ -67,7 +67,7 @@ def test_habitat_labels_are_the_classify_kernels_codes():
 def test_a_sample_saved_by_the_engine_has_the_contract_keys(tmp_path):
     import numpy as np
 
-    from engine.preprocess import Grid, RoiSample
+    from engine.measure.preprocess import Grid, RoiSample
 
     sample = RoiSample(np.zeros(3, np.float32), np.arange(3), np.ones(3, bool),
                        Grid((3, 1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),

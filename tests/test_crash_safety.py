@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from engine.batch.pipeline import run
 from engine.contract import TEMP_GLOB, TEMP_PREFIX, method_features
-from engine.pipeline import run
 from tests import corruptions as corpus
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ sys.exit(main(sys.argv[4:]))
 KILL_POINTS = [
     # (where, hook, pattern, n)
     ("pass 1", "rename", "*__ct.npz", 3),
-    ("reduce", "call", "engine.cohort_fit.sum_histograms", 1),
+    ("reduce", "call", "engine.batch.cohort_fit.sum_histograms", 1),
     ("thresholds.json", "rename", "thresholds.json", 1),
     ("pass 2", "rename", "*.nii.gz", 4),
     ("features.parquet", "rename", "features.parquet", 1),

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from engine.batch.pipeline import run
 from engine.config import load_config
 from engine.contract import TOTALSEGMENTATOR_TOTAL_V2, derived_roi_path
-from engine.pipeline import run
 
 pytestmark = pytest.mark.slow
 

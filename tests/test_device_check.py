@@ -87,7 +87,7 @@ def test_scripts_parse(script):
 
 def test_provenance_records_cupy_for_cuda_13(monkeypatch):
     # Issue 25: the device's CuPy is cupy-cuda13x; provenance named only cupy-cuda12x.
-    from engine import rundir
+    from engine.runfolder import rundir
 
     real = metadata.version
 

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from engine.batch.pipeline import apply, run
 from engine.config import load_config
 from engine.contract import CACHE_DIR, sample_path
-from engine.pipeline import apply, run
 
 pytestmark = pytest.mark.slow
 
@@ -131,8 +131,8 @@ def test_local_cluster_gives_byte_identical_outputs(ct_manifest, ct_reference, t
 
 def test_local_cluster_workers_run_without_the_profiler():
     """The statistical profiler grows each worker's memory with the batch's duration (#4)."""
-    from engine.executors import open_executor
-    from engine.tasks import sum_histograms
+    from engine.batch.executors import open_executor
+    from engine.batch.tasks import sum_histograms
 
     with open_executor(None, 1, "cpu") as executor:
         settings = executor.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
@@ -151,7 +151,7 @@ def _square(value: int, offset: int = 0) -> int:
 
 def test_a_pass_streams_in_bounded_chunks_and_returns_every_result():
     """The scheduler holds at most two chunks of a pass at once, whatever the cohort's size (#4)."""
-    from engine.executors import InlineExecutor, open_executor
+    from engine.batch.executors import InlineExecutor, open_executor
 
     values = list(range(53))
     keys = [f"pass1-P{v}-ct" for v in values]
@@ -287,7 +287,7 @@ def test_bad_patient_is_recorded_and_the_batch_goes_on(ct_manifest, ct_reference
 
 
 def test_strict_makes_a_failure_fatal(ct_manifest, tmp_path):
-    from engine.pipeline import RunFailed
+    from engine.batch.pipeline import RunFailed
 
     table = pd.read_csv(ct_manifest, dtype=str, keep_default_na=False)
     table.loc[table.index[0], "ct_roi"] = "missing_roi.nii.gz"
@@ -301,7 +301,7 @@ def test_strict_makes_a_failure_fatal(ct_manifest, tmp_path):
 
 
 def test_histogram_groups_bound_the_partials_and_cover_every_patient():
-    from engine.cohort_fit import histogram_groups
+    from engine.batch.cohort_fit import histogram_groups
 
     for n in (1, 7, 64, 65, 1200):
         train = [{"patient_id": f"P{i:04d}"} for i in range(n)]
@@ -313,8 +313,8 @@ def test_histogram_groups_bound_the_partials_and_cover_every_patient():
 
 
 def test_group_histogram_is_the_histogram_of_the_pooled_voxels(ct_reference):
-    from engine.preprocess import RoiSample
-    from engine.tasks import group_histogram
+    from engine.batch.tasks import group_histogram
+    from engine.measure.preprocess import RoiSample
 
     paths = sorted(str(p) for p in (ct_reference / "cache").glob("*__ct.npz"))[:5]
     assert len(paths) == 5
@@ -330,7 +330,7 @@ def test_mri_sample_does_not_depend_on_itk_threads_before_the_task(cohort, tmp_p
     16-core machine (ITK's default, a thread per core) gave different MRI thresholds, because N4's
     B-spline fit follows ITK's global thread count. Every task now runs ITK on one thread, so the
     caller's setting must not reach the sample."""
-    from engine.tasks import ingest_and_preprocess
+    from engine.batch.tasks import ingest_and_preprocess
 
     row = pd.read_csv(cohort, dtype=str, keep_default_na=False).iloc[0]
     job = {"patient_id": row["patient_id"], "modality": "mri", "image": str(cohort.parent / row["mri_image"]),

@@ -50,7 +50,7 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     """Issue 21: ``ct_*_vs_fixed_percent`` of the engine's features.csv entered Table 2 and the clinical model."""
     from engine.config import load_config
     from engine.contract import feature_names, is_diagnostic_column, vs_fixed_column
-    from engine.methods import method_names
+    from engine.measure.methods import method_names
     from engine.study import run_table_study
 
     rng = np.random.default_rng(5)
@@ -136,9 +136,9 @@ def test_apply_does_not_inherit_the_training_machine(tmp_path):
     """Issue 21: apply reused the bundle's saved ``run.scheduler`` (that night's cluster), unchecked."""
     import pytest
 
+    from engine.batch.pipeline import apply_config
     from engine.config import load_config
     from engine.errors import ConfigError
-    from engine.pipeline import apply_config
 
     saved = load_config(overrides={"run": {"scheduler": "tcp://trainhead:8786", "workers": 32},
                                    "stats": {"cv_folds": 3}}).to_dict()
@@ -199,7 +199,7 @@ def test_a_run_prints_each_note_once_shows_failures_and_guards_its_folder(shared
     assert len(err.splitlines()) == 1 and "manifest_everyday_ct.csv" in err and "--force" in err
     assert (out / "features.csv").stat().st_mtime_ns == before
     # --force lets it through the check (the run itself is the same as above)
-    from engine.rundir import check_folder_owner
+    from engine.runfolder.rundir import check_folder_owner
 
     check_folder_owner(out, other, "run", force=True)
 
@@ -231,7 +231,7 @@ def test_apply_prints_the_thresholds_in_the_order_run_does(tmp_path):
     from types import SimpleNamespace
 
     from engine.cli import _summary
-    from engine.outputs import write_json
+    from engine.runfolder.outputs import write_json
 
     fit = {"unit": "HU", "n_patients": 5,
            "methods": {m: {"threshold": t} for m, t in (("otsu", -3), ("kmeans", -2), ("gmm", 17), ("fixed", -29.5))}}

@@ -27,12 +27,12 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from engine.batch.pipeline import run
 from engine.cli import main
 from engine.config import load_config
 from engine.contract import EXPORT_LOG_CSV, FEATURES_CSV, MODEL_JSON, THRESHOLDS_JSON
 from engine.exporters import EXPORTERS, build_objects, export_run
 from engine.exporters.source import ExportError, RunFolder, copied_modules, read_source
-from engine.pipeline import run
 from engine.qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
 from tests import cohorts
 from tests import corruptions as corpus

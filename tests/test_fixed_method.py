@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.cohort_fit import bimodality_diagnostic, fit_cohort
+from engine.batch.cohort_fit import bimodality_diagnostic, fit_cohort
 from engine.config import load_config
 from engine.contract import (
     CACHE_DIR,
@@ -28,7 +28,7 @@ from engine.contract import (
     vs_fixed_columns,
 )
 from engine.errors import ConfigError
-from engine.preprocess import RoiSample
+from engine.measure.preprocess import RoiSample
 
 N_PATIENTS = 5
 SEED = 3
@@ -40,7 +40,7 @@ def _config():
 
 
 def _ct_run(root: Path, lean: bool):
-    from engine.pipeline import run
+    from engine.batch.pipeline import run
     from engine.synthetic import synthesize_cohort
 
     manifest = synthesize_cohort(root, n_patients=N_PATIENTS, seed=SEED, size="small", lean=lean, splits=True)

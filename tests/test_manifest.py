@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import ManifestError
-from engine.manifest import assign_splits, read_manifest
+from engine.inputs.manifest import assign_splits, read_manifest
 
 
 def _write(tmp_path, text, name="manifest.csv", encoding="utf-8"):

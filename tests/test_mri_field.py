@@ -25,7 +25,7 @@ def _image(array: np.ndarray, spacing, origin) -> sitk.Image:
 
 def test_the_crop_and_the_reference_slices_share_one_correction():
     """The field divided out of the crop equals the crop of the field divided out of whole slices."""
-    from engine.preprocess import Grid, apply_log_field, sub_box, whole_slices, whole_volume_grid
+    from engine.measure.preprocess import Grid, apply_log_field, sub_box, whole_slices, whole_volume_grid
 
     rng = np.random.default_rng(32)
     native = _image(rng.uniform(100, 200, (12, 90, 100)).astype(np.float32), (1.3, 1.3, 4.0), (-60.0, -50.0, 0.0))
@@ -46,7 +46,7 @@ def test_the_crop_and_the_reference_slices_share_one_correction():
 
 @pytest.fixture(scope="module")
 def corrected_phantom():
-    from engine.preprocess import preprocess
+    from engine.measure.preprocess import preprocess
     from engine.synthetic.random_mri import simulate
 
     sim = simulate(DEV_SEED, PATIENT)

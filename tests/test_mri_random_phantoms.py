@@ -38,7 +38,7 @@ NOT_MET = {905113: "one-point CSF scaling: the phantom's per-patient fat/CSF rat
 @pytest.fixture(scope="module", params=[pytest.param(seed, marks=pytest.mark.xfail(reason=NOT_MET[seed], strict=True))
                                         if seed in NOT_MET else seed for seed in SEEDS])
 def random_run(request, tmp_path_factory):
-    from engine.pipeline import run
+    from engine.batch.pipeline import run
     from engine.synthetic.random_mri import write_random_mri_cohort
 
     root = tmp_path_factory.mktemp(f"random_mri_{request.param}")

@@ -32,7 +32,7 @@ def _mri_options(config) -> dict:
 def test_a_fat_suppressed_t2_is_named_not_measured(tmp_path):
     """Issue 32: CHAOS T2 SPIR (fat-suppressed) gives one line naming it, not fat percentages."""
     from engine.io import open_image, read_mask
-    from engine.preprocess import preprocess
+    from engine.measure.preprocess import preprocess
 
     image_path, roi_path = chaos_with_roi(tmp_path)
     image = open_image(str(image_path))
@@ -51,7 +51,7 @@ def test_the_dixon_truth_is_what_the_readme_says():
 
 @pytest.fixture(scope="module")
 def dixon_run(tmp_path_factory):
-    from engine.pipeline import run
+    from engine.batch.pipeline import run
 
     root = tmp_path_factory.mktemp("dixon")
     manifest = write_dixon_slabs(root / "slabs")

@@ -40,7 +40,7 @@ def spine_cohort(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spine_run(spine_cohort, tmp_path_factory):
-    from engine.pipeline import run
+    from engine.batch.pipeline import run
 
     out = tmp_path_factory.mktemp("spine_fov_run")
     # the default MRI preprocessing, N4 shortened (the test is about scaling, not N4)
@@ -139,7 +139,7 @@ def _lumbar_slab(roi_value: float, gain: float, rng, *, air: bool = True, csf: b
 
 def test_csf_ignores_the_roi_and_follows_the_gain():
     """Never derived from the ROI's histogram: a fatty and a lean ROI give the same CSF value."""
-    from engine.standardize import canal_csf_signal
+    from engine.measure.standardize import canal_csf_signal
 
     rng = np.random.default_rng(24)
     fatty = canal_csf_signal(*_lumbar_slab(900.0, 1.0, rng), (1.0, 1.0, 1.0))
@@ -152,7 +152,7 @@ def test_csf_ignores_the_roi_and_follows_the_gain():
 
 
 def test_auto_prefers_csf_and_falls_back_to_fat_with_its_reason():
-    from engine.standardize import choose_reference, measure_references
+    from engine.measure.standardize import choose_reference, measure_references
 
     rng = np.random.default_rng(1)
     chosen, reason, flag = choose_reference(measure_references(*_lumbar_slab(300.0, 1.0, rng), (1, 1, 1)))
@@ -164,7 +164,7 @@ def test_auto_prefers_csf_and_falls_back_to_fat_with_its_reason():
 
 
 def test_no_usable_reference_is_a_patient_error_naming_what_was_missing():
-    from engine.standardize import choose_reference, measure_references
+    from engine.measure.standardize import choose_reference, measure_references
 
     rng = np.random.default_rng(2)
     measured = measure_references(*_lumbar_slab(300.0, 1.0, rng, air=False, csf=False), (1, 1, 1))
@@ -179,7 +179,7 @@ def test_no_usable_reference_is_a_patient_error_naming_what_was_missing():
 
 
 def test_an_unreliable_reference_is_flagged_not_scaled_silently():
-    from engine.standardize import ReferenceMeasurement, choose_reference, flag_inconsistent_ratios
+    from engine.measure.standardize import ReferenceMeasurement, choose_reference, flag_inconsistent_ratios
 
     wide = ReferenceMeasurement("csf", 1000.0, 5000, 0.6, "spinal canal", "CSF in the spinal canal: wide spread")
     few = ReferenceMeasurement("subcutaneous_fat", 900.0, 80, 0.05, "fat", "subcutaneous fat: only 80 voxels")
@@ -194,7 +194,7 @@ def test_an_unreliable_reference_is_flagged_not_scaled_silently():
 def test_otsu_matches_scikit_image():
     from skimage.filters import threshold_otsu
 
-    from engine.standardize import otsu_threshold
+    from engine.measure.standardize import otsu_threshold
 
     rng = np.random.default_rng(3)
     for n_bright in (50, 500, 5000):
@@ -206,8 +206,8 @@ def test_standardization_does_not_need_scikit_image():
     """A plain install has no scikit-image (a [test] extra): the reference must not import it."""
     code = ("import sys, numpy as np\n"
             "sys.modules['skimage'] = None\n"
-            "from engine.standardize import measure_references\n"
-            "from engine.preprocess import preprocess\n"
+            "from engine.measure.standardize import measure_references\n"
+            "from engine.measure.preprocess import preprocess\n"
             "v = np.full((4, 40, 40), 300.0, np.float32); v[:, 30:, :] = 900; v[:, 36:, :] = 0\n"
             "roi = np.zeros(v.shape, bool); roi[:, 5:15, 5:15] = True\n"
             "measure_references(v, roi, (1.0, 1.0, 1.0))\n")
@@ -231,7 +231,7 @@ def test_reference_is_the_default_for_mri():
 def _screened(mode: str):
     from types import SimpleNamespace
 
-    from engine.pipeline import _screen_mri_references
+    from engine.batch.pipeline import _screen_mri_references
 
     def summary(pid: str, fat: float, scanner: str = "A"):
         record = {"reference": "csf", "reason": "CSF reliable", "region": "spinal canal", "reference_signal": 1000.0,
@@ -258,7 +258,7 @@ def test_a_doubtful_reference_is_an_error_row_naming_why():
 
 
 def test_a_kept_doubtful_reference_is_measured_but_left_out_of_the_fit():
-    from engine.standardize import DOUBTFUL_KEY
+    from engine.measure.standardize import DOUBTFUL_KEY
 
     batch, screened, _ = _screened("keep")
     assert [s["status"] for s in screened] == ["ok"] * 5 and not batch.errors

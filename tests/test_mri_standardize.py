@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.batch.pipeline import run
 from engine.config import load_config
-from engine.pipeline import run
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def _phantom(roi_value: float, gain: float, rng) -> tuple[np.ndarray, np.ndarray
 
 def test_reference_ignores_the_roi_and_follows_the_gain():
     """Never derived from the ROI's histogram: an all-fat ROI and an all-muscle ROI give the same scale."""
-    from engine.standardize import reference_fat_signal
+    from engine.measure.standardize import reference_fat_signal
 
     rng = np.random.default_rng(0)
     fatty = reference_fat_signal(*_phantom(1000.0, 1.0, rng), (1.0, 1.0, 1.0))
@@ -139,7 +139,7 @@ def test_reference_ignores_the_roi_and_follows_the_gain():
 
 def test_no_body_edge_is_a_patient_error_not_a_guess():
     from engine.errors import InputError
-    from engine.standardize import reference_fat_signal
+    from engine.measure.standardize import reference_fat_signal
 
     volume = np.full((6, 80, 80), 330.0, np.float32)  # the FOV inside the body: no fat, no edge
     roi = np.zeros(volume.shape, bool)

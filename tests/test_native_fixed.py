@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from engine.batch.tasks import classify_and_measure, ingest_and_preprocess
 from engine.config import load_config
 from engine.contract import DISC_PLANE_KEY, HABITAT_LABELS
-from engine.tasks import classify_and_measure, ingest_and_preprocess
 
 from .cohorts import few_patients
 
@@ -83,7 +83,7 @@ def test_real_ct_fixed_counts_the_native_voxels(real_ct):
 
 
 def test_real_ct_fitted_methods_stay_on_the_1mm_grid(real_ct):
-    from engine.preprocess import RoiSample
+    from engine.measure.preprocess import RoiSample
 
     summary, features, _ = real_ct
     sample = RoiSample.load(summary["sample"])
@@ -140,7 +140,7 @@ def test_synthetic_fixed_counts_the_truths_roi_voxels(tmp_path_factory, tmp_path
 
 def test_real_ct_fixed_is_the_same_on_both_backends(real_ct, xp):
     """The native voxels go through the same exact-sum kernels: equal bit for bit on either backend."""
-    from engine.preprocess import RoiSample
+    from engine.measure.preprocess import RoiSample
     from kernels import tissue_stats
 
     summary, features, _ = real_ct

@@ -23,6 +23,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from engine.batch.pipeline import run
 from engine.cli import main
 from engine.config import load_config
 from engine.contract import (
@@ -33,8 +34,7 @@ from engine.contract import (
     PROVENANCE_JSON,
     habitat_path,
 )
-from engine.methods import display_name
-from engine.pipeline import run
+from engine.measure.methods import display_name
 from tests import cohorts, faultpeers
 from tests import corruptions as corpus
 from tests.pacs import free_port, store_files

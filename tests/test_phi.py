@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from engine.batch.pipeline import run
 from engine.config import load_config
-from engine.pipeline import run
 from tests import corruptions as corpus
 
 pytestmark = pytest.mark.slow

@@ -85,7 +85,7 @@ def test_the_blocker_blocks(blocked_env):
         done = subprocess.run([sys.executable, "-c", f"import {module}"], env=blocked_env, capture_output=True,
                               text=True)
         assert done.returncode != 0 and "plain install" in done.stderr, module
-    done = subprocess.run([sys.executable, "-c", "import engine.pipeline, engine.report, engine.qa"],
+    done = subprocess.run([sys.executable, "-c", "import engine.batch.pipeline, engine.report, engine.qa"],
                           env=blocked_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

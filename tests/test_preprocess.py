@@ -5,7 +5,14 @@ import pytest
 import SimpleITK as sitk
 
 from engine.errors import InputError
-from engine.preprocess import RoiSample, crop_and_resample, n4_correct, preprocess, resample_to, whole_volume_grid
+from engine.measure.preprocess import (
+    RoiSample,
+    crop_and_resample,
+    n4_correct,
+    preprocess,
+    resample_to,
+    whole_volume_grid,
+)
 
 
 def _volume(direction_angle=0.0, seed=0):

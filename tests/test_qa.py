@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from engine.contract import DERIVED_ROI_DIR, DISC_PLANES_CSV, QA_DIR, QA_INDEX, QA_PANELS_JSON
-from engine.preprocess import preprocess
+from engine.measure.preprocess import preprocess
 from engine.qa import panel as qa_panel
 from engine.qa import sheet as qa_sheet
 from engine.qa.orientation import slice_view

@@ -94,7 +94,7 @@ def test_phantom_strip_spans_l2_to_l5_with_labels_at_the_bodies(tmp_path):
 
 
 def test_phantom_panel_draws_the_labels_inside_the_strip(tmp_path):
-    from engine.preprocess import preprocess
+    from engine.measure.preprocess import preprocess
 
     ct, seg, roi = _phantom(tmp_path)
     derived = SimpleNamespace(level="L3/L4", vertebrae=("L3", "L4"), plane_mm=82.0, thickness_mm=20.0,

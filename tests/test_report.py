@@ -15,9 +15,9 @@ import pytest
 from markupsafe import escape
 
 from engine.contract import PREVIEWS_DIR, preview_path
-from engine.preprocess import Grid, RoiSample
-from engine.previews import write_preview
+from engine.measure.preprocess import Grid, RoiSample
 from engine.report import format_number, format_p, html_table, render_report
+from engine.runfolder.previews import write_preview
 
 SECTION_HEADINGS = ("Sarcopenia study report", "1. Cohort", "2. Muscle/fat thresholds", "3. Statistical tables",
                     "4. ROC curves (Figure 5)", "5. Features by group (Figure 3)",

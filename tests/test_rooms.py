@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 from pydantic import Field
 
-from engine import features as feature_registry
-from engine import methods as method_registry
 from engine.config import Config, load_config
 from engine.contract import CACHE_DIR, QA_DIR, QA_INDEX, feature_name, vs_fixed_column
 from engine.errors import ConfigError
+from engine.measure import features as feature_registry
+from engine.measure import methods as method_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PATIENTS = 6
@@ -86,7 +86,7 @@ def ct_manifest(shared_cohort) -> Path:
 
 @pytest.fixture(scope="module")
 def dummy_run(registered, ct_manifest, tmp_path_factory):
-    from engine.pipeline import run
+    from engine.batch.pipeline import run
 
     out = tmp_path_factory.mktemp("rooms_run")
     cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline"}, "stats": {"enabled": False},
@@ -232,8 +232,8 @@ def test_no_import_cycle():
 # ----------------------------------------------------------------------------- config into tasks
 def test_tasks_take_the_validated_config_only(ct_manifest, tmp_path, monkeypatch):
     """Issue 21: the config was validated again in every task; now it crosses once, as a frozen Config."""
-    from engine.pipeline import run
-    from engine.tasks import ingest_and_preprocess
+    from engine.batch.pipeline import run
+    from engine.batch.tasks import ingest_and_preprocess
 
     cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False, "qa": False},
                                  "stats": {"enabled": False}})
@@ -254,7 +254,7 @@ def test_tasks_take_the_validated_config_only(ct_manifest, tmp_path, monkeypatch
 
 def test_one_fixed_fat_bound():
     """Issue 21: the kernels split at -29.5 HU and cohort_fit compared fits with -30: one bound now."""
-    from engine.cohort_fit import bimodality_diagnostic, fit_cohort
+    from engine.batch.cohort_fit import bimodality_diagnostic, fit_cohort
 
     cfg = load_config()
     centers = np.arange(-190.0, 151.0)

@@ -25,12 +25,12 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from engine import features as feature_registry
-from engine import methods as method_registry
-from engine import plugins
 from engine.config import load_config
 from engine.contract import FEATURES_CSV, HABITAT_LABELS, HABITATS_DIR, QA_DIR, QA_INDEX, feature_name, habitat_path
 from engine.errors import ConfigError
+from engine.measure import features as feature_registry
+from engine.measure import methods as method_registry
+from engine.measure import plugins
 from engine.runfolder import MethodFit, RunFolder, Thresholds, method_record
 
 N_PATIENTS = 3
@@ -40,12 +40,12 @@ STAT_MODULE = "sarco_test_plugin_stat"
 METHOD_MODULE = "sarco_test_plugin_method"
 
 STAT_SOURCE = f'''
-from engine.features import FeatureStat, register
+from engine.measure.features import FeatureStat, register
 register(FeatureStat("{STAT}", lambda m: float(m.count), "voxels", "voxel count", "tissue voxels"))
 '''
 METHOD_SOURCE = f'''
 import numpy as np
-from engine.methods import FitMethod, register
+from engine.measure.methods import FitMethod, register
 
 def fit(counts, centers, options, cfg, modality):
     occupied = np.flatnonzero(np.asarray(counts))
@@ -101,7 +101,7 @@ def _config(plugins_list, methods, **run):
 @pytest.fixture(scope="module")
 def runs(plugin_path, ct_manifest, tmp_path_factory):
     """Three runs into one folder: no plug-in, the stat (cache reused), the stat and method on processes."""
-    from engine.pipeline import run
+    from engine.batch.pipeline import run
 
     out = tmp_path_factory.mktemp("runfolder_run")
     quiet = {"scheduler": "inline", "report": False, "qa": False, "habitats": False}
@@ -168,7 +168,7 @@ def test_plugins_are_checked_before_the_run(plugin_path):
 def test_entry_point_plugins_load(tmp_path, monkeypatch):
     """Issue 28: an installed plug-in (entry point group sarco_engine.plugins) registers without being listed."""
     name = "sarco_test_entry_point"
-    (tmp_path / f"{name}.py").write_text('from engine.features import FeatureStat, register\n'
+    (tmp_path / f"{name}.py").write_text('from engine.measure.features import FeatureStat, register\n'
                                          'register(FeatureStat("epstat", lambda m: 1.0, "", "ep", "one"))\n')
     info = tmp_path / "sarco_test_ep-1.0.dist-info"
     info.mkdir()

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.batch.pipeline import apply, run
 from engine.config import load_config
-from engine.pipeline import apply, run
 
 pytestmark = pytest.mark.slow
 

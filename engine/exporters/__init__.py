@@ -25,18 +25,18 @@ from pathlib import Path
 import pandas as pd
 from pydicom.uid import generate_uid
 
-from ..config import PacsConfig
-from ..contract import EXPORT_LOG_COLUMNS, EXPORT_LOG_CSV
-from ..errors import UsageError
-from ..executors import open_executor, progress
-from ..outputs import write_csv
-from ..pacs import CALLING_AET, Timeouts, parse_address
-from .delivery import Delivery, Journal, plan_exports
-from .destinations import DicomwebDestination, DimseDestination, FolderDestination
-from .sc import build_sc
-from .seg import build_seg
-from .source import PatientResult, RunFolder, complete_geometry, complete_identity
-from .sr import build_sr
+from engine.batch.executors import open_executor, progress
+from engine.config import PacsConfig
+from engine.contract import EXPORT_LOG_COLUMNS, EXPORT_LOG_CSV
+from engine.errors import UsageError
+from engine.exporters.delivery import Delivery, Journal, plan_exports
+from engine.exporters.destinations import DicomwebDestination, DimseDestination, FolderDestination
+from engine.exporters.sc import build_sc
+from engine.exporters.seg import build_seg
+from engine.exporters.source import PatientResult, RunFolder, complete_geometry, complete_identity
+from engine.exporters.sr import build_sr
+from engine.pacs.dimse import CALLING_AET, Timeouts, parse_address
+from engine.runfolder.outputs import write_csv
 
 log = logging.getLogger("sarco")
 

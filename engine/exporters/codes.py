@@ -13,9 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ..features import INTENSITY
-from ..methods import display_name
-from ..runfolder import StatInfo
+from engine.measure.features import INTENSITY
+from engine.measure.methods import display_name
+from engine.runfolder import StatInfo
 
 LOCAL_SCHEME = "99SARCO"
 
@@ -62,7 +62,7 @@ def algorithm_family(keyword: str) -> Code:
 
 #: The standard concepts of the built-in stats; any other registered stat is coded in ``99SARCO``.
 _STAT_CONCEPTS = {"volume": VOLUME, "percent": PERCENT_OF_ROI}
-#: Stored or shown units (:mod:`engine.features`) as UCUM codes; another unit becomes a UCUM annotation.
+#: Stored or shown units (:mod:`engine.measure.features`) as UCUM codes; another unit becomes a UCUM annotation.
 _UCUM = {"%": PERCENT, "cm³": CUBIC_CENTIMETER, "mm³": Code("mm3", "UCUM", "cubic millimeter"), "": NO_UNIT}
 
 

@@ -31,16 +31,16 @@ from typing import IO
 import pandas as pd
 import pydicom
 
-from ..contract import (
+from engine.contract import (
     CACHE_DIR,
     EXPORT_JOURNAL_COLUMNS,
     EXPORT_JOURNAL_CSV,
     FEATURES_CSV,
     MODALITY_NAMES,
 )
-from ..outputs import write_csv
-from .destinations import DeliveryError
-from .source import ExportError, RunFolder, read_source
+from engine.exporters.destinations import DeliveryError
+from engine.exporters.source import ExportError, RunFolder, read_source
+from engine.runfolder.outputs import write_csv
 
 log = logging.getLogger("sarco")
 
@@ -162,7 +162,7 @@ def build_series(run_path: str, sources: tuple[str | None, bool], patient_id: st
     ``None``: nothing to export for this patient (no QA picture). Errors are returned, not raised,
     so one patient's problem never stops the batch.
     """
-    from . import EXPORTERS, build_objects  # lazy: the registry imports this module
+    from engine.exporters import EXPORTERS, build_objects  # lazy: the registry imports this module
 
     try:
         manifest, new_study = sources

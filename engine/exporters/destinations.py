@@ -19,9 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import SarcoError
-from ..outputs import atomic_path
-from ..pacs import CALLING_AET, PacsAddress, PacsError, Timeouts, associate
+from engine.errors import SarcoError
+from engine.pacs.dimse import CALLING_AET, PacsAddress, PacsError, Timeouts, associate
+from engine.runfolder.outputs import atomic_path
 
 #: HTTP statuses that say the server itself is unavailable, not that it refuses this object.
 _SERVER_DOWN = (502, 503, 504)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
-from .source import ExportError, PatientResult
+from engine.exporters.source import ExportError, PatientResult
+from engine.qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
 
 #: Body parts (PS3.16 CID 4031) under which the lumbar QA picture may be filed as the source was; any
 #: other (a scanner's own term such as PARTIALBODY, or none) files it under the lumbar spine.

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import __version__
-from ..contract import HABITAT_LABELS, TISSUES
-from ..methods import display_name
-from . import codes as sarco_codes
-from .source import ExportError, PatientResult, habitats_on_source, source_grid_volumes_mm3
+from engine import __version__
+from engine.contract import HABITAT_LABELS, TISSUES
+from engine.exporters import codes as sarco_codes
+from engine.exporters.source import ExportError, PatientResult, habitats_on_source, source_grid_volumes_mm3
+from engine.measure.methods import display_name
 
 #: Tissues in segment order within a method.
 SEGMENT_TISSUES = ("muscle", "fat")

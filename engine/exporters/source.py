@@ -24,7 +24,8 @@ import pandas as pd
 import pydicom
 import SimpleITK as sitk
 
-from ..contract import (
+from engine.batch.tasks import content_digest
+from engine.contract import (
     DERIVED_ROI_DIR,
     FEATURES_CSV,
     FIXED,
@@ -42,13 +43,12 @@ from ..contract import (
     source_key,
     vs_fixed_column,
 )
-from ..errors import InputError, ManifestError, SarcoError, UsageError
-from ..io.dicom import open_dicom_series
-from ..manifest import Manifest, read_manifest
-from ..methods import modality_methods
-from ..runfolder import MethodFit, StatInfo, Thresholds, read_table, registered_stats
-from ..tasks import content_digest
-from ..userfiles import read_json_object, require_folder
+from engine.errors import InputError, ManifestError, SarcoError, UsageError
+from engine.inputs.manifest import Manifest, read_manifest
+from engine.inputs.userfiles import read_json_object, require_folder
+from engine.io.dicom import open_dicom_series
+from engine.measure.methods import modality_methods
+from engine.runfolder import MethodFit, StatInfo, Thresholds, read_table, registered_stats
 
 
 class ExportError(SarcoError):
@@ -205,7 +205,7 @@ class RunFolder:
         image, roi = inputs
         expected = self.provenance.get("input_blake3", {}).get(source_key(patient_id, modality))
         if expected and Path(image).exists():
-            # the digest the run took of the same files (engine.tasks): image and ROI, or the segmentation
+            # the digest the run took of the same files (engine.batch.tasks): image and ROI, or the segmentation
             found = content_digest(image, roi or manifest.segmentation(patient_id, modality))
             if found != expected:
                 raise ExportError("source", "the manifest's files for this series are not the ones the run "

@@ -18,11 +18,11 @@ import math
 
 from pydicom.sr.codedict import codes
 
-from .. import __version__
-from ..contract import FIXED
-from . import codes as sarco_codes
-from .seg import SEGMENT_TISSUES, SOURCE_GRID_KEY, segment_label, segment_number
-from .source import ExportError, PatientResult, habitat_grid_mm
+from engine import __version__
+from engine.contract import FIXED
+from engine.exporters import codes as sarco_codes
+from engine.exporters.seg import SEGMENT_TISSUES, SOURCE_GRID_KEY, segment_label, segment_number
+from engine.exporters.source import ExportError, PatientResult, habitat_grid_mm
 
 
 def _measurement(name, value: float, unit, **kwargs):

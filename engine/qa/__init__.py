@@ -14,11 +14,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..contract import CACHE_DIR, MODALITY_NAMES, STANDARDIZATION_KEY, qa_key_path, qa_png_path, qa_strip_path
-from ..outputs import write_bytes, write_json
-from .panel import OverlayChoice, load_strip, overlay_choice, png_bytes, render_panel
-from .reference import reference_caption
-from .sheet import SHEET_FIELDS, SHEET_WARNINGS, SheetField, panel_record, render_sheet, write_panels
+from engine.contract import CACHE_DIR, MODALITY_NAMES, STANDARDIZATION_KEY, qa_key_path, qa_png_path, qa_strip_path
+from engine.qa.panel import OverlayChoice, load_strip, overlay_choice, png_bytes, render_panel
+from engine.qa.reference import reference_caption
+from engine.qa.sheet import SHEET_FIELDS, SHEET_WARNINGS, SheetField, panel_record, render_sheet, write_panels
+from engine.runfolder.outputs import write_bytes, write_json
 
 __all__ = ["SHEET_FIELDS", "SHEET_WARNINGS", "SheetField", "qa_specs", "render_series", "render_sheet",
            "write_panels"]
@@ -79,7 +79,7 @@ def render_series(summary: dict, spec: dict, run_dir: str, force: bool = False) 
         ``png`` empty when the picture could not be drawn (the sheet shows the series without
         one and the batch goes on).
     """
-    from ..preprocess import RoiSample  # lazy: SimpleITK; the sheet alone (sarco report) does not need it
+    from engine.measure.preprocess import RoiSample  # lazy: SimpleITK; the sheet alone (sarco report) does not need it
 
     pid, modality = summary["patient_id"], summary["modality"]
     target = qa_png_path(run_dir, pid, modality)

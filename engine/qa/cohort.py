@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..contract import FIXED, MODALITY_NAMES, vs_fixed_column
-from ..methods import display_name, method_order
+from engine.contract import FIXED, MODALITY_NAMES, vs_fixed_column
+from engine.measure.methods import display_name, method_order
 
 #: A series is flagged when a fitted method and the fixed HU bound classify more than this share
 #: (%) of its ROI differently (the sheet's row warning).

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..contract import FIXED, MODALITY_NAMES
-from ..methods import display_name
-from ..previews import preview_of, tissue_masks
-from .orientation import continuous_index, slice_view
+from engine.contract import FIXED, MODALITY_NAMES
+from engine.measure.methods import display_name
+from engine.qa.orientation import continuous_index, slice_view
+from engine.runfolder.previews import preview_of, tissue_masks
 
 # CT display window (HU): soft tissue, wide enough to show fat (-100) and muscle (+50); the report's.
 CT_DISPLAY_WINDOW_HU = (-200.0, 250.0)
@@ -117,7 +117,7 @@ def _grey_rgb(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 def tissue_layers(sample, choice: OverlayChoice, fat_is: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(roi, muscle, fat) boolean (Y, X) masks of the preview slice in storage order.
 
-    The classification is :func:`engine.previews.tissue_masks`, the report's overlay's too (issue 21).
+    The classification is :func:`engine.runfolder.previews.tissue_masks`, the report's overlay's too (issue 21).
     """
     preview = preview_of(sample)
     if preview is None:

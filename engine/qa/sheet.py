@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..contract import (
+from engine.contract import (
     EXCLUSION_COLUMNS,
     FEATURES_CSV,
     MODALITY_NAMES,
@@ -43,13 +43,13 @@ from ..contract import (
     feature_name,
     roi_volume_column,
 )
-from ..io.segmentation import BODY_SOURCES, PLANE_METHODS
-from ..methods import display_name, method_order
-from ..outputs import write_json, write_text
-from ..runfolder import Thresholds, read_json_file, read_table
-from .cohort import VS_FIXED_WARN_PERCENT, cohort_warnings, vs_fixed_flags
-from .panel import overlay_choice
-from .reference import reference_caption
+from engine.io.segmentation import BODY_SOURCES, PLANE_METHODS
+from engine.measure.methods import display_name, method_order
+from engine.qa.cohort import VS_FIXED_WARN_PERCENT, cohort_warnings, vs_fixed_flags
+from engine.qa.panel import overlay_choice
+from engine.qa.reference import reference_caption
+from engine.runfolder import Thresholds, read_json_file, read_table
+from engine.runfolder.outputs import write_json, write_text
 
 #: How the disc plane is found when nothing goes wrong (engine.io.segmentation.PLANE_METHODS, BODY_SOURCES).
 PREFERRED_PLANE_METHOD = f"{PLANE_METHODS[0]}_{BODY_SOURCES[0]}"

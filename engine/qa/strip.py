@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import VERTEBRAE, vertebra_structure
-from ..io.segmentation import _structure_file, parse_level, vertebral_body
-from .orientation import continuous_index, index_axes_of, index_axis_along, slice_view
+from engine.contract import VERTEBRAE, vertebra_structure
+from engine.io.segmentation import _structure_file, parse_level, vertebral_body
+from engine.qa.orientation import continuous_index, index_axes_of, index_axis_along, slice_view
 
 #: Image above and below the ROI that the strip shows (mm along the slice axis).
 STRIP_MARGIN_MM = 25.0

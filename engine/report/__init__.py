@@ -6,8 +6,8 @@ One direction, no cycle: :mod:`~engine.report.format` (display strings) <- :mod:
 Nothing here reads ``cache/`` (issue 21).
 """
 
-from .format import format_number, format_p, html_table, model_label, readable_header
-from .render import (
+from engine.report.format import format_number, format_p, html_table, model_label, readable_header
+from engine.report.render import (
     diagnostic_sections,
     mri_series_by_scanner,
     patients_per_model,

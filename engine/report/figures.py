@@ -14,16 +14,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..contract import MODALITY_NAMES, SPLIT_NAMES, SPLITS, TISSUES, feature_name
-from ..methods import display_name, is_method, method_order
-from ..methods import get as get_method
-from ..methods import registered as registered_methods
-from ..previews import Preview
-from ..runfolder import StatInfo, registered_stats
-from ..stats import groups as group_tests
-from ..stats.roc import auc_ci
-from .format import format_p, model_label
-from .overlay import FAT_RGBA, MUSCLE_RGBA, display_window, habitat_overlay
+from engine.contract import MODALITY_NAMES, SPLIT_NAMES, SPLITS, TISSUES, feature_name
+from engine.measure.methods import display_name, is_method, method_order
+from engine.measure.methods import get as get_method
+from engine.measure.methods import registered as registered_methods
+from engine.report.format import format_p, model_label
+from engine.report.overlay import FAT_RGBA, MUSCLE_RGBA, display_window, habitat_overlay
+from engine.runfolder import StatInfo, registered_stats
+from engine.runfolder.previews import Preview
+from engine.stats import groups as group_tests
+from engine.stats.roc import auc_ci
 
 #: Line (colour, style) of each fitted method's threshold, in the registry's order; the reference is black.
 METHOD_STYLES = (("#1b9e77", "-"), ("#d95f02", "--"), ("#7570b3", ":"), ("#e7298a", "-"), ("#66a61e", "--"),

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..contract import MODALITY_NAMES
-from ..methods import display_name, is_method
+from engine.contract import MODALITY_NAMES
+from engine.measure.methods import display_name, is_method
 
 
 def format_number(value: Any) -> str:

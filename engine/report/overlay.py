@@ -1,4 +1,6 @@
-"""The report's habitat overlay of a preview slice (Figure 4); the tissues are :mod:`engine.previews`' (QA's too).
+"""The report's habitat overlay of a preview slice (Figure 4).
+
+The tissues are :mod:`engine.runfolder.previews`' (QA's too).
 
 The overlay classifies the published preview's ROI pixels with the engine's classify kernel, so
 it is the habitat map's slice, voxel for voxel (muscle blue, fat red, as in the study's Figure 4).
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..previews import Preview, tissue_masks
+from engine.runfolder.previews import Preview, tissue_masks
 
 # CT display window for overlays (HU): soft tissue, wide enough to show fat (-100) and muscle (+50).
 CT_DISPLAY_WINDOW_HU = (-200.0, 250.0)
@@ -30,7 +32,7 @@ def display_window(modality: str, image: np.ndarray) -> tuple[float, float]:
 def habitat_overlay(preview: Preview, threshold: float, fat_is: str) -> tuple[np.ndarray, float]:
     """(RGBA image of the slice's shape, fat % of the ROI's in-window pixels on the slice).
 
-    The tissues are :func:`engine.previews.tissue_masks`' (the QA panel's too).
+    The tissues are :func:`engine.runfolder.previews.tissue_masks`' (the QA panel's too).
     """
     _, muscle, fat = tissue_masks(preview, threshold, fat_is)
     overlay = np.zeros(preview.image.shape + (4,), dtype=float)

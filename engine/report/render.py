@@ -32,7 +32,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from ..contract import (
+from engine.contract import (
     ERRORS_CSV,
     FEATURES_CSV,
     FIXED,
@@ -60,15 +60,22 @@ from ..contract import (
     roi_volume_column,
     vs_fixed_column,
 )
-from ..contract import TABLE_FILES as STUDY_TABLE_FILES
-from ..methods import display_name, method_order
-from ..outputs import write_text
-from ..previews import Preview, read_preview
-from ..qa.cohort import cohort_warnings
-from ..runfolder import StatInfo, Thresholds, read_json_file, read_table
-from .figures import box_figure, overlay_figure, roc_figure, safe_figure, threshold_figure
-from .format import format_number, format_threshold, html_table, model_label, plain_table, threshold_decimals
-from .tables import RENDERERS, study_overview
+from engine.contract import TABLE_FILES as STUDY_TABLE_FILES
+from engine.measure.methods import display_name, method_order
+from engine.qa.cohort import cohort_warnings
+from engine.report.figures import box_figure, overlay_figure, roc_figure, safe_figure, threshold_figure
+from engine.report.format import (
+    format_number,
+    format_threshold,
+    html_table,
+    model_label,
+    plain_table,
+    threshold_decimals,
+)
+from engine.report.tables import RENDERERS, study_overview
+from engine.runfolder import StatInfo, Thresholds, read_json_file, read_table
+from engine.runfolder.outputs import write_text
+from engine.runfolder.previews import Preview, read_preview
 
 #: The page template, shipped with the package.
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..contract import MODALITY_NAMES, SPLIT_NAMES
-from .format import model_label
+from engine.contract import MODALITY_NAMES, SPLIT_NAMES
+from engine.report.format import model_label
 
 FALLBACK_MARK = "‡"
 FALLBACK_NOTE = (f"{FALLBACK_MARK} no candidate had univariable p < 0.05: the best univariable candidate alone "

@@ -1,6 +1,6 @@
 """The run folder as a typed API: what the pipeline publishes and how every reader reads it.
 
-The pipeline writes the folder (:mod:`engine.rundir`, :mod:`engine.outputs`); the report, QA,
+The pipeline writes the folder (:mod:`engine.runfolder.rundir`, :mod:`engine.runfolder.outputs`); the report, QA,
 the exporters and the study read it through :mod:`.folder` (one set of read options per table)
 and :mod:`.thresholds` (thresholds.json as types: each method's class bounds and tissues, its
 display name and algorithm family, and the list of feature stats with their units). What a
@@ -8,8 +8,8 @@ reader needs of the registries travels inside the folder, so a folder renders an
 the plug-ins that made it are not installed.
 """
 
-from .folder import TABLE_OPTIONS, FeatureTable, RunFolder, read_json_file, read_table, read_thresholds
-from .thresholds import (
+from engine.runfolder.folder import TABLE_OPTIONS, FeatureTable, RunFolder, read_json_file, read_table, read_thresholds
+from engine.runfolder.thresholds import (
     MethodFit,
     ModalityThresholds,
     StatInfo,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..contract import (
+from engine.contract import (
     ERRORS_CSV,
     FEATURES_CSV,
     MODEL_JSON,
@@ -27,7 +27,7 @@ from ..contract import (
     feature_name,
     preview_path,
 )
-from .thresholds import StatInfo, Thresholds
+from engine.runfolder.thresholds import StatInfo, Thresholds
 
 #: ``pandas.read_csv`` options of each published table (identifiers and categories as text).
 TABLE_OPTIONS: dict[str, dict[str, Any]] = {

@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import features as feature_registry
-from .. import methods as method_registry
-from ..contract import TISSUES
-from ..errors import ConfigError
+from engine.contract import TISSUES
+from engine.errors import ConfigError
+from engine.measure import features as feature_registry
+from engine.measure import methods as method_registry
 
 #: Keys of a method's entry that this module writes (the rest is the fit's own detail).
 _METHOD_KEYS = ("threshold", "bounds", "classes", "display", "family", "reference")
@@ -40,7 +40,7 @@ def two_classes(fat_is: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class StatInfo:
-    """A feature stat as the run folder records it (:class:`engine.features.FeatureStat` without its formula)."""
+    """A feature stat as the run folder records it (a registry ``FeatureStat`` without its formula)."""
 
     name: str
     unit: str

@@ -14,7 +14,7 @@ import importlib
 
 # The function named like its module is bound here: once ``engine.stats.icc`` is imported the import
 # system sets the package attribute ``icc`` to the module, which a lazy lookup could not undo.
-from .icc import icc, icc_from_matrix  # (numpy/pandas only; scipy is imported when used)
+from engine.stats.icc import icc, icc_from_matrix  # (numpy/pandas only; scipy is imported when used)
 
 _EXPORTS = {
     "compare_groups": "groups", "table2": "groups",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from ._fit import ABSURD_STD_COEF, _firth, constant_columns, firth_lr_test, has_separation
+from engine.stats._fit import ABSURD_STD_COEF, _firth, constant_columns, firth_lr_test, has_separation
 
 #: statsmodels' ``Logit.fit(method="newton", maxiter=100, tol=1e-10)``, as the DataFrame path uses.
 NEWTON_MAXITER = 100

@@ -11,7 +11,7 @@ procedure, choice included, as in Westfall & Young's max-T). The p-value counts 
 labelling among the permutations, ``(1 + #{T_perm >= T_obs}) / (1 + P)``, so it is never 0 and its
 smallest value is ``1 / (1 + P)``.
 
-Permutations are independent tasks, run on the executor's workers (:mod:`engine.executors`).
+Permutations are independent tasks, run on the executor's workers (:mod:`engine.batch.executors`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..executors import InlineExecutor
-from ._select import CandidateMatrix
-from .logistic import numeric_cv_mean, numeric_matrix
+from engine.batch.executors import InlineExecutor
+from engine.stats._select import CandidateMatrix
+from engine.stats.logistic import numeric_cv_mean, numeric_matrix
 
 #: A model is better than chance when the test's p is at most this (with 99 permutations: exactly 5 % under the null).
 CHANCE_ALPHA = 0.05
@@ -164,7 +164,7 @@ def chance_test(features: pd.DataFrame, y: np.ndarray, train: np.ndarray, models
     observed : dict
         Each model's observed repeated-CV mean AUC (with the same ``settings``).
     executor : optional
-        An :mod:`engine.executors` executor; one task per permutation. None: in this process.
+        An :mod:`engine.batch.executors` executor; one task per permutation. None: in this process.
     """
     observed_best, observed_imaging = _best(observed, models)
     result = ChanceResult(int(permutations), observed_best, observed_imaging)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..contract import ENGINE_COLUMNS
-from ..errors import UsageError
-from ..userfiles import read_csv_table
+from engine.contract import ENGINE_COLUMNS
+from engine.errors import UsageError
+from engine.inputs.userfiles import read_csv_table
 
 
 def _json_safe(value):
@@ -53,7 +53,7 @@ def roc_command(csv, label: str, score: str, as_json: bool = False) -> tuple[dic
     :func:`engine.stats.roc.roc_summary` dict (plus ``csv``, ``label``, ``score``,
     ``dropped_rows``; non-finite numbers as None) and its text: JSON when ``as_json``.
     """
-    from .roc import roc_summary  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
+    from engine.stats.roc import roc_summary  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     df = _read(csv, [label, score])
     y = pd.to_numeric(df[label], errors="coerce")
@@ -95,7 +95,7 @@ def icc_command(csv, target: str, rater: str, value: str, as_json: bool = False)
     (rows: ``type, description, icc, f, df1, df2, p, ci_low, ci_high``) and its text: JSON when
     ``as_json``. The study reports ICC2 (two-way random, absolute agreement, single rater).
     """
-    from .icc import icc  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
+    from engine.stats.icc import icc  # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
 
     df = _read(csv, [target, rater, value])
     try:
@@ -129,8 +129,8 @@ def groups_command(csv, label: str, as_json: bool = False) -> tuple[dict, str]:
     variable, one per level of a categorical one) and its text: JSON when ``as_json``.
     """
     # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
-    from .groups import RESERVED, compare_groups
-    from .models import label_vector
+    from engine.stats.groups import RESERVED, compare_groups
+    from engine.stats.models import label_vector
 
     df = _read(csv, [label])
     y = label_vector(df[label])
@@ -172,9 +172,9 @@ def logistic_command(csv, label: str, variables: list[str], as_json: bool = Fals
     (:func:`engine.stats.logistic.drop_collinear`), listed in ``dropped_collinear`` with a note.
     """
     # lazy: scipy.stats/statsmodels behind these; usage errors exit fast
-    from ._design import missing_rows, resolve_categorical
-    from .logistic import drop_collinear
-    from .models import fit_logistic_model, label_vector
+    from engine.stats._design import missing_rows, resolve_categorical
+    from engine.stats.logistic import drop_collinear
+    from engine.stats.models import fit_logistic_model, label_vector
 
     variables = [v.strip() for v in variables if v.strip()]
     if not variables:

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._design import as_keys, resolve_categorical, sorted_levels
-from .models import label_vector
+from engine.stats._design import as_keys, resolve_categorical, sorted_levels
+from engine.stats.models import label_vector
 
 ALPHA_ASSUMPTIONS = 0.05
 

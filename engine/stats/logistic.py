@@ -28,10 +28,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._design import as_keys, build_encoding, design_matrix, missing_rows, resolve_categorical, sorted_levels
-from ._fit import TERM_COLUMNS, constant_columns
-from ._select import CandidateMatrix
-from .models import LogisticModel, fit_logistic_model, label_vector
+from engine.stats._design import (
+    as_keys,
+    build_encoding,
+    design_matrix,
+    missing_rows,
+    resolve_categorical,
+    sorted_levels,
+)
+from engine.stats._fit import TERM_COLUMNS, constant_columns
+from engine.stats._select import CandidateMatrix
+from engine.stats.models import LogisticModel, fit_logistic_model, label_vector
 
 UNIVARIATE_COLUMNS = [
     "variable", "term", "n", "n_events", "coef", "se", "or", "or_ci_low", "or_ci_high", "p",

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ._design import build_encoding, design_columns, design_matrix, missing_rows, resolve_categorical
-from ._fit import LogitFit, constant_columns, fit_standardised, standardise, term_table, to_original_units
+from engine.stats._design import build_encoding, design_columns, design_matrix, missing_rows, resolve_categorical
+from engine.stats._fit import LogitFit, constant_columns, fit_standardised, standardise, term_table, to_original_units
 
 BUNDLE_MODEL_FORMAT = "sarco-logistic-model/1"
 

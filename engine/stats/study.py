@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._design import resolve_categorical
-from .chance import CHANCE_ALPHA, CandidateModel, ChanceResult, ChanceSettings, chance_test
-from .groups import TABLE2_COLUMNS, ordered_splits
-from .groups import table2 as make_table2
-from .logistic import MultivariableResult, cross_validated_selection, multivariable_logistic
-from .models import LogisticModel, label_vector
-from .roc import delong_test, roc_summary, youden_cutoff
+from engine.stats._design import resolve_categorical
+from engine.stats.chance import CHANCE_ALPHA, CandidateModel, ChanceResult, ChanceSettings, chance_test
+from engine.stats.groups import TABLE2_COLUMNS, ordered_splits
+from engine.stats.groups import table2 as make_table2
+from engine.stats.logistic import MultivariableResult, cross_validated_selection, multivariable_logistic
+from engine.stats.models import LogisticModel, label_vector
+from engine.stats.roc import delong_test, roc_summary, youden_cutoff
 
 #: Fewest training patients per outcome class for a model to be fitted.
 MIN_PER_CLASS = 3
@@ -643,7 +643,7 @@ def run_study(
         Label permutations of the test against chance (:mod:`engine.stats.chance`; 0: no test) and
         the CV repeats its statistic averages (the first of the study's; None: all of them).
     executor : optional
-        Where the permutations run (:mod:`engine.executors`); None: in this process.
+        Where the permutations run (:mod:`engine.batch.executors`); None: in this process.
     p_enter, p_remove : float
         Univariate entry and backward-elimination thresholds.
     """

@@ -87,8 +87,8 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from engine.contract import TOTALSEGMENTATOR_TOTAL_V2 as ids
-from engine.manifest import assign_splits
-from engine.outputs import write_text
+from engine.inputs.manifest import assign_splits
+from engine.runfolder.outputs import write_text
 from engine.synthetic.dicom_writer import write_dicom_seg, write_dicom_series, write_mask
 
 __all__ = ["synthesize_cohort", "ROI_LABELS", "MANIFEST_COLUMNS", "CLINICAL_COLUMNS"]
@@ -1227,7 +1227,7 @@ def _csv_text(rows: list[dict], columns) -> str:
 
 
 def _assign_splits(rows: list[dict], seed: int) -> list[str]:
-    """The engine's own seeded, stratified 6:4 train/validation split (:func:`engine.manifest.assign_splits`)."""
+    """The engine's own seeded, stratified 6:4 train/validation split (:func:`engine.inputs.manifest.assign_splits`)."""
 
     table = pd.DataFrame({"split": [""] * len(rows), "label": [float(r["label"]) for r in rows]},
                          index=[r["patient_id"] for r in rows])

@@ -11,7 +11,7 @@ the readers are exercised on realistic files:
 * ``InstanceNumber`` assigned in a scrambled order, so a reader that sorts by it fails;
 * optionally meaningless file names written in shuffled order (``shuffle_seed``).
 
-Every file is written through :func:`engine.outputs.atomic_path`, so an interrupted run never
+Every file is written through :func:`engine.runfolder.outputs.atomic_path`, so an interrupted run never
 leaves a half-written file under the final name. Test-data generation only: no reader in
 :mod:`engine.io` imports this module.
 """
@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 
-from engine.outputs import atomic_path
+from engine.runfolder.outputs import atomic_path
 from engine.synthetic.jpeg_lossless import encode_sv1
 
 __all__ = ["write_dicom_series", "write_mask", "write_dicom_seg", "TRANSFER_SYNTAXES"]

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .dicom_writer import write_dicom_series, write_mask
+from engine.synthetic.dicom_writer import write_dicom_series, write_mask
 
 VENDORS = (("SIEMENS", "MAGNETOM Aera", 1.0), ("Philips", "Ingenia", 1.6))
 #: Muscle signal (stored units) at gain 1 before the field.

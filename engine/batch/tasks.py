@@ -22,12 +22,10 @@ import blake3
 import numpy as np
 import SimpleITK as sitk
 
-from kernels import classify, histogram, tissue_stats
-
-from . import __version__
-from .backend import to_device, to_host
-from .config import Config
-from .contract import (
+from engine import __version__
+from engine.batch.backend import to_device, to_host
+from engine.config import Config
+from engine.contract import (
     DICOM_MODALITY,
     DISC_PLANE_KEY,
     FIXED,
@@ -46,20 +44,21 @@ from .contract import (
     summary_path,
     vs_fixed_column,
 )
-from .errors import InputError
-from .features import TissueMeasure, measure, stat_names
-from .io import open_image, read_mask
-from .io.anatomy import check_hand_laterality, mask_centre_x_mm
-from .io.masks import read_mask_native
-from .io.segmentation import derive_roi_from_file
-from .methods import get as get_method
-from .methods import modality_methods, registered
-from .outputs import write_bytes, write_image, write_json
-from .plugins import import_plugins
-from .preprocess import RoiSample, native_roi, preprocess
-from .previews import write_preview
-from .qa.strip import sagittal_strip, strip_vertebrae, vertebra_bodies
-from .runfolder import ModalityThresholds
+from engine.errors import InputError
+from engine.io import open_image, read_mask
+from engine.io.anatomy import check_hand_laterality, mask_centre_x_mm
+from engine.io.masks import read_mask_native
+from engine.io.segmentation import derive_roi_from_file
+from engine.measure.features import TissueMeasure, measure, stat_names
+from engine.measure.methods import get as get_method
+from engine.measure.methods import modality_methods, registered
+from engine.measure.plugins import import_plugins
+from engine.measure.preprocess import RoiSample, native_roi, preprocess
+from engine.qa.strip import sagittal_strip, strip_vertebrae, vertebra_bodies
+from engine.runfolder import ModalityThresholds
+from engine.runfolder.outputs import write_bytes, write_image, write_json
+from engine.runfolder.previews import write_preview
+from kernels import classify, histogram, tissue_stats
 
 #: Version of the cached QA strip's layout (:mod:`engine.qa.strip`): a series cached with another
 #: (or without one) is redone when QA is on. 2: through the spinal canal, display-oriented (issue 23);
@@ -232,7 +231,7 @@ def _save_qa_strip(image, mask, derived, path: Path, segmentation: str = "", lab
 
 
 def _standardize_options(prep) -> dict:
-    """The MRI standardisation keywords of :func:`engine.preprocess.preprocess` (CT has none)."""
+    """The MRI standardisation keywords of :func:`engine.measure.preprocess.preprocess` (CT has none)."""
     if getattr(prep, "standardize", "none") == "none":
         return {}
     return {"standardize": prep.standardize, "standardize_target": prep.standardize_target,
@@ -569,7 +568,7 @@ def classify_and_measure(summary: dict, thresholds: ModalityThresholds | dict, c
                 for tissue in TISSUES:
                     tissue_measure = TissueMeasure(int(getattr(stats, f"{tissue}_count")),
                                                    float(getattr(stats, f"{tissue}_sum")), mm3, n)
-                    for stat, value in measure(tissue_measure).items():  # every registered stat (engine.features)
+                    for stat, value in measure(tissue_measure).items():  # every registered stat
                         features[feature_name(modality, method, tissue, stat)] = value
             # voxel by voxel on the one grid both classify: the resampled voxels (fixed's bound included)
             features.update(disagreement_with_fixed(modality, methods, all_stats, n_window))

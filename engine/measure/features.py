@@ -1,7 +1,7 @@
 """The feature registry (docs/method.md section 4): each per-tissue statistic's name, formula, unit and label.
 
 A feature column is ``{modality}_{method}_{tissue}_{stat}``; ``stat`` is an entry of this registry.
-Pass 2 (:func:`engine.tasks.classify_and_measure`) computes every registered stat through its
+Pass 2 (:func:`engine.batch.tasks.classify_and_measure`) computes every registered stat through its
 formula, and the feature columns (:mod:`engine.contract`), the report's labels and units, QA and
 the README's feature table read it; none keeps its own list (issue 21). Adding a stat is one
 :func:`register` call: it then appears in features.csv, the imaging models' candidates, the report

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from .errors import SarcoError
+from engine.errors import SarcoError
 
 log = logging.getLogger("sarco")
 

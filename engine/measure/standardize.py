@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .contract import MRI_REFERENCE_COLUMNS, SCANNER_KEY, STANDARDIZATION_KEY, scanner_label
-from .errors import InputError
+from engine.contract import MRI_REFERENCE_COLUMNS, SCANNER_KEY, STANDARDIZATION_KEY, scanner_label
+from engine.errors import InputError
 
 #: The references ``preprocess.mri.reference`` names (``auto`` picks one per series).
 REFERENCES = ("csf", "subcutaneous_fat")

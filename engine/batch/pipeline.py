@@ -7,9 +7,9 @@
              provenance.json, then the statistics and report stages
 
 ``apply`` runs the same passes with the thresholds and models of a frozen ``model.json``. The
-rooms: :mod:`engine.executors` (where tasks run), :mod:`engine.cohort_fit` (the reduction and
-fits), :mod:`engine.rundir` (lock, sweep, retraction, provenance), :mod:`engine.bundle`
-(model.json), :mod:`engine.tasks` (one patient's work), :mod:`engine.contract` (the names).
+rooms: :mod:`engine.batch.executors` (where tasks run), :mod:`engine.batch.cohort_fit` (the reduction and
+fits), :mod:`engine.runfolder.rundir` (lock, sweep, retraction, provenance), :mod:`engine.runfolder.bundle`
+(model.json), :mod:`engine.batch.tasks` (one patient's work), :mod:`engine.contract` (the names).
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .backend import resolve_backend
-from .bundle import make_bundle, read_bundle
-from .cohort_fit import fit_thresholds
-from .config import Config, load_config
-from .contract import (
+from engine import __version__
+from engine.batch.backend import resolve_backend
+from engine.batch.cohort_fit import fit_thresholds
+from engine.batch.executors import open_executor, progress
+from engine.batch.tasks import classify_and_measure, ingest_and_preprocess
+from engine.config import Config, load_config
+from engine.contract import (
     CACHE_DIR,
     DISC_PLANE_COLUMNS,
     DISC_PLANE_KEY,
@@ -47,11 +48,13 @@ from .contract import (
     preview_path,
     series_uid_column,
 )
-from .executors import open_executor, progress
-from .manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
-from .outputs import write_csv, write_json
-from .qa import qa_specs, render_series, render_sheet, write_panels
-from .rundir import (
+from engine.inputs.manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
+from engine.measure.standardize import DOUBTFUL_KEY, reference_rows
+from engine.qa import qa_specs, render_series, render_sheet, write_panels
+from engine.runfolder import Thresholds
+from engine.runfolder.bundle import make_bundle, read_bundle
+from engine.runfolder.outputs import write_csv, write_json
+from engine.runfolder.rundir import (
     RunFailed,
     add_note,
     check_folder_owner,
@@ -65,9 +68,6 @@ from .rundir import (
     write_series,
     write_tables,
 )
-from .runfolder import Thresholds
-from .standardize import DOUBTFUL_KEY, reference_rows
-from .tasks import classify_and_measure, ingest_and_preprocess
 
 log = logging.getLogger("sarco")
 
@@ -365,7 +365,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
         statistics = None
         if cfg.stats.enabled:  # on the executor: the test against chance runs its permutations there
             # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
-            from .study import run_statistics
+            from engine.study import run_statistics
 
             statistics = run_statistics(out_dir, features, manifest, cfg, modalities, batch.notes, executor)
     _write_sheet(batch, qa_records)
@@ -379,7 +379,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
                        len(manifest.patient_ids), batch.notes, reused, computed)
     if cfg.run.report:
         # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
-        from .report import render_report
+        from engine.report import render_report
 
         render_report(out_dir)
     return result
@@ -434,7 +434,7 @@ def _apply(batch: _Batch, model: dict, started: float) -> RunResult:
     _write_sheet(batch, qa_records)
     if model.get("statistics"):
         # lazy: the statistics/report stage only (scipy.stats, statsmodels, matplotlib)
-        from .study import score_new_patients
+        from engine.study import score_new_patients
 
         score_new_patients(out_dir, features, batch.manifest, model["statistics"])
     write_json(out_dir / THRESHOLDS_JSON, thresholds)  # the frozen model's: what `sarco export` states

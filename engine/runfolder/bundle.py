@@ -6,10 +6,10 @@ and clinical columns they expect. Reading checks the format and version before a
 
 from __future__ import annotations
 
-from . import __version__
-from .contract import MODEL_FORMAT, MODEL_FORMAT_VERSION, TABLE_MODEL_FORMAT
-from .errors import UsageError
-from .userfiles import read_json_object
+from engine import __version__
+from engine.contract import MODEL_FORMAT, MODEL_FORMAT_VERSION, TABLE_MODEL_FORMAT
+from engine.errors import UsageError
+from engine.inputs.userfiles import read_json_object
 
 
 def make_bundle(config: dict, thresholds: dict, statistics: dict | None, feature_columns: list[str],

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from .contract import temp_name
+from engine.contract import temp_name
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import (
+from engine.contract import (
     ENGINE_COLUMNS,
     EXCLUSION_COLUMNS,
     MODALITIES,
@@ -40,7 +40,7 @@ from .contract import (
     roi_column,
     segmentation_column,
 )
-from .errors import ManifestError, PatientError
+from engine.errors import ManifestError, PatientError
 
 IMAGE_COLUMNS = {m: (image_column(m), roi_column(m)) for m in MODALITIES}
 # Columns holding paths, resolved against the manifest's folder: image, ROI and whole-body segmentation.

@@ -13,13 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from kernels import bin_centers
-
-from . import __version__
-from . import methods as fit_methods
-from .backend import to_host
-from .config import Config
-from .contract import (
+from engine import __version__
+from engine.batch.backend import to_host
+from engine.batch.tasks import group_histogram, sum_histograms
+from engine.config import Config
+from engine.contract import (
     MODALITIES,
     MODALITY_NAMES,
     SCANNER_FIELDS,
@@ -28,9 +26,10 @@ from .contract import (
     STANDARDIZATION_KEY,
     scanner_label,
 )
-from .rundir import add_note
-from .runfolder import method_record, registered_stats
-from .tasks import group_histogram, sum_histograms
+from engine.measure import methods as fit_methods
+from engine.runfolder import method_record, registered_stats
+from engine.runfolder.rundir import add_note
+from kernels import bin_centers
 
 log = logging.getLogger("sarco")
 

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from .errors import SarcoError, UsageError
+from engine.errors import SarcoError, UsageError
 
 #: Our AE title unless the command names another (``--aet``).
 CALLING_AET = "SARCO"

@@ -1,6 +1,6 @@
 """User extensions: modules that register feature stats or fit methods, imported in every process of a run.
 
-A stat (:mod:`engine.features`) or a method (:mod:`engine.methods`) is registered by importing the
+A stat (:mod:`engine.measure.features`) or a method (:mod:`engine.measure.methods`) is registered by importing the
 module that calls ``register``. The engine imports two kinds of such modules:
 
 - the modules named in the config's ``run.plugins`` (dotted module names, importable where the run
@@ -9,7 +9,7 @@ module that calls ``register``. The engine imports two kinds of such modules:
   (``[project.entry-points."sarco_engine.plugins"]`` in a plug-in's ``pyproject.toml``).
 
 They are imported when a config is validated (the client, before ``fit.methods`` is checked against
-the registry) and again at the start of every task (:func:`engine.tasks._validated`), so a
+the registry) and again at the start of every task (:func:`engine.batch.tasks._validated`), so a
 ``LocalCluster(processes=True)`` worker or an external ``dask-worker`` registers them before it
 measures anything. An import happens once per process. See docs/extending.md.
 """
@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from importlib import metadata
 
-from .errors import ConfigError
+from engine.errors import ConfigError
 
 #: The entry-point group whose objects (modules or callables) the engine loads in every process.
 ENTRY_POINT_GROUP = "sarco_engine.plugins"

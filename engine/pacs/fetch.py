@@ -28,8 +28,8 @@ import pandas as pd
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from .config import PacsConfig
-from .contract import (
+from engine.config import PacsConfig
+from engine.contract import (
     DICOM_MODALITY,
     FETCH_LOG_COLUMNS,
     FETCH_LOG_CSV,
@@ -46,10 +46,10 @@ from .contract import (
     study_uid_column,
     temp_name,
 )
-from .errors import SarcoError, UsageError
-from .outputs import write_csv
-from .pacs import CALLING_AET, PacsAddress, PacsError, Timeouts, associate, parse_address
-from .userfiles import check_output_folder, require_file
+from engine.errors import SarcoError, UsageError
+from engine.inputs.userfiles import check_output_folder, require_file
+from engine.pacs.dimse import CALLING_AET, PacsAddress, PacsError, Timeouts, associate, parse_address
+from engine.runfolder.outputs import write_csv
 
 #: Storage SOP classes accepted as C-GET sub-operations: the images the engine reads.
 RETRIEVED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",

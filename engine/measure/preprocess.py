@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import NATIVE_SAMPLE_KEYS, REFERENCE_PREVIEW_KEY
-from .errors import InputError
-from .outputs import atomic_path
-from .standardize import (
+from engine.contract import NATIVE_SAMPLE_KEYS, REFERENCE_PREVIEW_KEY
+from engine.errors import InputError
+from engine.measure.standardize import (
     choose_reference,
     fat_suppression_problem,
     measure_references,
     standardization_record,
     subcutaneous_fat_measurement,
 )
+from engine.runfolder.outputs import atomic_path
 
 # Interpolation needs the input voxels around each output point; 2 extra voxels make the
 # crop's buffer edge unreachable from any output point.
@@ -167,7 +167,7 @@ class RoiSample:
     grid: Grid
     preview: np.ndarray
     preview_z: int
-    #: MRI standardisation applied (``engine.standardize``): method, reference signal, scale.
+    #: MRI standardisation applied (``engine.measure.standardize``): method, reference signal, scale.
     #: Reported in the series summary; not stored in the ``.npz`` (the values are already scaled).
     standardization: dict | None = None
     #: (Y, X) bool: the MRI reference's region on the preview slice (issue 24; QA draws it);
@@ -449,7 +449,7 @@ def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0
         N4 bias-field correction of the resampled crop (MRI).
     standardize : {"none", "reference"}
         ``reference`` (MRI): measure the reference tissues outside the ROI (CSF in the spinal
-        canal, subcutaneous fat; :mod:`engine.standardize`) on the N4-corrected crop, or on
+        canal, subcutaneous fat; :mod:`engine.measure.standardize`) on the N4-corrected crop, or on
         whole N4-corrected axial slices when the crop has no reliable one, pick one
         (``reference``: ``auto``, ``csf`` or ``subcutaneous_fat``) and scale the signal so
         that it lands on ``standardize_target``. ``none``: the study's processing.

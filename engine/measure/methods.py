@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.contract import FIXED, MODALITIES
 from kernels import gmm_threshold, kmeans_threshold, otsu_threshold
-
-from .contract import FIXED, MODALITIES
 
 
 class MethodOptions(BaseModel):

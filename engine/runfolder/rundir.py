@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .contract import (
+from engine import __version__
+from engine.contract import (
     ERROR_COLUMNS,
     ERRORS_CSV,
     FEATURES_CSV,
@@ -43,8 +43,8 @@ from .contract import (
     scanner_label,
     source_key,
 )
-from .errors import SarcoError, UsageError
-from .outputs import write_csv, write_parquet
+from engine.errors import SarcoError, UsageError
+from engine.runfolder.outputs import write_csv, write_parquet
 
 log = logging.getLogger("sarco")
 

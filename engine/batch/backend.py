@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from .errors import ConfigError
+from engine.errors import ConfigError
 
 log = logging.getLogger("sarco")
 

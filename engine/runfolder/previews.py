@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.contract import PREVIEW_KEYS
+from engine.runfolder.outputs import write_bytes
 from kernels import FAT, MUSCLE, classify
-
-from .contract import PREVIEW_KEYS
-from .outputs import write_bytes
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class Preview:
 
 
 def preview_of(sample) -> Preview | None:
-    """The :class:`Preview` of an :class:`engine.preprocess.RoiSample` in memory, or None if inconsistent."""
+    """The :class:`Preview` of an :class:`engine.measure.preprocess.RoiSample` in memory, or None if inconsistent."""
     arrays = preview_arrays(sample)
     return None if arrays is None else _from_arrays(arrays)
 
@@ -91,7 +90,7 @@ def tissue_masks(preview: Preview, threshold: float | None,
 
 
 def preview_arrays(sample) -> dict[str, np.ndarray] | None:
-    """The :data:`PREVIEW_KEYS` arrays of an :class:`engine.preprocess.RoiSample`, or None if inconsistent."""
+    """The :data:`PREVIEW_KEYS` arrays of an :class:`engine.measure.preprocess.RoiSample`, or None if inconsistent."""
     size = np.asarray(sample.grid.size, dtype=np.int64).ravel()
     image = np.asarray(sample.preview)
     if size.size != 3 or image.ndim != 2 or image.shape != (int(size[1]), int(size[0])):

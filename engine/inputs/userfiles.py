@@ -14,8 +14,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .contract import FEATURES_CSV, THRESHOLDS_JSON
-from .errors import UsageError
+from engine.contract import FEATURES_CSV, THRESHOLDS_JSON
+from engine.errors import UsageError
 
 # The files without which a folder is not a run folder (docs/method.md section 6), and the
 # features.csv columns every reader of a run folder relies on.

@@ -1,0 +1,1 @@
+"""What the user gives: the manifest and the checks of user-given paths and addresses."""

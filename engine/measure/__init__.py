@@ -1,0 +1,1 @@
+"""Measurement: preprocessing, MRI standardisation, and the feature and fit-method registries."""

@@ -1,0 +1,1 @@
+"""The PACS side: DIMSE associations and addresses, and `sarco fetch`."""
