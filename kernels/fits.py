@@ -619,7 +619,7 @@ def gmm_threshold(counts, centers, *, max_iter: int = 100, tol: float = 1e-3,
 # ------------------------------------------------------------------------------ entry point
 
 _FITS: dict[str, Callable[..., Any]] = {"otsu": otsu_threshold, "kmeans": kmeans_threshold, "gmm": gmm_threshold}
-#: The fits :func:`fit_threshold` dispatches to (the engine's method registry, ``engine.methods``,
+#: The fits :func:`fit_threshold` dispatches to (the engine's method registry, ``engine.measure.methods``,
 #: points at the same functions and adds the reference method and the options' schema).
 FIT_METHODS = tuple(_FITS)
 

@@ -136,9 +136,12 @@ def test_fits_bench_runs_every_method_against_its_reference():
 def test_n4_bench_times_each_shrink_factor_on_the_pass1_crop(bench_cache):
     rows = n4.run(quick=True, cache_dir=bench_cache, n_series=1, repeats=1, shrink_factors=(8, 4),
                   overrides={"preprocess": {"mri": {"n4_iterations": [1]}}})
-    assert [r["shrink_factor"] for r in rows] == [8, 4]
-    assert all(r["iterations"] == [1] and r["crop_voxels"] > 0 for r in rows)
-    assert rows[0]["ratio_vs_shrink4"] == 1.0
+    shrinks, pass1 = rows[:-1], rows[-1]
+    assert [r["shrink_factor"] for r in shrinks] == [8, 4]
+    assert all(r["iterations"] == [1] and r["crop_voxels"] > 0 for r in shrinks)
+    assert shrinks[0]["ratio_vs_shrink4"] == 1.0
+    # MRI pass 1 of the same series, beside the crop's N4 (its ratio is the pass-1 goal's figure)
+    assert pass1["what"] == "MRI pass 1" and pass1["series"] == shrinks[0]["series"] and pass1["median_s"] > 0
 
 
 def test_qa_bench_times_pass1_and_the_qa_task(bench_cache):
@@ -159,8 +162,10 @@ def test_scaling_bench_runs_the_pipeline_in_a_child(bench_cache):
 
 def test_export_bench_exports_the_run_it_times(bench_cache):
     rows = export.run(quick=True, n_patients=1, cache_dir=bench_cache, scheduler="inline", orthanc=False)
-    run_row, *latency = rows
+    run_row, silent, *latency = rows
     assert (run_row["patients"], run_row["exported"], run_row["failed"]) == (1, 1, 0)
+    # a PACS that accepts and never answers: the destination is declared down, the rest not attempted
+    assert silent["part"] == "silent PACS" and silent["down"] is True and silent["give_up_s"] > 0
     assert [r["client_nodelay"] for r in latency] == [False, True]
     assert all(r["peer"] == "pynetdicom storescp" and r["stores"] == 17 for r in latency)
 
