@@ -61,7 +61,10 @@ def ct_manifest(cohort) -> Path:
 @pytest.fixture(scope="session")
 def full_run(cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run_full")
-    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False}})
+    # the statistics on, cheaply: 12 patients separate often (Firth), so 20 CV repeats and 99
+    # permutations would cost minutes here; test_study_run checks the repeated CV and the test
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False},
+                                 "stats": {"cv_repeats": 2, "chance_permutations": 0}})
     run(cohort, out_dir=out, config=cfg)
     return out
 
