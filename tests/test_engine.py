@@ -7,6 +7,7 @@ compare schedulers use the CT-only view of the manifest (N4 on MRI dominates the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -212,8 +213,10 @@ def test_external_dask_cluster_gives_byte_identical_outputs(ct_manifest, ct_refe
 
 def test_sigkill_then_rerun_resumes_without_redoing_work(ct_manifest, ct_reference, tmp_path):
     out = tmp_path / "run"
+    config = tmp_path / "config.yaml"  # the reference run's settings: no report, no statistics
+    config.write_text("run:\n  report: false\nstats:\n  enabled: false\n", encoding="utf-8")
     command = [sys.executable, "-m", "engine.cli", "run", "--manifest", str(ct_manifest), "--out", str(out),
-               "--scheduler", "inline", "--backend", "cpu"]
+               "--scheduler", "inline", "--backend", "cpu", "--config", str(config)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     cache = out / "cache"
     deadline = time.monotonic() + 120
@@ -263,7 +266,10 @@ def test_apply_uses_frozen_thresholds_and_only_new_patients(ct_manifest, ct_refe
     reference = pd.read_csv(ct_reference / "features.csv").set_index("patient_id")
     feature_columns = [c for c in reference.columns if c.startswith("ct_")]
     pd.testing.assert_frame_equal(applied[feature_columns], reference[feature_columns])
-    assert not (out / "thresholds.json").exists()  # nothing was refitted
+    # nothing was refitted: the apply folder states the frozen model's thresholds (what its export states)
+    applied_fits = json.loads((out / "thresholds.json").read_text(encoding="utf-8"))["ct"]["methods"]
+    run_fits = json.loads((ct_reference / "thresholds.json").read_text(encoding="utf-8"))["ct"]["methods"]
+    assert {m: f["threshold"] for m, f in applied_fits.items()} == {m: f["threshold"] for m, f in run_fits.items()}
 
 
 def test_bad_patient_is_recorded_and_the_batch_goes_on(ct_manifest, ct_reference, tmp_path):

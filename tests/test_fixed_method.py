@@ -201,7 +201,7 @@ def test_report_shows_fixed_and_the_warning(lean_run):
     from engine.report import render_report
 
     result, _ = lean_run
-    html = render_report(result.out_dir).read_text()
+    html = render_report(result.out_dir).read_text(encoding="utf-8")
     assert "Fixed HU" in html  # threshold table, histogram legend and overlays name it
     assert "one tissue or two?" in html and "ONE tissue" in html
     assert "classified differently" in html

@@ -105,7 +105,7 @@ def test_issue24_qa_and_report_show_each_series_reference(spine_run):
     assert len(records) == N_PATIENTS
     assert all(r["fields"]["mri_reference"].startswith("CSF ") for r in records)
     assert sum(r["fields"]["mri_reference_flag"] != "" for r in records) <= 1, "the fat/CSF check flags at most one"
-    sheet = (out / QA_DIR / QA_INDEX).read_text()
+    sheet = (out / QA_DIR / QA_INDEX).read_text(encoding="utf-8")
     assert "MRI reference" in sheet and "Reference spread" in sheet   # sortable columns
     assert sheet.count(">CSF ") == N_PATIENTS
     section = mri_series_by_scanner(out, pd.read_csv(out / "features.csv", dtype={"patient_id": str}))

@@ -338,7 +338,7 @@ def test_issue23_sheet_script_filters_and_enlarges_in_a_real_browser(tmp_path):
     assert flagged == 2   # ids[5], CT and MRI
     url = (tmp_path / QA_DIR / QA_INDEX).resolve().as_uri() + "#w=excluded&m=ct&open"
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120).stdout
+                         capture_output=True, text=True, encoding="utf-8", timeout=120).stdout
     rows = re.findall(r"<tr data-id=[^>]*>", dom)
     assert len(rows) == 40 and sum(" hidden" in r for r in rows) == 39
     assert re.search(rf'<tr data-id="{ids[5]}" data-mod="ct"[^>]*>', dom).group(0).count("hidden") == 0

@@ -70,7 +70,7 @@ def test_apply_reproduces_the_training_predictions_exactly(study, tmp_path):
 
 def test_report_is_rendered_with_every_section(study):
     _, out = study
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     for heading in ("Cohort", "thresholds", "Table 5", "ROC", "Figure 3", "Figure 4", "Errors", "Provenance"):
         assert heading.lower() in html.lower(), heading
     assert html.count("data:image/png;base64,") >= 4
