@@ -267,9 +267,8 @@ def test_apply_uses_frozen_thresholds_and_only_new_patients(ct_manifest, ct_refe
     feature_columns = [c for c in reference.columns if c.startswith("ct_")]
     pd.testing.assert_frame_equal(applied[feature_columns], reference[feature_columns])
     # nothing was refitted: the apply folder states the frozen model's thresholds (what its export states)
-    applied_fits = json.loads((out / "thresholds.json").read_text(encoding="utf-8"))["ct"]["methods"]
-    run_fits = json.loads((ct_reference / "thresholds.json").read_text(encoding="utf-8"))["ct"]["methods"]
-    assert {m: f["threshold"] for m, f in applied_fits.items()} == {m: f["threshold"] for m, f in run_fits.items()}
+    frozen = json.loads((ct_reference / "model.json").read_text(encoding="utf-8"))["thresholds"]
+    assert json.loads((out / "thresholds.json").read_text(encoding="utf-8")) == frozen
 
 
 def test_bad_patient_is_recorded_and_the_batch_goes_on(ct_manifest, ct_reference, tmp_path):

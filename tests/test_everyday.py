@@ -185,7 +185,7 @@ def test_a_run_prints_each_note_once_shows_failures_and_guards_its_folder(shared
     assert f"  {failed} CT [ingest]: image file not found: patients/not_there" in done.stdout
 
     # a rerun says what it took from the cache
-    assert main(argv) == 0
+    assert main(argv) == 1  # the same failed patient, from the cache
     captured = capsys.readouterr()
     assert "pass 1: 12/12 series, 1 failed, 12 from the cache" in captured.err
     assert "pass 2: 11/11 series, 0 failed, 11 from the cache" in captured.err
