@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from engine.contract import ROI_MUSCLE_GROUPS, ROI_MUSCLE_LABELS, SEGMENTATION_MUSCLES, VERTEBRAE, vertebra_structure
 from engine.errors import InputError
-from engine.io.anatomy import LevelFigures, check_laterality, check_level, rib_head_z_mm
+from engine.io.anatomy import LevelFigures, check_laterality, check_level, column_spans, rib_head_z_mm
 from engine.io.masks import format_box, physical_bounds
 from engine.io.volumes import _check_access
 
@@ -332,15 +332,6 @@ def vertebral_body(labels: np.ndarray, image, value) -> VertebralBody | None:
                          float(position[body, 0].mean()))
 
 
-def _column_extremes(columns: np.ndarray, z_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(column ids, min z, max z) per column."""
-    order = np.lexsort((z_mm, columns))
-    sorted_columns, sorted_z = columns[order], z_mm[order]
-    ids, first = np.unique(sorted_columns, return_index=True)
-    last = np.r_[first[1:], sorted_columns.size] - 1
-    return ids, sorted_z[first], sorted_z[last]
-
-
 def facing_endplates_mm(upper: VertebralBody, lower: VertebralBody) -> float | None:
     """Median over shared columns of the midpoint between the facing endplates, or None.
 
@@ -350,8 +341,8 @@ def facing_endplates_mm(upper: VertebralBody, lower: VertebralBody) -> float | N
     midpoints, centred on the disc's centre). The median ignores the rim's osteophytes and any
     column where the bodies touch or overlap.
     """
-    up_ids, up_min, _ = _column_extremes(upper.columns, upper.z_mm)
-    low_ids, _, low_max = _column_extremes(lower.columns, lower.z_mm)
+    up_ids, up_min, _ = column_spans(upper.columns, upper.z_mm)
+    low_ids, _, low_max = column_spans(lower.columns, lower.z_mm)
     shared, in_up, in_low = np.intersect1d(up_ids, low_ids, assume_unique=True, return_indices=True)
     if shared.size == 0:
         return None
