@@ -380,22 +380,23 @@ def n4_tissue_mask(image: sitk.Image) -> sitk.Image:
 
 @dataclass(frozen=True)
 class SeriesField:
-    """One MRI series' bias field (:func:`series_log_field`): the log field and the slab it was fitted on.
+    """One MRI series' bias field (:func:`series_log_field`) and its corrected slab.
 
-    Both on the shrunk grid; ``slab`` is already corrected (float32).
+    ``log_field`` is on the grid N4 ran on (``n4_shrink_factor``); ``slab`` is the same whole slices
+    at :data:`CHECK_SLAB_SHRINK`, already corrected by that field (float32).
     """
 
     log_field: sitk.Image
     slab: sitk.Image
 
 
-def series_log_field(image, slab: Grid, *, shrink_factor: int = 4, iterations=(50, 50, 50, 50),
+def series_log_field(image, slab: Grid, *, shrink_factor: int = 8, iterations=(50, 50, 50, 50),
                      convergence_threshold: float = 1e-6) -> SeriesField:
     """The log bias field of one MRI series: N4 once, on the native whole slices of ``slab``, shrunk.
 
     The slices the ROI's crop spans are read at their native resolution (whole field of view:
     the field's scale is the body's, not the ROI's), averaged down (``sitk.BinShrink``) in-plane
-    to about ``shrink_factor`` output voxels (4 mm at 1 mm spacing; thick slices are not
+    to about ``shrink_factor`` output voxels (8 mm at 1 mm spacing; thick slices are not
     shrunk), and N4 (Tustison 2010, SimpleITK, one ITK thread: its threaded B-spline fit is not
     bit-reproducible across thread counts) estimates the field inside :func:`n4_tissue_mask`.
     The field is on the shrunk grid; :func:`apply_log_field` divides it out of any grid inside
@@ -406,9 +407,7 @@ def series_log_field(image, slab: Grid, *, shrink_factor: int = 4, iterations=(5
     array = sitk.GetArrayViewFromImage(native)
     if not np.isfinite(array).all():
         raise InputError("preprocess", "MRI contains non-finite values; N4 cannot run")
-    factors = [max(1, min(int(round(shrink_factor * out / spacing)), n // 4))
-               for out, spacing, n in zip(slab.spacing, native.GetSpacing(), native.GetSize(), strict=True)]
-    small = sitk.BinShrink(native, factors)
+    small = _bin_shrink(native, slab, shrink_factor)
     mask = n4_tissue_mask(small)
     if not sitk.GetArrayViewFromImage(mask).any():
         raise InputError("preprocess", "MRI has no foreground tissue around the ROI for N4 (all voxels <= 0?)")
@@ -416,8 +415,24 @@ def series_log_field(image, slab: Grid, *, shrink_factor: int = 4, iterations=(5
     corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
     corrector.SetConvergenceThreshold(convergence_threshold)
     corrector.SetNumberOfThreads(1)
-    corrected = corrector.Execute(small, mask)
-    return SeriesField(corrector.GetLogBiasFieldAsImage(small), sitk.Cast(corrected, sitk.sitkFloat32))
+    corrector.Execute(small, mask)
+    log_field = corrector.GetLogBiasFieldAsImage(small)
+    return SeriesField(log_field, apply_log_field(_bin_shrink(native, slab, CHECK_SLAB_SHRINK), log_field))
+
+
+#: In-plane output voxels per voxel of the corrected slab the fat-suppression check reads when the
+#: crop has no subcutaneous fat (4 mm at 1 mm spacing). Finer than N4's own grid: at 8 mm the
+#: subcutaneous fat band mixes with skin and air (a real fat-bright Dixon slab read as fat 1.33 x
+#: muscle, "fat-suppressed"; 2.5-4 at 4 mm).
+CHECK_SLAB_SHRINK = 4
+
+
+def _bin_shrink(native: sitk.Image, slab: Grid, shrink_factor: int) -> sitk.Image:
+    """``native`` averaged down (``sitk.BinShrink``) to about ``shrink_factor`` output voxels of
+    ``slab`` per voxel in each direction (never below 4 voxels; thick slices are not shrunk)."""
+    factors = [max(1, min(int(round(shrink_factor * out / spacing)), n // 4))
+               for out, spacing, n in zip(slab.spacing, native.GetSpacing(), native.GetSize(), strict=True)]
+    return sitk.BinShrink(native, factors)
 
 
 def apply_log_field(volume: sitk.Image, log_field: sitk.Image) -> sitk.Image:
@@ -427,7 +442,7 @@ def apply_log_field(volume: sitk.Image, log_field: sitk.Image) -> sitk.Image:
 
 
 def preprocess(image: sitk.Image, mask: sitk.Image, *, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 5.0,
-               window=None, n4: bool = False, n4_shrink_factor: int = 4, n4_iterations=(50, 50, 50, 50),
+               window=None, n4: bool = False, n4_shrink_factor: int = 8, n4_iterations=(50, 50, 50, 50),
                n4_convergence_threshold: float = 1e-6, default_value: float | None = None,
                standardize: str = "none", standardize_target: float = 1000.0,
                reference: str = "auto") -> RoiSample:
@@ -510,9 +525,9 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
     ROI's crop (the canal lies between the muscles, so CSF is always there; posterior fat with its
     air edge often is). When no reliable reference is found there, whole axial slices are resampled,
     corrected by the same field, the references measured on them and the crop cut back out. When the
-    crop has no usable subcutaneous fat, it is measured on the corrected shrunk slab N4 ran on, for
+    crop has no usable subcutaneous fat, it is measured on the series' corrected 4 mm slab, for
     the fat-suppression check alone (a fat-suppressed series is this patient's error); the recorded
-    fat/CSF ratio (the per-scanner check) stays the crop's (4 mm partial volume would flag it).
+    fat/CSF ratio (the per-scanner check) stays the crop's (the slab's partial volume would flag it).
     """
 
     def measure(volume_image: sitk.Image, roi_image: sitk.Image):
@@ -534,7 +549,7 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
         resampled, resampled_mask = sub_box(wide, crop), sub_box(wide_mask, crop)
         measured_on = "whole slices"
     field, checked = resample_args[3], measured
-    if not measured["subcutaneous_fat"].usable and field is not None:   # the 4 mm slab: this check only
+    if not measured["subcutaneous_fat"].usable and field is not None:   # the shrunk slab: this check only
         checked = {**measured, "subcutaneous_fat": _slab_fat(field, mask)}
     roi_values = sitk.GetArrayViewFromImage(resampled)[sitk.GetArrayViewFromImage(resampled_mask) != 0]
     suppressed = fat_suppression_problem(checked, roi_values)
@@ -551,7 +566,7 @@ def _standardize_on_reference(image, mask: sitk.Image, resample_args: tuple, cro
 
 
 def _slab_fat(field: SeriesField, mask: sitk.Image):
-    """Subcutaneous fat on the corrected shrunk slab N4 ran on (the ROI resampled onto it)."""
+    """Subcutaneous fat on the corrected slab (:data:`CHECK_SLAB_SHRINK`; the ROI resampled onto it)."""
     roi = sitk.Resample(mask, field.slab, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return subcutaneous_fat_measurement(sitk.GetArrayViewFromImage(field.slab),
                                         sitk.GetArrayViewFromImage(roi) != 0, field.slab.GetSpacing())
