@@ -114,7 +114,8 @@ class MriPreprocess(ModalityPreprocess):
 class PreprocessConfig(_Strict):
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     ct: ModalityPreprocess = ModalityPreprocess(window=(-190.0, 150.0), n4=False, crop_margin_mm=5.0)
-    mri: MriPreprocess = MriPreprocess(window=None, n4=True, crop_margin_mm=20.0, n4_shrink_factor=8, n4_iterations=[50, 50])
+    mri: MriPreprocess = MriPreprocess(window=None, n4=True, crop_margin_mm=20.0, n4_shrink_factor=8,
+                                       n4_iterations=[50, 50])
 
     @field_validator("spacing_mm")
     @classmethod

@@ -49,10 +49,10 @@ from engine.contract import (
     series_uid_column,
 )
 from engine.inputs.manifest import Manifest, assign_splits, exclude_reviewed, read_manifest
-from engine.measure.standardize import DOUBTFUL_KEY, reference_rows
+from engine.measure.standardize import DOUBTFUL_KEY, reference_rows, scanner_ratio_medians
 from engine.qa import qa_specs, render_series, render_sheet, write_panels
 from engine.runfolder import Thresholds
-from engine.runfolder.bundle import make_bundle, read_bundle
+from engine.runfolder.bundle import make_bundle, read_bundle, reference_ratios
 from engine.runfolder.outputs import write_csv, write_json
 from engine.runfolder.rundir import (
     RunFailed,
@@ -103,6 +103,9 @@ class _Batch:
     force: bool
     errors: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: ``sarco apply``: the training run's fat / CSF median per scanner (``model.json``), which the
+    #: night's MRI series are checked against; None: a run, checked against its own series
+    reference_ratios: dict[str, float] | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -180,7 +183,7 @@ def _screen_mri_references(batch: _Batch, summaries: list[dict]) -> tuple[list[d
     that patient's error naming the flag (``preprocess.mri.doubtful_reference: error``), or stays,
     marked :data:`DOUBTFUL_KEY`, to be measured but left out of the cohort fit (``keep``).
     """
-    rows = reference_rows(summaries)
+    rows = reference_rows(summaries, batch.reference_ratios)
     doubtful = {r["patient_id"]: r["flag"] for r in rows if r["flag"]}
     if not doubtful:
         return summaries, rows
@@ -371,7 +374,7 @@ def _run(batch: _Batch, started: float) -> RunResult:
     _write_sheet(batch, qa_records)
     feature_columns = [c for m in modalities for c in feature_names(m, cfg.modality_methods(m))]
     write_json(out_dir / MODEL_JSON, make_bundle(cfg.to_dict(), thresholds, statistics, feature_columns,
-                                                 manifest.clinical_columns))
+                                                 manifest.clinical_columns, scanner_ratio_medians(reference_table)))
     write_json(out_dir / PROVENANCE_JSON, provenance(cfg.to_dict(), backend, summaries, started, "run",
                                                      source_entries(jobs), manifest.source))
     reused, computed = _reuse_note(summaries)
@@ -400,7 +403,11 @@ def apply(model_path, manifest_path, *, out_dir, overrides: dict | None = None, 
     check_folder_owner(out_dir, manifest_path, "apply", force)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = manifest.table["split"].where(manifest.table["split"] != "", "prospective")
-    batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems])
+    batch = _Batch(manifest, cfg, out_dir, splits, force, errors=[p.as_row() for p in manifest.problems],
+                   reference_ratios=reference_ratios(model))
+    if batch.reference_ratios is None and "mri" in model["thresholds"].get("modalities", {}):
+        batch.notes.append("model.json holds no training fat/CSF ratios (written by an older engine): the MRI "
+                           "references of this batch are checked against each other only (3 series per scanner)")
     with run_log(out_dir), run_lock(out_dir):
         return _apply(batch, model, started)
 

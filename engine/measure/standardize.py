@@ -48,6 +48,7 @@ from such a reference region, never from the ROI's histogram; they are not built
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -465,18 +466,21 @@ def standardization_record(measured: dict[str, ReferenceMeasurement], chosen: Re
                          for name, m in measured.items()}}
 
 
-def flag_inconsistent_ratios(rows: list[dict]) -> list[dict]:
+def flag_inconsistent_ratios(rows: list[dict], frozen: Mapping[str, float] | None = None) -> list[dict]:
     """Per scanner, flag a series whose fat / CSF ratio is off its scanner's median.
 
     ``rows``: dicts with ``scanner``, ``fat_to_csf`` (None when one reference is missing) and
     ``flag``; returned with the flag extended and ``scanner_fat_to_csf`` (the scanner's median)
-    set. Needs at least three series with both references on a scanner.
+    set. The median is ``frozen[scanner]`` where given (``sarco apply``: the training run's,
+    :func:`scanner_ratio_medians`, so a night of one patient is checked too), else the rows' own,
+    which needs at least three series with both references on that scanner.
     """
     by_scanner: dict[str, list[float]] = {}
     for row in rows:
         if row.get("fat_to_csf") is not None:
             by_scanner.setdefault(row["scanner"], []).append(float(row["fat_to_csf"]))
     medians = {k: float(np.median(v)) for k, v in by_scanner.items() if len(v) >= 3}
+    medians.update({str(k): float(v) for k, v in (frozen or {}).items()})
     out = []
     for row in rows:
         row = dict(row)
@@ -491,10 +495,18 @@ def flag_inconsistent_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def reference_rows(summaries: list[dict]) -> list[dict]:
+def scanner_ratio_medians(rows: list[dict]) -> dict[str, float]:
+    """{scanner: the fat / CSF median its series were checked against} of :func:`reference_rows`' rows
+    (scanners with too few series to check are absent): what ``model.json`` freezes for ``sarco apply``."""
+    return {str(row["scanner"]): float(row["scanner_fat_to_csf"]) for row in rows
+            if row.get("scanner_fat_to_csf") is not None}
+
+
+def reference_rows(summaries: list[dict], frozen: Mapping[str, float] | None = None) -> list[dict]:
     """The rows of ``mri_reference.csv`` (:data:`MRI_REFERENCE_COLUMNS`) from pass-1 summaries.
 
-    One row per standardised MRI series, the per-scanner ratio check applied; [] when none.
+    One row per standardised MRI series, the per-scanner ratio check applied (against ``frozen``
+    medians where given: :func:`flag_inconsistent_ratios`); [] when none.
     """
     rows = []
     for summary in summaries:
@@ -507,11 +519,12 @@ def reference_rows(summaries: list[dict]) -> list[dict]:
                      "voxels": record.get("reference_voxels"), "spread": record.get("reference_spread"),
                      "scale": record.get("scale"), "fat_to_csf": record.get("fat_to_csf"),
                      "flag": record.get("flag", "")})
-    rows = flag_inconsistent_ratios(rows)
+    rows = flag_inconsistent_ratios(rows, frozen)
     return [{k: row.get(k) for k in MRI_REFERENCE_COLUMNS} for row in rows]
 
 
 __all__ = ["DOUBTFUL_KEY", "REFERENCES", "ReferenceMeasurement", "canal_csf_signal", "choose_reference",
            "fat_suppression_problem", "fat_to_csf", "flag_inconsistent_ratios",
-           "measure_references", "otsu_threshold", "reference_fat_signal", "reference_rows", "standardization_record",
+           "measure_references", "otsu_threshold", "reference_fat_signal", "reference_rows", "scanner_ratio_medians",
+           "standardization_record",
            "subcutaneous_fat_measurement"]

@@ -11,12 +11,23 @@ from engine.contract import MODEL_FORMAT, MODEL_FORMAT_VERSION, TABLE_MODEL_FORM
 from engine.errors import UsageError
 from engine.inputs.userfiles import read_json_object
 
+#: The bundle's key for the training run's MRI fat / CSF median per scanner (absent in bundles of
+#: engines before it: ``sarco apply`` then checks a night's series against each other only).
+REFERENCE_RATIOS_KEY = "mri_fat_to_csf_by_scanner"
+
 
 def make_bundle(config: dict, thresholds: dict, statistics: dict | None, feature_columns: list[str],
-                clinical_columns: list[str]) -> dict:
+                clinical_columns: list[str], reference_ratios: dict[str, float] | None = None) -> dict:
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
             "config": config, "thresholds": thresholds, "statistics": statistics,
-            "feature_columns": feature_columns, "clinical_columns": clinical_columns}
+            "feature_columns": feature_columns, "clinical_columns": clinical_columns,
+            REFERENCE_RATIOS_KEY: reference_ratios or {}}
+
+
+def reference_ratios(model: dict) -> dict[str, float] | None:
+    """The bundle's frozen fat / CSF median per scanner; None for a bundle written before they were kept."""
+    ratios = model.get(REFERENCE_RATIOS_KEY)
+    return None if not isinstance(ratios, dict) else {str(k): float(v) for k, v in ratios.items()}
 
 
 def read_bundle(path) -> dict:
