@@ -32,21 +32,7 @@ def _config():
 
 #: Seeds whose goal is not met yet, with why (docs/mri.md): kept, never re-drawn; strict, so a fix shows.
 NOT_MET = {905113: "one-point CSF scaling: the phantom's per-patient fat/CSF ratio (0.60-1.03) moves fat "
-                   "across the pooled threshold (r 0.72 / 0.72 / 0.84 measured)"}
-
-
-@pytest.fixture(scope="module", params=[pytest.param(seed, marks=pytest.mark.xfail(reason=NOT_MET[seed], strict=True))
-                                        if seed in NOT_MET else seed for seed in SEEDS])
-def random_run(request, tmp_path_factory):
-    from engine.batch.pipeline import run
-    from engine.synthetic.random_mri import write_random_mri_cohort
-
-    root = tmp_path_factory.mktemp(f"random_mri_{request.param}")
-    manifest = write_random_mri_cohort(root / "cohort", n_patients=N_PATIENTS, seed=request.param)
-    result = run(manifest, out_dir=root / "run", config=_config())
-    features = pd.read_csv(root / "run" / "features.csv", dtype={"patient_id": str})
-    truth = pd.read_csv(manifest.parent / "truth.csv", dtype={"patient_id": str})
-    return request.param, result, truth.merge(features, on="patient_id", how="left")
+                   "across the pooled threshold (r 0.73 / 0.73 / 0.85 on 8 patients, 0.93 / 0.93 / 0.92 on 40)"}
 
 
 def test_random_phantoms_are_drawn_per_patient():
@@ -59,12 +45,38 @@ def test_random_phantoms_are_drawn_per_patient():
     assert draw(patient_rng(SEEDS[0], 3), 3) == draws[3], "a patient depends only on the seed and its index"
 
 
-@pytest.mark.parametrize("method", sorted(R_MIN))
-def test_mri_fat_tracks_the_truth_on_random_phantoms(random_run, method):
-    seed, result, merged = random_run
-    assert len(merged) == N_PATIENTS
-    measured = merged[f"mri_{method}_fat_percent"]
-    assert measured.notna().all(), result.errors.to_string()
-    r = float(np.corrcoef(measured, merged["mri_true_fat_fraction"])[0, 1])
-    print(f"random phantoms seed {seed}, {method}: r = {r:.4f}")
-    assert r >= R_MIN[method], f"seed {seed}, {method}: r = {r:.3f}"
+class _RandomCohort:
+    """One pre-registered cohort: its run is computed once per class. One class per seed, so that
+    pytest-xdist (``--dist loadscope``) can run the three cohorts on different workers."""
+
+    seed: int
+
+    @pytest.fixture(scope="class")
+    def random_run(self, tmp_path_factory):
+        from engine.batch.pipeline import run
+        from engine.synthetic.random_mri import write_random_mri_cohort
+
+        root = tmp_path_factory.mktemp(f"random_mri_{self.seed}")
+        manifest = write_random_mri_cohort(root / "cohort", n_patients=N_PATIENTS, seed=self.seed)
+        result = run(manifest, out_dir=root / "run", config=_config())
+        features = pd.read_csv(root / "run" / "features.csv", dtype={"patient_id": str})
+        truth = pd.read_csv(manifest.parent / "truth.csv", dtype={"patient_id": str})
+        return self.seed, result, truth.merge(features, on="patient_id", how="left")
+
+    @pytest.mark.parametrize("method", sorted(R_MIN))
+    def test_mri_fat_tracks_the_truth_on_random_phantoms(self, random_run, method):
+        seed, result, merged = random_run
+        assert len(merged) == N_PATIENTS
+        measured = merged[f"mri_{method}_fat_percent"]
+        assert measured.notna().all(), result.errors.to_string()
+        r = float(np.corrcoef(measured, merged["mri_true_fat_fraction"])[0, 1])
+        print(f"random phantoms seed {seed}, {method}: r = {r:.4f}")
+        assert r >= R_MIN[method], f"seed {seed}, {method}: r = {r:.3f}"
+
+
+def _cohort_class(seed: int) -> type:
+    marks = [pytest.mark.xfail(reason=NOT_MET[seed], strict=True)] if seed in NOT_MET else []
+    return type(f"TestSeed{seed}", (_RandomCohort,), {"seed": seed, "pytestmark": marks})
+
+
+TestSeed3217, TestSeed48821, TestSeed905113 = (_cohort_class(seed) for seed in SEEDS)

@@ -290,7 +290,8 @@ def test_apply_checks_a_night_of_one_series_against_the_training_ratios(spine_ru
     row = training.loc[ratios.first_valid_index()]
     # beside the cohort manifest: its image paths are relative to it
     night = _one_patient_manifest(spine_cohort, row["patient_id"], spine_cohort.parent / "night_one.csv")
-    error_mode = {"preprocess": {"mri": {"doubtful_reference": "error"}}}
+    error_mode = {"preprocess": {"mri": {"doubtful_reference": "error"}},
+                  "run": {"qa": False, "habitats": False}}   # the screening is pass 1's; no pictures needed
 
     # within the training spread: measured, not flagged
     assert apply(out / "model.json", night, out_dir=tmp_path / "a", overrides=error_mode).errors.empty
