@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import SimpleITK as sitk
 
 from engine.batch.tasks import content_digest
@@ -264,13 +263,14 @@ def read_source(run: RunFolder, patient_id: str, modality: str):
     if not image.is_dir() and not _looks_dicom(image):
         raise ExportError("source", f"the source '{image.name}' is not DICOM; only DICOM sources can go back to a PACS")
     try:
+        # the exporters need the headers only (geometry and identity), never the pixels: the scan that
+        # chooses and checks the series keeps them whole, so each file is parsed once
         series = open_dicom_series(image, series_uid=series_uid,
-                                   series_description=run.series_description_pattern(modality))
+                                   series_description=run.series_description_pattern(modality), whole_headers=True)
     except InputError as exc:
         raise ExportError("source", f"the source series no longer reads: {exc.reason}") from None
     info = series.info
-    # the exporters need the headers only (geometry and identity), never the pixels
-    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in info.files]
+    datasets = series.headers
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ExportError("source", "the source is a multi-frame (enhanced) object; exporting onto it is not "
                                     "supported yet")
