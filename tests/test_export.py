@@ -31,7 +31,7 @@ from engine.batch.pipeline import run
 from engine.cli import main
 from engine.config import load_config
 from engine.contract import EXPORT_LOG_CSV, FEATURES_CSV, MODEL_JSON, THRESHOLDS_JSON
-from engine.exporters import EXPORTERS, build_objects, export_run
+from engine.exporters import EXPORTERS, build_objects, builds_inline, export_run
 from engine.exporters.source import (
     ExportError,
     PatientResult,
@@ -505,3 +505,12 @@ def test_apply_folders_export_the_frozen_thresholds_and_share_run_exit_statuses(
     bad.to_csv(tmp_path / "bad.csv", index=False)
     assert main([*base, "--manifest", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "apply_bad")]) == 1
     assert "1 failed patient-modality" in capsys.readouterr().out
+
+
+def test_an_export_starts_a_local_cluster_only_where_its_start_pays():
+    """Issue: sarco export is slow. A fresh cluster costs ~4.5 s before its first result and a series ~0.3 s:
+    one worker is never worth it, two from 32 series, many from about 17 (the saving per series nears a build)."""
+    assert all(builds_inline(n, 1) for n in (1, 100, 10_000))
+    assert builds_inline(31, 2) and not builds_inline(32, 2)
+    assert builds_inline(16, 16) and not builds_inline(18, 16)
+    assert builds_inline(0, 64)
