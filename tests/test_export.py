@@ -31,8 +31,16 @@ from engine.batch.pipeline import run
 from engine.cli import main
 from engine.config import load_config
 from engine.contract import EXPORT_LOG_CSV, FEATURES_CSV, MODEL_JSON, THRESHOLDS_JSON
-from engine.exporters import EXPORTERS, build_objects, export_run
-from engine.exporters.source import ExportError, RunFolder, copied_modules, read_source
+from engine.exporters import EXPORTERS, build_objects, builds_inline, export_run
+from engine.exporters.source import (
+    ExportError,
+    PatientResult,
+    RunFolder,
+    SourceSeries,
+    copied_modules,
+    habitats_on_source,
+    read_source,
+)
 from engine.qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
 from tests import cohorts
 from tests import corruptions as corpus
@@ -363,6 +371,51 @@ def test_the_sr_states_its_grid_and_the_seg_volumes(export_case, exported):
     assert max(differences) < 0.25  # the same tissue, counted on two grids
 
 
+def test_habitats_on_the_source_grid_equal_a_resampling_onto_the_whole_grid(export_case):
+    """Only the box of the source grid that a habitat map reaches is resampled (issue: sarco export is slow);
+    the labels equal SimpleITK's nearest-neighbour resampling onto the whole grid, for every source here."""
+    manifest, out = export_case
+    folder = RunFolder.open(out, manifest)
+    for patient_id, modality in folder.series():
+        result = folder.result(patient_id, modality)
+        result.source = read_source(folder, patient_id, modality)
+        reference = result.series.reference_image()
+        labels = habitats_on_source(result)
+        for method, path in result.habitats.items():
+            whole = sitk.Resample(sitk.ReadImage(str(path)), reference, sitk.Transform(), sitk.sitkNearestNeighbor,
+                                  0, sitk.sitkUInt8)
+            np.testing.assert_array_equal(labels[method], sitk.GetArrayFromImage(whole), err_msg=patient_id)
+
+
+@pytest.mark.parametrize("shift_mm", [(0.0, 0.0, 0.0), (-15.0, 10.0, 7.0), (200.0, 0.0, 0.0)],
+                         ids=["inside", "across-the-edge", "outside"])
+def test_an_oblique_habitat_map_on_the_source_grid_equals_the_whole_grid_resampling(tmp_path, shift_mm):
+    """The box holds every source voxel a rotated map on another grid reaches, at an edge of the source and
+    beyond it (nothing there: all outside_roi)."""
+    plane = pydicom.Dataset()
+    plane.Columns, plane.Rows = 40, 36
+    source = SourceSeries([plane] * 12, (0.8, 0.7, 2.5), (-20.0, -15.0, -10.0),
+                          tuple(float(v) for v in np.eye(3).ravel()))
+    angle = np.deg2rad(17.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    labels = np.random.default_rng(4).integers(0, 3, size=(9, 14, 11)).astype(np.uint8)
+    habitat = sitk.GetImageFromArray(labels)
+    habitat.SetSpacing((1.0, 1.1, 1.3))
+    habitat.SetDirection(tuple(rotation.ravel()))
+    habitat.SetOrigin(tuple(np.add((-8.0, -6.0, -4.0), shift_mm)))
+    path = tmp_path / "habitat.nii.gz"
+    sitk.WriteImage(habitat, str(path))
+    result = PatientResult(patient_id="P", modality="ct", methods=["otsu"], features={}, thresholds={},
+                           diagnostic={}, habitats={"otsu": path}, muscles=(), qa_png=None, identity="run/input",
+                           source=source)
+    on_source = habitats_on_source(result)["otsu"]
+    whole = sitk.Resample(sitk.ReadImage(str(path)), source.reference_image(), sitk.Transform(),
+                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    np.testing.assert_array_equal(on_source, sitk.GetArrayFromImage(whole))
+    assert on_source.shape == (12, 36, 40)
+    assert (on_source.any() if shift_mm[0] < 100 else not on_source.any())
+
+
 def test_the_sc_carries_no_pseudonym_in_its_pixels(export_case, tmp_path, capsys):
     """Issue 29: the QA picture's title (the run's pseudonym) is blank in the SC; the rest is the picture."""
     manifest, out = export_case
@@ -452,3 +505,12 @@ def test_apply_folders_export_the_frozen_thresholds_and_share_run_exit_statuses(
     bad.to_csv(tmp_path / "bad.csv", index=False)
     assert main([*base, "--manifest", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "apply_bad")]) == 1
     assert "1 failed patient-modality" in capsys.readouterr().out
+
+
+def test_an_export_starts_a_local_cluster_only_where_its_start_pays():
+    """Issue: sarco export is slow. A fresh cluster costs ~4.5 s before its first result and a series ~0.3 s:
+    one worker is never worth it, two from 32 series, many from about 17 (the saving per series nears a build)."""
+    assert all(builds_inline(n, 1) for n in (1, 100, 10_000))
+    assert builds_inline(31, 2) and not builds_inline(32, 2)
+    assert builds_inline(16, 16) and not builds_inline(18, 16)
+    assert builds_inline(0, 64)

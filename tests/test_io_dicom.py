@@ -445,6 +445,24 @@ def test_box_read_decodes_only_the_slices_it_covers(tmp_path, transfer_syntax, m
         series.read((0, 0, 10), (24, 20, 3))
 
 
+def test_whole_headers_are_each_files_header_and_the_run_keeps_no_identity(tmp_path, monkeypatch):
+    """The export reads each source file's header once (issue: sarco export is slow): the scan that chooses
+    the series keeps it whole, identities included, as pydicom reads it; the run's scan keeps none of them."""
+    files = _write(tmp_path, _stored(shape=(4, 16, 16)), transfer_syntax="rle", shuffle_seed=5)
+    parsed = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    series = dicom_module.open_dicom_series(tmp_path, whole_headers=True)
+    assert len(parsed) == len(files)
+    monkeypatch.undo()
+    for path, header in zip(series.info.files, series.headers, strict=True):
+        alone = pydicom.dcmread(path, stop_before_pixels=True)
+        assert header == alone and header.file_meta == alone.file_meta
+        assert "PixelData" not in header and str(header.PatientName) == PHI["PatientName"]
+    for header in dicom_module.open_dicom_series(tmp_path).headers:
+        assert "PatientName" not in header and "InstitutionName" not in header
+
+
 @pytest.mark.parametrize("transfer_syntax", ["explicit_le", "rle"])
 def test_a_decoder_failing_unforeseen_is_an_ingest_error_naming_the_file(tmp_path, transfer_syntax, monkeypatch):
     # not a pydicom error the reader knows: a decoder plugin's bug, a library mismatch

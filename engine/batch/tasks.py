@@ -145,7 +145,7 @@ def content_digest(*paths: str) -> str:
     return digest.hexdigest()
 
 
-def _one_itk_thread() -> None:
+def one_itk_thread() -> None:
     """ITK's filters run on one thread in every task, inline runs included.
 
     N4's B-spline fit is not bit-reproducible across thread counts (its internal filters follow
@@ -274,7 +274,7 @@ def ingest_and_preprocess(job: dict, cfg: Config, cache_dir: str, force: bool = 
             return cached
     base = {"patient_id": pid, "modality": modality, "key": key, "cached": False}
     reached = {"stage": "ingest"}  # the step an unforeseen error happened in
-    _one_itk_thread()
+    one_itk_thread()
     try:
         summary = {**base, **_ingest(job, cfg, cache, derive_from, reached)}
     except InputError as exc:

@@ -111,10 +111,14 @@ class ExportResult:
             yield key, bool(rows["status"].isin(DONE_STATUSES).all())
 
 
-#: Series per worker from which an export builds on a local cluster rather than inline: a build takes
-#: 1-3 s, a cluster's start and its workers' imports 10-50 s (12 series on a loaded 2-core VM: inline
-#: 35 s, a fresh cluster 85 s; docs/pacs.md), so a small night stays in this process.
-CLUSTER_MIN_SERIES_PER_CORE = 8
+#: Series whose builds pay for a local cluster's start: about 4.5 s before its first result (the workers
+#: start and each imports the engine, pandas, SimpleITK and highdicom) against ~0.3 s per series built
+#: (highdicom's SR and SEG in pure Python). ``W`` workers save ``1 - 1/W`` of each build, so a cluster
+#: is started from ``CLUSTER_BREAK_EVEN_SERIES * W / (W - 1)`` series (32 on 2 cores, 18 on 16) and
+#: never for one worker (:func:`builds_inline`). Measured on the 2-core VM (load 4-5 from other
+#: work): 12 series inline 4.5 s, on a fresh cluster 9.5-10.9 s; 32 series 12.0-12.6 s against
+#: 18.6-18.8 s (docs/pacs.md).
+CLUSTER_BREAK_EVEN_SERIES = 16
 #: Statuses of an object that reached its destination (or had nothing to send).
 DONE_STATUSES = ("written", "stored", "skipped")
 EARLIER = "delivered by an earlier export"
@@ -188,8 +192,8 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
         Timeouts, the breaker's limit and the associations per destination (config ``pacs``).
     scheduler, workers
         Where the objects are built: ``"inline"`` (this process), a Dask scheduler's address, or
-        None: a local cluster of ``workers`` processes (default one per core) when there are at
-        least :data:`CLUSTER_MIN_SERIES_PER_CORE` series per worker to build, else inline.
+        None: a local cluster of ``workers`` processes (default one per core) when there are enough
+        series to build for its start to pay (:func:`builds_inline`), else inline.
 
     Objects that ``cache/export_journal.csv`` records as delivered to a destination (same run, same
     input) are not sent there again: a second export after a failed or interrupted one sends the rest.
@@ -222,11 +226,17 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
     return ExportResult(frame, paths, {d.name: d.breaker.why() for d in destinations if d.breaker.down})
 
 
+def builds_inline(series: int, workers: int) -> bool:
+    """Whether ``series`` builds are quicker in this process than on a fresh local cluster of ``workers``
+    (:data:`CLUSTER_BREAK_EVEN_SERIES`): a cluster of one worker never is."""
+    return workers < 2 or series * (workers - 1) < CLUSTER_BREAK_EVEN_SERIES * workers
+
+
 def _deliver_all(run, plans, destinations, journal, settings, scheduler, workers, sources) -> list[dict]:
     """Build and deliver every plan (progress lines as the passes print them); the log rows."""
     to_build = sum(1 for p in plans if p.needs)
-    if scheduler is None and to_build < CLUSTER_MIN_SERIES_PER_CORE * (workers or os.cpu_count() or 1):
-        scheduler = "inline"  # a local cluster's start (seconds) costs more than a few builds
+    if scheduler is None and builds_inline(to_build, workers or os.cpu_count() or 1):
+        scheduler = "inline"
     rows: list[dict] = []
     journal.open()
     try:

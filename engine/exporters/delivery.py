@@ -31,6 +31,7 @@ from typing import IO
 import pandas as pd
 import pydicom
 
+from engine.batch.tasks import one_itk_thread
 from engine.contract import (
     CACHE_DIR,
     EXPORT_JOURNAL_COLUMNS,
@@ -160,10 +161,12 @@ def build_series(run_path: str, sources: tuple[str | None, bool], patient_id: st
     """Build one series' objects (an executor task): ``{"objects": {kind: bytes | None}}`` or an error.
 
     ``None``: nothing to export for this patient (no QA picture). Errors are returned, not raised,
-    so one patient's problem never stops the batch.
+    so one patient's problem never stops the batch. ITK runs on one thread, as in the run's tasks: a
+    worker already has a core per task (the habitat maps' resampling is the export's ITK work).
     """
     from engine.exporters import EXPORTERS, build_objects  # lazy: the registry imports this module
 
+    one_itk_thread()
     try:
         manifest, new_study = sources
         run = _open_run(run_path, os.stat(Path(run_path) / FEATURES_CSV).st_mtime, manifest)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import SimpleITK as sitk
 
 from engine.batch.tasks import content_digest
@@ -264,13 +263,14 @@ def read_source(run: RunFolder, patient_id: str, modality: str):
     if not image.is_dir() and not _looks_dicom(image):
         raise ExportError("source", f"the source '{image.name}' is not DICOM; only DICOM sources can go back to a PACS")
     try:
+        # the exporters need the headers only (geometry and identity), never the pixels: the scan that
+        # chooses and checks the series keeps them whole, so each file is parsed once
         series = open_dicom_series(image, series_uid=series_uid,
-                                   series_description=run.series_description_pattern(modality))
+                                   series_description=run.series_description_pattern(modality), whole_headers=True)
     except InputError as exc:
         raise ExportError("source", f"the source series no longer reads: {exc.reason}") from None
     info = series.info
-    # the exporters need the headers only (geometry and identity), never the pixels
-    datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in info.files]
+    datasets = series.headers
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ExportError("source", "the source is a multi-frame (enhanced) object; exporting onto it is not "
                                     "supported yet")
@@ -396,14 +396,49 @@ def habitats_on_source(result: PatientResult) -> dict[str, np.ndarray]:
     """Each method's habitat labels resampled onto the source grid (nearest neighbour), (Z, Y, X) uint8.
 
     Slice ``k`` is ``result.source.datasets[k]``; outside the habitat map's extent the label is
-    :data:`HABITAT_LABELS` ``outside_roi`` (0).
+    :data:`HABITAT_LABELS` ``outside_roi`` (0). Only the box of the source grid that the map's extent
+    reaches is resampled (:func:`habitat_box`); every voxel outside it is outside the map, so the labels
+    are those of a resampling onto the whole grid, at a fraction of its cost (a lumbar ROI's box is a
+    few percent of a CT series).
     """
 
     reference = result.series.reference_image()
     labels = {}
     for method, path in result.habitats.items():
         habitat = sitk.ReadImage(str(path))
-        resampled = sitk.Resample(habitat, reference, sitk.Transform(), sitk.sitkNearestNeighbor,
-                                  HABITAT_LABELS["outside_roi"], sitk.sitkUInt8)
-        labels[method] = sitk.GetArrayFromImage(resampled)
+        on_source = np.full(tuple(reversed(reference.GetSize())), HABITAT_LABELS["outside_roi"], dtype=np.uint8)
+        box = habitat_box(habitat, reference)
+        if box is not None:
+            (x0, y0, z0), (nx, ny, nz) = box
+            target = sitk.Image([nx, ny, nz], sitk.sitkUInt8)
+            target.SetSpacing(reference.GetSpacing())
+            target.SetDirection(reference.GetDirection())
+            target.SetOrigin(reference.TransformIndexToPhysicalPoint((x0, y0, z0)))
+            resampled = sitk.Resample(habitat, target, sitk.Transform(), sitk.sitkNearestNeighbor,
+                                      HABITAT_LABELS["outside_roi"], sitk.sitkUInt8)
+            on_source[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx] = sitk.GetArrayViewFromImage(resampled)
+        labels[method] = on_source
     return labels
+
+
+def habitat_box(habitat, reference) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The box of ``reference``'s grid, ``((x0, y0, z0), (nx, ny, nz))``, holding every voxel whose centre
+    may fall inside ``habitat``'s extent (None: none does).
+
+    The extent is the map's voxels' outer faces (continuous index -0.5 to size - 0.5, where a nearest-neighbour
+    resampler still reads a voxel); its eight corners on the reference grid, widened by one voxel
+    against rounding, bound the box.
+    """
+    size = habitat.GetSize()
+    corners = [reference.TransformPhysicalPointToContinuousIndex(habitat.TransformContinuousIndexToPhysicalPoint(
+        [(-0.5 if high == "0" else n - 0.5) for high, n in zip(f"{corner:03b}", size, strict=True)]))
+        for corner in range(8)]
+    low = np.floor(np.min(corners, axis=0)).astype(int) - 1
+    high = np.ceil(np.max(corners, axis=0)).astype(int) + 1
+    low = np.maximum(low, 0)
+    high = np.minimum(high, np.asarray(reference.GetSize()) - 1)
+    if np.any(high < low):
+        return None
+    x0, y0, z0 = (int(v) for v in low)
+    nx, ny, nz = (int(v) for v in high - low + 1)
+    return (x0, y0, z0), (nx, ny, nz)

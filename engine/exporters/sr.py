@@ -31,7 +31,7 @@ def _measurement(name, value: float, unit, **kwargs):
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, **kwargs)
 
 
-def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
+def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids, grid_mm: tuple[float, float, float]):
     import highdicom as hd  # lazy: highdicom is heavy; export only
 
     method_code = sarco_codes.method_code(method)
@@ -51,7 +51,7 @@ def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids):
     measurements.append(_measurement(sarco_codes.THRESHOLD, result.thresholds[method], threshold_unit,
                                      method=method_code))
     evaluations = [hd.sr.QualitativeEvaluation(sarco_codes.MEASUREMENT_GRID,
-                                               sarco_codes.resampled_grid(habitat_grid_mm(result)))]
+                                               sarco_codes.resampled_grid(grid_mm))]
     if method != FIXED:
         vs_fixed = result.vs_fixed(method)
         if math.isfinite(vs_fixed):
@@ -81,7 +81,8 @@ def build_sr(result: PatientResult, uids, built: dict):
     seg = built.get("seg")
     if seg is None:
         raise ExportError("sr", "no DICOM-SEG to reference")
-    groups = [_group(result, seg, i, method, tissue, uids)
+    grid_mm = habitat_grid_mm(result)  # one header read for every group
+    groups = [_group(result, seg, i, method, tissue, uids, grid_mm)
               for i, method in enumerate(result.methods) for tissue in SEGMENT_TISSUES]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

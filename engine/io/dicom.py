@@ -326,12 +326,14 @@ _PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 
 
 def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str],
-                 pixel_at: dict[pathlib.Path, tuple[int, int]] | None = None):
+                 pixel_at: dict[pathlib.Path, tuple[int, int]] | None = None,
+                 keywords: Sequence[str] | None = HEADER_KEYWORDS):
     """Header of one file (no pixel data), or None with a note saying why it was skipped.
 
     ``pixel_at`` receives ``(offset, size)`` when the header stopped at a little-endian Pixel
     Data element: ``offset`` is where that element starts, so a decode can seek straight to
-    it instead of parsing the header a second time.
+    it instead of parsing the header a second time. ``keywords``: the attributes kept
+    (:data:`HEADER_KEYWORDS`); None keeps the whole header, identities included (the export's).
     """
 
     label = _relative(path, root)
@@ -350,7 +352,8 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str],
     try:
         with warnings.catch_warnings(), open(path, "rb") as handle:
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False, specific_tags=list(HEADER_KEYWORDS))
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False,
+                                 specific_tags=None if keywords is None else list(keywords))
             # pydicom stops silently at the end of a truncated file; reading stops before the
             # pixel data otherwise, so a header that ran to the end of the file is suspect
             stopped_at = handle.tell()
@@ -378,7 +381,7 @@ def _read_header(path: pathlib.Path, root: pathlib.Path, notes: list[str],
     return ds
 
 
-def _scan(path, max_files: int) -> _Scan:
+def _scan(path, max_files: int, keywords: Sequence[str] | None = HEADER_KEYWORDS) -> _Scan:
     root = pathlib.Path(path)
     if not root.exists():
         raise InputError(STAGE, f"image file not found: {path}")
@@ -389,7 +392,7 @@ def _scan(path, max_files: int) -> _Scan:
     base = root if root.is_dir() else root.parent
     scan = _Scan(groups={}, notes=notes)
     for file in files:
-        header = _read_header(file, base, notes, scan.pixel_at)
+        header = _read_header(file, base, notes, scan.pixel_at, keywords)
         if header is None:
             continue
         scan.groups.setdefault(series_key(header), []).append((file, header))
@@ -1028,6 +1031,11 @@ class DicomSeries:
             self._first_frame.setdefault(frame.file_index, frame)
         self._decoded: OrderedDict[int, tuple[np.ndarray, object]] = OrderedDict()
 
+    @property
+    def headers(self) -> list:
+        """The header of each file of :attr:`info` ``.files``, in that order (no pixel data)."""
+        return list(self._headers)
+
     def _where(self, frame: _Frame) -> str:
         normal = np.asarray(self._geometry.direction).reshape(3, 3)[:, 2]
         return f"z={format_mm(float(np.dot(frame.position, normal)))} mm"
@@ -1122,7 +1130,8 @@ class DicomSeries:
 
 
 def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 400_000_000, max_files: int = 5000,
-                      series_hint: str = DEFAULT_SERIES_HINT, series_description: str | None = None) -> DicomSeries:
+                      series_hint: str = DEFAULT_SERIES_HINT, series_description: str | None = None,
+                      whole_headers: bool = False) -> DicomSeries:
     """Find, choose and check one DICOM series from its headers; decode nothing yet.
 
     Parameters are those of :func:`read_dicom_series`, and ``series_description``: when no
@@ -1133,12 +1142,16 @@ def open_dicom_series(path, *, series_uid: str | None = None, max_voxels: int = 
     cut short inside their pixel data. What only decoding can show (a corrupt compressed
     frame) is found by :meth:`DicomSeries.read`, for the slices it is asked to decode.
 
+    ``whole_headers``: the scan keeps every attribute before the pixel data, identities included
+    (:attr:`DicomSeries.headers`), for the export, which builds its objects from them; the run
+    reads :data:`HEADER_KEYWORDS` only. Either way each file's header is parsed once.
+
     Raises
     ------
     InputError
         With a sentence naming the problem (stage ``ingest``).
     """
-    scan = _scan(path, max_files)
+    scan = _scan(path, max_files, None if whole_headers else HEADER_KEYWORDS)
     uid, members = _select_series(scan, series_uid, path, series_hint, series_description)
     if uid.startswith(NO_UID_PREFIX):
         # the folder's name, not its path: run.log lives in the run folder, which holds no absolute path

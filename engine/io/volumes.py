@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from engine.errors import InputError
-from engine.io.dicom import geometry_carrier, open_dicom_series
+from engine.io.dicom import DEFAULT_SERIES_HINT, geometry_carrier, open_dicom_series
 
 __all__ = ["ImageSource", "open_image", "read_image", "image_format", "VOLUME_SUFFIXES"]
 
@@ -294,9 +294,9 @@ def open_image(path, *, series_uid: str | None = None, max_voxels: int = 400_000
     target = _check_access(path, STAGE, "image file")
     kind = image_format(target)
     if kind in ("dicom-folder", "dicom-file"):
-        hint = {} if series_hint is None else {"series_hint": series_hint}
         series = open_dicom_series(target, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files,
-                                   series_description=series_description, **hint)
+                                   series_description=series_description,
+                                   series_hint=DEFAULT_SERIES_HINT if series_hint is None else series_hint)
         info = {"format": kind, **series.info.as_dict(), "size": list(series.size)}
         return ImageSource(info, series=series)
     image = read_volume_file(target, max_voxels=max_voxels)
