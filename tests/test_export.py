@@ -514,3 +514,28 @@ def test_an_export_starts_a_local_cluster_only_where_its_start_pays():
     assert builds_inline(31, 2) and not builds_inline(32, 2)
     assert builds_inline(16, 16) and not builds_inline(18, 16)
     assert builds_inline(0, 64)
+
+
+def test_an_export_built_on_a_dask_cluster_equals_the_inline_one(export_case, exported, tmp_path):
+    """Issue 29: the objects built on a process cluster (an external scheduler, 2 worker processes)
+    carry the same pixels and numbers as the inline export of the same run."""
+    from distributed import LocalCluster
+
+    manifest, out = export_case
+    inline, _ = exported
+    folder = tmp_path / "cluster"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        console = io.StringIO()
+        with contextlib.redirect_stderr(console):
+            status = main(["export", str(out), "--manifest", str(manifest), "--dicom", str(folder), "--new-study",
+                           "--scheduler", cluster.scheduler_address])
+    assert status == 0, console.getvalue()
+    names = sorted(p.name for p in inline.glob("*.dcm"))
+    assert names and sorted(p.name for p in folder.glob("*.dcm")) == names
+    for name in names:
+        ours, theirs = (pydicom.dcmread(str(f / name)) for f in (folder, inline))
+        assert ours.SOPClassUID == theirs.SOPClassUID and ours.StudyInstanceUID == theirs.StudyInstanceUID
+        if "PixelData" in theirs:
+            assert np.array_equal(ours.pixel_array, theirs.pixel_array), name
+        if name.endswith("_sr.dcm"):
+            assert _sr_groups(folder / name) == _sr_groups(inline / name), name
