@@ -539,3 +539,37 @@ def test_an_export_built_on_a_dask_cluster_equals_the_inline_one(export_case, ex
             assert np.array_equal(ours.pixel_array, theirs.pixel_array), name
         if name.endswith("_sr.dcm"):
             assert _sr_groups(folder / name) == _sr_groups(inline / name), name
+
+
+#: A real CT series of pydicom's own test files (another writer, five 16 x 16 slices). Its MR
+#: neighbour (98892003/MR700) mixes orientations: the reader refuses it, so it cannot be exported.
+PYDICOM_CT = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+
+
+@needs_dciodvfy
+def test_a_pydicom_test_series_exports_valid_objects_into_its_study(tmp_path):
+    """Issue 29: a source the project did not write (a series of pydicom's test DICOMDIR) runs, exports,
+    and its SEG, SR and SC are valid (dciodvfy, highdicom) and go into the source's own study."""
+    source, modality = PYDICOM_CT, "ct"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source)))
+    image = reader.Execute()
+    roi = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    _, rows, cols = roi.shape
+    roi[:, rows // 4: 3 * rows // 4, cols // 4: 3 * cols // 4] = 1
+    mask = sitk.GetImageFromArray(roi)
+    mask.CopyInformation(image)
+    sitk.WriteImage(mask, str(tmp_path / "roi.nii.gz"))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"patient_id,label,split,{modality}_image,{modality}_roi\nPD0001,1,train,{source},roi.nii.gz\n",
+                        encoding="utf-8")
+    cfg = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False, "qa": True},
+                                 "stats": {"enabled": False}})
+    result = run(manifest, out_dir=tmp_path / "run", config=cfg)
+    assert result.errors.empty, result.errors.to_string()
+    status = main(["export", str(tmp_path / "run"), "--manifest", str(manifest), "--dicom", str(tmp_path / "out")])
+    assert status == 0
+    built = {kind: pydicom.dcmread(str(tmp_path / "out" / f"PD0001__{modality}_{kind}.dcm")) for kind in EXPORTERS}
+    assert _validate(built, tmp_path / "check") == []
+    study = pydicom.dcmread(str(next(source.iterdir())), stop_before_pixels=True).StudyInstanceUID
+    assert {str(ds.StudyInstanceUID) for ds in built.values()} == {str(study)}
