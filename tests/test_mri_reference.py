@@ -192,6 +192,22 @@ def test_an_unreliable_reference_is_flagged_not_scaled_silently():
     assert "fat/CSF ratio 0.55" in flagged[3]["flag"]
 
 
+def test_frozen_ratios_check_one_series_and_unknown_scanners_fall_back_to_the_batch():
+    """Issue 32 (apply): a scanner's frozen median checks even a lone series; a scanner the training run
+    did not have is checked against the batch's own series (three or more), else not at all."""
+    from engine.measure.standardize import flag_inconsistent_ratios, scanner_ratio_medians
+
+    rows = [{"scanner": "A", "fat_to_csf": 0.60, "flag": ""}] + \
+        [{"scanner": "B", "fat_to_csf": r, "flag": ""} for r in (0.85, 0.86, 0.84, 0.55)] + \
+        [{"scanner": "C", "fat_to_csf": 0.30, "flag": ""}]
+    flagged = flag_inconsistent_ratios(rows, frozen={"A": 0.85})
+    assert [bool(r["flag"]) for r in flagged] == [True, False, False, False, True, False]
+    assert [r["scanner_fat_to_csf"] for r in flagged] == [0.85, 0.845, 0.845, 0.845, 0.845, None]
+    assert "29% off its scanner's median 0.85" in flagged[0]["flag"]
+    assert scanner_ratio_medians(flagged) == {"A": 0.85, "B": 0.845}
+    assert not any(r["flag"] for r in flag_inconsistent_ratios(rows[:1])), "alone, without a frozen median"
+
+
 def test_otsu_matches_scikit_image():
     from skimage.filters import threshold_otsu
 
