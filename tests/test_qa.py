@@ -144,11 +144,16 @@ def test_issue23_strip_marks_the_disc_plane_and_slab_and_uses_the_canal_from_the
     assert abs(plane_row - (z_top - 1.5) / abs(strip["row_mm"])) <= 1
 
 
-def _one_tissue_entry(one_tissue: bool, fixed: bool = True, modality: str = "ct") -> ModalityThresholds:
+def _one_tissue_json(one_tissue: bool, fixed: bool = True) -> dict:
+    """A modality's thresholds.json entry: Otsu and K-means at the muscle peak, fixed at -29.5 HU."""
     methods = {"otsu": {"threshold": 40.0}, "kmeans": {"threshold": 41.0}}
     if fixed:
         methods["fixed"] = {"threshold": -29.5}
-    return ModalityThresholds.from_json(modality, {"methods": methods, "diagnostic": {"likely_one_tissue": one_tissue}})
+    return {"methods": methods, "diagnostic": {"likely_one_tissue": one_tissue}}
+
+
+def _one_tissue_entry(one_tissue: bool, fixed: bool = True, modality: str = "ct") -> ModalityThresholds:
+    return ModalityThresholds.from_json(modality, _one_tissue_json(one_tissue, fixed))
 
 
 def _ct_thresholds(one_tissue: bool) -> Thresholds:
@@ -209,7 +214,7 @@ def _synthetic_sheet(tmp_path, n_patients: int, *, one_tissue: bool = False, dis
                              "mri_roi_volume": rng.normal(90_000, 5_000, n_patients)})
     (tmp_path / QA_DIR).mkdir()
     features.to_csv(tmp_path / "features.csv", index=False)
-    thresholds = {"modalities": {"ct": _one_tissue_entry(one_tissue),
+    thresholds = {"modalities": {"ct": _one_tissue_json(one_tissue),
                                  "mri": {"methods": {"otsu": {"threshold": 700.0}}, "diagnostic": {}}}}
     (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
     records = [{"patient_id": pid, "modality": m, "png": f"{pid}__{m}.png", "source": "hand ROI",
