@@ -76,6 +76,7 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients:
     from engine.batch.tasks import ingest_and_preprocess
     from engine.config import load_config
     from engine.qa import qa_specs, render_series, render_sheet
+    from engine.runfolder import Thresholds
 
     n_patients = n_patients or (1 if quick else 3)
     repeats = repeats or (1 if quick else 3)
@@ -97,7 +98,7 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients:
                 summary = pass1.result
                 values = np.load(summary["sample"])["values"]
                 entry = {"methods": {"otsu": {"threshold": float(np.median(values))}}, "diagnostic": {}}
-                spec = qa_specs({"modalities": {modality: entry}}, {"ct": "low", "mri": "high"})[modality]
+                spec = qa_specs(Thresholds.from_json({"modalities": {modality: entry}}))[modality]
                 qa = median_time(partial(render_series, summary, spec, str(run_dir)), repeats=repeats, warmup=1)
                 png = run_dir / "qa" / qa.result["png"]
                 rows.append({"bench": "qa", "what": "per series", "series": f"{job['patient_id']}/{modality}",

@@ -82,11 +82,12 @@ def test_the_report_shows_the_patients_each_model_used(study):
 
 def test_the_report_names_the_scanners_and_warns_on_an_unstandardised_mix():
     from engine.report import scanner_sections
+    from engine.runfolder import Thresholds
 
     def thresholds(standardize):
         scanners = [{"label": "SIEMENS MAGNETOM Aera 1.5 T", "n_patients": 3},
                     {"label": "Philips Ingenia 1.5 T", "n_patients": 2, "scale_median": 0.3, "scale_range": [0.2, 0.4]}]
-        return {"modalities": {"mri": {"scanners": scanners, "standardize": standardize}}}
+        return Thresholds.from_json({"modalities": {"mri": {"scanners": scanners, "standardize": standardize}}})
 
     none, = scanner_sections(thresholds("none"))
     reference, = scanner_sections(thresholds("reference"))

@@ -25,6 +25,7 @@ from engine.qa import panel as qa_panel
 from engine.qa import sheet as qa_sheet
 from engine.qa.orientation import slice_view
 from engine.qa.strip import sagittal_strip
+from engine.runfolder import ModalityThresholds, Thresholds
 
 # phantom geometry, LPS mm (+x patient's left, +y posterior, +z superior)
 CANAL_X_MM = 0.0
@@ -143,11 +144,20 @@ def test_issue23_strip_marks_the_disc_plane_and_slab_and_uses_the_canal_from_the
     assert abs(plane_row - (z_top - 1.5) / abs(strip["row_mm"])) <= 1
 
 
-def _one_tissue_entry(one_tissue: bool, fixed: bool = True) -> dict:
+def _one_tissue_json(one_tissue: bool, fixed: bool = True) -> dict:
+    """A modality's thresholds.json entry: Otsu and K-means at the muscle peak, fixed at -29.5 HU."""
     methods = {"otsu": {"threshold": 40.0}, "kmeans": {"threshold": 41.0}}
     if fixed:
         methods["fixed"] = {"threshold": -29.5}
     return {"methods": methods, "diagnostic": {"likely_one_tissue": one_tissue}}
+
+
+def _one_tissue_entry(one_tissue: bool, fixed: bool = True, modality: str = "ct") -> ModalityThresholds:
+    return ModalityThresholds.from_json(modality, _one_tissue_json(one_tissue, fixed))
+
+
+def _ct_thresholds(one_tissue: bool) -> Thresholds:
+    return Thresholds({"ct": _one_tissue_entry(one_tissue)}, ())
 
 
 def test_issue23_one_tissue_warning_paints_the_fixed_reference_not_the_fitted_split():
@@ -160,10 +170,10 @@ def test_issue23_one_tissue_warning_paints_the_fixed_reference_not_the_fitted_sp
     muscle = sitk.GetImageFromArray(hu.astype(np.float32))
     muscle.CopyInformation(image)
     sample = preprocess(muscle, mask, spacing_mm=(1.0, 1.0, 1.0), margin_mm=5.0, window=(-190.0, 150.0))
-    warned = qa_panel.overlay_choice(_one_tissue_entry(True), "ct")
+    warned = qa_panel.overlay_choice(_one_tissue_entry(True))
     assert warned.method == "fixed" and warned.one_tissue
     assert "Fixed HU" in warned.legend and "ONE tissue" in warned.legend
-    fitted = qa_panel.overlay_choice(_one_tissue_entry(False), "ct")
+    fitted = qa_panel.overlay_choice(_one_tissue_entry(False))
     assert fitted.method == "otsu" and not fitted.one_tissue
     _, _, fat_fitted = qa_panel.tissue_layers(sample, fitted, "low")
     roi_px, _, fat_warned = qa_panel.tissue_layers(sample, warned, "low")
@@ -174,7 +184,7 @@ def test_issue23_one_tissue_warning_paints_the_fixed_reference_not_the_fitted_sp
 
 
 def test_issue23_one_tissue_without_a_fixed_reference_paints_nothing_and_says_so():
-    choice = qa_panel.overlay_choice(_one_tissue_entry(True, fixed=False), "mri")
+    choice = qa_panel.overlay_choice(_one_tissue_entry(True, fixed=False, modality="mri"))
     assert choice.method is None and choice.one_tissue and "not painted" in choice.legend
 
 
@@ -204,7 +214,7 @@ def _synthetic_sheet(tmp_path, n_patients: int, *, one_tissue: bool = False, dis
                              "mri_roi_volume": rng.normal(90_000, 5_000, n_patients)})
     (tmp_path / QA_DIR).mkdir()
     features.to_csv(tmp_path / "features.csv", index=False)
-    thresholds = {"modalities": {"ct": _one_tissue_entry(one_tissue),
+    thresholds = {"modalities": {"ct": _one_tissue_json(one_tissue),
                                  "mri": {"methods": {"otsu": {"threshold": 700.0}}, "diagnostic": {}}}}
     (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
     records = [{"patient_id": pid, "modality": m, "png": f"{pid}__{m}.png", "source": "hand ROI",
@@ -354,14 +364,13 @@ def test_a_rerun_draws_only_changed_pictures(tmp_path):
     sample.save(tmp_path / "cache" / "A__ct.npz")
     summary = {"patient_id": "A", "modality": "ct", "key": "k1", "sample": str(tmp_path / "cache" / "A__ct.npz"),
                "roi_voxels": sample.roi_voxels, "excluded_voxels": sample.excluded_voxels}
-    specs = qa_specs({"modalities": {"ct": _one_tissue_entry(False)}}, {"ct": "low"})
+    specs = qa_specs(_ct_thresholds(False))
     png = tmp_path / QA_DIR / "A__ct.png"
     assert render_series(summary, specs["ct"], str(tmp_path))["png"] == "A__ct.png" and png.is_file()
     png.write_bytes(b"sentinel")
     render_series(summary, specs["ct"], str(tmp_path))
     assert png.read_bytes() == b"sentinel", "same key: not drawn again"
-    render_series(summary, qa_specs({"modalities": {"ct": _one_tissue_entry(True)}}, {"ct": "low"})["ct"],
-                  str(tmp_path))
+    render_series(summary, qa_specs(_ct_thresholds(True))["ct"], str(tmp_path))
     assert png.read_bytes()[:4] == b"\x89PNG", "the one-tissue warning changes the colours: drawn again"
     png.write_bytes(b"sentinel")
     render_series(summary, specs["ct"], str(tmp_path), force=True)

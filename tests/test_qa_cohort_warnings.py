@@ -18,6 +18,7 @@ from engine.contract import DERIVED_ROI_DIR, DISC_PLANES_CSV, QA_DIR
 from engine.qa import sheet as qa_sheet
 from engine.qa.cohort import cohort_warnings, split_inside_one_tissue
 from engine.report.render import diagnostic_sections
+from engine.runfolder import ModalityThresholds, Thresholds
 
 FIXED_ENTRY = {"threshold": -30.0, "fat_hu": [-190.0, -30.0], "muscle_hu": [-29.0, 150.0]}
 
@@ -31,18 +32,27 @@ def _ct_entry(gmm_hu: float = 15.3, one_tissue: bool = False) -> dict:
                            "message": "CT: two tissues in the pooled training histogram (Ashman's D = 2.13)."}}
 
 
+def _ct(entry: dict) -> ModalityThresholds:
+    return ModalityThresholds.from_json("ct", entry)
+
+
+def _ct_run(entry: dict) -> Thresholds:
+    return Thresholds.from_json({"modalities": {"ct": entry}})
+
+
 def test_a_threshold_inside_the_muscle_range_is_not_two_tissues():
-    entry = _ct_entry()
-    why = split_inside_one_tissue(entry, "ct", "gmm")
+    entry = _ct(_ct_entry())
+    why = split_inside_one_tissue(entry, "gmm")
     assert why is not None and "+15.3 HU" in why and "muscle range" in why
-    assert split_inside_one_tissue(entry, "ct", "otsu") is None       # -38 HU: between fat and muscle
-    assert split_inside_one_tissue(_ct_entry(gmm_hu=-29.0), "ct", "gmm") is not None   # muscle's lower bound
-    assert split_inside_one_tissue(_ct_entry(gmm_hu=-30.0), "ct", "gmm") is None       # the fixed fat bound
+    assert split_inside_one_tissue(entry, "otsu") is None       # -38 HU: between fat and muscle
+    assert split_inside_one_tissue(_ct(_ct_entry(gmm_hu=-29.0)), "gmm") is not None   # muscle's lower bound
+    assert split_inside_one_tissue(_ct(_ct_entry(gmm_hu=-30.0)), "gmm") is None       # the fixed fat bound
     # MRI has no fixed range: within one SD of the main component's mean (500 +- 40) splits it
-    mri = {"methods": {"otsu": {"threshold": 520.0}, "kmeans": {"threshold": 700.0}},
-           "diagnostic": {"means": [500.0, 900.0], "variances": [1600.0, 2500.0], "weights": [0.85, 0.15]}}
-    assert split_inside_one_tissue(mri, "mri", "otsu") is not None
-    assert split_inside_one_tissue(mri, "mri", "kmeans") is None
+    mri = ModalityThresholds.from_json("mri", {
+        "methods": {"otsu": {"threshold": 520.0}, "kmeans": {"threshold": 700.0}},
+        "diagnostic": {"means": [500.0, 900.0], "variances": [1600.0, 2500.0], "weights": [0.85, 0.15]}})
+    assert split_inside_one_tissue(mri, "otsu") is not None
+    assert split_inside_one_tissue(mri, "kmeans") is None
 
 
 def _demo_like(tmp_path, n: int = 60, *, anatomy_row: bool = False):
@@ -97,8 +107,8 @@ def test_accepted_anatomy_contradiction_flags_its_row(tmp_path):
 
 def test_report_says_each_cohort_fact_once_with_the_split_judged(tmp_path):
     _, _, features = _demo_like(tmp_path)
-    sections = diagnostic_sections({"modalities": {"ct": _ct_entry()}}, features)
+    sections = diagnostic_sections(_ct_run(_ct_entry()), features)
     texts = sections[0]["cohort_warnings"]
     assert any("inside the muscle range" in t for t in texts) and any("34 of 60" in t for t in texts)
-    keys = sorted(w.key for w in cohort_warnings({"modalities": {"ct": _ct_entry(one_tissue=True)}}, features))
+    keys = sorted(w.key for w in cohort_warnings(_ct_run(_ct_entry(one_tissue=True)), features))
     assert keys == ["one_tissue", "splits_one_tissue", "vs_fixed"]

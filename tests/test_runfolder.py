@@ -130,6 +130,35 @@ def test_old_thresholds_json_reads_with_registry_defaults():
     assert typed["ct"].values() == {"kmeans": -41.0}
 
 
+def test_what_the_report_reads_of_a_modality_is_typed_and_old_files_still_read():
+    """Report and QA read the pooled histogram, the diagnostic, the scanners and a fit's details through
+    the typed entry; a file without them reads as absent (None, empty), not as zero."""
+    entry = {"fat_is": "low", "n_patients": 7, "n_voxels": 713910, "standardize": "reference",
+             "histogram": {"lo": -2.0, "hi": 2.0, "bin_width": 1.0, "counts": [0, 3, 5, 2, 0],
+                           "by_scanner": {"A": [0, 1, 5, 2, 0]}},
+             "diagnostic": {"likely_one_tissue": True, "message": "one tissue", "ashman_d": 1.2,
+                            "means": [-17.5, 45.0], "variances": [2105.0, 128.0], "weights": [0.2, 0.8]},
+             "scanners": [{"label": "A", "n_patients": 7, "scale_median": 0.3, "scale_range": [0.2, 0.4]}],
+             "methods": {"otsu": {"threshold": -2.0, "vs_fixed_fat_bound_hu": 27.5},
+                         "fixed": {"threshold": -29.5, "fat_hu": [-190, -30], "muscle_hu": [-29, 150]},
+                         "kmeans": {"threshold": None}}}
+    ct = Thresholds.from_json({"modalities": {"ct": entry}})["ct"]
+    assert (ct.n_patients, ct.n_voxels, ct.standardize) == (7, 713910, "reference")
+    assert ct.histogram is not None and ct.histogram.counts == (0, 3, 5, 2, 0)
+    np.testing.assert_array_equal(ct.histogram.edges(), np.arange(-2.5, 3.0, 1.0))  # bins centred on lo + k w
+    assert ct.histogram.by_scanner == {"A": (0, 1, 5, 2, 0)}
+    assert ct.diagnostic is not None and ct.diagnostic.likely_one_tissue and ct.diagnostic.weights == (0.2, 0.8)
+    assert ct.scanners[0].label == "A" and ct.scanners[0].scale_range == (0.2, 0.4)
+    otsu, fixed, kmeans = ct.methods["otsu"], ct.methods["fixed"], ct.methods["kmeans"]
+    assert otsu.vs_fixed_fat_bound_hu == 27.5 and fixed.vs_fixed_fat_bound_hu is None
+    assert (fixed.fat_range_hu, fixed.muscle_range_hu, otsu.fat_range_hu) == ((-190.0, -30.0), (-29.0, 150.0), None)
+    assert not kmeans.fitted and kmeans.recorded()["bounds"] == [None] and kmeans.recorded()["threshold"] is None
+    assert list(otsu.recorded()) == sorted(otsu.recorded())   # the key order of the written file
+    old = Thresholds.from_json({"modalities": {"mri": {"methods": {"otsu": {"threshold": 300.0}}}}})["mri"]
+    assert (old.histogram, old.diagnostic, old.n_patients, old.n_voxels, old.scanners, old.standardize) == \
+        (None, None, None, None, (), None)
+
+
 def test_method_fit_bounds_and_classes():
     """Issue 28: N classes need N - 1 bounds; a two-class record round-trips through thresholds.json."""
     with pytest.raises(ValueError, match="3 classes need 2 bounds"):
@@ -210,8 +239,8 @@ def test_plugins_reach_process_workers_and_features(runs):
     folder = RunFolder(out)
     fit = folder.thresholds["ct"].methods[METHOD]
     hist = folder.thresholds["ct"].histogram
-    counts = np.asarray(hist["counts"])
-    centers = hist["lo"] + hist["bin_width"] * np.arange(counts.size)  # lo is the first bin's centre
+    counts = np.asarray(hist.counts)
+    centers = hist.lo + hist.bin_width * np.arange(counts.size)  # lo is the first bin's centre
     occupied = np.flatnonzero(counts)
     assert fit.threshold == pytest.approx((centers[occupied[0]] + centers[occupied[-1]]) / 2.0)
     assert (fit.display, fit.family, fit.classes) == ("Mid-range", "NeighborhoodAnalysis", ("fat", "muscle"))

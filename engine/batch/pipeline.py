@@ -147,7 +147,7 @@ def _render_qa(executor, batch: _Batch, summaries: list[dict], thresholds: dict)
     if not batch.cfg.run.qa:
         return None
 
-    specs = qa_specs(thresholds, {m: fit.fat_is for m, fit in Thresholds.from_json(thresholds).modalities.items()})
+    specs = qa_specs(Thresholds.from_json(thresholds))
     todo = [s for s in summaries if s["status"] == "ok" and s["modality"] in specs]
     try:
         results = executor.stream(render_series, todo, [specs[s["modality"]] for s in todo],

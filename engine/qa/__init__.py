@@ -19,15 +19,19 @@ from engine.qa.panel import OverlayChoice, load_strip, overlay_choice, png_bytes
 from engine.qa.reference import reference_caption
 from engine.qa.sheet import SHEET_FIELDS, SHEET_WARNINGS, SheetField, panel_record, render_sheet, write_panels
 from engine.runfolder.outputs import write_bytes, write_json
+from engine.runfolder.thresholds import Thresholds
 
 __all__ = ["SHEET_FIELDS", "SHEET_WARNINGS", "SheetField", "qa_specs", "render_series", "render_sheet",
            "write_panels"]
 
 
-def qa_specs(thresholds: dict, fat_is: dict) -> dict[str, dict]:
-    """Per modality of ``thresholds.json``: what its QA tasks need (``fat_is``, the overlay choice as a dict)."""
-    return {modality: {"fat_is": fat_is[modality], "overlay": dataclasses.asdict(overlay_choice(entry, modality))}
-            for modality, entry in thresholds.get("modalities", {}).items()}
+def qa_specs(thresholds: Thresholds) -> dict[str, dict]:
+    """Per modality of ``thresholds.json``: what its QA tasks need (``fat_is``, the overlay choice as a dict).
+
+    Plain dicts, not the typed entries: a spec travels to the workers and enters the pictures' cache keys.
+    """
+    return {modality: {"fat_is": entry.fat_is, "overlay": dataclasses.asdict(overlay_choice(entry))}
+            for modality, entry in thresholds.modalities.items()}
 
 
 def series_source(summary: dict) -> str:

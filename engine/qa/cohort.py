@@ -6,12 +6,13 @@ series) repeated on every row of the QA sheet hides the rows that differ. Here s
 one cohort warning each, shown in the sheet's header and the report's diagnostic section; a row
 keeps a warning only for what differs about that series.
 
-Read from the run folder's published ``thresholds.json`` entry and ``features.csv`` only, so an
-old run folder re-renders with them.
+Read from the run folder's published ``thresholds.json`` (typed: :mod:`engine.runfolder.thresholds`)
+and ``features.csv`` only, so an old run folder re-renders with them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 
 from engine.contract import FIXED, MODALITY_NAMES, vs_fixed_column
 from engine.measure.methods import display_name, method_order
+from engine.runfolder.thresholds import ModalityThresholds, Thresholds
 
 #: A series is flagged when a fitted method and the fixed HU bound classify more than this share
 #: (%) of its ROI differently (the sheet's row warning).
@@ -43,34 +45,34 @@ class CohortWarning:
     text: str
 
 
-def _split_inside(entry: dict, method: str) -> tuple[str, str] | None:
+def _split_inside(entry: ModalityThresholds, method: str) -> tuple[str, str] | None:
     """(the tissue range ``method``'s threshold lies in, the threshold as text), or None."""
-    fit = (entry.get("methods") or {}).get(method)
-    if not isinstance(fit, dict) or fit.get("threshold") is None:
+    fit = entry.methods.get(method)
+    if fit is None or not math.isfinite(fit.threshold):
         return None
-    t = float(fit["threshold"])
-    fixed = (entry.get("methods") or {}).get(FIXED)
-    if isinstance(fixed, dict) and fixed.get("muscle_hu") and fixed.get("fat_hu"):
-        muscle, fat = [float(v) for v in fixed["muscle_hu"]], [float(v) for v in fixed["fat_hu"]]
+    t = fit.threshold
+    fixed = entry.methods.get(FIXED)
+    if fixed is not None and fixed.muscle_range_hu and fixed.fat_range_hu:
+        muscle, fat = fixed.muscle_range_hu, fixed.fat_range_hu
         if muscle[0] <= t <= muscle[1]:
             return (f"inside the muscle range ({muscle[0]:g} to {muscle[1]:g} HU): it splits muscle, not fat from "
                     "muscle, so its fat features count lean or low-density muscle as fat"), f"{t:+.1f} HU"
         if t < fat[0]:
             return f"below the fat range ({fat[0]:g} HU): it splits fat", f"{t:+.1f} HU"
         return None
-    diagnostic = entry.get("diagnostic") or {}
-    means, variances, weights = (diagnostic.get(k) for k in ("means", "variances", "weights"))
-    if not (means and variances and weights):
+    diagnostic = entry.diagnostic
+    if diagnostic is None or not (diagnostic.means and diagnostic.variances and diagnostic.weights):
         return None
-    major = int(np.argmax(weights))
-    sd = float(np.sqrt(variances[major]))
-    if abs(t - float(means[major])) <= COMPONENT_SD * sd:
-        return (f"within {COMPONENT_SD:g} SD of the main tissue's mean ({float(means[major]):.4g} +- {sd:.3g}): it "
+    major = int(np.argmax(diagnostic.weights))
+    sd = float(np.sqrt(diagnostic.variances[major]))
+    main_mean = diagnostic.means[major]
+    if abs(t - main_mean) <= COMPONENT_SD * sd:
+        return (f"within {COMPONENT_SD:g} SD of the main tissue's mean ({main_mean:.4g} +- {sd:.3g}): it "
                 "splits that tissue, not fat from muscle"), f"{t:.4g}"
     return None
 
 
-def split_inside_one_tissue(entry: dict, modality: str, method: str) -> str | None:
+def split_inside_one_tissue(entry: ModalityThresholds, method: str) -> str | None:
     """Why ``method``'s threshold splits one tissue instead of fat from muscle, or None.
 
     CT: the threshold lies inside the fixed muscle range (``fat_hu``/``muscle_hu`` of the entry's
@@ -82,13 +84,14 @@ def split_inside_one_tissue(entry: dict, modality: str, method: str) -> str | No
     if found is None:
         return None
     where, threshold = found
+    modality = entry.modality
     return f"{MODALITY_NAMES.get(modality, modality)} {display_name(method)}: the threshold {threshold} lies {where}"
 
 
-def _split_warning(entry: dict, modality: str) -> CohortWarning | None:
+def _split_warning(entry: ModalityThresholds) -> CohortWarning | None:
     """One warning for every fitted method whose split lies inside one tissue (grouped by where)."""
     by_where: dict[str, list[str]] = {}
-    for method in [m for m in method_order(entry.get("methods") or {}) if m != FIXED]:
+    for method in [m for m in method_order(entry.methods) if m != FIXED]:
         found = _split_inside(entry, method)
         if found is not None:
             by_where.setdefault(found[0], []).append(f"{display_name(method)} ({found[1]})")
@@ -100,6 +103,7 @@ def _split_warning(entry: dict, modality: str) -> CohortWarning | None:
                    else f"the thresholds of {', '.join(methods[:-1])} and {methods[-1]} lie")
         parts.append(f"{subject} {where.replace('it splits', 'each splits').replace('its fat', 'their fat')}"
                      if len(methods) > 1 else f"{subject} {where}")
+    modality = entry.modality
     return CohortWarning("splits_one_tissue", modality, None,
                          f"{MODALITY_NAMES.get(modality, modality)}: {'; '.join(parts)}")
 
@@ -113,11 +117,12 @@ def _robust_z(values: pd.Series) -> pd.Series:
     return (values - median).abs() / mad
 
 
-def vs_fixed_flags(entry: dict, modality: str, features: pd.DataFrame) -> tuple[list[CohortWarning], pd.DataFrame]:
+def vs_fixed_flags(entry: ModalityThresholds, features: pd.DataFrame) -> tuple[list[CohortWarning], pd.DataFrame]:
     """The method-wide disagreements with fixed (cohort warnings) and, per series and method, whether
     the series' own disagreement is flagged (a bool frame indexed like ``features``)."""
+    modality = entry.modality
     warnings, flags = [], pd.DataFrame(index=features.index)
-    for method in [m for m in method_order(entry.get("methods") or {}) if m != FIXED]:
+    for method in [m for m in method_order(entry.methods) if m != FIXED]:
         column = vs_fixed_column(modality, method)
         if column not in features.columns:
             continue
@@ -136,20 +141,24 @@ def vs_fixed_flags(entry: dict, modality: str, features: pd.DataFrame) -> tuple[
     return warnings, flags
 
 
-def cohort_warnings(thresholds: dict, features: pd.DataFrame | None) -> list[CohortWarning]:
-    """Every cohort warning of a run, modality by modality (thresholds.json order)."""
+def modality_cohort_warnings(entry: ModalityThresholds, features: pd.DataFrame | None) -> list[CohortWarning]:
+    """The cohort warnings of one modality: one tissue, a split inside one tissue, method-wide vs fixed."""
     found = []
-    for modality, entry in (thresholds.get("modalities") or {}).items():
-        if not isinstance(entry, dict):
-            continue
-        diagnostic = entry.get("diagnostic") or {}
-        if diagnostic.get("likely_one_tissue"):
-            text = str(diagnostic.get("message") or f"{MODALITY_NAMES.get(modality, modality)}: the pooled training "
-                       "histogram looks like one tissue")
-            found.append(CohortWarning("one_tissue", modality, None, text))
-        split = _split_warning(entry, modality)
-        if split is not None:
-            found.append(split)
-        if features is not None:
-            found += vs_fixed_flags(entry, modality, features)[0]
+    diagnostic = entry.diagnostic
+    if diagnostic is not None and diagnostic.likely_one_tissue:
+        modality = entry.modality
+        text = diagnostic.message or (f"{MODALITY_NAMES.get(modality, modality)}: the pooled training "
+                                      "histogram looks like one tissue")
+        found.append(CohortWarning("one_tissue", modality, None, text))
+    split = _split_warning(entry)
+    if split is not None:
+        found.append(split)
+    if features is not None:
+        found += vs_fixed_flags(entry, features)[0]
     return found
+
+
+def cohort_warnings(thresholds: Thresholds, features: pd.DataFrame | None) -> list[CohortWarning]:
+    """Every cohort warning of a run, modality by modality (thresholds.json order)."""
+    return [warning for entry in thresholds.modalities.values()
+            for warning in modality_cohort_warnings(entry, features)]

@@ -32,6 +32,7 @@ from engine.contract import FIXED, MODALITY_NAMES
 from engine.measure.methods import display_name
 from engine.qa.orientation import continuous_index, slice_view
 from engine.runfolder.previews import preview_of, tissue_masks
+from engine.runfolder.thresholds import ModalityThresholds
 
 # CT display window (HU): soft tissue, wide enough to show fat (-100) and muscle (+50); the report's.
 CT_DISPLAY_WINDOW_HU = (-200.0, 250.0)
@@ -71,18 +72,18 @@ class OverlayChoice:
     one_tissue: bool = False
 
 
-def overlay_choice(entry: dict, modality: str) -> OverlayChoice:
+def overlay_choice(entry: ModalityThresholds) -> OverlayChoice:
     """The tissue colours of a modality's panels, from its ``thresholds.json`` entry.
 
     The first fitted method with a finite threshold (in ``thresholds.json`` order). When the
     entry's bimodality diagnostic says ``likely_one_tissue``: the fixed HU reference if fitted
     (CT), else nothing painted (issue 23: the fitted split painted ~37 % of healthy muscle red).
     """
-    methods = {m: float(fit["threshold"]) for m, fit in (entry.get("methods") or {}).items()
-               if fit.get("threshold") is not None and np.isfinite(float(fit["threshold"]))}
+    modality = entry.modality
+    methods = {m: fit.threshold for m, fit in entry.methods.items() if np.isfinite(fit.threshold)}
     unit = "HU" if modality == "ct" else ""
     fitted = [m for m in methods if m != FIXED]
-    one_tissue = bool((entry.get("diagnostic") or {}).get("likely_one_tissue"))
+    one_tissue = entry.diagnostic is not None and entry.diagnostic.likely_one_tissue
     if one_tissue:
         why = "cohort histogram looks like ONE tissue: fitted split not painted"
         if FIXED in methods:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from engine.measure.methods import display_name, method_order
 from engine.qa.cohort import VS_FIXED_WARN_PERCENT, cohort_warnings, vs_fixed_flags
 from engine.qa.panel import overlay_choice
 from engine.qa.reference import reference_caption
-from engine.runfolder import Thresholds, read_json_file, read_table
+from engine.runfolder import ModalityThresholds, Thresholds, read_table, read_thresholds
 from engine.runfolder.outputs import write_json, write_text
 
 #: How the disc plane is found when nothing goes wrong (engine.io.segmentation.PLANE_METHODS, BODY_SOURCES).
@@ -77,7 +77,8 @@ class SheetField:
         ``summary -> value`` (number, text or None), evaluated in the QA task.
     from_row : callable, optional
         ``row -> value``: ``row`` has ``record``, ``features`` (the patient's feature row, a dict),
-        ``entry`` (the modality's thresholds.json entry) and ``modality``.
+        ``entry`` (the modality's :class:`~engine.runfolder.thresholds.ModalityThresholds`, None
+        where thresholds.json has none) and ``modality``.
     decimals : int
         Digits shown after the point for numbers.
     """
@@ -246,20 +247,20 @@ def _number(value) -> float:
     return number
 
 
-def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
+def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: Thresholds,
                disc_planes: dict[tuple[str, str], dict]) -> tuple[list[dict], list[str]]:
     """The sheet's rows (one per record) and the method columns (canonical names) it shows."""
     by_id = {str(pid): row for pid, row in zip(features["patient_id"].astype(str),
                                                features.to_dict("records"), strict=True)}
-    entries = thresholds.get("modalities", {})
-    present = {m for entry in entries.values() for m in entry.get("methods", {})}
+    entries = thresholds.modalities
+    present = {m for entry in entries.values() for m in entry.methods}
     methods = method_order(sorted(present))
     rows = []
     for record in records:
         pid, modality = str(record["patient_id"]), record["modality"]
         record = {**record, "disc_plane": disc_planes.get((pid, modality))}
         values = by_id.get(pid, {})
-        entry = entries.get(modality, {})
+        entry = entries.get(modality)
         fat = {m: _number(values.get(feature_name(modality, m, "fat", "percent"))) for m in methods}
         rows.append({"record": record, "features": values, "entry": entry, "modality": modality,
                      "patient_id": pid, "fat": fat, "split": str(values.get("split", "") or ""),
@@ -270,7 +271,7 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
                      "outliers": set()})
     for modality in {r["modality"] for r in rows}:
         mine = [r for r in rows if r["modality"] == modality]
-        painted = _painted_method(entries.get(modality, {}), modality)
+        painted = _painted_method(entries.get(modality))
         for key, series in (("roi_volume", pd.Series([r["roi_volume_cm3"] for r in mine])),
                             ("fat", pd.Series([r["fat"].get(painted, float("nan")) if painted else float("nan")
                                                for r in mine]))):
@@ -283,18 +284,22 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: dict,
     return rows, methods
 
 
-def _flag_vs_fixed(rows: list[dict], entries: dict, features: pd.DataFrame) -> None:
+def _flag_vs_fixed(rows: list[dict], entries: Mapping[str, ModalityThresholds], features: pd.DataFrame) -> None:
     """Each row's ``vs_fixed_methods``: the methods whose disagreement with fixed is this series' own."""
     for modality in {r["modality"] for r in rows}:
         mine = [r for r in rows if r["modality"] == modality]
-        table = pd.DataFrame([r["features"] for r in mine])
-        _, flags = vs_fixed_flags(entries.get(modality, {}), modality, table)
+        entry = entries.get(modality)
+        if entry is None:   # no fit of this modality: no method to compare with fixed
+            for row in mine:
+                row["vs_fixed_methods"] = []
+            continue
+        _, flags = vs_fixed_flags(entry, pd.DataFrame([r["features"] for r in mine]))
         for position, row in enumerate(mine):
             row["vs_fixed_methods"] = [m for m in flags.columns if bool(flags[m].iloc[position])]
 
 
-def _painted_method(entry: dict, modality: str) -> str | None:
-    return overlay_choice(entry, modality).method if entry else None
+def _painted_method(entry: ModalityThresholds | None) -> str | None:
+    return overlay_choice(entry).method if entry is not None else None
 
 
 def _cell(value, decimals: int = 1, text: str | None = None) -> str:
@@ -321,7 +326,7 @@ def _field_value(field: SheetField, row: dict):
 
 def _stats_tip(row: dict, method: str, stats) -> str:
     """A method cell's tooltip: every stat of the run folder's stat list, per tissue (``fat: mean -80.2 HU, ...``)."""
-    unit = (row["entry"] or {}).get("unit") or ""
+    unit = row["entry"].unit if row["entry"] is not None else ""
     parts = []
     for tissue in TISSUES:
         values = []
@@ -335,11 +340,11 @@ def _stats_tip(row: dict, method: str, stats) -> str:
     return html.escape(f"{display_name(method)}: {'; '.join(parts)}")
 
 
-def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name: str,
+def render_html(rows: list[dict], methods: list[str], thresholds: Thresholds, run_name: str,
                 features: pd.DataFrame | None = None) -> str:
     """The contact sheet's HTML (self-contained: inline CSS and script, pictures by relative path)."""
     fields = [f for f in SHEET_FIELDS if any(_field_value(f, r) not in (None, "") for r in rows)]
-    stats = Thresholds.from_json(thresholds).stats
+    stats = thresholds.stats
     method_heads = [(f"Fat % {display_name(m)}", f"{{modality}}_{m}_fat_percent: fat voxels / ROI voxels in "
                      "the window x 100") for m in methods]
     heads = ([("Patient", "patient_id; its button adds the series to the exclusion list"),
@@ -385,8 +390,8 @@ def render_html(rows: list[dict], methods: list[str], thresholds: dict, run_name
     modalities = sorted({r["modality"] for r in rows})
     mod_options = "".join(f'<option value="{m}">{MODALITY_NAMES.get(m, m)}</option>' for m in modalities)
     legends = []
-    for modality, entry in thresholds.get("modalities", {}).items():
-        choice = overlay_choice(entry, modality)
+    for modality, entry in thresholds.modalities.items():
+        choice = overlay_choice(entry)
         style = ' class="warn"' if choice.one_tissue else ""
         legends.append(f"<li{style}><b>{MODALITY_NAMES.get(modality, modality)}</b>: {html.escape(choice.legend)}</li>")
     n_warned = sum(bool(r["warnings"]) for r in rows)
@@ -406,7 +411,8 @@ def render_sheet(run_dir) -> Path:
     records = json.loads((run_dir / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8"))
     features = read_table(run_dir, FEATURES_CSV) if (run_dir / FEATURES_CSV).is_file() \
         else pd.DataFrame({"patient_id": []})
-    thresholds = read_json_file(run_dir, THRESHOLDS_JSON) if (run_dir / THRESHOLDS_JSON).is_file() else {}
+    # without thresholds.json: no modality's fit, and this process's registered stats
+    thresholds = read_thresholds(run_dir) if (run_dir / THRESHOLDS_JSON).is_file() else Thresholds.from_json({})
     rows, methods = sheet_rows(records, features, thresholds, _disc_planes(run_dir))
     index = run_dir / QA_DIR / QA_INDEX
     write_text(index, render_html(rows, methods, thresholds, run_dir.resolve().name, features))

@@ -20,7 +20,7 @@ from engine.measure.methods import get as get_method
 from engine.measure.methods import registered as registered_methods
 from engine.report.format import format_p, model_label
 from engine.report.overlay import FAT_RGBA, MUSCLE_RGBA, display_window, habitat_overlay
-from engine.runfolder import StatInfo, registered_stats
+from engine.runfolder import ModalityThresholds, PooledHistogram, StatInfo, registered_stats
 from engine.runfolder.previews import Preview
 from engine.stats import groups as group_tests
 from engine.stats.roc import auc_ci
@@ -48,13 +48,14 @@ def png_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def threshold_figure(modality: str, info: dict, decimals: int) -> str:
+def threshold_figure(modality: str, entry: ModalityThresholds, decimals: int) -> str:
     """Pooled training histogram with the three fitted boundaries (vertical lines)."""
-    hist = info["histogram"]
-    counts = np.asarray(hist["counts"], dtype=float)
-    lo, width = float(hist["lo"]), float(hist["bin_width"])
-    edges = lo - width / 2 + width * np.arange(counts.size + 1)
-    unit = info.get("unit") or ""
+    hist = entry.histogram
+    if hist is None:
+        raise ValueError(f"thresholds.json records no pooled histogram for {modality}")
+    counts = np.asarray(hist.counts, dtype=float)
+    edges = hist.edges()
+    unit = entry.unit
     fig = figure(12.0, 4.0)
     ax = fig.add_subplot()
     ax.stairs(counts, edges, fill=True, color="#9aa5b1", alpha=0.8, label="pooled training voxels")
@@ -62,14 +63,14 @@ def threshold_figure(modality: str, info: dict, decimals: int) -> str:
     ax.set_xlim(edges[0], edges[-1])
     top = counts.max() if counts.size and counts.max() > 0 else 1.0
     ax.set_ylim(0, top * 1.18)
-    for method, fit in info.get("methods", {}).items():
-        t = fit.get("threshold") if isinstance(fit, dict) else None
-        if t is None or not math.isfinite(float(t)):
+    for method, fit in entry.methods.items():
+        threshold = fit.threshold
+        if not math.isfinite(threshold):
             continue
         colour, style = method_style(method)
-        ax.axvline(float(t), color=colour, linestyle=style, linewidth=2,
-                   label=f"{display_name(method)}: {float(t):.{decimals}f} {unit}".rstrip())
-    fat_low = info.get("fat_is", "low") == "low"
+        ax.axvline(threshold, color=colour, linestyle=style, linewidth=2,
+                   label=f"{display_name(method)}: {threshold:.{decimals}f} {unit}".rstrip())
+    fat_low = entry.fat_is == "low"
     ax.text(0.01, 0.97, "← fat" if fat_low else "← muscle", transform=ax.transAxes, ha="left", va="top",
             color=FAT_RGBA[:3] if fat_low else MUSCLE_RGBA[:3], fontsize=11, fontweight="bold")
     ax.text(0.99, 0.97, "muscle →" if fat_low else "fat →", transform=ax.transAxes, ha="right", va="top",
@@ -77,7 +78,7 @@ def threshold_figure(modality: str, info: dict, decimals: int) -> str:
     ax.set_xlabel(f"intensity ({unit})" if unit else "intensity")
     ax.set_ylabel("voxels per bin")
     ax.set_title(f"{MODALITY_NAMES.get(modality, modality)}: pooled training histogram "
-                 f"({info.get('n_patients', '?')} patients)")
+                 f"({entry.n_patients if entry.n_patients is not None else '?'} patients)")
     fig.legend(loc="outside lower center", fontsize=9.5, ncols=4, frameon=False)
     return png_data_uri(fig)
 
@@ -92,9 +93,9 @@ def method_style(method: str) -> tuple[str, str]:
     return METHOD_STYLES[fitted.index(method) % len(METHOD_STYLES)]
 
 
-def _scanner_shares(ax, hist: dict, edges: np.ndarray) -> None:
+def _scanner_shares(ax, hist: PooledHistogram, edges: np.ndarray) -> None:
     """Issue 16: each scanner's share of the pooled histogram, as outlines over the pooled bars."""
-    for k, (label, counts) in enumerate(sorted((hist.get("by_scanner") or {}).items())):
+    for k, (label, counts) in enumerate(sorted(hist.by_scanner.items())):
         ax.stairs(np.asarray(counts, dtype=float), edges, color=SCANNER_COLOURS[k % len(SCANNER_COLOURS)],
                   linewidth=1.4, label=f"{label} share")
 
@@ -250,10 +251,10 @@ def box_figure(modality: str, features: pd.DataFrame, methods: list[str], unit: 
 
 
 
-def overlay_figure(modality: str, info: dict, examples: list[tuple[int, str, Preview]]) -> str:
+def overlay_figure(modality: str, entry: ModalityThresholds, examples: list[tuple[int, str, Preview]]) -> str:
     """Figure 4: preview slice, then muscle (blue) and fat (red) per method, one row per example."""
-    methods = method_order(info.get("methods", {}))
-    fat_is = "low" if info.get("fat_is", "low") == "low" else "high"
+    methods = method_order(entry.methods)
+    fat_is = entry.fat_is
     ncols = 1 + len(methods)
     fig = figure(2.9 * ncols, 3.0 * len(examples) + 0.3)
     axes = fig.subplots(len(examples), ncols, squeeze=False)
@@ -269,9 +270,7 @@ def overlay_figure(modality: str, info: dict, examples: list[tuple[int, str, Pre
                 ax.set_title(f"{pid} ({group})\nslice z={preview.z}", fontsize=8.5)
                 continue
             method = methods[c - 1]
-            fit = info["methods"][method] if isinstance(info["methods"][method], dict) else {}
-            t = fit.get("threshold")
-            t = float(t) if isinstance(t, (int, float)) else float("nan")
+            t = entry.methods[method].threshold
             if not math.isfinite(t):
                 ax.set_title(f"{MODALITY_NAMES.get(modality, modality)} {display_name(method)}\n"
                              f"no threshold fitted", fontsize=8.5)

@@ -47,7 +47,6 @@ from engine.contract import (
     QA_INDEX,
     QA_PANELS_JSON,
     REPORT_HTML,
-    SCANNERS_KEY,
     SERIES_CSV,
     SPLIT_NAMES,
     SPLITS,
@@ -62,7 +61,7 @@ from engine.contract import (
 )
 from engine.contract import TABLE_FILES as STUDY_TABLE_FILES
 from engine.measure.methods import display_name, method_order
-from engine.qa.cohort import cohort_warnings
+from engine.qa.cohort import modality_cohort_warnings
 from engine.report.figures import box_figure, overlay_figure, roc_figure, safe_figure, threshold_figure
 from engine.report.format import (
     format_number,
@@ -73,7 +72,7 @@ from engine.report.format import (
     threshold_decimals,
 )
 from engine.report.tables import RENDERERS, study_overview
-from engine.runfolder import StatInfo, Thresholds, read_json_file, read_table
+from engine.runfolder import MethodFit, Thresholds, read_table, read_thresholds
 from engine.runfolder.outputs import write_text
 from engine.runfolder.previews import Preview, read_preview
 
@@ -165,24 +164,22 @@ def _utc(timestamp) -> str | None:
 
 
 
-def scanner_sections(thresholds: dict) -> list[dict]:
+def scanner_sections(thresholds: Thresholds) -> list[dict]:
     """Issue 16: the scanners of each modality's training cohort and, for standardised MRI, their scales.
 
     Kept apart from the threshold tables so the report's table code can change without it.
     """
     sections = []
-    for modality, info in (thresholds.get("modalities") or {}).items():
-        scanners = (info or {}).get(SCANNERS_KEY) if isinstance(info, dict) else None
+    for modality, entry in thresholds.modalities.items():
+        scanners = entry.scanners
         if not scanners:
             continue
-        standardize = info.get("standardize")
+        standardize = entry.standardize
         rows = []
-        for s in scanners:
-            scale = s.get("scale_median")
-            spread = s.get("scale_range") or []
-            rows.append([str(s.get("label", "")), str(s.get("n_patients", "")),
-                         format_number(scale) if scale is not None else "–",
-                         " – ".join(format_number(v) for v in spread) if spread else "–"])
+        for scanner in scanners:
+            rows.append([scanner.label, "" if scanner.n_patients is None else str(scanner.n_patients),
+                         format_number(scanner.scale_median) if scanner.scale_median is not None else "–",
+                         " – ".join(format_number(v) for v in scanner.scale_range) if scanner.scale_range else "–"])
         mixed = modality == "mri" and standardize == "none" and len(scanners) > 1
         sections.append({
             "name": MODALITY_NAMES.get(modality, modality.upper()), "warn": mixed,
@@ -334,9 +331,10 @@ def _cohort_section(features: pd.DataFrame, errors: pd.DataFrame | None) -> dict
             "errors_known": errors is not None}
 
 
-def _fit_details(fit: dict) -> str:
+def _fit_details(fit: MethodFit) -> str:
+    """A method's entry as thresholds.json records it (every key but the threshold), in a line."""
     parts = []
-    for key, value in fit.items():
+    for key, value in fit.recorded().items():
         if key in ("threshold", "method"):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -348,31 +346,30 @@ def _fit_details(fit: dict) -> str:
     return "; ".join(parts)
 
 
-def diagnostic_sections(thresholds: dict, features: pd.DataFrame | None) -> list[dict]:
+def diagnostic_sections(thresholds: Thresholds, features: pd.DataFrame | None) -> list[dict]:
     """Issue 18: per modality, the bimodality diagnostic and the per-patient disagreement with fixed.
 
     Kept apart from the threshold tables so the report's table code can change without it.
     """
     sections = []
-    for modality, info in (thresholds.get("modalities") or {}).items():
-        diagnostic = (info or {}).get("diagnostic") if isinstance(info, dict) else None
-        if not isinstance(diagnostic, dict):
+    for modality, entry in thresholds.modalities.items():
+        diagnostic = entry.diagnostic
+        if diagnostic is None:
             continue
         rows = []
-        for method in [m for m in method_order(info.get("methods") or {}) if m != FIXED]:
+        for method in [m for m in method_order(entry.methods) if m != FIXED]:
             column = vs_fixed_column(modality, method)
             if features is None or column not in features.columns or not features[column].notna().any():
                 continue
             values = features[column].dropna()
-            shift = (info["methods"][method] or {}).get("vs_fixed_fat_bound_hu")
+            shift = entry.methods[method].vs_fixed_fat_bound_hu
             rows.append([display_name(method), format_number(shift), format_number(values.median()),
                          format_number(values.max())])
         sections.append({
-            "name": MODALITY_NAMES.get(modality, modality.upper()), "warn": bool(diagnostic.get("likely_one_tissue")),
-            "message": str(diagnostic.get("message") or ""),
+            "name": MODALITY_NAMES.get(modality, modality.upper()), "warn": diagnostic.likely_one_tissue,
+            "message": diagnostic.message,
             # issue 30: each method's split judged, method-wide disagreements with fixed said once
-            "cohort_warnings": [w.text for w in cohort_warnings({"modalities": {modality: info}}, features)
-                                if w.key != "one_tissue"],
+            "cohort_warnings": [w.text for w in modality_cohort_warnings(entry, features) if w.key != "one_tissue"],
             "table": plain_table(["Method", "Threshold − fixed fat bound (HU)",
                                   "Median % of ROI classified differently", "Max %"],
                                  rows, [False, True, True, True]) if rows else None,
@@ -380,30 +377,27 @@ def diagnostic_sections(thresholds: dict, features: pd.DataFrame | None) -> list
     return sections
 
 
-def _threshold_sections(thresholds: dict, notes: list[str]) -> list[dict]:
+def _threshold_sections(thresholds: Thresholds, notes: list[str]) -> list[dict]:
+    """Per modality: the table of its fits, its fat side and the pooled histogram's figure."""
     sections = []
-    for modality, info in (thresholds.get("modalities") or {}).items():
-        if not isinstance(info, dict):
-            continue
-        unit = info.get("unit") or ""
-        bin_width = (info.get("histogram") or {}).get("bin_width")
+    for modality, entry in thresholds.modalities.items():
+        unit = entry.unit
+        bin_width = entry.histogram.bin_width if entry.histogram is not None else None
         decimals = threshold_decimals(bin_width)
-        fat_low = info.get("fat_is", "low") == "low"
-        methods = info.get("methods") or {}
+        fat_low = entry.fat_is == "low"
         rows = []
-        for method in method_order(methods):
-            fit = methods[method] if isinstance(methods[method], dict) else {}
-            t = fit.get("threshold")
-            text = format_threshold(t, bin_width)
+        for method in method_order(entry.methods):
+            fit = entry.methods[method]
+            text = format_threshold(fit.threshold, bin_width)
             if not text:
                 classification = "not fitted"
             else:
                 classification = f"fat ≤ {text} < muscle" if fat_low else f"muscle ≤ {text} < fat"
             rows.append([display_name(method), text or "–", unit, classification, _fit_details(fit)])
         figure = None
-        if info.get("histogram"):
+        if entry.histogram is not None:
             figure = safe_figure(notes, f"The {MODALITY_NAMES.get(modality, modality)} histogram figure",
-                                  threshold_figure, modality, info, decimals)
+                                  threshold_figure, modality, entry, decimals)
         else:
             notes.append(f"thresholds.json has no pooled histogram for {modality.upper()}: no histogram figure.")
         sections.append({
@@ -411,7 +405,7 @@ def _threshold_sections(thresholds: dict, notes: list[str]) -> list[dict]:
             "fat_side": ("fat is the low class: voxels at or below the threshold are fat, above it muscle"
                          if fat_low else "fat is the high class: voxels above the threshold are fat, at or below "
                                          "it muscle"),
-            "n_patients": info.get("n_patients"), "n_voxels": format_number(info.get("n_voxels")),
+            "n_patients": entry.n_patients, "n_voxels": format_number(entry.n_voxels),
             "table": plain_table(["Method", "Threshold", "Unit", "Classification", "Fit details"], rows,
                             [False, True, False, False, False]),
             "figure": figure,
@@ -565,20 +559,42 @@ def _feature_methods(features: pd.DataFrame, modality: str) -> list[str]:
 # entry point
 
 
-def _box_sections(features: pd.DataFrame, thr_modalities: dict, figure_notes: list[str],
-                  stats: tuple[StatInfo, ...] | None = None) -> list[dict]:
+def _box_sections(features: pd.DataFrame, thresholds: Thresholds, figure_notes: list[str]) -> list[dict]:
+    """Figure 3 per modality with features: each feature by label (units and labels from the stat list)."""
     boxes = []
     for modality in MODALITIES:
         methods = _feature_methods(features, modality)
         if not methods:
             continue
-        unit = (thr_modalities.get(modality) or {}).get("unit") or ("HU" if modality == "ct" else "")
+        unit = thresholds[modality].unit if modality in thresholds else ("HU" if modality == "ct" else "")
         image = safe_figure(figure_notes, f"The {modality.upper()} box-plot figure", box_figure, modality,
-                             features, methods, unit, stats)
+                             features, methods, unit, thresholds.stats)
         if image is None:
             figure_notes.append(f"No labelled training patient with {modality.upper()} features: no box plots.")
         boxes.append({"name": MODALITY_NAMES[modality], "figure": image})
     return boxes
+
+
+def _overlay_sections(run_dir: Path, features: pd.DataFrame, thresholds: Thresholds,
+                      figure_notes: list[str]) -> list[dict]:
+    """Figure 4 per fitted modality (the engine's modalities first): one patient of each label."""
+    overlays = []
+    for modality in [m for m in MODALITIES if m in thresholds] + \
+            [m for m in thresholds.modalities if m not in MODALITIES]:
+        examples = safe_figure(figure_notes, f"The {modality.upper()} overlay examples", _overlay_examples,
+                                run_dir, features, modality) or []
+        image = None
+        if examples:
+            image = safe_figure(figure_notes, f"The {modality.upper()} overlay figure", overlay_figure, modality,
+                                 thresholds[modality], examples)
+        else:
+            figure_notes.append(f"No published {modality.upper()} preview "
+                                f"(previews/<patient>__{modality}.preview.npz) of a labelled patient: "
+                                "no overlay figure.")
+        overlays.append({"name": MODALITY_NAMES.get(modality, modality.upper()), "figure": image,
+                         "patients": [f"{pid} ({'sarcopenia' if lab == 1 else 'non-sarcopenia'})"
+                                      for lab, pid, _ in examples]})
+    return overlays
 
 
 def _statistics_section(run_dir: Path, model: dict | None, features: pd.DataFrame,
@@ -639,7 +655,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     features = read_table(_require(run_dir / FEATURES_CSV).parent, FEATURES_CSV)
-    thresholds = read_json_file(_require(run_dir / THRESHOLDS_JSON).parent, THRESHOLDS_JSON)
+    thresholds = read_thresholds(_require(run_dir / THRESHOLDS_JSON).parent)
     for column in ("patient_id", "split", "label"):
         if column not in features:
             raise ValueError(f"features.csv in {run_dir} has no `{column}` column")
@@ -652,29 +668,11 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     predictions = _read_csv(run_dir / PREDICTIONS_CSV, missing, "ROC curves")
 
     statistics = _statistics_section(run_dir, model, features, predictions, missing, figure_notes)
-    thr_modalities = thresholds.get("modalities") or {}
     threshold_sections = _threshold_sections(thresholds, figure_notes)
+    boxes = _box_sections(features, thresholds, figure_notes)
+    overlays = _overlay_sections(run_dir, features, thresholds, figure_notes)
 
-    boxes = _box_sections(features, thr_modalities, figure_notes, Thresholds.from_json(thresholds).stats)
-
-    overlays = []
-    for modality in [m for m in MODALITIES if m in thr_modalities] + \
-            [m for m in thr_modalities if m not in MODALITIES]:
-        examples = safe_figure(figure_notes, f"The {modality.upper()} overlay examples", _overlay_examples,
-                                run_dir, features, modality) or []
-        image = None
-        if examples:
-            image = safe_figure(figure_notes, f"The {modality.upper()} overlay figure", overlay_figure, modality,
-                                 thr_modalities[modality], examples)
-        else:
-            figure_notes.append(f"No published {modality.upper()} preview "
-                                f"(previews/<patient>__{modality}.preview.npz) of a labelled patient: "
-                                "no overlay figure.")
-        overlays.append({"name": MODALITY_NAMES.get(modality, modality.upper()), "figure": image,
-                         "patients": [f"{pid} ({'sarcopenia' if lab == 1 else 'non-sarcopenia'})"
-                                      for lab, pid, _ in examples]})
-
-    engine_version = (provenance or {}).get("engine_version") or thresholds.get("engine_version") or \
+    engine_version = (provenance or {}).get("engine_version") or thresholds.engine_version or \
         (model or {}).get("engine_version") or "unknown"
     context = {
         "engine_version": engine_version,

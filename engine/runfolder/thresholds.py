@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.contract import TISSUES
+import numpy as np
+
+from engine.contract import SCANNERS_KEY, TISSUES
 from engine.errors import ConfigError
 from engine.measure import features as feature_registry
 from engine.measure import methods as method_registry
@@ -36,6 +38,22 @@ def two_classes(fat_is: str) -> tuple[str, str]:
         return _TWO_CLASSES[fat_is]
     except KeyError:
         raise ValueError(f"fat_is is 'low' or 'high', got {fat_is!r}") from None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _hu_range(value: Any) -> tuple[float, float] | None:
+    """A recorded ``[low, high]`` HU range, or None where there is none."""
+    if not value:
+        return None
+    low, high = value
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,29 @@ class MethodFit:
         """Whether every bound is a number (a failed fit records NaN/null)."""
         return all(b is not None and math.isfinite(b) for b in self.bounds)
 
+    @property
+    def vs_fixed_fat_bound_hu(self) -> float | None:
+        """The threshold minus the fixed reference's fat bound (HU; CT's fitted methods), or None."""
+        return _optional_float(self.details.get("vs_fixed_fat_bound_hu"))
+
+    @property
+    def fat_range_hu(self) -> tuple[float, float] | None:
+        """The fixed reference's fat range ``fat_hu`` (low, high HU), or None for a method without one."""
+        return _hu_range(self.details.get("fat_hu"))
+
+    @property
+    def muscle_range_hu(self) -> tuple[float, float] | None:
+        """The fixed reference's muscle range ``muscle_hu`` (low, high HU), or None for a method without one."""
+        return _hu_range(self.details.get("muscle_hu"))
+
+    def recorded(self) -> dict:
+        """The entry as thresholds.json records it: keys sorted, a missing bound as None (JSON null)."""
+        entry = self.to_json()
+        entry["bounds"] = [b if math.isfinite(b) else None for b in self.bounds]
+        if entry["threshold"] is not None and not math.isfinite(entry["threshold"]):
+            entry["threshold"] = None
+        return dict(sorted(entry.items()))
+
     def to_json(self) -> dict:
         bounds = list(self.bounds)
         return {**self.details, "threshold": bounds[0] if len(bounds) == 1 else None, "bounds": bounds,
@@ -160,16 +201,129 @@ def _method_from_json(name: str, data: Mapping, fat_is: str) -> MethodFit:
 
 
 @dataclass(frozen=True)
+class PooledHistogram:
+    """A modality's pooled training histogram, the partial every fit finalises on.
+
+    Attributes
+    ----------
+    counts : tuple of int
+        Voxels per bin; bin ``k`` is centred on ``lo + k * bin_width`` (intensity unit).
+    lo, hi : float
+        The first and the last bin's centre, in the modality's intensity unit.
+    bin_width : float
+        The bins' width, in the modality's intensity unit.
+    by_scanner : mapping of str to tuple of int
+        Each training scanner's share of ``counts`` (same bins); empty for one scanner.
+    """
+
+    counts: tuple[int, ...]
+    lo: float
+    hi: float
+    bin_width: float
+    by_scanner: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def edges(self) -> np.ndarray:
+        """The ``len(counts) + 1`` bin edges: ``lo - bin_width / 2 + k * bin_width``."""
+        return self.lo - self.bin_width / 2 + self.bin_width * np.arange(len(self.counts) + 1)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PooledHistogram:
+        return cls(tuple(data["counts"]), float(data["lo"]), float(data.get("hi", math.nan)), float(data["bin_width"]),
+                   {str(label): tuple(counts) for label, counts in (data.get("by_scanner") or {}).items()})
+
+
+@dataclass(frozen=True)
+class TrainingScanner:
+    """One scanner of a modality's training cohort and, for standardised MRI, its series' scales.
+
+    Attributes
+    ----------
+    label : str
+        The scanner as its headers name it (``Philips Ingenia 1.5 T``).
+    n_patients : int or None
+        Training patients scanned on it (None where the file does not say).
+    scale_median : float or None
+        Median standardisation scale of its series (None without standardisation).
+    scale_range : tuple of float
+        (min, max) of those scales; empty without standardisation.
+    """
+
+    label: str
+    n_patients: int | None = None
+    scale_median: float | None = None
+    scale_range: tuple[float, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> TrainingScanner:
+        return cls(str(data.get("label", "")), _optional_int(data.get("n_patients")),
+                   _optional_float(data.get("scale_median")),
+                   tuple(float(v) for v in (data.get("scale_range") or ())))
+
+
+@dataclass(frozen=True)
+class BimodalityDiagnostic:
+    """Whether a modality's pooled histogram holds two tissues: a two-component Gaussian mixture on it.
+
+    Attributes
+    ----------
+    likely_one_tissue : bool
+        The mixture's verdict: one tissue (a fitted split would cut it).
+    message : str
+        The verdict in words, as the run's notes say it.
+    ashman_d : float or None
+        Ashman's D of the two components (> 2 is a clean split; Ashman et al. 1994).
+    means, variances, weights : tuple of float
+        The two components' means and variances (intensity unit, unit²) and weights.
+    """
+
+    likely_one_tissue: bool = False
+    message: str = ""
+    ashman_d: float | None = None
+    means: tuple[float, ...] = ()
+    variances: tuple[float, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> BimodalityDiagnostic:
+        def floats(key: str) -> tuple[float, ...]:
+            return tuple(float(v) for v in (data.get(key) or ()))
+
+        return cls(bool(data.get("likely_one_tissue")), str(data.get("message") or ""),
+                   _optional_float(data.get("ashman_d")), floats("means"), floats("variances"), floats("weights"))
+
+
+@dataclass(frozen=True)
 class ModalityThresholds:
-    """One modality's entry of thresholds.json: the fat side, unit, the fits and the pooled histogram."""
+    """One modality's entry of thresholds.json: the fat side, unit, the fits and what they were fitted on.
+
+    Attributes
+    ----------
+    modality, fat_is, unit : str
+        ``ct``/``mri``; ``low`` or ``high``; ``HU`` or ``signal``.
+    methods : mapping of str to MethodFit
+        The fits, in thresholds.json order.
+    diagnostic : BimodalityDiagnostic or None
+        None where the file records none.
+    histogram : PooledHistogram or None
+        None where the file records none.
+    n_patients, n_voxels : int or None
+        Training patients and voxels of the pooled histogram (None where the file does not say).
+    scanners : tuple of TrainingScanner
+        The training cohort's scanners.
+    standardize : str or None
+        The MRI intensity standardisation (``reference``, ``none``); None for CT and older files.
+    """
 
     modality: str
     fat_is: str
     unit: str
     methods: Mapping[str, MethodFit]
-    diagnostic: Mapping[str, Any] = field(default_factory=dict)
-    histogram: Mapping[str, Any] = field(default_factory=dict)
-    n_patients: int = 0
+    diagnostic: BimodalityDiagnostic | None = None
+    histogram: PooledHistogram | None = None
+    n_patients: int | None = None
+    n_voxels: int | None = None
+    scanners: tuple[TrainingScanner, ...] = ()
+    standardize: str | None = None
 
     def values(self) -> dict[str, float]:
         """method -> its (two-class) threshold, in thresholds.json order."""
@@ -179,9 +333,13 @@ class ModalityThresholds:
     def from_json(cls, modality: str, data: Mapping) -> ModalityThresholds:
         fat_is = str(data.get("fat_is") or ("low" if modality == "ct" else "high"))
         methods = {name: _method_from_json(name, fit, fat_is) for name, fit in (data.get("methods") or {}).items()}
+        diagnostic, histogram = data.get("diagnostic"), data.get("histogram")
         return cls(modality, fat_is, str(data.get("unit") or ("HU" if modality == "ct" else "signal")), methods,
-                   dict(data.get("diagnostic") or {}), dict(data.get("histogram") or {}),
-                   int(data.get("n_patients") or 0))
+                   BimodalityDiagnostic.from_json(diagnostic) if isinstance(diagnostic, Mapping) else None,
+                   PooledHistogram.from_json(histogram) if histogram else None,
+                   _optional_int(data.get("n_patients")), _optional_int(data.get("n_voxels")),
+                   tuple(TrainingScanner.from_json(s) for s in (data.get(SCANNERS_KEY) or ())),
+                   None if data.get("standardize") is None else str(data["standardize"]))
 
 
 @dataclass(frozen=True)
