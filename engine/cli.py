@@ -122,7 +122,7 @@ def cmd_apply(args) -> int:
     print(_summary(result, Path(args.out)))
     from engine.stats.cli import chance_text  # lazy: numpy/pandas; `sarco --help` and usage errors stay fast
 
-    statistics = json.loads(Path(args.model).read_text()).get("statistics") or {}
+    statistics = json.loads(Path(args.model).read_text(encoding="utf-8")).get("statistics") or {}
     for verdict, what in ((statistics.get("best_model"), "chosen model"),
                           (statistics.get("best_imaging"), "best imaging model")):
         line = chance_text(verdict, what)

@@ -629,7 +629,7 @@ def clean_run(tmp_path_factory) -> Path:
 def planted_phi(cohort: Path) -> list[str]:
     import json
 
-    return json.loads((cohort / "phi_planted.json").read_text())
+    return json.loads((cohort / "phi_planted.json").read_text(encoding="utf-8"))
 
 
 def phi_patterns(planted: list[str]) -> dict[str, re.Pattern[bytes]]:

@@ -68,7 +68,7 @@ def test_suite_writes_json_and_markdown_and_survives_a_failing_bench(tmp_path, m
     status = bench_main.main(["--quick", "--out", str(out)])
     assert status == 1  # the broken bench fails the run, after the other wrote its rows
 
-    report = json.loads((out / "bench.json").read_text())
+    report = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     assert report["quick"] is True
     assert {"cpu", "cores", "ram_gib", "versions", "date_utc"} <= set(report["machine"])
     assert report["benches"]["broken"]["error"] == "RuntimeError: deliberately broken"
@@ -76,7 +76,7 @@ def test_suite_writes_json_and_markdown_and_survives_a_failing_bench(tmp_path, m
     assert {"bench", "size", "workers", "n_patients", "total_s", "s_per_patient", "extrapolated_200_s"} <= set(row)
     assert row["bench"] == "synth_time" and row["n_patients"] == 1
 
-    markdown = (out / "bench.md").read_text()
+    markdown = (out / "bench.md").read_text(encoding="utf-8")
     assert "## Machine" in markdown and "## synth_time" in markdown and "## broken" in markdown
     assert "| size | workers | n_patients |" in markdown
     assert "**Failed**: RuntimeError: deliberately broken" in markdown

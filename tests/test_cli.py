@@ -111,7 +111,7 @@ def test_kernels_never_import_engine():
     root = Path(__file__).resolve().parent.parent / "kernels"
     offenders = []
     for source in root.glob("*.py"):
-        for line in source.read_text().splitlines():
+        for line in source.read_text(encoding="utf-8").splitlines():
             stripped = line.strip()
             if stripped.startswith(("import ", "from ")) and any(
                     f" {name}" in stripped.replace(",", " ") or stripped.startswith(f"from {name}")

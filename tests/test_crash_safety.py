@@ -194,7 +194,7 @@ def test_a_killed_rerun_never_shows_a_mix_of_old_and_new_outputs(setup, referenc
     assert result.returncode == -signal.SIGKILL, result.stderr
     # The rerun retracted the finished run's outputs before writing its own: what is visible is
     # the new run's thresholds.json and no model.json yet, never one run's beside the other's.
-    thresholds = json.loads((out / "thresholds.json").read_text())
+    thresholds = json.loads((out / "thresholds.json").read_text(encoding="utf-8"))
     assert set(thresholds["modalities"]["ct"]["methods"]) == {"otsu"}
     assert not (out / "model.json").exists(), "model.json of the previous run is still visible"
 
@@ -209,7 +209,7 @@ def test_a_moved_run_folder_resumes_from_its_own_cache(reference, tmp_path_facto
     moved = tmp_path / "moved"
     shutil.copytree(reference, moved)
     for summary_path in (moved / "cache").glob("*.json"):  # as if written at a place that is gone
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         summary["sample"] = str(tmp_path / "gone" / Path(summary["sample"]).name)
         summary_path.write_text(json.dumps(summary))
     # another method set: new thresholds, so pass 2 must read the cached samples again

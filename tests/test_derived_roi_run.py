@@ -147,10 +147,10 @@ def test_qa_png_per_patient_and_a_sortable_contact_sheet(derived_run):
     assert len(pngs) == len(measured) == N_PATIENTS - len(FAILING)
     for pid in measured:
         assert qa_png_path(out, pid, "ct").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text())
+    records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8"))
     assert sorted(r["patient_id"] for r in records) == sorted(measured)
     assert all(r["source"] == "derived L3/L4" and r["strip"] and "error" not in r for r in records)
-    sheet = (out / QA_DIR / QA_INDEX).read_text()
+    sheet = (out / QA_DIR / QA_INDEX).read_text(encoding="utf-8")
     assert sheet.count('<img loading="lazy"') == N_PATIENTS - len(FAILING)
     assert "aria-sort" in sheet and "Fat % Otsu" in sheet
 

@@ -60,14 +60,14 @@ def test_compare_names_each_differing_cell(device_check, tmp_path, capsys):
 
 def test_every_project_dependency_is_checked_on_the_device(device_check):
     # `missing` must name any dependency the device lacks: each one has an import to try.
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     wanted = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["dependencies"]}
     checked = {canonicalize_name(d) for d in device_check.REQUIRED_MODULES.values()}
     assert wanted - checked == set()
 
 
 def test_bundle_pins_every_package_once():
-    text = (SCRIPTS / "device_bundle.sh").read_text()
+    text = (SCRIPTS / "device_bundle.sh").read_text(encoding="utf-8")
     block = text[text.index("PACKAGES=("):text.index("\n)\n", text.index("PACKAGES=("))]
     specs = [t for line in block.splitlines()[1:] for t in line.split("#")[0].split()]
     names = [canonicalize_name(Requirement(s).name) for s in specs]

@@ -119,7 +119,7 @@ def test_habitat_maps_match_features(full_run):
 def test_thresholds_come_from_training_patients_only(full_run):
     import json
 
-    thresholds = json.loads((full_run / "thresholds.json").read_text())
+    thresholds = json.loads((full_run / "thresholds.json").read_text(encoding="utf-8"))
     split = pd.read_csv(full_run / "split.csv")
     n_train = int(((split["split"] == "train") & split["label"].notna()).sum())
     assert thresholds["modalities"]["ct"]["n_patients"] == n_train

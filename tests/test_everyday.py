@@ -66,10 +66,10 @@ def test_study_table_on_the_engines_own_features_takes_no_diagnostic_as_clinical
     cfg = load_config(overrides={"stats": {"cv_folds": 2, "cv_repeats": 2, "chance_permutations": 0}})
     run_table_study(tmp_path / "features.csv", tmp_path / "study", cfg)
     # issue 21: its report said "no processing failure" while listing errors.csv as missing
-    html = (tmp_path / "study" / "report.html").read_text()
+    html = (tmp_path / "study" / "report.html").read_text(encoding="utf-8")
     assert "no processing failure" not in html and "processing failures not known" in html
     assert "sarco study --table features.csv" in html
-    model = json.loads((tmp_path / "study" / "model.json").read_text())
+    model = json.loads((tmp_path / "study" / "model.json").read_text(encoding="utf-8"))
     assert model["clinical_columns"] == ["age"]
     table2 = pd.read_csv(tmp_path / "study" / "tables" / "table2_groups.csv")
     assert set(table2["variable"]) == {"age"}
@@ -237,7 +237,7 @@ def test_apply_prints_the_thresholds_in_the_order_run_does(tmp_path):
            "methods": {m: {"threshold": t} for m, t in (("otsu", -3), ("kmeans", -2), ("gmm", 17), ("fixed", -29.5))}}
     thresholds = {"modalities": {"mri": {**fit, "unit": "signal"}, "ct": fit}}
     write_json(tmp_path / "model.json", {"thresholds": thresholds})
-    reread = json.loads((tmp_path / "model.json").read_text())["thresholds"]
+    reread = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))["thresholds"]
     lines = []
     for source in (thresholds, reread):
         result = SimpleNamespace(n_patients=1, backend="cpu", n_failed=0, errors=pd.DataFrame(
@@ -283,7 +283,7 @@ def test_report_names_the_run_explains_an_identical_combined_model_and_tests_box
     from tests.test_report import make_run
 
     run = make_run(tmp_path)
-    provenance = json.loads((run / "provenance.json").read_text())
+    provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
     provenance["manifest"] = {"name": "cohort_2024.csv", "path_sha256": "0" * 64}
     (run / "provenance.json").write_text(json.dumps(provenance))
     why = "no ct_otsu feature had univariable p < 0.05 on these patients"
@@ -298,7 +298,7 @@ def test_report_names_the_run_explains_an_identical_combined_model_and_tests_box
         return real(x0, x1)
 
     monkeypatch.setattr(groups, "compare_continuous", spy)
-    html = render_report(run).read_text()
+    html = render_report(run).read_text(encoding="utf-8")
     assert "sarco run of cohort_2024.csv, started 2024-11-23 16:40 UTC, folder run" in html
     assert str(escape(why)) in html
     # every box (2 modalities x 3 methods x 6 features) tested by Table 2's rule on the training groups

@@ -497,9 +497,9 @@ def test_apply_folders_export_the_frozen_thresholds_and_share_run_exit_statuses(
     status, err = _export(["export", str(apply_dir), "--manifest", str(tmp_path / "night.csv"), "--dicom",
                            str(tmp_path / "dicom"), "--objects", "seg,sr"], capsys)
     assert status == 0, err
-    model = json.loads((out / MODEL_JSON).read_text())["thresholds"]["modalities"]["ct"]["methods"]
+    model = json.loads((out / MODEL_JSON).read_text(encoding="utf-8"))["thresholds"]["modalities"]["ct"]["methods"]
     stated = {g["segment"]: g["THRESH"] for g in _sr_groups(tmp_path / "dicom" / "SYN0001__ct_sr.dcm")}
-    assert json.loads((apply_dir / THRESHOLDS_JSON).read_text())["modalities"]["ct"]["methods"] == model
+    assert json.loads((apply_dir / THRESHOLDS_JSON).read_text(encoding="utf-8"))["modalities"]["ct"]["methods"] == model
     assert sorted(set(stated.values())) == pytest.approx(sorted({v["threshold"] for v in model.values()}))
     bad = pd.concat([night, night.assign(patient_id="GONE0001", ct_image=str(tmp_path / "no_such_series"))])
     bad.to_csv(tmp_path / "bad.csv", index=False)

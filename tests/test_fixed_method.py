@@ -108,7 +108,7 @@ def test_lean_cohort_fires_the_warning(lean_run):
     assert diagnostic["likely_one_tissue"] is True
     assert diagnostic["ashman_d"] < 2.0
     assert any("ONE tissue" in note for note in result.notes)
-    thresholds = json.loads((result.out_dir / "thresholds.json").read_text())["modalities"]["ct"]
+    thresholds = json.loads((result.out_dir / "thresholds.json").read_text(encoding="utf-8"))["modalities"]["ct"]
     assert thresholds["diagnostic"] == diagnostic
     for method in ("otsu", "kmeans", "gmm"):  # every fitted split lies inside the muscle range
         assert thresholds["methods"][method]["vs_fixed_fat_bound_hu"] > 0

@@ -497,7 +497,7 @@ def test_importing_kernels_pulls_in_no_heavy_or_engine_module():
 def test_kernels_sources_do_not_import_forbidden_modules():
     forbidden = ("engine", "dask", "SimpleITK", "pydicom", "yaml", "logging", "tests")
     for source in sorted(KERNELS_DIR.glob("*.py")):
-        for line in source.read_text().splitlines():
+        for line in source.read_text(encoding="utf-8").splitlines():
             stripped = line.strip()
             if stripped.startswith(("import ", "from ")):
                 module = stripped.split()[1].split(".")[0]
@@ -526,7 +526,7 @@ def test_cu_files_compile_without_flushing_conversions_under_ftz(cu_file, tmp_pa
         capture_output=True, text=True,
     )
     assert done.returncode == 0, f"nvcc failed on {cu_file.name}:\n{done.stderr}"
-    ptx = (tmp_path / "out.ptx").read_text()
+    ptx = (tmp_path / "out.ptx").read_text(encoding="utf-8")
     _check_entries(cu_file, ptx)
     assert FLUSHING_CONVERSION not in ptx
     assert not re.findall(r"\bfma\.", ptx)

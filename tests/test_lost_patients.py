@@ -46,7 +46,7 @@ def study(tmp_path_factory):
     _table(np.random.default_rng(3)).to_csv(path, index=False)
     cheap = {"run": {"scheduler": "inline"}, "stats": {"cv_repeats": 2, "chance_permutations": 0}}
     summary, notes = run_table_study(path, folder / "out", load_config(overrides=cheap))
-    return json.loads((folder / "out" / STUDY_JSON).read_text()), notes
+    return json.loads((folder / "out" / STUDY_JSON).read_text(encoding="utf-8")), notes
 
 
 def test_a_mostly_undefined_fat_mean_leaves_the_candidates_not_the_patients(study):

@@ -102,7 +102,7 @@ def test_issue24_qa_and_report_show_each_series_reference(spine_run):
     from engine.report import mri_series_by_scanner
 
     out, _, merged = spine_run
-    records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text())
+    records = json.loads((out / QA_DIR / QA_PANELS_JSON).read_text(encoding="utf-8"))
     assert len(records) == N_PATIENTS
     assert all(r["fields"]["mri_reference"].startswith("CSF ") for r in records)
     assert sum(r["fields"]["mri_reference_flag"] != "" for r in records) <= 1, "the fat/CSF check flags at most one"
@@ -240,7 +240,7 @@ def test_reference_is_the_default_for_mri():
     assert load_config().preprocess.mri.reference == "auto"
     from pathlib import Path
 
-    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text())
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text(encoding="utf-8"))
     assert validate(shipped).preprocess.mri.standardize == "reference"
 
 

@@ -86,7 +86,7 @@ def test_none_warns_about_the_scanner_mix_and_reference_does_not(runs):
 
 def test_thresholds_json_names_the_scanners_and_their_shares(runs):
     for mode, (folder, _) in runs.items():
-        entry = json.loads((folder / "thresholds.json").read_text())["modalities"]["mri"]
+        entry = json.loads((folder / "thresholds.json").read_text(encoding="utf-8"))["modalities"]["mri"]
         scanners = {s["label"]: s for s in entry["scanners"]}
         assert set(scanners) == {"SIEMENS MAGNETOM Aera 1.5 T", "Philips Ingenia 1.5 T"}, scanners
         assert sum(s["n_patients"] for s in scanners.values()) == entry["n_patients"]
@@ -100,7 +100,7 @@ def test_the_fitted_scale_is_in_each_series_summary(runs):
     from engine.contract import CACHE_DIR, STANDARDIZATION_KEY
 
     folder = runs["reference"][0]
-    summaries = [json.loads(p.read_text()) for p in sorted((folder / CACHE_DIR).glob("*__mri.json"))]
+    summaries = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((folder / CACHE_DIR).glob("*__mri.json"))]
     assert len(summaries) == N_PATIENTS
     scales = {s["scanner"]["manufacturer"]: [] for s in summaries}
     for s in summaries:

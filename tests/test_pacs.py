@@ -168,7 +168,7 @@ def test_seg_segments_equal_the_habitat_maps_on_the_source_grid(pacs, fetched, r
     """Issue 22: each method's muscle and fat segments equal its habitat map resampled (nearest) by SimpleITK."""
     import highdicom as hd
 
-    methods = json.loads((run_dir / PROVENANCE_JSON).read_text())["config"]["fit"]["methods"]
+    methods = json.loads((run_dir / PROVENANCE_JSON).read_text(encoding="utf-8"))["config"]["fit"]["methods"]
     for patient in ("SYN0001", "SYN0002", "SYN0003"):
         seg = hd.seg.segread(str(exported / f"{patient}__ct_seg.dcm"))
         assert seg.SegmentationType == "BINARY"
@@ -224,7 +224,7 @@ def _measurement_groups(sr) -> dict[str, dict]:
 def test_sr_numbers_equal_features_csv(run_dir, exported):
     """Issue 22: one TID 1500 group per method and tissue: volume (cm3), mean (HU), percent = features.csv."""
     features = pd.read_csv(run_dir / FEATURES_CSV, dtype={"patient_id": str}).set_index("patient_id")
-    methods = json.loads((run_dir / PROVENANCE_JSON).read_text())["config"]["fit"]["methods"]
+    methods = json.loads((run_dir / PROVENANCE_JSON).read_text(encoding="utf-8"))["config"]["fit"]["methods"]
     for patient in features.index:
         sr = pydicom.dcmread(str(exported / f"{patient}__ct_sr.dcm"))
         seg = pydicom.dcmread(str(exported / f"{patient}__ct_seg.dcm"), stop_before_pixels=True)
@@ -368,7 +368,7 @@ def test_fetch_by_study_and_by_query(pacs, stored, tmp_path):
                  "--aet", "SARCOTEST"]) == 0
     manifest = pd.read_csv(out / FETCH_MANIFEST, dtype=str, keep_default_na=False)
     assert len(manifest) == 1 and manifest["patient_id"][0].startswith("S")
-    assert first.PatientID not in (out / FETCH_MANIFEST).read_text()
+    assert first.PatientID not in (out / FETCH_MANIFEST).read_text(encoding="utf-8")
     assert len(_series_files(out / manifest["ct_image"][0])) == counts[rows["patient_id"][0]]
     out = tmp_path / "by_query"
     assert main(["fetch", "--pacs", pacs.address, "--query", "Modality=CT", "--out", str(out),
@@ -528,7 +528,7 @@ def _distinct_run(run_dir: Path, tmp_path: Path, name: str) -> Path:
     """A copy of the run whose objects get UIDs of their own (its thresholds file differs by a note)."""
     copy = tmp_path / name
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", EXPORT_LOG_CSV))
-    thresholds = json.loads((copy / "thresholds.json").read_text())
+    thresholds = json.loads((copy / "thresholds.json").read_text(encoding="utf-8"))
     thresholds["note"] = name
     (copy / "thresholds.json").write_text(json.dumps(thresholds))
     return copy

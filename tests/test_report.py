@@ -222,7 +222,7 @@ def test_ct_only_run_without_tables_renders(tmp_path):
     predictions = pd.read_csv(run / "predictions.csv")
     predictions["p_ct_gmm"] = np.nan  # a model that failed for everyone
     predictions.to_csv(run / "predictions.csv", index=False)
-    thresholds = json.loads((run / "thresholds.json").read_text())
+    thresholds = json.loads((run / "thresholds.json").read_text(encoding="utf-8"))
     thresholds["modalities"]["ct"]["methods"]["kmeans"]["threshold"] = None  # a fit that failed
     (run / "thresholds.json").write_text(json.dumps(thresholds))
     html = render_report(run).read_text(encoding="utf-8")

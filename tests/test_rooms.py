@@ -100,7 +100,7 @@ def test_a_registered_method_and_stat_flow_to_every_output(dummy_run):
     """Issue 21: a method and a stat registered outside the engine reach thresholds.json, features.csv,
     the report and QA, with no engine file edited."""
     _, out = dummy_run
-    thresholds = json.loads((out / "thresholds.json").read_text())["modalities"]["ct"]
+    thresholds = json.loads((out / "thresholds.json").read_text(encoding="utf-8"))["modalities"]["ct"]
     hist = thresholds["histogram"]
     counts = np.asarray(hist["counts"])
     centers = hist["lo"] + hist["bin_width"] * np.arange(counts.size)

@@ -333,5 +333,5 @@ def test_a_plugin_stat_reaches_the_report_where_the_plugin_is_not_installed(runs
     html = (copy / "report.html").read_text(encoding="utf-8")
     assert "could not be drawn (" not in html and "Mid-range" in html
     assert round(2.35 * 2 * 4 * FIGURE_DPI) in _png_widths(html)
-    stats = json.loads((copy / "thresholds.json").read_text())["stats"]
+    stats = json.loads((copy / "thresholds.json").read_text(encoding="utf-8"))["stats"]
     assert [s["name"] for s in stats][-1] == STAT and math.isclose(stats[1]["display_scale"], 1e-3)

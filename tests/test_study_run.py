@@ -49,11 +49,12 @@ def test_tables_and_bundle_are_filled(study):
     assert (validation["auc"] > 0.65).all(), validation[["model", "auc"]]
     fixed = table5[(table5["split"] == "validation") & (table5["model"] == "ct_fixed")]
     assert (fixed["auc"] > 0.6).all(), fixed[["model", "auc"]]
-    bundle = json.loads((out / "model.json").read_text())
+    bundle = json.loads((out / "model.json").read_text(encoding="utf-8"))
     assert bundle["format"] == "sarco-model"
     assert set(bundle["statistics"]["models"]) >= {"ct_otsu", "clinical", "combined"}
+    written = json.loads((out / "thresholds.json").read_text(encoding="utf-8"))
     assert bundle["thresholds"]["modalities"]["ct"]["methods"]["otsu"]["threshold"] == pytest.approx(
-        json.loads((out / "thresholds.json").read_text())["modalities"]["ct"]["methods"]["otsu"]["threshold"])
+        written["modalities"]["ct"]["methods"]["otsu"]["threshold"])
 
 
 def test_apply_reproduces_the_training_predictions_exactly(study, tmp_path):
@@ -79,7 +80,7 @@ def test_report_is_rendered_with_every_section(study):
 
 def test_study_json_beside_the_tables(study):
     _, out = study
-    summary = json.loads((out / "study.json").read_text())
+    summary = json.loads((out / "study.json").read_text(encoding="utf-8"))
     table5 = pd.read_csv(out / "tables" / "table5_performance.csv")
     assert {"clinical", "combined", "ct_otsu"} <= set(summary["models"])
     for name, model in summary["models"].items():
@@ -117,7 +118,7 @@ def test_sarco_study_on_any_feature_table(tmp_path, capsys):
     for name in ("tables/table2_groups.csv", "tables/table5_performance.csv", "predictions.csv", "model.json",
                  "study.json", "report.html"):
         assert (out / name).is_file(), name
-    summary = json.loads((out / "study.json").read_text())
+    summary = json.loads((out / "study.json").read_text(encoding="utf-8"))
     assert set(summary["models"]) == {"clinical", "ct_otsu", "combined"}
     assert "ct_roi_volume" not in summary["models"]["clinical"]["features"]
     assert set(pd.read_csv(out / "tables" / "table2_groups.csv")["variable"]) == {"age", "sex"}
@@ -138,7 +139,7 @@ def test_sarco_study_user_mistake_is_one_line_exit_2(tmp_path, capsys, problem):
 def test_study_json_names_the_best_model_with_its_test_against_chance(study):
     """Issue 31: repeated CV settings, each model's interval, the best model with the permutation test's p."""
     _, out = study
-    summary = json.loads((out / "study.json").read_text())
+    summary = json.loads((out / "study.json").read_text(encoding="utf-8"))
     assert summary["cv"] == {"folds": 5, "repeats": 3, "seed": 42}
     assert summary["chance_test"]["permutations"] == 4 and summary["chance_test"]["cv_repeats"] == 2
     models = summary["models"]
@@ -151,7 +152,7 @@ def test_study_json_names_the_best_model_with_its_test_against_chance(study):
     assert any(best["chance_p"] == pytest.approx(k / 5) for k in range(1, 6))  # (1 + exceedances) / (1 + 4)
     assert best["better_than_chance"] is False  # with 4 permutations p >= 0.2
     assert summary["best_imaging"]["name"] == summary["best_imaging_model"]
-    statistics = json.loads((out / "model.json").read_text())["statistics"]
+    statistics = json.loads((out / "model.json").read_text(encoding="utf-8"))["statistics"]
     assert statistics["best_model"] == best  # the chosen model travels with the frozen models
     cv = pd.read_csv(out / "tables" / "cv_auc.csv")
     assert list(cv["repeats"].unique()) == [3] and cv.filter(like="auc_repeat_").shape[1] == 3

@@ -212,7 +212,7 @@ def test_truth_is_consistent_and_separates_the_labels(cohort):
 # ------------------------------------------------------------------------------ PHI
 def test_phi_in_dicom_headers_only(cohort):
     out, manifest = cohort
-    planted = json.loads((out / "phi_planted.json").read_text())
+    planted = json.loads((out / "phi_planted.json").read_text(encoding="utf-8"))
     assert planted and all(isinstance(s, str) and s for s in planted)
     for row in _rows(manifest)[:3]:
         ds = _series(out / row["ct_image"])[0]

@@ -123,7 +123,7 @@ def _require(path: Path) -> Path:
 
 def _read_json_quiet(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
