@@ -34,8 +34,8 @@ from engine.contract import EXPORT_LOG_CSV, FEATURES_CSV, MODEL_JSON, THRESHOLDS
 from engine.exporters import EXPORTERS, build_objects, builds_inline, export_run
 from engine.exporters.source import (
     ExportError,
+    ExportRun,
     PatientResult,
-    RunFolder,
     SourceSeries,
     copied_modules,
     habitats_on_source,
@@ -122,7 +122,7 @@ def exported(export_case, tmp_path_factory):
 def synthetic_result(export_case):
     """SYN0001's result with its source series read (the ablation copies and edits its headers)."""
     manifest, out = export_case
-    folder = RunFolder.open(out, manifest)
+    folder = ExportRun.open(out, manifest)
     result = folder.result("SYN0001", "ct")
     result.source = read_source(folder, "SYN0001", "ct")
     return result
@@ -369,13 +369,19 @@ def test_the_sr_states_its_grid_and_the_seg_volumes(export_case, exported):
     fat_otsu = features["ct_otsu_fat_volume"] / 1000.0
     assert any(g["118565006"] == pytest.approx(fat_otsu, rel=1e-9) for g in groups)
     assert max(differences) < 0.25  # the same tissue, counted on two grids
+    # the fitted methods' groups carry the pooled histogram's verdict and Ashman's D, as thresholds.json has them
+    diagnostic = json.loads((out / THRESHOLDS_JSON).read_text(encoding="utf-8"))["modalities"]["ct"]["diagnostic"]
+    verdict = "Likely one tissue: fitted fat unreliable" if diagnostic["likely_one_tissue"] else "Two tissues"
+    fitted = [g for g in groups if "ASHMAND" in g]
+    assert fitted and all(g["BIMODAL"] == verdict for g in fitted)
+    assert all(g["ASHMAND"] == pytest.approx(diagnostic["ashman_d"], rel=1e-12) for g in fitted)
 
 
 def test_habitats_on_the_source_grid_equal_a_resampling_onto_the_whole_grid(export_case):
     """Only the box of the source grid that a habitat map reaches is resampled (issue: sarco export is slow);
     the labels equal SimpleITK's nearest-neighbour resampling onto the whole grid, for every source here."""
     manifest, out = export_case
-    folder = RunFolder.open(out, manifest)
+    folder = ExportRun.open(out, manifest)
     for patient_id, modality in folder.series():
         result = folder.result(patient_id, modality)
         result.source = read_source(folder, patient_id, modality)
@@ -406,7 +412,7 @@ def test_an_oblique_habitat_map_on_the_source_grid_equals_the_whole_grid_resampl
     path = tmp_path / "habitat.nii.gz"
     sitk.WriteImage(habitat, str(path))
     result = PatientResult(patient_id="P", modality="ct", methods=["otsu"], features={}, thresholds={},
-                           diagnostic={}, habitats={"otsu": path}, muscles=(), qa_png=None, identity="run/input",
+                           diagnostic=None, habitats={"otsu": path}, muscles=(), qa_png=None, identity="run/input",
                            source=source)
     on_source = habitats_on_source(result)["otsu"]
     whole = sitk.Resample(sitk.ReadImage(str(path)), source.reference_image(), sitk.Transform(),

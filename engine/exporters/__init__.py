@@ -33,7 +33,7 @@ from engine.exporters.delivery import Delivery, Journal, plan_exports
 from engine.exporters.destinations import DicomwebDestination, DimseDestination, FolderDestination
 from engine.exporters.sc import build_sc
 from engine.exporters.seg import build_seg
-from engine.exporters.source import PatientResult, RunFolder, complete_geometry, complete_identity
+from engine.exporters.source import ExportRun, PatientResult, complete_geometry, complete_identity
 from engine.exporters.sr import build_sr
 from engine.pacs.dimse import CALLING_AET, Timeouts, parse_address
 from engine.runfolder.outputs import write_csv
@@ -206,7 +206,7 @@ def export_run(run_dir, *, dicom_dir=None, pacs: str | None = None, dicomweb: st
     if new_study and (pacs is not None or dicomweb is not None or dicom_dir is None):
         raise UsageError("--new-study writes a new study, for files only: give --dicom OUT_DIR and no --pacs or "
                          "--dicomweb")
-    run = RunFolder.open(run_dir, manifest)
+    run = ExportRun.open(run_dir, manifest)
     if dicom_dir is not None and Path(dicom_dir).resolve().is_relative_to(run.path.resolve()):
         raise UsageError(f"--dicom '{dicom_dir}' lies inside the run folder, which never holds an identifier; "
                          "give a folder outside it")

@@ -40,7 +40,7 @@ from engine.contract import (
     MODALITY_NAMES,
 )
 from engine.exporters.destinations import DeliveryError
-from engine.exporters.source import ExportError, RunFolder, read_source
+from engine.exporters.source import ExportError, ExportRun, read_source
 from engine.runfolder.outputs import write_csv
 
 log = logging.getLogger("sarco")
@@ -123,7 +123,7 @@ def object_key(identity: str, patient_id: str, modality: str, kind: str) -> str:
     return hashlib.sha256(f"{identity}/{patient_id}/{modality}/{kind}".encode()).hexdigest()[:16]
 
 
-def plan_exports(run: RunFolder, series, kinds: list[str], destinations, journal: pd.DataFrame) -> list[SeriesPlan]:
+def plan_exports(run: ExportRun, series, kinds: list[str], destinations, journal: pd.DataFrame) -> list[SeriesPlan]:
     """What each destination still needs of each series (the journal's delivered objects left out)."""
     delivered = {(r.patient_id, r.modality, r.object, r.destination): r for r in journal.itertuples()}
     plans = []
@@ -151,9 +151,9 @@ def plan_exports(run: RunFolder, series, kinds: list[str], destinations, journal
 
 # ---------------------------------------------------------------------------------------------- build
 @lru_cache(maxsize=4)
-def _open_run(path: str, stamp: float, manifest: str | None) -> RunFolder:
+def _open_run(path: str, stamp: float, manifest: str | None) -> ExportRun:
     """The run folder, read once per worker process (``stamp``: features.csv's mtime)."""
-    return RunFolder.open(path, manifest)
+    return ExportRun.open(path, manifest)
 
 
 def build_series(run_path: str, sources: tuple[str | None, bool], patient_id: str, modality: str,

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,6 @@ from engine.batch.tasks import content_digest
 from engine.contract import (
     DERIVED_ROI_DIR,
     FEATURES_CSV,
-    FIXED,
     HABITAT_LABELS,
     HABITATS_DIR,
     PROVENANCE_JSON,
@@ -47,7 +46,7 @@ from engine.inputs.manifest import Manifest, read_manifest
 from engine.inputs.userfiles import read_json_object, require_folder
 from engine.io.dicom import open_dicom_series
 from engine.measure.methods import modality_methods
-from engine.runfolder import MethodFit, StatInfo, Thresholds, read_table, registered_stats
+from engine.runfolder import BimodalityDiagnostic, MethodFit, StatInfo, Thresholds, read_table, registered_stats
 
 
 class ExportError(SarcoError):
@@ -99,7 +98,7 @@ class PatientResult:
     methods: list[str]
     features: dict[str, float | None]
     thresholds: dict[str, float]
-    diagnostic: dict
+    diagnostic: BimodalityDiagnostic | None
     habitats: dict[str, Path]
     muscles: tuple[str, ...]
     qa_png: Path | None
@@ -126,9 +125,13 @@ class PatientResult:
 
 
 @dataclass
-class RunFolder:
+class ExportRun:
     """The published files of a run or apply folder that the exporters read (no cache, no identifier),
-    and the manifest that says where its sources are."""
+    and the manifest that says where its sources are.
+
+    ``thresholds`` is the file as written (its bytes name the run: :attr:`digest`); every read goes
+    through :attr:`fits`, the typed view (:class:`engine.runfolder.thresholds.Thresholds`).
+    """
 
     path: Path
     features: pd.DataFrame
@@ -137,13 +140,18 @@ class RunFolder:
     manifest: Manifest | None = None
 
     @classmethod
-    def open(cls, run_dir, manifest=None) -> RunFolder:
+    def open(cls, run_dir, manifest=None) -> ExportRun:
         path = require_folder(run_dir, "run folder")
         provenance = _read_provenance(path, run_dir)
         thresholds = _read_thresholds(path, run_dir)
         if not (path / FEATURES_CSV).is_file():
             raise UsageError(f"'{run_dir}' is not a sarco run folder: {FEATURES_CSV} is missing")
         return cls(path, read_table(path, FEATURES_CSV), thresholds, provenance, _read_sources(manifest))
+
+    @cached_property
+    def fits(self) -> Thresholds:
+        """The typed thresholds (parsed once)."""
+        return Thresholds.from_json(self.thresholds)
 
     @property
     def digest(self) -> str:
@@ -154,7 +162,7 @@ class RunFolder:
     def series(self) -> list[tuple[str, str]]:
         """(patient_id, modality) of every measured series, in features.csv order."""
         out = []
-        for modality in self.thresholds.get("modalities", {}):
+        for modality in self.fits.modalities:
             methods = self.methods(modality)
             if not methods:
                 continue
@@ -167,7 +175,7 @@ class RunFolder:
         return sorted(out, key=lambda item: (item[0], item[1]))
 
     def methods(self, modality: str) -> list[str]:
-        fitted = self.thresholds.get("modalities", {}).get(modality, {}).get("methods", {})
+        fitted = self.fits[modality].methods if modality in self.fits else {}
         methods = self.provenance.get("config", {}).get("fit", {}).get("methods") or list(fitted)
         return [m for m in modality_methods(modality, methods) if m in fitted]
 
@@ -175,8 +183,7 @@ class RunFolder:
         """The run folder's part of one patient's result (no DICOM read yet)."""
         row = self.features.loc[self.features["patient_id"] == patient_id].iloc[0]
         methods = self.methods(modality)
-        fit = self.thresholds["modalities"][modality]
-        typed = Thresholds.from_json(self.thresholds)
+        fit = self.fits[modality]
         habitats = {m: habitat_path(self.path / HABITATS_DIR, patient_id, modality, m) for m in methods}
         missing = [m for m, p in habitats.items() if not p.is_file()]
         if missing:
@@ -187,11 +194,10 @@ class RunFolder:
         return PatientResult(
             patient_id=patient_id, modality=modality, methods=methods,
             features={k: (None if v != v else float(v)) for k, v in row.items() if isinstance(v, (int, float))},
-            thresholds={m: float(fit["methods"][m]["threshold"]) for m in methods},
-            diagnostic=fit.get("diagnostic") or {}, habitats=habitats,
+            thresholds={m: fit.methods[m].threshold for m in methods},
+            diagnostic=fit.diagnostic, habitats=habitats,
             muscles=derived_muscles(self.path, patient_id, modality), qa_png=png if png.is_file() else None,
-            identity=f"{self.digest}/{digest}", extras={"fixed": fit["methods"].get(FIXED)},
-            fits={m: typed[modality].methods[m] for m in methods}, stats=typed.stats)
+            identity=f"{self.digest}/{digest}", fits={m: fit.methods[m] for m in methods}, stats=self.fits.stats)
 
     def source_entry(self, patient_id: str, modality: str) -> tuple[Path, str | None]:
         """(image path, SeriesInstanceUID or None) of one series, from the manifest, checked against the run."""
@@ -254,7 +260,7 @@ def derived_muscles(run_dir: Path, patient_id: str, modality: str) -> tuple[str,
                  if any(ROI_MUSCLE_LABELS[m] in present for m in muscles))
 
 
-def read_source(run: RunFolder, patient_id: str, modality: str):
+def read_source(run: ExportRun, patient_id: str, modality: str):
     """The source series of one patient (checked again: it may have moved since the run)."""
 
     image, series_uid = run.source_entry(patient_id, modality)

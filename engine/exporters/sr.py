@@ -56,12 +56,12 @@ def _group(result: PatientResult, seg, i: int, method: str, tissue: str, uids, g
         vs_fixed = result.vs_fixed(method)
         if math.isfinite(vs_fixed):
             measurements.append(_measurement(sarco_codes.VS_FIXED, vs_fixed, sarco_codes.PERCENT, method=method_code))
-        one_tissue = result.diagnostic.get("likely_one_tissue")
-        if one_tissue is not None:
-            verdict = sarco_codes.ONE_TISSUE if one_tissue else sarco_codes.TWO_TISSUES
+        diagnostic = result.diagnostic
+        if diagnostic is not None:
+            verdict = sarco_codes.ONE_TISSUE if diagnostic.likely_one_tissue else sarco_codes.TWO_TISSUES
             evaluations.append(hd.sr.QualitativeEvaluation(sarco_codes.BIMODALITY, verdict))
-        if result.diagnostic.get("ashman_d") is not None:
-            measurements.append(_measurement(sarco_codes.ASHMAN_D, result.diagnostic["ashman_d"], sarco_codes.NO_UNIT))
+        if diagnostic is not None and diagnostic.ashman_d is not None:
+            measurements.append(_measurement(sarco_codes.ASHMAN_D, diagnostic.ashman_d, sarco_codes.NO_UNIT))
     source_series = hd.sr.SourceSeriesForSegmentation(result.series.datasets[0].SeriesInstanceUID)
     segment = hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
                                       segment_number=segment_number(i, tissue), source_series=source_series)
