@@ -70,6 +70,16 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="sarco-engine benchmark suite",
                                      epilog="Speed lives here, never in a timed test.")
@@ -88,6 +98,8 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
                         help="tcp://HOST:PORT of an existing scheduler, or 'inline' (default: a local cluster)")
     parser.add_argument("--scaling-backend", default="cpu", choices=("cpu", "gpu", "auto"),
                         help="backend of the scaling runs (default cpu)")
+    parser.add_argument("--export-patients", type=_positive, default=None,
+                        help="cohort size of the export benchmark (default 200; quick 3)")
     return parser.parse_args(argv)
 
 
@@ -127,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {
         "scaling": {"cache_dir": cache_dir, "sizes": args.scaling_sizes, "workers": args.scaling_workers,
                     "scheduler": args.scaling_scheduler, "backend": args.scaling_backend},
+        "export": {"cache_dir": cache_dir, "n_patients": args.export_patients},
     }
     report = {"machine": machine_info(), "quick": args.quick, "argv": sys.argv[1:] if argv is None else argv,
               "benches": {}, "rows": []}

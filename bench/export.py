@@ -17,7 +17,8 @@ the median of the stores' wall times, with and without TCP_NODELAY on our socket
 storage SCP in this process and to Orthanc with and without TCP_NODELAY on its side (DCMTK reads it
 from the environment). The first store of each association is left out (slow start).
 
-Run ``python -m bench --only export [--quick]``. ``--quick``: 3 patients (a smoke size); full: 200.
+Run ``python -m bench --only export [--quick] [--export-patients N]``. ``--quick``: 3 patients (a smoke
+size); full: 200; ``--export-patients``: N.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _nodelay_rows(series_dir: Path, orthanc: bool) -> list[dict]:
 
 def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | Path | None = None,
         scheduler: str | None = None, orthanc: bool | None = None) -> list[dict]:
-    """Export vs run on ``n_patients`` (quick 3, full 40); C-STORE latency with and without TCP_NODELAY.
+    """Export vs run on ``n_patients`` (quick 3, full 200); C-STORE latency with and without TCP_NODELAY.
 
     ``scheduler``: the run's (default a local cluster); ``orthanc``: store to a local Orthanc too
     (default: when one is installed). The CI smoke test runs ``inline`` without Orthanc.

@@ -179,3 +179,22 @@ def test_study_bench_times_each_setting_and_both_selection_paths():
     assert settings == ["one selection, DataFrame path", "one selection, float-matrix path", "one split",
                         "repeated CV", "repeated CV + chance (3 permutations)"]
     assert all(r["cpu_s"] >= 0 and r["n_patients"] in (18, 30) for r in rows)
+
+
+def test_export_patients_reaches_the_export_bench(tmp_path, monkeypatch):
+    """``--export-patients N`` sizes the export benchmark's cohort (an option that is parsed reaches the run)."""
+    import bench.__main__ as entry
+
+    seen = {}
+
+    def fake_export(quick: bool = False, *, n_patients=None, cache_dir=None):
+        """Export stand-in."""
+        seen.update(quick=quick, n_patients=n_patients, cache_dir=cache_dir)
+        return [{"part": "export vs run", "patients": n_patients}]
+
+    monkeypatch.setitem(entry.BENCHES, "export", fake_export)
+    assert entry.main(["--only", "export", "--export-patients", "7", "--out", str(tmp_path)]) == 0
+    assert seen == {"quick": False, "n_patients": 7, "cache_dir": tmp_path / "cache"}
+    bad = subprocess.run([sys.executable, "-m", "bench", "--export-patients", "0"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "positive integer" in bad.stderr
