@@ -38,6 +38,7 @@ from engine.measure.methods import display_name
 from tests import cohorts, faultpeers
 from tests import corruptions as corpus
 from tests.pacs import free_port, store_files
+from tests.srread import measurement_groups
 
 N_PATIENTS = 3
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -196,31 +197,6 @@ def test_seg_segments_equal_the_habitat_maps_on_the_source_grid(pacs, fetched, r
         assert set(codes[n] for n in codes if n % 2 == 0) == {"55603005"}  # adipose tissue
 
 
-def _measurement_groups(sr) -> dict[str, dict]:
-    """Tracking identifier -> {concept code value: numeric value, 'segment': referenced segment number}."""
-    groups = {}
-
-    def walk(items):
-        for item in items:
-            concept = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
-            if item.ValueType == "CONTAINER" and concept == "125007":
-                group: dict = {}
-                for child in item.ContentSequence:
-                    code = child.ConceptNameCodeSequence[0].CodeValue
-                    if child.ValueType == "TEXT" and code == "112039":
-                        name = child.TextValue
-                    elif child.ValueType == "NUM":
-                        group[code] = float(child.MeasuredValueSequence[0].NumericValue)
-                    elif child.ValueType == "IMAGE" and "ReferencedSegmentNumber" in child.ReferencedSOPSequence[0]:
-                        group["segment"] = int(child.ReferencedSOPSequence[0].ReferencedSegmentNumber)
-                groups[name] = group
-            elif "ContentSequence" in item:
-                walk(item.ContentSequence)
-
-    walk(sr.ContentSequence)
-    return groups
-
-
 def test_sr_numbers_equal_features_csv(run_dir, exported):
     """Issue 22: one TID 1500 group per method and tissue: volume (cm3), mean (HU), percent = features.csv."""
     features = pd.read_csv(run_dir / FEATURES_CSV, dtype={"patient_id": str}).set_index("patient_id")
@@ -228,7 +204,7 @@ def test_sr_numbers_equal_features_csv(run_dir, exported):
     for patient in features.index:
         sr = pydicom.dcmread(str(exported / f"{patient}__ct_sr.dcm"))
         seg = pydicom.dcmread(str(exported / f"{patient}__ct_seg.dcm"), stop_before_pixels=True)
-        groups = _measurement_groups(sr)
+        groups = measurement_groups(sr)
         assert len(groups) == 2 * len(methods)
         for method in methods:
             for tissue in ("muscle", "fat"):

@@ -32,6 +32,7 @@ from engine.measure import features as feature_registry
 from engine.measure import methods as method_registry
 from engine.measure import plugins
 from engine.runfolder import MethodFit, RunFolder, Thresholds, method_record
+from tests.srread import measurement_groups
 
 N_PATIENTS = 3
 STAT = "voxelcount"
@@ -285,34 +286,12 @@ def test_a_plugin_method_and_stat_export(runs, ct_manifest, tmp_path):
     assert families["Mid-range fat"] == families["Mid-range muscle"] == "123101"
     assert families["Otsu fat"] == "123105"
     sr = pydicom.dcmread(str(tmp_path / "dicom" / f"{pid}__ct_sr.dcm"))
-    values = _sr_values(sr)
+    values = measurement_groups(sr)
     for method, display in (("otsu", "Otsu"), (METHOD, "Mid-range"), ("fixed", "Fixed HU")):
         for tissue in ("fat", "muscle"):
             group = values[f"{display} {tissue}"]
             assert group[STAT.upper()] == features.value(pid, "ct", method, tissue, STAT)
             assert group["118565006"] == pytest.approx(features.value(pid, "ct", method, tissue, "volume") / 1000)
-
-
-def _sr_values(sr) -> dict[str, dict[str, float]]:
-    """Tracking identifier -> {concept code value: value} of the SR's measurement groups."""
-    groups: dict[str, dict[str, float]] = {}
-
-    def walk(items):
-        for item in items:
-            if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "125007":
-                name, group = "", {}
-                for child in item.ContentSequence:
-                    code = child.ConceptNameCodeSequence[0].CodeValue
-                    if child.ValueType == "TEXT" and code == "112039":
-                        name = child.TextValue
-                    elif child.ValueType == "NUM":
-                        group[code] = float(child.MeasuredValueSequence[0].NumericValue)
-                groups[name] = group
-            elif "ContentSequence" in item:
-                walk(item.ContentSequence)
-
-    walk(sr.ContentSequence)
-    return groups
 
 
 def test_a_plugin_stat_reaches_the_report_where_the_plugin_is_not_installed(runs, tmp_path):
