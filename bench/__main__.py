@@ -28,6 +28,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.cli import positive_int
+
 from ._common import machine_info, machine_markdown, markdown_table
 
 #: name -> module with ``run(quick: bool) -> list[dict]``, in the order the suite runs them.
@@ -70,16 +72,6 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="sarco-engine benchmark suite",
                                      epilog="Speed lives here, never in a timed test.")
@@ -98,7 +90,7 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
                         help="tcp://HOST:PORT of an existing scheduler, or 'inline' (default: a local cluster)")
     parser.add_argument("--scaling-backend", default="cpu", choices=("cpu", "gpu", "auto"),
                         help="backend of the scaling runs (default cpu)")
-    parser.add_argument("--export-patients", type=_positive, default=None,
+    parser.add_argument("--export-patients", type=positive_int, default=None,
                         help="cohort size of the export benchmark (default 200; quick 3)")
     return parser.parse_args(argv)
 

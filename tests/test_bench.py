@@ -197,4 +197,4 @@ def test_export_patients_reaches_the_export_bench(tmp_path, monkeypatch):
     assert seen == {"quick": False, "n_patients": 7, "cache_dir": tmp_path / "cache"}
     bad = subprocess.run([sys.executable, "-m", "bench", "--export-patients", "0"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
-    assert bad.returncode == 2 and "positive integer" in bad.stderr
+    assert bad.returncode == 2 and "must be 1 or more" in bad.stderr
