@@ -16,6 +16,7 @@ values, voxel for voxel, as resampling the whole volume (tested against SimpleIT
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -348,13 +349,19 @@ def n4_correct(image: sitk.Image, *, shrink_factor: int = 4, iterations=(50, 50,
     factors = [max(1, min(shrink_factor, n // 4)) for n in image.GetSize()]
     small = sitk.Shrink(image, factors)
     small_mask = sitk.Shrink(foreground, factors)
+    log_field = _fitted_n4(small, small_mask, iterations, convergence_threshold).GetLogBiasFieldAsImage(image)
+    return sitk.Cast(image / sitk.Exp(log_field), sitk.sitkFloat32)
+
+
+def _fitted_n4(small: sitk.Image, mask: sitk.Image, iterations, convergence_threshold: float):
+    """SimpleITK's N4 filter after fitting ``small`` inside ``mask`` on one ITK thread (its threaded
+    B-spline fit is not bit-reproducible across thread counts); read its field on any grid."""
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
     corrector.SetConvergenceThreshold(convergence_threshold)
     corrector.SetNumberOfThreads(1)
-    corrector.Execute(small, small_mask)
-    log_field = corrector.GetLogBiasFieldAsImage(image)
-    return sitk.Cast(image / sitk.Exp(log_field), sitk.sitkFloat32)
+    corrector.Execute(small, mask)
+    return corrector
 
 
 #: Fraction of the slab's 98th signal percentile above which a voxel is tissue for N4 (air and
@@ -380,14 +387,20 @@ def n4_tissue_mask(image: sitk.Image) -> sitk.Image:
 
 @dataclass(frozen=True)
 class SeriesField:
-    """One MRI series' bias field (:func:`series_log_field`) and its corrected slab.
+    """One MRI series' bias field (:func:`series_log_field`) and the whole slices it was fitted on.
 
-    ``log_field`` is on the grid N4 ran on (``n4_shrink_factor``); ``slab`` is the same whole slices
-    at :data:`CHECK_SLAB_SHRINK`, already corrected by that field (float32).
+    ``log_field`` is on the grid N4 ran on (``n4_shrink_factor``); ``native`` is the slices as read,
+    ``box`` their grid. :attr:`slab` is made only when a check needs it.
     """
 
     log_field: sitk.Image
-    slab: sitk.Image
+    native: sitk.Image
+    box: Grid
+
+    @cached_property
+    def slab(self) -> sitk.Image:
+        """The slices at :data:`CHECK_SLAB_SHRINK`, corrected by the field (float32)."""
+        return apply_log_field(_bin_shrink(self.native, self.box, CHECK_SLAB_SHRINK), self.log_field)
 
 
 def series_log_field(image, slab: Grid, *, shrink_factor: int = 8, iterations=(50, 50, 50, 50),
@@ -411,13 +424,8 @@ def series_log_field(image, slab: Grid, *, shrink_factor: int = 8, iterations=(5
     mask = n4_tissue_mask(small)
     if not sitk.GetArrayViewFromImage(mask).any():
         raise InputError("preprocess", "MRI has no foreground tissue around the ROI for N4 (all voxels <= 0?)")
-    corrector = sitk.N4BiasFieldCorrectionImageFilter()
-    corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
-    corrector.SetConvergenceThreshold(convergence_threshold)
-    corrector.SetNumberOfThreads(1)
-    corrector.Execute(small, mask)
-    log_field = corrector.GetLogBiasFieldAsImage(small)
-    return SeriesField(log_field, apply_log_field(_bin_shrink(native, slab, CHECK_SLAB_SHRINK), log_field))
+    log_field = _fitted_n4(small, mask, iterations, convergence_threshold).GetLogBiasFieldAsImage(small)
+    return SeriesField(log_field, native, slab)
 
 
 #: In-plane output voxels per voxel of the corrected slab the fat-suppression check reads when the
