@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pydicom
 import pytest
@@ -192,6 +194,18 @@ def test_dicom_seg_round_trip(tmp_path, ct_series):
     (tmp_path / "segdir").mkdir()
     path.rename(tmp_path / "segdir" / "x")
     _check_on_reference(read_mask(tmp_path / "segdir", image), image, labels != 0)
+
+
+def test_synthetic_dicom_seg_is_reproducible(tmp_path, ct_series):
+    """The same mask on the same series writes the same bytes (highdicom's clock and random
+    dimension UID pinned): a grown benchmark cache keeps its earlier patients' digests."""
+    files, _ = ct_series
+    first = write_dicom_seg(tmp_path / "a" / "roi_seg.dcm", _labels(), files).read_bytes()
+    second = write_dicom_seg(tmp_path / "b" / "roi_seg.dcm", _labels(), files).read_bytes()
+    assert first == second
+    seg = pydicom.dcmread(io.BytesIO(first), stop_before_pixels=True)
+    uids = {item.DimensionOrganizationUID for item in seg.DimensionIndexSequence}
+    assert uids == {seg.DimensionOrganizationSequence[0].DimensionOrganizationUID}
 
 
 def test_dicom_seg_onto_a_resampled_reference(tmp_path, ct_series):

@@ -463,6 +463,23 @@ def write_dicom_seg(path, mask, source_files, *, segment_names=None) -> pathlib.
         device_serial_number="0",
         omit_empty_frames=False,
     )
+    _pin_generated(seg, sources[0], series_uid)
     with atomic_path(target) as tmp:
         seg.save_as(tmp)
     return target
+
+
+def _pin_generated(seg, source, series_uid: str) -> None:
+    """Replace what highdicom draws at build time (the clock, the dimension organisation's random
+    UID) by values derived from the source, so the same mask and series write the same bytes: a
+    grown benchmark cache then leaves its earlier patients' digests alone."""
+    date = str(getattr(source, "StudyDate", "") or "20000101")
+    seg.InstanceCreationDate = seg.ContentDate = date
+    seg.InstanceCreationTime = seg.ContentTime = "120000"
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = f"{date}120000"
+    organisation = _uid([series_uid, "dimension-organization"])
+    for sequence in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(sequence, []):
+            item.DimensionOrganizationUID = organisation
