@@ -99,7 +99,8 @@ def run(quick: bool = False, *, cache_dir: str | Path | None = None, n_patients:
                 values = np.load(summary["sample"])["values"]
                 entry = {"methods": {"otsu": {"threshold": float(np.median(values))}}, "diagnostic": {}}
                 spec = qa_specs(Thresholds.from_json({"modalities": {modality: entry}}))[modality]
-                qa = median_time(partial(render_series, summary, spec, str(run_dir)), repeats=repeats, warmup=1)
+                qa = median_time(partial(render_series, summary, spec, str(run_dir), force=True),  # drawn each call,
+                                 repeats=repeats, warmup=1)   # not a rerun's skip of an unchanged picture
                 png = run_dir / "qa" / qa.result["png"]
                 rows.append({"bench": "qa", "what": "per series", "series": f"{job['patient_id']}/{modality}",
                              "pass1_s": pass1.median_s, "pass1_without_strip_s": plain.median_s,

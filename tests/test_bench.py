@@ -144,9 +144,16 @@ def test_n4_bench_times_each_shrink_factor_on_the_pass1_crop(bench_cache):
     assert pass1["what"] == "MRI pass 1" and pass1["series"] == shrinks[0]["series"] and pass1["median_s"] > 0
 
 
-def test_qa_bench_times_pass1_and_the_qa_task(bench_cache):
+def test_qa_bench_times_pass1_and_the_qa_task(bench_cache, monkeypatch):
+    import engine.qa as engine_qa
+
+    drawn = []
+    real_render_panel = engine_qa.render_panel
+    monkeypatch.setattr(engine_qa, "render_panel", lambda *a, **k: drawn.append(1) or real_render_panel(*a, **k))
     rows = qa.run(quick=True, cache_dir=bench_cache, n_patients=1, repeats=1, sheet_patients=5,
                   overrides={"preprocess": MRI_FAST})
+    # every timed QA call draws its picture (warm-up + 1 repeat per series), never a rerun's skip
+    assert len(drawn) == 2 * 2
     series, sheet = rows[:-1], rows[-1]
     assert [r["series"] for r in series] == ["SYN0001/ct", "SYN0001/mri"]
     assert all(r["png_kib"] > 0 and r["pass1_s"] > 0 and r["qa_render_s"] > 0 for r in series)
