@@ -44,9 +44,8 @@ from engine.exporters.source import (
 from engine.qa.panel import BACKGROUND_RGB, TITLE_BAND_PX
 from tests import cohorts
 from tests import corruptions as corpus
+from tests.realct import SIEMENS, siemens_roi
 
-REALDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata"
-SIEMENS = REALDATA / "siemens_ct_dicom_jpeg2000"
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) is not installed")
 needs_siemens = pytest.mark.skipif(not SIEMENS.is_dir(), reason="../shared/realdata is not there")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -74,14 +73,6 @@ def _write_sitk_series(source: Path, out: Path) -> None:
         writer.Execute(plane)
 
 
-def _siemens_roi(out: Path) -> Path:
-    """A hand ROI for the Siemens CT: TotalSegmentator's autochthon (86, 87) of it, as 0/1."""
-    seg = sitk.ReadImage(str(SIEMENS / "example_seg_dicom.nii.gz"))
-    roi = sitk.Cast(sitk.BinaryThreshold(seg, 86, 87, 1, 0), sitk.sitkUInt8)
-    sitk.WriteImage(roi, str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def export_case(tmp_path_factory):
     """(manifest, run folder): SYN0001, its SimpleITK rewrite GDCM0001 and, when present, the Siemens REAL0001."""
@@ -96,7 +87,7 @@ def export_case(tmp_path_factory):
               "ct_roi": roi}]
     if SIEMENS.is_dir():
         table.append({"patient_id": "REAL0001", "label": "1", "split": "train",
-                      "ct_image": str(SIEMENS / "dicom"), "ct_roi": str(_siemens_roi(work / "siemens_roi.nii.gz"))})
+                      "ct_image": str(SIEMENS / "dicom"), "ct_roi": str(siemens_roi(work / "siemens_roi.nii.gz"))})
     manifest = corpus.write_rows(work / "manifest.csv", list(table[0]), table)
     config = load_config(overrides={"run": {"backend": "cpu", "scheduler": "inline", "report": False, "qa": True},
                                     "stats": {"enabled": False}})
