@@ -457,7 +457,7 @@ def _add_pacs_commands(sub) -> None:
     _pacs_options(p)
     p.add_argument("--scheduler", type=scheduler_address,
                    help="where the objects are built: tcp://HOST:PORT of a Dask scheduler, or 'inline' "
-                        "(default: a local cluster when there are enough series for its start to pay, 32 on 2 "
+                        "(default: a local cluster when there are enough series for its start to pay, 50 on 2 "
                         "cores; else this process)")
     p.add_argument("--workers", type=positive_int, help="local Dask workers building the objects (default: one "
                                                         "per core)")

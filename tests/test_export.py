@@ -508,8 +508,8 @@ def test_an_export_starts_a_local_cluster_only_where_its_start_pays():
     """Issue: sarco export is slow. A fresh cluster costs ~4.5 s before its first result and a series ~0.3 s:
     one worker is never worth it, two from 32 series, many from about 17 (the saving per series nears a build)."""
     assert all(builds_inline(n, 1) for n in (1, 100, 10_000))
-    assert builds_inline(31, 2) and not builds_inline(32, 2)
-    assert builds_inline(16, 16) and not builds_inline(18, 16)
+    assert builds_inline(49, 2) and not builds_inline(50, 2)
+    assert builds_inline(26, 16) and not builds_inline(27, 16)
     assert builds_inline(0, 64)
 
 

@@ -111,14 +111,14 @@ class ExportResult:
             yield key, bool(rows["status"].isin(DONE_STATUSES).all())
 
 
-#: Series whose builds pay for a local cluster's start: about 4.5 s before its first result (the workers
-#: start and each imports the engine, pandas, SimpleITK and highdicom) against ~0.3 s per series built
-#: (highdicom's SR and SEG in pure Python). ``W`` workers save ``1 - 1/W`` of each build, so a cluster
-#: is started from ``CLUSTER_BREAK_EVEN_SERIES * W / (W - 1)`` series (32 on 2 cores, 18 on 16) and
-#: never for one worker (:func:`builds_inline`). Measured on the 2-core VM (load 4-5 from other
-#: work): 12 series inline 4.5 s, on a fresh cluster 9.5-10.9 s; 32 series 12.0-12.6 s against
-#: 18.6-18.8 s (docs/pacs.md).
-CLUSTER_BREAK_EVEN_SERIES = 16
+#: Series whose builds pay for a local cluster's start: about 3 s before its first result (the workers
+#: start and each imports the engine, pandas, SimpleITK and highdicom) against ~0.12 s per series built
+#: (the SR from a template, the SEG by highdicom). ``W`` workers save ``1 - 1/W`` of each build, so a
+#: cluster is started from ``CLUSTER_BREAK_EVEN_SERIES * W / (W - 1)`` series (50 on 2 cores, 27 on 16)
+#: and never for one worker (:func:`builds_inline`). Measured on the 2-core VM (load 0.4-1.5,
+#: 2026-12-08, docs/pacs.md): 48 series 5.7-6.3 s inline against 5.9-6.4 s on a fresh cluster, 80
+#: series 9.9-10.7 s against 9.1-9.5 s.
+CLUSTER_BREAK_EVEN_SERIES = 25
 #: Statuses of an object that reached its destination (or had nothing to send).
 DONE_STATUSES = ("written", "stored", "skipped")
 EARLIER = "delivered by an earlier export"
