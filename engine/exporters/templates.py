@@ -12,6 +12,7 @@ plan that differs in anything else gets its own tree, never another plan's.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -161,18 +162,21 @@ class ContentTemplates:
         self.built = 0
         self.reused = 0
         self._templates: dict[Any, ContentTemplate] = {}
+        # an external Dask worker may run several threads: one builds or evicts at a time
+        self._lock = threading.Lock()
 
     def filled(self, plan) -> Dataset:
         """The builder's tree of ``plan``: a copy of its template, with the plan's per-patient values."""
         masked, values = masked_plan(plan)
         key = exact_key(masked)
-        template = self._templates.get(key)
-        if template is None:
-            template = ContentTemplate.build(self.builder, masked, values)
-            if len(self._templates) >= self.size:
-                del self._templates[next(iter(self._templates))]
-            self._templates[key] = template
-            self.built += 1
-        else:
-            self.reused += 1
-        return template.filled(values)
+        with self._lock:
+            template = self._templates.get(key)
+            if template is None:
+                template = ContentTemplate.build(self.builder, masked, values)
+                if len(self._templates) >= self.size:
+                    del self._templates[next(iter(self._templates))]
+                self._templates[key] = template
+                self.built += 1
+            else:
+                self.reused += 1
+        return template.filled(values)   # a template is never changed once built: copies need no lock
