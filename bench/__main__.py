@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
                         help="backend of the scaling runs (default cpu)")
     parser.add_argument("--export-patients", type=positive_int, default=None,
                         help="cohort size of the export benchmark (default 200; quick 3)")
+    parser.add_argument("--export-size", choices=("small", "clinical"), default="small",
+                        help="synthetic CT of the export benchmark: small (256x256, default) or clinical (512x512)")
     return parser.parse_args(argv)
 
 
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {
         "scaling": {"cache_dir": cache_dir, "sizes": args.scaling_sizes, "workers": args.scaling_workers,
                     "scheduler": args.scaling_scheduler, "backend": args.scaling_backend},
-        "export": {"cache_dir": cache_dir, "n_patients": args.export_patients},
+        "export": {"cache_dir": cache_dir, "n_patients": args.export_patients, "size": args.export_size},
     }
     report = {"machine": machine_info(), "quick": args.quick, "argv": sys.argv[1:] if argv is None else argv,
               "benches": {}, "rows": []}

@@ -17,8 +17,9 @@ the median of the stores' wall times, with and without TCP_NODELAY on our socket
 storage SCP in this process and to Orthanc with and without TCP_NODELAY on its side (DCMTK reads it
 from the environment). The first store of each association is left out (slow start).
 
-Run ``python -m bench --only export [--quick] [--export-patients N]``. ``--quick``: 3 patients (a smoke
-size); full: 200; ``--export-patients``: N.
+Run ``python -m bench --only export [--quick] [--export-patients N] [--export-size clinical]``.
+``--quick``: 3 patients (a smoke size); full: 200; ``--export-patients``: N; ``--export-size``: the
+synthetic CT's matrix (``small`` 256², the default, or ``clinical`` 512²).
 """
 
 from __future__ import annotations
@@ -138,16 +139,18 @@ def _nodelay_rows(series_dir: Path, orthanc: bool) -> list[dict]:
 
 
 def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | Path | None = None,
-        scheduler: str | None = None, orthanc: bool | None = None) -> list[dict]:
+        scheduler: str | None = None, orthanc: bool | None = None, size: str = "small") -> list[dict]:
     """Export vs run on ``n_patients`` (quick 3, full 200); C-STORE latency with and without TCP_NODELAY.
 
     ``scheduler``: the run's (default a local cluster); ``orthanc``: store to a local Orthanc too
-    (default: when one is installed). The CI smoke test runs ``inline`` without Orthanc.
+    (default: when one is installed); ``size``: the synthetic CT's (``small``: 256 x 256 at 1.4-1.5 mm,
+    ``clinical``: 512 x 512 at 0.68-0.78 mm, what an imaging core's CT is). The CI smoke test runs
+    ``inline`` without Orthanc.
     """
     from tests.pacs import orthanc_binary, start_orthanc
 
     n_patients = n_patients or (3 if quick else 200)
-    manifest = cohort_manifest(cache_dir or default_cache_dir(), "small", n_patients)
+    manifest = cohort_manifest(cache_dir or default_cache_dir(), size, n_patients)
     work = Path(tempfile.mkdtemp(prefix="sarco-bench-export-"))
     ct_only = work / "manifest_ct.csv"
     import pandas as pd
@@ -162,7 +165,7 @@ def run(quick: bool = False, *, n_patients: int | None = None, cache_dir: str | 
     pacs = start_orthanc(work / "orthanc") if orthanc else None
     try:
         row = _run_and_export(ct_only, work, pacs.address if pacs else None, scheduler)
-        rows = [{"part": "export vs run", **row}, _silent_peer_row(work / "run", ct_only, quick)]
+        rows = [{"part": "export vs run", "size": size, **row}, _silent_peer_row(work / "run", ct_only, quick)]
         rows += [{"part": "C-STORE latency", **r} for r in _nodelay_rows(Path(table["ct_image"].iloc[0]), orthanc)]
         return rows
     finally:

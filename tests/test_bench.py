@@ -194,14 +194,16 @@ def test_export_patients_reaches_the_export_bench(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_export(quick: bool = False, *, n_patients=None, cache_dir=None):
+    def fake_export(quick: bool = False, *, n_patients=None, cache_dir=None, size="small"):
         """Export stand-in."""
-        seen.update(quick=quick, n_patients=n_patients, cache_dir=cache_dir)
+        seen.update(quick=quick, n_patients=n_patients, cache_dir=cache_dir, size=size)
         return [{"part": "export vs run", "patients": n_patients}]
 
     monkeypatch.setitem(entry.BENCHES, "export", fake_export)
     assert entry.main(["--only", "export", "--export-patients", "7", "--out", str(tmp_path)]) == 0
-    assert seen == {"quick": False, "n_patients": 7, "cache_dir": tmp_path / "cache"}
+    assert seen == {"quick": False, "n_patients": 7, "cache_dir": tmp_path / "cache", "size": "small"}
+    assert entry.main(["--only", "export", "--export-size", "clinical", "--out", str(tmp_path)]) == 0
+    assert seen["size"] == "clinical" and seen["n_patients"] is None
     bad = subprocess.run([sys.executable, "-m", "bench", "--export-patients", "0"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "must be 1 or more" in bad.stderr
