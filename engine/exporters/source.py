@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from pydicom.datadict import tag_for_keyword
+from pydicom.tag import BaseTag, Tag
 
 from engine.batch.tasks import content_digest
 from engine.contract import (
@@ -313,18 +315,37 @@ def copied_modules(sop_class_uid: str) -> tuple[tuple[str, bool, dict[str, str]]
                  for m in get_iod_module_map()[iod] if m["ie"] in COPIED_ENTITIES or m["key"] in READ_MODULES)
 
 
+@lru_cache(maxsize=8)
+def _copied_tags(sop_class_uid: str) -> tuple[tuple[bool, tuple[tuple[BaseTag, str, str], ...]], ...]:
+    """:func:`copied_modules` by tag: (mandatory, ((tag, keyword, type), ...)) per module, the keywords
+    the dictionary does not know left out (a tag is looked up in a data set many times faster than a
+    keyword, and a series has one header per slice)."""
+    modules = []
+    for _, mandatory, attributes in copied_modules(sop_class_uid):
+        known = []
+        for keyword, kind in attributes.items():
+            tag = tag_for_keyword(keyword)
+            if tag is not None:
+                known.append((Tag(tag), keyword, kind))
+        modules.append((mandatory, tuple(known)))
+    return tuple(modules)
+
+
 def _complete_modules(ds) -> None:
     """Absent Type 2 attributes of the mandatory modules, and of the optional ones the source has, added
     empty (an optional module the source lacks stays absent: half a Clinical Trial module is invalid);
     an empty Type 3 sequence removed (it says nothing, and a module that defines its items wants one)."""
-    for _, mandatory, attributes in copied_modules(str(ds.SOPClassUID)):
-        if not (mandatory or any(keyword in ds for keyword in attributes)):
+    present = set(ds.keys())
+    for mandatory, attributes in _copied_tags(str(ds.SOPClassUID)):
+        if not (mandatory or any(tag in present for tag, _, _ in attributes)):
             continue
-        for keyword, kind in attributes.items():
-            if kind == "2" and keyword not in ds:
+        for tag, keyword, kind in attributes:
+            if kind == "2" and tag not in present:
                 setattr(ds, keyword, None)  # None: the attribute present with an empty value
-            elif kind == "3" and keyword in ds and ds[keyword].VR == "SQ" and not ds[keyword].value:
-                delattr(ds, keyword)
+                present.add(tag)
+            elif kind == "3" and tag in present and ds[tag].VR == "SQ" and not ds[tag].value:
+                del ds[tag]
+                present.discard(tag)
 
 
 def complete_identity(datasets: list, new_study: Callable[[str], str] | None = None) -> None:
