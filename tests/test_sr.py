@@ -205,8 +205,9 @@ def test_a_value_highdicom_stores_twice_or_transformed_stops_the_template(series
         return root
 
     monkeypatch.setattr(sr_module, "TEMPLATES", ContentTemplates(altered))
+    result, uids, built = series[0]
     with pytest.raises(TemplateError, match="FloatingPointValue depends on the per-patient values"):
-        sr_module.build_sr(*series[0])
+        sr_module.TEMPLATES.filled(sr_module.report_plan(result, built["seg"], uids))
 
 
 def test_no_element_of_a_built_sr_is_shared_with_its_template(series, frozen_clock, templates):
@@ -258,3 +259,28 @@ def test_masking_replaces_every_per_patient_field_and_only_those():
     other_meaning = dataclasses.replace(plan, procedure=Code("X", "99SARCO", "another meaning"))
     assert masked_plan(other_meaning)[0] == masked  # pydicom's Code equality ignores the meaning...
     assert exact_key(masked_plan(other_meaning)[0]) != exact_key(masked)  # the key not
+
+
+def test_a_template_that_fails_its_check_falls_back_to_the_full_constructor(series, templates, frozen_clock,
+                                                                           monkeypatch, caplog):
+    """A structure whose template highdicom cannot give (a value stored transformed) is built in full,
+    equal to the reference; the failure is remembered, so the next patient does not build it again."""
+    from engine.exporters import templates as templates_module
+
+    attempts = []
+
+    def refuse(cls, builder, masked, values):
+        attempts.append(1)
+        raise TemplateError("FloatingPointValue depends on the per-patient values otherwise than by holding one")
+
+    monkeypatch.setattr(templates_module.ContentTemplate, "build", classmethod(refuse))
+    cases = series[:2]
+    structures = {exact_key(masked_plan(sr_module.report_plan(result, built["seg"], uids))[0])
+                  for result, uids, built in cases}
+    for case in cases * 2:   # each structure's failure is met twice
+        ours, theirs = _both(case)
+        assert _same(ours, theirs) == []
+    assert len(attempts) == len(structures) == templates.built
+    assert templates.reused == 2 * len(cases) - len(structures)
+    assert sum("content template not usable" in r.getMessage() for r in caplog.records) == len(structures)
+

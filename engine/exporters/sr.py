@@ -40,7 +40,7 @@ from engine.contract import FIXED
 from engine.exporters import codes as sarco_codes
 from engine.exporters.seg import SEGMENT_TISSUES, SOURCE_GRID_KEY, segment_label, segment_number
 from engine.exporters.source import ExportError, PatientResult, habitat_grid_mm
-from engine.exporters.templates import PER_PATIENT, ContentTemplates
+from engine.exporters.templates import PER_PATIENT, ContentTemplates, TemplateError
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,15 @@ def build_sr(result: PatientResult, uids, built: dict) -> Dataset:
 
     The data set :func:`reference_sr` builds, as a pydicom ``Dataset`` (highdicom's reading of it:
     ``highdicom.sr.Comprehensive3DSR.from_dataset``), its content copied from this process's
-    template of the plan (module docstring).
+    template of the plan (module docstring); built by highdicom's full constructor when that plan's
+    template failed its check (logged once per structure), so a patient is never lost to it.
     """
     seg = _segmentation(built)
-    content = TEMPLATES.filled(report_plan(result, seg, uids))
+    plan = report_plan(result, seg, uids)
+    try:
+        content = TEMPLATES.filled(plan)
+    except TemplateError:   # highdicom stored a value otherwise than given: its own constructor, in full
+        return _document(result, uids, seg, measurement_report(plan))
     shell = Dataset()  # the root container without its children: the constructor copies and walks only that
     for element in content:
         shell.add(DataElement(element.tag, "SQ", []) if element.keyword == "ContentSequence" else element)

@@ -12,6 +12,7 @@ plan that differs in anything else gets its own tree, never another plan's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DS
+
+log = logging.getLogger("sarco")
 
 #: Field metadata of a plan's per-patient values: a float or a UID that a template holds as a sentinel.
 PER_PATIENT = {"per_patient": True}
@@ -154,14 +157,15 @@ class ContentTemplate:
 
 class ContentTemplates:
     """The templates one builder made in this process, by the exact key of their masked plan (the oldest
-    dropped past ``size``); ``built`` and ``reused`` count them."""
+    dropped past ``size``); ``built`` and ``reused`` count them. A plan whose template fails its check
+    (:class:`TemplateError`) is remembered as failed: :meth:`filled` raises for it without building again."""
 
     def __init__(self, builder: Callable[[Any], Dataset], size: int = 32):
         self.builder = builder
         self.size = size
         self.built = 0
         self.reused = 0
-        self._templates: dict[Any, ContentTemplate] = {}
+        self._templates: dict[Any, ContentTemplate | TemplateError] = {}
         # an external Dask worker may run several threads: one builds or evicts at a time
         self._lock = threading.Lock()
 
@@ -172,11 +176,17 @@ class ContentTemplates:
         with self._lock:
             template = self._templates.get(key)
             if template is None:
-                template = ContentTemplate.build(self.builder, masked, values)
+                try:
+                    template = ContentTemplate.build(self.builder, masked, values)
+                except TemplateError as error:   # remembered: the structure's next plan fails at once
+                    log.warning("content template not usable (%s); this structure is built in full", error)
+                    template = error
                 if len(self._templates) >= self.size:
                     del self._templates[next(iter(self._templates))]
                 self._templates[key] = template
                 self.built += 1
             else:
                 self.reused += 1
+        if isinstance(template, TemplateError):
+            raise TemplateError(str(template))
         return template.filled(values)   # a template is never changed once built: copies need no lock
