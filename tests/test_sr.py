@@ -23,13 +23,14 @@ import highdicom as hd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DSfloat
 
 from engine.batch.pipeline import run
 from engine.config import load_config
 from engine.exporters import EXPORTERS, ExportUids, build_objects
 from engine.exporters import sr as sr_module
 from engine.exporters.source import ExportRun, read_source
-from engine.exporters.templates import ContentTemplates, TemplateError, exact_key, masked_plan
+from engine.exporters.templates import PER_PATIENT, ContentTemplates, TemplateError, exact_key, masked_plan
 from tests import cohorts
 from tests import corruptions as corpus
 from tests.realct import SIEMENS, siemens_roi
@@ -120,12 +121,16 @@ def differences(ours: Dataset, theirs: Dataset, path: str = "") -> list[str]:
     return found
 
 
-def part10(dataset: Dataset) -> pydicom.FileDataset:
-    """The data set as the PACS receives it: written as a Part 10 file and read back by pydicom."""
+def part10_bytes(dataset: Dataset) -> bytes:
+    """The data set as the PACS receives it: a Part 10 file's bytes."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
+    return buffer.getvalue()
+
+
+def part10(dataset: Dataset) -> pydicom.FileDataset:
+    """The data set written as a Part 10 file and read back by pydicom."""
+    return pydicom.dcmread(io.BytesIO(part10_bytes(dataset)))
 
 
 def _both(case) -> tuple[Dataset, Dataset]:
@@ -134,9 +139,14 @@ def _both(case) -> tuple[Dataset, Dataset]:
 
 
 def _same(ours: Dataset, theirs: Dataset) -> list[str]:
+    """Every difference, element by element, in memory and in the files, then the files byte for byte (what
+    an element comparison could still miss, the file's own encoding, is a difference there)."""
     written, expected = part10(ours), part10(theirs)
-    return (differences(ours, theirs) + [f"(file) {d}" for d in differences(written, expected)]
-            + [f"(file meta) {d}" for d in differences(written.file_meta, expected.file_meta)])
+    found = (differences(ours, theirs) + [f"(file) {d}" for d in differences(written, expected)]
+             + [f"(file meta) {d}" for d in differences(written.file_meta, expected.file_meta)])
+    if not found and part10_bytes(ours) != part10_bytes(theirs):
+        found.append("(file) the Part 10 bytes differ")
+    return found
 
 
 def test_the_comparison_finds_a_changed_number_deep_in_the_tree(series, frozen_clock):
@@ -148,6 +158,18 @@ def test_the_comparison_finds_a_changed_number_deep_in_the_tree(series, frozen_c
     number.MeasuredValueSequence[0].FloatingPointValue += 1.0
     found = differences(ours, theirs)
     assert len(found) == 1 and "FloatingPointValue" in found[0]
+    # the same number written otherwise ("12.5" -> "12.50"): equal as numbers, different on the wire
+    ours, theirs = _both(series[0])
+    measured = number_item(ours).MeasuredValueSequence[0]
+    text = str(measured.NumericValue)
+    measured.NumericValue = DSfloat(text + ("0" if "." in text else ".0"))
+    assert any("NumericValue" in d for d in _same(ours, theirs))
+
+
+def number_item(sr: Dataset) -> Dataset:
+    """The first numeric content item of the SR's last measurement group."""
+    group = sr.ContentSequence[-1].ContentSequence[0]
+    return next(item for item in group.ContentSequence if item.ValueType == "NUM")
 
 
 def test_every_series_equals_highdicoms_full_constructor(series, frozen_clock, templates):
@@ -284,3 +306,45 @@ def test_a_template_that_fails_its_check_falls_back_to_the_full_constructor(seri
     assert templates.reused == 2 * len(cases) - len(structures)
     assert sum("content template not usable" in r.getMessage() for r in caplog.records) == len(structures)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class _Toy:
+    """A plan of two per-patient values, for builders that misuse them."""
+
+    value: float = dataclasses.field(metadata=PER_PATIENT)
+    uid: str = dataclasses.field(metadata=PER_PATIENT)
+
+
+@pytest.mark.parametrize("depends_on", ["sign", "integer-ness", "uid length"])
+def test_a_tree_that_depends_on_a_values_kind_is_refused(depends_on):
+    """The check's two sentinel sets differ in sign, magnitude, integer-ness and UID length, so a builder that
+    branches on any of them (here: adds an element) gives two trees of different shape: refused."""
+
+    def builder(plan: _Toy) -> Dataset:
+        ds = Dataset()
+        ds.FloatingPointValue = plan.value
+        ds.UID = plan.uid
+        branch = {"sign": plan.value < 0, "integer-ness": float(plan.value).is_integer(),
+                  "uid length": len(plan.uid) > 36}[depends_on]
+        if branch:
+            ds.ValueType = "TEXT"
+        return ds
+
+    with pytest.raises(TemplateError, match="changes shape"):
+        ContentTemplates(builder).filled(_Toy(12.5, "1.2.3"))
+    plain = ContentTemplates(_plain).filled(_Toy(12.5, "1.2.3"))   # the same tree without the branch: filled
+    assert (plain.FloatingPointValue, plain.UID) == (12.5, "1.2.3")
+
+
+def _plain(plan: _Toy) -> Dataset:
+    ds = Dataset()
+    ds.FloatingPointValue = plan.value
+    ds.UID = plan.uid
+    return ds
+
+
+def test_a_per_patient_value_of_another_type_is_a_template_error():
+    """An int where a float or a UID is expected: a TemplateError, which build_sr answers with the full constructor."""
+    with pytest.raises(TemplateError, match="not int"):
+        ContentTemplates(_plain).filled(_Toy(3, "1.2.3"))   # type: ignore[arg-type]

@@ -33,12 +33,18 @@ _SENTINEL_UID_ROOT = "2.25.27182818284590452353602874."
 
 def _sentinel(k: int, value: Any, variant: int = 0) -> float | str:
     """The stand-in of a plan's ``k``-th per-patient value: a number or a UID no patient has (``variant`` 1
-    gives a second set, for :meth:`ContentTemplate.build`'s check)."""
+    gives a second set, for :meth:`ContentTemplate.build`'s check).
+
+    The two sets differ in every property a builder might branch on: the numbers in sign, magnitude and
+    integer-ness (-987001 - k against 1000.25 + 1000 k, both exact as an auto-formatted DS and as an FD),
+    the UIDs in length. A builder whose tree depends on any of them then gives two trees that differ
+    elsewhere than in the sentinels, and the template is refused.
+    """
     if isinstance(value, float):
-        return -987_001.0 - k - 1000.0 * variant  # exact as a DS (auto-formatted) and as an FD
+        return -987_001.0 - k if variant == 0 else 1000.25 + 1000.0 * k
     if isinstance(value, str):
-        return f"{_SENTINEL_UID_ROOT}{variant + 1}{k}"
-    raise TypeError(f"a per-patient value of a plan is a float or a UID, not {type(value).__name__}")
+        return f"{_SENTINEL_UID_ROOT}1{k}" if variant == 0 else f"{_SENTINEL_UID_ROOT}2{k}0000"
+    raise TemplateError(f"a per-patient value of a plan is a float or a UID, not {type(value).__name__}")
 
 
 def masked_plan(plan, variant: int = 0) -> tuple[Any, list]:
