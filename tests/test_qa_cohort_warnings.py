@@ -112,3 +112,48 @@ def test_report_says_each_cohort_fact_once_with_the_split_judged(tmp_path):
     assert any("inside the muscle range" in t for t in texts) and any("34 of 60" in t for t in texts)
     keys = sorted(w.key for w in cohort_warnings(_ct_run(_ct_entry(one_tissue=True)), features))
     assert keys == ["one_tissue", "splits_one_tissue", "vs_fixed"]
+
+
+#: Otsu and GMM fat % of the 16 patients of development seed 1002 with the subcutaneous-fat reference
+#: (docs/mri.md, "Which reference"): RND0014, true fat 2.8 %, reads 5.1 % by Otsu and 55.1 % by GMM, its
+#: lean muscle landing near GMM's threshold; every other patient's GMM reads 9-26 points above its Otsu.
+DEV1002_OTSU = [33.8, 25.6, 10.5, 34.3, 42.1, 12.8, 8.3, 21.1, 8.5, 28.8, 17.1, 14.7, 34.2, 5.1, 32.9, 10.0]
+DEV1002_GMM = [49.6, 36.0, 22.9, 51.4, 58.5, 29.0, 17.2, 36.5, 22.6, 48.9, 28.9, 26.2, 59.7, 55.1, 47.5, 19.3]
+
+
+def _mri_sheet(tmp_path, otsu: list[float], gmm: list[float]) -> tuple[str, list[str]]:
+    ids = [f"RND{i + 1:04d}" for i in range(len(otsu))]
+    features = pd.DataFrame({"patient_id": ids, "split": "train", "label": [i % 2 for i in range(len(ids))],
+                             "mri_otsu_fat_percent": otsu, "mri_gmm_fat_percent": gmm,
+                             "mri_roi_volume": 60_000.0, "mri_excluded_voxels": 0.0})
+    (tmp_path / QA_DIR).mkdir(parents=True)
+    features.to_csv(tmp_path / "features.csv", index=False)
+    entry = {"methods": {"otsu": {"threshold": 520.0}, "gmm": {"threshold": 400.0}},
+             "diagnostic": {"likely_one_tissue": False, "means": [341.0, 702.0], "variances": [474.0, 45927.0],
+                            "weights": [0.59, 0.41]}}
+    (tmp_path / "thresholds.json").write_text(json.dumps({"modalities": {"mri": entry}}))
+    qa_sheet.write_panels(tmp_path, [{"patient_id": pid, "modality": "mri", "png": f"{pid}__mri.png",
+                                      "source": "hand ROI", "roi_voxels": 60_000, "excluded_voxels": 0,
+                                      "strip": True, "midline": "canal", "strip_x_mm": 0.0, "fields": {}}
+                                     for pid in ids])
+    return qa_sheet.render_sheet(tmp_path).read_text(encoding="utf-8"), ids
+
+
+def _mri_warnings(page: str, pid: str) -> list[str]:
+    return re.search(rf'<tr data-id="{pid}" data-mod="mri"[^>]*data-w="([^"]*)"', page).group(1).split()
+
+
+def test_a_series_where_the_methods_disagree_far_more_than_on_the_others_is_flagged(tmp_path):
+    page, ids = _mri_sheet(tmp_path, DEV1002_OTSU, DEV1002_GMM)
+    flagged = [pid for pid in ids if "methods_disagree" in _mri_warnings(page, pid)]
+    assert flagged == ["RND0014"]
+    assert "methods disagree" in page   # the filter menu offers it
+
+
+def test_methods_that_disagree_alike_everywhere_flag_nobody(tmp_path):
+    """GMM reading 9-26 points above Otsu on every series is the methods' difference, not a series'; and a
+    sheet of fewer than eight series judges no outlier."""
+    page, ids = _mri_sheet(tmp_path / "a", DEV1002_OTSU[:13] + DEV1002_OTSU[14:], DEV1002_GMM[:13] + DEV1002_GMM[14:])
+    assert not [pid for pid in ids if "methods_disagree" in _mri_warnings(page, pid)]
+    page, ids = _mri_sheet(tmp_path / "b", DEV1002_OTSU[10:], DEV1002_GMM[10:])   # RND0014 among 6 series
+    assert not [pid for pid in ids if "methods_disagree" in _mri_warnings(page, pid)]

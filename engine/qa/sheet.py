@@ -31,6 +31,7 @@ import pandas as pd
 from engine.contract import (
     EXCLUSION_COLUMNS,
     FEATURES_CSV,
+    FIXED,
     MODALITY_NAMES,
     QA_DIR,
     QA_INDEX,
@@ -174,6 +175,11 @@ SHEET_WARNINGS: list[SheetWarning] = [
                  "from the modality's median", lambda r: "roi_volume" in r["outliers"]),
     SheetWarning("fat_outlier", "fat % outlier", f"fat % (painted method) more than {OUTLIER_Z:g} robust SDs "
                  "from the modality's median", lambda r: "fat" in r["outliers"]),
+    SheetWarning("methods_disagree", "methods disagree", "the fitted methods' fat % differ on this series "
+                 f"(highest minus lowest) more than {OUTLIER_Z:g} robust SDs above the modality's median "
+                 "difference: one method's threshold lies close to this series' main tissue (on MRI, often "
+                 "its intensity scale: a lean patient read as fatty by GMM); check the picture",
+                 lambda r: "methods" in r["outliers"]),
     SheetWarning("plane_fallback", "disc plane: fallback", "the disc plane was not found from the facing "
                  f"endplates of bodies located from the canal ({PREFERRED_PLANE_METHOD}) but by a fallback "
                  "(derived_roi/disc_planes.csv, column method): check the strip",
@@ -239,6 +245,24 @@ def _robust_outliers(values: pd.Series) -> pd.Series:
     return ((values - median).abs() / mad > OUTLIER_Z).fillna(False)
 
 
+def _high_outliers(values: pd.Series) -> pd.Series:
+    """More than :data:`OUTLIER_Z` robust SDs *above* the median (a disagreement is only ever too large)."""
+    finite = values[np.isfinite(values)]
+    if finite.size < OUTLIER_MIN_SERIES:
+        return pd.Series(False, index=values.index)
+    median = float(finite.median())
+    mad = 1.4826 * float((finite - median).abs().median())
+    if mad <= 0:
+        return pd.Series(False, index=values.index)
+    return ((values - median) / mad > OUTLIER_Z).fillna(False)
+
+
+def _methods_spread(fat: dict[str, float], fitted: list[str]) -> float:
+    """Highest minus lowest fat % of the fitted methods measured on a series (NaN with fewer than two)."""
+    measured = [fat[m] for m in fitted if math.isfinite(fat.get(m, float("nan")))]
+    return max(measured) - min(measured) if len(measured) >= 2 else float("nan")
+
+
 def _number(value) -> float:
     try:
         number = float(value)
@@ -278,6 +302,12 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: Threshol
             for r, flagged in zip(mine, _robust_outliers(series.astype(float)), strict=True):
                 if flagged:
                     r["outliers"].add(key)
+        entry = entries.get(modality)
+        fitted = [m for m in method_order(entry.methods) if m != FIXED] if entry is not None else []
+        spread = pd.Series([_methods_spread(r["fat"], fitted) for r in mine], dtype=float)
+        for r, flagged in zip(mine, _high_outliers(spread), strict=True):
+            if flagged:
+                r["outliers"].add("methods")
     _flag_vs_fixed(rows, entries, features)
     for row in rows:
         row["warnings"] = [w.key for w in SHEET_WARNINGS if w.applies(row)]
