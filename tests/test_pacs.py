@@ -645,3 +645,25 @@ def test_a_torn_journal_line_is_ignored(tmp_path):
     again.append([row("P2", "ct", "seg", "pacs X", "stored", "", "c" * 16)])
     again.close()
     assert list(Journal(tmp_path).read()["patient_id"]) == ["P1", "P2"]
+
+
+def test_the_test_stores_send_again_a_file_whose_reply_was_lost(pacs, stored, tmp_path_factory, monkeypatch):
+    """tests.pacs.store_files (the fixtures' own C-STORE): a store that got no reply (pynetdicom's reactor can
+    take it, see STORE_TRIES) is sent again on a new association, and the file is stored once."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.association import Association
+
+    real_send = Association.send_c_store
+    calls = []
+
+    def first_reply_lost(self, dataset, *args, **kwargs):
+        calls.append(1)
+        status = real_send(self, dataset, *args, **kwargs)
+        return Dataset() if len(calls) == 1 else status
+
+    monkeypatch.setattr(Association, "send_c_store", first_reply_lost)
+    manifest = cohorts.few_patients(tmp_path_factory, N_PATIENTS, "pacs")
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle))
+    files = _series_files(manifest.parent / first["ct_image"])[:2]
+    assert store_files(pacs, files) == 2 and len(calls) == 3   # the first file twice, the second once
