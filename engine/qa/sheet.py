@@ -234,7 +234,9 @@ def _disc_planes(run_dir: Path) -> dict[tuple[str, str], dict]:
     return {(str(r["patient_id"]), str(r["modality"])): r for r in table.to_dict("records")}
 
 
-def _robust_outliers(values: pd.Series) -> pd.Series:
+def _robust_outliers(values: pd.Series, above_only: bool = False) -> pd.Series:
+    """More than :data:`OUTLIER_Z` robust SDs from the median (``above_only``: above it; a disagreement is
+    only ever too large); nothing from fewer than :data:`OUTLIER_MIN_SERIES` series."""
     finite = values[np.isfinite(values)]
     if finite.size < OUTLIER_MIN_SERIES:
         return pd.Series(False, index=values.index)
@@ -242,19 +244,8 @@ def _robust_outliers(values: pd.Series) -> pd.Series:
     mad = 1.4826 * float((finite - median).abs().median())
     if mad <= 0:
         return pd.Series(False, index=values.index)
-    return ((values - median).abs() / mad > OUTLIER_Z).fillna(False)
-
-
-def _high_outliers(values: pd.Series) -> pd.Series:
-    """More than :data:`OUTLIER_Z` robust SDs *above* the median (a disagreement is only ever too large)."""
-    finite = values[np.isfinite(values)]
-    if finite.size < OUTLIER_MIN_SERIES:
-        return pd.Series(False, index=values.index)
-    median = float(finite.median())
-    mad = 1.4826 * float((finite - median).abs().median())
-    if mad <= 0:
-        return pd.Series(False, index=values.index)
-    return ((values - median) / mad > OUTLIER_Z).fillna(False)
+    distance = values - median if above_only else (values - median).abs()
+    return (distance / mad > OUTLIER_Z).fillna(False)
 
 
 def _methods_spread(fat: dict[str, float], fitted: list[str]) -> float:
@@ -305,7 +296,7 @@ def sheet_rows(records: list[dict], features: pd.DataFrame, thresholds: Threshol
         entry = entries.get(modality)
         fitted = [m for m in method_order(entry.methods) if m != FIXED] if entry is not None else []
         spread = pd.Series([_methods_spread(r["fat"], fitted) for r in mine], dtype=float)
-        for r, flagged in zip(mine, _high_outliers(spread), strict=True):
+        for r, flagged in zip(mine, _robust_outliers(spread, above_only=True), strict=True):
             if flagged:
                 r["outliers"].add("methods")
     _flag_vs_fixed(rows, entries, features)
