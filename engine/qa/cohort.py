@@ -29,7 +29,8 @@ VS_FIXED_WARN_PERCENT = 10.0
 #: the disagreement is the method's, not the series': one cohort warning, and rows flagged only
 #: where the disagreement is an outlier among that method's series.
 METHOD_WIDE_SHARE = 0.25
-#: Robust z (|x - median| / (1.4826 MAD)) beyond which a series' disagreement is its own.
+#: Robust z (|x - median| / (1.4826 MAD)) beyond which a series' value is its own, not its cohort's: its
+#: disagreement with fixed here, its ROI volume, fat % or methods' disagreement on the QA sheet.
 OUTLIER_Z = 3.5
 #: MRI: a threshold within this many SDs of the major (muscle) component's mean splits that tissue.
 COMPONENT_SD = 1.0
@@ -108,13 +109,15 @@ def _split_warning(entry: ModalityThresholds) -> CohortWarning | None:
                          f"{MODALITY_NAMES.get(modality, modality)}: {'; '.join(parts)}")
 
 
-def _robust_z(values: pd.Series) -> pd.Series:
+def robust_z(values: pd.Series, above_only: bool = False) -> pd.Series:
+    """(x - median) / (1.4826 MAD) over the finite values, as a distance (``above_only``: signed, so only a
+    value above the median can pass a positive bound); 0 everywhere when the MAD is 0; NaN stays NaN."""
     finite = values[np.isfinite(values)]
     median = float(finite.median()) if finite.size else float("nan")
     mad = 1.4826 * float((finite - median).abs().median()) if finite.size else 0.0
     if not mad > 0:
         return pd.Series(0.0, index=values.index)
-    return (values - median).abs() / mad
+    return (values - median if above_only else (values - median).abs()) / mad
 
 
 def vs_fixed_flags(entry: ModalityThresholds, features: pd.DataFrame) -> tuple[list[CohortWarning], pd.DataFrame]:
@@ -136,7 +139,7 @@ def vs_fixed_flags(entry: ModalityThresholds, features: pd.DataFrame) -> tuple[l
                 f"{VS_FIXED_WARN_PERCENT:g} % of the ROI differently from the fixed HU range on {int(over.sum())} of "
                 f"{measured.size} series (median {measured.median():.1f} %): a property of the method on this cohort, "
                 f"so a series is flagged only where its disagreement is an outlier (robust z > {OUTLIER_Z:g})"))
-            over = over & (_robust_z(values) > OUTLIER_Z)
+            over = over & (robust_z(values) > OUTLIER_Z)
         flags[method] = over.fillna(False)
     return warnings, flags
 

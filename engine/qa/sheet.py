@@ -46,7 +46,7 @@ from engine.contract import (
 )
 from engine.io.segmentation import BODY_SOURCES, PLANE_METHODS
 from engine.measure.methods import display_name, method_order
-from engine.qa.cohort import VS_FIXED_WARN_PERCENT, cohort_warnings, vs_fixed_flags
+from engine.qa.cohort import OUTLIER_Z, VS_FIXED_WARN_PERCENT, cohort_warnings, robust_z, vs_fixed_flags
 from engine.qa.panel import overlay_choice
 from engine.qa.reference import reference_caption
 from engine.runfolder import ModalityThresholds, Thresholds, read_table, read_thresholds
@@ -56,8 +56,6 @@ from engine.runfolder.outputs import write_json, write_text
 PREFERRED_PLANE_METHOD = f"{PLANE_METHODS[0]}_{BODY_SOURCES[0]}"
 #: Warn when more than this share of the ROI's voxels lies outside the intensity window.
 EXCLUDED_WARN_PERCENT = 5.0
-#: Robust z (|x - median| / (1.4826 MAD)) beyond which a series' ROI volume or fat % is an outlier.
-OUTLIER_Z = 3.5
 #: Fewest series of a modality for outliers to mean anything.
 OUTLIER_MIN_SERIES = 8
 
@@ -235,17 +233,11 @@ def _disc_planes(run_dir: Path) -> dict[tuple[str, str], dict]:
 
 
 def _robust_outliers(values: pd.Series, above_only: bool = False) -> pd.Series:
-    """More than :data:`OUTLIER_Z` robust SDs from the median (``above_only``: above it; a disagreement is
-    only ever too large); nothing from fewer than :data:`OUTLIER_MIN_SERIES` series."""
-    finite = values[np.isfinite(values)]
-    if finite.size < OUTLIER_MIN_SERIES:
+    """Robust z (:func:`engine.qa.cohort.robust_z`) beyond :data:`OUTLIER_Z` (``above_only``: above the median;
+    a disagreement is only ever too large); nothing from fewer than :data:`OUTLIER_MIN_SERIES` series."""
+    if int(np.isfinite(values).sum()) < OUTLIER_MIN_SERIES:
         return pd.Series(False, index=values.index)
-    median = float(finite.median())
-    mad = 1.4826 * float((finite - median).abs().median())
-    if mad <= 0:
-        return pd.Series(False, index=values.index)
-    distance = values - median if above_only else (values - median).abs()
-    return (distance / mad > OUTLIER_Z).fillna(False)
+    return (robust_z(values, above_only) > OUTLIER_Z).fillna(False)
 
 
 def _methods_spread(fat: dict[str, float], fitted: list[str]) -> float:
