@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from pydicom.datadict import tag_for_keyword
-from pydicom.tag import BaseTag, Tag
 
 from engine.batch.tasks import content_digest
 from engine.contract import (
@@ -316,7 +315,7 @@ def copied_modules(sop_class_uid: str) -> tuple[tuple[str, bool, dict[str, str]]
 
 
 @lru_cache(maxsize=8)
-def _copied_tags(sop_class_uid: str) -> tuple[tuple[bool, tuple[tuple[BaseTag, str, str], ...]], ...]:
+def _copied_tags(sop_class_uid: str) -> tuple[tuple[bool, tuple[tuple[int, str, str], ...]], ...]:
     """:func:`copied_modules` by tag: (mandatory, ((tag, keyword, type), ...)) per module, the keywords
     the dictionary does not know left out (a tag is looked up in a data set many times faster than a
     keyword, and a series has one header per slice)."""
@@ -326,7 +325,7 @@ def _copied_tags(sop_class_uid: str) -> tuple[tuple[bool, tuple[tuple[BaseTag, s
         for keyword, kind in attributes.items():
             tag = tag_for_keyword(keyword)
             if tag is not None:
-                known.append((Tag(tag), keyword, kind))
+                known.append((tag, keyword, kind))
         modules.append((mandatory, tuple(known)))
     return tuple(modules)
 
